@@ -1,0 +1,114 @@
+"""BaRP as an RLlib Algorithm: sample rounds on the EnvRunners, one REINFORCE update, sync weights.
+
+Owning `training_step` (as RLlib's VPG example does) lets the loop pass flat numpy batches
+straight to the LearnerGroup, skipping the episode->batch connector pipeline that would
+otherwise dominate one-step episodes.
+"""
+from __future__ import annotations
+
+import math
+
+from ray.rllib.algorithms import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
+
+from barp_ray.env_runner import BanditEnvRunner, to_train_batch
+from barp_ray.learner import BaRPTorchLearner
+from barp_ray.rl_module import BaRPRLModule
+
+BASELINES = ("learned", "mean", "none")
+
+
+class BaRPConfig(AlgorithmConfig):
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or BaRP)
+        self.entropy_coeff = 0.01
+        self.baseline = "learned"
+        self.baseline_coeff = 0.5
+        self.importance_weight_clip = 0.0  # 0: on-policy, no importance weights
+        self.rounds_per_iteration = 4096
+        self.num_envs_per_env_runner = 1024
+        self.env_runner_cls = BanditEnvRunner
+        self.lr = 1e-3
+        self.grad_clip = 1.0
+        self.grad_clip_by = "global_norm"
+
+    def training(
+        self,
+        *,
+        entropy_coeff=NotProvided,
+        baseline=NotProvided,
+        baseline_coeff=NotProvided,
+        importance_weight_clip=NotProvided,
+        rounds_per_iteration=NotProvided,
+        **kwargs,
+    ) -> "BaRPConfig":
+        super().training(**kwargs)
+        for name, value in (
+            ("entropy_coeff", entropy_coeff),
+            ("baseline", baseline),
+            ("baseline_coeff", baseline_coeff),
+            ("importance_weight_clip", importance_weight_clip),
+            ("rounds_per_iteration", rounds_per_iteration),
+        ):
+            if value is not NotProvided:
+                setattr(self, name, value)
+        return self
+
+    def validate(self) -> None:
+        super().validate()
+        if self.baseline not in BASELINES:
+            raise ValueError(f"training.baseline must be one of {BASELINES}, got {self.baseline!r}")
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=BaRPRLModule)
+
+    def get_default_learner_class(self):
+        return BaRPTorchLearner
+
+
+class BaRP(Algorithm):
+    @classmethod
+    def get_default_config(cls) -> BaRPConfig:
+        return BaRPConfig()
+
+    def training_step(self) -> None:
+        cfg: BaRPConfig = self.config
+        remote = self.env_runner_group.num_remote_env_runners()
+        per_runner = math.ceil(cfg.rounds_per_iteration / max(1, remote))
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            out = self.env_runner_group.foreach_env_runner(
+                lambda runner: (runner.sample(num_timesteps=per_runner), runner.get_metrics()),
+                local_env_runner=remote == 0,
+            )
+        self.metrics.aggregate([m for _, m in out], key=ENV_RUNNER_RESULTS)
+        columns = to_train_batch([b for b, _ in out])
+        n = len(columns["rewards"])
+        batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(columns)}, env_steps=n)
+
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            learner_results = self.learner_group.update(
+                batch=batch,
+                timesteps={
+                    NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                        (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
+                    )
+                },
+                num_epochs=1,
+                minibatch_size=cfg.minibatch_size if cfg.minibatch_size else None,
+            )
+        self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)

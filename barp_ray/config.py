@@ -1,0 +1,268 @@
+"""Training configuration: YAML in, one typed dataclass per section out, validated at load.
+
+Every error names the section and field (`training.lr: must be > 0, got -1`) so a bad YAML
+fails in one readable line, before Ray starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from envs.preference import PreferenceSampler, check_simplex
+
+
+class ConfigError(ValueError):
+    """A config file or value is invalid; str(e) is a one-line message naming the field."""
+
+
+SOURCES = ("synthetic", "llmrouter", "routerbench", "records")
+SPLITS = ("random", "tasks", "provided")
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"
+    path: str | None = None  # file or directory for non-synthetic sources
+    synthetic_prompts: int = 3000
+    synthetic_seed: int = 0
+    output_tokens: Union[int, dict] = 256  # llmrouter pricing: fixed, or per task with a "default"
+    split: str = "random"  # random | tasks (hold out whole tasks) | provided (llmrouter's own train/test files)
+    test_fraction: float = 0.2
+    held_out_tasks: list = field(default_factory=list)
+    seed: int = 0
+    max_prompts: int | None = None  # subsample (before splitting) for quick runs
+
+    def validate(self) -> None:
+        _one_of("data.source", self.source, SOURCES)
+        _one_of("data.split", self.split, SPLITS)
+        if self.source != "synthetic" and not self.path:
+            raise ConfigError(f"data.path: required for data.source={self.source!r}")
+        if self.path and self.source != "synthetic" and not _path_exists(self.path):
+            raise ConfigError(f"data.path: {self.path!r} does not exist")
+        _positive("data.synthetic_prompts", self.synthetic_prompts)
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction: must be in (0, 1), got {self.test_fraction}")
+        if self.split == "tasks" and not self.held_out_tasks:
+            raise ConfigError("data.held_out_tasks: must name at least one task when data.split is 'tasks'")
+        if self.split == "provided" and self.source != "llmrouter":
+            raise ConfigError("data.split: 'provided' is only available for data.source 'llmrouter'")
+        if self.max_prompts is not None:
+            _positive("data.max_prompts", self.max_prompts)
+        if isinstance(self.output_tokens, dict):
+            for task, n in self.output_tokens.items():
+                if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+                    raise ConfigError(f"data.output_tokens.{task}: must be a positive integer, got {n!r}")
+        else:
+            _positive("data.output_tokens", self.output_tokens)
+
+
+@dataclass
+class EncoderConfig:
+    model: str = "packaged"  # packaged copy of all-MiniLM-L6-v2, a local path, or a hub name (online)
+    cache_dir: str | None = None  # default: $BARP_CACHE_DIR or ~/.cache/barp-ray
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        _positive("encoder.batch_size", self.batch_size)
+
+
+@dataclass
+class EnvConfig:
+    tau: Union[float, str] = "auto"  # dollars; "auto": the priciest model's mean cost on the train split
+    preference: dict = field(default_factory=lambda: {"kind": "uniform"})
+    eval_preference: list = field(default_factory=lambda: [0.8, 0.2])  # reported in logs and tests
+
+    def validate(self) -> None:
+        if isinstance(self.tau, str):
+            if self.tau != "auto":
+                raise ConfigError(f"env.tau: must be a positive number or 'auto', got {self.tau!r}")
+        elif not self.tau > 0:
+            raise ConfigError(f"env.tau: must be > 0, got {self.tau}")
+        try:
+            PreferenceSampler.from_dict(self.preference)
+        except ValueError as e:
+            raise ConfigError(f"env.{e}") from None
+        try:
+            check_simplex(self.eval_preference, "env.eval_preference")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclass
+class PolicyConfig:
+    preference_hidden: list = field(default_factory=lambda: [32])
+    head_hidden: list = field(default_factory=lambda: [256, 128])
+
+    def validate(self) -> None:
+        for name in ("preference_hidden", "head_hidden"):
+            sizes = getattr(self, name)
+            if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+                raise ConfigError(f"policy.{name}: must be a non-empty list of positive integers, got {sizes!r}")
+
+
+@dataclass
+class TrainingConfig:
+    iterations: int = 150
+    rounds_per_iteration: int = 4096  # simulated bandit rounds (one-step episodes) per update
+    minibatch_size: int | None = None  # None: one gradient step per iteration
+    lr: float = 1e-3
+    entropy_coeff: float = 0.01
+    baseline: str = "learned"  # learned | mean | none
+    baseline_coeff: float = 0.5
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        _positive("training.iterations", self.iterations)
+        _positive("training.rounds_per_iteration", self.rounds_per_iteration)
+        if self.minibatch_size is not None:
+            _positive("training.minibatch_size", self.minibatch_size)
+        _positive("training.lr", self.lr)
+        _non_negative("training.entropy_coeff", self.entropy_coeff)
+        _one_of("training.baseline", self.baseline, ("learned", "mean", "none"))
+        _non_negative("training.baseline_coeff", self.baseline_coeff)
+        _positive("training.grad_clip", self.grad_clip)
+
+
+@dataclass
+class ScaleConfig:
+    num_env_runners: int = 0  # 0: sample in the driver process (laptop); N: N rollout actors
+    num_envs_per_env_runner: int = 1024  # bandit rounds simulated per vectorised step on each runner
+    num_cpus_per_env_runner: float = 1
+    num_learners: int = 0  # 0: learn in the driver process; N: N learner actors (DDP)
+    num_gpus_per_learner: float = 0  # > 0 puts each learner on a GPU
+
+    def validate(self) -> None:
+        _non_negative("scale.num_env_runners", self.num_env_runners)
+        _positive("scale.num_envs_per_env_runner", self.num_envs_per_env_runner)
+        _positive("scale.num_cpus_per_env_runner", self.num_cpus_per_env_runner)
+        _non_negative("scale.num_learners", self.num_learners)
+        _non_negative("scale.num_gpus_per_learner", self.num_gpus_per_learner)
+
+
+@dataclass
+class OutputConfig:
+    checkpoint_dir: str = "checkpoints/barp-default"
+    log_every: int = 10
+
+    def validate(self) -> None:
+        _positive("output.log_every", self.log_every)
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> "TrainConfig":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def from_dict(raw: Any, where: str = "config") -> TrainConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: top level must be a mapping of sections, got {type(raw).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; known: {sorted(sections)}")
+    built = {}
+    for name, f in sections.items():
+        cls = f.default_factory().__class__
+        built[name] = _build_section(cls, raw.get(name) or {}, name)
+    return TrainConfig(**built).validate()
+
+
+def load_config(path: str | Path | None) -> TrainConfig:
+    """None -> the embedded default (synthetic world)."""
+    if path is None:
+        return TrainConfig().validate()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
+    return from_dict(raw, where=str(path))
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """`section.field=value` strings from the CLI; values parsed as YAML scalars/lists."""
+    raw = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        if section not in raw:
+            raise ConfigError(f"override {item!r}: unknown section {section!r}")
+        raw[section][name] = yaml.safe_load(value)
+    return from_dict(raw, where="overrides")
+
+
+def _build_section(cls: type, raw: Any, section: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section}: must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{section}: unknown field(s) {unknown}; known: {sorted(names)}")
+    values = {k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Accept a value if it matches one member of the annotated type (ints pass as floats)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+    for opt in options:
+        if opt is type(None) and value is None:
+            return None
+        origin = typing.get_origin(opt) or opt
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin in (str, bool, list, dict) and isinstance(value, origin):
+            return value
+    expected = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{name}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def _positive(name: str, v) -> None:
+    if not v > 0:
+        raise ConfigError(f"{name}: must be > 0, got {v}")
+
+
+def _non_negative(name: str, v) -> None:
+    if not v >= 0:
+        raise ConfigError(f"{name}: must be >= 0, got {v}")
+
+
+def _one_of(name: str, v, options) -> None:
+    if v not in options:
+        raise ConfigError(f"{name}: must be one of {list(options)}, got {v!r}")
+
+
+def _path_exists(p: str) -> bool:
+    return "://" in p or Path(p).exists()

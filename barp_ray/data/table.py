@@ -1,0 +1,102 @@
+"""`RoutingTable`: the full-information log every router is trained and judged on.
+
+Rows are prompts, columns are candidate LLMs. The table itself is full-information (every
+model's score and cost for every prompt); bandit trainers only ever see it through the
+environment, which reveals the chosen column alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A routing data file or table is unusable; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """Dollars per million tokens."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    prompts: np.ndarray  # [N] str
+    tasks: np.ndarray  # [N] str
+    scores: np.ndarray  # [N, K] float32 in [0, 1]
+    costs: np.ndarray  # [N, K] float64 dollars >= 0
+    models: tuple[str, ...]
+    prices: dict[str, ModelPrice] = field(default_factory=dict)
+    source: str = "memory"
+    cost_note: str = ""
+
+    def __post_init__(self) -> None:
+        n = len(self.prompts)
+        k = len(self.models)
+        where = f"routing table from {self.source}"
+        if n == 0:
+            raise DataError(f"{where}: no prompts")
+        if k < 2:
+            raise DataError(f"{where}: need at least 2 models, got {k}")
+        if len(set(self.models)) != k:
+            raise DataError(f"{where}: duplicate model names in {list(self.models)}")
+        if len(self.tasks) != n:
+            raise DataError(f"{where}: {len(self.tasks)} task names for {n} prompts")
+        for name, arr in (("scores", self.scores), ("costs", self.costs)):
+            if arr.shape != (n, k):
+                raise DataError(f"{where}: {name} has shape {arr.shape}, expected ({n}, {k})")
+            if not np.all(np.isfinite(arr)):
+                bad = np.argwhere(~np.isfinite(arr))[0]
+                raise DataError(f"{where}: {name} is not finite at prompt {bad[0]}, model {self.models[bad[1]]!r}")
+        if self.scores.min() < 0 or self.scores.max() > 1:
+            r, c = np.unravel_index(np.argmax((self.scores < 0) | (self.scores > 1)), self.scores.shape)
+            raise DataError(
+                f"{where}: score {self.scores[r, c]} outside [0, 1] at prompt {r}, model {self.models[c]!r}"
+            )
+        if self.costs.min() < 0:
+            r, c = np.unravel_index(np.argmin(self.costs), self.costs.shape)
+            raise DataError(f"{where}: negative cost {self.costs[r, c]} at prompt {r}, model {self.models[c]!r}")
+
+    @property
+    def n(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def k(self) -> int:
+        return len(self.models)
+
+    def subset(self, index: np.ndarray) -> "RoutingTable":
+        index = np.asarray(index)
+        return RoutingTable(
+            prompts=self.prompts[index],
+            tasks=self.tasks[index],
+            scores=self.scores[index],
+            costs=self.costs[index],
+            models=self.models,
+            prices=self.prices,
+            source=self.source,
+            cost_note=self.cost_note,
+        )
+
+    def task_names(self) -> list[str]:
+        return sorted(set(self.tasks.tolist()))
+
+
+def make_table(
+    prompts, tasks, scores, costs, models, prices=None, source="memory", cost_note=""
+) -> RoutingTable:
+    """Build a table from plain sequences, coercing dtypes once here rather than in every loader."""
+    return RoutingTable(
+        prompts=np.asarray(list(prompts), dtype=object),
+        tasks=np.asarray([str(t) for t in tasks], dtype=object),
+        scores=np.asarray(scores, dtype=np.float32),
+        costs=np.asarray(costs, dtype=np.float64),
+        models=tuple(str(m) for m in models),
+        prices=dict(prices or {}),
+        source=str(source),
+        cost_note=cost_note,
+    )

@@ -1,0 +1,67 @@
+"""Loading a trained router for inference: the RLModule plus the metadata needed to use it.
+
+Serving and evaluation need only this, never the Algorithm (no env runners, no learners,
+no Ray cluster): the RLModule is restored from its own sub-checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+META_FILE = "barp_meta.json"
+RL_MODULE_PATH = Path("learner_group") / "learner" / "rl_module" / "default_policy"
+
+
+class CheckpointError(ValueError):
+    """The path is not a usable barp-ray checkpoint; the message says why."""
+
+
+@dataclass
+class RoutingPolicy:
+    module: "torch.nn.Module"
+    models: tuple[str, ...]
+    tau: float
+    encoder: str
+    meta: dict
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | Path) -> "RoutingPolicy":
+        from ray.rllib.core.rl_module.rl_module import RLModule
+
+        root = Path(checkpoint_dir)
+        meta_path = root / META_FILE
+        if not meta_path.is_file():
+            raise CheckpointError(f"{root}: not a barp-ray checkpoint (no {META_FILE})")
+        module_dir = root / RL_MODULE_PATH
+        if not module_dir.is_dir():
+            raise CheckpointError(f"{root}: RLModule state missing at {RL_MODULE_PATH}")
+        try:
+            meta = json.loads(meta_path.read_text())
+            module = RLModule.from_checkpoint(module_dir)
+        except Exception as e:  # noqa: BLE001 - any failure here means "unusable checkpoint"
+            raise CheckpointError(f"{root}: cannot load checkpoint: {type(e).__name__}: {e}") from e
+        module.eval()
+        models = tuple(meta["models"])
+        if module.action_space.n != len(models):
+            raise CheckpointError(f"{root}: module has {module.action_space.n} actions but metadata lists {len(models)} models")
+        return cls(module=module, models=models, tau=float(meta["tau"]), encoder=meta["encoder"], meta=meta)
+
+    def probabilities(self, embeddings: np.ndarray, preferences: np.ndarray) -> np.ndarray:
+        """[B, K] routing distribution for B (embedding, preference) pairs."""
+        e = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        w = torch.as_tensor(np.asarray(preferences, dtype=np.float32))
+        if w.ndim == 1:
+            w = w.expand(len(e), 2)
+        return self.module.action_probabilities(e, w).numpy()
+
+    def route(self, prompts: Sequence[str], preference: Sequence[float]) -> list[str]:
+        """Greedy model choice per prompt; encodes with the same frozen encoder used in training."""
+        from barp_ray.encoder import encode
+
+        probs = self.probabilities(encode(list(prompts), self.encoder), np.asarray(preference, dtype=np.float32))
+        return [self.models[i] for i in probs.argmax(-1)]

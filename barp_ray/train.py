@@ -1,0 +1,204 @@
+"""`python -m barp_ray.train --config configs/X.yaml`: train a BaRP router with RLlib, write a checkpoint.
+
+Runs the same way on a laptop (no config: the embedded synthetic world, 0 env runners) and
+under `ray job submit` on a cluster (RAY_ADDRESS is set there; scale knobs come from YAML).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from barp_ray.config import ConfigError, TrainConfig, apply_overrides, load_config  # noqa: E402
+from barp_ray.data.table import DataError  # noqa: E402
+
+ENV_NAME = "barp-routing"
+
+
+@dataclass
+class TrainResult:
+    checkpoint: str
+    history: list[dict]
+    evaluation: dict
+    seconds: float
+
+
+def build_algo_config(cfg: TrainConfig, data_ref, tau: float):
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.tune.registry import register_env
+
+    from barp_ray.algorithm import BaRPConfig
+    from barp_ray.rl_module import BaRPRLModule
+    from envs.routing_env import RoutingBanditEnv
+
+    register_env(ENV_NAME, lambda env_config: RoutingBanditEnv(env_config))
+    t, s = cfg.training, cfg.scale
+    return (
+        BaRPConfig()
+        .environment(
+            ENV_NAME,
+            env_config={"data": data_ref, "tau": tau, "preference": cfg.env.preference, "seed": t.seed},
+        )
+        .env_runners(
+            num_env_runners=s.num_env_runners,
+            num_envs_per_env_runner=s.num_envs_per_env_runner,
+            num_cpus_per_env_runner=s.num_cpus_per_env_runner,
+        )
+        .learners(num_learners=s.num_learners, num_gpus_per_learner=s.num_gpus_per_learner)
+        .training(
+            lr=t.lr,
+            entropy_coeff=t.entropy_coeff,
+            baseline=t.baseline,
+            baseline_coeff=t.baseline_coeff,
+            grad_clip=t.grad_clip,
+            rounds_per_iteration=t.rounds_per_iteration,
+            minibatch_size=t.minibatch_size,
+        )
+        .rl_module(
+            rl_module_spec=RLModuleSpec(
+                module_class=BaRPRLModule,
+                model_config={
+                    "preference_hidden": list(cfg.policy.preference_hidden),
+                    "head_hidden": list(cfg.policy.head_hidden),
+                    "learned_baseline": t.baseline == "learned",
+                },
+            )
+        )
+        .debugging(seed=t.seed, log_level="WARN")
+        .reporting(metrics_num_episodes_for_smoothing=1)
+    )
+
+
+def ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # Under `ray job submit` RAY_ADDRESS points at the cluster; locally this starts one.
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
+
+
+def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResult:
+    import numpy as np
+    import ray
+    from tqdm import tqdm
+
+    from barp_ray.data.prepare import prepare
+    from barp_ray.evaluate import greedy_actions, reference_points, score_actions
+    from barp_ray.policy import META_FILE
+    from envs.routing_env import BanditData
+
+    start = time.time()
+    data = prepare(cfg, progress=progress)
+    print(
+        f"data: {cfg.data.source} train={data.train.n} test={data.test.n} models={data.train.k} "
+        f"tau=${data.tau:.6g}  cost: {data.train.cost_note}",
+        file=out,
+        flush=True,
+    )
+    ensure_ray()
+    data_ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
+    algo = build_algo_config(cfg, data_ref, data.tau).build_algo()
+    w_eval = tuple(cfg.env.eval_preference)
+    module = algo.get_module()
+
+    def test_reward() -> float:
+        return score_actions(data.test, greedy_actions(module, data.test_embeddings, w_eval), w_eval, data.tau).reward
+
+    history: list[dict] = []
+    bar = tqdm(range(cfg.training.iterations), desc="training", unit="it", disable=not progress, file=sys.stderr, mininterval=1.0)
+    try:
+        for it in bar:
+            res = algo.train()
+            runner, learner = res["env_runners"], res["learners"]["default_policy"]
+            row = {
+                "iteration": it + 1,
+                "rounds": int(res.get("num_env_steps_sampled_lifetime", runner.get("num_env_steps_sampled_lifetime", 0))),
+                "train_reward": float(runner["episode_return_mean"]),
+                "entropy": float(learner["entropy"]),
+                "policy_loss": float(learner["policy_loss"]),
+                "baseline_loss": float(learner["baseline_loss"]),
+            }
+            if (it + 1) % cfg.output.log_every == 0 or it + 1 == cfg.training.iterations:
+                module = algo.get_module()
+                row["test_reward"] = test_reward()
+                tqdm.write(
+                    f"iter {it + 1:4d}  rounds {row['rounds']:>9d}  train_reward {row['train_reward']:+.4f}  "
+                    f"entropy {row['entropy']:.3f}  test_reward@w={list(w_eval)} {row['test_reward']:+.4f}",
+                    file=out,
+                )
+            bar.set_postfix(reward=f"{row['train_reward']:+.3f}", entropy=f"{row['entropy']:.2f}")
+            history.append(row)
+
+        ckpt = Path(cfg.output.checkpoint_dir).resolve()
+        ckpt.mkdir(parents=True, exist_ok=True)
+        algo.save_to_path(str(ckpt))
+    finally:
+        bar.close()
+        module = algo.get_module()
+        algo.stop()
+
+    final = score_actions(data.test, greedy_actions(module, data.test_embeddings, w_eval), w_eval, data.tau)
+    evaluation = {
+        "preference": list(w_eval),
+        "barp": final.as_dict(),
+        **{k: v.as_dict() for k, v in reference_points(data.train, data.test, w_eval, data.tau).items()},
+    }
+    meta = {
+        "format": 1,
+        "models": list(data.train.models),
+        "prices": {m: vars(p) for m, p in data.train.prices.items()},
+        "tau": data.tau,
+        "encoder": cfg.encoder.model,
+        "embedding_dim": int(data.train_embeddings.shape[1]),
+        "cost_note": data.train.cost_note,
+        "config": cfg.to_dict(),
+        "evaluation": evaluation,
+        "history": history,
+    }
+    (ckpt / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+    seconds = time.time() - start
+    print(f"\ntest split, greedy routing at w={list(w_eval)} (reward / quality / $ per query):", file=out)
+    for name, s in evaluation.items():
+        if isinstance(s, dict):
+            print(f"  {name:<40s} {s['reward']:+.4f}  {s['quality']:.4f}  ${s['cost']:.6f}", file=out)
+    print(f"checkpoint: {ckpt}  ({seconds:.0f}s)", file=out, flush=True)
+    return TrainResult(checkpoint=str(ckpt), history=history, evaluation=evaluation, seconds=seconds)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="barp-train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="YAML training config (default: the embedded synthetic world)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    p.add_argument("--checkpoint-dir", help="shorthand for --set output.checkpoint_dir=...")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines only, no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        overrides = list(args.set) + ([f"output.checkpoint_dir={args.checkpoint_dir}"] if args.checkpoint_dir else [])
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
+        train(cfg, progress=not args.no_progress)
+    except (ConfigError, DataError) as e:
+        print(f"barp-train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

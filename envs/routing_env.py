@@ -1,0 +1,129 @@
+"""The routing task as a one-step contextual bandit.
+
+Each round draws a logged prompt and a preference w; the agent names one of K models and
+receives only that model's reward. The full score/cost matrices live inside `BanditData`
+and never leave the environment: not in observations, not in `info`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.preference import PreferenceSampler
+from envs.reward import reward
+
+
+@dataclass(frozen=True)
+class BanditData:
+    """What the simulator needs from a routing table: cached prompt embeddings plus the hidden outcomes."""
+
+    embeddings: np.ndarray  # [N, D] float32, unit-norm (MiniLM normalises)
+    scores: np.ndarray  # [N, K] float32
+    costs: np.ndarray  # [N, K] float64 dollars
+    models: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = self.embeddings.shape[0]
+        if self.scores.shape != (n, len(self.models)) or self.costs.shape != self.scores.shape:
+            raise ValueError(
+                f"BanditData: embeddings {self.embeddings.shape}, scores {self.scores.shape}, "
+                f"costs {self.costs.shape} and {len(self.models)} models do not line up"
+            )
+
+
+def resolve_data(data: Any) -> BanditData:
+    """Env configs may carry the data itself or a Ray ObjectRef to it (shared, zero-copy, across runners)."""
+    if isinstance(data, BanditData):
+        return data
+    import ray
+
+    if isinstance(data, ray.ObjectRef):
+        return ray.get(data)
+    raise TypeError(f"env_config['data'] must be BanditData or a ray.ObjectRef to it, got {type(data).__name__}")
+
+
+class BanditRounds:
+    """Vectorised core: draw n rounds, score n actions. Shared by the gym env and the batched EnvRunner."""
+
+    def __init__(self, data: BanditData, tau: float, preference: PreferenceSampler, seed: int | None = None):
+        if tau <= 0:
+            raise ValueError(f"env.tau must be > 0, got {tau}")
+        self.data = data
+        self.tau = float(tau)
+        self.preference = preference
+        self.rng = np.random.default_rng(seed)
+
+    def draw(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Row indices (kept private by the caller) and the observation batch."""
+        rows = self.rng.integers(self.data.embeddings.shape[0], size=n)
+        obs = {"embedding": self.data.embeddings[rows], "preference": self.preference.sample(self.rng, n)}
+        return rows, obs
+
+    def step(self, rows: np.ndarray, preference: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Bandit feedback: the reward of the chosen model only."""
+        q = self.data.scores[rows, actions]
+        c = self.data.costs[rows, actions]
+        return reward(q, c, preference[:, 0], preference[:, 1], self.tau).astype(np.float32)
+
+
+def observation_space(dim: int) -> gym.spaces.Dict:
+    return gym.spaces.Dict(
+        {
+            "embedding": gym.spaces.Box(-1.0, 1.0, shape=(dim,), dtype=np.float32),
+            "preference": gym.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32),
+        }
+    )
+
+
+class RoutingBanditEnv(gym.Env):
+    """env_config keys: data (BanditData or ObjectRef), tau, preference (dict), seed."""
+
+    metadata: dict = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None, **kwargs: Any):
+        config = {**(config or {}), **kwargs}
+        if "data" not in config:
+            raise ValueError("RoutingBanditEnv needs env_config['data'] (BanditData or a ray.ObjectRef to it)")
+        data = resolve_data(config["data"])
+        self._rounds = BanditRounds(
+            data,
+            tau=float(config.get("tau", 1.0)),
+            preference=PreferenceSampler.from_dict(config.get("preference")),
+            seed=config.get("seed"),
+        )
+        self.models = data.models
+        self.observation_space = observation_space(data.embeddings.shape[1])
+        self.action_space = gym.spaces.Discrete(len(data.models))
+        self._row: np.ndarray | None = None
+        self._obs: dict[str, np.ndarray] | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._rounds.rng = np.random.default_rng(seed)
+        rows, obs = self._rounds.draw(1)
+        self._row = rows
+        self._obs = {k: v[0] for k, v in obs.items()}
+        return self._obs, {}
+
+    def step(self, action):
+        if self._row is None:
+            raise RuntimeError("step() called before reset()")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must be an int in [0, {self.action_space.n}), got {action!r}")
+        r = self._rounds.step(self._row, self._obs["preference"][None], np.asarray([int(action)]))[0]
+        obs, self._row = self._obs, None
+        # One round per episode. info stays empty on purpose: no other model's outcome may leak.
+        return obs, float(r), True, False, {}
+
+
+ENV_ID = "barp/Routing-v0"
+
+
+def register() -> None:
+    """Register under a gymnasium id (idempotent)."""
+    if ENV_ID not in gym.registry:
+        gym.register(id=ENV_ID, entry_point="envs.routing_env:RoutingBanditEnv", disable_env_checker=True)
