@@ -36,6 +36,7 @@ class BaRPConfig(AlgorithmConfig):
         self.entropy_coeff = 0.01
         self.baseline = "learned"
         self.baseline_coeff = 0.5
+        self.normalize_advantages = True
         self.importance_weight_clip = 0.0  # 0: on-policy, no importance weights
         self.rounds_per_iteration = 4096
         self.num_envs_per_env_runner = 1024
@@ -51,6 +52,7 @@ class BaRPConfig(AlgorithmConfig):
         baseline=NotProvided,
         baseline_coeff=NotProvided,
         importance_weight_clip=NotProvided,
+        normalize_advantages=NotProvided,
         rounds_per_iteration=NotProvided,
         **kwargs,
     ) -> "BaRPConfig":
@@ -60,6 +62,7 @@ class BaRPConfig(AlgorithmConfig):
             ("baseline", baseline),
             ("baseline_coeff", baseline_coeff),
             ("importance_weight_clip", importance_weight_clip),
+            ("normalize_advantages", normalize_advantages),
             ("rounds_per_iteration", rounds_per_iteration),
         ):
             if value is not NotProvided:

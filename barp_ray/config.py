@@ -115,6 +115,7 @@ class TrainingConfig:
     entropy_coeff: float = 0.01
     baseline: str = "learned"  # learned | mean | none
     baseline_coeff: float = 0.5
+    normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
     grad_clip: float = 1.0
     seed: int = 0
 

@@ -39,6 +39,10 @@ class BaRPTorchLearner(TorchLearner):
         else:
             advantage = rewards
 
+        if config.normalize_advantages:
+            # Rewards at w_q~1 and w_q~0 differ in scale; unit-variance advantages keep the step size steady.
+            advantage = advantage / (advantage.std() + 1e-6)
+
         if Columns.ACTION_LOGP in batch and config.importance_weight_clip > 0:
             rho = torch.exp(logp.detach() - batch[Columns.ACTION_LOGP].float()).clamp(max=config.importance_weight_clip)
         else:

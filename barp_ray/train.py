@@ -27,6 +27,7 @@ class TrainResult:
     history: list[dict]
     evaluation: dict
     seconds: float
+    module: object = None  # the trained RLModule, in memory (for callers that continue with it)
 
 
 def build_algo_config(cfg: TrainConfig, data_ref, tau: float):
@@ -56,6 +57,7 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float):
             entropy_coeff=t.entropy_coeff,
             baseline=t.baseline,
             baseline_coeff=t.baseline_coeff,
+            normalize_advantages=t.normalize_advantages,
             grad_clip=t.grad_clip,
             rounds_per_iteration=t.rounds_per_iteration,
             minibatch_size=t.minibatch_size,
@@ -174,7 +176,7 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
         if isinstance(s, dict):
             print(f"  {name:<40s} {s['reward']:+.4f}  {s['quality']:.4f}  ${s['cost']:.6f}", file=out)
     print(f"checkpoint: {ckpt}  ({seconds:.0f}s)", file=out, flush=True)
-    return TrainResult(checkpoint=str(ckpt), history=history, evaluation=evaluation, seconds=seconds)
+    return TrainResult(checkpoint=str(ckpt), history=history, evaluation=evaluation, seconds=seconds, module=module)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

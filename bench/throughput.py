@@ -1,0 +1,448 @@
+"""Training throughput, in bandit rounds (env steps) per second: RLlib BaRP vs a plain torch loop.
+
+    python bench/throughput.py [--quick] [--out bench/out/throughput.json]
+
+Everything runs in ONE process on the same cached embeddings (the embedded synthetic default,
+`prepare(load_config(None))`), so the ratios compare like with like on whatever machine this is:
+
+* plain:  a self-contained REINFORCE loop (numpy sampling, one torch forward, bandit rewards from
+          `envs.reward.reward` for the chosen arm only, one Adam step per batch): the reference
+          for "how fast could this be".
+* rllib:  `build_algo_config(cfg, ray.put(BanditData(...)), tau).build_algo()` and `algo.train()`
+          with scale.num_env_runners = 0, 1, 2 and the same rounds per iteration.
+
+Runs are interleaved (plain, rllib r=0, plain, rllib r=1, plain, rllib r=2, plain). The plain
+reference is the mean over all plain runs; each RLlib setting is also compared with the two plain
+runs that bracket it ("vs adj."), which is less sensitive to load drifting on a shared machine.
+
+Headline rounds/s use the MEDIAN iteration time by default (`--stat mean` for total rounds /
+total time; both are in the JSON). On a small shared machine another process grabbing a core
+can make single iterations 5-10x slower (torch's intra-op threads then wait on each other), and
+the median is what measures the code rather than the neighbours.
+
+RLlib's breakdown comes from result["timers"]. RLlib smooths those timers with an EMA (coeff
+0.01) seeded by the very first iteration, so after N iterations they still mostly show warm-up.
+The script therefore drops the "timers" stats before each timed `train()` call (outside the timed
+span): each result then carries exactly that iteration's sampling / learner-update / weight-sync
+times, and the table shows their median (or mean) over the timed iterations.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from barp_ray.config import TrainConfig, apply_overrides, load_config  # noqa: E402
+from barp_ray.data.prepare import PreparedData, prepare  # noqa: E402
+from envs.reward import reward  # noqa: E402
+
+GOAL = 0.5  # RLlib should reach at least this fraction of the plain loop's rounds/s
+RUNNER_SETTINGS = (0, 1, 2)
+PHASES = {  # our column -> RLlib result["timers"] key (ray.rllib.utils.metrics constants)
+    "sample": "env_runner_sampling_timer",
+    "learn": "learner_update_timer",
+    "sync": "synch_weights",
+    "training_step": "training_step",
+    "training_iteration": "training_iteration",
+}
+
+
+def summarize(per_iter_s: list[float], rounds_per_iter: float) -> dict:
+    mean_s, median_s = statistics.fmean(per_iter_s), statistics.median(per_iter_s)
+    return {
+        "iterations": len(per_iter_s),
+        "rounds_per_iter": rounds_per_iter,
+        "rounds_per_s_mean": rounds_per_iter / mean_s,  # = total rounds / total time
+        "rounds_per_s_median": rounds_per_iter / median_s,
+        "ms_per_iter_mean": 1e3 * mean_s,
+        "ms_per_iter_median": 1e3 * median_s,
+        "ms_per_iter_min": 1e3 * min(per_iter_s),
+        "ms_per_iter_max": 1e3 * max(per_iter_s),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 1. The plain torch loop
+# --------------------------------------------------------------------------------------------
+
+
+class PlainPolicy(nn.Module):
+    """Same sizes as BaRPRLModule: phi(w) = MLP [32]; head [256, 128] -> K; baseline [128] -> 1."""
+
+    def __init__(self, emb_dim: int, k: int, pref_hidden: list[int], head_hidden: list[int]):
+        super().__init__()
+        self.preference_net = _mlp([2, *pref_hidden], final_activation=True)
+        self.decision_head = _mlp([emb_dim + pref_hidden[-1], *head_hidden, k], final_activation=False)
+        self.baseline_head = _mlp([emb_dim + pref_hidden[-1], head_hidden[-1], 1], final_activation=False)
+
+    def forward(self, embedding: torch.Tensor, preference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.cat([embedding, self.preference_net(preference)], dim=-1)
+        return self.decision_head(z), self.baseline_head(z).squeeze(-1)
+
+
+def _mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if final_activation or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def run_plain(data: PreparedData, cfg: TrainConfig, warmup: int, iters: int, seed: int) -> dict:
+    """REINFORCE + entropy bonus + learned baseline; one update per `rounds_per_iteration` rounds."""
+    t = cfg.training
+    batch = t.rounds_per_iteration
+    emb = np.ascontiguousarray(data.train_embeddings, dtype=np.float32)
+    scores, costs, tau = data.train.scores, data.train.costs, data.tau
+    n, k = scores.shape
+    # Mirror training.normalize_advantages (barp_ray/learner.py) where the config has that field.
+    normalize = bool(getattr(t, "normalize_advantages", False))
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    policy = PlainPolicy(emb.shape[1], k, list(cfg.policy.preference_hidden), list(cfg.policy.head_hidden))
+    opt = torch.optim.Adam(policy.parameters(), lr=t.lr)
+
+    def one_iteration() -> float:
+        # Sample rounds: prompt rows and uniform preferences w = (w_q, 1 - w_q).
+        rows = rng.integers(n, size=batch)
+        wq = rng.random(batch)
+        w = np.stack([wq, 1.0 - wq], axis=1).astype(np.float32)
+        # One forward pass serves both acting and the update (on-policy).
+        logits, b = policy(torch.from_numpy(emb[rows]), torch.from_numpy(w))
+        logp_all = torch.log_softmax(logits, dim=-1)
+        with torch.no_grad():
+            actions = torch.multinomial(logp_all.exp(), 1).squeeze(-1)
+        # Bandit feedback: the hidden score/cost of the chosen arm only.
+        a = actions.numpy()
+        r = torch.from_numpy(reward(scores[rows, a], costs[rows, a], w[:, 0], w[:, 1], tau).astype(np.float32))
+        # Loss: policy gradient with a learned baseline, entropy bonus, baseline regression.
+        logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+        advantage = r - b.detach()
+        if normalize:
+            advantage = advantage / (advantage.std() + 1e-6)
+        policy_loss = -(advantage * logp).mean()
+        baseline_loss = ((b - r) ** 2).mean()
+        loss = policy_loss - t.entropy_coeff * entropy + t.baseline_coeff * baseline_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), t.grad_clip)
+        opt.step()
+        return float(r.mean())
+
+    for _ in range(warmup):
+        one_iteration()
+    per_iter, rewards = [], []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        rewards.append(one_iteration())
+        per_iter.append(time.perf_counter() - t0)
+    return {
+        **summarize(per_iter, batch),
+        "normalize_advantages": normalize,
+        "train_reward_first_timed": rewards[0],
+        "train_reward_last": rewards[-1],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 2. RLlib BaRP
+# --------------------------------------------------------------------------------------------
+
+
+def run_rllib(data_ref, data: PreparedData, cfg: TrainConfig, warmup: int, iters: int) -> dict:
+    from barp_ray.train import build_algo_config
+
+    t_build = time.perf_counter()
+    algo = build_algo_config(cfg, data_ref, data.tau).build_algo()
+    build_s = time.perf_counter() - t_build
+    try:
+        for _ in range(warmup):
+            algo.train()
+        phases: dict[str, list[float]] = {name: [] for name in PHASES}
+        per_iter: list[float] = []
+        steps_before = steps_after = None
+        last = None
+        for _ in range(iters):
+            # Fresh timer stats: result["timers"] then holds this iteration's values instead of an
+            # EMA seeded by the first (warm-up) iteration. Done outside the timed span.
+            algo.metrics.delete("timers", key_error=False)
+            t0 = time.perf_counter()
+            last = algo.train()
+            per_iter.append(time.perf_counter() - t0)
+            if steps_before is None:
+                steps_before = _lifetime_steps(last) - int(last["env_runners"]["num_env_steps_sampled"])
+            steps_after = _lifetime_steps(last)
+            for name, key in PHASES.items():
+                value = last.get("timers", {}).get(key)
+                phases[name].append(float(value) if value is not None else math.nan)
+        rounds = steps_after - steps_before
+        other = [it - sum(phases[p][i] for p in ("sample", "learn", "sync")) for i, it in enumerate(per_iter)]
+        learner = last["learners"]["default_policy"]
+        return {
+            **summarize(per_iter, rounds / iters),
+            "build_s": build_s,
+            "rounds": rounds,
+            "phase_ms_median": {p: _ms(statistics.median, v) for p, v in {**phases, "other": other}.items()},
+            "phase_ms_mean": {p: _ms(statistics.fmean, v) for p, v in {**phases, "other": other}.items()},
+            "num_remote_env_runners": algo.env_runner_group.num_remote_env_runners(),
+            "train_reward_last": float(last["env_runners"]["episode_return_mean"]),
+            "entropy_last": float(learner["entropy"]),
+        }
+    finally:
+        algo.stop()
+
+
+def _ms(fn, values: list[float]) -> float | None:
+    vals = [v for v in values if not math.isnan(v)]
+    return 1e3 * fn(vals) if vals else None
+
+
+def _lifetime_steps(result: dict) -> int:
+    if "num_env_steps_sampled_lifetime" in result:
+        return int(result["num_env_steps_sampled_lifetime"])
+    return int(result["env_runners"]["num_env_steps_sampled_lifetime"])
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Driver
+# --------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    import ray
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch_version": torch.__version__,
+        "ray_version": ray.__version__,
+        "numpy_version": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def print_table(plain_runs: list[dict], rows: list[dict], stat: str, out=sys.stdout) -> None:
+    rps, ms = f"rounds_per_s_{stat}", f"ms_per_iter_{stat}"
+    plain_rps = statistics.fmean(p[rps] for p in plain_runs)
+    head = (
+        f"{'setting':<38s} {'rounds/s':>9s} {'vs plain':>8s} {'vs adj.':>7s} {'goal':>4s} "
+        f"{'iter ms':>8s} {'sample ms':>9s} {'learn ms':>8s} {'sync ms':>7s} {'other ms':>8s}"
+    )
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    print(
+        f"{'plain torch loop (mean of runs)':<38s} {plain_rps:>9,.0f} {1.0:>8.2f} {'':>7s} {'':>4s} "
+        f"{statistics.fmean(p[ms] for p in plain_runs):>8.1f}",
+        file=out,
+    )
+    for r in rows:
+        ph = r[f"phase_ms_{stat}"]
+        print(
+            f"{r['setting']:<38s} {r[rps]:>9,.0f} {r['ratio_vs_plain']:>8.2f} {r['ratio_vs_plain_adjacent']:>7.2f} "
+            f"{'yes' if r['meets_goal'] else 'NO':>4s} {r[ms]:>8.1f} {_fmt(ph['sample'], '.1f'):>9s} "
+            f"{_fmt(ph['learn'], '.1f'):>8s} {_fmt(ph['sync'], '.1f'):>7s} {_fmt(ph['other'], '.1f'):>8s}",
+            file=out,
+        )
+    print(f"plain runs, in order: {', '.join(f'{p[rps]:,.0f}' for p in plain_runs)} rounds/s", file=out)
+    print(
+        f"\n{stat} per-iteration figures. vs plain: ratio to the mean of all plain runs; vs adj.: ratio to the two\n"
+        "plain runs that bracket the setting. sample / learn / sync: RLlib result['timers'] env_runner_sampling_timer /\n"
+        "learner_update_timer / synch_weights per timed iteration; other: the rest of train() (metrics, bookkeeping).",
+        file=out,
+    )
+    print(f"\ngoal: RLlib >= {GOAL:.0%} of the plain loop's rounds/s", file=out)
+    for r in rows:
+        verdict = "meets the goal" if r["meets_goal"] else "MISSES the goal"
+        print(f"  {r['setting']:<38s} {verdict}: {r['ratio_vs_plain']:.0%} of plain", file=out)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer iterations: a ~1 minute smoke run")
+    p.add_argument("--out", default="bench/out/throughput.json", help="JSON results path (default: %(default)s)")
+    p.add_argument("--iters", type=int, help="timed iterations per run (default 40; --quick 8)")
+    p.add_argument("--warmup", type=int, help="untimed iterations per run (default 5; --quick 2)")
+    p.add_argument("--runners", default=",".join(map(str, RUNNER_SETTINGS)), help="num_env_runners settings (default: %(default)s)")
+    p.add_argument("--stat", choices=("median", "mean"), default="median", help="per-iteration statistic for the table and goal")
+    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads in this process (default: leave torch's default)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="config override for every run")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    iters = args.iters or (8 if args.quick else 40)
+    warmup = args.warmup if args.warmup is not None else (2 if args.quick else 5)
+    runner_settings = [int(x) for x in args.runners.split(",") if x.strip()]
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+
+    import ray
+
+    from envs.routing_env import BanditData
+
+    started = time.time()
+    base_cfg = load_config(None)
+    if args.set:
+        base_cfg = apply_overrides(base_cfg, list(args.set))
+    data = prepare(base_cfg)
+    info = machine_info()
+    print(
+        f"data: synthetic default, train={data.train.n} prompts x {data.train.k} models, "
+        f"embeddings {tuple(data.train_embeddings.shape)}, tau=${data.tau:.6g}",
+        flush=True,
+    )
+    print(
+        f"machine: {info['cpu_count']} CPUs (affinity {info['cpu_affinity']}), torch {info['torch_version']} "
+        f"threads={info['torch_threads']}, ray {info['ray_version']}, load avg {info['loadavg_at_start']}",
+        flush=True,
+    )
+    print(
+        f"rounds/iteration={base_cfg.training.rounds_per_iteration}  warmup={warmup}  timed iterations={iters} per run",
+        flush=True,
+    )
+
+    # address="local": always start our own instance, never attach to another job's cluster on this machine.
+    ray.init(
+        address="local", num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False, logging_level="ERROR"
+    )
+    try:
+        data_ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
+        plain_runs: list[dict] = []
+        rows: list[dict] = []
+        failed: list[dict] = []
+
+        def plain() -> None:
+            res = run_plain(data, base_cfg, warmup, iters, seed=base_cfg.training.seed + len(plain_runs))
+            plain_runs.append(res)
+            print(
+                f"  plain loop #{len(plain_runs)}: {res['rounds_per_s_median']:,.0f} rounds/s median "
+                f"({res['ms_per_iter_median']:.1f} ms/iter; mean {res['ms_per_iter_mean']:.1f})",
+                flush=True,
+            )
+
+        plain()
+        for r in runner_settings:
+            overrides = [f"scale.num_env_runners={r}"]
+            cfg = apply_overrides(base_cfg, overrides)
+            setting = f"rllib num_env_runners={r}" + (" (oversubscribed)" if r >= 2 else "")
+            res = {"setting": setting, "overrides": overrides, "scale": cfg.to_dict()["scale"]}
+            try:
+                res.update(run_rllib(data_ref, data, cfg, warmup, iters))
+            except Exception as e:  # e.g. another job's `ray stop` killed our raylet: keep the other figures
+                res["error"] = f"{type(e).__name__}: {e}"[:2000]
+                failed.append(res)
+                print(f"  {setting}: FAILED ({res['error'][:300]})", flush=True)
+                continue
+            res["plain_run_before"] = len(plain_runs) - 1
+            rows.append(res)
+            print(
+                f"  {setting}: {res['rounds_per_s_median']:,.0f} rounds/s median ({res['ms_per_iter_median']:.1f} ms/iter; "
+                f"mean {res['ms_per_iter_mean']:.1f}; built in {res['build_s']:.1f}s)",
+                flush=True,
+            )
+            plain()
+    finally:
+        ray.shutdown()
+
+    key = f"rounds_per_s_{args.stat}"
+    plain_rps = {s: statistics.fmean(p[f"rounds_per_s_{s}"] for p in plain_runs) for s in ("median", "mean")}
+    for r in rows:
+        i = r["plain_run_before"]
+        r["plain_adjacent_rounds_per_s"] = statistics.fmean(p[key] for p in plain_runs[i : i + 2])
+        r["ratio_vs_plain"] = r[key] / plain_rps[args.stat]
+        r["ratio_vs_plain_adjacent"] = r[key] / r["plain_adjacent_rounds_per_s"]
+        r["ratio_vs_plain_mean_stat"] = r["rounds_per_s_mean"] / plain_rps["mean"]
+        r["ratio_vs_plain_median_stat"] = r["rounds_per_s_median"] / plain_rps["median"]
+        r["meets_goal"] = r["ratio_vs_plain"] >= GOAL
+
+    print()
+    print_table(plain_runs, rows, args.stat)
+    info["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "bench/throughput.py",
+        "argv": list(argv if argv is not None else sys.argv[1:]),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "total_seconds": time.time() - started,
+        "units": "rounds_per_s: bandit rounds (one-step episodes = env steps) trained per second",
+        "goal": {
+            "rllib_fraction_of_plain": GOAL,
+            "statistic": args.stat,
+            "measured_against": "mean over all plain runs of the plain loop's rounds/s",
+        },
+        "settings": {
+            "quick": args.quick,
+            "warmup_iterations": warmup,
+            "timed_iterations": iters,
+            "statistic": args.stat,
+            "rounds_per_iteration": base_cfg.training.rounds_per_iteration,
+            "num_env_runners": runner_settings,
+            "order": " -> ".join(["plain"] + [f"rllib r={r} -> plain" for r in runner_settings]),
+            "ray_init": {"address": "local", "num_cpus": 2, "object_store_memory": 300 * 1024**2, "include_dashboard": False},
+            "torch_threads_requested": args.torch_threads,
+            "overrides": list(args.set),
+            "config": base_cfg.to_dict(),
+            "plain_loop": {
+                "network": "phi(w): Linear(2,32)+ReLU; head: [384+32] -> 256 -> 128 -> K; baseline: [384+32] -> 128 -> 1",
+                "loss": "-(A * log pi(a)) - entropy_coeff * H + baseline_coeff * (b - r)^2, batch means; "
+                "A = r - b.detach() (divided by its batch std if training.normalize_advantages)",
+                "optimizer": f"Adam lr={base_cfg.training.lr}, clip_grad_norm {base_cfg.training.grad_clip}",
+                "sampling": "numpy rows + uniform w_q; one forward (with grad) serves acting and the update",
+            },
+            "rllib_phase_timers": "result['timers'] per timed iteration (timer stats reset before each); "
+            "other = train() wall time - sample - learn - sync",
+        },
+        "data": {
+            "source": "synthetic default: prepare(load_config(None))",
+            "train_prompts": data.train.n,
+            "models": list(data.train.models),
+            "embedding_dim": int(data.train_embeddings.shape[1]),
+            "tau": data.tau,
+        },
+        "machine": info,
+        "plain": {"rounds_per_s_median_mean_of_runs": plain_rps["median"], "rounds_per_s_mean_mean_of_runs": plain_rps["mean"], "runs": plain_runs},
+        "rllib": rows,
+        "rllib_failed": failed,
+    }
+    out.write_text(json.dumps(report, indent=2, default=float))
+    print(f"\nwrote {out}  ({report['total_seconds']:.0f}s total)")
+    if failed:
+        print(f"{len(failed)} RLlib setting(s) failed: {', '.join(f['setting'] for f in failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

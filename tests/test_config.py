@@ -1,0 +1,88 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from barp_ray.config import ConfigError, apply_overrides, from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_embedded_default_and_shipped_configs_load():
+    assert load_config(None).data.source == "synthetic"
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if path.name.startswith("serve"):
+            continue
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ({"training": {"lr": -1}}, "training.lr"),
+        ({"training": {"lr": "fast"}}, "training.lr"),
+        ({"training": {"iterations": 0}}, "training.iterations"),
+        ({"training": {"baseline": "critic"}}, "training.baseline"),
+        ({"training": {"entropy_coeff": -0.1}}, "training.entropy_coeff"),
+        ({"training": {"learning_rate": 0.1}}, "training"),
+        ({"trainig": {}}, "trainig"),
+        ({"env": {"tau": 0}}, "env.tau"),
+        ({"env": {"tau": "cheap"}}, "env.tau"),
+        ({"env": {"preference": {"kind": "normal"}}}, "env.preference.kind"),
+        ({"env": {"eval_preference": [0.9, 0.3]}}, "env.eval_preference"),
+        ({"data": {"source": "csv"}}, "data.source"),
+        ({"data": {"source": "llmrouter"}}, "data.path"),
+        ({"data": {"source": "records", "path": "/nonexistent/x.jsonl"}}, "data.path"),
+        ({"data": {"split": "tasks"}}, "data.held_out_tasks"),
+        ({"data": {"test_fraction": 1.5}}, "data.test_fraction"),
+        ({"data": {"output_tokens": {"math": -5}}}, "data.output_tokens.math"),
+        ({"scale": {"num_env_runners": -1}}, "scale.num_env_runners"),
+        ({"scale": {"num_env_runners": 1.5}}, "scale.num_env_runners"),
+        ({"policy": {"head_hidden": []}}, "policy.head_hidden"),
+        ({"output": {"log_every": 0}}, "output.log_every"),
+        ({"data": "synthetic"}, "data"),
+    ],
+)
+def test_each_bad_field_names_itself(raw, field):
+    with pytest.raises(ConfigError) as e:
+        from_dict(raw)
+    assert field in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_overrides_parse_yaml_values():
+    cfg = apply_overrides(load_config(None), ["training.lr=0.01", "data.held_out_tasks=[a, b]", "scale.num_env_runners=2"])
+    assert cfg.training.lr == 0.01 and cfg.data.held_out_tasks == ["a", "b"] and cfg.scale.num_env_runners == 2
+    with pytest.raises(ConfigError, match="training.lr"):
+        apply_overrides(cfg, ["training.lr=-3"])
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "barp_ray.train", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def test_cli_bad_config_is_one_line_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  lr: -0.5\n")
+    out = _cli("--config", str(bad))
+    assert out.returncode == 2
+    assert out.stderr.strip() == "barp-train: error: training.lr: must be > 0, got -0.5"
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_cli_invalid_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("training: [unclosed\n")
+    out = _cli("--config", str(bad))
+    assert out.returncode == 2 and "invalid YAML" in out.stderr and "Traceback" not in out.stderr
+    out = _cli("--config", str(tmp_path / "missing.yaml"))
+    assert out.returncode == 2 and "not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_bad_override_names_field():
+    out = _cli("--set", "scale.num_learners=-2")
+    assert out.returncode == 2
+    assert "scale.num_learners" in out.stderr and "Traceback" not in out.stderr
