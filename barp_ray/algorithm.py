@@ -33,7 +33,7 @@ BASELINES = ("learned", "mean", "none")
 class BaRPConfig(AlgorithmConfig):
     def __init__(self, algo_class=None):
         super().__init__(algo_class=algo_class or BaRP)
-        self.entropy_coeff = 0.01
+        self.entropy_coeff = 0.05
         self.baseline = "learned"
         self.baseline_coeff = 0.5
         self.normalize_advantages = True

@@ -112,7 +112,7 @@ class TrainingConfig:
     rounds_per_iteration: int = 4096  # simulated bandit rounds (one-step episodes) per update
     minibatch_size: int | None = None  # None: one gradient step per iteration
     lr: float = 1e-3
-    entropy_coeff: float = 0.01
+    entropy_coeff: float = 0.05
     baseline: str = "learned"  # learned | mean | none
     baseline_coeff: float = 0.5
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)

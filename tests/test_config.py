@@ -86,3 +86,13 @@ def test_cli_bad_override_names_field():
     out = _cli("--set", "scale.num_learners=-2")
     assert out.returncode == 2
     assert "scale.num_learners" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_bad_data_file_is_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "routes.jsonl"
+    bad.write_text('{"prompt": "hi", "scores": {"a": 0.5, "b": 1.7}, "costs": {"a": 0.0, "b": 0.1}}\n')
+    out = _cli("--set", "data.source=records", "--set", f"data.path={bad}")
+    assert out.returncode == 2
+    err = out.stderr.strip().splitlines()[-1]
+    assert err.startswith("barp-train: error:") and "routes.jsonl" in err and "1.7" in err
+    assert "Traceback" not in out.stderr

@@ -82,9 +82,11 @@ def test_route_prompts_with_the_real_encoder(trained):
 
 
 def test_remote_env_runner_trains_too(ray_local, tmp_path):
+    """Sampling on a remote rollout actor, weights synced from the learner every iteration."""
     cfg = small_config(tmp_path, "scale.num_env_runners=1", "training.iterations=25", "output.log_every=25")
     res = train(cfg, progress=False)
-    assert res.evaluation["barp"]["reward"] > res.evaluation["random"]["reward"] + 0.05
+    rewards = [h["train_reward"] for h in res.history]
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.03, rewards
     assert res.history[-1]["rounds"] >= 25 * 2048
 
 
