@@ -1,0 +1,32 @@
+"""`barp <command>`: one entry point over the project's tools.
+
+Each command lives in its own module with its own `main(argv) -> int`; this file only dispatches,
+so importing it costs nothing (Ray, torch and the encoder load inside the chosen command).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("barp_ray.train", "train a router with RLlib and write a checkpoint"),
+    "eval": ("barp_ray.eval_cli", "evaluate BaRP against baselines; write tables, plots and JSON"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: barp <command> [options]\n\ncommands:")
+        for name, (_, help_) in COMMANDS.items():
+            print(f"  {name:<8} {help_}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nbarp: error: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
