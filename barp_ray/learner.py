@@ -2,12 +2,16 @@
 
 Per round t (one-step episodes, so the return is the reward):
     A_t   = r_t - b(x_t, w_t)                      (baseline: learned head, batch mean, or none)
-    rho_t = min(pi(a_t|s_t) / mu(a_t|s_t), c)      (only when the batch carries the behaviour
-                                                    policy's log-prob: logged/served data)
+    rho_t = min(pi(a_t|s_t) / mu(a_t|s_t), c)      (only for logged/served data: mu is the
+                                                    behaviour policy that chose a_t)
     L     = -mean(rho_t * A_t * log pi(a_t|s_t)) - beta * mean(H(pi(.|s_t))) + lambda * mean((b - r)^2)
+
+`barp_loss` is a plain function so the continuous trainer (serving feedback) optimises exactly
+the same objective as RLlib training.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,48 +23,80 @@ from ray.rllib.utils.typing import ModuleID, TensorType
 from barp_ray.rl_module import BASELINE
 
 
+@dataclass(frozen=True)
+class LossSettings:
+    entropy_coeff: float = 0.05
+    baseline: str = "learned"  # learned | mean | none
+    baseline_coeff: float = 0.5
+    normalize_advantages: bool = True
+    importance_weight_clip: float = 0.0  # > 0: clip pi/mu at this value; 0: on-policy, no weights
+
+
+def barp_loss(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    rewards: torch.Tensor,
+    settings: LossSettings,
+    baseline: torch.Tensor | None = None,
+    behaviour_logp: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+    rewards = rewards.float()
+
+    baseline_loss = torch.zeros((), device=rewards.device)
+    if settings.baseline == "learned":
+        if baseline is None:
+            raise ValueError("baseline='learned' needs the module's baseline head output")
+        advantage = rewards - baseline.detach()
+        baseline_loss = torch.mean((baseline - rewards) ** 2)
+    elif settings.baseline == "mean":
+        advantage = rewards - rewards.mean()
+    else:
+        advantage = rewards
+    if settings.normalize_advantages and advantage.numel() > 1:
+        # Rewards at w_q~1 and w_q~0 differ in scale; unit-variance advantages keep the step size steady.
+        advantage = advantage / (advantage.std() + 1e-6)
+
+    if behaviour_logp is not None and settings.importance_weight_clip > 0:
+        rho = torch.exp(logp.detach() - behaviour_logp.float()).clamp(max=settings.importance_weight_clip)
+    else:
+        rho = torch.ones_like(logp)
+
+    policy_loss = -torch.mean(rho * advantage * logp)
+    loss = policy_loss - settings.entropy_coeff * entropy + settings.baseline_coeff * baseline_loss
+    stats = {
+        "policy_loss": policy_loss.detach(),
+        "entropy": entropy.detach(),
+        "baseline_loss": baseline_loss.detach(),
+        "reward_mean": rewards.mean().detach(),
+        "importance_weight_mean": rho.mean().detach(),
+    }
+    return loss, stats
+
+
+def settings_from(config: Any) -> LossSettings:
+    return LossSettings(
+        entropy_coeff=config.entropy_coeff,
+        baseline=config.baseline,
+        baseline_coeff=config.baseline_coeff,
+        normalize_advantages=config.normalize_advantages,
+        importance_weight_clip=config.importance_weight_clip,
+    )
+
+
 class BaRPTorchLearner(TorchLearner):
     def compute_loss_for_module(
         self, *, module_id: ModuleID, config: Any, batch: dict[str, Any], fwd_out: dict[str, TensorType]
     ) -> TensorType:
-        logp_all = torch.log_softmax(fwd_out[Columns.ACTION_DIST_INPUTS], dim=-1)
-        actions = batch[Columns.ACTIONS].long()
-        logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-        rewards = batch[Columns.REWARDS].float()
-
-        baseline_loss = torch.zeros((), device=rewards.device)
-        if config.baseline == "learned":
-            b = fwd_out[BASELINE]
-            advantage = rewards - b.detach()
-            baseline_loss = torch.mean((b - rewards) ** 2)
-        elif config.baseline == "mean":
-            advantage = rewards - rewards.mean()
-        else:
-            advantage = rewards
-
-        if config.normalize_advantages:
-            # Rewards at w_q~1 and w_q~0 differ in scale; unit-variance advantages keep the step size steady.
-            advantage = advantage / (advantage.std() + 1e-6)
-
-        if Columns.ACTION_LOGP in batch and config.importance_weight_clip > 0:
-            rho = torch.exp(logp.detach() - batch[Columns.ACTION_LOGP].float()).clamp(max=config.importance_weight_clip)
-        else:
-            rho = torch.ones_like(logp)
-
-        policy_loss = -torch.mean(rho * advantage * logp)
-        entropy_mean = entropy.mean()
-        loss = policy_loss - config.entropy_coeff * entropy_mean + config.baseline_coeff * baseline_loss
-
-        self.metrics.log_dict(
-            {
-                "policy_loss": policy_loss,
-                "entropy": entropy_mean,
-                "baseline_loss": baseline_loss,
-                "reward_mean": rewards.mean(),
-                "importance_weight_mean": rho.mean(),
-            },
-            key=module_id,
-            window=1,
+        loss, stats = barp_loss(
+            fwd_out[Columns.ACTION_DIST_INPUTS],
+            batch[Columns.ACTIONS],
+            batch[Columns.REWARDS],
+            settings_from(config),
+            baseline=fwd_out.get(BASELINE),
+            behaviour_logp=batch.get(Columns.ACTION_LOGP),
         )
+        self.metrics.log_dict(stats, key=module_id, window=1)
         return loss
