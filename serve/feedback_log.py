@@ -1,0 +1,121 @@
+"""The reward stream's durable log: routing decisions, and feedback joined to them.
+
+Two append-only JSONL files in one directory:
+  decisions.jsonl  one line per routed request: id, embedding, preference, action, the
+                   behaviour policy's probability of that action, policy_version.
+  rewards.jsonl    one line per accepted feedback: the decision's context plus score, cost
+                   and the reward computed with the training formula.
+Lines are flushed to the OS on every write (a killed process loses nothing); feedback lines are
+also fsync'ed before the 2xx goes out. On open, a torn final line (a crash mid-write) is cut off.
+The continuous trainer reads rewards.jsonl by byte offset, so "which rewards were used" is one
+integer saved with its weights.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.reward import reward
+
+DECISIONS = "decisions.jsonl"
+REWARDS = "rewards.jsonl"
+
+
+class FeedbackError(ValueError):
+    status = 400
+
+
+class UnknownRequest(FeedbackError):
+    status = 404
+
+
+class DuplicateFeedback(FeedbackError):
+    status = 409
+
+
+def encode_vector(v: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode("ascii")
+
+
+def decode_vector(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype=np.float32)
+
+
+def _repair_and_read(path: Path) -> list[dict]:
+    """Read every complete line; truncate a torn tail so later appends start on a clean line."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return [json.loads(line) for line in raw[:end].splitlines() if line.strip()]
+
+
+class FeedbackLog:
+    def __init__(self, directory: str | Path, tau: float):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tau = float(tau)
+        self._lock = threading.Lock()
+        self._decisions: dict[str, dict] = {d["request_id"]: d for d in _repair_and_read(self.dir / DECISIONS)}
+        self._rewarded: set[str] = {r["request_id"] for r in _repair_and_read(self.dir / REWARDS)}
+        self._dec_f = open(self.dir / DECISIONS, "a", encoding="utf-8")
+        self._rew_f = open(self.dir / REWARDS, "a", encoding="utf-8")
+
+    def record_decision(self, decision: dict[str, Any]) -> None:
+        line = json.dumps(decision, separators=(",", ":"))
+        with self._lock:
+            self._decisions[decision["request_id"]] = decision
+            self._dec_f.write(line + "\n")
+            self._dec_f.flush()
+
+    def record_feedback(self, request_id: str, score: float, cost: float) -> dict[str, Any]:
+        """Join feedback to its decision and persist it; raises before writing anything on bad input."""
+        with self._lock:
+            decision = self._decisions.get(request_id)
+            if decision is None:
+                raise UnknownRequest(f"request_id: unknown request {request_id!r}")
+            if request_id in self._rewarded:
+                raise DuplicateFeedback(f"request_id: feedback for {request_id!r} was already recorded")
+            w = decision["preference"]
+            r = float(reward(score, cost, w[0], w[1], self.tau))
+            record = {**decision, "score": float(score), "cost": float(cost), "reward": r}
+            self._rew_f.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._rew_f.flush()
+            os.fsync(self._rew_f.fileno())
+            self._rewarded.add(request_id)
+            return record
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"decisions": len(self._decisions), "rewards": len(self._rewarded)}
+
+    def close(self) -> None:
+        self._dec_f.close()
+        self._rew_f.close()
+
+
+def read_rewards(directory: str | Path, offset: int, max_records: int) -> tuple[list[dict], int]:
+    """Complete reward lines from byte `offset`; returns them and the offset just past the last one."""
+    path = Path(directory) / REWARDS
+    if not path.exists():
+        return [], offset
+    records: list[dict] = []
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while len(records) < max_records:
+            line = f.readline()
+            if not line.endswith(b"\n"):  # torn or still being written: stop before it
+                break
+            offset += len(line)
+            if line.strip():
+                records.append(json.loads(line))
+    return records, offset

@@ -1,0 +1,64 @@
+"""HTTP request and response bodies (they are the OpenAPI schema served at /openapi.json)."""
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Preference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    quality: float = Field(..., ge=0.0, le=1.0, description="w_q, weight on the task score")
+    cost: float = Field(..., ge=0.0, le=1.0, description="w_c, weight on the normalised dollar cost")
+
+
+class RouteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(..., min_length=1, description="the user's prompt")
+    preference: Union[Preference, float] = Field(
+        0.8, description="{quality, cost} on the simplex, or one knob k in [0,1] meaning (k, 1-k)"
+    )
+    mode: Literal["greedy", "sample"] = Field("greedy", description="argmax, or sample from the policy (explores)")
+    candidates: Optional[list[str]] = Field(None, min_length=1, description="restrict routing to these models")
+
+    @field_validator("preference")
+    @classmethod
+    def _on_simplex(cls, v):
+        if isinstance(v, Preference):
+            if not math.isclose(v.quality + v.cost, 1.0, abs_tol=1e-4):
+                raise ValueError(f"quality + cost must be 1, got {v.quality} + {v.cost}")
+            return v
+        if isinstance(v, bool) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+            raise ValueError(f"a single knob must be a number in [0, 1], got {v}")
+        return v
+
+    def weights(self) -> tuple[float, float]:
+        if isinstance(self.preference, Preference):
+            return self.preference.quality, self.preference.cost
+        return float(self.preference), 1.0 - float(self.preference)
+
+
+class RouteResponse(BaseModel):
+    request_id: str
+    model: str
+    probabilities: dict[str, float]
+    policy_version: int
+    replica: str
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(..., min_length=1, max_length=128)
+    score: float = Field(..., ge=0.0, le=1.0, allow_inf_nan=False, description="task score q of the answer")
+    cost: float = Field(..., ge=0.0, allow_inf_nan=False, description="dollars the call cost")
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    reward: float
+    accepted: bool = True
+
+
+class ErrorBody(BaseModel):
+    error: str

@@ -1,0 +1,267 @@
+"""Ray Serve over real HTTP on 127.0.0.1: routing, feedback, continuous training, restarts.
+
+The "users" are simulated from the synthetic world's full-information table: for each routed
+prompt they report the chosen model's true score and cost, exactly what a live system would log.
+"""
+from __future__ import annotations
+
+import json
+import math
+import socket
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from barp_ray.config import apply_overrides, load_config
+from barp_ray.data.prepare import split_tables
+from barp_ray.train import train
+from envs.reward import reward
+from serve.feedback_log import REWARDS
+
+W = (0.8, 0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    def __init__(self, port: int):
+        self.base = f"http://127.0.0.1:{port}"
+
+    def call(self, method: str, path: str, body=None, raw: bytes | None = None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def post(self, path, body=None, raw=None):
+        return self.call("POST", path, body, raw)
+
+    def get(self, path):
+        return self.call("GET", path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A deliberately under-trained checkpoint (2 iterations) so feedback has room to improve it."""
+    from conftest import start_local_ray
+
+    start_local_ray()
+    root = tmp_path_factory.mktemp("serve")
+    cfg = apply_overrides(
+        load_config(None),
+        ["data.synthetic_prompts=1200", "training.iterations=2", "training.rounds_per_iteration=256",
+         "training.lr=0.0001", f"output.checkpoint_dir={root / 'ckpt'}"],
+    )
+    res = train(cfg, progress=False)
+    train_t, test_t = split_tables(cfg.data)
+    return {"root": root, "checkpoint": res.checkpoint, "train": train_t, "test": test_t}
+
+
+def deploy(world, port, **trainer):
+    from ray import serve
+
+    from serve.app import app_builder
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "checkpoint": world["checkpoint"],
+        "log_dir": str(world["root"] / "log"),
+        "weights_poll_s": 0.2,
+        "router_autoscaling": {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 8},
+        "trainer": {"state_dir": str(world["root"] / "trainer"), "batch_size": 100, "lr": 0.003,
+                    "poll_s": 0.2, "enabled": False, **trainer},
+    }
+    serve.run(app_builder(args), name="barp", route_prefix="/")
+    return Client(port)
+
+
+@pytest.fixture(scope="module")
+def client(world):
+    from ray import serve
+
+    port = _free_port()
+    c = deploy(world, port)
+    c.port = port
+    yield c
+    serve.shutdown()
+
+
+def simulate_rounds(client, table, rows, mode="sample"):
+    """Route each prompt, then post the chosen model's true outcome as feedback; returns rewards."""
+    models = list(table.models)
+
+    def one(i):
+        st, r = client.post("/v1/route", {"prompt": table.prompts[i], "preference": {"quality": W[0], "cost": W[1]}, "mode": mode})
+        assert st == 200, r
+        a = models.index(r["model"])
+        st, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": float(table.scores[i, a]), "cost": float(table.costs[i, a])})
+        assert st == 200, f
+        return f["reward"]
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(one, rows))
+
+
+def greedy_reward(client, table, rows, tau):
+    models = list(table.models)
+
+    def one(i):
+        st, r = client.post("/v1/route", {"prompt": table.prompts[i], "preference": list(W)[0]})
+        assert st == 200, r
+        a = models.index(r["model"])
+        return float(reward(table.scores[i, a], table.costs[i, a], W[0], W[1], tau)), r["policy_version"]
+
+    with ThreadPoolExecutor(16) as pool:
+        out = list(pool.map(one, rows))
+    return float(np.mean([o[0] for o in out])), {o[1] for o in out}
+
+
+def test_route_response_shape(client, world):
+    st, r = client.post("/v1/route", {"prompt": "What is the capital city of Kenya?", "preference": {"quality": 0.8, "cost": 0.2}})
+    assert st == 200
+    assert set(r) == {"request_id", "model", "probabilities", "policy_version", "replica"}
+    assert r["model"] in world["train"].models
+    assert math.isclose(sum(r["probabilities"].values()), 1.0, abs_tol=1e-5)
+    st, r = client.post("/v1/route", {"prompt": "Write a Go function that reverses a linked list.", "preference": 0.3,
+                                      "candidates": ["tiny-1b", "chat-8b"]})
+    assert st == 200 and r["model"] in ("tiny-1b", "chat-8b")
+    assert sum(v for k, v in r["probabilities"].items() if k not in ("tiny-1b", "chat-8b")) == 0
+    st, models = client.get("/v1/models")
+    assert st == 200 and {m["id"] for m in models["models"]} >= set(world["train"].models) | {"barp-auto"}
+    assert client.get("/healthz") == (200, {"status": "ok", "models": 6})
+    st, schema = client.get("/openapi.json")
+    assert st == 200 and "/v1/route" in schema["paths"] and "/v1/feedback" in schema["paths"]
+
+
+@pytest.mark.parametrize(
+    "path, body, status, field",
+    [
+        ("/v1/route", {}, 422, "prompt"),
+        ("/v1/route", {"prompt": ""}, 422, "prompt"),
+        ("/v1/route", {"prompt": 42}, 422, "prompt"),
+        ("/v1/route", {"prompt": "hi", "preference": {"quality": 0.7, "cost": 0.7}}, 422, "preference"),
+        ("/v1/route", {"prompt": "hi", "preference": {"quality": -0.2, "cost": 1.2}}, 422, "preference"),
+        ("/v1/route", {"prompt": "hi", "preference": 1.5}, 422, "preference"),
+        ("/v1/route", {"prompt": "hi", "preference": "cheap"}, 422, "preference"),
+        ("/v1/route", {"prompt": "hi", "mode": "random"}, 422, "mode"),
+        ("/v1/route", {"prompt": "hi", "candidates": ["gpt-9"]}, 422, "candidates"),
+        ("/v1/route", {"prompt": "hi", "candidates": []}, 422, "candidates"),
+        ("/v1/route", {"prompt": "hi", "temperature": 2}, 422, "temperature"),
+        ("/v1/feedback", {"request_id": "does-not-exist", "score": 0.5, "cost": 0.0}, 404, "request_id"),
+        ("/v1/feedback", {"request_id": "x", "score": 1.5, "cost": 0.0}, 422, "score"),
+        ("/v1/feedback", {"request_id": "x", "score": 0.5, "cost": -1}, 422, "cost"),
+        ("/v1/feedback", {"request_id": "x", "score": "good", "cost": 0}, 422, "score"),
+        ("/v1/feedback", {"score": 0.5, "cost": 0}, 422, "request_id"),
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_field(client, path, body, status, field):
+    st, r = client.post(path, body)
+    assert st == status, r
+    assert field in r["error"]
+
+
+def test_non_finite_and_malformed_bodies(client):
+    st, r = client.post("/v1/route", raw=b'{"prompt": "hi", "preference": NaN}')
+    assert st == 422 and "preference" in r["error"]
+    st, r = client.post("/v1/feedback", raw=b'{"request_id": "x", "score": Infinity, "cost": 0}')
+    assert st == 422 and "score" in r["error"]
+    st, r = client.post("/v1/route", raw=b"{not json")
+    assert st == 422
+
+
+def test_duplicate_feedback_counts_once(client, world):
+    st, r = client.post("/v1/route", {"prompt": "Translate into French: hello", "preference": 0.5})
+    body = {"request_id": r["request_id"], "score": 1.0, "cost": 0.0001}
+    assert client.post("/v1/feedback", body)[0] == 200
+    st, err = client.post("/v1/feedback", body)
+    assert st == 409 and "already" in err["error"]
+    lines = (world["root"] / "log" / REWARDS).read_text().splitlines()
+    assert sum(json.loads(x)["request_id"] == r["request_id"] for x in lines) == 1
+
+
+def test_feedback_improves_the_served_policy_and_reaches_every_replica(client, world):
+    train_t, test_t = world["train"], world["test"]
+    from barp_ray.policy import RoutingPolicy
+
+    tau = RoutingPolicy.load(world["checkpoint"]).tau
+    eval_rows = np.arange(min(150, test_t.n))
+    before, versions = greedy_reward(client, test_t, eval_rows, tau)
+    assert versions == {0}
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        simulate_rounds(client, train_t, rng.choice(train_t.n, size=400, replace=False))
+        st, out = client.post("/v1/admin/train")
+        assert st == 200, out
+    st, stats = client.get("/v1/stats")
+    version = stats["trainer"]["version"]
+    assert version >= 10, stats
+
+    # every replica picks the new weights up (they poll the trainer)
+    import time
+
+    seen: dict[str, int] = {}
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        for _ in range(20):
+            st, r = client.post("/v1/route", {"prompt": "What is 2 + 2?", "preference": 0.8})
+            seen[r["replica"]] = r["policy_version"]
+        if len(seen) == 2 and set(seen.values()) == {version}:
+            break
+        time.sleep(0.3)
+    assert len(seen) == 2 and set(seen.values()) == {version}, seen
+
+    after, versions = greedy_reward(client, test_t, eval_rows, tau)
+    assert versions == {version}
+    print(f"served greedy reward before {before:.4f} after {after:.4f} (version {version})")
+    assert after > before + 0.03
+
+
+def test_restart_keeps_the_log_and_resumes_training(client, world):
+    from ray import serve
+
+    st, stats_before = client.get("/v1/stats")
+    rewards_path = world["root"] / "log" / REWARDS
+    lines_before = rewards_path.read_text().splitlines()
+    serve.delete("barp")
+    c = deploy(world, client.port)
+    st, stats = c.get("/v1/stats")
+    assert stats["log"] == stats_before["log"]
+    assert stats["trainer"]["version"] == stats_before["trainer"]["version"]
+    assert stats["trainer"]["offset"] == stats_before["trainer"]["offset"]
+    assert rewards_path.read_text().splitlines() == lines_before
+    # training continues from the saved offset: only the new feedback is consumed
+    simulate_rounds(c, world["train"], np.arange(100))
+    st, out = c.post("/v1/admin/train")
+    assert [u["version"] for u in out["updates"]] == [stats_before["trainer"]["version"] + 1]
+    assert out["updates"][0]["records"] == 100
+    ids = [json.loads(x)["request_id"] for x in rewards_path.read_text().splitlines()]
+    assert len(ids) == len(set(ids))
+
+
+def test_settings_errors_name_the_field():
+    from serve.settings import SettingsError, settings_from_args
+
+    for args, field in [
+        ({"weights_poll_s": 0}, "weights_poll_s"),
+        ({"trainer": {"batch_size": -1}}, "trainer.batch_size"),
+        ({"upstreams": {"m": "ftp://x"}}, "upstreams.m"),
+        ({"bogus": 1}, "bogus"),
+    ]:
+        with pytest.raises(SettingsError, match=field.split(".")[-1]):
+            settings_from_args(args)
+    from serve.app import app_builder
+
+    with pytest.raises(SettingsError, match="not a barp-ray checkpoint"):
+        app_builder({"checkpoint": "/nonexistent/ckpt"})
