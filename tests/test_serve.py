@@ -65,7 +65,14 @@ def world(tmp_path_factory):
     )
     res = train(cfg, progress=False)
     train_t, test_t = split_tables(cfg.data)
-    return {"root": root, "checkpoint": res.checkpoint, "train": train_t, "test": test_t}
+    from openai_upstream import Upstream
+
+    upstream = Upstream()
+    # every model but one has an upstream; the missing one exercises the 502 path
+    upstreams = {m: upstream.base_url for m in train_t.models[:-1]}
+    yield {"root": root, "checkpoint": res.checkpoint, "train": train_t, "test": test_t,
+           "upstream": upstream, "upstreams": upstreams}
+    upstream.close()
 
 
 def deploy(world, port, **trainer):
@@ -78,6 +85,7 @@ def deploy(world, port, **trainer):
         "checkpoint": world["checkpoint"],
         "log_dir": str(world["root"] / "log"),
         "weights_poll_s": 0.2,
+        "upstreams": world["upstreams"],
         "router_autoscaling": {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 8},
         "trainer": {"state_dir": str(world["root"] / "trainer"), "batch_size": 100, "lr": 0.003,
                     "poll_s": 0.2, "enabled": False, **trainer},
@@ -265,3 +273,39 @@ def test_settings_errors_name_the_field():
 
     with pytest.raises(SettingsError, match="not a barp-ray checkpoint"):
         app_builder({"checkpoint": "/nonexistent/ckpt"})
+
+
+def test_openai_compatible_chat_routes_and_forwards(client, world):
+    up = world["upstream"]
+    before = sum(up.calls.values())
+    body = {"model": "barp-auto", "messages": [{"role": "system", "content": "be brief"},
+                                               {"role": "user", "content": "What is the capital city of Chile?"}],
+            "barp": {"preference": 0.2, "candidates": list(world["upstreams"])}}
+    st, r = client.post("/v1/chat/completions", body)
+    assert st == 200, r
+    chosen = r["barp"]["model"]
+    assert chosen in world["upstreams"]
+    assert r["model"] == chosen and r["choices"][0]["message"]["content"] == f"answer from {chosen}"
+    assert sum(up.calls.values()) == before + 1 and up.calls[chosen] >= 1
+    # the routed chat request can be rewarded like any other
+    st, f = client.post("/v1/feedback", {"request_id": r["barp"]["request_id"], "score": 1.0, "cost": 0.0002})
+    assert st == 200, f
+    # a concrete model name passes straight through
+    st, r = client.post("/v1/chat/completions", {"model": "chat-8b", "messages": [{"role": "user", "content": "hi"}]})
+    assert st == 200 and r["model"] == "chat-8b" and "barp" not in r
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}, 422, "model"),
+        ({"model": "barp-auto", "messages": []}, 422, "messages"),
+        ({"model": "barp-auto", "messages": [{"role": "system", "content": "x"}]}, 422, "messages"),
+        ({"model": "barp-auto", "messages": [{"role": "user", "content": "hi"}], "barp": {"preference": 3}}, 422, "preference"),
+        ({"model": "frontier-400b", "messages": [{"role": "user", "content": "hi"}]}, 502, "upstream"),
+    ],
+)
+def test_chat_errors(client, body, status, field):
+    st, r = client.post("/v1/chat/completions", body)
+    assert st == status, r
+    assert field in r["error"]
