@@ -1,0 +1,239 @@
+"""Load test of the Serve deployment on loopback: latency, throughput, and autoscaling.
+
+    python bench/load_test.py [--quick] [--checkpoint DIR] [--out bench/out/load]
+
+1. floor: the bare encoder + policy forward in this process, per request, at batch 1 and 32;
+2. one replica with @serve.batch max size 1, then 32, under a closed loop of 32 concurrent
+   clients: p50/p99 latency and routes/s per replica;
+3. autoscaling: min 1 / max 4 replicas, load ramped up then stopped; the RouterModel replica
+   count is sampled every 0.5 s and plotted with the load.
+All traffic goes to 127.0.0.1, is bounded in count and time, and stops by itself.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+async def closed_loop(url: str, prompts: list[str], concurrency: int, seconds: float, max_requests: int) -> dict:
+    """`concurrency` clients, each sending its next request when the last one answers."""
+    import aiohttp
+
+    lat: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+    sent = 0
+
+    async def client(session, k):
+        nonlocal errors, sent
+        i = k
+        while time.perf_counter() < stop_at and sent < max_requests:
+            sent += 1
+            body = {"prompt": prompts[i % len(prompts)], "preference": 0.8}
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, json=body) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+                    else:
+                        lat.append(time.perf_counter() - t0)
+            except aiohttp.ClientError:
+                errors += 1
+            i += concurrency
+
+    t0 = time.perf_counter()
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        await asyncio.gather(*(client(session, k) for k in range(concurrency)))
+    wall = time.perf_counter() - t0
+    return {"concurrency": concurrency, "requests": len(lat), "errors": errors, "seconds": wall,
+            "routes_per_s": len(lat) / wall, "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
+
+
+def floor(checkpoint: str, prompts: list[str], repeats: int) -> dict:
+    from barp_ray.encoder import encode, load_encoder
+    from barp_ray.policy import RoutingPolicy
+
+    policy = RoutingPolicy.load(checkpoint)
+    load_encoder(policy.encoder, "cpu")
+    out = {}
+    for bs in (1, 32):
+        times = []
+        for r in range(repeats):
+            batch = [prompts[(r * bs + j) % len(prompts)] for j in range(bs)]
+            t0 = time.perf_counter()
+            emb = encode(batch, policy.encoder)
+            policy.probabilities(emb, np.asarray([0.8, 0.2], dtype=np.float32))
+            times.append(time.perf_counter() - t0)
+        out[f"batch_{bs}"] = {"ms_per_batch_p50": 1000 * percentile(times, 50),
+                              "ms_per_request": 1000 * percentile(times, 50) / bs,
+                              "requests_per_s": bs / percentile(times, 50)}
+    return out
+
+
+def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict):
+    from ray import serve
+
+    from serve.app import app_builder
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = app_builder({
+        "checkpoint": checkpoint, "log_dir": str(workdir / "log"), "max_batch_size": max_batch,
+        "router_autoscaling": autoscaling, "trainer": {"enabled": False, "state_dir": str(workdir / "trainer")},
+    })
+    serve.run(app, name="barp", route_prefix="/")
+
+
+def router_replicas() -> tuple[int, int]:
+    """(running, running + starting) RouterModel replicas: what serves now, and what the autoscaler asked for."""
+    from ray import serve
+
+    st = serve.status().applications.get("barp")
+    dep = st.deployments.get("RouterModel") if st else None
+    if dep is None:
+        return 0, 0
+    states = {str(k).split(".")[-1].upper(): v for k, v in dep.replica_states.items()}
+    running = int(states.get("RUNNING", 0))
+    return running, running + int(states.get("STARTING", 0))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", help="a trained checkpoint (default: train a small one)")
+    p.add_argument("--out", default="bench/out/load")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    quick = args.quick
+
+    import ray
+    from ray import serve
+
+    from barp_ray.config import apply_overrides, load_config
+    from barp_ray.data.prepare import split_tables
+
+    cfg = load_config(None)
+    prompts = [str(x) for x in split_tables(cfg.data)[1].prompts]
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", object_store_memory=300 * 1024**2)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from barp_ray.train import train
+
+        checkpoint = train(apply_overrides(cfg, ["training.iterations=60", f"output.checkpoint_dir={out / 'ckpt'}"]),
+                           progress=False).checkpoint
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint}
+
+    results["floor"] = floor(checkpoint, prompts, repeats=20 if quick else 60)
+    print("floor (encoder + policy in-process):", json.dumps(results["floor"]), flush=True)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/route"
+    fixed = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
+    results["fixed_one_replica"] = {}
+    for bs in (1, 32):
+        deploy(checkpoint, out / f"bs{bs}", port, bs, fixed)
+        asyncio.run(closed_loop(url, prompts, 8, 3, 10_000))  # warm-up
+        r = asyncio.run(closed_loop(url, prompts, 32, 8 if quick else 20, 20_000))
+        results["fixed_one_replica"][f"max_batch_size_{bs}"] = r
+        print(f"1 replica, max_batch_size {bs}: {json.dumps(r)}", flush=True)
+        serve.delete("barp")
+
+    # autoscaling under a ramp
+    deploy(checkpoint, out / "auto", port, 32,
+           {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 4,
+            "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 0.5, "look_back_period_s": 2})
+    samples: list[tuple[float, int, int, int]] = []  # (t, running, running+starting, clients)
+    current_load = {"c": 0}
+    t_start = time.time()
+    stop = threading.Event()
+
+    def sampler():
+        while not stop.is_set():
+            samples.append((time.time() - t_start, *router_replicas(), current_load["c"]))
+            time.sleep(0.5)
+
+    th = threading.Thread(target=sampler, daemon=True)
+    th.start()
+    # replicas take ~10-30 s to start on 2 busy cores (torch + MiniLM), so load is held for a minute
+    stages = [(2, 15), (8, 20), (48, 75), (0, 60)] if not quick else [(2, 5), (32, 40), (0, 30)]
+    ramp = []
+    for conc, secs in stages:
+        current_load["c"] = conc
+        if conc == 0:
+            time.sleep(secs)
+            continue
+        r = asyncio.run(closed_loop(url, prompts, conc, secs, 200_000))
+        r["replicas_at_end"] = router_replicas()[0]
+        ramp.append(r)
+        print(f"ramp: {json.dumps(r)}", flush=True)
+    stop.set()
+    th.join()
+    serve.shutdown()
+    ray.shutdown()
+    results["autoscaling"] = {"stages": ramp, "samples": samples,
+                              "max_replicas_seen": max(s[1] for s in samples),
+                              "max_replicas_requested": max(s[2] for s in samples), "final_replicas": samples[-1][1]}
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s[0] for s in samples]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.step(t, [s[1] for s in samples], where="post", label="RouterModel replicas running", color="tab:blue")
+    ax.step(t, [s[2] for s in samples], where="post", label="running + starting", color="tab:blue", ls="--", alpha=0.6)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("replicas")
+    ax2 = ax.twinx()
+    ax2.step(t, [s[3] for s in samples], where="post", label="concurrent clients", color="tab:orange", alpha=0.6)
+    ax2.set_ylabel("concurrent clients")
+    ax.set_title("barp-ray Serve autoscaling under a load ramp (2-core machine)")
+    fig.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out / "replicas_over_time.png", dpi=120)
+    (out / "load_test.json").write_text(json.dumps(results, indent=2))
+
+    print("\n| setting | clients | routes/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results["fixed_one_replica"].items():
+        print(f"| 1 replica, {name} | {r['concurrency']} | {r['routes_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+    for r in ramp:
+        print(f"| autoscale (ended at {r['replicas_at_end']} replicas) | {r['concurrency']} | {r['routes_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+    for bs, f in results["floor"].items():
+        print(f"floor {bs}: {f['ms_per_request']:.2f} ms/request ({f['requests_per_s']:.0f}/s) in-process")
+    a = results["autoscaling"]
+    print(f"replicas: max running {a['max_replicas_seen']}, max requested {a['max_replicas_requested']}, after idle {a['final_replicas']}")
+    print(f"wrote {out / 'load_test.json'} and {out / 'replicas_over_time.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
