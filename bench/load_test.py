@@ -106,6 +106,7 @@ def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscalin
     app = app_builder({
         "checkpoint": checkpoint, "log_dir": str(workdir / "log"), "max_batch_size": max_batch,
         "router_autoscaling": autoscaling, "trainer": {"enabled": False, "state_dir": str(workdir / "trainer")},
+        "auth": {"disabled": True},  # local benchmark: routing is open anyway, nothing posts feedback
     })
     serve.run(app, name="barp", route_prefix="/")
 

@@ -24,8 +24,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from serve.guard import GuardError, PromptLimiter, check_bearer, load_token
 from serve.schemas import ErrorBody, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
-from serve.settings import ServeSettings, settings_from_args
+from serve.settings import ServeSettings, SettingsError, settings_from_args
 
 logger = logging.getLogger("ray.serve")
 
@@ -56,6 +57,11 @@ class FeedbackLogDeployment:
 
     def counts(self) -> dict:
         return self.log.counts()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.25})
@@ -97,6 +103,20 @@ class TrainerDeployment:
     def status(self) -> dict:
         return {"version": self.trainer.version, "offset": self.trainer.offset, "updates": len(self.trainer.updates)}
 
+    async def load_checkpoint(self, path: str) -> dict:
+        """Publish a checkpoint's weights as the next version; a bad one is refused, old weights stay."""
+        async with self._lock:
+            try:
+                version = await asyncio.to_thread(self.trainer.load_checkpoint, path)
+            except ValueError as e:
+                return {"ok": False, "error": str(e)}
+        return {"ok": True, "version": version}
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
 
 @serve.deployment(
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
@@ -130,8 +150,11 @@ class RouterModel:
                 got = await self.trainer.get_weights.remote(self.version)
                 if got is not None:
                     version, weights = got
-                    self.policy.module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-                    self.version = version
+                    import copy
+
+                    fresh = copy.deepcopy(self.policy.module)  # a failed load must not leave half-new weights
+                    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+                    self.policy.module, self.version = fresh, version
             except Exception as e:  # noqa: BLE001 - trainer down: keep serving the last good weights
                 logger.warning("weights poll failed (%s); serving policy_version %d", type(e).__name__, self.version)
             await asyncio.sleep(self.settings.weights_poll_s)
@@ -163,7 +186,9 @@ class RouterModel:
         return await self.route_batch(item)
 
     def info(self) -> dict:
-        return {"replica": self.replica, "policy_version": self.version}
+        import os
+
+        return {"replica": self.replica, "policy_version": self.version, "pid": os.getpid()}
 
 
 api = FastAPI(
@@ -186,6 +211,46 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
+ALWAYS_PROTECTED = ("/v1/feedback", "/v1/admin/", "/v1/stats")
+ROUTE_PATHS = ("/v1/route", "/v1/chat/completions")
+
+
+@api.middleware("http")
+async def _guard(request: Request, call_next):
+    # Serve ships the deployment class by value (with its own copy of this module's globals), so
+    # the replica's settings live in serve.guard.STATE, reached through sys.modules by both sides.
+    from serve.guard import STATE as _GUARD
+
+    if _GUARD:
+        limit = _GUARD["max_body_bytes"]
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return _error(413, f"body: larger than the limit of {limit} bytes")
+        path = request.url.path
+        protected = path.startswith(ALWAYS_PROTECTED) or (_GUARD["require_for_route"] and path.startswith(ROUTE_PATHS))
+        if protected:
+            try:
+                check_bearer(request.headers.get("authorization"), _GUARD["token"])
+            except GuardError as e:
+                return JSONResponse(status_code=e.status, content={"error": str(e)}, headers={"WWW-Authenticate": "Bearer"})
+        if request.method in ("POST", "PUT", "PATCH") and len(await request.body()) > limit:
+            return _error(413, f"body: larger than the limit of {limit} bytes")
+    return await call_next(request)
+
+
+async def _call_with_retry(method, *args, attempts: int = 4, **kwargs):
+    """Retry a deployment call whose replica died mid-request (Serve replaces it); other errors propagate."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    for i in range(attempts):
+        try:
+            return await method.remote(*args, **kwargs)
+        except (RayActorError, ActorUnavailableError):
+            if i == attempts - 1:
+                raise
+            await asyncio.sleep(0.2 * 2**i)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(api)
 class RouterAPI:
@@ -196,9 +261,23 @@ class RouterAPI:
         self.models: list[str] = list(meta["models"])
         self.prices: dict = meta.get("prices", {})
         self.tau = float(meta["tau"])
+        self.limiter = PromptLimiter(settings.limits, meta["encoder"])
+        from serve.guard import STATE
+
+        STATE.update(
+            token=load_token(settings.auth),
+            require_for_route=settings.auth.require_for_route,
+            max_body_bytes=settings.limits.max_body_bytes,
+        )
 
     @api.post("/v1/route", response_model=RouteResponse, responses={422: {"model": ErrorBody}})
     async def route(self, req: RouteRequest):
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        try:
+            prompt = self.limiter.apply(req.prompt)
+        except GuardError as e:
+            return _error(e.status, str(e))
         wq, wc = req.weights()
         mask = None
         if req.candidates is not None:
@@ -206,23 +285,30 @@ class RouterAPI:
             if unknown:
                 return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
             mask = [m in set(req.candidates) for m in self.models]
-        out = await self.router.route.remote({"prompt": req.prompt, "preference": [wq, wc], "mode": req.mode, "mask": mask})
         from serve.feedback_log import encode_vector
 
+        try:
+            out = await _call_with_retry(
+                self.router.route, {"prompt": prompt, "preference": [wq, wc], "mode": req.mode, "mask": mask}
+            )
+        except (RayActorError, ActorUnavailableError):
+            return _error(503, "router: no replica could answer; retry shortly")
         request_id = uuid.uuid4().hex
         model = self.models[out["action"]]
-        await self.log.record_decision.remote(
-            {
-                "request_id": request_id,
-                "time": time.time(),
-                "embedding": encode_vector(out["embedding"]),
-                "preference": [wq, wc],
-                "model": model,
-                "behaviour_prob": out["behaviour_prob"],
-                "mode": req.mode,
-                "policy_version": out["policy_version"],
-            }
-        )
+        decision = {
+            "request_id": request_id,
+            "time": time.time(),
+            "embedding": encode_vector(out["embedding"]),
+            "preference": [wq, wc],
+            "model": model,
+            "behaviour_prob": out["behaviour_prob"],
+            "mode": req.mode,
+            "policy_version": out["policy_version"],
+        }
+        try:
+            await _call_with_retry(self.log.record_decision, decision)
+        except (RayActorError, ActorUnavailableError):
+            return _error(503, "feedback log: unavailable, the decision was not recorded; retry shortly")
         return RouteResponse(
             request_id=request_id,
             model=model,
@@ -233,7 +319,12 @@ class RouterAPI:
 
     @api.post("/v1/feedback", response_model=FeedbackResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
     async def feedback(self, req: FeedbackRequest):
-        res = await self.log.record_feedback.remote(req.request_id, req.score, req.cost)
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        try:
+            res = await _call_with_retry(self.log.record_feedback, req.request_id, req.score, req.cost)
+        except (RayActorError, ActorUnavailableError):
+            return _error(503, "feedback log: unavailable, nothing was recorded; retry shortly")
         if not res["ok"]:
             return _error(res["status"], res["error"])
         return FeedbackResponse(request_id=req.request_id, reward=res["record"]["reward"])
@@ -261,6 +352,23 @@ class RouterAPI:
         rows = await self.trainer.train_now.remote()
         return {"updates": rows}
 
+    @api.post("/v1/admin/load_checkpoint")
+    async def load_checkpoint(self, body: dict):
+        path = body.get("path") if isinstance(body, dict) else None
+        if not isinstance(path, str) or not path:
+            return _error(422, "path: a checkpoint directory is required")
+        res = await self.trainer.load_checkpoint.remote(path)
+        if not res["ok"]:
+            return _error(422, res["error"])
+        return {"policy_version": res["version"]}
+
+    @api.get("/v1/admin/processes")
+    async def processes(self) -> dict:
+        """PIDs of the serving processes, for fault drills (tests kill them on purpose)."""
+        import os
+
+        return {"ingress": os.getpid(), "feedback_log": await self.log.pid.remote(), "trainer": await self.trainer.pid.remote()}
+
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):
         from serve.openai_proxy import ChatProxyError, forward_chat
@@ -283,6 +391,10 @@ def app_builder(args: dict[str, Any] | None = None):
 
     if not (Path(settings.checkpoint) / META_FILE).is_file():  # fail at deploy time, not on the first request
         raise SettingsError(f"checkpoint: {settings.checkpoint} is not a barp-ray checkpoint (no {META_FILE})")
+    try:
+        load_token(settings.auth)
+    except GuardError as e:
+        raise SettingsError(str(e)) from None
     trainer = TrainerDeployment.bind(settings)
     log = FeedbackLogDeployment.bind(settings)
     router = RouterModel.options(autoscaling_config=settings.router_autoscaling).bind(settings, trainer)

@@ -34,6 +34,36 @@ class TrainerSettings:
 
 
 @dataclass
+class AuthSettings:
+    """Where the bearer token comes from. There is no default token: one source must be named,
+    or auth explicitly disabled (local experiments only)."""
+
+    token_env: str | None = "BARP_API_TOKEN"  # environment variable holding the token
+    token_file: str | None = None  # or a secrets file (first line); wins over token_env
+    require_for_route: bool = False  # /v1/route and /v1/chat/completions too
+    disabled: bool = False
+
+    def validate(self) -> None:
+        if not self.disabled and not (self.token_env or self.token_file):
+            raise SettingsError("auth: name token_env or token_file (or set disabled: true for local use)")
+
+
+@dataclass
+class LimitSettings:
+    max_body_bytes: int = 64 * 1024
+    max_prompt_bytes: int = 32 * 1024
+    max_prompt_tokens: int = 512  # MiniLM reads 256; longer prompts are cut or refused
+    long_prompt: str = "truncate"  # truncate | reject
+
+    def validate(self) -> None:
+        _pos("limits.max_body_bytes", self.max_body_bytes)
+        _pos("limits.max_prompt_bytes", self.max_prompt_bytes)
+        _pos("limits.max_prompt_tokens", self.max_prompt_tokens)
+        if self.long_prompt not in ("truncate", "reject"):
+            raise SettingsError(f"limits.long_prompt: must be 'truncate' or 'reject', got {self.long_prompt!r}")
+
+
+@dataclass
 class ServeSettings:
     checkpoint: str = "checkpoints/barp-default"
     log_dir: str = "runs/serve/log"
@@ -47,6 +77,8 @@ class ServeSettings:
         default_factory=lambda: {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
     )
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     def validate(self) -> "ServeSettings":
         _pos("weights_poll_s", self.weights_poll_s)
@@ -57,6 +89,8 @@ class ServeSettings:
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise SettingsError(f"upstreams.{name}: must be an http(s) base URL, got {url!r}")
         self.trainer.validate()
+        self.auth.validate()
+        self.limits.validate()
         return self
 
     def absolute(self) -> "ServeSettings":
@@ -64,27 +98,33 @@ class ServeSettings:
         self.checkpoint = str(Path(self.checkpoint).expanduser().resolve())
         self.log_dir = str(Path(self.log_dir).expanduser().resolve())
         self.trainer.state_dir = str(Path(self.trainer.state_dir).expanduser().resolve())
+        if self.auth.token_file:
+            self.auth.token_file = str(Path(self.auth.token_file).expanduser().resolve())
         return self
 
 
 def settings_from_args(args: dict[str, Any] | None) -> ServeSettings:
     args = dict(args or {})
-    known = {f.name for f in dataclasses.fields(ServeSettings)}
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise SettingsError(f"args: unknown field(s) {unknown}; known: {sorted(known)}")
-    trainer_raw = args.pop("trainer", None) or {}
-    if not isinstance(trainer_raw, dict):
-        raise SettingsError("trainer: must be a mapping")
-    tknown = {f.name for f in dataclasses.fields(TrainerSettings)}
-    tunknown = sorted(set(trainer_raw) - tknown)
-    if tunknown:
-        raise SettingsError(f"trainer: unknown field(s) {tunknown}; known: {sorted(tknown)}")
+    _check_keys("args", args, ServeSettings)
+    nested = {}
+    for name, cls in (("trainer", TrainerSettings), ("auth", AuthSettings), ("limits", LimitSettings)):
+        raw = args.pop(name, None) or {}
+        if not isinstance(raw, dict):
+            raise SettingsError(f"{name}: must be a mapping")
+        _check_keys(name, raw, cls)
+        nested[name] = cls(**raw)
     try:
-        s = ServeSettings(**args, trainer=TrainerSettings(**trainer_raw))
+        s = ServeSettings(**args, **nested)
     except TypeError as e:
         raise SettingsError(str(e)) from None
     return s.validate()
+
+
+def _check_keys(where: str, raw: dict, cls: type) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SettingsError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
 
 
 def _pos(name: str, v) -> None:

@@ -98,5 +98,24 @@ class ContinuousTrainer:
         self.updates.append(row)
         return row
 
+    def load_checkpoint(self, path: str) -> int:
+        """Adopt a checkpoint's weights as the next version; refuses (ValueError) anything incompatible."""
+        from barp_ray.policy import CheckpointError
+
+        try:
+            candidate = RoutingPolicy.load(path)
+        except CheckpointError as e:
+            raise ValueError(f"path: {e}") from None
+        if candidate.models != self.models:
+            raise ValueError(f"path: checkpoint routes {list(candidate.models)}, this service routes {list(self.models)}")
+        mine, theirs = self.module.state_dict(), candidate.module.state_dict()
+        bad = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+        if bad or set(theirs) - set(mine):
+            raise ValueError(f"path: incompatible network (mismatched tensors {bad[:3] or sorted(set(theirs) - set(mine))[:3]})")
+        self.module.load_state_dict(theirs)
+        self.version += 1
+        self._save()
+        return self.version
+
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}

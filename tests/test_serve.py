@@ -31,21 +31,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Client:
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
+TOKEN = "test-token-" + "0123456789abcdef"
 
-    def call(self, method: str, path: str, body=None, raw: bytes | None = None):
+
+class Client:
+    def __init__(self, port: int, token: str | None = TOKEN):
+        self.base = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.token = token
+
+    def call(self, method: str, path: str, body=None, raw: bytes | None = None, headers: dict | None = None):
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers={"content-type": "application/json"})
+        h = {"content-type": "application/json"}
+        if self.token:
+            h["authorization"] = f"Bearer {self.token}"
+        h.update(headers or {})
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, json.loads(r.read() or b"null")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
 
-    def post(self, path, body=None, raw=None):
-        return self.call("POST", path, body, raw)
+    def post(self, path, body=None, raw=None, headers=None):
+        return self.call("POST", path, body, raw, headers)
 
     def get(self, path):
         return self.call("GET", path)
@@ -58,6 +67,7 @@ def world(tmp_path_factory):
 
     start_local_ray()
     root = tmp_path_factory.mktemp("serve")
+    (root / "token").write_text(TOKEN + "\n")
     cfg = apply_overrides(
         load_config(None),
         ["data.synthetic_prompts=1200", "training.iterations=2", "training.rounds_per_iteration=256",
@@ -75,7 +85,7 @@ def world(tmp_path_factory):
     upstream.close()
 
 
-def deploy(world, port, **trainer):
+def deploy(world, port, limits=None, **trainer):
     from ray import serve
 
     from serve.app import app_builder
@@ -86,6 +96,8 @@ def deploy(world, port, **trainer):
         "log_dir": str(world["root"] / "log"),
         "weights_poll_s": 0.2,
         "upstreams": world["upstreams"],
+        "auth": {"token_file": str(world["root"] / "token")},
+        "limits": limits or {"max_prompt_tokens": 64, "long_prompt": "truncate", "max_body_bytes": 16384},
         "router_autoscaling": {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 8},
         "trainer": {"state_dir": str(world["root"] / "trainer"), "batch_size": 100, "lr": 0.003,
                     "poll_s": 0.2, "enabled": False, **trainer},
@@ -98,9 +110,7 @@ def deploy(world, port, **trainer):
 def client(world):
     from ray import serve
 
-    port = _free_port()
-    c = deploy(world, port)
-    c.port = port
+    c = deploy(world, _free_port())
     yield c
     serve.shutdown()
 
@@ -266,13 +276,15 @@ def test_settings_errors_name_the_field():
         ({"trainer": {"batch_size": -1}}, "trainer.batch_size"),
         ({"upstreams": {"m": "ftp://x"}}, "upstreams.m"),
         ({"bogus": 1}, "bogus"),
+        ({"auth": {"token_env": None}}, "auth"),
+        ({"limits": {"long_prompt": "shorten"}}, "limits.long_prompt"),
     ]:
         with pytest.raises(SettingsError, match=field.split(".")[-1]):
             settings_from_args(args)
     from serve.app import app_builder
 
     with pytest.raises(SettingsError, match="not a barp-ray checkpoint"):
-        app_builder({"checkpoint": "/nonexistent/ckpt"})
+        app_builder({"checkpoint": "/nonexistent/ckpt", "auth": {"disabled": True}})
 
 
 def test_openai_compatible_chat_routes_and_forwards(client, world):
@@ -309,3 +321,72 @@ def test_chat_errors(client, body, status, field):
     st, r = client.post("/v1/chat/completions", body)
     assert st == status, r
     assert field in r["error"]
+
+
+def test_auth_on_feedback_admin_and_stats(client):
+    anon = Client(client.port, token=None)
+    wrong = Client(client.port, token="not-the-token-at-all")
+    st, r = anon.post("/v1/route", {"prompt": "hi there", "preference": 0.5})
+    assert st == 200  # routing is open unless auth.require_for_route
+    for c, msg in ((anon, "missing bearer token"), (wrong, "invalid bearer token")):
+        st, err = c.post("/v1/feedback", {"request_id": r["request_id"], "score": 1.0, "cost": 0.0})
+        assert st == 401 and msg in err["error"]
+        assert c.post("/v1/admin/train")[0] == 401
+        assert c.get("/v1/stats")[0] == 401
+    st, err = client.post("/v1/feedback", {"request_id": r["request_id"], "score": 1.0, "cost": 0.0},
+                          headers={"authorization": "Basic abc"})
+    assert st == 401 and "Bearer" in err["error"]
+    # the rejected attempts changed nothing: the right token still records it, once
+    assert client.post("/v1/feedback", {"request_id": r["request_id"], "score": 1.0, "cost": 0.0})[0] == 200
+
+
+def test_token_never_reaches_the_logs(client):
+    client.post("/v1/route", {"prompt": "log check", "preference": 0.5})
+    client.get("/v1/stats")
+    import ray
+
+    logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
+    for f in logs.rglob("*"):
+        if f.is_file() and f.stat().st_size < 50_000_000:
+            assert TOKEN.encode() not in f.read_bytes(), f
+
+
+def test_size_limits(client):
+    st, err = client.post("/v1/route", {"prompt": "x" * 20000})
+    assert st == 413 and "body" in err["error"]
+    st, r = client.post("/v1/route", {"prompt": " ".join(["word"] * 500), "preference": 0.5})
+    assert st == 200  # truncated to max_prompt_tokens, then routed
+    st, err = client.post("/v1/route", raw=b'{"prompt": "hi"}', headers={"content-length": "99999999"})
+    assert st == 413
+
+
+def test_bad_checkpoint_is_refused_and_old_weights_stay(client, world, tmp_path):
+    st, before = client.get("/v1/stats")
+    st, err = client.post("/v1/admin/load_checkpoint", {"path": str(tmp_path)})
+    assert st == 422 and "not a barp-ray checkpoint" in err["error"]
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(world["checkpoint"], broken)
+    (broken / "learner_group" / "learner" / "rl_module" / "default_policy" / "module_state.pkl").write_bytes(b"garbage")
+    st, err = client.post("/v1/admin/load_checkpoint", {"path": str(broken)})
+    assert st == 422 and "cannot load checkpoint" in err["error"]
+    st, after = client.get("/v1/stats")
+    assert after["trainer"]["version"] == before["trainer"]["version"]
+    st, r = client.post("/v1/route", {"prompt": "still serving?", "preference": 0.5})
+    assert st == 200 and r["policy_version"] == before["trainer"]["version"]
+    # a good checkpoint is adopted as the next version
+    st, ok = client.post("/v1/admin/load_checkpoint", {"path": world["checkpoint"]})
+    assert st == 200 and ok["policy_version"] == before["trainer"]["version"] + 1
+
+
+def test_missing_token_source_fails_at_deploy(world, monkeypatch):
+    from serve.app import app_builder
+    from serve.settings import SettingsError
+
+    monkeypatch.delenv("BARP_TEST_UNSET_TOKEN", raising=False)
+    with pytest.raises(SettingsError, match="BARP_TEST_UNSET_TOKEN"):
+        app_builder({"checkpoint": world["checkpoint"], "auth": {"token_env": "BARP_TEST_UNSET_TOKEN"}})
+    monkeypatch.setenv("BARP_TEST_UNSET_TOKEN", "short")
+    with pytest.raises(SettingsError, match="shorter than 16"):
+        app_builder({"checkpoint": world["checkpoint"], "auth": {"token_env": "BARP_TEST_UNSET_TOKEN"}})
