@@ -47,11 +47,11 @@ class FeedbackLogDeployment:
     def record_decision(self, decision: dict) -> None:
         self.log.record_decision(decision)
 
-    def record_feedback(self, request_id: str, score: float, cost: float) -> dict:
+    def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict:
         from serve.feedback_log import FeedbackError
 
         try:
-            return {"ok": True, "record": self.log.record_feedback(request_id, score, cost)}
+            return {"ok": True, "record": self.log.record_feedback(request_id, score, cost, replay=replay)}
         except FeedbackError as e:
             return {"ok": False, "status": e.status, "error": str(e)}
 
@@ -153,7 +153,7 @@ class RouterModel:
                     import copy
 
                     fresh = copy.deepcopy(self.policy.module)  # a failed load must not leave half-new weights
-                    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+                    fresh.load_state_dict({k: torch.tensor(v) for k, v in weights.items()})
                     self.policy.module, self.version = fresh, version
             except Exception as e:  # noqa: BLE001 - trainer down: keep serving the last good weights
                 logger.warning("weights poll failed (%s); serving policy_version %d", type(e).__name__, self.version)
@@ -321,9 +321,15 @@ class RouterAPI:
     async def feedback(self, req: FeedbackRequest):
         from ray.exceptions import ActorUnavailableError, RayActorError
 
-        try:
-            res = await _call_with_retry(self.log.record_feedback, req.request_id, req.score, req.cost)
-        except (RayActorError, ActorUnavailableError):
+        res = None
+        for attempt in range(4):
+            try:
+                # After a crash mid-call the first attempt may already be on disk: replay, not duplicate.
+                res = await self.log.record_feedback.remote(req.request_id, req.score, req.cost, replay=attempt > 0)
+                break
+            except (RayActorError, ActorUnavailableError):
+                await asyncio.sleep(0.2 * 2**attempt)
+        if res is None:
             return _error(503, "feedback log: unavailable, nothing was recorded; retry shortly")
         if not res["ok"]:
             return _error(res["status"], res["error"])
@@ -367,7 +373,11 @@ class RouterAPI:
         """PIDs of the serving processes, for fault drills (tests kill them on purpose)."""
         import os
 
-        return {"ingress": os.getpid(), "feedback_log": await self.log.pid.remote(), "trainer": await self.trainer.pid.remote()}
+        routers = set()
+        for _ in range(24):  # requests spread over replicas: collect every RouterModel pid we can see
+            routers.add((await self.router.info.remote())["pid"])
+        return {"ingress": os.getpid(), "feedback_log": await self.log.pid.remote(),
+                "trainer": await self.trainer.pid.remote(), "router": sorted(routers)}
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):

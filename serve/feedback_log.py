@@ -66,7 +66,7 @@ class FeedbackLog:
         self.tau = float(tau)
         self._lock = threading.Lock()
         self._decisions: dict[str, dict] = {d["request_id"]: d for d in _repair_and_read(self.dir / DECISIONS)}
-        self._rewarded: set[str] = {r["request_id"] for r in _repair_and_read(self.dir / REWARDS)}
+        self._rewarded: dict[str, dict] = {r["request_id"]: r for r in _repair_and_read(self.dir / REWARDS)}
         self._dec_f = open(self.dir / DECISIONS, "a", encoding="utf-8")
         self._rew_f = open(self.dir / REWARDS, "a", encoding="utf-8")
 
@@ -77,13 +77,20 @@ class FeedbackLog:
             self._dec_f.write(line + "\n")
             self._dec_f.flush()
 
-    def record_feedback(self, request_id: str, score: float, cost: float) -> dict[str, Any]:
-        """Join feedback to its decision and persist it; raises before writing anything on bad input."""
+    def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict[str, Any]:
+        """Join feedback to its decision and persist it; raises before writing anything on bad input.
+
+        `replay=True` marks the service's own retry after a crash: if the first attempt was already
+        written with the same values, that record is returned instead of a duplicate error.
+        """
         with self._lock:
             decision = self._decisions.get(request_id)
             if decision is None:
                 raise UnknownRequest(f"request_id: unknown request {request_id!r}")
             if request_id in self._rewarded:
+                old = self._rewarded[request_id]
+                if replay and old["score"] == float(score) and old["cost"] == float(cost):
+                    return old
                 raise DuplicateFeedback(f"request_id: feedback for {request_id!r} was already recorded")
             w = decision["preference"]
             r = float(reward(score, cost, w[0], w[1], self.tau))
@@ -91,7 +98,7 @@ class FeedbackLog:
             self._rew_f.write(json.dumps(record, separators=(",", ":")) + "\n")
             self._rew_f.flush()
             os.fsync(self._rew_f.fileno())
-            self._rewarded.add(request_id)
+            self._rewarded[request_id] = record
             return record
 
     def counts(self) -> dict[str, int]:

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,39 +22,7 @@ from serve.feedback_log import REWARDS
 W = (0.8, 0.2)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-TOKEN = "test-token-" + "0123456789abcdef"
-
-
-class Client:
-    def __init__(self, port: int, token: str | None = TOKEN):
-        self.base = f"http://127.0.0.1:{port}"
-        self.port = port
-        self.token = token
-
-    def call(self, method: str, path: str, body=None, raw: bytes | None = None, headers: dict | None = None):
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        h = {"content-type": "application/json"}
-        if self.token:
-            h["authorization"] = f"Bearer {self.token}"
-        h.update(headers or {})
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
-
-    def post(self, path, body=None, raw=None, headers=None):
-        return self.call("POST", path, body, raw, headers)
-
-    def get(self, path):
-        return self.call("GET", path)
+from http_client import TOKEN, Client, free_port as _free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")

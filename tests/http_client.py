@@ -1,0 +1,51 @@
+"""A small HTTP client for tests that talk to the Serve app over 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _decode(raw: bytes):
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return {"error": raw.decode("utf-8", "replace")}
+
+
+TOKEN = "test-token-" + "0123456789abcdef"
+
+
+class Client:
+    def __init__(self, port: int, token: str | None = TOKEN):
+        self.base = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.token = token
+
+    def call(self, method: str, path: str, body=None, raw: bytes | None = None, headers: dict | None = None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        h = {"content-type": "application/json"}
+        if self.token:
+            h["authorization"] = f"Bearer {self.token}"
+        h.update(headers or {})
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, _decode(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, _decode(e.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            return 599, {"error": f"connection: {type(e).__name__}"}  # no HTTP answer at all
+
+    def post(self, path, body=None, raw=None, headers=None):
+        return self.call("POST", path, body, raw, headers)
+
+    def get(self, path):
+        return self.call("GET", path)

@@ -1,0 +1,240 @@
+"""Trying to break the routing service: fuzzed requests, killed processes, a corrupt log tail.
+
+Real processes are killed with SIGKILL and real requests go over HTTP on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from barp_ray.config import apply_overrides, load_config
+from barp_ray.data.prepare import split_tables
+from barp_ray.train import train
+from http_client import TOKEN, Client, free_port
+from openai_upstream import Upstream
+from serve.feedback_log import REWARDS
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    from conftest import start_local_ray
+    from ray import serve
+
+    from serve.app import app_builder
+
+    start_local_ray()
+    root = tmp_path_factory.mktemp("faults")
+    (root / "token").write_text(TOKEN)
+    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=600", "training.iterations=2",
+                                              "training.rounds_per_iteration=256", f"output.checkpoint_dir={root / 'ckpt'}"])
+    ckpt = train(cfg, progress=False).checkpoint
+    table = split_tables(cfg.data)[0]
+    upstream = Upstream()
+    args = {
+        "checkpoint": ckpt, "log_dir": str(root / "log"), "weights_poll_s": 0.3,
+        "upstreams": {m: upstream.base_url for m in table.models},
+        "auth": {"token_file": str(root / "token")},
+        "router_autoscaling": {"min_replicas": 2, "max_replicas": 2},
+        "trainer": {"state_dir": str(root / "trainer"), "batch_size": 50, "enabled": False},
+    }
+    port = free_port()
+
+    def deploy():
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(app_builder(args), name="barp", route_prefix="/")
+        return Client(port)
+
+    yield {"client": deploy(), "deploy": deploy, "root": root, "table": table}
+    serve.shutdown()
+    upstream.close()
+
+
+def _wait_healthy(client, seconds=90):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        st_, _ = client.post("/v1/route", {"prompt": "are you back?", "preference": 0.5})
+        if st_ == 200 and client.get("/v1/stats")[0] == 200:
+            return
+        time.sleep(0.5)
+    raise AssertionError("service did not recover")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=8,
+)
+route_bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries({}, optional={"prompt": json_values | st.text(max_size=200), "preference": json_values,
+                                        "mode": json_values | st.sampled_from(["greedy", "sample"]),
+                                        "candidates": json_values}),
+)
+feedback_bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries({}, optional={"request_id": json_values, "score": json_values, "cost": json_values}),
+)
+chat_bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries({}, optional={"model": json_values | st.just("barp-auto"), "messages": json_values,
+                                        "barp": json_values}),
+)
+FUZZ = {"n": 0, "5xx": []}
+
+
+@pytest.mark.parametrize("path, bodies", [("/v1/route", route_bodies), ("/v1/feedback", feedback_bodies),
+                                          ("/v1/chat/completions", chat_bodies)])
+def test_fuzzed_requests_never_get_a_5xx(svc, path, bodies):
+    client = svc["client"]
+
+    @settings(max_examples=700, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=bodies)
+    def one(body):
+        raw = json.dumps(body, allow_nan=True).encode()
+        status, reply = client.post(path, raw=raw)
+        FUZZ["n"] += 1
+        if status >= 500:
+            FUZZ["5xx"].append((path, body, status, reply))
+        assert status < 500, (body, status, reply)
+
+    one()
+    # and it still answers correctly afterwards
+    status, r = client.post("/v1/route", {"prompt": "What is the capital city of Peru?", "preference": 0.8})
+    assert status == 200 and r["model"] in svc["table"].models
+    print(f"fuzz: {FUZZ['n']} requests so far, {len(FUZZ['5xx'])} 5xx")
+
+
+def _load(client, table, stop: threading.Event, accepted: list, failures: list, feedback: bool):
+    rng = np.random.default_rng(threading.get_ident() % 2**32)
+    models = list(table.models)
+    while not stop.is_set():
+        i = int(rng.integers(table.n))
+        s1, r = client.post("/v1/route", {"prompt": str(table.prompts[i]), "preference": 0.8, "mode": "sample"})
+        if s1 != 200:
+            failures.append(("route", s1, r))
+            continue
+        if not feedback:
+            continue
+        a = models.index(r["model"])
+        s2, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": float(table.scores[i, a]),
+                                             "cost": float(table.costs[i, a])})
+        if s2 == 200:
+            accepted.append(r["request_id"])
+        else:
+            failures.append(("feedback", s2, f))
+
+
+def _run_load(svc, seconds_before_kill, seconds_after_kill, kill, feedback=True, threads=6):
+    stop, accepted, failures = threading.Event(), [], []
+    pool = [threading.Thread(target=_load, args=(svc["client"], svc["table"], stop, accepted, failures, feedback))
+            for _ in range(threads)]
+    for t in pool:
+        t.start()
+    time.sleep(seconds_before_kill)
+    kill()
+    time.sleep(seconds_after_kill)
+    stop.set()
+    for t in pool:
+        t.join(timeout=120)
+    return accepted, failures
+
+
+def test_sigkill_feedback_log_mid_stream_loses_no_accepted_reward(svc):
+    client = svc["client"]
+    _, procs = client.get("/v1/admin/processes")
+    accepted, failures = _run_load(svc, 3, 6, lambda: os.kill(procs["feedback_log"], signal.SIGKILL))
+    _wait_healthy(client)
+    _, after = client.get("/v1/admin/processes")
+    assert after["feedback_log"] != procs["feedback_log"], "the log replica was not really killed"
+    lines = (svc["root"] / "log" / REWARDS).read_text().splitlines()
+    ids = [json.loads(x)["request_id"] for x in lines]
+    assert len(ids) == len(set(ids)), "a reward was written twice"
+    missing = set(accepted) - set(ids)
+    print(f"accepted {len(accepted)}, in log {len(ids)}, failures {len(failures)}: {failures[:3]}")
+    assert len(accepted) > 20 and not missing
+    # and after restarting the whole app the log is the same
+    from ray import serve
+
+    serve.delete("barp")
+    client2 = svc["deploy"]()
+    assert (svc["root"] / "log" / REWARDS).read_text().splitlines() == lines
+    st_, stats = client2.get("/v1/stats")
+    assert stats["log"]["rewards"] == len(ids)
+
+
+def test_killing_a_router_replica_under_load_fails_no_request(svc):
+    client = svc["client"]
+    _, procs = client.get("/v1/admin/processes")
+    assert len(procs["router"]) == 2, procs
+    accepted, failures = _run_load(svc, 2, 6, lambda: os.kill(procs["router"][0], signal.SIGKILL), feedback=False)
+    print(f"router kill: failures {len(failures)} {failures[:3]}")
+    assert failures == []
+    _wait_healthy(client)
+
+
+def test_killing_the_trainer_keeps_serving_and_resumes(svc):
+    client = svc["client"]
+    table = svc["table"]
+    stop, accepted, failures = threading.Event(), [], []
+    _load_thread = threading.Thread(target=_load, args=(client, table, stop, accepted, failures, True))
+    _load_thread.start()
+    while len(accepted) < 120:
+        time.sleep(0.2)
+    stop.set()
+    _load_thread.join()
+    st_, out = client.post("/v1/admin/train")
+    assert st_ == 200 and out["updates"], out
+    _, before = client.get("/v1/stats")
+    deadline = time.time() + 30  # let both replicas pick the newest weights up first
+    while time.time() < deadline:
+        seen = {client.post("/v1/route", {"prompt": "sync?", "preference": 0.5})[1]["policy_version"] for _ in range(10)}
+        if seen == {before["trainer"]["version"]}:
+            break
+        time.sleep(0.3)
+    _, procs = client.get("/v1/admin/processes")
+    os.kill(procs["trainer"], signal.SIGKILL)
+    # replicas keep serving the last good weights while the trainer is down/restarting
+    versions = set()
+    for _ in range(20):
+        s, r = client.post("/v1/route", {"prompt": "still there?", "preference": 0.5})
+        assert s == 200
+        versions.add(r["policy_version"])
+    assert versions == {before["trainer"]["version"]}
+    _wait_healthy(client)
+    _, after = client.get("/v1/stats")
+    assert after["trainer"]["version"] == before["trainer"]["version"]
+    assert after["trainer"]["offset"] == before["trainer"]["offset"]
+    _, procs2 = client.get("/v1/admin/processes")
+    assert procs2["trainer"] != procs["trainer"]
+    # it resumes from its saved offset: only new feedback trains it
+    stop, accepted2 = threading.Event(), []
+    t = threading.Thread(target=_load, args=(client, table, stop, accepted2, failures, True))
+    t.start()
+    while len(accepted2) < 60:
+        time.sleep(0.2)
+    stop.set()
+    t.join()
+    st_, out = client.post("/v1/admin/train")
+    assert out["updates"] and out["updates"][0]["version"] == before["trainer"]["version"] + 1
+
+
+def test_torn_log_tail_is_repaired_on_restart(svc):
+    from ray import serve
+
+    path = svc["root"] / "log" / REWARDS
+    serve.delete("barp")
+    good = path.read_text().splitlines()
+    with open(path, "a") as f:
+        f.write('{"request_id": "torn-wri')  # a crash mid-write
+    client = svc["deploy"]()
+    st_, stats = client.get("/v1/stats")
+    assert stats["log"]["rewards"] == len(good)
+    assert path.read_text().splitlines() == good
