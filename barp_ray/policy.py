@@ -33,7 +33,7 @@ class RoutingPolicy:
     def load(cls, checkpoint_dir: str | Path) -> "RoutingPolicy":
         from ray.rllib.core.rl_module.rl_module import RLModule
 
-        root = Path(checkpoint_dir)
+        root = Path(checkpoint_dir).expanduser().resolve()  # RLlib needs absolute paths (or URIs)
         meta_path = root / META_FILE
         if not meta_path.is_file():
             raise CheckpointError(f"{root}: not a barp-ray checkpoint (no {META_FILE})")

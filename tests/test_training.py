@@ -74,9 +74,13 @@ def test_preference_changes_the_routing(trained):
     assert expected_cost([1.0, 0.0]) > 1.5 * expected_cost([0.0, 1.0])
 
 
-def test_route_prompts_with_the_real_encoder(trained):
+def test_route_prompts_with_the_real_encoder(trained, monkeypatch):
     _, res = trained
-    policy = RoutingPolicy.load(res.checkpoint)
+    from pathlib import Path
+
+    ckpt = Path(res.checkpoint)
+    monkeypatch.chdir(ckpt.parent)
+    policy = RoutingPolicy.load(ckpt.name)  # a relative path, as users type it
     out = policy.route(["What is 12345 + 67890?", "Write a haiku about rain."], [0.8, 0.2])
     assert len(out) == 2 and set(out) <= set(policy.models)
 
