@@ -217,7 +217,8 @@ def main() -> int:
     ax2.step(t, [s[3] for s in samples], where="post", label="concurrent clients", color="tab:orange", alpha=0.6)
     ax2.set_ylabel("concurrent clients")
     ax.set_title("barp-ray Serve autoscaling under a load ramp (2-core machine)")
-    fig.legend(loc="upper left")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "replicas_over_time.png", dpi=120)
     (out / "load_test.json").write_text(json.dumps(results, indent=2))
