@@ -21,7 +21,9 @@ def start_local_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=256 * 1024**2, include_dashboard=False, logging_level="WARNING")
+        # log_to_driver=False: Serve replicas' access logs would bury pytest's output (they stay in Ray's log files)
+        ray.init(num_cpus=2, object_store_memory=256 * 1024**2, include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=False)
 
 
 @pytest.fixture

@@ -58,20 +58,30 @@ def head_node(tmp_path):
     import ray
 
     ray.shutdown()  # one cluster at a time on a 2-core machine; later tests re-init lazily
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash, agent_http, agent_grpc, metrics, runtime_env = (_free_port() for _ in range(6))
     temp_dir = tempfile.mkdtemp(prefix="barp-ray-", dir="/tmp")  # short: Ray's unix sockets live under it
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     start = _run(
         [
             RAY, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-            "--include-dashboard=true", "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+            "--include-dashboard=true", "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            # Ray's fixed default ports may be taken by another cluster on this machine: pick free ones
+            f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
         ],
         env,
         timeout=180,
     )
     assert start.returncode == 0, start.stdout + start.stderr
+    address = f"http://127.0.0.1:{dash}"
     try:
-        yield f"http://127.0.0.1:{dash}", env
+        # `ray start` returns before the job agent is up on a busy machine: wait until jobs can be listed
+        deadline = time.time() + 120
+        while _run([RAY, "job", "list", f"--address={address}"], env, timeout=60).returncode != 0:
+            assert time.time() < deadline, "the head's job server never came up"
+            time.sleep(2)
+        yield address, env
     finally:
         _stop_head(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -81,19 +91,20 @@ def test_job_submit_trains_and_leaves_a_checkpoint(head_node, tmp_path):
     address, env = head_node
     ckpt = tmp_path / "ckpt"
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "BARP_CACHE_DIR": str(tmp_path / "cache")}}
-    out = _run(
-        [
-            RAY, "job", "submit", f"--address={address}", "--working-dir", str(ROOT),
-            "--runtime-env-json", json.dumps(runtime_env), "--",
-            "python", "-m", "barp_ray.train", "--no-progress",
-            "--set", "data.synthetic_prompts=600", "--set", "training.iterations=5",
-            "--set", "training.rounds_per_iteration=1024", "--set", "scale.num_env_runners=1",
-            "--checkpoint-dir", str(ckpt),
-        ],
-        env,
-        timeout=600,
-    )
-    log = out.stdout + out.stderr
+    submit = [
+        RAY, "job", "submit", f"--address={address}", "--working-dir", str(ROOT),
+        "--runtime-env-json", json.dumps(runtime_env), "--",
+        "python", "-m", "barp_ray.train", "--no-progress",
+        "--set", "data.synthetic_prompts=600", "--set", "training.iterations=5",
+        "--set", "training.rounds_per_iteration=1024", "--set", "scale.num_env_runners=1",
+        "--checkpoint-dir", str(ckpt),
+    ]
+    for _ in range(5):  # the agent can still be starting even after `ray job list` answers
+        out = _run(submit, env, timeout=600)
+        log = out.stdout + out.stderr
+        if "No available agent" not in log:
+            break
+        time.sleep(5)
     assert out.returncode == 0, log[-4000:]
     assert "succeeded" in log.lower(), log[-4000:]
     assert (ckpt / META_FILE).is_file()
