@@ -15,6 +15,9 @@ Fairness on a shared machine: for each RLlib setting the script builds the Algor
 then ALTERNATES one plain-loop iteration with one `algo.train()` (flipping the order every pair),
 so both sides see the same background load; each setting's ratio is taken against the plain
 iterations interleaved with it. The "plain torch loop" row is all plain iterations together.
+The script also measures how much CPU processes outside its own tree used during each timed block
+(from /proc); above --quiet-threshold it repeats the block (up to --max-tries, within
+--retry-budget-s), keeps the quietest one, and prints the share in the "others%" column.
 
 Headline rounds/s use the MEDIAN iteration time by default (`--stat mean` for total rounds /
 total time; both are in the JSON). On a small shared machine another process grabbing a core
@@ -25,7 +28,9 @@ RLlib's breakdown comes from result["timers"]. RLlib smooths those timers with a
 0.01) seeded by the very first iteration, so after N iterations they still mostly show warm-up.
 The script therefore drops the "timers" stats before each timed `train()` call (outside the timed
 span): each result then carries exactly that iteration's sampling / learner-update / weight-sync
-times, and the table shows their median (or mean) over the timed iterations.
+times, and the table shows their median (or mean) over the timed iterations. The connector-state
+sync (`synch_env_connectors`) is logged by Algorithm.step() after the result is compiled, so it is
+read from `algo.metrics` right after each `train()` instead.
 """
 from __future__ import annotations
 
@@ -56,9 +61,12 @@ PHASES = {  # our column -> RLlib result["timers"] key (ray.rllib.utils.metrics 
     "sample": "env_runner_sampling_timer",
     "learn": "learner_update_timer",
     "sync": "synch_weights",
+    "env_state": "synch_env_connectors",  # Algorithm.step: sync_env_runner_states (after training_step)
     "training_step": "training_step",
     "training_iteration": "training_iteration",
 }
+LATE_PHASES = ("env_state",)
+MIN_PAIRS = 5  # timed plain/rllib pairs a block always runs, however slow the machine is
 
 
 def summarize(per_iter_s: list[float], rounds_per_iter: float) -> dict:
@@ -73,6 +81,69 @@ def summarize(per_iter_s: list[float], rounds_per_iter: float) -> dict:
         "ms_per_iter_min": 1e3 * min(per_iter_s),
         "ms_per_iter_max": 1e3 * max(per_iter_s),
     }
+
+
+class ForeignCPU:
+    """Share of the machine's CPU time used by processes OUTSIDE this benchmark's process tree.
+
+    Linux /proc only (None elsewhere). Our tree is this process and its descendants, which covers
+    the Ray instance this script starts (raylet, GCS, workers, env-runner actors).
+    """
+
+    def __init__(self):
+        self.ok = Path("/proc/stat").exists()
+        self._start = self._sample() if self.ok else None
+
+    @staticmethod
+    def _system() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+        return total - idle, total
+
+    @staticmethod
+    def _own_tree() -> int:
+        parent, jiffies = {}, {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(pid)] = int(rest[1])
+            jiffies[int(pid)] = int(rest[11]) + int(rest[12])  # utime + stime
+        me, total = os.getpid(), 0
+        for pid, j in jiffies.items():
+            p, seen = pid, 0
+            while p > 1 and p != me and seen < 64:
+                p, seen = parent.get(p, 0), seen + 1
+            if p == me:
+                total += j
+        return total
+
+    def _sample(self) -> tuple[int, int, int]:
+        busy, total = self._system()
+        return busy, total, self._own_tree()
+
+    def restart(self) -> None:
+        if self.ok:
+            self._start = self._sample()
+
+    def share(self) -> float | None:
+        """Fraction (0..1) of all CPUs' time since restart() that other processes used."""
+        if not self.ok:
+            return None
+        try:
+            busy, total, own = self._sample()
+        except OSError:
+            return None
+        b0, t0, o0 = self._start
+        if total <= t0:
+            return None
+        return max(0.0, ((busy - b0) - (own - o0)) / (total - t0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +188,8 @@ class PlainLoop:
         self.normalize = bool(getattr(self.t, "normalize_advantages", False))
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        self.policy = PlainPolicy(self.emb.shape[1], k, list(cfg.policy.preference_hidden), list(cfg.policy.head_hidden))
+        pref_hidden, head_hidden = list(cfg.policy.preference_hidden), list(cfg.policy.head_hidden)
+        self.policy = PlainPolicy(self.emb.shape[1], k, pref_hidden, head_hidden)
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.t.lr)
 
     def step(self) -> float:
@@ -173,6 +245,11 @@ class RLlibLoop:
     def warmup(self) -> None:
         self.algo.train()
 
+    def reset(self) -> None:
+        """Forget timed figures (a retried block starts afresh; the Algorithm keeps training)."""
+        self.phases = {name: [] for name in PHASES}
+        self.steps_before = None
+
     def step(self) -> float:
         """One timed `algo.train()`; returns its wall time in seconds."""
         # Fresh timer stats: result["timers"] then holds this iteration's values instead of an EMA
@@ -184,14 +261,22 @@ class RLlibLoop:
         if self.steps_before is None:
             self.steps_before = _lifetime_steps(res) - int(res["env_runners"]["num_env_steps_sampled"])
         for name, key in PHASES.items():
-            value = res.get("timers", {}).get(key)
+            if name in LATE_PHASES:
+                # Logged by Algorithm.step() after this iteration's results were compiled (it would only
+                # show up in the next result): read it from the Algorithm's MetricsLogger directly.
+                value = self.algo.metrics.peek(("timers", key), default=None)
+            else:
+                value = res.get("timers", {}).get(key)
             self.phases[name].append(float(value) if value is not None else math.nan)
         self.last = res
         return elapsed
 
     def summary(self, per_iter: list[float]) -> dict:
         rounds = _lifetime_steps(self.last) - self.steps_before
-        sums = [sum(self.phases[p][i] for p in ("sample", "learn", "sync")) for i in range(len(per_iter))]
+        sums = [
+            sum(v for p in ("sample", "learn", "sync", "env_state") if not math.isnan(v := self.phases[p][i]))
+            for i in range(len(per_iter))
+        ]
         phases = {**self.phases, "other": [it - s for it, s in zip(per_iter, sums)]}
         learner = self.last["learners"]["default_policy"]
         return {
@@ -251,49 +336,105 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def print_table(plain_all: dict, rows: list[dict], stat: str, out=sys.stdout) -> None:
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
+
+
+def print_table(plain_all: dict, rows: list[dict], stat: str, quiet_threshold: float, out=sys.stdout) -> None:
     rps, ms = f"rounds_per_s_{stat}", f"ms_per_iter_{stat}"
     head = (
         f"{'setting':<36s} {'rounds/s':>9s} {'plain r/s':>9s} {'vs plain':>8s} {'goal':>4s} "
-        f"{'iter ms':>8s} {'sample ms':>9s} {'learn ms':>8s} {'sync ms':>7s} {'other ms':>8s}"
+        f"{'iter ms':>8s} {'sample ms':>9s} {'learn ms':>8s} {'sync ms':>7s} {'state ms':>8s} {'other ms':>8s} "
+        f"{'others%':>7s}"
     )
     print(head, file=out)
     print("-" * len(head), file=out)
     print(
-        f"{'plain torch loop (all blocks)':<36s} {plain_all[rps]:>9,.0f} {'':>9s} {1.0:>8.2f} {'':>4s} {plain_all[ms]:>8.1f}",
+        f"{'plain torch loop (all blocks)':<36s} {plain_all[rps]:>9,.0f} {'':>9s} {1.0:>8.3f} {'':>4s} "
+        f"{plain_all[ms]:>8.1f}",
         file=out,
     )
     for r in rows:
         ph = r[f"phase_ms_{stat}"]
         print(
-            f"{r['setting']:<36s} {r[rps]:>9,.0f} {r['plain_paired'][rps]:>9,.0f} {r['ratio_vs_plain']:>8.2f} "
+            f"{r['setting']:<36s} {r[rps]:>9,.0f} {r['plain_paired'][rps]:>9,.0f} {r['ratio_vs_plain']:>8.3f} "
             f"{'yes' if r['meets_goal'] else 'NO':>4s} {r[ms]:>8.1f} {_fmt(ph['sample'], '.1f'):>9s} "
-            f"{_fmt(ph['learn'], '.1f'):>8s} {_fmt(ph['sync'], '.1f'):>7s} {_fmt(ph['other'], '.1f'):>8s}",
+            f"{_fmt(ph['learn'], '.1f'):>8s} {_fmt(ph['sync'], '.1f'):>7s} {_fmt(ph['env_state'], '.2f'):>8s} "
+            f"{_fmt(ph['other'], '.1f'):>8s} {_fmt(_pct(r.get('other_processes_cpu_share')), '.0f'):>7s}",
             file=out,
         )
     print(
         f"\n{stat} per-iteration figures. Each setting's block alternates one plain-loop iteration with one\n"
         "algo.train(); 'plain r/s' is the plain loop within that block and 'vs plain' = rounds/s / plain r/s.\n"
-        "sample / learn / sync: RLlib result['timers'] env_runner_sampling_timer / learner_update_timer /\n"
-        "synch_weights for each timed iteration; other: the rest of algo.train() (metrics, bookkeeping).",
+        "sample / learn / sync / state: RLlib result['timers'] env_runner_sampling_timer / learner_update_timer /\n"
+        "synch_weights / synch_env_connectors (connector-state merge+broadcast after training_step), per timed\n"
+        "iteration; other: the rest of algo.train() (batch concatenation, metrics, bookkeeping).\n"
+        "others%: share of the machine's CPU time used by processes outside this benchmark during the block.",
         file=out,
     )
+    noisy = [r for r in rows if (r.get("other_processes_cpu_share") or 0.0) > quiet_threshold]
+    if noisy:
+        print(
+            f"WARNING: other processes used > {quiet_threshold:.0%} of the CPUs during "
+            f"{', '.join(r['setting'] for r in noisy)}; those figures measure the neighbours as much as the code.",
+            file=out,
+        )
     print(f"\ngoal: RLlib >= {GOAL:.0%} of the plain loop's rounds/s", file=out)
     for r in rows:
         verdict = "meets the goal" if r["meets_goal"] else "MISSES the goal"
-        print(f"  {r['setting']:<36s} {verdict}: {r['ratio_vs_plain']:.0%} of plain", file=out)
+        print(f"  {r['setting']:<36s} {verdict}: {r['ratio_vs_plain']:.1%} of plain", file=out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer iterations: a ~1 minute smoke run")
     p.add_argument("--out", default="bench/out/throughput.json", help="JSON results path (default: %(default)s)")
-    p.add_argument("--iters", type=int, help="timed iterations per setting, each side (default 40; --quick 8)")
+    p.add_argument(
+        "--iters",
+        type=int,
+        help="timed iterations per setting, each side (default 40; --quick 8; fewer if --block-budget-s runs out)",
+    )
     p.add_argument("--warmup", type=int, help="untimed iterations per setting (default 5; --quick 2)")
-    p.add_argument("--runners", default=",".join(map(str, RUNNER_SETTINGS)), help="num_env_runners settings (default: %(default)s)")
-    p.add_argument("--stat", choices=("median", "mean"), default="median", help="per-iteration statistic for the table and goal")
-    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads in this process (default: leave torch's default)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="config override for every run")
+    p.add_argument(
+        "--runners",
+        default=",".join(map(str, RUNNER_SETTINGS)),
+        help="comma-separated num_env_runners settings (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stat", choices=("median", "mean"), default="median", help="per-iteration statistic for the table and goal"
+    )
+    p.add_argument(
+        "--torch-threads", type=int, help="torch.set_num_threads in this process (default: leave torch's default)"
+    )
+    p.add_argument(
+        "--max-tries",
+        type=int,
+        help="timed blocks per setting while other processes load the machine (default 3; --quick 1)",
+    )
+    p.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.10,
+        help="share of all CPUs other processes may use before a block is retried (default: %(default)s)",
+    )
+    p.add_argument(
+        "--block-budget-s",
+        type=float,
+        help=f"end a timed block after this many seconds, once it has {MIN_PAIRS} pairs (default 30; --quick 15)",
+    )
+    p.add_argument(
+        "--retry-budget-s",
+        type=float,
+        default=120.0,
+        help="no retries once the run is this old (default: %(default)s s)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="config override for every run (e.g. training.rounds_per_iteration=8192)",
+    )
     return p.parse_args(argv)
 
 
@@ -335,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(warmup):
         plain.step()
     plain_times_all: list[float] = []
+    attempts: list[dict] = []
+    foreign = ForeignCPU()
+    max_tries = args.max_tries if args.max_tries else (1 if args.quick else 3)
+    deadline = started + args.retry_budget_s
+    block_budget = args.block_budget_s if args.block_budget_s else (15.0 if args.quick else 30.0)
     plain_rewards: list[float] = []
     rows: list[dict] = []
     failed: list[dict] = []
@@ -357,17 +503,49 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(warmup):
                     loop.warmup()
                 plain.step()  # re-warm the plain loop's caches after the build
-                plain_times, rllib_times = [], []
-                for i in range(iters):
-                    # Alternate which side goes first so neither always follows the other.
-                    for side in ("plain", "rllib") if i % 2 == 0 else ("rllib", "plain"):
-                        if side == "plain":
-                            t0 = time.perf_counter()
-                            plain_rewards.append(plain.step())
-                            plain_times.append(time.perf_counter() - t0)
-                        else:
-                            rllib_times.append(loop.step())
-                row.update(loop.summary(rllib_times))
+                best = None
+                for attempt in range(1, max_tries + 1):
+                    loop.reset()
+                    foreign.restart()
+                    plain_times, rllib_times, rewards = [], [], []
+                    block_start = time.perf_counter()
+                    for i in range(iters):
+                        if i >= MIN_PAIRS and time.perf_counter() - block_start > block_budget:
+                            break  # a heavily loaded machine: stop the block early rather than run for minutes
+                        # Alternate which side goes first so neither always follows the other.
+                        for side in ("plain", "rllib") if i % 2 == 0 else ("rllib", "plain"):
+                            if side == "plain":
+                                t0 = time.perf_counter()
+                                rewards.append(plain.step())
+                                plain_times.append(time.perf_counter() - t0)
+                            else:
+                                rllib_times.append(loop.step())
+                    share = foreign.share()
+                    block = {
+                        **loop.summary(rllib_times),
+                        "other_processes_cpu_share": share,
+                        "attempt": attempt,
+                        "block_seconds": time.perf_counter() - block_start,
+                    }
+                    attempts.append(
+                        {
+                            "setting": setting,
+                            "attempt": attempt,
+                            "other_processes_cpu_share": share,
+                            "rllib_ms_per_iter_median": block["ms_per_iter_median"],
+                            "plain_ms_per_iter_median": 1e3 * statistics.median(plain_times),
+                        }
+                    )
+                    if best is None or (share or 0.0) < (best[0]["other_processes_cpu_share"] or 0.0):
+                        best = (block, plain_times, rewards)
+                    busy = share is not None and share > args.quiet_threshold
+                    if busy:
+                        print(f"    attempt {attempt}: other processes used {share:.0%} of the CPUs", flush=True)
+                    if not busy or attempt == max_tries or time.time() > deadline:
+                        break
+                block, plain_times, rewards = best
+                plain_rewards.extend(rewards)
+                row.update(block)
             except Exception as e:  # e.g. another job's `ray stop` killed our raylet: keep the other figures
                 row["error"] = f"{type(e).__name__}: {e}"[:2000]
                 failed.append(row)
@@ -386,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(
                 f"  {setting}: {row[key]:,.0f} rounds/s vs plain {row['plain_paired'][key]:,.0f} "
-                f"({row['ratio_vs_plain']:.2f}x, {args.stat}; built in {row['build_s']:.1f}s)",
+                f"({row['ratio_vs_plain']:.3f}x, {args.stat}, {row['iterations']} pairs; "
+                f"built in {row['build_s']:.1f}s; "
+                f"others used {_fmt(_pct(row['other_processes_cpu_share']), '.0f')}% CPU)",
                 flush=True,
             )
     finally:
@@ -399,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     plain_all["train_reward_last"] = plain_rewards[-1]
     plain_all["normalize_advantages"] = plain.normalize
     print()
-    print_table(plain_all, rows, args.stat)
+    print_table(plain_all, rows, args.stat, args.quiet_threshold)
     info["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     out = Path(args.out)
@@ -423,20 +603,32 @@ def main(argv: list[str] | None = None) -> int:
             "rounds_per_iteration": base_cfg.training.rounds_per_iteration,
             "num_env_runners": runner_settings,
             "schedule": "per setting: build algo, warm up, then alternate one plain iteration and one algo.train() "
-            "(order flipped every pair)",
-            "ray_init": {"address": "local", "num_cpus": 2, "object_store_memory": 300 * 1024**2, "include_dashboard": False},
+            "(order flipped every pair); while other processes use > quiet_threshold of the CPUs, repeat the timed "
+            "block (up to max_tries, not after retry_budget_s) and keep the quietest",
+            "max_tries": max_tries,
+            "quiet_threshold": args.quiet_threshold,
+            "retry_budget_s": args.retry_budget_s,
+            "block_budget_s": block_budget,
+            "min_pairs_per_block": MIN_PAIRS,
+            "ray_init": {
+                "address": "local",
+                "num_cpus": 2,
+                "object_store_memory": 300 * 1024**2,
+                "include_dashboard": False,
+            },
             "torch_threads_requested": args.torch_threads,
             "overrides": list(args.set),
             "config": base_cfg.to_dict(),
             "plain_loop": {
-                "network": "phi(w): Linear(2,32)+ReLU; head: [384+32] -> 256 -> 128 -> K; baseline: [384+32] -> 128 -> 1",
+                "network": str(plain.policy),
+                "parameters": sum(x.numel() for x in plain.policy.parameters()),
                 "loss": "-(A * log pi(a)) - entropy_coeff * H + baseline_coeff * (b - r)^2, batch means; "
                 "A = r - b.detach() (divided by its batch std if training.normalize_advantages)",
                 "optimizer": f"Adam lr={base_cfg.training.lr}, clip_grad_norm {base_cfg.training.grad_clip}",
                 "sampling": "numpy rows + uniform w_q; one forward (with grad) serves acting and the update",
             },
             "rllib_phase_timers": "result['timers'] per timed iteration (timer stats reset before each); "
-            "other = algo.train() wall time - sample - learn - sync",
+            "other = algo.train() wall time - sample - learn - sync - env_state",
         },
         "data": {
             "source": "synthetic default: prepare(load_config(None))",
@@ -449,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         "plain": plain_all,
         "rllib": rows,
         "rllib_failed": failed,
+        "attempts": attempts,
     }
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"\nwrote {out}  ({report['total_seconds']:.0f}s total)")

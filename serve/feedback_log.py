@@ -47,8 +47,8 @@ def decode_vector(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype=np.float32)
 
 
-def _repair_and_read(path: Path) -> list[dict]:
-    """Read every complete line; truncate a torn tail so later appends start on a clean line."""
+def _repair_and_index(path: Path) -> list[tuple[int, dict]]:
+    """(byte offset, record) of every complete line; a torn tail is truncated so appends start clean."""
     if not path.exists():
         return []
     raw = path.read_bytes()
@@ -56,49 +56,69 @@ def _repair_and_read(path: Path) -> list[dict]:
     if end < len(raw):
         with open(path, "r+b") as f:
             f.truncate(end)
-    return [json.loads(line) for line in raw[:end].splitlines() if line.strip()]
+    out, pos = [], 0
+    for line in raw[:end].splitlines(keepends=True):
+        if line.strip():
+            out.append((pos, json.loads(line)))
+        pos += len(line)
+    return out
 
 
 class FeedbackLog:
+    """Memory holds only an index (request_id -> byte offset of its decision line; request_id ->
+    score/cost/reward of accepted feedback), not the decisions themselves: a decision carries a
+    3 KB embedding, and a service routes millions of requests."""
+
     def __init__(self, directory: str | Path, tau: float):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tau = float(tau)
         self._lock = threading.Lock()
-        self._decisions: dict[str, dict] = {d["request_id"]: d for d in _repair_and_read(self.dir / DECISIONS)}
-        self._rewarded: dict[str, dict] = {r["request_id"]: r for r in _repair_and_read(self.dir / REWARDS)}
-        self._dec_f = open(self.dir / DECISIONS, "a", encoding="utf-8")
+        self._decisions: dict[str, int] = {
+            d["request_id"]: pos for pos, d in _repair_and_index(self.dir / DECISIONS)
+        }
+        self._rewarded: dict[str, tuple[float, float, float]] = {
+            r["request_id"]: (r["score"], r["cost"], r["reward"]) for _, r in _repair_and_index(self.dir / REWARDS)
+        }
+        self._dec_f = open(self.dir / DECISIONS, "ab")
+        self._dec_r = open(self.dir / DECISIONS, "rb")
         self._rew_f = open(self.dir / REWARDS, "a", encoding="utf-8")
 
     def record_decision(self, decision: dict[str, Any]) -> None:
-        line = json.dumps(decision, separators=(",", ":"))
+        line = (json.dumps(decision, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            self._decisions[decision["request_id"]] = decision
-            self._dec_f.write(line + "\n")
+            pos = self._dec_f.tell()
+            self._dec_f.write(line)
             self._dec_f.flush()
+            self._decisions[decision["request_id"]] = pos
+
+    def _decision_at(self, pos: int) -> dict:
+        self._dec_r.seek(pos)
+        return json.loads(self._dec_r.readline())
 
     def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict[str, Any]:
         """Join feedback to its decision and persist it; raises before writing anything on bad input.
 
         `replay=True` marks the service's own retry after a crash: if the first attempt was already
-        written with the same values, that record is returned instead of a duplicate error.
+        written with the same values, that result is returned instead of a duplicate error.
         """
         with self._lock:
-            decision = self._decisions.get(request_id)
-            if decision is None:
+            pos = self._decisions.get(request_id)
+            if pos is None:
                 raise UnknownRequest(f"request_id: unknown request {request_id!r}")
             if request_id in self._rewarded:
-                old = self._rewarded[request_id]
-                if replay and old["score"] == float(score) and old["cost"] == float(cost):
-                    return old
+                old_score, old_cost, old_reward = self._rewarded[request_id]
+                if replay and old_score == float(score) and old_cost == float(cost):
+                    return {"request_id": request_id, "score": old_score, "cost": old_cost, "reward": old_reward}
                 raise DuplicateFeedback(f"request_id: feedback for {request_id!r} was already recorded")
+            decision = self._decision_at(pos)
             w = decision["preference"]
             r = float(reward(score, cost, w[0], w[1], self.tau))
             record = {**decision, "score": float(score), "cost": float(cost), "reward": r}
             self._rew_f.write(json.dumps(record, separators=(",", ":")) + "\n")
             self._rew_f.flush()
             os.fsync(self._rew_f.fileno())
-            self._rewarded[request_id] = record
+            self._rewarded[request_id] = (float(score), float(cost), r)
             return record
 
     def counts(self) -> dict[str, int]:
@@ -106,8 +126,8 @@ class FeedbackLog:
             return {"decisions": len(self._decisions), "rewards": len(self._rewarded)}
 
     def close(self) -> None:
-        self._dec_f.close()
-        self._rew_f.close()
+        for f in (self._dec_f, self._dec_r, self._rew_f):
+            f.close()
 
 
 def read_rewards(directory: str | Path, offset: int, max_records: int) -> tuple[list[dict], int]:

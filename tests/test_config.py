@@ -11,8 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_embedded_default_and_shipped_configs_load():
     assert load_config(None).data.source == "synthetic"
+    from barp_ray.eval_config import load_eval_config
+
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if path.name.startswith("serve"):
+            continue  # Serve's own format, checked by tests/test_serve.py
+        if path.name.startswith("eval"):
+            load_eval_config(path)
             continue
         load_config(path)
 

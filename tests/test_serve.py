@@ -236,6 +236,13 @@ def test_restart_keeps_the_log_and_resumes_training(client, world):
 def test_settings_errors_name_the_field():
     from serve.settings import SettingsError, settings_from_args
 
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "serve.yaml").read_text())
+    for app in shipped["applications"]:
+        assert app["import_path"] == "serve.app:app_builder"
+        settings_from_args(app["args"])  # the shipped serve config is valid
+
     for args, field in [
         ({"weights_poll_s": 0}, "weights_poll_s"),
         ({"trainer": {"batch_size": -1}}, "trainer.batch_size"),
