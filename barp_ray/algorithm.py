@@ -41,6 +41,9 @@ class BaRPConfig(AlgorithmConfig):
         self.rounds_per_iteration = 4096
         self.num_envs_per_env_runner = 1024
         self.env_runner_cls = BanditEnvRunner
+        # BanditEnvRunner has no connector state worth merging or broadcasting (5-10 ms/iteration).
+        self.merge_env_runner_states = False
+        self.broadcast_env_runner_states = False
         self.lr = 1e-3
         self.grad_clip = 1.0
         self.grad_clip_by = "global_norm"
@@ -90,7 +93,7 @@ class BaRP(Algorithm):
         cfg: BaRPConfig = self.config
         remote = self.env_runner_group.num_remote_env_runners()
         per_runner = math.ceil(cfg.rounds_per_iteration / max(1, remote))
-        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER), reduce="mean", window=1):
             out = self.env_runner_group.foreach_env_runner(
                 lambda runner: (runner.sample(num_timesteps=per_runner), runner.get_metrics()),
                 local_env_runner=remote == 0,
@@ -100,7 +103,7 @@ class BaRP(Algorithm):
         n = len(columns["rewards"])
         batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(columns)}, env_steps=n)
 
-        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER), reduce="mean", window=1):
             learner_results = self.learner_group.update(
                 batch=batch,
                 timesteps={
@@ -113,5 +116,5 @@ class BaRP(Algorithm):
             )
         self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
 
-        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER), reduce="mean", window=1):
             self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)

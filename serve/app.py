@@ -134,6 +134,16 @@ class RouterModel:
         self.settings = settings
         self.policy = RoutingPolicy.load(settings.checkpoint)
         self.version = 0
+        from serve.trainer import latest_published
+
+        published = latest_published(settings.trainer.state_dir)
+        if published is not None:
+            try:
+                self.policy.module.load_state_dict(published[1])
+                self.version = published[0]
+            except RuntimeError:
+                logger.warning("published weights in %s do not fit this checkpoint; serving it as is", settings.trainer.state_dir)
+                self.policy = RoutingPolicy.load(settings.checkpoint)
         self.trainer = trainer
         self.replica = serve.get_replica_context().replica_id.unique_id
         load_encoder(self.policy.encoder, "cpu")  # warm: the first request should not pay for it

@@ -28,6 +28,17 @@ STATE = "state"
 PROGRESS = "progress.json"
 
 
+def latest_published(state_dir: str | Path) -> tuple[int, dict[str, torch.Tensor]] | None:
+    """The trainer's last saved (version, weights), read from disk, so a replica that starts while
+    the trainer is down serves the newest weights rather than the original checkpoint's."""
+    state = Path(state_dir) / STATE
+    try:
+        version = int(json.loads((state / PROGRESS).read_text())["version"])
+        return version, torch.load(state / "module.pt", weights_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None
+
+
 class ContinuousTrainer:
     def __init__(self, checkpoint: str, log_dir: str, state_dir: str, settings) -> None:
         self.log_dir = log_dir
