@@ -9,9 +9,13 @@ from barp_ray.config import ConfigError, apply_overrides, from_dict, load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_embedded_default_and_shipped_configs_load():
-    assert load_config(None).data.source == "synthetic"
+def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
+    import yaml
+
     from barp_ray.eval_config import load_eval_config
+
+    assert load_config(None).data.source == "synthetic"
+    monkeypatch.chdir(ROOT)  # shipped configs use paths relative to the repository root
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if path.name.startswith("serve"):
