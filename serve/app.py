@@ -383,11 +383,13 @@ class RouterAPI:
         """PIDs of the serving processes, for fault drills (tests kill them on purpose)."""
         import os
 
-        routers = set()
-        for _ in range(24):  # requests spread over replicas: collect every RouterModel pid we can see
-            routers.add((await self.router.info.remote())["pid"])
+        versions: dict[int, int] = {}
+        for _ in range(24):  # requests spread over replicas: collect every RouterModel we can see
+            info = await self.router.info.remote()
+            versions[info["pid"]] = info["policy_version"]
         return {"ingress": os.getpid(), "feedback_log": await self.log.pid.remote(),
-                "trainer": await self.trainer.pid.remote(), "router": sorted(routers)}
+                "trainer": await self.trainer.pid.remote(), "router": sorted(versions),
+                "router_versions": {str(k): v for k, v in versions.items()}}
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):
