@@ -53,6 +53,7 @@ from torch import nn  # noqa: E402
 
 from barp_ray.config import TrainConfig, apply_overrides, load_config  # noqa: E402
 from barp_ray.data.prepare import PreparedData, prepare  # noqa: E402
+from barp_ray.rl_module import mlp  # noqa: E402  (the same layer stack as the RLModule)
 from envs.reward import reward  # noqa: E402
 
 GOAL = 0.5  # RLlib should reach at least this fraction of the plain loop's rounds/s
@@ -156,22 +157,13 @@ class PlainPolicy(nn.Module):
 
     def __init__(self, emb_dim: int, k: int, pref_hidden: list[int], head_hidden: list[int]):
         super().__init__()
-        self.preference_net = _mlp([2, *pref_hidden], final_activation=True)
-        self.decision_head = _mlp([emb_dim + pref_hidden[-1], *head_hidden, k], final_activation=False)
-        self.baseline_head = _mlp([emb_dim + pref_hidden[-1], head_hidden[-1], 1], final_activation=False)
+        self.preference_net = mlp([2, *pref_hidden], final_activation=True)
+        self.decision_head = mlp([emb_dim + pref_hidden[-1], *head_hidden, k], final_activation=False)
+        self.baseline_head = mlp([emb_dim + pref_hidden[-1], head_hidden[-1], 1], final_activation=False)
 
     def forward(self, embedding: torch.Tensor, preference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.cat([embedding, self.preference_net(preference)], dim=-1)
         return self.decision_head(z), self.baseline_head(z).squeeze(-1)
-
-
-def _mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if final_activation or i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 class PlainLoop:

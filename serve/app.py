@@ -248,13 +248,16 @@ async def _guard(request: Request, call_next):
     return await call_next(request)
 
 
-async def _call_with_retry(method, *args, attempts: int = 4, **kwargs):
-    """Retry a deployment call whose replica died mid-request (Serve replaces it); other errors propagate."""
+async def _call_with_retry(method, *args, attempts: int = 4, retry_kwargs: dict | None = None, **kwargs):
+    """Retry a deployment call whose replica died mid-request (Serve replaces it); other errors propagate.
+
+    `retry_kwargs` are added from the second attempt on (e.g. marking a feedback write as a replay).
+    """
     from ray.exceptions import ActorUnavailableError, RayActorError
 
     for i in range(attempts):
         try:
-            return await method.remote(*args, **kwargs)
+            return await method.remote(*args, **kwargs, **(retry_kwargs if i and retry_kwargs else {}))
         except (RayActorError, ActorUnavailableError):
             if i == attempts - 1:
                 raise
@@ -331,15 +334,12 @@ class RouterAPI:
     async def feedback(self, req: FeedbackRequest):
         from ray.exceptions import ActorUnavailableError, RayActorError
 
-        res = None
-        for attempt in range(4):
-            try:
-                # After a crash mid-call the first attempt may already be on disk: replay, not duplicate.
-                res = await self.log.record_feedback.remote(req.request_id, req.score, req.cost, replay=attempt > 0)
-                break
-            except (RayActorError, ActorUnavailableError):
-                await asyncio.sleep(0.2 * 2**attempt)
-        if res is None:
+        try:
+            # After a crash mid-call the first attempt may already be on disk: retries replay, not duplicate.
+            res = await _call_with_retry(
+                self.log.record_feedback, req.request_id, req.score, req.cost, retry_kwargs={"replay": True}
+            )
+        except (RayActorError, ActorUnavailableError):
             return _error(503, "feedback log: unavailable, nothing was recorded; retry shortly")
         if not res["ok"]:
             return _error(res["status"], res["error"])

@@ -133,6 +133,18 @@ def _load(client, table, stop: threading.Event, accepted: list, failures: list, 
             failures.append(("feedback", s2, f))
 
 
+def _feedback_rounds(client, table, n: int, failures: list) -> list:
+    """Route + feedback from one client until n rewards were accepted; returns their request ids."""
+    stop, accepted = threading.Event(), []
+    t = threading.Thread(target=_load, args=(client, table, stop, accepted, failures, True))
+    t.start()
+    while len(accepted) < n:
+        time.sleep(0.2)
+    stop.set()
+    t.join()
+    return accepted
+
+
 def _run_load(svc, seconds_before_kill, seconds_after_kill, kill, feedback=True, threads=6):
     stop, accepted, failures = threading.Event(), [], []
     pool = [threading.Thread(target=_load, args=(svc["client"], svc["table"], stop, accepted, failures, feedback))
@@ -184,13 +196,8 @@ def test_killing_a_router_replica_under_load_fails_no_request(svc):
 def test_killing_the_trainer_keeps_serving_and_resumes(svc):
     client = svc["client"]
     table = svc["table"]
-    stop, accepted, failures = threading.Event(), [], []
-    _load_thread = threading.Thread(target=_load, args=(client, table, stop, accepted, failures, True))
-    _load_thread.start()
-    while len(accepted) < 120:
-        time.sleep(0.2)
-    stop.set()
-    _load_thread.join()
+    failures: list = []
+    _feedback_rounds(client, table, 120, failures)
     st_, out = client.post("/v1/admin/train")
     assert st_ == 200 and out["updates"], out
     _, before = client.get("/v1/stats")
@@ -217,13 +224,7 @@ def test_killing_the_trainer_keeps_serving_and_resumes(svc):
     _, procs2 = client.get("/v1/admin/processes")
     assert procs2["trainer"] != procs["trainer"]
     # it resumes from its saved offset: only new feedback trains it
-    stop, accepted2 = threading.Event(), []
-    t = threading.Thread(target=_load, args=(client, table, stop, accepted2, failures, True))
-    t.start()
-    while len(accepted2) < 60:
-        time.sleep(0.2)
-    stop.set()
-    t.join()
+    _feedback_rounds(client, table, 60, failures)
     st_, out = client.post("/v1/admin/train")
     assert out["updates"] and out["updates"][0]["version"] == before["trainer"]["version"] + 1
 
