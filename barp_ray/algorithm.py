@@ -27,7 +27,7 @@ from barp_ray.env_runner import BanditEnvRunner, to_train_batch
 from barp_ray.learner import BaRPTorchLearner
 from barp_ray.rl_module import BaRPRLModule
 
-BASELINES = ("learned", "mean", "none")
+BASELINES = ("learned", "mean", "none", "critic")
 
 
 class BaRPConfig(AlgorithmConfig):
@@ -38,6 +38,8 @@ class BaRPConfig(AlgorithmConfig):
         self.baseline_coeff = 0.5
         self.normalize_advantages = True
         self.importance_weight_clip = 0.0  # 0: on-policy, no importance weights
+        self.critic_kl_coeff = 0.0
+        self.critic_temperature = 0.1
         self.rounds_per_iteration = 4096
         self.num_envs_per_env_runner = 1024
         self.env_runner_cls = BanditEnvRunner
@@ -55,6 +57,8 @@ class BaRPConfig(AlgorithmConfig):
         baseline=NotProvided,
         baseline_coeff=NotProvided,
         importance_weight_clip=NotProvided,
+        critic_kl_coeff=NotProvided,
+        critic_temperature=NotProvided,
         normalize_advantages=NotProvided,
         rounds_per_iteration=NotProvided,
         **kwargs,
@@ -65,6 +69,8 @@ class BaRPConfig(AlgorithmConfig):
             ("baseline", baseline),
             ("baseline_coeff", baseline_coeff),
             ("importance_weight_clip", importance_weight_clip),
+            ("critic_kl_coeff", critic_kl_coeff),
+            ("critic_temperature", critic_temperature),
             ("normalize_advantages", normalize_advantages),
             ("rounds_per_iteration", rounds_per_iteration),
         ):

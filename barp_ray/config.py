@@ -113,8 +113,10 @@ class TrainingConfig:
     minibatch_size: int | None = None  # None: one gradient step per iteration
     lr: float = 1e-3
     entropy_coeff: float = 0.05
-    baseline: str = "learned"  # learned | mean | none
+    baseline: str = "learned"  # learned | mean | none | critic (per-model reward critic, doubly robust)
     baseline_coeff: float = 0.5
+    critic_kl_coeff: float = 0.0  # critic only: pull the policy toward softmax(Q / critic_temperature)
+    critic_temperature: float = 0.1
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
     grad_clip: float = 1.0
     seed: int = 0
@@ -126,8 +128,10 @@ class TrainingConfig:
             _positive("training.minibatch_size", self.minibatch_size)
         _positive("training.lr", self.lr)
         _non_negative("training.entropy_coeff", self.entropy_coeff)
-        _one_of("training.baseline", self.baseline, ("learned", "mean", "none"))
+        _one_of("training.baseline", self.baseline, ("learned", "mean", "none", "critic"))
         _non_negative("training.baseline_coeff", self.baseline_coeff)
+        _non_negative("training.critic_kl_coeff", self.critic_kl_coeff)
+        _positive("training.critic_temperature", self.critic_temperature)
         _positive("training.grad_clip", self.grad_clip)
 
 

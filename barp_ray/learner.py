@@ -6,6 +6,13 @@ Per round t (one-step episodes, so the return is the reward):
                                                     behaviour policy that chose a_t)
     L     = -mean(rho_t * A_t * log pi(a_t|s_t)) - beta * mean(H(pi(.|s_t))) + lambda * mean((b - r)^2)
 
+With `baseline="critic"` the training-only head predicts every model's reward Q(x, w, .), fitted
+on the chosen model's reward alone (still bandit feedback), and the policy term becomes the doubly
+robust gradient: the critic's full expectation sum_a pi(a) Q(a) plus the importance-weighted
+correction rho_t * (r_t - Q(a_t)) * log pi(a_t). Every model's logit then moves on every round,
+not only the one that was tried, which is what lets a confident policy change its mind from a
+few thousand live rewards.
+
 `barp_loss` is a plain function so the continuous trainer (serving feedback) optimises exactly
 the same objective as RLlib training.
 """
@@ -26,10 +33,12 @@ from barp_ray.rl_module import BASELINE
 @dataclass(frozen=True)
 class LossSettings:
     entropy_coeff: float = 0.05
-    baseline: str = "learned"  # learned | mean | none
+    baseline: str = "learned"  # learned | mean | none | critic
     baseline_coeff: float = 0.5
     normalize_advantages: bool = True
     importance_weight_clip: float = 0.0  # > 0: clip pi/mu at this value; 0: on-policy, no weights
+    critic_kl_coeff: float = 0.0  # critic only: pull pi toward softmax(Q / critic_temperature)
+    critic_temperature: float = 0.1
 
 
 def barp_loss(
@@ -45,8 +54,31 @@ def barp_loss(
     entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
     rewards = rewards.float()
 
+    if behaviour_logp is not None and settings.importance_weight_clip > 0:
+        rho = torch.exp(logp.detach() - behaviour_logp.float()).clamp(max=settings.importance_weight_clip)
+    else:
+        rho = torch.ones_like(logp)
+
     baseline_loss = torch.zeros((), device=rewards.device)
-    if settings.baseline == "learned":
+    direct = torch.zeros((), device=rewards.device)
+    if settings.baseline == "critic":
+        if baseline is None or baseline.dim() != 2:
+            raise ValueError("baseline='critic' needs the module's per-model critic output [B, K]")
+        q_all = baseline.detach()
+        q_taken = baseline.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        baseline_loss = torch.mean((q_taken - rewards) ** 2)
+        probs = logp_all.exp()
+        value = (probs.detach() * q_all).sum(-1, keepdim=True)
+        advantage = rewards - q_taken.detach()
+        scale = rewards.std() + 1e-6 if settings.normalize_advantages and rewards.numel() > 1 else 1.0
+        advantage = advantage / scale
+        direct = -torch.mean((probs * (q_all - value)).sum(-1)) / scale
+        if settings.critic_kl_coeff > 0:
+            # The policy-gradient terms vanish with pi(a) on a model the policy has all but ruled
+            # out; this KL's gradient (pi - target) does not, so a learned-better model is adopted.
+            target = torch.softmax(q_all / settings.critic_temperature, dim=-1)
+            direct = direct - settings.critic_kl_coeff * torch.mean((target * logp_all).sum(-1))
+    elif settings.baseline == "learned":
         if baseline is None:
             raise ValueError("baseline='learned' needs the module's baseline head output")
         advantage = rewards - baseline.detach()
@@ -55,16 +87,11 @@ def barp_loss(
         advantage = rewards - rewards.mean()
     else:
         advantage = rewards
-    if settings.normalize_advantages and advantage.numel() > 1:
+    if settings.baseline != "critic" and settings.normalize_advantages and advantage.numel() > 1:
         # Rewards at w_q~1 and w_q~0 differ in scale; unit-variance advantages keep the step size steady.
         advantage = advantage / (advantage.std() + 1e-6)
 
-    if behaviour_logp is not None and settings.importance_weight_clip > 0:
-        rho = torch.exp(logp.detach() - behaviour_logp.float()).clamp(max=settings.importance_weight_clip)
-    else:
-        rho = torch.ones_like(logp)
-
-    policy_loss = -torch.mean(rho * advantage * logp)
+    policy_loss = -torch.mean(rho * advantage * logp) + direct
     loss = policy_loss - settings.entropy_coeff * entropy + settings.baseline_coeff * baseline_loss
     stats = {
         "policy_loss": policy_loss.detach(),
@@ -83,6 +110,8 @@ def settings_from(config: Any) -> LossSettings:
         baseline_coeff=config.baseline_coeff,
         normalize_advantages=config.normalize_advantages,
         importance_weight_clip=config.importance_weight_clip,
+        critic_kl_coeff=config.critic_kl_coeff,
+        critic_temperature=config.critic_temperature,
     )
 
 

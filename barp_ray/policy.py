@@ -17,6 +17,22 @@ META_FILE = "barp_meta.json"
 RL_MODULE_PATH = Path("learner_group") / "learner" / "rl_module" / "default_policy"
 
 
+def policy_state(module) -> dict[str, "torch.Tensor"]:
+    """The weights inference needs: the module's state without its training-only heads."""
+    skip = tuple(f"{name}." for name in module.get_non_inference_attributes())
+    return {k: v for k, v in module.state_dict().items() if not k.startswith(skip)}
+
+
+def load_policy_state(module, state: dict) -> None:
+    """Load inference weights; every policy tensor must be present and fit (RuntimeError otherwise)."""
+    mine = policy_state(module)
+    missing = sorted(set(mine) - set(state))
+    extra = sorted(set(state) - set(mine))
+    if missing or extra:
+        raise RuntimeError(f"policy weights do not fit: missing {missing[:3]}, unexpected {extra[:3]}")
+    module.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=False)
+
+
 class CheckpointError(ValueError):
     """The path is not a usable barp-ray checkpoint; the message says why."""
 

@@ -28,7 +28,9 @@ def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
 
 
 class BaRPRLModule(TorchRLModule):
-    """model_config: preference_hidden (list[int]), head_hidden (list[int]), learned_baseline (bool)."""
+    """model_config: preference_hidden (list[int]), head_hidden (list[int]), learned_baseline (bool),
+    critic (bool: the training-only head predicts every model's reward, Q(x, w, .), instead of one
+    baseline value; the loss then uses it as a doubly robust critic)."""
 
     def setup(self) -> None:
         cfg = self.model_config or {}
@@ -39,8 +41,10 @@ class BaRPRLModule(TorchRLModule):
         self.preference_net = mlp([2, *pref_hidden], final_activation=True)
         self.decision_head = mlp([emb_dim + pref_hidden[-1], *head_hidden, k], final_activation=False)
         self.baseline_head: nn.Module | None = None
-        if cfg.get("learned_baseline", True) and not self.inference_only:
-            self.baseline_head = mlp([emb_dim + pref_hidden[-1], *head_hidden[-1:], 1], final_activation=False)
+        self.critic = bool(cfg.get("critic", False))
+        if (cfg.get("learned_baseline", True) or self.critic) and not self.inference_only:
+            out = k if self.critic else 1
+            self.baseline_head = mlp([emb_dim + pref_hidden[-1], *head_hidden[-1:], out], final_activation=False)
 
     def _features(self, batch: dict[str, Any]) -> torch.Tensor:
         obs = batch[Columns.OBS]
@@ -53,7 +57,8 @@ class BaRPRLModule(TorchRLModule):
         z = self._features(batch)
         out = {Columns.ACTION_DIST_INPUTS: self.decision_head(z)}
         if self.baseline_head is not None:
-            out[BASELINE] = self.baseline_head(z).squeeze(-1)
+            b = self.baseline_head(z)
+            out[BASELINE] = b if self.critic else b.squeeze(-1)
         return out
 
     def get_non_inference_attributes(self) -> list[str]:

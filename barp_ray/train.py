@@ -57,6 +57,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float):
             entropy_coeff=t.entropy_coeff,
             baseline=t.baseline,
             baseline_coeff=t.baseline_coeff,
+            critic_kl_coeff=t.critic_kl_coeff,
+            critic_temperature=t.critic_temperature,
             normalize_advantages=t.normalize_advantages,
             grad_clip=t.grad_clip,
             rounds_per_iteration=t.rounds_per_iteration,
@@ -69,6 +71,7 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float):
                     "preference_hidden": list(cfg.policy.preference_hidden),
                     "head_hidden": list(cfg.policy.head_hidden),
                     "learned_baseline": t.baseline == "learned",
+                    "critic": t.baseline == "critic",
                 },
             )
         )

@@ -112,7 +112,7 @@ def main() -> int:
     from barp_ray.config import apply_overrides, load_config
     from barp_ray.data.prepare import split_tables
     from serve.app import app_builder
-    from serve.feedback_log import REWARDS
+    from serve.feedback_store import RewardReader
 
     cfg = load_config(None)
     table = split_tables(cfg.data)[0]
@@ -132,7 +132,7 @@ def main() -> int:
     serve.run(app_builder({
         "checkpoint": ckpt, "log_dir": str(work / "log"), "auth": {"token_file": str(work / "token")},
         "router_autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
-        "trainer": {"state_dir": str(work / "trainer"), "batch_size": 256, "enabled": True, "poll_s": 2.0},
+        "trainer": {"state_dir": str(work / "trainer"), "enabled": True},
     }), name="barp", route_prefix="/")
 
     stats = {"route_status": {}, "feedback_status": {}, "accepted": [], "client_errors": []}
@@ -159,7 +159,7 @@ def main() -> int:
     serve.shutdown()
     ray.shutdown()
 
-    ids = [json.loads(x)["request_id"] for x in (work / "log" / REWARDS).read_text().splitlines()]
+    ids = RewardReader(work / "log").request_ids()
     accepted = stats["accepted"]
     warm = [s for s in samples if s["t"] >= 60] or samples
     growth = {}

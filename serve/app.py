@@ -1,10 +1,11 @@
 """The Ray Serve application: HTTP API -> batched router replicas, feedback log, continuous trainer.
 
     RouterAPI (FastAPI ingress) --route--> RouterModel (autoscaling, @serve.batch: encoder + policy)
-              |--decision/feedback--> FeedbackLogDeployment (durable JSONL, one replica)
-    TrainerDeployment (one replica) reads the reward log, updates, checkpoints, and hands new
-    weights to every RouterModel replica, which polls it; if the trainer is down, replicas keep
-    serving their last good weights.
+              |--decision/feedback--> FeedbackLogDeployment (SQLite feedback store, one replica)
+    TrainerDeployment (one replica) reads joined rewards from the store, updates on RLlib's Learner,
+    checks each candidate off-policy before publishing it, and hands published weights to every
+    RouterModel replica, which polls it; if the trainer is down, replicas keep serving their last
+    good weights (and a replica that starts then loads the last published ones from disk).
 
 Deploy: `serve run configs/serve.yaml` / `serve deploy configs/serve.yaml`, or from Python:
 `serve.run(app_builder({...}))`.
@@ -14,7 +15,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +39,41 @@ def _load_meta(checkpoint: str) -> dict:
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1})
 class FeedbackLogDeployment:
-    def __init__(self, settings: ServeSettings):
-        from serve.feedback_log import FeedbackLog
+    """The one writer of the feedback store; also retires decisions whose reward wait time ran out."""
 
-        self.log = FeedbackLog(settings.log_dir, tau=float(_load_meta(settings.checkpoint)["tau"]))
+    async def __init__(self, settings: ServeSettings):
+        from serve.feedback_store import FeedbackStore
+
+        f = settings.feedback
+        self.settings = settings
+        self.store = FeedbackStore(settings.log_dir, tau=float(_load_meta(settings.checkpoint)["tau"]),
+                                   wait_s=f.wait_s, on_missing=f.on_missing, default_reward=f.default_reward)
+        self._task = asyncio.get_running_loop().create_task(self._retire_loop())
+
+    async def _retire_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.store.retire_expired)
+            except Exception:  # noqa: BLE001 - a failed sweep is retried on the next tick
+                logger.exception("retiring expired decisions failed")
+            await asyncio.sleep(self.settings.feedback.retire_every_s)
 
     def record_decision(self, decision: dict) -> None:
-        self.log.record_decision(decision)
+        self.store.record_decision(decision)
 
     def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict:
-        from serve.feedback_log import FeedbackError
+        from serve.feedback_store import FeedbackError
 
         try:
-            return {"ok": True, "record": self.log.record_feedback(request_id, score, cost, replay=replay)}
+            return {"ok": True, "record": self.store.record_feedback(request_id, score, cost, replay=replay)}
         except FeedbackError as e:
             return {"ok": False, "status": e.status, "error": str(e)}
 
+    def retire_now(self, now: float | None = None) -> int:
+        return self.store.retire_expired(now)
+
     def counts(self) -> dict:
-        return self.log.counts()
+        return self.store.counts()
 
     def pid(self) -> int:
         import os
@@ -70,7 +87,8 @@ class TrainerDeployment:
         from serve.trainer import ContinuousTrainer
 
         self.settings = settings
-        self.trainer = ContinuousTrainer(settings.checkpoint, settings.log_dir, settings.trainer.state_dir, settings.trainer)
+        self.trainer = await asyncio.to_thread(ContinuousTrainer, settings.checkpoint, settings.log_dir, settings)
+        self.replicas: dict[str, dict] = {}  # replica -> {"version", "loaded_at", "seen", "history"}
         self._lock = asyncio.Lock()
         self._task = asyncio.get_running_loop().create_task(self._loop()) if settings.trainer.enabled else None
 
@@ -89,19 +107,52 @@ class TrainerDeployment:
                 await asyncio.sleep(self.settings.trainer.poll_s)
 
     async def train_now(self, max_updates: int = 1_000_000) -> list[dict]:
-        """Drain every full batch now (admin and tests); the background loop does the same lazily."""
+        """Drain pending feedback into updates now (admin and tests); the background loop does the same."""
         rows = []
         while len(rows) < max_updates and (row := await self._step()) is not None:
             rows.append(row)
         return rows
 
-    def get_weights(self, have_version: int) -> tuple[int, dict] | None:
-        if self.trainer.version <= have_version:
+    def get_weights(self, have_version: int, replica: str | None = None, loaded_at: float | None = None):
+        """Replicas poll here; each poll also reports which version the replica serves and since when."""
+        if replica is not None:
+            r = self.replicas.setdefault(replica, {"history": []})
+            if r.get("version") != have_version:
+                r["history"] = (r["history"] + [(have_version, loaded_at or time.time())])[-64:]
+            r.update(version=have_version, loaded_at=loaded_at, seen=time.time())
+        if self.trainer.published_version <= have_version:
             return None
-        return self.trainer.version, self.trainer.weights()
+        return self.trainer.published_version, self.trainer.weights()
+
+    def _live_replicas(self) -> dict[str, dict]:
+        horizon = max(5.0, 5 * self.settings.weights_poll_s)
+        return {k: v for k, v in self.replicas.items() if time.time() - v.get("seen", 0) < horizon}
+
+    def rollout_delays(self) -> list[dict]:
+        """Per recent published version: seconds from its oldest feedback's 2xx until every live
+        replica served it (or a newer version)."""
+        live = self._live_replicas()
+        out = []
+        for p in self.trainer.published:
+            if "oldest_feedback_time" not in p:
+                continue
+            reached = []
+            for r in live.values():
+                t = [at for v, at in r["history"] if v >= p["version"] and at is not None]
+                reached.append(min(t) if t else None)
+            if live and all(x is not None for x in reached):
+                out.append({"version": p["version"], "records_through": p["through_id"],
+                            "delay_s": max(reached) - p["oldest_feedback_time"],
+                            "delay_newest_s": max(reached) - p["newest_feedback_time"]})
+        return out
 
     def status(self) -> dict:
-        return {"version": self.trainer.version, "offset": self.trainer.offset, "updates": len(self.trainer.updates)}
+        delays = self.rollout_delays()
+        d = [x["delay_s"] for x in delays]
+        return {**self.trainer.status(),
+                "replicas": {k: v["version"] for k, v in self._live_replicas().items()},
+                "rollout_delay_s": {"last": d[-1] if d else None, "max_recent": max(d) if d else None,
+                                    "median_recent": float(np.median(d)) if d else None, "versions": len(d)}}
 
     async def load_checkpoint(self, path: str) -> dict:
         """Publish a checkpoint's weights as the next version; a bad one is refused, old weights stay."""
@@ -128,22 +179,24 @@ class RouterModel:
         import torch
 
         from barp_ray.encoder import load_encoder
-        from barp_ray.policy import RoutingPolicy
+        from barp_ray.policy import RoutingPolicy, load_policy_state
+        from serve.trainer import latest_published
 
         torch.set_num_threads(1)
         self.settings = settings
         self.policy = RoutingPolicy.load(settings.checkpoint)
-        self.version = 0
-        from serve.trainer import latest_published
-
+        self.version, self.loaded_at = 0, time.time()
+        # Start from the newest published weights on disk, not the checkpoint: the trainer may be
+        # down (or restarting) while this replica starts.
         published = latest_published(settings.trainer.state_dir)
         if published is not None:
             try:
-                self.policy.module.load_state_dict(published[1])
+                load_policy_state(self.policy.module, published[1])
                 self.version = published[0]
             except RuntimeError:
                 logger.warning("published weights in %s do not fit this checkpoint; serving it as is", settings.trainer.state_dir)
                 self.policy = RoutingPolicy.load(settings.checkpoint)
+        self.started_version = self.version
         self.trainer = trainer
         self.replica = serve.get_replica_context().replica_id.unique_id
         load_encoder(self.policy.encoder, "cpu")  # warm: the first request should not pay for it
@@ -153,43 +206,44 @@ class RouterModel:
         self._poll = asyncio.get_running_loop().create_task(self._poll_weights())
 
     async def _poll_weights(self) -> None:
-        import torch
+        import copy
+
+        from barp_ray.policy import load_policy_state
 
         while True:
             try:
-                got = await self.trainer.get_weights.remote(self.version)
+                got = await self.trainer.get_weights.remote(self.version, self.replica, self.loaded_at)
                 if got is not None:
                     version, weights = got
-                    import copy
-
                     fresh = copy.deepcopy(self.policy.module)  # a failed load must not leave half-new weights
-                    fresh.load_state_dict({k: torch.tensor(v) for k, v in weights.items()})
-                    self.policy.module, self.version = fresh, version
+                    load_policy_state(fresh, weights)
+                    self.policy.module, self.version, self.loaded_at = fresh, version, time.time()
+                    continue  # report the new version at once
             except Exception as e:  # noqa: BLE001 - trainer down: keep serving the last good weights
-                logger.warning("weights poll failed (%s); serving policy_version %d", type(e).__name__, self.version)
+                logger.debug("weights poll failed (%s); serving policy_version %d", type(e).__name__, self.version)
             await asyncio.sleep(self.settings.weights_poll_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def route_batch(self, items: list[dict]) -> list[dict]:
         from barp_ray.encoder import encode
+        from serve.exploration import exploring_distribution
 
         emb = encode([it["prompt"] for it in items], self.policy.encoder)
         probs = self.policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
         version = self.version
+        e = self.settings.exploration
         out = []
-        for it, e, p in zip(items, emb, probs):
+        for it, x, p in zip(items, emb, probs):
             mask = it.get("mask")
-            if mask is not None:
-                p = np.where(mask, p, 0.0)
-                p = p / p.sum() if p.sum() > 0 else np.asarray(mask, dtype=np.float64) / np.sum(mask)
-            if it["mode"] == "sample":
-                a = int(self._rng.choice(len(p), p=p / p.sum()))
-                behaviour = float(p[a])
+            if it["mode"] == "greedy":
+                served = exploring_distribution(p[None], 0.0, 1.0, mask)[0]
+                a = int(np.argmax(served))
+                served = np.eye(len(p))[a]  # deterministic: the propensity of the choice is 1
             else:
-                a = int(np.argmax(p))
-                behaviour = 1.0  # deterministic choice
-            out.append({"action": a, "probabilities": p.tolist(), "behaviour_prob": behaviour,
-                        "embedding": e, "policy_version": version, "replica": self.replica})
+                served = exploring_distribution(p[None], e.epsilon, e.temperature, mask)[0]
+                a = int(self._rng.choice(len(served), p=served / served.sum()))
+            out.append({"action": a, "probabilities": served.tolist(), "behaviour_prob": float(served[a]),
+                        "embedding": x, "policy_version": version, "replica": self.replica})
         return out
 
     async def route(self, item: dict) -> dict:
@@ -198,7 +252,8 @@ class RouterModel:
     def info(self) -> dict:
         import os
 
-        return {"replica": self.replica, "policy_version": self.version, "pid": os.getpid()}
+        return {"replica": self.replica, "policy_version": self.version, "started_version": self.started_version,
+                "pid": os.getpid()}
 
 
 api = FastAPI(
@@ -298,7 +353,7 @@ class RouterAPI:
             if unknown:
                 return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
             mask = [m in set(req.candidates) for m in self.models]
-        from serve.feedback_log import encode_vector
+        from serve.feedback_store import encode_vector, new_request_id
 
         try:
             out = await _call_with_retry(
@@ -306,7 +361,7 @@ class RouterAPI:
             )
         except (RayActorError, ActorUnavailableError):
             return _error(503, "router: no replica could answer; retry shortly")
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         model = self.models[out["action"]]
         decision = {
             "request_id": request_id,
@@ -326,11 +381,14 @@ class RouterAPI:
             request_id=request_id,
             model=model,
             probabilities=dict(zip(self.models, out["probabilities"])),
+            propensity=out["behaviour_prob"],
+            mode="greedy" if req.mode == "greedy" else "explore",
             policy_version=out["policy_version"],
             replica=out["replica"],
         )
 
-    @api.post("/v1/feedback", response_model=FeedbackResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+    @api.post("/v1/feedback", response_model=FeedbackResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody},
+                                                                             410: {"model": ErrorBody}})
     async def feedback(self, req: FeedbackRequest):
         from ray.exceptions import ActorUnavailableError, RayActorError
 
@@ -343,7 +401,7 @@ class RouterAPI:
             return _error(503, "feedback log: unavailable, nothing was recorded; retry shortly")
         if not res["ok"]:
             return _error(res["status"], res["error"])
-        return FeedbackResponse(request_id=req.request_id, reward=res["record"]["reward"])
+        return FeedbackResponse(request_id=req.request_id, reward=res["record"]["reward"], sequence=res["record"]["id"])
 
     @api.get("/v1/models")
     async def models(self) -> dict:
@@ -383,13 +441,18 @@ class RouterAPI:
         """PIDs of the serving processes, for fault drills (tests kill them on purpose)."""
         import os
 
-        versions: dict[int, int] = {}
+        infos: dict[int, dict] = {}
         for _ in range(24):  # requests spread over replicas: collect every RouterModel we can see
             info = await self.router.info.remote()
-            versions[info["pid"]] = info["policy_version"]
+            infos[info["pid"]] = info
+        try:
+            trainer = await self.trainer.pid.remote()
+        except Exception:  # noqa: BLE001 - a drill may have just killed it
+            trainer = None
         return {"ingress": os.getpid(), "feedback_log": await self.log.pid.remote(),
-                "trainer": await self.trainer.pid.remote(), "router": sorted(versions),
-                "router_versions": {str(k): v for k, v in versions.items()}}
+                "trainer": trainer, "router": sorted(infos),
+                "router_versions": {str(k): v["policy_version"] for k, v in infos.items()},
+                "router_started_versions": {str(k): v["started_version"] for k, v in infos.items()}}
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):

@@ -19,7 +19,16 @@ class RouteRequest(BaseModel):
     preference: Union[Preference, float] = Field(
         0.8, description="{quality, cost} on the simplex, or one knob k in [0,1] meaning (k, 1-k)"
     )
-    mode: Literal["greedy", "sample"] = Field("greedy", description="argmax, or sample from the policy (explores)")
+    mode: Literal["explore", "greedy", "sample"] = Field(
+        "explore",
+        description=(
+            "explore (default): the service's exploring policy chooses, (1 - epsilon) of the time by the "
+            "learned policy and epsilon spread over the allowed models; this is what lets the router learn "
+            "from feedback and follow changes. greedy: pure exploitation, the learned policy's argmax; the "
+            "answer is the best the router knows today, and feedback on it teaches the router almost nothing "
+            "about other models. sample: alias of explore (kept for older clients)."
+        ),
+    )
     candidates: Optional[list[str]] = Field(None, min_length=1, description="restrict routing to these models")
 
     @field_validator("preference")
@@ -42,7 +51,9 @@ class RouteRequest(BaseModel):
 class RouteResponse(BaseModel):
     request_id: str
     model: str
-    probabilities: dict[str, float]
+    probabilities: dict[str, float] = Field(..., description="the distribution the model was drawn from")
+    propensity: float = Field(..., description="probability with which `model` was chosen (1 for greedy)")
+    mode: Literal["explore", "greedy"]
     policy_version: int
     replica: str
 
@@ -58,6 +69,7 @@ class FeedbackResponse(BaseModel):
     request_id: str
     reward: float
     accepted: bool = True
+    sequence: int = Field(..., description="position of this reward in the training stream (the trainer's offset unit)")
 
 
 class ErrorBody(BaseModel):

@@ -15,22 +15,89 @@ class SettingsError(ValueError):
 
 
 @dataclass
+class ExplorationSettings:
+    """The service's exploring policy: mu = (1 - epsilon) * pi^(1/temperature) + epsilon * uniform
+    over the models a request allows. Default chosen by bench/online_adapt.py (docs/results/online_adapt)."""
+
+    epsilon: float = 0.1
+    temperature: float = 1.0
+
+    def validate(self) -> None:
+        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) or not 0 <= self.epsilon <= 1:
+            raise SettingsError(f"exploration.epsilon: must be a number in [0, 1], got {self.epsilon!r}")
+        _pos("exploration.temperature", self.temperature)
+
+
+@dataclass
+class FeedbackSettings:
+    """Missing feedback: after `wait_s` a decision is retired, dropped or closed with `default_reward`."""
+
+    wait_s: float = 600.0
+    on_missing: str = "drop"  # drop | default
+    default_reward: float = 0.0
+    retire_every_s: float = 5.0
+
+    def validate(self) -> None:
+        _pos("feedback.wait_s", self.wait_s)
+        if self.on_missing not in ("drop", "default"):
+            raise SettingsError(f"feedback.on_missing: must be 'drop' or 'default', got {self.on_missing!r}")
+        if isinstance(self.default_reward, bool) or not isinstance(self.default_reward, (int, float)) \
+                or not -1 <= self.default_reward <= 1:
+            raise SettingsError(f"feedback.default_reward: must be a number in [-1, 1], got {self.default_reward!r}")
+        _pos("feedback.retire_every_s", self.retire_every_s)
+
+
+@dataclass
 class TrainerSettings:
+    """Continuous training on RLlib's Learner: replay of the newest `window` joined rewards,
+    `updates_per_batch` minibatch steps whenever `min_batch` new rewards arrived (or the oldest
+    waited `max_wait_s`), the offline loss with a per-model critic and clipped importance weights."""
+
     enabled: bool = True
-    batch_size: int = 256  # joined feedback records per update
-    lr: float = 3e-4
+    lr: float = 1e-3
     entropy_coeff: float = 0.01
-    importance_weight_clip: float = 2.0  # served data came from an older policy: clip pi/mu
-    poll_s: float = 1.0
+    importance_weight_clip: float = 2.0  # served data came from an older, exploring policy: clip pi/mu
+    baseline_coeff: float = 0.5
+    critic_kl_coeff: float = 1.0
+    critic_temperature: float = 0.1
+    window: int = 1024
+    updates_per_batch: int = 8
+    minibatch_size: int = 256
+    min_batch: int = 16
+    max_wait_s: float = 2.0
+    poll_s: float = 0.25
+    num_learners: int = 0
+    num_gpus_per_learner: float = 0
     state_dir: str = "runs/serve/trainer"
 
     def validate(self) -> None:
-        _pos("trainer.batch_size", self.batch_size)
-        _pos("trainer.lr", self.lr)
-        if self.entropy_coeff < 0:
-            raise SettingsError(f"trainer.entropy_coeff: must be >= 0, got {self.entropy_coeff}")
-        _pos("trainer.importance_weight_clip", self.importance_weight_clip)
-        _pos("trainer.poll_s", self.poll_s)
+        for name in ("lr", "importance_weight_clip", "critic_temperature", "window", "updates_per_batch",
+                     "minibatch_size", "min_batch", "max_wait_s", "poll_s"):
+            _pos(f"trainer.{name}", getattr(self, name))
+        for name in ("entropy_coeff", "baseline_coeff", "critic_kl_coeff", "num_learners", "num_gpus_per_learner"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise SettingsError(f"trainer.{name}: must be a number >= 0, got {v!r}")
+
+
+@dataclass
+class RolloutSettings:
+    """Safe rollout: a candidate is published only if its SNIPS estimate on held-back feedback is
+    no worse than the serving weights' by more than `margin`."""
+
+    enabled: bool = True
+    holdout_fraction: float = 0.1  # of joined feedback, by request id, never trained on
+    eval_window: int = 512  # newest held-back records used for the estimate
+    min_eval: int = 100  # below this many, candidates are published unchecked
+    margin: float = 0.05
+
+    def validate(self) -> None:
+        if not 0 < self.holdout_fraction < 1:
+            raise SettingsError(f"rollout.holdout_fraction: must be in (0, 1), got {self.holdout_fraction!r}")
+        _pos("rollout.eval_window", self.eval_window)
+        _pos("rollout.min_eval", self.min_eval)
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or self.margin < 0:
+            raise SettingsError(f"rollout.margin: must be a number >= 0, got {self.margin!r}")
 
 
 @dataclass
@@ -66,7 +133,7 @@ class LimitSettings:
 @dataclass
 class ServeSettings:
     checkpoint: str = "checkpoints/barp-default"
-    log_dir: str = "runs/serve/log"
+    log_dir: str = "runs/serve/log"  # the feedback store (feedback.sqlite3)
     weights_poll_s: float = 1.0  # how often replicas look for newer published weights
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.005
@@ -76,7 +143,10 @@ class ServeSettings:
     router_autoscaling: dict = field(
         default_factory=lambda: {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
     )
+    exploration: ExplorationSettings = field(default_factory=ExplorationSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
 
@@ -88,7 +158,8 @@ class ServeSettings:
         for name, url in self.upstreams.items():
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise SettingsError(f"upstreams.{name}: must be an http(s) base URL, got {url!r}")
-        self.trainer.validate()
+        for section in (self.exploration, self.feedback, self.trainer, self.rollout):
+            section.validate()
         self.auth.validate()
         self.limits.validate()
         return self
@@ -107,7 +178,9 @@ def settings_from_args(args: dict[str, Any] | None) -> ServeSettings:
     args = dict(args or {})
     _check_keys("args", args, ServeSettings)
     nested = {}
-    for name, cls in (("trainer", TrainerSettings), ("auth", AuthSettings), ("limits", LimitSettings)):
+    sections = (("exploration", ExplorationSettings), ("feedback", FeedbackSettings), ("trainer", TrainerSettings),
+                ("rollout", RolloutSettings), ("auth", AuthSettings), ("limits", LimitSettings))
+    for name, cls in sections:
         raw = args.pop(name, None) or {}
         if not isinstance(raw, dict):
             raise SettingsError(f"{name}: must be a mapping")

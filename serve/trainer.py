@@ -1,11 +1,20 @@
-"""Continuous training from served feedback: importance-weighted REINFORCE on the reward log.
+"""Continuous training from served feedback, on the same RLlib Learner as offline training.
 
-Reads joined (context, action, behaviour probability, reward) records from rewards.jsonl in
-order, in batches; each batch is one update of the same loss RLlib training uses
-(`barp_ray.learner.barp_loss`) with clipped importance weights pi/mu, because the data came
-from an older (or greedy) policy. After each update the weights, optimizer state, version and
-log offset are saved together, atomically: after a restart training resumes exactly at the
-saved offset, so no accepted reward is lost or used twice.
+Each update: read the joined rewards that arrived since `offset` from the feedback store; a
+deterministic `rollout.holdout_fraction` of them (by request id) is held back for evaluation,
+the rest joins a replay window of the newest `trainer.window` rewards; then the LearnerGroup
+(`BaRPTorchLearner`, so `num_learners` / `num_gpus_per_learner` apply) takes
+`updates_per_batch` minibatch steps on the window with the offline loss: REINFORCE + entropy with
+a per-model critic (doubly robust) and importance weights pi/mu clipped at
+`importance_weight_clip`, mu being the exact served propensity. Replaying each reward in several
+steps is what makes a few thousand rewards enough; the bounded window is what lets the policy
+forget a world that has changed.
+
+Safe rollout: the candidate is published only if its self-normalised IPS estimate (served as
+the exploring policy) on the newest held-back rewards is no worse than the serving weights' by
+more than `rollout.margin`. After every update the learner state, offset and version are saved
+together, atomically; published weights are saved on their own, so a router replica that starts
+while the trainer is down still serves the newest published version.
 """
 from __future__ import annotations
 
@@ -13,104 +22,241 @@ import json
 import os
 import shutil
 import time
+import zlib
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from barp_ray.learner import LossSettings, barp_loss
-from barp_ray.policy import RoutingPolicy
-from ray.rllib.core.columns import Columns
-from serve.feedback_log import decode_vector, read_rewards
+from barp_ray.policy import RoutingPolicy, load_policy_state, policy_state
+from serve.exploration import exploring_distribution, snips_value
+from serve.feedback_store import RewardReader, decode_vector
 
 STATE = "state"
+PUBLISHED = "published"
 PROGRESS = "progress.json"
+READ_LIMIT = 8192
 
 
 def latest_published(state_dir: str | Path) -> tuple[int, dict[str, torch.Tensor]] | None:
-    """The trainer's last saved (version, weights), read from disk, so a replica that starts while
-    the trainer is down serves the newest weights rather than the original checkpoint's."""
-    state = Path(state_dir) / STATE
+    """The last published (version, inference weights), read from disk."""
+    root = Path(state_dir) / PUBLISHED
     try:
-        version = int(json.loads((state / PROGRESS).read_text())["version"])
-        return version, torch.load(state / "module.pt", weights_only=True)
+        version = int(json.loads((root / "version.json").read_text())["version"])
+        return version, torch.load(root / "module.pt", weights_only=True)
     except (OSError, ValueError, KeyError, RuntimeError):
         return None
 
 
+def _atomic_dir(target: Path, write) -> None:
+    """Write into a fresh directory, then swap it in: a crash leaves the old or the new, never half."""
+    tmp, old = target.with_name(target.name + ".tmp"), target.with_name(target.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def held_back(request_id: str, fraction: float) -> bool:
+    return zlib.crc32(request_id.encode()) % 10_000 < fraction * 10_000
+
+
 class ContinuousTrainer:
-    def __init__(self, checkpoint: str, log_dir: str, state_dir: str, settings) -> None:
-        self.log_dir = log_dir
-        self.state_dir = Path(state_dir)
+    def __init__(self, checkpoint: str, log_dir: str, settings) -> None:
+        """`settings` is the whole ServeSettings: trainer, rollout and exploration all matter here."""
         self.settings = settings
+        self.t, self.rollout = settings.trainer, settings.rollout
+        self.state_dir = Path(self.t.state_dir)
+        self.reader = RewardReader(log_dir)
         policy = RoutingPolicy.load(checkpoint)
         self.models = policy.models
-        self.module = policy.module
-        self.module.train()
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=settings.lr)
-        self.loss_settings = LossSettings(
-            entropy_coeff=settings.entropy_coeff,
-            baseline="learned" if getattr(self.module, "baseline_head", None) is not None else "mean",
-            importance_weight_clip=settings.importance_weight_clip,
-        )
+        self.index = {m: i for i, m in enumerate(self.models)}
+        self.serving = policy.module  # the weights replicas serve now (inference copy)
+        self.learner_group = self._build(policy.module)
         self.offset = 0
         self.version = 0
+        self.published_version = 0
+        self.refused: dict[str, Any] | None = None
+        self.last_estimate: dict[str, Any] | None = None
         self.updates: list[dict] = []
+        self.published: deque[dict] = deque(maxlen=64)  # recent publications, for delay reports
+        self.window: deque[dict] = deque(maxlen=self.t.window)
+        self.eval_window: deque[dict] = deque(maxlen=self.rollout.eval_window)
         self._resume()
 
+    def _build(self, module):
+        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+        from barp_ray.algorithm import BaRPConfig
+        from barp_ray.rl_module import BaRPRLModule
+
+        t = self.t
+        config = (
+            BaRPConfig()
+            .environment(observation_space=module.observation_space, action_space=module.action_space)
+            .learners(num_learners=t.num_learners, num_gpus_per_learner=t.num_gpus_per_learner)
+            .training(lr=t.lr, entropy_coeff=t.entropy_coeff, baseline="critic", baseline_coeff=t.baseline_coeff,
+                      importance_weight_clip=t.importance_weight_clip, critic_kl_coeff=t.critic_kl_coeff,
+                      critic_temperature=t.critic_temperature, normalize_advantages=True)
+            .rl_module(rl_module_spec=RLModuleSpec(module_class=BaRPRLModule,
+                                                   model_config={**module.model_config, "critic": True}))
+        )
+        group = config.build_learner_group()
+        self._adopt(group, policy_state(module))
+        return group
+
+    @staticmethod
+    def _adopt(group, weights: dict) -> None:
+        """Load policy weights into the learner; the critic (training-only, shaped per model) keeps its own."""
+        from ray.rllib.core import DEFAULT_MODULE_ID
+
+        current = group.get_weights()[DEFAULT_MODULE_ID]
+        merged = {k: (torch.as_tensor(weights[k]) if k in weights and tuple(weights[k].shape) == tuple(v.shape) else v)
+                  for k, v in current.items()}
+        group.set_weights({DEFAULT_MODULE_ID: merged})
+
+    def _policy_weights(self) -> dict[str, torch.Tensor]:
+        from ray.rllib.core import DEFAULT_MODULE_ID
+
+        keys = policy_state(self.serving).keys()
+        w = self.learner_group.get_weights()[DEFAULT_MODULE_ID]
+        return {k: torch.as_tensor(np.asarray(w[k])).clone() for k in keys}
+
+    # -- persistence -------------------------------------------------------------------------
     def _resume(self) -> None:
-        progress = self.state_dir / STATE / PROGRESS
-        if not progress.is_file():
-            return
-        p = json.loads(progress.read_text())
-        self.module.load_state_dict(torch.load(self.state_dir / STATE / "module.pt", weights_only=True))
-        self.optimizer.load_state_dict(torch.load(self.state_dir / STATE / "optimizer.pt", weights_only=True))
-        self.offset, self.version = int(p["offset"]), int(p["version"])
+        state = self.state_dir / STATE
+        if (state / PROGRESS).is_file():
+            p = json.loads((state / PROGRESS).read_text())
+            self.learner_group.restore_from_path(str(state / "learner_group"))
+            self.offset, self.version = int(p["offset"]), int(p["version"])
+            self.refused = p.get("refused")
+        published = latest_published(self.state_dir)
+        if published is not None:
+            self.published_version = published[0]
+            load_policy_state(self.serving, published[1])
+        # Refill the replay and evaluation windows from the store, up to the saved offset.
+        for r in self.reader.up_to(self.offset, self.t.window + self.rollout.eval_window * 4):
+            self._file(r)
 
     def _save(self) -> None:
-        """Write to a fresh directory, then swap it in: a crash leaves the old state or the new, never half."""
-        tmp = self.state_dir / f"{STATE}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(self.module.state_dict(), tmp / "module.pt")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / PROGRESS).write_text(json.dumps({"offset": self.offset, "version": self.version, "time": time.time()}))
-        old = self.state_dir / f"{STATE}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if (self.state_dir / STATE).exists():
-            os.replace(self.state_dir / STATE, old)
-        os.replace(tmp, self.state_dir / STATE)
-        shutil.rmtree(old, ignore_errors=True)
+        def write(tmp: Path) -> None:
+            self.learner_group.save_to_path(str(tmp / "learner_group"))
+            (tmp / PROGRESS).write_text(json.dumps({"offset": self.offset, "version": self.version,
+                                                    "refused": self.refused, "time": time.time()}))
+
+        _atomic_dir(self.state_dir / STATE, write)
+
+    def _publish(self, weights: dict[str, torch.Tensor], info: dict) -> None:
+        def write(tmp: Path) -> None:
+            torch.save(weights, tmp / "module.pt")
+            (tmp / "version.json").write_text(json.dumps({"version": self.version, **info}))
+
+        _atomic_dir(self.state_dir / PUBLISHED, write)
+        load_policy_state(self.serving, weights)
+        self.published_version = self.version
+        self.published.append({"version": self.version, "published_at": time.time(), **info})
+
+    # -- training ----------------------------------------------------------------------------
+    def _file(self, record: dict) -> None:
+        if record["model"] not in self.index:
+            return
+        row = {
+            "embedding": decode_vector(record["embedding"]),
+            "preference": np.asarray(record["preference"], dtype=np.float32),
+            "action": self.index[record["model"]],
+            "logp": float(np.log(max(float(record["behaviour_prob"]), 1e-6))),
+            "mu": float(record["behaviour_prob"]),
+            "reward": float(record["reward"]),
+        }
+        if held_back(record["request_id"], self.rollout.holdout_fraction):
+            self.eval_window.append(row)
+        else:
+            self.window.append(row)
+
+    def _ready(self, fresh: list[dict]) -> bool:
+        if not fresh:
+            return False
+        return len(fresh) >= self.t.min_batch or time.time() - fresh[0]["feedback_time"] >= self.t.max_wait_s
 
     def train_once(self) -> dict[str, Any] | None:
-        """One update if a full batch of new feedback is in the log; None otherwise."""
-        records, new_offset = read_rewards(self.log_dir, self.offset, self.settings.batch_size)
-        if len(records) < self.settings.batch_size:
+        """One update if enough new feedback arrived; None otherwise."""
+        fresh = self.reader.after(self.offset, READ_LIMIT)
+        if not self._ready(fresh):
             return None
-        index = {m: i for i, m in enumerate(self.models)}
-        emb = torch.from_numpy(np.stack([decode_vector(r["embedding"]) for r in records]))
-        pref = torch.tensor([r["preference"] for r in records], dtype=torch.float32)
-        actions = torch.tensor([index[r["model"]] for r in records])
-        rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
-        behaviour_logp = torch.log(torch.tensor([r["behaviour_prob"] for r in records], dtype=torch.float32).clamp_min(1e-6))
-        out = self.module.forward_train({Columns.OBS: {"embedding": emb, "preference": pref}})
-        loss, stats = barp_loss(
-            out[Columns.ACTION_DIST_INPUTS], actions, rewards, self.loss_settings,
-            baseline=out.get("baseline"), behaviour_logp=behaviour_logp,
-        )
-        self.optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
-        self.optimizer.step()
-        self.offset, self.version = new_offset, self.version + 1
+        for r in fresh:
+            self._file(r)
+        stats: dict[str, float] = {}
+        if self.window:
+            stats = self._update()
+        self.offset = int(fresh[-1]["id"])
+        self.version += 1
+        decision = self._gate()
+        info = {"through_id": self.offset, "oldest_feedback_time": fresh[0]["feedback_time"],
+                "newest_feedback_time": fresh[-1]["feedback_time"]}
+        if decision["publish"]:
+            self._publish(self._policy_weights(), info)
+        else:
+            self.refused = {"version": self.version, "time": time.time(), **decision["estimate"]}
         self._save()
-        row = {"version": self.version, "offset": self.offset, "records": len(records), **{k: float(v) for k, v in stats.items()}}
+        row = {"version": self.version, "offset": self.offset, "records": len(fresh), "published": decision["publish"],
+               **stats}
         self.updates.append(row)
+        del self.updates[:-256]
         return row
 
+    def _update(self) -> dict[str, float]:
+        from ray.rllib.core import DEFAULT_MODULE_ID
+        from ray.rllib.core.columns import Columns
+        from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
+        rows = list(self.window)
+        m = min(self.t.minibatch_size, len(rows))
+        rng = np.random.default_rng(self.version)
+        idx = np.concatenate([rng.choice(len(rows), size=m, replace=False) for _ in range(self.t.updates_per_batch)])
+        pick = [rows[i] for i in idx]
+        columns = {
+            Columns.OBS: {"embedding": np.stack([r["embedding"] for r in pick]),
+                          "preference": np.stack([r["preference"] for r in pick])},
+            Columns.ACTIONS: np.asarray([r["action"] for r in pick]),
+            Columns.ACTION_LOGP: np.asarray([r["logp"] for r in pick], dtype=np.float32),
+            Columns.REWARDS: np.asarray([r["reward"] for r in pick], dtype=np.float32),
+        }
+        batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(columns)}, env_steps=len(pick))
+        results = self.learner_group.update(batch=batch, minibatch_size=m, num_epochs=1, shuffle_batch_per_epoch=False)
+        out = results[0][DEFAULT_MODULE_ID] if isinstance(results, list) else results[DEFAULT_MODULE_ID]
+        keep = ("policy_loss", "entropy", "baseline_loss", "reward_mean", "importance_weight_mean")
+        return {k: float(getattr(out[k], "peek", lambda: out[k])()) for k in keep if k in out}
+
+    def _served_value(self, module, rows: list[dict]) -> float:
+        emb = torch.from_numpy(np.stack([r["embedding"] for r in rows]))
+        pref = torch.from_numpy(np.stack([r["preference"] for r in rows]))
+        probs = module.action_probabilities(emb, pref).numpy()
+        e = self.settings.exploration
+        mu = exploring_distribution(probs, e.epsilon, e.temperature)
+        return snips_value(mu, np.asarray([r["action"] for r in rows]), np.asarray([r["mu"] for r in rows]),
+                           np.asarray([r["reward"] for r in rows]))
+
+    def _gate(self) -> dict[str, Any]:
+        rows = list(self.eval_window)
+        if not self.rollout.enabled or len(rows) < self.rollout.min_eval:
+            return {"publish": True, "estimate": {}}
+        import copy
+
+        candidate = copy.deepcopy(self.serving)
+        load_policy_state(candidate, self._policy_weights())
+        est = {"candidate": self._served_value(candidate, rows), "serving": self._served_value(self.serving, rows),
+               "n": len(rows), "margin": self.rollout.margin}
+        self.last_estimate = {"version": self.version, **est}
+        return {"publish": est["candidate"] >= est["serving"] - self.rollout.margin, "estimate": est}
+
     def load_checkpoint(self, path: str) -> int:
-        """Adopt a checkpoint's weights as the next version; refuses (ValueError) anything incompatible."""
+        """An operator's checkpoint becomes the next published version (no gate: it is their call)."""
         from barp_ray.policy import CheckpointError
 
         try:
@@ -119,14 +265,24 @@ class ContinuousTrainer:
             raise ValueError(f"path: {e}") from None
         if candidate.models != self.models:
             raise ValueError(f"path: checkpoint routes {list(candidate.models)}, this service routes {list(self.models)}")
-        mine, theirs = self.module.state_dict(), candidate.module.state_dict()
+        mine, theirs = policy_state(self.serving), policy_state(candidate.module)
         bad = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
         if bad or set(theirs) - set(mine):
-            raise ValueError(f"path: incompatible network (mismatched tensors {bad[:3] or sorted(set(theirs) - set(mine))[:3]})")
-        self.module.load_state_dict(theirs)
+            bad = bad or sorted(set(theirs) - set(mine))
+            raise ValueError(f"path: incompatible network (mismatched tensors {bad[:3]})")
+        self._adopt(self.learner_group, theirs)
         self.version += 1
+        self._publish({k: theirs[k].clone() for k in mine}, {"through_id": self.offset, "checkpoint": path})
         self._save()
         return self.version
 
     def weights(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}
+        return {k: v.detach().cpu().numpy().copy() for k, v in policy_state(self.serving).items()}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": self.version, "published_version": self.published_version, "offset": self.offset,
+            "updates": len(self.updates), "replay": len(self.window), "held_back": len(self.eval_window),
+            "last_estimate": self.last_estimate, "last_refused": self.refused,
+            "last_published": self.published[-1] if self.published else None,
+        }

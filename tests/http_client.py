@@ -49,3 +49,10 @@ class Client:
 
     def get(self, path):
         return self.call("GET", path)
+
+
+def stored_reward_ids(log_dir) -> list[str]:
+    """Request ids of every joined reward in a feedback store, in stream order."""
+    from serve.feedback_store import RewardReader
+
+    return RewardReader(log_dir).request_ids()

@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.data.prepare import split_tables
 from barp_ray.train import train
-from http_client import TOKEN, Client, free_port
+from http_client import TOKEN, Client, free_port, stored_reward_ids
 from openai_upstream import Upstream
-from serve.feedback_log import REWARDS
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def svc(tmp_path_factory):
         "upstreams": {m: upstream.base_url for m in table.models},
         "auth": {"token_file": str(root / "token")},
         "router_autoscaling": {"min_replicas": 2, "max_replicas": 2},
-        "trainer": {"state_dir": str(root / "trainer"), "batch_size": 50, "enabled": False},
+        "trainer": {"state_dir": str(root / "trainer"), "min_batch": 50, "enabled": False},
     }
     port = free_port()
 
@@ -167,8 +166,7 @@ def test_sigkill_feedback_log_mid_stream_loses_no_accepted_reward(svc):
     _wait_healthy(client)
     _, after = client.get("/v1/admin/processes")
     assert after["feedback_log"] != procs["feedback_log"], "the log replica was not really killed"
-    lines = (svc["root"] / "log" / REWARDS).read_text().splitlines()
-    ids = [json.loads(x)["request_id"] for x in lines]
+    ids = stored_reward_ids(svc["root"] / "log")
     assert len(ids) == len(set(ids)), "a reward was written twice"
     missing = set(accepted) - set(ids)
     print(f"accepted {len(accepted)}, in log {len(ids)}, failures {len(failures)}: {failures[:3]}")
@@ -178,7 +176,7 @@ def test_sigkill_feedback_log_mid_stream_loses_no_accepted_reward(svc):
 
     serve.delete("barp")
     client2 = svc["deploy"]()
-    assert (svc["root"] / "log" / REWARDS).read_text().splitlines() == lines
+    assert stored_reward_ids(svc["root"] / "log") == ids
     st_, stats = client2.get("/v1/stats")
     assert stats["log"]["rewards"] == len(ids)
 
@@ -205,7 +203,7 @@ def test_killing_the_trainer_keeps_serving_and_resumes(svc):
     while True:
         _, procs = client.get("/v1/admin/processes")
         versions_now = procs["router_versions"]
-        if len(versions_now) == 2 and set(versions_now.values()) == {before["trainer"]["version"]}:
+        if len(versions_now) == 2 and set(versions_now.values()) == {before["trainer"]["published_version"]}:
             break
         assert time.time() < deadline, f"replicas never reached version {before['trainer']['version']}: {versions_now}"
         time.sleep(0.5)
@@ -216,7 +214,7 @@ def test_killing_the_trainer_keeps_serving_and_resumes(svc):
         s, r = client.post("/v1/route", {"prompt": "still there?", "preference": 0.5})
         assert s == 200
         versions.add(r["policy_version"])
-    assert versions == {before["trainer"]["version"]}
+    assert versions == {before["trainer"]["published_version"]}
     _wait_healthy(client)
     _, after = client.get("/v1/stats")
     assert after["trainer"]["version"] == before["trainer"]["version"]
@@ -229,15 +227,30 @@ def test_killing_the_trainer_keeps_serving_and_resumes(svc):
     assert out["updates"] and out["updates"][0]["version"] == before["trainer"]["version"] + 1
 
 
-def test_torn_log_tail_is_repaired_on_restart(svc):
-    from ray import serve
-
-    path = svc["root"] / "log" / REWARDS
-    serve.delete("barp")
-    good = path.read_text().splitlines()
-    with open(path, "a") as f:
-        f.write('{"request_id": "torn-wri')  # a crash mid-write
-    client = svc["deploy"]()
-    st_, stats = client.get("/v1/stats")
-    assert stats["log"]["rewards"] == len(good)
-    assert path.read_text().splitlines() == good
+def test_replica_restarted_while_the_trainer_is_down_serves_the_newest_weights(svc):
+    """The double kill: trainer and a router replica die together; the replica that comes back
+    must start from the newest published weights (from disk), not from the original checkpoint."""
+    client, table = svc["client"], svc["table"]
+    _feedback_rounds(client, table, 60, [])
+    st_, out = client.post("/v1/admin/train")
+    assert st_ == 200 and out["updates"], out
+    _, stats = client.get("/v1/stats")
+    newest = stats["trainer"]["published_version"]
+    assert newest >= 2, stats
+    _, procs = client.get("/v1/admin/processes")
+    os.kill(procs["trainer"], signal.SIGKILL)
+    os.kill(procs["router"][0], signal.SIGKILL)
+    deadline = time.time() + 120
+    while True:
+        s, now = client.get("/v1/admin/processes")
+        if s == 200 and len(now["router"]) == 2 and procs["router"][0] not in now["router"]:
+            break
+        assert time.time() < deadline, f"the killed replica was not replaced: {now}"
+        time.sleep(0.5)
+    fresh = [p for p in now["router"] if p not in procs["router"]]
+    assert fresh, now
+    for pid in fresh:
+        assert now["router_started_versions"][str(pid)] == newest, now
+    _wait_healthy(client)
+    s, r = client.post("/v1/route", {"prompt": "which version now?", "preference": 0.5})
+    assert s == 200 and r["policy_version"] == newest

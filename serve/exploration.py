@@ -1,0 +1,34 @@
+"""The service's exploring policy, and the off-policy estimate that guards weight rollout.
+
+Served requests are chosen from
+    mu(a | x, w) = (1 - epsilon) * softmax(log pi(. | x, w) / temperature)[a] + epsilon / |allowed|
+over the models a request allows. The epsilon floor is what keeps a confident policy learning:
+every allowed model is tried with probability >= epsilon / |allowed|, so a model that has become
+the best one is found within a predictable number of rounds, and every logged propensity is
+bounded away from 0 (importance weights <= |allowed| / epsilon). The logged propensity of a
+served request is exactly mu(a | x, w).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def exploring_distribution(probs: np.ndarray, epsilon: float, temperature: float = 1.0,
+                           mask: np.ndarray | None = None) -> np.ndarray:
+    """[B, K] served distribution from the policy's [B, K] probabilities (mask: [B, K] or [K] bools)."""
+    p = np.asarray(probs, dtype=np.float64)
+    allowed = np.ones_like(p, dtype=bool) if mask is None else np.broadcast_to(np.asarray(mask, dtype=bool), p.shape)
+    if temperature != 1.0:
+        logp = np.log(np.clip(p, 1e-300, None)) / temperature
+        p = np.exp(logp - logp.max(-1, keepdims=True))
+    p = np.where(allowed, p, 0.0)
+    total = p.sum(-1, keepdims=True)
+    uniform = allowed / allowed.sum(-1, keepdims=True)
+    p = np.where(total > 0, p / np.where(total > 0, total, 1.0), uniform)
+    return (1.0 - epsilon) * p + epsilon * uniform
+
+
+def snips_value(target_probs: np.ndarray, actions: np.ndarray, logged_probs: np.ndarray, rewards: np.ndarray) -> float:
+    """Self-normalised IPS estimate of a policy's mean reward from logged (a, mu(a), r)."""
+    w = target_probs[np.arange(len(actions)), actions] / np.clip(logged_probs, 1e-12, None)
+    return float(np.sum(w * rewards) / max(np.sum(w), 1e-12))

@@ -1,0 +1,216 @@
+"""The reward stream's durable store: pending routing decisions, and feedback joined to them.
+
+SQLite (WAL, synchronous=FULL: a feedback is on disk before its 2xx goes out), two tables:
+  decisions  one row per routed request still waiting for feedback (request_id is the primary
+             key); a decision leaves this table when its feedback arrives or when the reward
+             wait time runs out, so the table holds the last `wait_s` of traffic, not all of it.
+  rewards    one row per joined outcome, with a monotonically increasing `id`: the continuous
+             trainer reads `id > offset` and checkpoints `offset` with its weights, so "which
+             rewards were used" is one integer. `request_id` is UNIQUE: the database itself refuses
+             a second feedback for one request.
+A decision whose wait time ran out is retired: dropped, or closed with the configured default
+reward (the Personalizer convention). Request ids start with their routing time, so feedback
+for a retired decision is told apart from an unknown id and refused with 410 without keeping a
+tombstone per request.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.reward import reward
+
+DB_FILE = "feedback.sqlite3"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, time REAL NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions(time);
+CREATE TABLE IF NOT EXISTS rewards (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL UNIQUE,
+    time REAL NOT NULL,
+    score REAL, cost REAL, reward REAL NOT NULL,
+    defaulted INTEGER NOT NULL DEFAULT 0,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class FeedbackError(ValueError):
+    status = 400
+
+
+class UnknownRequest(FeedbackError):
+    status = 404
+
+
+class DuplicateFeedback(FeedbackError):
+    status = 409
+
+
+class ExpiredRequest(FeedbackError):
+    status = 410
+
+
+def encode_vector(v: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode("ascii")
+
+
+def decode_vector(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype=np.float32)
+
+
+def new_request_id(now: float | None = None) -> str:
+    """12 hex digits of routing time in ms, then 20 random ones: unique, sortable, and dated."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{uuid.uuid4().hex[:20]}"
+
+
+def routed_at(request_id: str) -> float | None:
+    if len(request_id) != 32:
+        return None
+    try:
+        return int(request_id[:12], 16) / 1000.0
+    except ValueError:
+        return None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class FeedbackStore:
+    def __init__(self, directory: str | Path, tau: float, wait_s: float = 600.0, on_missing: str = "drop",
+                 default_reward: float = 0.0):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tau, self.wait_s, self.on_missing, self.default_reward = float(tau), float(wait_s), on_missing, float(default_reward)
+        self._lock = threading.Lock()
+        self._db = _connect(self.dir / DB_FILE)
+        self._db.executescript(_SCHEMA)
+
+    def record_decision(self, decision: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?)",
+                             (decision["request_id"], float(decision["time"]), json.dumps(decision, separators=(",", ":"))))
+
+    def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict[str, Any]:
+        """Join feedback to its pending decision and persist it; raises, writing nothing, on bad input.
+
+        `replay=True` marks the service's own retry after a crash: if the first attempt was already
+        committed with the same values, that result is returned instead of a duplicate error.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                record = self._join(request_id, float(score), float(cost), replay)
+                self._db.execute("COMMIT")
+                return record
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _join(self, request_id: str, score: float, cost: float, replay: bool) -> dict[str, Any]:
+        row = self._db.execute("SELECT body FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            done = self._db.execute("SELECT id, score, cost, reward, defaulted FROM rewards WHERE request_id = ?",
+                                    (request_id,)).fetchone()
+            if done is not None and done[4]:
+                raise ExpiredRequest(f"request_id: feedback for {request_id!r} came after the reward wait time "
+                                     f"({self.wait_s:g} s); the decision was closed with the default reward")
+            if done is not None:
+                if replay and done[1] == score and done[2] == cost:
+                    return {"request_id": request_id, "id": done[0], "score": score, "cost": cost, "reward": done[3]}
+                raise DuplicateFeedback(f"request_id: feedback for {request_id!r} was already recorded")
+            t = routed_at(request_id)
+            if t is not None and time.time() - t > self.wait_s:
+                raise ExpiredRequest(f"request_id: feedback for {request_id!r} came after the reward wait time "
+                                     f"({self.wait_s:g} s); the decision was retired and this feedback changes nothing")
+            raise UnknownRequest(f"request_id: unknown request {request_id!r}")
+        decision = json.loads(row[0])
+        w = decision["preference"]
+        r = float(reward(score, cost, w[0], w[1], self.tau))
+        record = {**decision, "score": score, "cost": cost, "reward": r}
+        cur = self._db.execute(
+            "INSERT INTO rewards (request_id, time, score, cost, reward, defaulted, body) VALUES (?, ?, ?, ?, ?, 0, ?)",
+            (request_id, time.time(), score, cost, r, row[0]))
+        self._db.execute("DELETE FROM decisions WHERE request_id = ?", (request_id,))
+        return {**record, "id": cur.lastrowid}
+
+    def retire_expired(self, now: float | None = None) -> int:
+        """Close every decision older than the wait time: default reward, or dropped. Returns how many."""
+        cutoff = (time.time() if now is None else now) - self.wait_s
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute("SELECT request_id, body FROM decisions WHERE time < ?", (cutoff,)).fetchall()
+                if rows and self.on_missing == "default":
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO rewards (request_id, time, score, cost, reward, defaulted, body) "
+                        "VALUES (?, ?, NULL, NULL, ?, 1, ?)",
+                        [(rid, time.time(), self.default_reward, body) for rid, body in rows])
+                self._db.execute("DELETE FROM decisions WHERE time < ?", (cutoff,))
+                name = "defaulted" if self.on_missing == "default" else "dropped"
+                self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, len(rows)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(rows)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            pending = self._db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+            rewards, last = self._db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM rewards").fetchone()
+            retired = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        return {"pending": pending, "rewards": rewards, "last_id": last,
+                "dropped": retired.get("dropped", 0), "defaulted": retired.get("defaulted", 0)}
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class RewardReader:
+    """The trainer's read-only view: joined rewards by id (WAL lets it read while the store writes)."""
+
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / DB_FILE
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection | None:
+        if self._db is None and self.path.exists():
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        return self._db
+
+    def after(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        """Rewards with id > offset, oldest first."""
+        return self._rows("WHERE id > ? ORDER BY id LIMIT ?", (offset, limit))
+
+    def up_to(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` rewards with id <= offset, oldest first (refills replay after a restart)."""
+        return self._rows("WHERE id <= ? ORDER BY id DESC LIMIT ?", (offset, limit))[::-1]
+
+    def request_ids(self) -> list[str]:
+        """Every joined reward's request id, in stream order (audits and tests)."""
+        db = self._conn()
+        return [] if db is None else [r[0] for r in db.execute("SELECT request_id FROM rewards ORDER BY id")]
+
+    def _rows(self, where: str, args: tuple) -> list[dict[str, Any]]:
+        db = self._conn()
+        if db is None:
+            return []
+        rows = db.execute(f"SELECT id, request_id, time, reward, defaulted, body FROM rewards {where}", args).fetchall()
+        return [{**json.loads(body), "id": i, "request_id": rid, "feedback_time": t, "reward": r, "defaulted": bool(d)}
+                for i, rid, t, r, d, body in rows]

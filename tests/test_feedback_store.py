@@ -1,0 +1,113 @@
+"""The SQLite feedback store: joins, duplicates, the reward wait time, late feedback, the trainer's reader."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from serve.exploration import exploring_distribution, snips_value
+from serve.feedback_store import (
+    DuplicateFeedback,
+    ExpiredRequest,
+    FeedbackStore,
+    RewardReader,
+    UnknownRequest,
+    encode_vector,
+    new_request_id,
+    routed_at,
+)
+
+TAU = 0.01
+
+
+def decision(now=None, model="m1", pref=(0.5, 0.5)):
+    now = time.time() if now is None else now
+    return {"request_id": new_request_id(now), "time": now, "embedding": encode_vector(np.ones(4)),
+            "preference": list(pref), "model": model, "behaviour_prob": 0.25, "mode": "explore", "policy_version": 0}
+
+
+def test_feedback_joins_once_and_leaves_the_pending_table(tmp_path):
+    store = FeedbackStore(tmp_path, tau=TAU)
+    d = decision()
+    store.record_decision(d)
+    assert store.counts()["pending"] == 1
+    rec = store.record_feedback(d["request_id"], 1.0, 0.005)
+    assert rec["reward"] == pytest.approx(0.5 * 1.0 - 0.5 * 0.5) and rec["id"] == 1
+    assert store.counts() == {"pending": 0, "rewards": 1, "last_id": 1, "dropped": 0, "defaulted": 0}
+    with pytest.raises(DuplicateFeedback):
+        store.record_feedback(d["request_id"], 1.0, 0.005)
+    # the service's own retry after a crash replays the committed answer instead
+    assert store.record_feedback(d["request_id"], 1.0, 0.005, replay=True)["reward"] == rec["reward"]
+    with pytest.raises(DuplicateFeedback):
+        store.record_feedback(d["request_id"], 0.0, 0.005, replay=True)  # other values: a real duplicate
+    with pytest.raises(UnknownRequest):
+        store.record_feedback(new_request_id(), 1.0, 0.0)
+    assert RewardReader(tmp_path).request_ids() == [d["request_id"]]
+
+
+@pytest.mark.parametrize("on_missing", ["drop", "default"])
+def test_expired_decisions_are_retired_and_late_feedback_changes_nothing(tmp_path, on_missing):
+    store = FeedbackStore(tmp_path, tau=TAU, wait_s=60, on_missing=on_missing, default_reward=-0.1)
+    old, fresh = decision(now=time.time() - 120), decision()
+    store.record_decision(old)
+    store.record_decision(fresh)
+    assert store.retire_expired() == 1
+    counts = store.counts()
+    assert counts["pending"] == 1
+    assert counts["dropped" if on_missing == "drop" else "defaulted"] == 1
+    with pytest.raises(ExpiredRequest, match="reward wait time"):
+        store.record_feedback(old["request_id"], 1.0, 0.0)
+    rows = RewardReader(tmp_path).after(0, 10)
+    if on_missing == "default":
+        assert [(r["request_id"], r["reward"], r["defaulted"]) for r in rows] == [(old["request_id"], -0.1, True)]
+    else:
+        assert rows == []
+    assert store.counts() == counts  # the late feedback wrote nothing
+    store.record_feedback(fresh["request_id"], 1.0, 0.0)  # the fresh one is still open
+
+
+def test_pending_table_is_bounded_by_the_wait_time(tmp_path):
+    store = FeedbackStore(tmp_path, tau=TAU, wait_s=10)
+    now = time.time()
+    for i in range(300):  # 300 requests over 300 s of traffic, no feedback at all
+        store.record_decision(decision(now=now - 300 + i))
+    store.retire_expired(now=now)
+    assert store.counts()["pending"] <= 11
+
+
+def test_reader_pages_by_id_and_refills_after_restart(tmp_path):
+    store = FeedbackStore(tmp_path, tau=TAU)
+    ids = []
+    for _ in range(10):
+        d = decision()
+        store.record_decision(d)
+        ids.append(store.record_feedback(d["request_id"], 0.5, 0.0)["id"])
+    reader = RewardReader(tmp_path)
+    assert [r["id"] for r in reader.after(3, 4)] == ids[3:7]
+    assert [r["id"] for r in reader.up_to(6, 3)] == ids[3:6]
+
+
+def test_request_ids_carry_their_routing_time():
+    t = 1_700_000_000.123
+    rid = new_request_id(t)
+    assert len(rid) == 32 and routed_at(rid) == pytest.approx(t, abs=1e-3)
+    assert routed_at("not-a-request-id") is None
+
+
+def test_exploring_distribution_floor_mask_and_snips():
+    p = np.asarray([[0.97, 0.01, 0.01, 0.01]])
+    mu = exploring_distribution(p, epsilon=0.2)
+    assert mu.sum() == pytest.approx(1.0) and mu.min() >= 0.2 / 4 - 1e-12
+    masked = exploring_distribution(p, epsilon=0.2, mask=np.asarray([False, True, True, False]))
+    assert masked[0, 0] == 0 and masked[0, 3] == 0 and masked.sum() == pytest.approx(1.0)
+    assert masked[0, 1] == pytest.approx(0.5)  # policy mass renormalised over the allowed models
+    flat = exploring_distribution(p, epsilon=0.0, temperature=1e6)
+    assert flat[0] == pytest.approx(np.full(4, 0.25), abs=1e-4)
+    # SNIPS recovers a target policy's value from uniformly logged data
+    rng = np.random.default_rng(0)
+    n = 20_000
+    actions = rng.integers(4, size=n)
+    rewards = (actions == 2).astype(float)
+    target = np.tile([0.1, 0.1, 0.7, 0.1], (n, 1))
+    assert snips_value(target, actions, np.full(n, 0.25), rewards) == pytest.approx(0.7, abs=0.02)
