@@ -39,6 +39,13 @@ sys.path.insert(0, str(ROOT))
 GOAL = 0.7  # share of the uniform -> oracle gap to close within --rounds, before and after the shift
 
 
+def _json(raw: bytes):
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:  # e.g. the proxy's plain-text answer while the app is still starting
+        return {"error": raw.decode("utf-8", "replace")}
+
+
 class Http:
     def __init__(self, port: int, token: str):
         self.base, self.token = f"http://127.0.0.1:{port}", token
@@ -49,9 +56,9 @@ class Http:
                                      headers={"content-type": "application/json", "authorization": f"Bearer {self.token}"})
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read() or b"null")
+                return r.status, _json(r.read())
         except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
+            return e.code, _json(e.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             return 599, {"error": type(e).__name__}
 
@@ -93,6 +100,7 @@ def start_service(work: Path, checkpoint: Path, epsilon: float, overrides: list[
         if http.get("/healthz")[0] == 200 and http.get("/v1/stats")[0] == 200:
             return proc, http
         time.sleep(1.0)
+    stop_service(proc)
     raise RuntimeError(f"service did not come up in 300 s; see {work / 'serve_run.log'}")
 
 
@@ -128,7 +136,8 @@ class LinUCBPlayer:
         return expected
 
     def greedy(self, prompts: list[str]) -> np.ndarray:
-        return np.asarray(self.learner.choose(np.stack([self.emb[x] for x in prompts]), np.asarray([[1.0, 0.0]])))
+        one_hot = self.learner.choose(np.stack([self.emb[x] for x in prompts]), np.asarray([[1.0, 0.0]]))
+        return np.asarray(one_hot).argmax(axis=1)
 
 
 def run(args) -> dict:
@@ -237,12 +246,15 @@ def plot(result: dict, path: Path) -> None:
 
     ws = result["windows"]
     offset = {"before shift": 0, "after shift": result["settings"]["rounds"]}
-    x = [offset[w["phase"]] + w["rounds"] for w in ws]
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.plot(x, [w["greedy"] for w in ws], "o-", label="BaRP service, greedy (eval set)")
-    ax.plot(x, [w["linucb"] for w in ws], "s--", label="LinUCB on the same stream, greedy")
-    xs = [xi for xi, w in zip(x, ws) if w["served"] is not None]
-    ax.plot(xs, [w["served"] for w in ws if w["served"] is not None], ":", label="served (exploring) traffic")
+    for i, phase in enumerate(offset):  # one line per phase: the shift is a jump, not a slope
+        part = [w for w in ws if w["phase"] == phase]
+        x = [offset[phase] + w["rounds"] for w in part]
+        ax.plot(x, [w["greedy"] for w in part], "o-", color="C0", label="BaRP service, greedy (eval set)" if not i else None)
+        ax.plot(x, [w["linucb"] for w in part], "s--", color="C1", label="LinUCB on the same stream, greedy" if not i else None)
+        served = [(offset[phase] + w["rounds"], w["served"]) for w in part if w["served"] is not None]
+        ax.step([a for a, _ in served], [b for _, b in served], where="pre", color="C2", alpha=0.8,
+                label="served (exploring) traffic, per window" if not i else None)
     for phase, p in result["phases"].items():
         lo, hi = offset[phase], offset[phase] + result["settings"]["rounds"]
         ax.hlines(p["uniform"], lo, hi, colors="grey", linestyles="dashed", label="uniform" if lo == 0 else None)
@@ -281,7 +293,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="app args override, e.g. trainer.window=512")
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "online_adapt"))
+    p.add_argument("--render", metavar="JSON", help="redraw the table and figure of a saved run, run nothing")
     args = p.parse_args()
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        plot(result, Path(args.render).with_suffix(".png"))
+        print(table(result))
+        return
     if args.epsilon is None:
         args.epsilon = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())["applications"][0]["args"]["exploration"]["epsilon"]
     out = Path(args.out)

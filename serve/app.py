@@ -120,9 +120,8 @@ class TrainerDeployment:
             if r.get("version") != have_version:
                 r["history"] = (r["history"] + [(have_version, loaded_at or time.time())])[-64:]
             r.update(version=have_version, loaded_at=loaded_at, seen=time.time())
-        if self.trainer.published_version <= have_version:
-            return None
-        return self.trainer.published_version, self.trainer.weights()
+        version, weights = self.trainer.snapshot
+        return None if version <= have_version else (version, weights)
 
     def _live_replicas(self) -> dict[str, dict]:
         horizon = max(5.0, 5 * self.settings.weights_poll_s)

@@ -28,7 +28,19 @@ def exploring_distribution(probs: np.ndarray, epsilon: float, temperature: float
     return (1.0 - epsilon) * p + epsilon * uniform
 
 
-def snips_value(target_probs: np.ndarray, actions: np.ndarray, logged_probs: np.ndarray, rewards: np.ndarray) -> float:
-    """Self-normalised IPS estimate of a policy's mean reward from logged (a, mu(a), r)."""
+def snips_value(target_probs: np.ndarray, actions: np.ndarray, logged_probs: np.ndarray, rewards: np.ndarray,
+                record_weights: np.ndarray | None = None) -> float:
+    """Self-normalised IPS estimate of a policy's mean reward from logged (a, mu(a), r).
+
+    `record_weights` (e.g. recency) multiply each record's importance weight."""
     w = target_probs[np.arange(len(actions)), actions] / np.clip(logged_probs, 1e-12, None)
+    if record_weights is not None:
+        w = w * record_weights
     return float(np.sum(w * rewards) / max(np.sum(w), 1e-12))
+
+
+def recency_weights(n: int, half_life: float) -> np.ndarray:
+    """Weights for n records, oldest first: the newest weighs 1, one `half_life` older weighs 1/2."""
+    if half_life <= 0:
+        return np.ones(n)
+    return 0.5 ** (np.arange(n)[::-1] / half_life)

@@ -49,8 +49,8 @@ class FeedbackSettings:
 
 @dataclass
 class TrainerSettings:
-    """Continuous training on RLlib's Learner: replay of the newest `window` joined rewards,
-    `updates_per_batch` minibatch steps whenever `min_batch` new rewards arrived (or the oldest
+    """Continuous training on RLlib's Learner: replay of the newest `window` joined rewards (half of
+    each minibatch from the newest `recent_window`), `updates_per_batch` minibatch steps whenever `min_batch` new rewards arrived (or the oldest
     waited `max_wait_s`), the offline loss with a per-model critic and clipped importance weights."""
 
     enabled: bool = True
@@ -61,6 +61,7 @@ class TrainerSettings:
     critic_kl_coeff: float = 1.0
     critic_temperature: float = 0.1
     window: int = 1024
+    recent_window: int = 256  # half of every minibatch comes from the newest this many (0: uniform)
     updates_per_batch: int = 8
     minibatch_size: int = 256
     min_batch: int = 16
@@ -74,7 +75,8 @@ class TrainerSettings:
         for name in ("lr", "importance_weight_clip", "critic_temperature", "window", "updates_per_batch",
                      "minibatch_size", "min_batch", "max_wait_s", "poll_s"):
             _pos(f"trainer.{name}", getattr(self, name))
-        for name in ("entropy_coeff", "baseline_coeff", "critic_kl_coeff", "num_learners", "num_gpus_per_learner"):
+        for name in ("entropy_coeff", "baseline_coeff", "critic_kl_coeff", "recent_window", "num_learners",
+                     "num_gpus_per_learner"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise SettingsError(f"trainer.{name}: must be a number >= 0, got {v!r}")
@@ -88,6 +90,7 @@ class RolloutSettings:
     enabled: bool = True
     holdout_fraction: float = 0.1  # of joined feedback, by request id, never trained on
     eval_window: int = 512  # newest held-back records used for the estimate
+    half_life: float = 32  # held-back records; a record this much older than the newest counts half (0: equal)
     min_eval: int = 100  # below this many, candidates are published unchecked
     margin: float = 0.05
 
@@ -96,6 +99,8 @@ class RolloutSettings:
             raise SettingsError(f"rollout.holdout_fraction: must be in (0, 1), got {self.holdout_fraction!r}")
         _pos("rollout.eval_window", self.eval_window)
         _pos("rollout.min_eval", self.min_eval)
+        if isinstance(self.half_life, bool) or not isinstance(self.half_life, (int, float)) or self.half_life < 0:
+            raise SettingsError(f"rollout.half_life: must be a number >= 0, got {self.half_life!r}")
         if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or self.margin < 0:
             raise SettingsError(f"rollout.margin: must be a number >= 0, got {self.margin!r}")
 

@@ -100,3 +100,12 @@ def test_bad_checkpoint_paths(tmp_path):
     (tmp_path / "barp_meta.json").write_text("{}")
     with pytest.raises(CheckpointError, match="RLModule state missing"):
         RoutingPolicy.load(tmp_path)
+
+
+def test_critic_variant_trains_through_rllib(ray_local, tmp_path):
+    """`training.baseline: critic` (the loss continuous training uses) as an offline config switch."""
+    cfg = small_config(tmp_path, "training.baseline=critic", "training.critic_kl_coeff=1.0", "training.iterations=25")
+    res = train(cfg, progress=False)
+    ev = res.evaluation
+    assert ev["barp"]["reward"] > ev["random"]["reward"] + 0.08, ev
+    assert res.history[-1]["baseline_loss"] < res.history[0]["baseline_loss"]  # the critic learned
