@@ -297,6 +297,10 @@ class ContinuousTrainer:
         self._save()
         return self.version
 
+    def close(self) -> None:
+        """Stop learner actors (num_learners > 0); a local learner has nothing to stop."""
+        self.learner_group.shutdown()
+
     def status(self) -> dict[str, Any]:
         return {
             "version": self.version, "published_version": self.published_version, "offset": self.offset,

@@ -62,8 +62,9 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
     from serve.feedback_store import FeedbackStore
     from serve.trainer import ContinuousTrainer, held_back, latest_published
 
+    # The consistent case runs the learner as a remote actor: num_learners applies to continuous training.
     settings = _settings(checkpoint, tmp_path, rollout={"holdout_fraction": 0.5, "min_eval": 20, "margin": 0.02},
-                         exploration={"epsilon": 0.1})
+                         exploration={"epsilon": 0.1}, trainer={"num_learners": 1 if consistent else 0})
     policy = RoutingPolicy.load(checkpoint)
     MODELS[:] = list(policy.models)
     k = len(MODELS)
@@ -96,6 +97,9 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
     again = ContinuousTrainer(checkpoint, settings.log_dir, settings)
     assert (again.version, again.offset, again.published_version) == (status["version"], status["offset"], status["published_version"])
     assert len(again.window) + len(again.eval_window) == 720
+    assert trainer.learner_group.is_remote == consistent
+    trainer.close()
+    again.close()
 
 
 def _deploy(checkpoint, root, port, **args):
@@ -147,7 +151,7 @@ def test_the_service_adapts_to_a_new_world_and_again_after_a_shift(live, checkpo
             world.shift()
         start = closure()
         curve = []
-        for _ in range(5):
+        for _ in range(4):
             prompts, topics = world.prompts(200, stream)
             out = users.play(prompts, topics, clients=8)
             assert all(o["ok"] for o in out), [o for o in out if not o["ok"]][:3]
