@@ -81,7 +81,7 @@ async def soak(base: str, token: str, table, seconds: float, rps: float, stats: 
                 stats["feedback_status"][r.status] = stats["feedback_status"].get(r.status, 0) + 1
                 if r.status == 200:
                     stats["accepted"].append(body["request_id"])
-        except aiohttp.ClientError as e:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             stats["client_errors"].append(type(e).__name__)
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:

@@ -58,22 +58,24 @@ class FeedbackLogDeployment:
                 logger.exception("retiring expired decisions failed")
             await asyncio.sleep(self.settings.feedback.retire_every_s)
 
-    def record_decision(self, decision: dict) -> None:
-        self.store.record_decision(decision)
+    # Database calls run in threads: the replica's event loop stays free to answer Serve's probes.
+    async def record_decision(self, decision: dict) -> None:
+        await asyncio.to_thread(self.store.record_decision, decision)
 
-    def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict:
+    async def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict:
         from serve.feedback_store import FeedbackError
 
         try:
-            return {"ok": True, "record": self.store.record_feedback(request_id, score, cost, replay=replay)}
+            record = await asyncio.to_thread(self.store.record_feedback, request_id, score, cost, replay)
+            return {"ok": True, "record": record}
         except FeedbackError as e:
             return {"ok": False, "status": e.status, "error": str(e)}
 
     def retire_now(self, now: float | None = None) -> int:
         return self.store.retire_expired(now)
 
-    def counts(self) -> dict:
-        return self.store.counts()
+    async def counts(self) -> dict:
+        return await asyncio.to_thread(self.store.counts)
 
     def pid(self) -> int:
         import os

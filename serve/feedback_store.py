@@ -1,6 +1,8 @@
 """The reward stream's durable store: pending routing decisions, and feedback joined to them.
 
-SQLite (WAL, synchronous=FULL: a feedback is on disk before its 2xx goes out), two tables:
+SQLite in WAL mode; a feedback's commit is fsynced (synchronous=FULL) before its 2xx goes out,
+a decision's is not (synchronous=NORMAL: it survives a killed process, and the next fsynced
+commit takes it to disk), so routing does not pay an fsync per request. Two tables:
   decisions  one row per routed request still waiting for feedback (request_id is the primary
              key); a decision leaves this table when its feedback arrives or when the reward
              wait time runs out, so the table holds the last `wait_s` of traffic, not all of it.
@@ -101,7 +103,10 @@ class FeedbackStore:
         self._db.executescript(_SCHEMA)
 
     def record_decision(self, decision: dict[str, Any]) -> None:
+        """Committed without an fsync of its own (survives a killed process, like a flushed file);
+        the next feedback commit, which is fsynced, carries it to disk with it."""
         with self._lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?)",
                              (decision["request_id"], float(decision["time"]), json.dumps(decision, separators=(",", ":"))))
 
@@ -112,6 +117,7 @@ class FeedbackStore:
         committed with the same values, that result is returned instead of a duplicate error.
         """
         with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 record = self._join(request_id, float(score), float(cost), replay)
@@ -152,6 +158,7 @@ class FeedbackStore:
         """Close every decision older than the wait time: default reward, or dropped. Returns how many."""
         cutoff = (time.time() if now is None else now) - self.wait_s
         with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._db.execute("SELECT request_id, body FROM decisions WHERE time < ?", (cutoff,)).fetchall()
