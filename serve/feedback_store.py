@@ -18,6 +18,7 @@ tombstone per request.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sqlite3
 import threading
@@ -116,13 +117,18 @@ class FeedbackStore:
         `replay=True` marks the service's own retry after a crash: if the first attempt was already
         committed with the same values, that result is returned instead of a duplicate error.
         """
+        with self._durable_transaction():
+            return self._join(request_id, float(score), float(cost), replay)
+
+    @contextlib.contextmanager
+    def _durable_transaction(self):
+        """One writer transaction, fsynced at commit; rolled back whole if anything inside raises."""
         with self._lock:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                record = self._join(request_id, float(score), float(cost), replay)
+                yield
                 self._db.execute("COMMIT")
-                return record
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -157,24 +163,19 @@ class FeedbackStore:
     def retire_expired(self, now: float | None = None) -> int:
         """Close every decision older than the wait time: default reward, or dropped. Returns how many."""
         cutoff = (time.time() if now is None else now) - self.wait_s
-        with self._lock:
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute("SELECT request_id, body FROM decisions WHERE time < ?", (cutoff,)).fetchall()
-                if rows and self.on_missing == "default":
-                    self._db.executemany(
-                        "INSERT OR IGNORE INTO rewards (request_id, time, score, cost, reward, defaulted, body) "
-                        "VALUES (?, ?, NULL, NULL, ?, 1, ?)",
-                        [(rid, time.time(), self.default_reward, body) for rid, body in rows])
-                self._db.execute("DELETE FROM decisions WHERE time < ?", (cutoff,))
-                name = "defaulted" if self.on_missing == "default" else "dropped"
-                self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
-                                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, len(rows)))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._durable_transaction():
+            rows = self._db.execute("SELECT request_id, body FROM decisions WHERE time < ?", (cutoff,)).fetchall()
+            if not rows:
+                return 0
+            if self.on_missing == "default":
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO rewards (request_id, time, score, cost, reward, defaulted, body) "
+                    "VALUES (?, ?, NULL, NULL, ?, 1, ?)",
+                    [(rid, time.time(), self.default_reward, body) for rid, body in rows])
+            self._db.execute("DELETE FROM decisions WHERE time < ?", (cutoff,))
+            name = "defaulted" if self.on_missing == "default" else "dropped"
+            self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, len(rows)))
         return len(rows)
 
     def counts(self) -> dict[str, int]:

@@ -21,6 +21,7 @@ while the trainer is down still serves the newest published version.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -85,6 +86,7 @@ class ContinuousTrainer:
         self.models = policy.models
         self.index = {m: i for i, m in enumerate(self.models)}
         self.serving = policy.module  # the weights replicas serve now (inference copy)
+        self.candidate = copy.deepcopy(policy.module)  # scratch module the gate scores candidates in
         self.learner_group = self._build(policy.module)
         self.offset = 0
         self.version = 0
@@ -207,11 +209,12 @@ class ContinuousTrainer:
             stats = self._update()
         self.offset = int(fresh[-1]["id"])
         self.version += 1
-        decision = self._gate()
+        weights = self._policy_weights()
+        decision = self._gate(weights)
         info = {"through_id": self.offset, "oldest_feedback_time": fresh[0]["feedback_time"],
                 "newest_feedback_time": fresh[-1]["feedback_time"]}
         if decision["publish"]:
-            self._publish(self._policy_weights(), info)
+            self._publish(weights, info)
         else:
             self.refused = {"version": self.version, "time": time.time(), **decision["estimate"]}
         self._save()
@@ -263,15 +266,12 @@ class ContinuousTrainer:
         return snips_value(mu, np.asarray([r["action"] for r in rows]), np.asarray([r["mu"] for r in rows]),
                            np.asarray([r["reward"] for r in rows]), recency_weights(len(rows), self.rollout.half_life))
 
-    def _gate(self) -> dict[str, Any]:
+    def _gate(self, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
         rows = list(self.eval_window)
         if not self.rollout.enabled or len(rows) < self.rollout.min_eval:
             return {"publish": True, "estimate": {}}
-        import copy
-
-        candidate = copy.deepcopy(self.serving)
-        load_policy_state(candidate, self._policy_weights())
-        est = {"candidate": self._served_value(candidate, rows), "serving": self._served_value(self.serving, rows),
+        load_policy_state(self.candidate, weights)
+        est = {"candidate": self._served_value(self.candidate, rows), "serving": self._served_value(self.serving, rows),
                "n": len(rows), "margin": self.rollout.margin}
         self.last_estimate = {"version": self.version, **est}
         return {"publish": est["candidate"] >= est["serving"] - self.rollout.margin, "estimate": est}
