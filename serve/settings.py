@@ -50,8 +50,11 @@ class FeedbackSettings:
 @dataclass
 class TrainerSettings:
     """Continuous training on RLlib's Learner: replay of the newest `window` joined rewards (half of
-    each minibatch from the newest `recent_window`), `updates_per_batch` minibatch steps whenever `min_batch` new rewards arrived (or the oldest
-    waited `max_wait_s`), the offline loss with a per-model critic and clipped importance weights."""
+    each minibatch from the newest `recent_window`), an update whenever `min_batch` new rewards
+    arrived (or the oldest waited `max_wait_s`), the offline loss with a per-model critic and
+    clipped importance weights. An update takes `replay_ratio` trained samples per new reward
+    (ceil(new * replay_ratio / minibatch_size) steps, at most `max_steps_per_update`), so how much
+    the policy learns from a reward does not depend on how often a busy or slow machine updates."""
 
     enabled: bool = True
     lr: float = 1e-3
@@ -62,7 +65,8 @@ class TrainerSettings:
     critic_temperature: float = 0.1
     window: int = 1024
     recent_window: int = 256  # half of every minibatch comes from the newest this many (0: uniform)
-    updates_per_batch: int = 8
+    replay_ratio: float = 128.0  # samples trained per new reward (16 new rewards -> 8 steps of 256)
+    max_steps_per_update: int = 64
     minibatch_size: int = 256
     min_batch: int = 16
     max_wait_s: float = 2.0
@@ -72,7 +76,8 @@ class TrainerSettings:
     state_dir: str = "runs/serve/trainer"
 
     def validate(self) -> None:
-        for name in ("lr", "importance_weight_clip", "critic_temperature", "window", "updates_per_batch",
+        for name in ("lr", "importance_weight_clip", "critic_temperature", "window", "replay_ratio",
+                     "max_steps_per_update",
                      "minibatch_size", "min_batch", "max_wait_s", "poll_s"):
             _pos(f"trainer.{name}", getattr(self, name))
         for name in ("entropy_coeff", "baseline_coeff", "critic_kl_coeff", "recent_window", "num_learners",
@@ -82,12 +87,17 @@ class TrainerSettings:
                 raise SettingsError(f"trainer.{name}: must be a number >= 0, got {v!r}")
 
 
+ESTIMATORS = ("sndr", "dr", "snips")  # self-normalised doubly robust, doubly robust, self-normalised IPS
+
+
 @dataclass
 class RolloutSettings:
-    """Safe rollout: a candidate is published only if its SNIPS estimate on held-back feedback is
-    no worse than the serving weights' by more than `margin`."""
+    """Safe rollout: a candidate is published only if its off-policy estimate on held-back feedback
+    (`estimator`: doubly robust with the trainer's critic, or self-normalised IPS) is no worse than
+    the serving weights' by more than `margin`."""
 
     enabled: bool = True
+    estimator: str = "sndr"  # sndr | dr | snips
     holdout_fraction: float = 0.1  # of joined feedback, by request id, never trained on
     eval_window: int = 512  # newest held-back records used for the estimate
     half_life: float = 32  # held-back records; a record this much older than the newest counts half (0: equal)
@@ -97,6 +107,8 @@ class RolloutSettings:
     def validate(self) -> None:
         if not 0 < self.holdout_fraction < 1:
             raise SettingsError(f"rollout.holdout_fraction: must be in (0, 1), got {self.holdout_fraction!r}")
+        if self.estimator not in ESTIMATORS:
+            raise SettingsError(f"rollout.estimator: must be one of {list(ESTIMATORS)}, got {self.estimator!r}")
         _pos("rollout.eval_window", self.eval_window)
         _pos("rollout.min_eval", self.min_eval)
         if isinstance(self.half_life, bool) or not isinstance(self.half_life, (int, float)) or self.half_life < 0:

@@ -3,16 +3,19 @@
 Each update: read the joined rewards that arrived since `offset` from the feedback store; a
 deterministic `rollout.holdout_fraction` of them (by request id) is held back for evaluation,
 the rest joins a replay window of the newest `trainer.window` rewards; then the LearnerGroup
-(`BaRPTorchLearner`, so `num_learners` / `num_gpus_per_learner` apply) takes
-`updates_per_batch` minibatch steps on the window with the offline loss: REINFORCE + entropy with
+(`BaRPTorchLearner`, so `num_learners` / `num_gpus_per_learner` apply) takes minibatch steps
+on the window, `replay_ratio` trained samples per new reward, with the offline loss: REINFORCE + entropy with
 a per-model critic (doubly robust) and importance weights pi/mu clipped at
 `importance_weight_clip`, mu being the exact served propensity. Replaying each reward in several
 steps is what makes a few thousand rewards enough; the bounded window is what lets the policy
 forget a world that has changed.
 
-Safe rollout: the candidate is published only if its self-normalised IPS estimate (served as
-the exploring policy) on the newest held-back rewards is no worse than the serving weights' by
-more than `rollout.margin`. Held-back rewards are weighted by recency (`rollout.half_life`): on
+Safe rollout: the candidate is published only if its off-policy estimate (served as the
+exploring policy) on the newest held-back rewards is no worse than the serving weights' by more
+than `rollout.margin`. The default estimator is doubly robust with the learner's own critic,
+which never sees held-back records; self-normalised IPS alone (`rollout.estimator: snips`) has
+too few held-back records on a newly best model and refused adaptation for hundreds of rounds
+after a shift in the in-process loop. Held-back rewards are weighted by recency (`rollout.half_life`): on
 evenly weighted old data, a candidate that has learned a changed world looks worse than the
 weights that fit the old one, and the gate would hold adaptation back (measured: 750 rounds of
 refusals after a shift with 512 equally weighted records). After every update the learner state, offset and version are saved
@@ -21,7 +24,6 @@ while the trainer is down still serves the newest published version.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from barp_ray.policy import RoutingPolicy, load_policy_state, policy_state
-from serve.exploration import exploring_distribution, recency_weights, snips_value
+from serve.exploration import dr_value, exploring_distribution, recency_weights, snips_value
 from serve.feedback_store import RewardReader, decode_vector
 
 STATE = "state"
@@ -86,8 +88,7 @@ class ContinuousTrainer:
         self.models = policy.models
         self.index = {m: i for i, m in enumerate(self.models)}
         self.serving = policy.module  # the weights replicas serve now (inference copy)
-        self.candidate = copy.deepcopy(policy.module)  # scratch module the gate scores candidates in
-        self.learner_group = self._build(policy.module)
+        self.learner_group, self.scratch = self._build(policy.module)  # scratch: the gate's copy of the learner's module
         self.offset = 0
         self.version = 0
         self.published_version = 0
@@ -119,7 +120,7 @@ class ContinuousTrainer:
         )
         group = config.build_learner_group()
         self._adopt(group, policy_state(module))
-        return group
+        return group, config.get_rl_module_spec().build()
 
     @staticmethod
     def _adopt(group, weights: dict) -> None:
@@ -131,12 +132,14 @@ class ContinuousTrainer:
                   for k, v in current.items()}
         group.set_weights({DEFAULT_MODULE_ID: merged})
 
-    def _policy_weights(self) -> dict[str, torch.Tensor]:
+    def _learner_weights(self) -> dict[str, torch.Tensor]:
+        """The learner's whole module (policy + critic), loaded into `scratch` for the gate."""
         from ray.rllib.core import DEFAULT_MODULE_ID
 
-        keys = policy_state(self.serving).keys()
         w = self.learner_group.get_weights()[DEFAULT_MODULE_ID]
-        return {k: torch.as_tensor(np.asarray(w[k])).clone() for k in keys}
+        weights = {k: torch.tensor(np.array(v)) for k, v in w.items()}
+        self.scratch.load_state_dict(weights)
+        return weights
 
     # -- persistence -------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -176,9 +179,10 @@ class ContinuousTrainer:
         self.published.append({"version": self.version, "published_at": time.time(), **info})
 
     # -- training ----------------------------------------------------------------------------
-    def _file(self, record: dict) -> None:
+    def _file(self, record: dict) -> bool:
+        """Into the replay or the held-back window; True if it will be trained on."""
         if record["model"] not in self.index:
-            return
+            return False
         row = {
             "embedding": decode_vector(record["embedding"]),
             "preference": np.asarray(record["preference"], dtype=np.float32),
@@ -189,8 +193,9 @@ class ContinuousTrainer:
         }
         if held_back(record["request_id"], self.rollout.holdout_fraction):
             self.eval_window.append(row)
-        else:
-            self.window.append(row)
+            return False
+        self.window.append(row)
+        return True
 
     def _ready(self, fresh: list[dict]) -> bool:
         if not fresh:
@@ -202,15 +207,16 @@ class ContinuousTrainer:
         fresh = self.reader.after(self.offset, READ_LIMIT)
         if not self._ready(fresh):
             return None
-        for r in fresh:
-            self._file(r)
+        trainable = sum(self._file(r) for r in fresh)
         stats: dict[str, float] = {}
-        if self.window:
-            stats = self._update()
+        steps = self.steps_for(trainable) if self.window and trainable else 0
+        if steps:
+            stats = self._update(steps)
         self.offset = int(fresh[-1]["id"])
         self.version += 1
-        weights = self._policy_weights()
-        decision = self._gate(weights)
+        full = self._learner_weights()
+        weights = {k: full[k] for k in policy_state(self.serving)}
+        decision = self._gate()
         info = {"through_id": self.offset, "oldest_feedback_time": fresh[0]["feedback_time"],
                 "newest_feedback_time": fresh[-1]["feedback_time"]}
         if decision["publish"]:
@@ -219,12 +225,17 @@ class ContinuousTrainer:
             self.refused = {"version": self.version, "time": time.time(), **decision["estimate"]}
         self._save()
         row = {"version": self.version, "offset": self.offset, "records": len(fresh), "published": decision["publish"],
+               "steps": steps,
                **stats}
         self.updates.append(row)
         del self.updates[:-256]
         return row
 
-    def _update(self) -> dict[str, float]:
+    def steps_for(self, new: int) -> int:
+        """Minibatch steps for `new` trainable rewards: `replay_ratio` samples each, within [1, max]."""
+        return int(min(self.t.max_steps_per_update, max(1, np.ceil(new * self.t.replay_ratio / self.t.minibatch_size))))
+
+    def _update(self, steps: int) -> dict[str, float]:
         from ray.rllib.core import DEFAULT_MODULE_ID
         from ray.rllib.core.columns import Columns
         from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
@@ -233,16 +244,16 @@ class ContinuousTrainer:
         m = min(self.t.minibatch_size, len(rows))
         rng = np.random.default_rng(self.version)
         recent = self.t.recent_window
-        steps = []
-        for _ in range(self.t.updates_per_batch):
+        chosen = []
+        for _ in range(steps):
             idx = rng.choice(len(rows), size=m, replace=False)
             if recent and len(rows) > recent:
                 # Half of each step from the newest rewards: a changed world shows up in the
                 # gradient within ~recent rounds instead of only once the whole window turned over.
                 half = m // 2
                 idx[half:] = len(rows) - recent + rng.choice(recent, size=m - half, replace=True)
-            steps.append(idx)
-        idx = np.concatenate(steps)
+            chosen.append(idx)
+        idx = np.concatenate(chosen)
         pick = [rows[i] for i in idx]
         columns = {
             Columns.OBS: {"embedding": np.stack([r["embedding"] for r in pick]),
@@ -257,22 +268,36 @@ class ContinuousTrainer:
         keep = ("policy_loss", "entropy", "baseline_loss", "reward_mean", "importance_weight_mean")
         return {k: float(getattr(out[k], "peek", lambda: out[k])()) for k in keep if k in out}
 
-    def _served_value(self, module, rows: list[dict]) -> float:
+    def _served_value(self, module, rows: list[dict], q: np.ndarray) -> float:
+        """Estimated mean reward of `module` served as the exploring policy, on held-back rows."""
         emb = torch.from_numpy(np.stack([r["embedding"] for r in rows]))
         pref = torch.from_numpy(np.stack([r["preference"] for r in rows]))
-        probs = module.action_probabilities(emb, pref).numpy()
         e = self.settings.exploration
-        mu = exploring_distribution(probs, e.epsilon, e.temperature)
-        return snips_value(mu, np.asarray([r["action"] for r in rows]), np.asarray([r["mu"] for r in rows]),
-                           np.asarray([r["reward"] for r in rows]), recency_weights(len(rows), self.rollout.half_life))
+        mu = exploring_distribution(module.action_probabilities(emb, pref).numpy(), e.epsilon, e.temperature)
+        logged = (np.asarray([r["action"] for r in rows]), np.asarray([r["mu"] for r in rows]),
+                  np.asarray([r["reward"] for r in rows]), recency_weights(len(rows), self.rollout.half_life))
+        if self.rollout.estimator == "snips":
+            return snips_value(mu, *logged)
+        return dr_value(mu, q, *logged, self_normalise=self.rollout.estimator == "sndr")
 
-    def _gate(self, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    @torch.no_grad()
+    def _critic(self, rows: list[dict]) -> np.ndarray:
+        from ray.rllib.core.columns import Columns
+
+        from barp_ray.rl_module import BASELINE
+
+        obs = {"embedding": torch.from_numpy(np.stack([r["embedding"] for r in rows])),
+               "preference": torch.from_numpy(np.stack([r["preference"] for r in rows]))}
+        return self.scratch._forward_train({Columns.OBS: obs})[BASELINE].numpy().astype(np.float64)
+
+    def _gate(self) -> dict[str, Any]:
+        """Candidate (the learner's weights, in `scratch`) against the serving weights."""
         rows = list(self.eval_window)
         if not self.rollout.enabled or len(rows) < self.rollout.min_eval:
             return {"publish": True, "estimate": {}}
-        load_policy_state(self.candidate, weights)
-        est = {"candidate": self._served_value(self.candidate, rows), "serving": self._served_value(self.serving, rows),
-               "n": len(rows), "margin": self.rollout.margin}
+        q = self._critic(rows)
+        est = {"candidate": self._served_value(self.scratch, rows, q), "serving": self._served_value(self.serving, rows, q),
+               "n": len(rows), "margin": self.rollout.margin, "estimator": self.rollout.estimator}
         self.last_estimate = {"version": self.version, **est}
         return {"publish": est["candidate"] >= est["serving"] - self.rollout.margin, "estimate": est}
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from serve.exploration import exploring_distribution, snips_value
+from serve.exploration import dr_value, exploring_distribution, snips_value
 from serve.feedback_store import (
     DuplicateFeedback,
     ExpiredRequest,
@@ -111,3 +111,24 @@ def test_exploring_distribution_floor_mask_and_snips():
     rewards = (actions == 2).astype(float)
     target = np.tile([0.1, 0.1, 0.7, 0.1], (n, 1))
     assert snips_value(target, actions, np.full(n, 0.25), rewards) == pytest.approx(0.7, abs=0.02)
+
+
+@pytest.mark.parametrize("self_normalise", [True, False])
+def test_doubly_robust_value_corrects_a_wrong_critic_and_sees_what_ips_cannot(self_normalise):
+    rng = np.random.default_rng(1)
+    n, k = 20_000, 6
+    mu = np.full(k, 0.1 / k)
+    mu[0] += 0.9  # a confident logging policy: model 3 is tried ~1.7% of the time
+    actions = rng.choice(k, size=n, p=mu)
+    truth = np.asarray([0.3, 0.2, 0.2, 0.9, 0.2, 0.2])
+    rewards = (rng.random(n) < truth[actions]).astype(float)
+    target = np.tile(np.eye(k)[3] * 0.9 + 0.1 / k, (n, 1))  # a candidate that moved to model 3
+    value = float(target[0] @ truth)
+    wrong = np.tile(truth - 0.3, (n, 1))  # a biased critic: the correction must remove the bias
+    assert dr_value(target, wrong, actions, mu[actions], rewards, self_normalise=self_normalise) == pytest.approx(value, abs=0.06)
+    # with a good critic, a few hundred records already tell the candidate from the logging policy
+    good = np.tile(truth, (n, 1)) + rng.normal(0, 0.05, size=(n, k))
+    few = slice(0, 300)
+    logging_value = float(mu @ truth)
+    est = dr_value(target[few], good[few], actions[few], mu[actions[few]], rewards[few], self_normalise=self_normalise)
+    assert est == pytest.approx(value, abs=0.05) and est > logging_value + 0.3

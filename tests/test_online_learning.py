@@ -59,7 +59,7 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
 
     from barp_ray.encoder import encode
     from barp_ray.policy import RoutingPolicy
-    from serve.feedback_store import FeedbackStore
+    from serve.feedback_store import FeedbackStore, RewardReader
     from serve.trainer import ContinuousTrainer, held_back, latest_published
 
     # The consistent case runs the learner as a remote actor: num_learners applies to continuous training.
@@ -74,6 +74,7 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
         served = policy.probabilities(contexts, np.tile([1.0, 0.0], (len(contexts), 1))).mean(0)
     good, bad = int(np.argmax(served)), int(np.argmin(served))
     store = FeedbackStore(settings.log_dir, tau=policy.tau)
+    store_reader = RewardReader(settings.log_dir)
     trainer = ContinuousTrainer(checkpoint, settings.log_dir, settings)
     rng = np.random.default_rng(0)
 
@@ -83,7 +84,10 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
 
     for _ in range(6):
         _log_uniform_rounds(store, contexts, 120, reward_of, k, rng)
-        assert trainer.train_once() is not None
+        row = trainer.train_once()
+        # learning per reward does not depend on the update cadence: steps follow the trained rewards
+        trained = 120 - sum(held_back(r["request_id"], 0.5) for r in store_reader.after(row["offset"] - 120, 120))
+        assert row["steps"] == trainer.steps_for(trained) == min(64, -(-trained * 128 // 256)), row
     status = trainer.status()
     if consistent:
         assert status["published_version"] >= 1, status
@@ -157,8 +161,10 @@ def test_the_service_adapts_to_a_new_world_and_again_after_a_shift(live, checkpo
             assert all(o["ok"] for o in out), [o for o in out if not o["ok"]][:3]
             time.sleep(1.5)  # let the trainer publish what it has and the replicas pick it up
             curve.append(closure())
-        report[phase] = (start, curve)
-        print(f"{phase}: gap closed {start:+.2f} -> {' '.join(f'{c:+.2f}' for c in curve)}")
+        _, stats = live.get("/v1/stats")
+        t = stats["trainer"]
+        report[phase] = (start, curve, {k: t.get(k) for k in ("version", "published_version", "last_estimate", "last_refused")})
+        print(f"{phase}: gap closed {start:+.2f} -> {' '.join(f'{c:+.2f}' for c in curve)}; trainer {report[phase][2]}")
         # a frozen policy stays at `start`; after the shift `start` is what the old experts give (< 0.2)
         assert max(curve[-2:]) >= 0.7 and curve[-1] >= start + 0.4, report
     assert report["after shift"][0] < 0.3, report  # the shift really made the learned routing wrong
