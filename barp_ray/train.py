@@ -99,6 +99,7 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     import ray
     from tqdm import tqdm
 
+    from barp_ray.curves import CURVE_PREFERENCES, CurveWriter
     from barp_ray.data.prepare import prepare
     from barp_ray.evaluate import greedy_actions, reference_points, score_actions
     from barp_ray.policy import META_FILE
@@ -118,9 +119,11 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     w_eval = tuple(cfg.env.eval_preference)
     module = algo.get_module()
 
-    def test_reward() -> float:
-        return score_actions(data.test, greedy_actions(module, data.test_embeddings, w_eval), w_eval, data.tau).reward
+    def test_reward(w=w_eval) -> float:
+        return score_actions(data.test, greedy_actions(module, data.test_embeddings, w), w, data.tau).reward
 
+    ckpt = Path(cfg.output.checkpoint_dir).resolve()
+    curves = CurveWriter(ckpt)
     history: list[dict] = []
     bar = tqdm(range(cfg.training.iterations), desc="training", unit="it", disable=not progress, file=sys.stderr, mininterval=1.0)
     try:
@@ -138,6 +141,7 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
             if (it + 1) % cfg.output.log_every == 0 or it + 1 == cfg.training.iterations:
                 module = algo.get_module()
                 row["test_reward"] = test_reward()
+                row["heldout_reward"] = {w_q: test_reward((w_q, 1.0 - w_q)) for w_q in CURVE_PREFERENCES}
                 tqdm.write(
                     f"iter {it + 1:4d}  rounds {row['rounds']:>9d}  train_reward {row['train_reward']:+.4f}  "
                     f"entropy {row['entropy']:.3f}  test_reward@w={list(w_eval)} {row['test_reward']:+.4f}",
@@ -145,11 +149,12 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
                 )
             bar.set_postfix(reward=f"{row['train_reward']:+.3f}", entropy=f"{row['entropy']:.2f}")
             history.append(row)
+            curves.iteration(row)
 
-        ckpt = Path(cfg.output.checkpoint_dir).resolve()
         ckpt.mkdir(parents=True, exist_ok=True)
         algo.save_to_path(str(ckpt))
     finally:
+        curves.close()
         bar.close()
         module = algo.get_module()
         algo.stop()

@@ -1,4 +1,6 @@
 """Real RLlib training on the embedded synthetic world (small), real encoder, real Ray."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,36 @@ def test_critic_variant_trains_through_rllib(ray_local, tmp_path):
     ev = res.evaluation
     assert ev["barp"]["reward"] > ev["random"]["reward"] + 0.08, ev
     assert res.history[-1]["baseline_loss"] < res.history[0]["baseline_loss"]  # the critic learned
+
+
+def _scalars(event_dir) -> dict[str, list[tuple[int, float]]]:
+    """Read TensorBoard event files (TFRecord framing: length, crc, Event proto, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(event_dir.glob("events.out.tfevents.*")):
+        raw = path.read_bytes()
+        i = 0
+        while i < len(raw):
+            (n,) = struct.unpack("<Q", raw[i:i + 8])
+            event = event_pb2.Event.FromString(raw[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_training_curves_are_tensorboard_event_files_in_the_run_directory(trained):
+    cfg, res = trained
+    curves = _scalars(Path(res.checkpoint) / "tensorboard")
+    iterations = cfg.training.iterations
+    assert [s for s, _ in curves["train/train_reward"]] == list(range(1, iterations + 1))
+    assert curves["train/train_reward"][-1][1] == pytest.approx(res.history[-1]["train_reward"], rel=1e-5)
+    assert len(curves["train/entropy"]) == iterations
+    for w_q in (0.0, 0.5, 0.8, 1.0):  # held-out reward at a few preferences, every log_every iterations
+        points = curves[f"heldout/reward_wq{w_q:.1f}"]
+        assert [s for s, _ in points] == [20, 40]
+    # the ends of the preference range really are different tasks
+    assert curves["heldout/reward_wq0.0"][-1][1] != curves["heldout/reward_wq1.0"][-1][1]

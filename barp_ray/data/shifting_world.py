@@ -83,6 +83,10 @@ class ShiftingWorld:
         s[self.experts[topic]] = self.expert_score
         return s
 
+    def all_prompts(self) -> list[str]:
+        """Every prompt this world can ask (encode them once, then look embeddings up)."""
+        return sorted({t for texts in self._texts.values() for t in texts})
+
     def prompts(self, n: int, rng: np.random.Generator | None = None) -> tuple[list[str], np.ndarray]:
         """n (prompt, topic index) pairs, topics in equal proportion on average."""
         rng = rng or self.rng

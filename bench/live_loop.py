@@ -1,0 +1,238 @@
+"""In-process live loop: how steadily the continuous trainer learns, across seeds and update cadences.
+
+    python bench/live_loop.py [--seeds 0 1 2] [--cadences 16 100] [--rounds 1000] [--set rollout.estimator=snips]
+
+The service's learning parts without HTTP or Serve: the same `FeedbackStore`, `ContinuousTrainer`
+(RLlib LearnerGroup, safe-rollout gate) and exploring distribution as `serve/app.py`, settings from
+configs/serve.yaml (`--set` overrides), routing from the trainer's latest published weights. The
+world is `bench/online_adapt.py`'s: topics unlike the training world's, one hidden expert per topic,
+Bernoulli scores, preference all-quality; after `--rounds` rounds every expert moves.
+
+A cadence is how many rewards arrive between two trainer updates: 16 is an idle machine (the
+trainer keeps up with `min_batch`), 100 or more a machine whose trainer is busy or starved of CPU.
+The HTTP benchmark measures one cadence, whatever the machine gives; this one measures the spread
+over seeds and cadences, which a single HTTP run cannot, in ~20 s per run.
+
+Prints a table, writes <out>/<label>.json and .png (median curve and the seeds' range per cadence).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GOAL = 0.7  # share of the uniform -> oracle gap
+EVAL_EVERY = 100
+
+
+def app_args(overrides: list[str]) -> dict:
+    args = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())["applications"][0]["args"]
+    for item in overrides:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        args.setdefault(section, {})[name] = yaml.safe_load(value)
+    return args
+
+
+def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: int, topics: list[str],
+            overrides: list[str]) -> dict:
+    import torch
+
+    from barp_ray.data.shifting_world import ShiftingWorld
+    from barp_ray.policy import RoutingPolicy, load_policy_state
+    from serve.exploration import exploring_distribution
+    from serve.feedback_store import FeedbackStore, encode_vector, new_request_id
+    from serve.settings import settings_from_args
+    from serve.trainer import ContinuousTrainer
+
+    policy = RoutingPolicy.load(checkpoint)
+    models = list(policy.models)
+    prices = {m: (p["input_per_mtok"], p["output_per_mtok"]) for m, p in policy.meta["prices"].items()}
+    world = ShiftingWorld(models=models, prices=prices, topics=topics, seed=seed)
+    work = Path(tempfile.mkdtemp(prefix="live_loop_"))
+    args = app_args(overrides)
+    args.update(checkpoint=checkpoint, log_dir=str(work / "log"), auth={"disabled": True})
+    args["trainer"] = {**args["trainer"], "state_dir": str(work / "trainer"), "max_wait_s": 1e9}
+    settings = settings_from_args(args).absolute()
+    store = FeedbackStore(settings.log_dir, tau=policy.tau)
+    trainer = ContinuousTrainer(checkpoint, settings.log_dir, settings)
+    served = policy.module
+    version = trainer.snapshot[0]
+    eps, temp = settings.exploration.epsilon, settings.exploration.temperature
+    stream = np.random.default_rng([seed, 1])
+    eval_prompts, eval_topics = world.prompts(200, np.random.default_rng([seed, 2]))
+    eval_x = torch.from_numpy(np.stack([embeddings[p] for p in eval_prompts]))
+    pref = np.asarray([1.0, 0.0], dtype=np.float32)
+
+    def greedy_gap() -> float:
+        probs = served.action_probabilities(eval_x, torch.from_numpy(np.tile(pref, (len(eval_x), 1)))).numpy()
+        u, o = world.uniform_score(eval_topics), world.oracle_score(eval_topics)
+        return (world.score_of(eval_topics, probs.argmax(1)) - u) / (o - u)
+
+    phases, t0, updates, refused = {}, time.time(), 0, 0
+    for phase in ("new world", "after shift"):
+        if phase == "after shift":
+            world.shift()
+        curve, served_scores = [greedy_gap()], []
+        prompts, prompt_topics = world.prompts(rounds, stream)
+        for i, (prompt, topic) in enumerate(zip(prompts, prompt_topics)):
+            x = embeddings[prompt]
+            probs = served.action_probabilities(torch.from_numpy(x[None]), torch.from_numpy(pref[None])).numpy()
+            mu = exploring_distribution(probs, eps, temp)[0]
+            a = int(stream.choice(len(mu), p=mu / mu.sum()))
+            rid = new_request_id()
+            store.record_decision({"request_id": rid, "time": time.time(), "embedding": encode_vector(x),
+                                   "preference": pref.tolist(), "model": models[a], "behaviour_prob": float(mu[a]),
+                                   "mode": "explore", "policy_version": version})
+            score, cost = world.outcome(topic, a, prompt)
+            store.record_feedback(rid, score, cost)
+            served_scores.append(float(world.expected_scores(topic)[a]))
+            if (i + 1) % cadence == 0 and (row := trainer.train_once()) is not None:
+                updates += 1
+                refused += not row["published"]
+                v, weights = trainer.snapshot
+                if v != version:
+                    load_policy_state(served, {k: torch.as_tensor(w) for k, w in weights.items()})
+                    version = v
+            if (i + 1) % EVAL_EVERY == 0:
+                curve.append(greedy_gap())
+        u = world.uniform_score(prompt_topics)
+        o = world.oracle_score(prompt_topics)
+        reached = next((EVAL_EVERY * j for j, c in enumerate(curve) if j and c >= GOAL), None)
+        after = curve[reached // EVAL_EVERY:] if reached else []
+        phases[phase] = {"curve": curve, "rounds_to_goal": reached, "mean_gap_closed": float(np.mean(curve[1:])),
+                         "min_after_goal": float(min(after)) if after else None,
+                         "served_gap_closed": (float(np.mean(served_scores)) - u) / (o - u)}
+    trainer.close()
+    store.close()
+    return {"seed": seed, "cadence": cadence, "phases": phases, "updates": updates, "refused": refused,
+            "seconds": time.time() - t0}
+
+
+def _finite(x: float) -> float | None:
+    return None if not np.isfinite(x) else float(x)
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    rows = []
+    for cadence in sorted({r["cadence"] for r in runs}):
+        rs = [r for r in runs if r["cadence"] == cadence]
+        for phase in ("new world", "after shift"):
+            ps = [r["phases"][phase] for r in rs]
+            reach = [p["rounds_to_goal"] for p in ps]
+            rows.append({
+                "cadence": cadence, "phase": phase, "seeds": len(rs), "reached": sum(x is not None for x in reach),
+                "rounds_to_goal_median": _finite(np.median([x if x is not None else np.inf for x in reach])),
+                "rounds_to_goal_worst": _finite(max(x if x is not None else np.inf for x in reach)),
+                "mean_gap_closed": float(np.mean([p["mean_gap_closed"] for p in ps])),
+                "worst_after_goal": min((p["min_after_goal"] for p in ps if p["min_after_goal"] is not None), default=None),
+                "served_gap_closed": float(np.mean([p["served_gap_closed"] for p in ps])),
+                "refused_share": float(np.mean([r["refused"] / max(r["updates"], 1) for r in rs])),
+            })
+    return rows
+
+
+def table(rows: list[dict], rounds: int) -> str:
+    def n(x):
+        return "not reached" if x is None else f"{x:.0f}"
+
+    out = [f"| rewards per update | phase | seeds at {GOAL:.0%} within {rounds} | rounds to {GOAL:.0%}: median / worst | "
+           "greedy gap closed, mean over the phase | lowest after reaching it | served gap closed | candidates refused |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        worst = "-" if r["worst_after_goal"] is None else f"{r['worst_after_goal']:.2f}"
+        out.append(f"| {r['cadence']} | {r['phase']} | {r['reached']}/{r['seeds']} | {n(r['rounds_to_goal_median'])} / "
+                   f"{n(r['rounds_to_goal_worst'])} | {r['mean_gap_closed']:.2f} | {worst} | {r['served_gap_closed']:.2f} | "
+                   f"{r['refused_share']:.0%} |")
+    return "\n".join(out)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = result["settings"]["rounds"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, cadence in enumerate(sorted({r["cadence"] for r in result["runs"]})):
+        rs = [r for r in result["runs"] if r["cadence"] == cadence]
+        for j, phase in enumerate(("new world", "after shift")):
+            curves = np.asarray([r["phases"][phase]["curve"] for r in rs])
+            x = j * rounds + EVAL_EVERY * np.arange(curves.shape[1])
+            ax.plot(x, np.median(curves, 0), "o-", ms=3, color=f"C{i}",
+                    label=f"{cadence} rewards per update: median of {len(rs)} seeds" if not j else None)
+            ax.fill_between(x, curves.min(0), curves.max(0), color=f"C{i}", alpha=0.15)
+    ax.axhline(0, color="grey", ls="--", label="uniform")
+    ax.axhline(1, color="black", ls=":", label="oracle")
+    ax.axhline(GOAL, color="green", alpha=0.4, label=f"{GOAL:.0%} of the gap")
+    ax.axvline(rounds, color="red", alpha=0.5, label="experts shift")
+    ax.set_xlabel("feedback rounds")
+    ax.set_ylabel("greedy routing: share of the uniform -> oracle gap closed")
+    ax.set_title(f"in-process live loop ({result['label']}); band = range over seeds")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "barp-default"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--cadences", type=int, nargs="+", default=[16, 100])
+    p.add_argument("--rounds", type=int, default=1000, help="feedback rounds before and again after the shift")
+    p.add_argument("--topics", nargs="+", default=["sql", "poetry", "law", "chemistry"])
+    p.add_argument("--set", action="append", default=[], help="app args override, e.g. rollout.estimator=snips")
+    p.add_argument("--label", default="shipped", help="name of the result files")
+    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "live_loop"))
+    p.add_argument("--render", metavar="JSON", help="redraw the table and figure of a saved run, run nothing")
+    args = p.parse_args()
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        plot(result, Path(args.render).with_suffix(".png"))
+        print(table(result["summary"], result["settings"]["rounds"]))
+        return
+    from barp_ray.data.shifting_world import ShiftingWorld
+    from barp_ray.encoder import encode
+    from barp_ray.policy import CheckpointError, RoutingPolicy
+
+    try:
+        policy = RoutingPolicy.load(args.checkpoint)
+    except CheckpointError as e:
+        sys.exit(f"error: checkpoint: {e} (train one first: python -m barp_ray.train)")
+    texts = ShiftingWorld(models=list(policy.models), prices={}, topics=args.topics).all_prompts()
+    embeddings = dict(zip(texts, encode(texts, policy.encoder)))
+    runs = []
+    for cadence in args.cadences:
+        for seed in args.seeds:
+            r = one_run(args.checkpoint, embeddings, seed, cadence, args.rounds, args.topics, args.set)
+            runs.append(r)
+            print(f"rewards/update {cadence:4d} seed {seed}: " + "  ".join(
+                f"{ph}: {' '.join(f'{c:+.2f}' for c in v['curve'])}" for ph, v in r["phases"].items())
+                + f"  [{r['seconds']:.0f}s, {r['refused']}/{r['updates']} refused]", flush=True)
+    summary = summarize(runs)
+    result = {"label": args.label, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "render")},
+              "goal_gap_closed": GOAL, "summary": summary, "runs": runs}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.label}.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / f"{args.label}.png")
+    print(table(summary, args.rounds))
+    print(f"wrote {out / args.label}.json/.png")
+
+
+if __name__ == "__main__":
+    main()
