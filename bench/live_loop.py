@@ -68,7 +68,7 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
     args["trainer"] = {**args["trainer"], "state_dir": str(work / "trainer"), "max_wait_s": 1e9}
     settings = settings_from_args(args).absolute()
     store = FeedbackStore(settings.log_dir, tau=policy.tau)
-    trainer = ContinuousTrainer(checkpoint, settings.log_dir, settings)
+    trainer = ContinuousTrainer(settings)
     served = policy.module
     version = trainer.snapshot[0]
     eps, temp = settings.exploration.epsilon, settings.exploration.temperature

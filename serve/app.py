@@ -1,7 +1,7 @@
 """The Ray Serve application: HTTP API -> batched router replicas, feedback log, continuous trainer.
 
     RouterAPI (FastAPI ingress) --route--> RouterModel (autoscaling, @serve.batch: encoder + policy)
-              |--decision/feedback--> FeedbackLogDeployment (SQLite feedback store, one replica)
+              |--decision/feedback--> FeedbackLogDeployment (feedback store: SQLite or PostgreSQL, one replica)
     TrainerDeployment (one replica) reads joined rewards from the store, updates on RLlib's Learner,
     checks each candidate off-policy before publishing it, and hands published weights to every
     RouterModel replica, which polls it; if the trainer is down, replicas keep serving their last
@@ -42,11 +42,12 @@ class FeedbackLogDeployment:
     """The one writer of the feedback store; also retires decisions whose reward wait time ran out."""
 
     async def __init__(self, settings: ServeSettings):
+        from serve.feedback_db import open_database
         from serve.feedback_store import FeedbackStore
 
         f = settings.feedback
         self.settings = settings
-        self.store = FeedbackStore(settings.log_dir, tau=float(_load_meta(settings.checkpoint)["tau"]),
+        self.store = FeedbackStore(await asyncio.to_thread(open_database, settings), tau=float(_load_meta(settings.checkpoint)["tau"]),
                                    wait_s=f.wait_s, on_missing=f.on_missing, default_reward=f.default_reward)
         self._task = asyncio.get_running_loop().create_task(self._retire_loop())
 
@@ -89,7 +90,7 @@ class TrainerDeployment:
         from serve.trainer import ContinuousTrainer
 
         self.settings = settings
-        self.trainer = await asyncio.to_thread(ContinuousTrainer, settings.checkpoint, settings.log_dir, settings)
+        self.trainer = await asyncio.to_thread(ContinuousTrainer, settings)
         self.replicas: dict[str, dict] = {}  # replica -> {"version", "loaded_at", "seen", "history"}
         self._lock = asyncio.Lock()
         self._task = asyncio.get_running_loop().create_task(self._loop()) if settings.trainer.enabled else None

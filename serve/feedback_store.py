@@ -1,8 +1,8 @@
 """The reward stream's durable store: pending routing decisions, and feedback joined to them.
 
-SQLite in WAL mode; a feedback's commit is fsynced (synchronous=FULL) before its 2xx goes out,
-a decision's is not (synchronous=NORMAL: it survives a killed process, and the next fsynced
-commit takes it to disk), so routing does not pay an fsync per request. Two tables:
+In SQLite (one machine) or PostgreSQL (a cluster; `serve/feedback_db.py`); a feedback's commit
+is durable before its 2xx goes out, a decision's is not forced to disk on its own, so routing
+does not pay an fsync per request. Two tables:
   decisions  one row per routed request still waiting for feedback (request_id is the primary
              key); a decision leaves this table when its feedback arrives or when the reward
              wait time runs out, so the table holds the last `wait_s` of traffic, not all of it.
@@ -18,10 +18,7 @@ tombstone per request.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import sqlite3
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,21 +27,13 @@ from typing import Any
 import numpy as np
 
 from envs.reward import reward
+from serve.feedback_db import SQLITE_FILE, PostgresDatabase, SQLiteDatabase
 
-DB_FILE = "feedback.sqlite3"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, time REAL NOT NULL, body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions(time);
-CREATE TABLE IF NOT EXISTS rewards (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT NOT NULL UNIQUE,
-    time REAL NOT NULL,
-    score REAL, cost REAL, reward REAL NOT NULL,
-    defaulted INTEGER NOT NULL DEFAULT 0,
-    body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+DB_FILE = SQLITE_FILE
+
+
+def _database(where: "str | Path | SQLiteDatabase | PostgresDatabase") -> "SQLiteDatabase | PostgresDatabase":
+    return SQLiteDatabase(where) if isinstance(where, (str, Path)) else where
 
 
 class FeedbackError(ValueError):
@@ -86,30 +75,20 @@ def routed_at(request_id: str) -> float | None:
         return None
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
-
-
 class FeedbackStore:
-    def __init__(self, directory: str | Path, tau: float, wait_s: float = 600.0, on_missing: str = "drop",
+    """`where`: a directory (SQLite file in it) or an open database from `feedback_db.open_database`."""
+
+    def __init__(self, where, tau: float, wait_s: float = 600.0, on_missing: str = "drop",
                  default_reward: float = 0.0):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.db = _database(where)
         self.tau, self.wait_s, self.on_missing, self.default_reward = float(tau), float(wait_s), on_missing, float(default_reward)
-        self._lock = threading.Lock()
-        self._db = _connect(self.dir / DB_FILE)
-        self._db.executescript(_SCHEMA)
 
     def record_decision(self, decision: dict[str, Any]) -> None:
-        """Committed without an fsync of its own (survives a killed process, like a flushed file);
-        the next feedback commit, which is fsynced, carries it to disk with it."""
-        with self._lock:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?)",
-                             (decision["request_id"], float(decision["time"]), json.dumps(decision, separators=(",", ":"))))
+        """Committed without forcing it to disk (it survives a killed process); the next durable
+        feedback commit takes it to disk with it."""
+        with self.db.transaction(durable=False):
+            self.db.execute("INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?)",
+                            (decision["request_id"], float(decision["time"]), json.dumps(decision, separators=(",", ":"))))
 
     def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict[str, Any]:
         """Join feedback to its pending decision and persist it; raises, writing nothing, on bad input.
@@ -117,27 +96,16 @@ class FeedbackStore:
         `replay=True` marks the service's own retry after a crash: if the first attempt was already
         committed with the same values, that result is returned instead of a duplicate error.
         """
-        with self._durable_transaction():
+        with self.db.transaction(durable=True):
             return self._join(request_id, float(score), float(cost), replay)
 
-    @contextlib.contextmanager
-    def _durable_transaction(self):
-        """One writer transaction, fsynced at commit; rolled back whole if anything inside raises."""
-        with self._lock:
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
     def _join(self, request_id: str, score: float, cost: float, replay: bool) -> dict[str, Any]:
-        row = self._db.execute("SELECT body FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+        rows = self.db.execute("SELECT body FROM decisions WHERE request_id = ?", (request_id,))
+        row = rows[0] if rows else None
         if row is None:
-            done = self._db.execute("SELECT id, score, cost, reward, defaulted FROM rewards WHERE request_id = ?",
-                                    (request_id,)).fetchone()
+            found = self.db.execute("SELECT id, score, cost, reward, defaulted FROM rewards WHERE request_id = ?",
+                                    (request_id,))
+            done = found[0] if found else None
             if done is not None and done[4]:
                 raise ExpiredRequest(f"request_id: feedback for {request_id!r} came after the reward wait time "
                                      f"({self.wait_s:g} s); the decision was closed with the default reward")
@@ -154,53 +122,47 @@ class FeedbackStore:
         w = decision["preference"]
         r = float(reward(score, cost, w[0], w[1], self.tau))
         record = {**decision, "score": score, "cost": cost, "reward": r}
-        cur = self._db.execute(
-            "INSERT INTO rewards (request_id, time, score, cost, reward, defaulted, body) VALUES (?, ?, ?, ?, ?, 0, ?)",
-            (request_id, time.time(), score, cost, r, row[0]))
-        self._db.execute("DELETE FROM decisions WHERE request_id = ?", (request_id,))
-        return {**record, "id": cur.lastrowid}
+        (new_id,), = self.db.execute(
+            "INSERT INTO rewards (request_id, time, score, cost, reward, defaulted, body) VALUES (?, ?, ?, ?, ?, 0, ?) "
+            "RETURNING id", (request_id, time.time(), score, cost, r, row[0]))
+        self.db.execute("DELETE FROM decisions WHERE request_id = ?", (request_id,))
+        return {**record, "id": int(new_id)}
 
     def retire_expired(self, now: float | None = None) -> int:
         """Close every decision older than the wait time: default reward, or dropped. Returns how many."""
         cutoff = (time.time() if now is None else now) - self.wait_s
-        with self._durable_transaction():
-            rows = self._db.execute("SELECT request_id, body FROM decisions WHERE time < ?", (cutoff,)).fetchall()
+        with self.db.transaction(durable=True):
+            rows = self.db.execute("SELECT request_id, body FROM decisions WHERE time < ? ORDER BY time", (cutoff,))
             if not rows:
                 return 0
             if self.on_missing == "default":
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO rewards (request_id, time, score, cost, reward, defaulted, body) "
-                    "VALUES (?, ?, NULL, NULL, ?, 1, ?)",
+                self.db.executemany(
+                    "INSERT INTO rewards (request_id, time, score, cost, reward, defaulted, body) "
+                    "VALUES (?, ?, NULL, NULL, ?, 1, ?) ON CONFLICT (request_id) DO NOTHING",
                     [(rid, time.time(), self.default_reward, body) for rid, body in rows])
-            self._db.execute("DELETE FROM decisions WHERE time < ?", (cutoff,))
+            self.db.execute("DELETE FROM decisions WHERE time < ?", (cutoff,))
             name = "defaulted" if self.on_missing == "default" else "dropped"
-            self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
-                             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, len(rows)))
+            self.db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                             "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (name, len(rows)))
         return len(rows)
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            pending = self._db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
-            rewards, last = self._db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM rewards").fetchone()
-            retired = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        with self.db.lock:
+            (pending,), = self.db.execute("SELECT COUNT(*) FROM decisions")
+            (rewards, last), = self.db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM rewards")
+            retired = dict(self.db.execute("SELECT name, value FROM counters"))
         return {"pending": pending, "rewards": rewards, "last_id": last,
                 "dropped": retired.get("dropped", 0), "defaulted": retired.get("defaulted", 0)}
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
 
 class RewardReader:
-    """The trainer's read-only view: joined rewards by id (WAL lets it read while the store writes)."""
+    """The trainer's view: joined rewards by id (SQLite's WAL lets it read while the store writes)."""
 
-    def __init__(self, directory: str | Path):
-        self.path = Path(directory) / DB_FILE
-        self._db: sqlite3.Connection | None = None
-
-    def _conn(self) -> sqlite3.Connection | None:
-        if self._db is None and self.path.exists():
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        return self._db
+    def __init__(self, where):
+        self.db = _database(where)
 
     def after(self, offset: int, limit: int) -> list[dict[str, Any]]:
         """Rewards with id > offset, oldest first."""
@@ -212,13 +174,14 @@ class RewardReader:
 
     def request_ids(self) -> list[str]:
         """Every joined reward's request id, in stream order (audits and tests)."""
-        db = self._conn()
-        return [] if db is None else [r[0] for r in db.execute("SELECT request_id FROM rewards ORDER BY id")]
+        with self.db.lock:
+            return [r[0] for r in self.db.execute("SELECT request_id FROM rewards ORDER BY id")]
 
     def _rows(self, where: str, args: tuple) -> list[dict[str, Any]]:
-        db = self._conn()
-        if db is None:
-            return []
-        rows = db.execute(f"SELECT id, request_id, time, reward, defaulted, body FROM rewards {where}", args).fetchall()
-        return [{**json.loads(body), "id": i, "request_id": rid, "feedback_time": t, "reward": r, "defaulted": bool(d)}
+        with self.db.lock:
+            rows = self.db.execute(f"SELECT id, request_id, time, reward, defaulted, body FROM rewards {where}", args)
+        return [{**json.loads(body), "id": int(i), "request_id": rid, "feedback_time": t, "reward": r, "defaulted": bool(d)}
                 for i, rid, t, r, d, body in rows]
+
+    def close(self) -> None:
+        self.db.close()

@@ -36,9 +36,17 @@ class FeedbackSettings:
     on_missing: str = "drop"  # drop | default
     default_reward: float = 0.0
     retire_every_s: float = 5.0
+    # Where decisions and rewards live: "sqlite" (a file under log_dir, one machine) or
+    # "postgresql" (a cluster). The connection string is a secret: it is read from the file
+    # `database_url_file` names, else from the environment variable `database_url_env`.
+    database: str = "sqlite"
+    database_url_env: str = "BARP_DATABASE_URL"
+    database_url_file: str | None = None
 
     def validate(self) -> None:
         _pos("feedback.wait_s", self.wait_s)
+        if self.database not in ("sqlite", "postgresql"):
+            raise SettingsError(f"feedback.database: must be 'sqlite' or 'postgresql', got {self.database!r}")
         if self.on_missing not in ("drop", "default"):
             raise SettingsError(f"feedback.on_missing: must be 'drop' or 'default', got {self.on_missing!r}")
         if isinstance(self.default_reward, bool) or not isinstance(self.default_reward, (int, float)) \
@@ -186,6 +194,8 @@ class ServeSettings:
         self.checkpoint = str(Path(self.checkpoint).expanduser().resolve())
         self.log_dir = str(Path(self.log_dir).expanduser().resolve())
         self.trainer.state_dir = str(Path(self.trainer.state_dir).expanduser().resolve())
+        if self.feedback.database_url_file:
+            self.feedback.database_url_file = str(Path(self.feedback.database_url_file).expanduser().resolve())
         if self.auth.token_file:
             self.auth.token_file = str(Path(self.auth.token_file).expanduser().resolve())
         return self

@@ -78,12 +78,16 @@ def held_back(request_id: str, fraction: float) -> bool:
 
 
 class ContinuousTrainer:
-    def __init__(self, checkpoint: str, log_dir: str, settings) -> None:
-        """`settings` is the whole ServeSettings: trainer, rollout and exploration all matter here."""
+    def __init__(self, settings) -> None:
+        """`settings` is the whole ServeSettings: checkpoint, feedback store, trainer, rollout and
+        exploration all matter here."""
+        from serve.feedback_db import open_database
+
+        checkpoint = settings.checkpoint
         self.settings = settings
         self.t, self.rollout = settings.trainer, settings.rollout
         self.state_dir = Path(self.t.state_dir)
-        self.reader = RewardReader(log_dir)
+        self.reader = RewardReader(open_database(settings))
         policy = RoutingPolicy.load(checkpoint)
         self.models = policy.models
         self.index = {m: i for i, m in enumerate(self.models)}
@@ -323,8 +327,9 @@ class ContinuousTrainer:
         return self.version
 
     def close(self) -> None:
-        """Stop learner actors (num_learners > 0); a local learner has nothing to stop."""
+        """Stop learner actors (num_learners > 0) and close the store connection."""
         self.learner_group.shutdown()
+        self.reader.close()
 
     def status(self) -> dict[str, Any]:
         return {

@@ -33,6 +33,38 @@ def ray_local():
     yield
 
 
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL 16 server (the `pgserver` package), one per test session."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres):
+    """A fresh, empty database on the session's server: its connection string."""
+    import uuid
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    postgres.psql(f"CREATE DATABASE {name};")
+    return postgres.get_uri(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def feedback_db(request, tmp_path):
+    """Opens a new connection to one feedback database per call: a directory for SQLite, a
+    PostgresDatabase on a fresh database of the real server for PostgreSQL."""
+    if request.param == "sqlite":
+        return lambda: tmp_path
+    from serve.feedback_db import PostgresDatabase
+
+    url = request.getfixturevalue("postgres_url")
+    return lambda: PostgresDatabase(url, "test")
+
+
 def pytest_sessionfinish(session, exitstatus):
     try:
         import ray

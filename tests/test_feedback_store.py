@@ -1,4 +1,4 @@
-"""The SQLite feedback store: joins, duplicates, the reward wait time, late feedback, the trainer's reader."""
+"""The feedback store, on SQLite and on a real PostgreSQL server: joins, duplicates, the reward wait time, late feedback, the trainer's reader."""
 from __future__ import annotations
 
 import time
@@ -27,8 +27,8 @@ def decision(now=None, model="m1", pref=(0.5, 0.5)):
             "preference": list(pref), "model": model, "behaviour_prob": 0.25, "mode": "explore", "policy_version": 0}
 
 
-def test_feedback_joins_once_and_leaves_the_pending_table(tmp_path):
-    store = FeedbackStore(tmp_path, tau=TAU)
+def test_feedback_joins_once_and_leaves_the_pending_table(feedback_db):
+    store = FeedbackStore(feedback_db(), tau=TAU)
     d = decision()
     store.record_decision(d)
     assert store.counts()["pending"] == 1
@@ -43,12 +43,12 @@ def test_feedback_joins_once_and_leaves_the_pending_table(tmp_path):
         store.record_feedback(d["request_id"], 0.0, 0.005, replay=True)  # other values: a real duplicate
     with pytest.raises(UnknownRequest):
         store.record_feedback(new_request_id(), 1.0, 0.0)
-    assert RewardReader(tmp_path).request_ids() == [d["request_id"]]
+    assert RewardReader(feedback_db()).request_ids() == [d["request_id"]]
 
 
 @pytest.mark.parametrize("on_missing", ["drop", "default"])
-def test_expired_decisions_are_retired_and_late_feedback_changes_nothing(tmp_path, on_missing):
-    store = FeedbackStore(tmp_path, tau=TAU, wait_s=60, on_missing=on_missing, default_reward=-0.1)
+def test_expired_decisions_are_retired_and_late_feedback_changes_nothing(feedback_db, on_missing):
+    store = FeedbackStore(feedback_db(), tau=TAU, wait_s=60, on_missing=on_missing, default_reward=-0.1)
     old, fresh = decision(now=time.time() - 120), decision()
     store.record_decision(old)
     store.record_decision(fresh)
@@ -58,7 +58,7 @@ def test_expired_decisions_are_retired_and_late_feedback_changes_nothing(tmp_pat
     assert counts["dropped" if on_missing == "drop" else "defaulted"] == 1
     with pytest.raises(ExpiredRequest, match="reward wait time"):
         store.record_feedback(old["request_id"], 1.0, 0.0)
-    rows = RewardReader(tmp_path).after(0, 10)
+    rows = RewardReader(feedback_db()).after(0, 10)
     if on_missing == "default":
         assert [(r["request_id"], r["reward"], r["defaulted"]) for r in rows] == [(old["request_id"], -0.1, True)]
     else:
@@ -67,8 +67,8 @@ def test_expired_decisions_are_retired_and_late_feedback_changes_nothing(tmp_pat
     store.record_feedback(fresh["request_id"], 1.0, 0.0)  # the fresh one is still open
 
 
-def test_pending_table_is_bounded_by_the_wait_time(tmp_path):
-    store = FeedbackStore(tmp_path, tau=TAU, wait_s=10)
+def test_pending_table_is_bounded_by_the_wait_time(feedback_db):
+    store = FeedbackStore(feedback_db(), tau=TAU, wait_s=10)
     now = time.time()
     for i in range(300):  # 300 requests over 300 s of traffic, no feedback at all
         store.record_decision(decision(now=now - 300 + i))
@@ -76,14 +76,14 @@ def test_pending_table_is_bounded_by_the_wait_time(tmp_path):
     assert store.counts()["pending"] <= 11
 
 
-def test_reader_pages_by_id_and_refills_after_restart(tmp_path):
-    store = FeedbackStore(tmp_path, tau=TAU)
+def test_reader_pages_by_id_and_refills_after_restart(feedback_db):
+    store = FeedbackStore(feedback_db(), tau=TAU)
     ids = []
     for _ in range(10):
         d = decision()
         store.record_decision(d)
         ids.append(store.record_feedback(d["request_id"], 0.5, 0.0)["id"])
-    reader = RewardReader(tmp_path)
+    reader = RewardReader(feedback_db())
     assert [r["id"] for r in reader.after(3, 4)] == ids[3:7]
     assert [r["id"] for r in reader.up_to(6, 3)] == ids[3:6]
 

@@ -75,7 +75,7 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
     good, bad = int(np.argmax(served)), int(np.argmin(served))
     store = FeedbackStore(settings.log_dir, tau=policy.tau)
     store_reader = RewardReader(settings.log_dir)
-    trainer = ContinuousTrainer(checkpoint, settings.log_dir, settings)
+    trainer = ContinuousTrainer(settings)
     rng = np.random.default_rng(0)
 
     def reward_of(rid, a):
@@ -98,7 +98,7 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
         assert refused["version"] == status["version"] == 6
         assert refused["candidate"] < refused["serving"] - 0.02, refused
     # a restarted trainer resumes exactly where this one stopped
-    again = ContinuousTrainer(checkpoint, settings.log_dir, settings)
+    again = ContinuousTrainer(settings)
     assert (again.version, again.offset, again.published_version) == (status["version"], status["offset"], status["published_version"])
     assert len(again.window) + len(again.eval_window) == 720
     assert trainer.learner_group.is_remote == consistent
@@ -121,6 +121,45 @@ def _deploy(checkpoint, root, port, **args):
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     serve.run(app_builder(base), name="barp", route_prefix="/")
     return Client(port)
+
+
+def test_the_service_on_postgresql_keeps_every_accepted_feedback_once_and_learns_from_it(checkpoint, tmp_path, postgres_url):
+    """The cluster backend end to end: the store and the trainer on a real PostgreSQL server, the
+    connection string from a secrets file, never in a setting or a log line."""
+    import glob
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from serve.feedback_db import PostgresDatabase
+    from serve.feedback_store import RewardReader
+
+    (tmp_path / "db-url").write_text(postgres_url + "\n")
+    client = _deploy(checkpoint, tmp_path, free_port(), feedback={"database": "postgresql",
+                                                                   "database_url_file": str(tmp_path / "db-url")})
+    try:
+        def one(i):
+            st, r = client.post("/v1/route", {"prompt": f"Write a SQL query number {i}.", "preference": 1.0})
+            assert st == 200, r
+            st, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": float(i % 2), "cost": 0.0})
+            return r["request_id"] if st == 200 else None
+
+        with ThreadPoolExecutor(8) as pool:
+            accepted = [rid for rid in pool.map(one, range(80)) if rid]
+        st, dup = client.post("/v1/feedback", {"request_id": accepted[0], "score": 1.0, "cost": 0.0})
+        assert st == 409, dup  # the database's UNIQUE constraint refuses a second feedback
+        st, trained = client.post("/v1/admin/train", {})
+        st, stats = client.get("/v1/stats")
+        assert st == 200 and stats["log"]["rewards"] == len(accepted) == 80, stats["log"]
+        assert stats["trainer"]["offset"] == stats["log"]["last_id"] and stats["trainer"]["version"] >= 1, stats["trainer"]
+    finally:
+        serve.shutdown()
+    stored = RewardReader(PostgresDatabase(postgres_url, "test")).request_ids()
+    assert sorted(stored) == sorted(accepted) and len(set(stored)) == len(stored)
+    secret = postgres_url.split("?")[-1]  # the socket directory, the part unique to this server
+    leaked = [p for p in glob.glob("/tmp/ray/session_latest/logs/**/*", recursive=True)
+              if p.endswith((".log", ".out", ".err")) and secret in open(p, errors="replace").read()]
+    assert not leaked, leaked
 
 
 @pytest.fixture(scope="module")
