@@ -11,6 +11,7 @@ import sys
 COMMANDS = {
     "train": ("barp_ray.train", "train a router with RLlib and write a checkpoint"),
     "eval": ("barp_ray.eval_cli", "evaluate BaRP against baselines; write tables, plots and JSON"),
+    "import-feedback": ("serve.feedback_import", "move an old JSONL feedback log into the configured feedback store"),
 }
 
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: barp <command> [options]\n\ncommands:")
         for name, (_, help_) in COMMANDS.items():
-            print(f"  {name:<8} {help_}")
+            print(f"  {name:<16} {help_}")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nbarp: error: unknown command {argv[0]!r}", file=sys.stderr)
             return 2

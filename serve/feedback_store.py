@@ -146,6 +146,30 @@ class FeedbackStore:
                              "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (name, len(rows)))
         return len(rows)
 
+    def import_records(self, rewards: list[dict], decisions: list[dict]) -> dict[str, int]:
+        """Bring in joined rewards (in order) and still-pending decisions from another log, in one
+        durable transaction; request ids already present are skipped."""
+        done = {"rewards": 0, "pending": 0, "skipped": 0}
+        rewarded = {r["request_id"] for r in rewards}
+        with self.db.transaction(durable=True):
+            for r in rewards:
+                body = {k: v for k, v in r.items() if k not in ("score", "cost", "reward")}
+                got = self.db.execute(
+                    "INSERT INTO rewards (request_id, time, score, cost, reward, defaulted, body) VALUES (?, ?, ?, ?, ?, 0, ?) "
+                    "ON CONFLICT (request_id) DO NOTHING RETURNING id",
+                    (r["request_id"], float(r.get("time", time.time())), float(r["score"]), float(r["cost"]),
+                     float(r["reward"]), json.dumps(body, separators=(",", ":"))))
+                done["rewards" if got else "skipped"] += 1
+            for d in decisions:
+                if d["request_id"] in rewarded or self.db.execute("SELECT 1 FROM rewards WHERE request_id = ?",
+                                                                  (d["request_id"],)):
+                    continue
+                got = self.db.execute("INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?) "
+                                      "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                                      (d["request_id"], float(d["time"]), json.dumps(d, separators=(",", ":"))))
+                done["pending" if got else "skipped"] += 1
+        return done
+
     def counts(self) -> dict[str, int]:
         with self.db.lock:
             (pending,), = self.db.execute("SELECT COUNT(*) FROM decisions")

@@ -132,3 +132,37 @@ def test_doubly_robust_value_corrects_a_wrong_critic_and_sees_what_ips_cannot(se
     logging_value = float(mu @ truth)
     est = dr_value(target[few], good[few], actions[few], mu[actions[few]], rewards[few], self_normalise=self_normalise)
     assert est == pytest.approx(value, abs=0.05) and est > logging_value + 0.3
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_import_of_an_old_jsonl_log_keeps_order_skips_repeats_and_torn_lines(tmp_path, backend, request, capsys):
+    import json
+
+    from serve.feedback_db import PostgresDatabase, open_database
+    from serve.feedback_import import main as import_feedback, serve_settings
+
+    old = tmp_path / "old"
+    old.mkdir()
+    ds = [decision(now=time.time() - 100 + i) for i in range(5)]
+    rewards = [{**d, "score": 1.0, "cost": 0.001, "reward": 0.4} for d in ds[:3]]
+    (old / "decisions.jsonl").write_text("".join(json.dumps(d) + "\n" for d in ds))
+    (old / "rewards.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rewards) + '{"request_id": "cut sh')
+    sets = ["--set", f"log_dir={tmp_path / 'log'}"]
+    if backend == "postgresql":
+        (tmp_path / "url").write_text(request.getfixturevalue("postgres_url"))
+        sets += ["--set", "feedback.database=postgresql", "--set", f"feedback.database_url_file={tmp_path / 'url'}"]
+    assert import_feedback([str(old), "--config", "configs/serve.yaml", *sets]) == 0
+    assert "imported 3 rewards and 2 pending decisions; skipped 0 already in the store and 1 torn" in capsys.readouterr().out
+    assert import_feedback([str(old), "--config", "configs/serve.yaml", *sets]) == 0  # a re-run adds nothing
+    assert "imported 0 rewards and 0 pending decisions; skipped 5" in capsys.readouterr().out
+    settings = serve_settings("configs/serve.yaml", [s for s in sets if s != "--set"])
+    db = open_database(settings)
+    assert isinstance(db, PostgresDatabase) == (backend == "postgresql")
+    store = FeedbackStore(db, tau=TAU)
+    assert [r["request_id"] for r in RewardReader(db).after(0, 10)] == [d["request_id"] for d in ds[:3]]
+    last = RewardReader(db).after(0, 10)[-1]["id"]
+    assert store.record_feedback(ds[3]["request_id"], 0.0, 0.0)["id"] > last  # a pending one joins as usual
+    (old / "rewards.jsonl").write_text('{"broken\n' + json.dumps(rewards[0]) + "\n")
+    assert import_feedback([str(old), "--config", "configs/serve.yaml", *sets]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("barp import-feedback: error:") and "rewards.jsonl: line 1 is not JSON" in err and "\n" not in err
