@@ -196,7 +196,7 @@ class RouterModel:
                 load_policy_state(self.policy.module, published[1])
                 self.version = published[0]
             except RuntimeError:
-                logger.warning("published weights in %s do not fit this checkpoint; serving it as is", settings.trainer.state_dir)
+                logger.warning("the newest published weights do not fit this checkpoint; serving the checkpoint as is")
                 self.policy = RoutingPolicy.load(settings.checkpoint)
         self.started_version = self.version
         self.trainer = trainer

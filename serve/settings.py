@@ -81,7 +81,7 @@ class TrainerSettings:
     poll_s: float = 0.25
     num_learners: int = 0
     num_gpus_per_learner: float = 0
-    state_dir: str = "runs/serve/trainer"
+    state_dir: str = "runs/serve/trainer"  # a path or a storage URI (pyarrow.fs: s3://bucket/prefix)
 
     def validate(self) -> None:
         for name in ("lr", "importance_weight_clip", "critic_temperature", "window", "replay_ratio",
@@ -193,7 +193,8 @@ class ServeSettings:
         """Replicas may run with another working directory: pin every path now."""
         self.checkpoint = str(Path(self.checkpoint).expanduser().resolve())
         self.log_dir = str(Path(self.log_dir).expanduser().resolve())
-        self.trainer.state_dir = str(Path(self.trainer.state_dir).expanduser().resolve())
+        if "://" not in self.trainer.state_dir:  # a URI (s3://, gs://, file://) is already absolute
+            self.trainer.state_dir = str(Path(self.trainer.state_dir).expanduser().resolve())
         if self.feedback.database_url_file:
             self.feedback.database_url_file = str(Path(self.feedback.database_url_file).expanduser().resolve())
         if self.auth.token_file:

@@ -25,8 +25,7 @@ while the trainer is down still serves the newest published version.
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import tempfile
 import time
 import zlib
 from collections import deque
@@ -39,6 +38,7 @@ import torch
 from barp_ray.policy import RoutingPolicy, load_policy_state, policy_state
 from serve.exploration import dr_value, exploring_distribution, recency_weights, snips_value
 from serve.feedback_store import RewardReader, decode_vector
+from serve.state_store import StateStore
 
 STATE = "state"
 PUBLISHED = "published"
@@ -46,27 +46,16 @@ PROGRESS = "progress.json"
 READ_LIMIT = 8192
 
 
-def latest_published(state_dir: str | Path) -> tuple[int, dict[str, torch.Tensor]] | None:
-    """The last published (version, inference weights), read from disk."""
-    root = Path(state_dir) / PUBLISHED
-    try:
-        version = int(json.loads((root / "version.json").read_text())["version"])
-        return version, torch.load(root / "module.pt", weights_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError):
-        return None
-
-
-def _atomic_dir(target: Path, write) -> None:
-    """Write into a fresh directory, then swap it in: a crash leaves the old or the new, never half."""
-    tmp, old = target.with_name(target.name + ".tmp"), target.with_name(target.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+def latest_published(state_dir: str) -> tuple[int, dict[str, torch.Tensor]] | None:
+    """The last published (version, inference weights), read from the state store."""
+    with tempfile.TemporaryDirectory(prefix="barp-published-") as tmp:
+        try:
+            if not StateStore(state_dir).load(PUBLISHED, Path(tmp) / "p"):
+                return None
+            version = int(json.loads((Path(tmp) / "p" / "version.json").read_text())["version"])
+            return version, torch.load(Path(tmp) / "p" / "module.pt", weights_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError):
+            return None
 
 
 def _numpy(weights: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -86,7 +75,7 @@ class ContinuousTrainer:
         checkpoint = settings.checkpoint
         self.settings = settings
         self.t, self.rollout = settings.trainer, settings.rollout
-        self.state_dir = Path(self.t.state_dir)
+        self.state = StateStore(self.t.state_dir)  # a path or a pyarrow.fs URI (s3://...)
         self.reader = RewardReader(open_database(settings))
         policy = RoutingPolicy.load(checkpoint)
         self.models = policy.models
@@ -147,13 +136,14 @@ class ContinuousTrainer:
 
     # -- persistence -------------------------------------------------------------------------
     def _resume(self) -> None:
-        state = self.state_dir / STATE
-        if (state / PROGRESS).is_file():
-            p = json.loads((state / PROGRESS).read_text())
-            self.learner_group.restore_from_path(str(state / "learner_group"))
-            self.offset, self.version = int(p["offset"]), int(p["version"])
-            self.refused = p.get("refused")
-        published = latest_published(self.state_dir)
+        with tempfile.TemporaryDirectory(prefix="barp-resume-") as tmp:
+            local = Path(tmp) / STATE
+            if self.state.load(STATE, local) and (local / PROGRESS).is_file():
+                p = json.loads((local / PROGRESS).read_text())
+                self.learner_group.restore_from_path(str(local / "learner_group"))
+                self.offset, self.version = int(p["offset"]), int(p["version"])
+                self.refused = p.get("refused")
+        published = latest_published(self.t.state_dir)
         if published is not None:
             self.published_version = published[0]
             load_policy_state(self.serving, published[1])
@@ -162,19 +152,20 @@ class ContinuousTrainer:
             self._file(r)
 
     def _save(self) -> None:
+        """Learner state, offset and version as one version of the state: all of it or none."""
         def write(tmp: Path) -> None:
             self.learner_group.save_to_path(str(tmp / "learner_group"))
             (tmp / PROGRESS).write_text(json.dumps({"offset": self.offset, "version": self.version,
                                                     "refused": self.refused, "time": time.time()}))
 
-        _atomic_dir(self.state_dir / STATE, write)
+        self.state.save(STATE, self.version, write)
 
     def _publish(self, weights: dict[str, torch.Tensor], info: dict) -> None:
         def write(tmp: Path) -> None:
             torch.save(weights, tmp / "module.pt")
             (tmp / "version.json").write_text(json.dumps({"version": self.version, **info}))
 
-        _atomic_dir(self.state_dir / PUBLISHED, write)
+        self.state.save(PUBLISHED, self.version, write)
         load_policy_state(self.serving, weights)
         # One tuple, swapped in whole: a replica polling from another thread never sees a version
         # number with half-loaded weights.
