@@ -1,0 +1,93 @@
+"""KubeRay manifests, validated structurally (there is no Kubernetes here): in sync with
+configs/serve.yaml, accepted by Ray Serve's own schema and by the app's settings, every container
+with resource requests, every secret and volume they name defined."""
+from __future__ import annotations
+
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+
+
+def _render():
+    spec = importlib.util.spec_from_file_location("k8s_render", K8S / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def _containers(cluster: dict) -> tuple[list[dict], list[dict]]:
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    return [c for p in pods for c in p["spec"]["containers"]], [v for p in pods for v in p["spec"]["volumes"]]
+
+
+def test_manifests_are_rendered_from_the_current_serve_config():
+    for name, text in _render().render().items():
+        assert (K8S / name).read_text() == text, f"deploy/k8s/{name} is stale: run python deploy/k8s/render.py"
+
+
+def test_serve_config_v2_is_a_valid_serve_deployment_of_this_app():
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.settings import settings_from_args
+
+    (service,) = _docs("rayservice.yaml")
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    (app,) = config["applications"]
+    settings = settings_from_args(app["args"])  # the app's own validation, as at deploy time
+    assert settings.feedback.database == "postgresql" and settings.feedback.database_url_file
+    assert "postgresql://" not in service["spec"]["serveConfigV2"]  # the URL is a Secret, not config
+    local = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())["applications"][0]
+    assert app["deployments"] == local["deployments"] and app["import_path"] == local["import_path"]
+    assert app["args"]["rollout"] == local["args"]["rollout"] and app["args"]["trainer"]["lr"] == local["args"]["trainer"]["lr"]
+
+
+@pytest.mark.parametrize("name", ["rayservice.yaml", "rayjob.yaml"])
+def test_every_container_has_resources_and_every_secret_and_volume_exists(name):
+    (doc,) = _docs(name)
+    cluster = doc["spec"]["rayClusterConfig" if doc["kind"] == "RayService" else "rayClusterSpec"]
+    containers, volumes = _containers(cluster)
+    shared = {(d["kind"], d["metadata"]["name"]): d for d in _docs("shared.yaml")}
+    for c in containers:
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), (c["name"], kind)
+    mounts = {m["name"]: m["mountPath"] for c in containers for m in c["volumeMounts"]}
+    for v in volumes:
+        if "secret" in v:
+            assert ("Secret", v["secret"]["secretName"]) in shared
+        if "persistentVolumeClaim" in v:
+            assert ("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"]) in shared
+    if doc["kind"] == "RayService":
+        args = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"][0]["args"]
+        secret = shared[("Secret", "barp-secrets")]["stringData"]
+        for path in (args["auth"]["token_file"], args["feedback"]["database_url_file"]):
+            directory, key = path.rsplit("/", 1)
+            assert directory == mounts["secrets"] and key in secret, path  # a file the Secret mount provides
+        for path in (args["checkpoint"], args["log_dir"], args["trainer"]["state_dir"]):
+            assert path.startswith(mounts["shared"] + "/"), path  # on the shared volume, not a pod's disk
+
+
+def test_rayjob_runs_the_training_entrypoint_and_writes_the_checkpoint_the_service_serves():
+    from barp_ray.train import parse_args
+
+    (job,) = _docs("rayjob.yaml")
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "barp_ray.train"]
+    args = parse_args(argv[3:])
+    assert args.config == "/app/configs/llmrouter.yaml" and (ROOT / "configs" / "llmrouter.yaml").exists()
+    (service,) = _docs("rayservice.yaml")
+    served = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["checkpoint"]
+    assert args.checkpoint_dir == served
+    readme = (ROOT / "README.md").read_text()
+    assert "-- python -m barp_ray.train --config configs/llmrouter.yaml" in readme  # the same entrypoint as ray job submit
