@@ -142,6 +142,10 @@ class ScaleConfig:
     num_cpus_per_env_runner: float = 1
     num_learners: int = 0  # 0: learn in the driver process; N: N learner actors (DDP)
     num_gpus_per_learner: float = 0  # > 0 puts each learner on a GPU
+    # On a cluster a node can vanish mid-run: its env runners are recreated on the nodes left
+    # (RLlib's fault tolerance) and sampling goes on with the healthy ones meanwhile.
+    restart_failed_env_runners: bool = True
+    custom_resources_per_env_runner: dict = field(default_factory=dict)  # e.g. {"rollout_node": 1}
 
     def validate(self) -> None:
         _non_negative("scale.num_env_runners", self.num_env_runners)
@@ -149,6 +153,13 @@ class ScaleConfig:
         _positive("scale.num_cpus_per_env_runner", self.num_cpus_per_env_runner)
         _non_negative("scale.num_learners", self.num_learners)
         _non_negative("scale.num_gpus_per_learner", self.num_gpus_per_learner)
+        if not isinstance(self.restart_failed_env_runners, bool):
+            raise ConfigError(f"scale.restart_failed_env_runners: must be true or false, got {self.restart_failed_env_runners!r}")
+        if not isinstance(self.custom_resources_per_env_runner, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                for k, v in self.custom_resources_per_env_runner.items()):
+            raise ConfigError("scale.custom_resources_per_env_runner: must map resource names to amounts >= 0, "
+                              f"got {self.custom_resources_per_env_runner!r}")
 
 
 @dataclass

@@ -50,7 +50,10 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float):
             num_env_runners=s.num_env_runners,
             num_envs_per_env_runner=s.num_envs_per_env_runner,
             num_cpus_per_env_runner=s.num_cpus_per_env_runner,
+            custom_resources_per_env_runner=dict(s.custom_resources_per_env_runner),
         )
+        .fault_tolerance(restart_failed_env_runners=s.restart_failed_env_runners,
+                         ignore_env_runner_failures=s.restart_failed_env_runners)
         .learners(num_learners=s.num_learners, num_gpus_per_learner=s.num_gpus_per_learner)
         .training(
             lr=t.lr,

@@ -144,15 +144,27 @@ def _feedback_rounds(client, table, n: int, failures: list) -> list:
     return accepted
 
 
-def _run_load(svc, seconds_before_kill, seconds_after_kill, kill, feedback=True, threads=6):
+def _wait_for(predicate, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate() and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def _run_load(svc, seconds_before_kill, seconds_after_kill, kill, feedback=True, threads=6, min_each_side=12):
+    """Load, kill, more load. At least `min_each_side` rounds succeed before the kill and again
+    after it (a busy machine is slower, not a failure); if the service never recovers, the
+    caller's count assertions fail."""
     stop, accepted, failures = threading.Event(), [], []
     pool = [threading.Thread(target=_load, args=(svc["client"], svc["table"], stop, accepted, failures, feedback))
             for _ in range(threads)]
     for t in pool:
         t.start()
     time.sleep(seconds_before_kill)
+    _wait_for(lambda: len(accepted) >= min_each_side, 60)
+    before = len(accepted)
     kill()
     time.sleep(seconds_after_kill)
+    _wait_for(lambda: len(accepted) >= before + min_each_side, 120)
     stop.set()
     for t in pool:
         t.join(timeout=120)
