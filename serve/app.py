@@ -87,8 +87,13 @@ class FeedbackLogDeployment:
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.25})
 class TrainerDeployment:
     async def __init__(self, settings: ServeSettings):
+        import torch
+
         from serve.trainer import ContinuousTrainer
 
+        # One intra-op thread: the trainer shares the machine with the router replicas, and routing
+        # latency matters more than how fast one update finishes.
+        torch.set_num_threads(1)
         self.settings = settings
         self.trainer = await asyncio.to_thread(ContinuousTrainer, settings)
         self.replicas: dict[str, dict] = {}  # replica -> {"version", "loaded_at", "seen", "history"}
@@ -100,7 +105,9 @@ class TrainerDeployment:
             return await asyncio.to_thread(self.trainer.train_once)
 
     async def _loop(self) -> None:
+        busy = self.settings.trainer.max_busy_fraction
         while True:
+            started = time.monotonic()
             try:
                 row = await self._step()
             except Exception:  # noqa: BLE001 - a bad batch must not kill the loop
@@ -108,6 +115,10 @@ class TrainerDeployment:
                 row = None
             if row is None:
                 await asyncio.sleep(self.settings.trainer.poll_s)
+            elif busy < 1:
+                # Rest in proportion to the update just made: under heavy traffic the trainer takes
+                # at most this share of a core, batches grow instead, and routing keeps its CPU.
+                await asyncio.sleep((time.monotonic() - started) * (1 - busy) / busy)
 
     async def train_now(self, max_updates: int = 1_000_000) -> list[dict]:
         """Drain pending feedback into updates now (admin and tests); the background loop does the same."""

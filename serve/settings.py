@@ -75,6 +75,7 @@ class TrainerSettings:
     recent_window: int = 256  # half of every minibatch comes from the newest this many (0: uniform)
     replay_ratio: float = 128.0  # samples trained per new reward (16 new rewards -> 8 steps of 256)
     max_steps_per_update: int = 64
+    max_busy_fraction: float = 0.5  # share of one core the background trainer may keep busy (1: no limit)
     minibatch_size: int = 256
     min_batch: int = 16
     max_wait_s: float = 2.0
@@ -88,6 +89,9 @@ class TrainerSettings:
                      "max_steps_per_update",
                      "minibatch_size", "min_batch", "max_wait_s", "poll_s"):
             _pos(f"trainer.{name}", getattr(self, name))
+        if isinstance(self.max_busy_fraction, bool) or not isinstance(self.max_busy_fraction, (int, float)) \
+                or not 0 < self.max_busy_fraction <= 1:
+            raise SettingsError(f"trainer.max_busy_fraction: must be in (0, 1], got {self.max_busy_fraction!r}")
         for name in ("entropy_coeff", "baseline_coeff", "critic_kl_coeff", "recent_window", "num_learners",
                      "num_gpus_per_learner"):
             v = getattr(self, name)
