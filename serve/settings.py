@@ -75,7 +75,7 @@ class TrainerSettings:
     recent_window: int = 256  # half of every minibatch comes from the newest this many (0: uniform)
     replay_ratio: float = 128.0  # samples trained per new reward (16 new rewards -> 8 steps of 256)
     max_steps_per_update: int = 64
-    max_busy_fraction: float = 0.5  # share of one core the background trainer may keep busy (1: no limit)
+    max_busy_fraction: float = 1.0  # share of one core the background trainer may keep busy (1: no limit)
     minibatch_size: int = 256
     min_batch: int = 16
     max_wait_s: float = 2.0
