@@ -44,8 +44,6 @@ class DatabaseError(RuntimeError):
 
 
 class SQLiteDatabase:
-    kind = "sqlite"
-
     def __init__(self, directory: str | Path):
         self.path = Path(directory) / SQLITE_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,13 +79,8 @@ class SQLiteDatabase:
     def close(self) -> None:
         self._conn.close()
 
-    def describe(self) -> str:
-        return f"sqlite {self.path}"
-
 
 class PostgresDatabase:
-    kind = "postgresql"
-
     def __init__(self, url: str, source: str):
         import psycopg
 
@@ -127,9 +120,6 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self._conn.close()
-
-    def describe(self) -> str:
-        return f"postgresql (connection string from {self.source})"
 
 
 def database_url(feedback: Any) -> tuple[str, str]:

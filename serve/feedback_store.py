@@ -27,10 +27,7 @@ from typing import Any
 import numpy as np
 
 from envs.reward import reward
-from serve.feedback_db import SQLITE_FILE, PostgresDatabase, SQLiteDatabase
-
-DB_FILE = SQLITE_FILE
-
+from serve.feedback_db import PostgresDatabase, SQLiteDatabase
 
 def _database(where: "str | Path | SQLiteDatabase | PostgresDatabase") -> "SQLiteDatabase | PostgresDatabase":
     return SQLiteDatabase(where) if isinstance(where, (str, Path)) else where
