@@ -120,6 +120,11 @@ class TrainerDeployment:
                 # at most this share of a core, batches grow instead, and routing keeps its CPU.
                 await asyncio.sleep((time.monotonic() - started) * (1 - busy) / busy)
 
+    def __del__(self) -> None:
+        # Serve calls this on graceful shutdown: stop the loop before its thread pool goes away.
+        if getattr(self, "_task", None) is not None:
+            self._task.cancel()
+
     async def train_now(self, max_updates: int = 1_000_000) -> list[dict]:
         """Drain pending feedback into updates now (admin and tests); the background loop does the same."""
         rows = []
@@ -485,7 +490,6 @@ def app_builder(args: dict[str, Any] | None = None):
     """Entry point for `serve run` / `serve deploy` (import_path: serve.app:app_builder)."""
     settings = settings_from_args(args).absolute()
     from barp_ray.policy import META_FILE
-    from serve.settings import SettingsError
 
     if not (Path(settings.checkpoint) / META_FILE).is_file():  # fail at deploy time, not on the first request
         raise SettingsError(f"checkpoint: {settings.checkpoint} is not a barp-ray checkpoint (no {META_FILE})")

@@ -147,6 +147,10 @@ class ContinuousTrainer:
         if published is not None:
             self.published_version = published[0]
             load_policy_state(self.serving, published[1])
+        # A crash between publishing a version and saving the state behind it leaves the state one
+        # version older; numbering on from it would give new weights a number replicas already
+        # serve (and so never load). Versions only go up.
+        self.version = max(self.version, self.published_version)
         # Refill the replay and evaluation windows from the store, up to the saved offset.
         for r in self.reader.up_to(self.offset, self.t.window + self.rollout.eval_window * 4):
             self._file(r)

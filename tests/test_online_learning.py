@@ -7,6 +7,7 @@ policy cannot pass it: after the shift, the experts it learned score 0.1-0.45, b
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,15 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
     assert trainer.learner_group.is_remote == consistent
     trainer.close()
     again.close()
+    if consistent:  # a crash after publishing the last version but before saving the state behind it
+        from serve.state_store import POINTER
+        from serve.trainer import STATE
+
+        (Path(settings.trainer.state_dir) / STATE / POINTER).write_text(f"v{status['version'] - 1:08d}")
+        third = ContinuousTrainer(settings)
+        assert third.offset < status["offset"]  # retrains from the older state's id ...
+        assert third.version == max(status["version"] - 1, status["published_version"])  # ... but never reuses a published number
+        third.close()
 
 
 def _deploy(checkpoint, root, port, **args):
