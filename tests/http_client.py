@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -56,3 +58,35 @@ def stored_reward_ids(log_dir) -> list[str]:
     from serve.feedback_store import RewardReader
 
     return RewardReader(log_dir).request_ids()
+
+
+def route_and_feedback(client, table, stop: threading.Event, accepted: list, failures: list, feedback: bool):
+    """One client's loop until `stop`: route a table prompt (sampled mode), then, if `feedback`,
+    report that model's logged score and cost. Ids that got a 200 go to `accepted`, the rest to
+    `failures` as (call, status, body)."""
+    import numpy as np
+
+    rng = np.random.default_rng(threading.get_ident() % 2**32)
+    models = list(table.models)
+    while not stop.is_set():
+        i = int(rng.integers(table.n))
+        s1, r = client.post("/v1/route", {"prompt": str(table.prompts[i]), "preference": 0.8, "mode": "sample"})
+        if s1 != 200:
+            failures.append(("route", s1, r))
+            continue
+        if not feedback:
+            accepted.append(r["request_id"])  # a routed request that succeeded
+            continue
+        a = models.index(r["model"])
+        s2, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": float(table.scores[i, a]),
+                                             "cost": float(table.costs[i, a])})
+        if s2 == 200:
+            accepted.append(r["request_id"])
+        else:
+            failures.append(("feedback", s2, f))
+
+
+def wait_for(predicate, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate() and time.time() < deadline:
+        time.sleep(0.2)

@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.data.prepare import split_tables
 from barp_ray.train import train
-from http_client import TOKEN, Client, free_port, stored_reward_ids
+from http_client import TOKEN, Client, free_port, route_and_feedback, stored_reward_ids, wait_for
 from openai_upstream import Upstream
 
 
@@ -111,31 +110,10 @@ def test_fuzzed_requests_never_get_a_5xx(svc, path, bodies):
     print(f"fuzz: {FUZZ['n']} requests so far, {len(FUZZ['5xx'])} 5xx")
 
 
-def _load(client, table, stop: threading.Event, accepted: list, failures: list, feedback: bool):
-    rng = np.random.default_rng(threading.get_ident() % 2**32)
-    models = list(table.models)
-    while not stop.is_set():
-        i = int(rng.integers(table.n))
-        s1, r = client.post("/v1/route", {"prompt": str(table.prompts[i]), "preference": 0.8, "mode": "sample"})
-        if s1 != 200:
-            failures.append(("route", s1, r))
-            continue
-        if not feedback:
-            accepted.append(r["request_id"])  # a routed request that succeeded
-            continue
-        a = models.index(r["model"])
-        s2, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": float(table.scores[i, a]),
-                                             "cost": float(table.costs[i, a])})
-        if s2 == 200:
-            accepted.append(r["request_id"])
-        else:
-            failures.append(("feedback", s2, f))
-
-
 def _feedback_rounds(client, table, n: int, failures: list) -> list:
     """Route + feedback from one client until n rewards were accepted; returns their request ids."""
     stop, accepted = threading.Event(), []
-    t = threading.Thread(target=_load, args=(client, table, stop, accepted, failures, True))
+    t = threading.Thread(target=route_and_feedback, args=(client, table, stop, accepted, failures, True))
     t.start()
     while len(accepted) < n:
         time.sleep(0.2)
@@ -144,27 +122,21 @@ def _feedback_rounds(client, table, n: int, failures: list) -> list:
     return accepted
 
 
-def _wait_for(predicate, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while not predicate() and time.time() < deadline:
-        time.sleep(0.2)
-
-
 def _run_load(svc, seconds_before_kill, seconds_after_kill, kill, feedback=True, threads=6, min_each_side=12):
     """Load, kill, more load. At least `min_each_side` rounds succeed before the kill and again
     after it (a busy machine is slower, not a failure); if the service never recovers, the
     caller's count assertions fail."""
     stop, accepted, failures = threading.Event(), [], []
-    pool = [threading.Thread(target=_load, args=(svc["client"], svc["table"], stop, accepted, failures, feedback))
+    pool = [threading.Thread(target=route_and_feedback, args=(svc["client"], svc["table"], stop, accepted, failures, feedback))
             for _ in range(threads)]
     for t in pool:
         t.start()
     time.sleep(seconds_before_kill)
-    _wait_for(lambda: len(accepted) >= min_each_side, 60)
+    wait_for(lambda: len(accepted) >= min_each_side, 60)
     before = len(accepted)
     kill()
     time.sleep(seconds_after_kill)
-    _wait_for(lambda: len(accepted) >= before + min_each_side, 120)
+    wait_for(lambda: len(accepted) >= before + min_each_side, 120)
     stop.set()
     for t in pool:
         t.join(timeout=120)

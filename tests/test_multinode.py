@@ -66,3 +66,87 @@ def test_training_survives_sigkill_of_a_worker_node_and_finishes_with_a_checkpoi
     RoutingPolicy.load(res.checkpoint)  # and the checkpoint is whole
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert killed["node"] not in alive
+
+
+@pytest.mark.drill
+def test_serving_survives_losing_the_node_with_the_store_client_and_the_trainer(cluster, tmp_path, postgres_url):
+    """The node holding the feedback store's client and the trainer is SIGKILLed under load, with
+    the PostgreSQL backend: every feedback that got a 200 is stored exactly once, routes keep
+    answering through the router replicas on other nodes, and the trainer comes back on a spare
+    node from its saved id and version (its state dir stands in for a shared volume)."""
+    import ray
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    from barp_ray.data.prepare import split_tables
+    from barp_ray.train import train
+    from http_client import TOKEN, Client, free_port, route_and_feedback, wait_for
+    from serve.feedback_db import PostgresDatabase
+    from serve.feedback_store import RewardReader
+
+    # head: controller, proxy, ingress. One router replica per "serving" node; the doomed node also
+    # holds the store client and the trainer; a spare joins after deployment (a replaced pod).
+    cluster.add_node(num_cpus=1, resources={"serving": 1}, object_store_memory=100 * MB)
+    doomed = cluster.add_node(num_cpus=1, resources={"learning": 1, "serving": 1}, object_store_memory=100 * MB)
+    ray.init(address=cluster.address)
+    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=600", "training.iterations=2",
+                                              "training.rounds_per_iteration=256", f"output.checkpoint_dir={tmp_path / 'ckpt'}"])
+    ckpt = train(cfg, progress=False).checkpoint
+    table = split_tables(cfg.data)[0]
+    (tmp_path / "db-url").write_text(postgres_url + "\n")
+    (tmp_path / "token").write_text(TOKEN)
+    args = {
+        "checkpoint": ckpt, "log_dir": str(tmp_path / "log"), "weights_poll_s": 0.5,
+        "auth": {"token_file": str(tmp_path / "token")},
+        "router_autoscaling": {"min_replicas": 2, "max_replicas": 2},
+        "feedback": {"database": "postgresql", "database_url_file": str(tmp_path / "db-url")},
+        "trainer": {"state_dir": str(tmp_path / "trainer"), "min_batch": 16, "max_wait_s": 1.0},
+    }
+    pinned = {"FeedbackLogDeployment": {"learning": 0.4}, "TrainerDeployment": {"learning": 0.4},
+              "RouterModel": {"serving": 0.6}}
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
+    deploy = ServeDeploySchema(applications=[{
+        "name": "barp", "route_prefix": "/", "import_path": "serve.app:app_builder", "args": args,
+        "deployments": [{"name": n, "ray_actor_options": {"num_cpus": 0.1, "resources": r}} for n, r in pinned.items()],
+    }])
+    serve.context._get_global_client().deploy_apps(deploy, _blocking=True)
+    client = Client(port)
+    try:
+        wait_for(lambda: client.post("/v1/route", {"prompt": "up?", "preference": 0.5})[0] == 200, 120)
+        where = {n: set(_actor_nodes(n).values()) for n in pinned}
+        assert where["TrainerDeployment"] == where["FeedbackLogDeployment"] == {doomed.node_id}, where
+        assert len(where["RouterModel"]) == 2 and doomed.node_id in where["RouterModel"], where
+        spare = cluster.add_node(num_cpus=1, resources={"learning": 1, "serving": 1}, object_store_memory=100 * MB)
+
+        stop, accepted, failures = threading.Event(), [], []
+        pool = [threading.Thread(target=route_and_feedback, args=(client, table, stop, accepted, failures, True)) for _ in range(6)]
+        for t in pool:
+            t.start()
+        wait_for(lambda: client.get("/v1/stats")[1].get("trainer", {}).get("version", 0) >= 1 and len(accepted) >= 40, 120)
+        before = client.get("/v1/stats")[1]["trainer"]
+        accepted_before, failed_before = len(accepted), len(failures)
+        cluster.remove_node(doomed, allow_graceful=False)  # SIGKILL: raylet, store client, trainer
+        killed_at = time.time()
+        wait_for(lambda: len(accepted) >= accepted_before + 60, 240)
+        stop.set()
+        for t in pool:
+            t.join(timeout=120)
+        recovered_s = time.time() - killed_at
+        wait_for(lambda: (s := client.get("/v1/stats")[1]).get("trainer", {}).get("offset") == s["log"].get("last_id"), 120)
+        stats = client.get("/v1/stats")[1]
+        where_after = {n: set(_actor_nodes(n).values()) for n in ("TrainerDeployment", "FeedbackLogDeployment")}
+    finally:
+        serve.shutdown()
+    route_failures = [f for f in failures if f[0] == "route"]
+    print(f"node loss: {accepted_before} feedback accepted before, {len(accepted) - accepted_before} after "
+          f"(recovered in {recovered_s:.0f}s); failed routes {len(route_failures)}, failed feedback "
+          f"{len(failures) - len(route_failures)} ({len(failures) - failed_before} after the kill): {failures[:3]}; "
+          f"trainer before {before}, after {stats['trainer']}")
+    stored = RewardReader(PostgresDatabase(postgres_url, "test")).request_ids()
+    assert len(stored) == len(set(stored)), "a feedback was stored twice"
+    assert not set(accepted) - set(stored), "a feedback that got a 200 is missing"
+    assert len(accepted) >= accepted_before + 60
+    assert where_after == {"TrainerDeployment": {spare.node_id}, "FeedbackLogDeployment": {spare.node_id}}, where_after
+    t = stats["trainer"]
+    assert t["version"] > before["version"] and t["offset"] == stats["log"]["last_id"] > before["offset"], (before, t)

@@ -5,7 +5,6 @@ prompt they report the chosen model's true score and cost, exactly what a live s
 """
 from __future__ import annotations
 
-import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
