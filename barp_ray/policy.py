@@ -49,7 +49,15 @@ class RoutingPolicy:
     def load(cls, checkpoint_dir: str | Path) -> "RoutingPolicy":
         from ray.rllib.core.rl_module.rl_module import RLModule
 
-        root = Path(checkpoint_dir).expanduser().resolve()  # RLlib needs absolute paths (or URIs)
+        from barp_ray.storage import is_uri, local_copy
+
+        if is_uri(checkpoint_dir):
+            try:
+                root = local_copy(str(checkpoint_dir))
+            except (OSError, ValueError) as e:  # pyarrow raises both for a bad or unreachable URI
+                raise CheckpointError(f"{checkpoint_dir}: cannot fetch checkpoint: {e}") from None
+        else:
+            root = Path(checkpoint_dir).expanduser().resolve()  # RLlib needs absolute paths
         meta_path = root / META_FILE
         if not meta_path.is_file():
             raise CheckpointError(f"{root}: not a barp-ray checkpoint (no {META_FILE})")

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float):
             baseline_coeff=t.baseline_coeff,
             critic_kl_coeff=t.critic_kl_coeff,
             critic_temperature=t.critic_temperature,
+            # mu >= (1 - eps) pi, so pi / mu never exceeds 1 / (1 - eps): the clip only switches weighting on.
+            importance_weight_clip=1.0 / (1.0 - t.exploration_floor) if t.exploration_floor > 0 else 0.0,
             normalize_advantages=t.normalize_advantages,
             grad_clip=t.grad_clip,
             rounds_per_iteration=t.rounds_per_iteration,
@@ -73,8 +76,11 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float):
                 model_config={
                     "preference_hidden": list(cfg.policy.preference_hidden),
                     "head_hidden": list(cfg.policy.head_hidden),
+                    "head": cfg.policy.head,
                     "learned_baseline": t.baseline == "learned",
                     "critic": t.baseline == "critic",
+                    "critic_form": t.critic_form,
+                    "exploration_floor": t.exploration_floor,
                 },
             )
         )
@@ -98,7 +104,6 @@ def ensure_ray() -> None:
 
 
 def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResult:
-    import numpy as np
     import ray
     from tqdm import tqdm
 
@@ -125,7 +130,11 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     def test_reward(w=w_eval) -> float:
         return score_actions(data.test, greedy_actions(module, data.test_embeddings, w), w, data.tau).reward
 
-    ckpt = Path(cfg.output.checkpoint_dir).resolve()
+    from barp_ray.storage import is_uri, upload_dir
+
+    target = cfg.output.checkpoint_dir
+    staging = tempfile.TemporaryDirectory(prefix="barp-ckpt-") if is_uri(target) else None
+    ckpt = Path(staging.name) if staging else Path(target).resolve()  # a URI: written here, uploaded whole at the end
     curves = CurveWriter(ckpt)
     history: list[dict] = []
     bar = tqdm(range(cfg.training.iterations), desc="training", unit="it", disable=not progress, file=sys.stderr, mininterval=1.0)
@@ -181,13 +190,17 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
         "history": history,
     }
     (ckpt / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+    if staging:
+        upload_dir(ckpt, target)
+        staging.cleanup()
+    where = target if staging else str(ckpt)
     seconds = time.time() - start
     print(f"\ntest split, greedy routing at w={list(w_eval)} (reward / quality / $ per query):", file=out)
     for name, s in evaluation.items():
         if isinstance(s, dict):
             print(f"  {name:<40s} {s['reward']:+.4f}  {s['quality']:.4f}  ${s['cost']:.6f}", file=out)
-    print(f"checkpoint: {ckpt}  ({seconds:.0f}s)", file=out, flush=True)
-    return TrainResult(checkpoint=str(ckpt), history=history, evaluation=evaluation, seconds=seconds, module=module)
+    print(f"checkpoint: {where}  ({seconds:.0f}s)", file=out, flush=True)
+    return TrainResult(checkpoint=where, history=history, evaluation=evaluation, seconds=seconds, module=module)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -195,7 +195,8 @@ class ServeSettings:
 
     def absolute(self) -> "ServeSettings":
         """Replicas may run with another working directory: pin every path now."""
-        self.checkpoint = str(Path(self.checkpoint).expanduser().resolve())
+        if "://" not in self.checkpoint:  # a storage URI (s3://...) is fetched when loaded
+            self.checkpoint = str(Path(self.checkpoint).expanduser().resolve())
         self.log_dir = str(Path(self.log_dir).expanduser().resolve())
         if "://" not in self.trainer.state_dir:  # a URI (s3://, gs://, file://) is already absolute
             self.trainer.state_dir = str(Path(self.trainer.state_dir).expanduser().resolve())

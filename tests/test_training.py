@@ -104,13 +104,22 @@ def test_bad_checkpoint_paths(tmp_path):
         RoutingPolicy.load(tmp_path)
 
 
-def test_critic_variant_trains_through_rllib(ray_local, tmp_path):
-    """`training.baseline: critic` (the loss continuous training uses) as an offline config switch."""
-    cfg = small_config(tmp_path, "training.baseline=critic", "training.critic_kl_coeff=1.0", "training.iterations=25")
+def test_critic_variant_trains_through_rllib_and_checkpoints_under_a_storage_uri(ray_local, tmp_path):
+    """`training.baseline: critic` (the loss continuous training uses) with the reward-shaped critic
+    and an exploration floor, as offline config switches; the checkpoint goes to a `file://` URI
+    (the same pyarrow.fs path `s3://` takes) and loads from there."""
+    uri = f"file://{tmp_path / 'bucket' / 'run-1'}"
+    cfg = small_config(tmp_path, "training.baseline=critic", "training.critic_kl_coeff=1.0", "training.iterations=25",
+                       "training.critic_form=reward", "training.exploration_floor=0.1", f"output.checkpoint_dir={uri}")
     res = train(cfg, progress=False)
     ev = res.evaluation
     assert ev["barp"]["reward"] > ev["random"]["reward"] + 0.08, ev
     assert res.history[-1]["baseline_loss"] < res.history[0]["baseline_loss"]  # the critic learned
+    assert res.checkpoint == uri and (tmp_path / "bucket" / "run-1" / "barp_meta.json").is_file()
+    policy = RoutingPolicy.load(uri)
+    assert policy.module.model_config["critic_form"] == "reward"
+    with pytest.raises(CheckpointError, match="cannot fetch"):
+        RoutingPolicy.load(f"file://{tmp_path / 'bucket' / 'no-such-run'}")
 
 
 def _scalars(event_dir) -> dict[str, list[tuple[int, float]]]:
