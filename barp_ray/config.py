@@ -98,8 +98,10 @@ class EnvConfig:
 class PolicyConfig:
     preference_hidden: list = field(default_factory=lambda: [32])
     head_hidden: list = field(default_factory=lambda: [256, 128])
+    head: str = "concat"  # concat: logits from [h(x); phi(w)] (the paper) | preference_gated: w_q U + w_c V
 
     def validate(self) -> None:
+        _one_of("policy.head", self.head, ("concat", "preference_gated"))
         for name in ("preference_hidden", "head_hidden"):
             sizes = getattr(self, name)
             if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
@@ -117,6 +119,8 @@ class TrainingConfig:
     baseline_coeff: float = 0.5
     critic_kl_coeff: float = 0.0  # critic only: pull the policy toward softmax(Q / critic_temperature)
     critic_temperature: float = 0.1
+    critic_form: str = "free"  # critic only: free Q(x, w, .) | reward: w_q q(x, .) - w_c c(x, .), the reward's shape
+    exploration_floor: float = 0.0  # rollouts draw from (1 - eps) pi + eps / K; importance-corrected
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
     grad_clip: float = 1.0
     seed: int = 0
@@ -132,6 +136,9 @@ class TrainingConfig:
         _non_negative("training.baseline_coeff", self.baseline_coeff)
         _non_negative("training.critic_kl_coeff", self.critic_kl_coeff)
         _positive("training.critic_temperature", self.critic_temperature)
+        _one_of("training.critic_form", self.critic_form, ("free", "reward"))
+        if not 0.0 <= self.exploration_floor < 1.0:
+            raise ConfigError(f"training.exploration_floor: must be in [0, 1), got {self.exploration_floor}")
         _positive("training.grad_clip", self.grad_clip)
 
 

@@ -35,3 +35,52 @@ def test_critic_is_fitted_on_the_chosen_model_only():
     assert critic.grad[:, 1].abs().sum() > 0
     assert critic.grad[:, [0, 2]].abs().sum() == 0  # bandit feedback: no target for models not tried
     assert stats["baseline_loss"] > 0
+
+
+def _module(**model_config):
+    import gymnasium as gym
+    import numpy as np
+
+    from barp_ray.rl_module import BaRPRLModule
+
+    obs = gym.spaces.Dict({"embedding": gym.spaces.Box(-1, 1, (8,), np.float32),
+                           "preference": gym.spaces.Box(0, 1, (2,), np.float32)})
+    torch.manual_seed(0)
+    return BaRPRLModule(observation_space=obs, action_space=gym.spaces.Discrete(4),
+                        model_config={"head_hidden": [16], "preference_hidden": [4], **model_config})
+
+
+def _batch(n=32):
+    from ray.rllib.core.columns import Columns
+
+    w = torch.rand(n, 1)
+    return {Columns.OBS: {"embedding": torch.randn(n, 8), "preference": torch.cat([w, 1 - w], dim=1)}}
+
+
+def test_exploration_floor_keeps_every_model_in_the_rollouts_but_not_in_serving():
+    from ray.rllib.core.columns import Columns
+
+    module = _module(exploration_floor=0.2)
+    with torch.no_grad():
+        head = module.decision_head[-1]
+        head.bias.copy_(torch.tensor([30.0, 0.0, 0.0, 0.0]))  # a policy all but certain of model 0
+        served = torch.softmax(module._forward(_batch())[Columns.ACTION_DIST_INPUTS], -1)
+        rollout = torch.softmax(module._forward_exploration(_batch())[Columns.ACTION_DIST_INPUTS], -1)
+    assert served[:, 1:].max() < 1e-6
+    assert torch.allclose(rollout[:, 1:], torch.full_like(rollout[:, 1:], 0.2 / 4), atol=1e-4)
+
+
+def test_reward_shaped_critic_is_linear_in_the_preference():
+    """Q(x, w, a) = w_q q(x, a) - w_c c(x, a): what is learned at one w is known at every other."""
+    from ray.rllib.core.columns import Columns
+
+    from barp_ray.rl_module import BASELINE
+
+    module = _module(critic=True, critic_form="reward", learned_baseline=False)
+    b = _batch(1)
+    ends = []
+    for wq in (0.0, 0.3, 1.0):
+        b[Columns.OBS]["preference"] = torch.tensor([[wq, 1 - wq]])
+        with torch.no_grad():
+            ends.append(module._forward_train(b)[BASELINE][0])
+    assert torch.allclose(ends[1], 0.3 * ends[2] + 0.7 * ends[0], atol=1e-5)
