@@ -78,15 +78,36 @@ def observation_space(dim: int) -> gym.spaces.Dict:
     )
 
 
+def load_world(config_file: str | None = None, split: str = "train") -> tuple[BanditData, float, dict]:
+    """The data, tau and preference sampler of a barp-ray YAML config (None: the embedded synthetic
+    world), prompts encoded with its MiniLM once and cached, as training does."""
+    from barp_ray.config import load_config
+    from barp_ray.data.prepare import prepare
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split: must be 'train' or 'test', got {split!r}")
+    cfg = load_config(config_file)
+    prepared = prepare(cfg)
+    table = prepared.train if split == "train" else prepared.test
+    emb = prepared.train_embeddings if split == "train" else prepared.test_embeddings
+    return BanditData(emb, table.scores, table.costs, table.models), float(prepared.tau), dict(cfg.env.preference)
+
+
 class RoutingBanditEnv(gym.Env):
-    """env_config keys: data (BanditData or ObjectRef), tau, preference (dict), seed."""
+    """The routing bandit. RLlib passes an env_config dict: data (BanditData or ObjectRef), tau,
+    preference (dict), seed. Gymnasium users pass nothing (the embedded synthetic world) or
+    `config="configs/llmrouter.yaml"` (a barp-ray YAML: its data, tau and preference sampler),
+    optionally `split="test"`; tau, preference and seed may be given to override the YAML's."""
 
     metadata: dict = {"render_modes": []}
 
-    def __init__(self, config: dict | None = None, **kwargs: Any):
+    def __init__(self, config: dict | str | None = None, **kwargs: Any):
+        if config is not None and not isinstance(config, dict):
+            config, kwargs = {}, {"config_file": str(config), **kwargs}
         config = {**(config or {}), **kwargs}
         if "data" not in config:
-            raise ValueError("RoutingBanditEnv needs env_config['data'] (BanditData or a ray.ObjectRef to it)")
+            world, tau, preference = load_world(config.get("config_file"), config.get("split", "train"))
+            config = {"tau": tau, "preference": preference, **config, "data": world}
         data = resolve_data(config["data"])
         self._rounds = BanditRounds(
             data,

@@ -90,3 +90,26 @@ def test_preference_samplers_stay_on_simplex(spec):
 def test_bad_preference_specs(spec, match):
     with pytest.raises(ValueError, match=match):
         PreferenceSampler.from_dict(spec)
+
+
+def test_gymnasium_make_with_no_arguments_is_the_embedded_world():
+    """What a Gymnasium user types first: the synthetic world, prompts encoded by the packaged MiniLM."""
+    env = gym.make(envs.ENV_ID)
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert obs["embedding"].shape == (384,) and abs(float(np.linalg.norm(obs["embedding"])) - 1) < 1e-3
+    _, r, terminated, _, info = env.step(env.action_space.sample())
+    assert terminated and info == {} and -1.0 <= r <= 1.0
+
+
+def test_gymnasium_make_from_a_barp_config_file(tmp_path):
+    (tmp_path / "world.yaml").write_text(
+        "data: {source: synthetic, synthetic_prompts: 1200}\n"  # the world tests/test_training.py caches
+        "env: {tau: 0.002, preference: {kind: fixed, values: [[1.0, 0.0]]}}\n")
+    env = gym.make(envs.ENV_ID, config=str(tmp_path / "world.yaml"), split="test")
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=1)
+    assert obs["preference"].tolist() == [1.0, 0.0]  # the YAML's preference sampler
+    assert env.unwrapped._rounds.tau == 0.002 and env.unwrapped._rounds.data.embeddings.shape[0] == 240  # its test split
+    with pytest.raises(ValueError, match="split"):
+        gym.make(envs.ENV_ID, config=str(tmp_path / "world.yaml"), split="validation")
