@@ -37,7 +37,12 @@ def _load_meta(checkpoint: str) -> dict:
     return json.loads((Path(checkpoint) / META_FILE).read_text())
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1})
+# Internal deployments are called on every route, feedback and weight poll: one access-log line
+# per call at INFO drowned the replica logs. The HTTP ingress keeps its access log.
+QUIET = {"enable_access_log": False}
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, logging_config=QUIET)
 class FeedbackLogDeployment:
     """The one writer of the feedback store; also retires decisions whose reward wait time ran out."""
 
@@ -84,7 +89,7 @@ class FeedbackLogDeployment:
         return os.getpid()
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.25}, logging_config=QUIET)
 class TrainerDeployment:
     async def __init__(self, settings: ServeSettings):
         import torch
@@ -191,6 +196,7 @@ class TrainerDeployment:
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=64,
+    logging_config=QUIET,
 )
 class RouterModel:
     async def __init__(self, settings: ServeSettings, trainer):

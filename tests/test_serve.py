@@ -6,6 +6,7 @@ prompt they report the chosen model's true score and cost, exactly what a live s
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -320,6 +321,20 @@ def test_token_never_reaches_the_logs(client):
     for f in logs.rglob("*"):
         if f.is_file() and f.stat().st_size < 50_000_000:
             assert TOKEN.encode() not in f.read_bytes(), f
+
+
+def test_internal_calls_leave_no_access_log_lines(client):
+    """Replicas poll the trainer for weights several times a second; at INFO that was one log line
+    per poll per replica. Internal deployments log no access lines; the HTTP ingress still does."""
+    import ray
+
+    client.post("/v1/route", {"prompt": "quiet please", "preference": 0.5})
+    time.sleep(1.0)  # several weight polls (every 0.2 s)
+    serve_logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs" / "serve"
+    text = {f.name: f.read_text(errors="replace") for f in serve_logs.glob("replica_barp_*.log")}
+    internal = {n: t for n, t in text.items() if "RouterAPI" not in n}
+    assert internal and not [n for n, t in internal.items() if "get_weights" in t or " CALL " in t], list(internal)
+    assert any("/v1/route" in t for n, t in text.items() if "RouterAPI" in n)
 
 
 def test_size_limits(client):
