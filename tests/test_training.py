@@ -87,15 +87,6 @@ def test_route_prompts_with_the_real_encoder(trained, monkeypatch):
     assert len(out) == 2 and set(out) <= set(policy.models)
 
 
-def test_remote_env_runner_trains_too(ray_local, tmp_path):
-    """Sampling on a remote rollout actor, weights synced from the learner every iteration."""
-    cfg = small_config(tmp_path, "scale.num_env_runners=1", "training.iterations=25", "output.log_every=25")
-    res = train(cfg, progress=False)
-    rewards = [h["train_reward"] for h in res.history]
-    assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.03, rewards
-    assert res.history[-1]["rounds"] >= 25 * 2048
-
-
 def test_bad_checkpoint_paths(tmp_path):
     with pytest.raises(CheckpointError, match="not a barp-ray checkpoint"):
         RoutingPolicy.load(tmp_path)
