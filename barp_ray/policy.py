@@ -33,6 +33,16 @@ def load_policy_state(module, state: dict) -> None:
     module.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=False)
 
 
+def read_meta(checkpoint_dir: str | Path) -> dict:
+    """The checkpoint's metadata alone (models, prices, tau, encoder), from a path or a storage URI,
+    without fetching the weights; FileNotFoundError if there is none."""
+    from barp_ray.storage import filesystem
+
+    fs, root = filesystem(str(checkpoint_dir))
+    with fs.open_input_stream(f"{root.rstrip('/')}/{META_FILE}") as f:
+        return json.loads(f.read())
+
+
 class CheckpointError(ValueError):
     """The path is not a usable barp-ray checkpoint; the message says why."""
 

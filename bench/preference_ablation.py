@@ -61,6 +61,7 @@ def run(args) -> dict:
     fixed: dict[str, dict] = {}
     trained: dict[str, dict] = {name: {"family": "bandit feedback (REINFORCE)", "tracks_preference": True, "runs": []} for name, _ in variants}
     timings: dict[str, list[float]] = {name: [] for name, _ in variants}
+    quiet = open(os.devnull, "w")
     for seed in range(args.seeds):
         for r in [*reference_routers(data), *fit_offline(data, eval_cfg, prefs, seed, progress=False)]:
             e = fixed.setdefault(r.name, {"family": r.family, "tracks_preference": r.tracks_preference, "runs": []})
@@ -68,7 +69,7 @@ def run(args) -> dict:
         for name, sets in variants:
             cfg = apply_overrides(base, [*sets, f"training.seed={seed}", f"output.checkpoint_dir=runs/ablation/{name}/seed-{seed}"])
             t0 = time.time()
-            result = train(cfg, progress=False, out=open(os.devnull, "w"))
+            result = train(cfg, progress=False, out=quiet)
             timings[name].append(time.time() - t0)
             router = PolicyRouter(RoutingPolicy.load(result.checkpoint))
             trained[name]["runs"].append({"seed": seed, **score_router(router, data, prefs, default, None)})
@@ -76,22 +77,22 @@ def run(args) -> dict:
             print(f"seed {seed} {name:<28s} reward@default {row[prefs.index(default)]['reward']:+.4f}  "
                   f"@w_q=1 {row[-1]['reward']:+.4f}  ({timings[name][-1]:.0f}s)", flush=True)
 
-    largest = largest_model(base.data, data.train, "auto")
+    largest = data.train.models[largest_model(base.data, data.train, "auto")[0]]
+
+    def derived(entry: dict) -> dict:
+        """`derive`'s AIQ and dominance for one router, put in BaRP's seat beside the fixed routers."""
+        return derive({"preferences": [list(w) for w in prefs], "default_preference": list(default),
+                       "data": {"largest_model": largest},
+                       "routers": {"BaRP": copy.deepcopy(entry), **copy.deepcopy(fixed)}})
+
+    def mean_reward(entry: dict) -> np.ndarray:
+        return np.asarray([[p["reward"] for p in run["points"]] for run in entry["runs"]]).mean(0)
+
+    best_single = np.stack([mean_reward(e) for e in fixed.values() if e["family"] == SINGLE]).max(0)
     rows = {}
     for name, sets in variants:
-        raw = {
-            "preferences": [list(w) for w in prefs],
-            "default_preference": list(default),
-            "data": {"largest_model": data.train.models[largest[0]]},
-            "routers": {"BaRP": copy.deepcopy(trained[name]), **copy.deepcopy(fixed)},
-        }
-        res = derive(raw)
-        barp = np.asarray([[p["reward"] for p in run["points"]] for run in trained[name]["runs"]]).mean(0)
-        singles = np.stack([
-            np.asarray([[p["reward"] for p in run["points"]] for run in e["runs"]]).mean(0)
-            for e in res["routers"].values() if e["family"] == SINGLE
-        ])
-        best_single = singles.max(0)
+        res = derived(trained[name])
+        barp = mean_reward(trained[name])
         rows[name] = {
             "overrides": sets,
             "aiq": res["routers"]["BaRP"]["stats"]["aiq"],
@@ -100,14 +101,8 @@ def run(args) -> dict:
             "beats_best_single_at": int((barp >= best_single - 1e-12).sum()),
             "train_seconds": float(np.mean(timings[name])),
         }
-    full = {n: e for n, e in fixed.items() if e["family"] == FULL_INFO}
-    reference = {}
-    for n, e in full.items():
-        raw = {"preferences": [list(w) for w in prefs], "default_preference": list(default), "data": {"largest_model": data.train.models[largest[0]]},
-               "routers": {"BaRP": copy.deepcopy(e), **copy.deepcopy(fixed)}}
-        res = derive(raw)
-        reference[n] = {"aiq": res["routers"]["BaRP"]["stats"]["aiq"],
-                        "reward": np.asarray([[p["reward"] for p in r["points"]] for r in e["runs"]]).mean(0).tolist()}
+    reference = {n: {"aiq": derived(e)["routers"]["BaRP"]["stats"]["aiq"], "reward": mean_reward(e).tolist()}
+                 for n, e in fixed.items() if e["family"] == FULL_INFO}
     return {"config": args.config, "sets": args.set, "seeds": args.seeds, "preferences": [list(w) for w in prefs],
             "default_preference": list(default), "variants": rows, "full_information": reference,
             "best_single": best_single.tolist(), "command": " ".join(sys.argv)}

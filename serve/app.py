@@ -12,10 +12,8 @@ Deploy: `serve run configs/serve.yaml` / `serve deploy configs/serve.yaml`, or f
 """
 
 import asyncio
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,17 +22,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from barp_ray.policy import read_meta
 from serve.guard import GuardError, PromptLimiter, check_bearer, load_token
 from serve.schemas import ErrorBody, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
 from serve.settings import ServeSettings, SettingsError, settings_from_args
 
 logger = logging.getLogger("ray.serve")
-
-
-def _load_meta(checkpoint: str) -> dict:
-    from barp_ray.policy import META_FILE
-
-    return json.loads((Path(checkpoint) / META_FILE).read_text())
 
 
 # Internal deployments are called on every route, feedback and weight poll: one access-log line
@@ -52,7 +45,7 @@ class FeedbackLogDeployment:
 
         f = settings.feedback
         self.settings = settings
-        self.store = FeedbackStore(await asyncio.to_thread(open_database, settings), tau=float(_load_meta(settings.checkpoint)["tau"]),
+        self.store = FeedbackStore(await asyncio.to_thread(open_database, settings), tau=float(read_meta(settings.checkpoint)["tau"]),
                                    wait_s=f.wait_s, on_missing=f.on_missing, default_reward=f.default_reward)
         self._task = asyncio.get_running_loop().create_task(self._retire_loop())
 
@@ -349,7 +342,7 @@ class RouterAPI:
     def __init__(self, settings: ServeSettings, router, log, trainer):
         self.settings = settings
         self.router, self.log, self.trainer = router, log, trainer
-        meta = _load_meta(settings.checkpoint)
+        meta = read_meta(settings.checkpoint)
         self.models: list[str] = list(meta["models"])
         self.prices: dict = meta.get("prices", {})
         self.tau = float(meta["tau"])
@@ -497,8 +490,10 @@ def app_builder(args: dict[str, Any] | None = None):
     settings = settings_from_args(args).absolute()
     from barp_ray.policy import META_FILE
 
-    if not (Path(settings.checkpoint) / META_FILE).is_file():  # fail at deploy time, not on the first request
-        raise SettingsError(f"checkpoint: {settings.checkpoint} is not a barp-ray checkpoint (no {META_FILE})")
+    try:  # fail at deploy time, not on the first request
+        read_meta(settings.checkpoint)
+    except (OSError, ValueError):  # missing (FileNotFoundError), unreachable or unreadable
+        raise SettingsError(f"checkpoint: {settings.checkpoint} is not a barp-ray checkpoint (no {META_FILE})") from None
     try:
         load_token(settings.auth)
     except GuardError as e:

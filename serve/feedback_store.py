@@ -29,6 +29,7 @@ import numpy as np
 from envs.reward import reward
 from serve.feedback_db import PostgresDatabase, SQLiteDatabase
 
+
 def _database(where: "str | Path | SQLiteDatabase | PostgresDatabase") -> "SQLiteDatabase | PostgresDatabase":
     return SQLiteDatabase(where) if isinstance(where, (str, Path)) else where
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from barp_ray.storage import is_uri
+
 
 class SettingsError(ValueError):
     pass
@@ -195,10 +197,10 @@ class ServeSettings:
 
     def absolute(self) -> "ServeSettings":
         """Replicas may run with another working directory: pin every path now."""
-        if "://" not in self.checkpoint:  # a storage URI (s3://...) is fetched when loaded
+        if not is_uri(self.checkpoint):  # a storage URI (s3://...) is fetched when loaded
             self.checkpoint = str(Path(self.checkpoint).expanduser().resolve())
         self.log_dir = str(Path(self.log_dir).expanduser().resolve())
-        if "://" not in self.trainer.state_dir:  # a URI (s3://, gs://, file://) is already absolute
+        if not is_uri(self.trainer.state_dir):  # a URI (s3://, gs://, file://) is already absolute
             self.trainer.state_dir = str(Path(self.trainer.state_dir).expanduser().resolve())
         if self.feedback.database_url_file:
             self.feedback.database_url_file = str(Path(self.feedback.database_url_file).expanduser().resolve())

@@ -20,20 +20,16 @@ from typing import Callable
 
 import pyarrow.fs as pafs
 
+from barp_ray.storage import filesystem
+
 POINTER = "LATEST"
 KEEP = 2
-
-
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in uri:
-        uri = str(Path(uri).expanduser().resolve())
-    return pafs.FileSystem.from_uri(uri)
 
 
 class StateStore:
     def __init__(self, uri: str):
         self.uri = uri
-        self.fs, self.root = _filesystem(uri)
+        self.fs, self.root = filesystem(uri)
         self.fs.create_dir(self.root, recursive=True)
 
     def _path(self, *parts: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.train import train
-from http_client import TOKEN, Client, free_port
+from http_client import TOKEN, Client, free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +158,9 @@ def test_the_service_on_postgresql_keeps_every_accepted_feedback_once_and_learns
             accepted = [rid for rid in pool.map(one, range(80)) if rid]
         st, dup = client.post("/v1/feedback", {"request_id": accepted[0], "score": 1.0, "cost": 0.0})
         assert st == 409, dup  # the database's UNIQUE constraint refuses a second feedback
-        deadline = time.time() + 60  # the trainer reads PostgreSQL too: it catches up with the last id
-        while (stats := client.get("/v1/stats")[1])["trainer"]["offset"] != stats["log"]["last_id"] and time.time() < deadline:
-            time.sleep(0.5)
+        # the trainer reads PostgreSQL too: it catches up with the last id
+        wait_for(lambda: (s := client.get("/v1/stats")[1])["trainer"]["offset"] == s["log"]["last_id"], 60)
+        stats = client.get("/v1/stats")[1]
         assert stats["log"]["rewards"] == len(accepted) == 80, stats["log"]
         assert stats["trainer"]["offset"] == stats["log"]["last_id"] and stats["trainer"]["version"] >= 1, stats["trainer"]
     finally:

@@ -376,3 +376,18 @@ def test_missing_token_source_fails_at_deploy(world, monkeypatch):
     monkeypatch.setenv("BARP_TEST_UNSET_TOKEN", "short")
     with pytest.raises(SettingsError, match="shorter than 16"):
         app_builder({"checkpoint": world["checkpoint"], "auth": {"token_env": "BARP_TEST_UNSET_TOKEN"}})
+
+
+def test_a_checkpoint_under_a_storage_uri_is_accepted_at_deploy(world, tmp_path):
+    """Serving reads the checkpoint's metadata through pyarrow.fs, as it loads the weights, so a
+    `file://` (or `s3://`) checkpoint builds the app; a URI with nothing there is refused in one line."""
+    import shutil
+
+    from serve.app import app_builder
+    from serve.settings import SettingsError
+
+    shutil.copytree(world["checkpoint"], tmp_path / "bucket" / "run-1")
+    auth = {"token_file": str(world["root"] / "token")}
+    app_builder({"checkpoint": f"file://{tmp_path / 'bucket' / 'run-1'}", "auth": auth})
+    with pytest.raises(SettingsError, match="not a barp-ray checkpoint"):
+        app_builder({"checkpoint": f"file://{tmp_path / 'bucket' / 'no-such-run'}", "auth": auth})
