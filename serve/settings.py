@@ -106,9 +106,10 @@ ESTIMATORS = ("sndr", "dr", "snips")  # self-normalised doubly robust, doubly ro
 
 @dataclass
 class RolloutSettings:
-    """Safe rollout: a candidate is published only if its off-policy estimate on held-back feedback
-    (`estimator`: doubly robust with the trainer's critic, or self-normalised IPS) is no worse than
-    the serving weights' by more than `margin`."""
+    """Safe rollout: a candidate is refused only if its off-policy estimate on held-back feedback
+    (`estimator`: doubly robust with the trainer's critic, or self-normalised IPS) is worse than
+    the serving weights' by more than `margin` with one-sided `confidence` (a paired test on the
+    held-back records; 0.5 compares the point estimates alone)."""
 
     enabled: bool = True
     estimator: str = "sndr"  # sndr | dr | snips
@@ -117,6 +118,7 @@ class RolloutSettings:
     half_life: float = 32  # held-back records; a record this much older than the newest counts half (0: equal)
     min_eval: int = 100  # below this many, candidates are published unchecked
     margin: float = 0.05
+    confidence: float = 0.95
 
     def validate(self) -> None:
         if not 0 < self.holdout_fraction < 1:
@@ -129,6 +131,8 @@ class RolloutSettings:
             raise SettingsError(f"rollout.half_life: must be a number >= 0, got {self.half_life!r}")
         if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or self.margin < 0:
             raise SettingsError(f"rollout.margin: must be a number >= 0, got {self.margin!r}")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0.5 <= self.confidence < 1:
+            raise SettingsError(f"rollout.confidence: must be a number in [0.5, 1), got {self.confidence!r}")
 
 
 @dataclass

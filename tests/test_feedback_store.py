@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from serve.exploration import dr_value, exploring_distribution, snips_value
+from serve.exploration import dr_terms, dr_value, exploring_distribution, recency_weights, snips_value, weighted_mean_se
 from serve.feedback_store import (
     DuplicateFeedback,
     ExpiredRequest,
@@ -132,6 +132,26 @@ def test_doubly_robust_value_corrects_a_wrong_critic_and_sees_what_ips_cannot(se
     logging_value = float(mu @ truth)
     est = dr_value(target[few], good[few], actions[few], mu[actions[few]], rewards[few], self_normalise=self_normalise)
     assert est == pytest.approx(value, abs=0.05) and est > logging_value + 0.3
+
+
+@pytest.mark.parametrize("self_normalise", [True, False])
+def test_paired_gate_terms_average_to_the_estimate_and_their_error_shrinks_with_records(self_normalise):
+    """The gate's one-sided test needs per-record terms whose weighted mean is the estimate itself."""
+    rng = np.random.default_rng(1)
+    n, k = 400, 4
+    mu = np.full(k, 1 / k)
+    actions = rng.integers(k, size=n)
+    rewards = (rng.random(n) < np.asarray([0.2, 0.4, 0.6, 0.8])[actions]).astype(float)
+    target = rng.dirichlet(np.ones(k), size=n)
+    q = rng.random((n, k))
+    w = recency_weights(n, 32)
+    terms = dr_terms(target, q, actions, mu[actions], rewards, w, self_normalise=self_normalise)
+    value = dr_value(target, q, actions, mu[actions], rewards, w, self_normalise=self_normalise)
+    assert np.sum(w * terms) / np.sum(w) == pytest.approx(value, abs=1e-9)
+    x = rng.normal(size=n)
+    assert weighted_mean_se(x, np.ones(n)) == pytest.approx(np.std(x, ddof=1) / np.sqrt(n))
+    # recency weighting leaves ~2 * 32 / ln 2 effective records: a wider error than all 400
+    assert weighted_mean_se(x, w) > 1.5 * weighted_mean_se(x, np.ones(n))
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
