@@ -24,7 +24,8 @@ from ray import serve
 
 from barp_ray.policy import read_meta
 from serve.guard import GuardError, PromptLimiter, check_bearer, load_token
-from serve.schemas import ErrorBody, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
+from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
+                           FeedbackResponse, RouteRequest, RouteResponse)
 from serve.settings import ServeSettings, SettingsError, settings_from_args
 
 logger = logging.getLogger("ray.serve")
@@ -294,7 +295,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 ALWAYS_PROTECTED = ("/v1/feedback", "/v1/admin/", "/v1/stats")
-ROUTE_PATHS = ("/v1/route", "/v1/chat/completions")
+ROUTE_PATH, CHAT_PATH = "/v1/route", "/v1/chat/completions"
 
 
 @api.middleware("http")
@@ -309,7 +310,8 @@ async def _guard(request: Request, call_next):
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return _error(413, f"body: larger than the limit of {limit} bytes")
         path = request.url.path
-        protected = path.startswith(ALWAYS_PROTECTED) or (_GUARD["require_for_route"] and path.startswith(ROUTE_PATHS))
+        protected = (path.startswith(ALWAYS_PROTECTED) or (_GUARD["require_for_route"] and path.startswith(ROUTE_PATH))
+                     or (_GUARD["require_for_chat"] and path.startswith(CHAT_PATH)))
         if protected:
             try:
                 check_bearer(request.headers.get("authorization"), _GUARD["token"])
@@ -347,11 +349,15 @@ class RouterAPI:
         self.prices: dict = meta.get("prices", {})
         self.tau = float(meta["tau"])
         self.limiter = PromptLimiter(settings.limits, meta["encoder"])
+        from serve.upstream import UpstreamPool
+
+        self.upstreams = UpstreamPool(settings)
         from serve.guard import STATE
 
         STATE.update(
             token=load_token(settings.auth),
             require_for_route=settings.auth.require_for_route,
+            require_for_chat=settings.auth.require_for_chat,
             max_body_bytes=settings.limits.max_body_bytes,
         )
 
@@ -471,16 +477,18 @@ class RouterAPI:
                 "router_versions": {str(k): v["policy_version"] for k, v in infos.items()},
                 "router_started_versions": {str(k): v["started_version"] for k, v in infos.items()}}
 
-    @api.post("/v1/chat/completions")
-    async def chat(self, request: Request):
+    @api.post("/v1/chat/completions", response_model=ChatCompletionResponse,
+              responses={200: {"content": {"text/event-stream": {}},
+                               "description": "the completion (JSON), or with stream: true server-sent chunks"},
+                         400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody},
+                         413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 429: {"model": ErrorBody},
+                         502: {"model": ErrorBody}, 503: {"model": ErrorBody}, 504: {"model": ErrorBody}})
+    async def chat(self, req: ChatCompletionRequest):
+        """OpenAI chat completions; model barp-auto routes. 4xx the upstream answered pass through."""
         from serve.openai_proxy import ChatProxyError, forward_chat
 
         try:
-            body = await request.json()
-        except Exception:  # noqa: BLE001
-            return _error(400, "body: not valid JSON")
-        try:
-            return await forward_chat(self, body)
+            return await forward_chat(self, req)
         except ChatProxyError as e:
             return _error(e.status, str(e))
 
@@ -497,6 +505,13 @@ def app_builder(args: dict[str, Any] | None = None):
     try:
         load_token(settings.auth)
     except GuardError as e:
+        raise SettingsError(str(e)) from None
+    from serve.upstream import UpstreamError, auth_headers
+
+    try:  # a missing provider key fails the deploy, not the first paying request
+        for name, up in settings.upstreams.items():
+            auth_headers(name, up)
+    except UpstreamError as e:
         raise SettingsError(str(e)) from None
     trainer = TrainerDeployment.bind(settings)
     log = FeedbackLogDeployment.bind(settings)

@@ -1,20 +1,24 @@
 """OpenAI-compatible `POST /v1/chat/completions` with model `barp-auto`: route, then forward.
 
 The last user message is the prompt the router sees; the request goes unchanged (but for
-`model`) to the chosen model's OpenAI-compatible upstream (`upstreams:` in the serve config),
-and the upstream's answer comes back with a `barp` field carrying the request_id to post
-feedback against.
+`model` and `barp`) to the chosen model's upstream, and the answer comes back with a `barp`
+field carrying the request_id to post feedback against. With `stream: true` the upstream's
+server-sent events pass through as they arrive; the request_id is in the `x-barp-request-id`
+header and in the first chunk's `barp` field, so a streaming client can reward the answer too.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from serve.schemas import RouteRequest, RouteResponse
+from serve.schemas import ChatCompletionRequest, RouteRequest, RouteResponse
+from serve.upstream import UpstreamError
 
 AUTO = "barp-auto"
+REQUEST_ID_HEADER = "x-barp-request-id"
 
 
 class ChatProxyError(Exception):
@@ -23,64 +27,86 @@ class ChatProxyError(Exception):
         self.status = status
 
 
-def _prompt_of(messages: Any) -> str:
-    if not isinstance(messages, list) or not messages:
-        raise ChatProxyError(422, "messages: must be a non-empty list")
-    for msg in reversed(messages):
-        if isinstance(msg, dict) and msg.get("role") == "user":
-            content = msg.get("content")
+def _prompt_of(req: ChatCompletionRequest) -> str:
+    for msg in reversed(req.messages):
+        if msg.role == "user":
+            content = msg.content
             if isinstance(content, list):  # multi-part content: keep the text parts
-                content = "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+                content = "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
             if isinstance(content, str) and content.strip():
                 return content
     raise ChatProxyError(422, "messages: no user message with text content")
 
 
-async def forward_chat(api, body: Any) -> JSONResponse:
-    import aiohttp
+async def _route(api, req: ChatCompletionRequest) -> dict[str, Any] | JSONResponse:
+    options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
+    try:
+        route_req = RouteRequest(prompt=_prompt_of(req), **options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        raise ChatProxyError(422, f"barp.{loc}: {err.get('msg')}") from None
+    routed = await api.route(route_req)
+    if not isinstance(routed, RouteResponse):
+        return routed  # an error response, already shaped
+    return {"request_id": routed.request_id, "model": routed.model, "policy_version": routed.policy_version}
 
-    if not isinstance(body, dict):
-        raise ChatProxyError(422, "body: must be a JSON object")
-    model = body.get("model")
+
+async def forward_chat(api, req: ChatCompletionRequest):
+    model = req.model
     if model != AUTO and model not in api.models:
         raise ChatProxyError(422, f"model: must be {AUTO!r} or one of {api.models}, got {model!r}")
-    prompt = _prompt_of(body.get("messages"))
-    options = body.get("barp") or {}
-    if not isinstance(options, dict):
-        raise ChatProxyError(422, "barp: must be an object like {preference, mode, candidates}")
-
     barp_info: dict[str, Any] = {}
     if model == AUTO:
-        try:
-            req = RouteRequest(prompt=prompt, **options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err.get("loc", ()))
-            raise ChatProxyError(422, f"barp.{loc}: {err.get('msg')}") from None
-        routed = await api.route(req)
-        if not isinstance(routed, RouteResponse):
-            return routed  # an error response, already shaped
-        model = routed.model
-        barp_info = {"request_id": routed.request_id, "model": model, "policy_version": routed.policy_version}
-
-    base = api.settings.upstreams.get(model)
-    if not base:
-        raise ChatProxyError(502, f"upstreams: no upstream configured for model {model!r}")
-    payload = {k: v for k, v in body.items() if k != "barp"}
+        routed = await _route(api, req)
+        if isinstance(routed, JSONResponse):
+            return routed
+        barp_info, model = routed, routed["model"]
+    payload = req.model_dump(exclude_unset=True, exclude={"barp"})
     payload["model"] = model
-    if payload.get("stream"):
-        raise ChatProxyError(422, "stream: streaming is not supported by barp-auto yet")
-    timeout = aiohttp.ClientTimeout(total=api.settings.upstream_timeout_s)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.post(base.rstrip("/") + "/chat/completions", json=payload) as resp:
-                status = resp.status
-                try:
-                    data = await resp.json(content_type=None)
-                except Exception:  # noqa: BLE001
-                    raise ChatProxyError(502, f"upstream {model!r} returned non-JSON (HTTP {status})") from None
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise ChatProxyError(502, f"upstream {model!r} unreachable: {type(e).__name__}") from None
-    if isinstance(data, dict) and barp_info:
+        resp = await api.upstreams.open(model, payload, stream=req.stream)
+    except UpstreamError as e:
+        raise ChatProxyError(e.status, str(e)) from None
+    headers = {REQUEST_ID_HEADER: barp_info["request_id"]} if barp_info else {}
+    if req.stream and resp.status == 200:
+        return StreamingResponse(_relay(resp, model, barp_info), media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache"})
+    try:
+        data = await resp.json(content_type=None)
+    except (ValueError, UnicodeDecodeError):
+        raise ChatProxyError(502, f"upstream {model!r} returned non-JSON (HTTP {resp.status})") from None
+    except TimeoutError:
+        raise ChatProxyError(504, f"upstream {model!r} did not finish its answer in time") from None
+    finally:
+        resp.release()
+    if isinstance(data, dict) and barp_info and resp.status == 200:
         data["barp"] = barp_info
-    return JSONResponse(status_code=status, content=data)
+    return JSONResponse(status_code=resp.status, content=data, headers=headers)
+
+
+async def _relay(resp, model: str, barp_info: dict[str, Any]):
+    """The upstream's SSE lines, the first data chunk with `barp` added. When the client goes away
+    Starlette cancels this generator and `finally` closes the upstream connection, so the provider
+    stops generating (and billing) too."""
+    first = bool(barp_info)
+    try:
+        async for line in resp.content:
+            if first and line.startswith(b"data: {"):
+                try:
+                    chunk = json.loads(line[6:])
+                    chunk["barp"] = barp_info
+                    line = b"data: " + json.dumps(chunk).encode() + b"\n"
+                    first = False
+                except ValueError:
+                    pass
+            yield line
+    except TimeoutError:
+        error = {"error": {"message": f"upstream {model!r} stopped sending", "type": "upstream_timeout", "code": 504}}
+        yield b"data: " + json.dumps(error).encode() + b"\n\n"
+    except Exception as e:  # noqa: BLE001 - the status line is gone; say it in the stream
+        error = {"error": {"message": f"upstream {model!r} failed mid-stream: {type(e).__name__}", "type": "upstream_error",
+                           "code": 502}}
+        yield b"data: " + json.dumps(error).encode() + b"\n\n"
+    finally:
+        resp.close()

@@ -74,3 +74,42 @@ class FeedbackResponse(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
+
+
+class RouteOptions(BaseModel):
+    """`barp` in a chat request: how barp-auto routes it (the prompt is the last user message)."""
+
+    model_config = ConfigDict(extra="forbid")
+    preference: Union[Preference, float] = RouteRequest.model_fields["preference"]
+    mode: Literal["explore", "greedy", "sample"] = "explore"
+    candidates: Optional[list[str]] = Field(None, min_length=1, description="restrict routing to these models")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_calls, tool_call_id, ... pass through
+    role: str
+    content: Union[str, list[dict], None] = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completion request. Fields barp does not read (temperature, tools, ...) pass
+    through to the chosen model's upstream unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(..., description="'barp-auto' to let the router choose, or a served model's name")
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    stream: bool = Field(False, description="server-sent events in OpenAI's chunk format, ending with data: [DONE]")
+    barp: Optional[RouteOptions] = None
+
+
+class BarpInfo(BaseModel):
+    request_id: str = Field(..., description="post feedback against this id")
+    model: str
+    policy_version: int
+
+
+class ChatCompletionResponse(BaseModel):
+    """The upstream's chat completion as it answered, plus `barp` when barp-auto routed it."""
+
+    model_config = ConfigDict(extra="allow")
+    barp: Optional[BarpInfo] = None

@@ -142,12 +142,44 @@ class AuthSettings:
 
     token_env: str | None = "BARP_API_TOKEN"  # environment variable holding the token
     token_file: str | None = None  # or a secrets file (first line); wins over token_env
-    require_for_route: bool = False  # /v1/route and /v1/chat/completions too
+    require_for_route: bool = False  # /v1/route too
+    # /v1/chat/completions spends money on the upstream models: open only behind your own gateway.
+    require_for_chat: bool = True
     disabled: bool = False
 
     def validate(self) -> None:
         if not self.disabled and not (self.token_env or self.token_file):
             raise SettingsError("auth: name token_env or token_file (or set disabled: true for local use)")
+
+
+@dataclass
+class UpstreamSettings:
+    """One model's OpenAI-compatible endpoint. The key is read by each ingress replica from its own
+    environment or a secrets file (as the API token is), so it never travels in Serve's config."""
+
+    base_url: str
+    api_key_env: str | None = None  # environment variable holding the provider's key
+    api_key_file: str | None = None  # or a secrets file (first line); wins over api_key_env
+    api_key_header: str = "authorization"  # "authorization" sends "Bearer <key>"; any other header gets the bare key (e.g. api-key)
+
+    def validate(self, name: str) -> None:
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"upstreams.{name}: must be an http(s) base URL, got {self.base_url!r}")
+        if not isinstance(self.api_key_header, str) or not self.api_key_header.strip():
+            raise SettingsError(f"upstreams.{name}.api_key_header: must be a header name")
+
+
+def _upstream(name: str, raw: Any) -> UpstreamSettings:
+    if isinstance(raw, UpstreamSettings):
+        return raw
+    if isinstance(raw, str):
+        return UpstreamSettings(base_url=raw)
+    if not isinstance(raw, dict):
+        raise SettingsError(f"upstreams.{name}: must be a base URL or a mapping with base_url, got {raw!r}")
+    _check_keys(f"upstreams.{name}", raw, UpstreamSettings)
+    if "base_url" not in raw:
+        raise SettingsError(f"upstreams.{name}.base_url: required")
+    return UpstreamSettings(**raw)
 
 
 @dataclass
@@ -172,8 +204,10 @@ class ServeSettings:
     weights_poll_s: float = 1.0  # how often replicas look for newer published weights
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.005
-    upstreams: dict = field(default_factory=dict)  # model name -> OpenAI-compatible base URL
-    upstream_timeout_s: float = 60.0
+    upstreams: dict = field(default_factory=dict)  # model name -> base URL, or {base_url, api_key_env | api_key_file, api_key_header}
+    upstream_timeout_s: float = 60.0  # whole answer; for a stream, the longest wait between two chunks
+    upstream_connect_timeout_s: float = 5.0
+    upstream_retries: int = 2  # connection failures only: the upstream never saw the request
     # RouterModel autoscaling for Python deployments; in YAML, `deployments:` overrides it.
     router_autoscaling: dict = field(
         default_factory=lambda: {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
@@ -190,9 +224,15 @@ class ServeSettings:
         _pos("max_batch_size", self.max_batch_size)
         if self.batch_wait_timeout_s < 0:
             raise SettingsError(f"batch_wait_timeout_s: must be >= 0, got {self.batch_wait_timeout_s}")
-        for name, url in self.upstreams.items():
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise SettingsError(f"upstreams.{name}: must be an http(s) base URL, got {url!r}")
+        if not isinstance(self.upstreams, dict):
+            raise SettingsError("upstreams: must be a mapping of model name to base URL")
+        self.upstreams = {name: _upstream(name, raw) for name, raw in self.upstreams.items()}
+        for name, up in self.upstreams.items():
+            up.validate(name)
+        _pos("upstream_timeout_s", self.upstream_timeout_s)
+        _pos("upstream_connect_timeout_s", self.upstream_connect_timeout_s)
+        if isinstance(self.upstream_retries, bool) or not isinstance(self.upstream_retries, int) or self.upstream_retries < 0:
+            raise SettingsError(f"upstream_retries: must be an integer >= 0, got {self.upstream_retries!r}")
         for section in (self.exploration, self.feedback, self.trainer, self.rollout):
             section.validate()
         self.auth.validate()
@@ -210,6 +250,9 @@ class ServeSettings:
             self.feedback.database_url_file = str(Path(self.feedback.database_url_file).expanduser().resolve())
         if self.auth.token_file:
             self.auth.token_file = str(Path(self.auth.token_file).expanduser().resolve())
+        for up in self.upstreams.values():
+            if up.api_key_file:
+                up.api_key_file = str(Path(up.api_key_file).expanduser().resolve())
         return self
 
 

@@ -1,7 +1,11 @@
 """A small OpenAI-compatible chat server on 127.0.0.1 for tests: a real HTTP peer, not a mock.
 
 It answers POST /v1/chat/completions with a completion that names the model it was asked for,
-and counts requests per model so tests can check where traffic went.
+as JSON or, with `stream: true`, as server-sent chunks ending in `data: [DONE]`; counts requests
+per model so tests can check where traffic went. With `api_key` set it answers 401 to any other
+key. The last user message steers it: containing "upstream-fail" it answers 500, "upstream-hang"
+it waits 30 s before answering, "upstream-slow" it streams 100 chunks 0.1 s apart and records in
+`disconnects` when the reader went away before the end.
 """
 from __future__ import annotations
 
@@ -16,34 +20,74 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def do_POST(self):
-        if self.path.rstrip("/") != "/v1/chat/completions":
-            self.send_error(404)
-            return
-        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-        model = body.get("model", "?")
-        self.server.calls[model] += 1
-        answer = {
-            "id": f"chatcmpl-{self.server.calls.total()}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": f"answer from {model}"}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-        }
-        data = json.dumps(answer).encode()
-        self.send_response(200)
+    def _json(self, status: int, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
+    def do_POST(self):
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self.send_error(404)
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+        server = self.server
+        server.seen_auth.append(self.headers.get("authorization"))
+        if server.api_key is not None and self.headers.get("authorization") != f"Bearer {server.api_key}":
+            self._json(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
+            return
+        model = body.get("model", "?")
+        server.calls[model] += 1
+        server.bodies.append(body)
+        text = str((body.get("messages") or [{}])[-1].get("content", ""))
+        if "upstream-fail" in text:
+            self._json(500, {"error": {"message": "internal error"}})
+            return
+        if "upstream-hang" in text:
+            time.sleep(30)
+        if body.get("stream"):
+            self._stream(model, slow="upstream-slow" in text)
+            return
+        self._json(200, {
+            "id": f"chatcmpl-{server.calls.total()}", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": f"answer from {model}"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        })
+
+    def _stream(self, model: str, slow: bool) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+        words = ["answer", " from", f" {model}"] if not slow else [f" w{i}" for i in range(100)]
+        base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        try:
+            for i, w in enumerate(words):
+                delta = {"role": "assistant", "content": w} if i == 0 else {"content": w}
+                chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                self.wfile.flush()
+                if slow:
+                    time.sleep(0.1)
+            end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            self.wfile.write(b"data: " + json.dumps(end).encode() + b"\n\ndata: [DONE]\n\n")
+            self.wfile.flush()
+            self.server.completed_streams += 1
+        except (BrokenPipeError, ConnectionResetError):
+            self.server.disconnects.append(time.time())
+
 
 class Upstream:
-    def __init__(self):
+    def __init__(self, api_key: str | None = None):
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
         self.server.calls = Counter()
+        self.server.api_key = api_key
+        self.server.seen_auth, self.server.bodies, self.server.disconnects = [], [], []
+        self.server.completed_streams = 0
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

@@ -19,6 +19,7 @@ from barp_ray.train import train
 from envs.reward import reward
 
 W = (0.8, 0.2)
+UPSTREAM_KEY = "sk-upstream-" + "fedcba9876543210"
 
 
 from http_client import TOKEN, Client, free_port as _free_port, stored_reward_ids  # noqa: E402
@@ -41,9 +42,10 @@ def world(tmp_path_factory):
     train_t, test_t = split_tables(cfg.data)
     from openai_upstream import Upstream
 
-    upstream = Upstream()
+    upstream = Upstream(api_key=UPSTREAM_KEY)
+    (root / "upstream_key").write_text(UPSTREAM_KEY + "\n")
     # every model but one has an upstream; the missing one exercises the 502 path
-    upstreams = {m: upstream.base_url for m in train_t.models[:-1]}
+    upstreams = {m: {"base_url": upstream.base_url, "api_key_file": str(root / "upstream_key")} for m in train_t.models[:-1]}
     yield {"root": root, "checkpoint": res.checkpoint, "train": train_t, "test": test_t,
            "upstream": upstream, "upstreams": upstreams}
     upstream.close()
@@ -60,6 +62,7 @@ def deploy(world, port, limits=None, **trainer):
         "log_dir": str(world["root"] / "log"),
         "weights_poll_s": 0.2,
         "upstreams": world["upstreams"],
+        "upstream_timeout_s": 3,
         "auth": {"token_file": str(world["root"] / "token")},
         "limits": limits or {"max_prompt_tokens": 64, "long_prompt": "truncate", "max_body_bytes": 16384},
         "router_autoscaling": {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 8},
@@ -247,6 +250,10 @@ def test_settings_errors_name_the_field():
         ({"feedback": {"on_missing": "ignore"}}, "feedback.on_missing"),
         ({"rollout": {"margin": -1}}, "rollout.margin"),
         ({"upstreams": {"m": "ftp://x"}}, "upstreams.m"),
+        ({"upstreams": {"m": {"url": "http://x"}}}, "upstreams.m"),
+        ({"upstreams": {"m": {"api_key_env": "K"}}}, "upstreams.m.base_url"),
+        ({"upstream_retries": -1}, "upstream_retries"),
+        ({"rollout": {"confidence": 1.0}}, "rollout.confidence"),
         ({"bogus": 1}, "bogus"),
         ({"auth": {"token_env": None}}, "auth"),
         ({"limits": {"long_prompt": "shorten"}}, "limits.long_prompt"),
@@ -257,6 +264,19 @@ def test_settings_errors_name_the_field():
 
     with pytest.raises(SettingsError, match="not a barp-ray checkpoint"):
         app_builder({"checkpoint": "/nonexistent/ckpt", "auth": {"disabled": True}})
+
+
+def test_a_missing_provider_key_fails_the_deploy(world):
+    import os
+
+    from serve.app import app_builder
+    from serve.settings import SettingsError
+
+    os.environ.pop("BARP_TEST_MISSING_KEY", None)
+    ckpt = world["checkpoint"]
+    with pytest.raises(SettingsError, match=r"upstreams.m.api_key_env: \$BARP_TEST_MISSING_KEY is not set"):
+        app_builder({"checkpoint": ckpt, "auth": {"disabled": True},
+                     "upstreams": {"m": {"base_url": "http://127.0.0.1:1/v1", "api_key_env": "BARP_TEST_MISSING_KEY"}}})
 
 
 def test_openai_compatible_chat_routes_and_forwards(client, world):
@@ -277,6 +297,70 @@ def test_openai_compatible_chat_routes_and_forwards(client, world):
     # a concrete model name passes straight through
     st, r = client.post("/v1/chat/completions", {"model": "chat-8b", "messages": [{"role": "user", "content": "hi"}]})
     assert st == 200 and r["model"] == "chat-8b" and "barp" not in r
+
+
+def _openai(client, token=TOKEN):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"http://127.0.0.1:{client.port}/v1", api_key=token or "none", max_retries=0, timeout=30)
+
+
+def test_the_official_openai_client_streams_and_not_and_can_reward_either(client, world):
+    up = world["upstream"]
+    candidates = {"candidates": list(world["upstreams"]), "preference": 0.5}
+    oa = _openai(client)
+    messages = [{"role": "user", "content": "Name a prime number."}]
+    done = oa.chat.completions.create(model="barp-auto", messages=messages, extra_body={"barp": candidates})
+    chosen = done.barp["model"]
+    assert done.model == chosen and done.choices[0].message.content == f"answer from {chosen}"
+    raw = oa.chat.completions.with_raw_response.create(model="barp-auto", messages=messages, stream=True,
+                                                        temperature=0.3, extra_body={"barp": candidates})
+    request_id = raw.headers["x-barp-request-id"]
+    chunks = list(raw.parse())
+    assert chunks[0].barp["request_id"] == request_id  # the first chunk carries it too
+    model = chunks[0].barp["model"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"answer from {model}"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    # the upstream got the provider key and the client's own fields, not barp's
+    assert up.server.seen_auth[-1] == f"Bearer {UPSTREAM_KEY}"
+    assert up.server.bodies[-1]["temperature"] == 0.3 and "barp" not in up.server.bodies[-1]
+    for rid in (done.barp["request_id"], request_id):
+        st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0, "cost": 0.0001})
+        assert st == 200, f
+
+
+def test_chat_needs_the_token_by_default_and_upstream_failures_are_clear(client, world):
+    from openai import AuthenticationError
+
+    with pytest.raises(AuthenticationError):
+        _openai(client, token=None).chat.completions.create(model="barp-auto", messages=[{"role": "user", "content": "hi"}])
+    model = next(iter(world["upstreams"]))
+    for text, status, words in (("upstream-fail", 502, "HTTP 500"), ("upstream-hang", 504, "within 3 s")):
+        for stream in (False, True):
+            st, r = client.post("/v1/chat/completions", {"model": model, "stream": stream,
+                                                         "messages": [{"role": "user", "content": text}]})
+            assert st == status and words in r["error"] and UPSTREAM_KEY not in r["error"], (text, stream, r)
+
+
+def test_a_client_that_leaves_mid_stream_closes_the_upstream_call(client, world):
+    import http.client
+    import json as _json
+
+    up = world["upstream"]
+    before, completed = len(up.server.disconnects), up.server.completed_streams
+    conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", _json.dumps({
+        "model": "barp-auto", "stream": True, "messages": [{"role": "user", "content": "upstream-slow please"}],
+        "barp": {"candidates": list(world["upstreams"])}}), {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("x-barp-request-id")
+    assert resp.readline().startswith(b"data: ")  # streaming has begun (the whole stream takes 10 s)
+    conn.sock.shutdown(2)
+    conn.close()
+    deadline = time.time() + 15
+    while len(up.server.disconnects) == before and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(up.server.disconnects) == before + 1 and up.server.completed_streams == completed
 
 
 @pytest.mark.parametrize(
@@ -314,13 +398,15 @@ def test_auth_on_feedback_admin_and_stats(client):
 
 def test_token_never_reaches_the_logs(client):
     client.post("/v1/route", {"prompt": "log check", "preference": 0.5})
+    client.post("/v1/chat/completions", {"model": "barp-auto", "messages": [{"role": "user", "content": "upstream-fail"}]})
     client.get("/v1/stats")
     import ray
 
     logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
     for f in logs.rglob("*"):
         if f.is_file() and f.stat().st_size < 50_000_000:
-            assert TOKEN.encode() not in f.read_bytes(), f
+            data = f.read_bytes()
+            assert TOKEN.encode() not in data and UPSTREAM_KEY.encode() not in data, f
 
 
 def test_internal_calls_leave_no_access_log_lines(client):
