@@ -48,6 +48,9 @@ class FeedbackLogDeployment:
         self.settings = settings
         self.store = FeedbackStore(await asyncio.to_thread(open_database, settings), tau=float(read_meta(settings.checkpoint)["tau"]),
                                    wait_s=f.wait_s, on_missing=f.on_missing, default_reward=f.default_reward)
+        from serve.metrics import FeedbackMetrics
+
+        self.metrics = FeedbackMetrics()
         self._task = asyncio.get_running_loop().create_task(self._retire_loop())
 
     async def _retire_loop(self) -> None:
@@ -67,9 +70,11 @@ class FeedbackLogDeployment:
 
         try:
             record = await asyncio.to_thread(self.store.record_feedback, request_id, score, cost, replay)
-            return {"ok": True, "record": record}
         except FeedbackError as e:
+            self.metrics.rejected(e.status)
             return {"ok": False, "status": e.status, "error": str(e)}
+        self.metrics.accepted(record, time.time())
+        return {"ok": True, "record": record}
 
     def retire_now(self, now: float | None = None) -> int:
         return self.store.retire_expired(now)
@@ -95,13 +100,20 @@ class TrainerDeployment:
         torch.set_num_threads(1)
         self.settings = settings
         self.trainer = await asyncio.to_thread(ContinuousTrainer, settings)
+        from serve.metrics import TrainerMetrics
+
+        self.metrics = TrainerMetrics()
+        self.metrics.version.set(self.trainer.published_version)
         self.replicas: dict[str, dict] = {}  # replica -> {"version", "loaded_at", "seen", "history"}
         self._lock = asyncio.Lock()
         self._task = asyncio.get_running_loop().create_task(self._loop()) if settings.trainer.enabled else None
 
     async def _step(self) -> dict | None:
         async with self._lock:
-            return await asyncio.to_thread(self.trainer.train_once)
+            row = await asyncio.to_thread(self.trainer.train_once)
+        if row is not None:
+            self.metrics.update(row, self.trainer.published_version)
+        return row
 
     async def _loop(self) -> None:
         busy = self.settings.trainer.max_busy_fraction
@@ -215,6 +227,10 @@ class RouterModel:
                 logger.warning("the newest published weights do not fit this checkpoint; serving the checkpoint as is")
                 self.policy = RoutingPolicy.load(settings.checkpoint)
         self.started_version = self.version
+        from serve.metrics import ReplicaMetrics
+
+        self.metrics = ReplicaMetrics()
+        self.metrics.serving(self.version)
         self.trainer = trainer
         self.replica = serve.get_replica_context().replica_id.unique_id
         load_encoder(self.policy.encoder, "cpu")  # warm: the first request should not pay for it
@@ -236,6 +252,7 @@ class RouterModel:
                     fresh = copy.deepcopy(self.policy.module)  # a failed load must not leave half-new weights
                     load_policy_state(fresh, weights)
                     self.policy.module, self.version, self.loaded_at = fresh, version, time.time()
+                    self.metrics.serving(version)
                     continue  # report the new version at once
             except Exception as e:  # noqa: BLE001 - trainer down: keep serving the last good weights
                 logger.debug("weights poll failed (%s); serving policy_version %d", type(e).__name__, self.version)
@@ -352,6 +369,9 @@ class RouterAPI:
         from serve.upstream import UpstreamPool
 
         self.upstreams = UpstreamPool(settings)
+        from serve.metrics import RouteMetrics
+
+        self.metrics = RouteMetrics()
         from serve.guard import STATE
 
         STATE.update(
@@ -400,12 +420,15 @@ class RouterAPI:
             await _call_with_retry(self.log.record_decision, decision)
         except (RayActorError, ActorUnavailableError):
             return _error(503, "feedback log: unavailable, the decision was not recorded; retry shortly")
+        mode = "greedy" if req.mode == "greedy" else "explore"
+        probabilities = dict(zip(self.models, out["probabilities"]))
+        self.metrics.route(model, mode, probabilities)
         return RouteResponse(
             request_id=request_id,
             model=model,
-            probabilities=dict(zip(self.models, out["probabilities"])),
+            probabilities=probabilities,
             propensity=out["behaviour_prob"],
-            mode="greedy" if req.mode == "greedy" else "explore",
+            mode=mode,
             policy_version=out["policy_version"],
             replica=out["replica"],
         )

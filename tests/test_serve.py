@@ -423,6 +423,64 @@ def test_internal_calls_leave_no_access_log_lines(client):
     assert any("/v1/route" in t for n, t in text.items() if "RouterAPI" in n)
 
 
+def _scrape() -> dict[str, list[tuple[dict, float]]]:
+    """Ray's metrics endpoint on this node, parsed: metric name -> [(labels, value)]."""
+    import re
+    import urllib.request
+
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, list[tuple[dict, float]]] = {}
+    for line in text.splitlines():
+        m = re.match(r'^(ray_barp_\w+)\{(.*)\} (\S+)$', line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            out.setdefault(m.group(1), []).append((labels, float(m.group(3))))
+    return out
+
+
+def test_routing_metrics_reach_prometheus_with_sane_values(client, world):
+    models = set(world["train"].models)
+    ids = []
+    for i in range(12):
+        st, r = client.post("/v1/route", {"prompt": f"metrics prompt {i}", "preference": 0.5,
+                                          "mode": "greedy" if i % 2 else "explore"})
+        assert st == 200
+        ids.append(r["request_id"])
+    for rid in ids:
+        assert client.post("/v1/feedback", {"request_id": rid, "score": 0.75, "cost": 0.0001})[0] == 200
+    assert client.post("/v1/feedback", {"request_id": ids[0], "score": 0.75, "cost": 0.0001})[0] == 409
+    assert client.post("/v1/feedback", {"request_id": "nope", "score": 0.75, "cost": 0.0001})[0] == 404
+    time.sleep(2.1)  # the trainer's max_wait_s: then an update runs on what is pending
+    assert client.post("/v1/admin/train")[0] == 200
+    need = ("ray_barp_routes_total", "ray_barp_feedback_total", "ray_barp_feedback_delay_seconds_count",
+            "ray_barp_reward_recent_mean", "ray_barp_score_recent_mean", "ray_barp_policy_version",
+            "ray_barp_trainer_updates_total", "ray_barp_trainer_published_version")
+    deadline, got = time.time() + 60, {}
+    while time.time() < deadline:
+        got = _scrape()
+        outcomes = {labels.get("outcome") for labels, _ in got.get("ray_barp_feedback_total", [])}
+        if all(n in got for n in need) and {"accepted", "duplicate", "unknown_request"} <= outcomes:
+            break
+        time.sleep(2)
+    assert all(n in got for n in need), sorted(got)
+
+    routes = got["ray_barp_routes_total"]
+    assert {labels["model"] for labels, _ in routes} <= models and {labels["mode"] for labels, _ in routes} >= {"greedy", "explore"}
+    total = sum(v for _, v in routes)
+    assert total >= 12 and sum(v for _, v in got.get("ray_barp_routes_explored_total", [])) <= total
+    by_outcome = {labels["outcome"]: v for labels, v in got["ray_barp_feedback_total"]}
+    assert by_outcome["accepted"] >= 12 and by_outcome["duplicate"] >= 1 and by_outcome["unknown_request"] >= 1
+    assert sum(v for _, v in got["ray_barp_feedback_delay_seconds_count"]) >= 12
+    assert all(-1 <= v <= 1 for _, v in got["ray_barp_reward_recent_mean"])
+    assert all(0 <= v <= 1 for _, v in got["ray_barp_score_recent_mean"])
+    versions = got["ray_barp_policy_version"]
+    assert len({labels.get("replica") for labels, _ in versions}) >= 2 and all(v >= 0 for _, v in versions)
+    assert sum(v for _, v in got["ray_barp_trainer_updates_total"]) >= 1
+
+
 def test_size_limits(client):
     st, err = client.post("/v1/route", {"prompt": "x" * 20000})
     assert st == 413 and "body" in err["error"]

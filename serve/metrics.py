@@ -1,0 +1,79 @@
+"""Routing metrics, exported by Ray's metrics agent in Prometheus format (names get Ray's `ray_` prefix).
+
+Why these: Serve's own metrics say how many requests came and how fast; an operator of a router
+also needs which models it picks and how often it explores, whether feedback arrives (and how
+late), which policy version each replica serves, what reward the service earns, and whether the
+trainer's candidates are being published or refused. Each deployment records what only it knows;
+`ray.serve.metrics` adds the deployment, replica and application tags.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from ray.serve import metrics
+
+DELAY_BOUNDARIES = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
+
+
+class RouteMetrics:
+    """Ingress: one count per answered route."""
+
+    def __init__(self) -> None:
+        self.routes = metrics.Counter("barp_routes_total", description="routes answered, by chosen model and mode",
+                                      tag_keys=("model", "mode"))
+        self.explored = metrics.Counter(
+            "barp_routes_explored_total",
+            description="routes whose model is not the policy's first choice (exploration); share = this / barp_routes_total",
+            tag_keys=("model",))
+
+    def route(self, model: str, mode: str, probabilities: dict[str, float]) -> None:
+        self.routes.inc(1, tags={"model": model, "mode": mode})
+        if model != max(probabilities, key=probabilities.get):
+            self.explored.inc(1, tags={"model": model})
+
+
+class FeedbackMetrics:
+    """The feedback store's one writer: every feedback passes here, accepted or not."""
+
+    def __init__(self, window: int = 1000) -> None:
+        self.feedback = metrics.Counter("barp_feedback_total", description="feedback posts by outcome",
+                                        tag_keys=("outcome",))
+        self.delay = metrics.Histogram("barp_feedback_delay_seconds", description="from the route to its accepted feedback",
+                                       boundaries=DELAY_BOUNDARIES)
+        self.reward = metrics.Gauge("barp_reward_recent_mean", description=f"mean reward of the last {window} accepted feedbacks")
+        self.score = metrics.Gauge("barp_score_recent_mean", description=f"mean task score of the last {window} accepted feedbacks")
+        self.cost = metrics.Gauge("barp_cost_recent_mean_dollars", description=f"mean cost of the last {window} accepted feedbacks")
+        self._recent: deque[tuple[float, float, float]] = deque(maxlen=window)
+
+    def accepted(self, record: dict, now: float) -> None:
+        self.feedback.inc(1, tags={"outcome": "accepted"})
+        self.delay.observe(max(0.0, now - float(record["time"])))
+        self._recent.append((float(record["reward"]), float(record["score"]), float(record["cost"])))
+        n = len(self._recent)
+        for gauge, i in ((self.reward, 0), (self.score, 1), (self.cost, 2)):
+            gauge.set(sum(r[i] for r in self._recent) / n)
+
+    def rejected(self, status: int) -> None:
+        reason = {404: "unknown_request", 409: "duplicate", 410: "expired"}.get(status, f"http_{status}")
+        self.feedback.inc(1, tags={"outcome": reason})
+
+
+class ReplicaMetrics:
+    """Router replica: the policy version it serves now."""
+
+    def __init__(self) -> None:
+        self.version = metrics.Gauge("barp_policy_version", description="policy version this router replica serves")
+
+    def serving(self, version: int) -> None:
+        self.version.set(version)
+
+
+class TrainerMetrics:
+    def __init__(self) -> None:
+        self.updates = metrics.Counter("barp_trainer_updates_total", description="continuous-training updates, "
+                                       "by whether the safe-rollout gate published the candidate", tag_keys=("published",))
+        self.version = metrics.Gauge("barp_trainer_published_version", description="newest published policy version")
+
+    def update(self, row: dict, published_version: int) -> None:
+        self.updates.inc(1, tags={"published": str(bool(row["published"])).lower()})
+        self.version.set(published_version)
