@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse
 from ray import serve
 
 from barp_ray.policy import read_meta
 from serve.guard import GuardError, PromptLimiter, check_bearer, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
-                           FeedbackResponse, RouteRequest, RouteResponse)
+                           FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
+                           RouteResponse)
 from serve.settings import ServeSettings, SettingsError, settings_from_args
 
 logger = logging.getLogger("ray.serve")
@@ -186,10 +188,14 @@ class TrainerDeployment:
     async def load_checkpoint(self, path: str) -> dict:
         """Publish a checkpoint's weights as the next version; a bad one is refused, old weights stay."""
         async with self._lock:
+            from serve.trainer import CheckpointNotFound
+
             try:
                 version = await asyncio.to_thread(self.trainer.load_checkpoint, path)
+            except CheckpointNotFound as e:
+                return {"ok": False, "status": 404, "error": str(e)}
             except ValueError as e:
-                return {"ok": False, "error": str(e)}
+                return {"ok": False, "status": 422, "error": str(e)}
         return {"ok": True, "version": version}
 
     def pid(self) -> int:
@@ -307,6 +313,47 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(status_code=422, content={"error": "; ".join(parts)})
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a body that is not JSON: 400; unknown path: 404) in this API's error shape."""
+    where = "body" if exc.status_code == 400 else "path"
+    return JSONResponse(status_code=exc.status_code, content={"error": f"{where}: {exc.detail}"}, headers=exc.headers)
+
+
+def errors(*statuses: int) -> dict:
+    """OpenAPI `responses` for a POST: what every POST may answer (400 not JSON, 401 token, 413 too
+    large, 422 invalid), plus `statuses`."""
+    return {s: {"model": ErrorBody} for s in sorted({400, 401, 413, 422, *statuses})}
+
+
+def _openapi() -> dict:
+    """The schema with this deployment's model names as enums: `candidates` and chat's `model`
+    accept exactly what the service can route to (a schema-valid request is then never refused as an
+    unknown model). The names come from serve.guard.STATE, filled by the ingress replica."""
+    from fastapi.openapi.utils import get_openapi
+
+    from serve.guard import STATE
+
+    schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+    comps = schema.get("components", {}).get("schemas", {})
+    models, chat_models = STATE.get("models"), STATE.get("chat_models")
+
+    def enum_items(prop: dict, values: list[str]) -> None:
+        for sub in prop.get("anyOf", [prop]):
+            if sub.get("type") == "array":
+                sub["items"] = {"type": "string", "enum": list(values)}
+
+    if models:
+        enum_items(comps["RouteRequest"]["properties"]["candidates"], models)
+    if chat_models is not None:
+        enum_items(comps["RouteOptions"]["properties"]["candidates"], chat_models)
+        comps["ChatCompletionRequest"]["properties"]["model"]["enum"] = ["barp-auto", *chat_models]
+    return schema
+
+
+api.openapi = _openapi
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
@@ -378,10 +425,12 @@ class RouterAPI:
             token=load_token(settings.auth),
             require_for_route=settings.auth.require_for_route,
             require_for_chat=settings.auth.require_for_chat,
+            models=self.models,
+            chat_models=[m for m in self.models if m in settings.upstreams],
             max_body_bytes=settings.limits.max_body_bytes,
         )
 
-    @api.post("/v1/route", response_model=RouteResponse, responses={422: {"model": ErrorBody}})
+    @api.post("/v1/route", response_model=RouteResponse, responses=errors(422, 503))
     async def route(self, req: RouteRequest):
         from ray.exceptions import ActorUnavailableError, RayActorError
 
@@ -433,8 +482,7 @@ class RouterAPI:
             replica=out["replica"],
         )
 
-    @api.post("/v1/feedback", response_model=FeedbackResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody},
-                                                                             410: {"model": ErrorBody}})
+    @api.post("/v1/feedback", response_model=FeedbackResponse, responses=errors(404, 409, 410, 422, 503))
     async def feedback(self, req: FeedbackRequest):
         from ray.exceptions import ActorUnavailableError, RayActorError
 
@@ -467,20 +515,19 @@ class RouterAPI:
             trainer = {"error": type(e).__name__}
         return {"log": counts, "trainer": trainer}
 
-    @api.post("/v1/admin/train")
+    @api.post("/v1/admin/train", responses=errors())
     async def train_now(self) -> dict:
         rows = await self.trainer.train_now.remote()
         return {"updates": rows}
 
-    @api.post("/v1/admin/load_checkpoint")
-    async def load_checkpoint(self, body: dict):
-        path = body.get("path") if isinstance(body, dict) else None
-        if not isinstance(path, str) or not path:
-            return _error(422, "path: a checkpoint directory is required")
-        res = await self.trainer.load_checkpoint.remote(path)
+    @api.post("/v1/admin/load_checkpoint", response_model=LoadCheckpointResponse, responses=errors(404, 422))
+    async def load_checkpoint(self, req: LoadCheckpointRequest):
+        """Publish a checkpoint's weights now: 404 if nothing is at the path, 422 if it is not a
+        checkpoint this service can serve (the old weights stay)."""
+        res = await self.trainer.load_checkpoint.remote(req.path)
         if not res["ok"]:
-            return _error(422, res["error"])
-        return {"policy_version": res["version"]}
+            return _error(res["status"], res["error"])
+        return LoadCheckpointResponse(policy_version=res["version"])
 
     @api.get("/v1/admin/processes")
     async def processes(self) -> dict:
@@ -503,9 +550,7 @@ class RouterAPI:
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse,
               responses={200: {"content": {"text/event-stream": {}},
                                "description": "the completion (JSON), or with stream: true server-sent chunks"},
-                         400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody},
-                         413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 429: {"model": ErrorBody},
-                         502: {"model": ErrorBody}, 503: {"model": ErrorBody}, 504: {"model": ErrorBody}})
+                         **errors(404, 422, 429, 502, 503, 504)})
     async def chat(self, req: ChatCompletionRequest):
         """OpenAI chat completions; model barp-auto routes. 4xx the upstream answered pass through."""
         from serve.openai_proxy import ChatProxyError, forward_chat

@@ -32,16 +32,22 @@ def _prompt_of(req: ChatCompletionRequest) -> str:
         if msg.role == "user":
             content = msg.content
             if isinstance(content, list):  # multi-part content: keep the text parts
-                content = "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+                content = "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
             if isinstance(content, str) and content.strip():
                 return content
     raise ChatProxyError(422, "messages: no user message with text content")
 
 
-async def _route(api, req: ChatCompletionRequest) -> dict[str, Any] | JSONResponse:
+async def _route(api, req: ChatCompletionRequest, prompt: str) -> dict[str, Any] | JSONResponse:
+    """Route among the models this service can forward to: picking one without an upstream would
+    only turn the client's request into a 502."""
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
+    reachable = [m for m in api.models if m in api.settings.upstreams]
+    if not reachable:
+        raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
+    options["candidates"] = options.get("candidates") or reachable
     try:
-        route_req = RouteRequest(prompt=_prompt_of(req), **options)
+        route_req = RouteRequest(prompt=prompt, **options)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err.get("loc", ()))
@@ -54,11 +60,20 @@ async def _route(api, req: ChatCompletionRequest) -> dict[str, Any] | JSONRespon
 
 async def forward_chat(api, req: ChatCompletionRequest):
     model = req.model
+    prompt = _prompt_of(req)  # required for a named model too: the schema promises one rule for both
     if model != AUTO and model not in api.models:
         raise ChatProxyError(422, f"model: must be {AUTO!r} or one of {api.models}, got {model!r}")
+    if model != AUTO and model not in api.settings.upstreams:
+        raise ChatProxyError(422, f"model: no upstream configured for {model!r}; use {AUTO!r} or one of "
+                                  f"{[m for m in api.models if m in api.settings.upstreams]}")
+    wanted = req.barp.candidates if req.barp and req.barp.candidates else []
+    unreachable = sorted(set(wanted) - set(api.settings.upstreams))
+    if unreachable:
+        raise ChatProxyError(422, f"barp.candidates: no upstream for {unreachable}; chat can use "
+                                  f"{[m for m in api.models if m in api.settings.upstreams]}")
     barp_info: dict[str, Any] = {}
     if model == AUTO:
-        routed = await _route(api, req)
+        routed = await _route(api, req, prompt)
         if isinstance(routed, JSONResponse):
             return routed
         barp_info, model = routed, routed["model"]

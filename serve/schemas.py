@@ -2,22 +2,30 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Preference(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    quality: float = Field(..., ge=0.0, le=1.0, description="w_q, weight on the task score")
-    cost: float = Field(..., ge=0.0, le=1.0, description="w_c, weight on the normalised dollar cost")
+    """Weights on quality and cost, normalised to sum to 1 (so {1, 1} is an even trade-off); at least
+    one must be above 0."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"properties": {"quality": {"exclusiveMinimum": 0}}}, {"properties": {"cost": {"exclusiveMinimum": 0}}}]})
+    quality: float = Field(..., ge=0.0, le=1.0, strict=True, allow_inf_nan=False, description="w_q, weight on the task score")
+    cost: float = Field(..., ge=0.0, le=1.0, strict=True, allow_inf_nan=False,
+                        description="w_c, weight on the normalised dollar cost")
+
+
+Knob = Annotated[float, Field(ge=0.0, le=1.0, strict=True, allow_inf_nan=False)]
 
 
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(..., min_length=1, description="the user's prompt")
-    preference: Union[Preference, float] = Field(
-        0.8, description="{quality, cost} on the simplex, or one knob k in [0,1] meaning (k, 1-k)"
+    preference: Union[Preference, Knob] = Field(
+        0.8, description="{quality, cost} weights (normalised to sum to 1), or one knob k in [0,1] meaning (k, 1-k)"
     )
     mode: Literal["explore", "greedy", "sample"] = Field(
         "explore",
@@ -35,8 +43,8 @@ class RouteRequest(BaseModel):
     @classmethod
     def _on_simplex(cls, v):
         if isinstance(v, Preference):
-            if not math.isclose(v.quality + v.cost, 1.0, abs_tol=1e-4):
-                raise ValueError(f"quality + cost must be 1, got {v.quality} + {v.cost}")
+            if not v.quality + v.cost > 0:
+                raise ValueError("quality and cost cannot both be 0")
             return v
         if isinstance(v, bool) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
             raise ValueError(f"a single knob must be a number in [0, 1], got {v}")
@@ -44,7 +52,8 @@ class RouteRequest(BaseModel):
 
     def weights(self) -> tuple[float, float]:
         if isinstance(self.preference, Preference):
-            return self.preference.quality, self.preference.cost
+            total = self.preference.quality + self.preference.cost
+            return self.preference.quality / total, self.preference.cost / total
         return float(self.preference), 1.0 - float(self.preference)
 
 
@@ -61,8 +70,8 @@ class RouteResponse(BaseModel):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request_id: str = Field(..., min_length=1, max_length=128)
-    score: float = Field(..., ge=0.0, le=1.0, allow_inf_nan=False, description="task score q of the answer")
-    cost: float = Field(..., ge=0.0, allow_inf_nan=False, description="dollars the call cost")
+    score: float = Field(..., ge=0.0, le=1.0, strict=True, allow_inf_nan=False, description="task score q of the answer")
+    cost: float = Field(..., ge=0.0, strict=True, allow_inf_nan=False, description="dollars the call cost")
 
 
 class FeedbackResponse(BaseModel):
@@ -80,7 +89,7 @@ class RouteOptions(BaseModel):
     """`barp` in a chat request: how barp-auto routes it (the prompt is the last user message)."""
 
     model_config = ConfigDict(extra="forbid")
-    preference: Union[Preference, float] = RouteRequest.model_fields["preference"]
+    preference: Union[Preference, Knob] = RouteRequest.model_fields["preference"]
     mode: Literal["explore", "greedy", "sample"] = "explore"
     candidates: Optional[list[str]] = Field(None, min_length=1, description="restrict routing to these models")
 
@@ -91,14 +100,23 @@ class ChatMessage(BaseModel):
     content: Union[str, list[dict], None] = None
 
 
+# A user message with some non-blank text (a string, or a text part of multi-part content).
+_TEXT = {"type": "string", "pattern": "\\S"}
+USER_TEXT = {"type": "object", "required": ["role", "content"], "properties": {
+    "role": {"const": "user"},
+    "content": {"anyOf": [_TEXT, {"type": "array", "contains": {"type": "object", "required": ["text"],
+                                                                  "properties": {"text": _TEXT}}}]}}}
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completion request. Fields barp does not read (temperature, tools, ...) pass
     through to the chosen model's upstream unchanged."""
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(..., description="'barp-auto' to let the router choose, or a served model's name")
-    messages: list[ChatMessage] = Field(..., min_length=1)
-    stream: bool = Field(False, description="server-sent events in OpenAI's chunk format, ending with data: [DONE]")
+    messages: list[ChatMessage] = Field(..., min_length=1, json_schema_extra={"contains": USER_TEXT},
+                                        description="at least one user message with text: the last one is what the router reads")
+    stream: bool = Field(False, strict=True, description="server-sent events in OpenAI's chunk format, ending with data: [DONE]")
     barp: Optional[RouteOptions] = None
 
 
@@ -113,3 +131,12 @@ class ChatCompletionResponse(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     barp: Optional[BarpInfo] = None
+
+
+class LoadCheckpointRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(..., min_length=1, description="checkpoint directory or storage URI (file://, s3://, gs://)")
+
+
+class LoadCheckpointResponse(BaseModel):
+    policy_version: int

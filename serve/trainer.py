@@ -64,6 +64,10 @@ def _numpy(weights: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in weights.items()}
 
 
+class CheckpointNotFound(ValueError):
+    """`load_checkpoint` was given a path with nothing there (404, not 422: nothing to judge)."""
+
+
 def held_back(request_id: str, fraction: float) -> bool:
     return zlib.crc32(request_id.encode()) % 10_000 < fraction * 10_000
 
@@ -321,7 +325,15 @@ class ContinuousTrainer:
     def load_checkpoint(self, path: str) -> int:
         """An operator's checkpoint becomes the next published version (no gate: it is their call)."""
         from barp_ray.policy import CheckpointError
+        from barp_ray.storage import filesystem
 
+        try:
+            fs, root = filesystem(path)
+            missing = fs.get_file_info(root).type.name == "NotFound"
+        except (OSError, ValueError):  # not a path or URI pyarrow can read at all
+            missing = True
+        if missing:
+            raise CheckpointNotFound(f"path: nothing at {path!r}")
         try:
             candidate = RoutingPolicy.load(path)
         except CheckpointError as e:

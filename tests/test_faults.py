@@ -93,7 +93,7 @@ FUZZ = {"n": 0, "5xx": []}
 def test_fuzzed_requests_never_get_a_5xx(svc, path, bodies):
     client = svc["client"]
 
-    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(body=bodies)
     def one(body):
         raw = json.dumps(body, allow_nan=True).encode()

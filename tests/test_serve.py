@@ -135,7 +135,8 @@ def test_route_response_shape(client, world):
         ("/v1/route", {}, 422, "prompt"),
         ("/v1/route", {"prompt": ""}, 422, "prompt"),
         ("/v1/route", {"prompt": 42}, 422, "prompt"),
-        ("/v1/route", {"prompt": "hi", "preference": {"quality": 0.7, "cost": 0.7}}, 422, "preference"),
+        ("/v1/route", {"prompt": "hi", "preference": {"quality": 0, "cost": 0}}, 422, "preference"),
+        ("/v1/route", {"prompt": "hi", "preference": True}, 422, "preference"),
         ("/v1/route", {"prompt": "hi", "preference": {"quality": -0.2, "cost": 1.2}}, 422, "preference"),
         ("/v1/route", {"prompt": "hi", "preference": 1.5}, 422, "preference"),
         ("/v1/route", {"prompt": "hi", "preference": "cheap"}, 422, "preference"),
@@ -370,7 +371,9 @@ def test_a_client_that_leaves_mid_stream_closes_the_upstream_call(client, world)
         ({"model": "barp-auto", "messages": []}, 422, "messages"),
         ({"model": "barp-auto", "messages": [{"role": "system", "content": "x"}]}, 422, "messages"),
         ({"model": "barp-auto", "messages": [{"role": "user", "content": "hi"}], "barp": {"preference": 3}}, 422, "preference"),
-        ({"model": "frontier-400b", "messages": [{"role": "user", "content": "hi"}]}, 502, "upstream"),
+        ({"model": "frontier-400b", "messages": [{"role": "user", "content": "hi"}]}, 422, "no upstream"),
+        ({"model": "barp-auto", "messages": [{"role": "user", "content": "hi"}], "barp": {"candidates": ["frontier-400b"]}},
+         422, "barp.candidates"),
     ],
 )
 def test_chat_errors(client, body, status, field):
@@ -421,6 +424,25 @@ def test_internal_calls_leave_no_access_log_lines(client):
     internal = {n: t for n, t in text.items() if "RouterAPI" not in n}
     assert internal and not [n for n, t in internal.items() if "get_weights" in t or " CALL " in t], list(internal)
     assert any("/v1/route" in t for n, t in text.items() if "RouterAPI" in n)
+
+
+def test_the_openapi_schema_tells_the_truth_to_schemathesis(client, world):
+    """schemathesis generates schema-valid and schema-violating requests for every operation and
+    runs all its checks: no 5xx, every status documented, valid input accepted, invalid refused,
+    responses matching their schemas. The model names are enums in the served schema."""
+    import subprocess
+    import sys
+
+    st, schema = client.get("/openapi.json")
+    comps = schema["components"]["schemas"]
+    assert comps["ChatCompletionRequest"]["properties"]["model"]["enum"] == ["barp-auto", *world["upstreams"]]
+    # {quality, cost} weights are normalised, so any pair the schema allows is routable
+    assert client.post("/v1/route", {"prompt": "hi", "preference": {"quality": 1, "cost": 1}})[0] == 200
+    out = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{client.port}/openapi.json", "--checks", "all",
+         "-H", f"Authorization: Bearer {TOKEN}", "--max-examples", "25", "--seed", "1", "--no-color"],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "failure" not in out.stdout.split("SUMMARY")[-1].lower(), out.stdout[-6000:]
 
 
 def _scrape() -> dict[str, list[tuple[dict, float]]]:
