@@ -83,12 +83,12 @@ class UpstreamPool:
             try:
                 resp = await self._client().post(url, json=payload, headers=self._headers[model], timeout=timeout)
                 break
-            except aiohttp.ClientConnectorError as e:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
                 if attempt == s.upstream_retries:
                     raise UpstreamError(502, f"upstream {model!r} unreachable after {attempt + 1} attempt(s): "
                                              f"{type(e).__name__}") from None
                 await asyncio.sleep(0.1 * 2**attempt)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:  # asyncio's and aiohttp's read timeouts are this too
                 raise UpstreamError(504, f"upstream {model!r} did not answer within {s.upstream_timeout_s:g} s") from None
             except aiohttp.ClientError as e:
                 raise UpstreamError(502, f"upstream {model!r} failed: {type(e).__name__}") from None
