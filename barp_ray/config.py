@@ -98,10 +98,10 @@ class EnvConfig:
 class PolicyConfig:
     preference_hidden: list = field(default_factory=lambda: [32])
     head_hidden: list = field(default_factory=lambda: [256, 128])
-    head: str = "concat"  # concat: logits from [h(x); phi(w)] (the paper) | preference_gated: w_q U + w_c V
+    head: str = "concat"  # concat: logits from [h(x); phi(w)] (the paper) | preference_gated: w_q U + w_c V | price_aware: concat - w_c * s * log(price)
 
     def validate(self) -> None:
-        _one_of("policy.head", self.head, ("concat", "preference_gated"))
+        _one_of("policy.head", self.head, ("concat", "preference_gated", "price_aware"))
         for name in ("preference_hidden", "head_hidden"):
             sizes = getattr(self, name)
             if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):

@@ -28,7 +28,7 @@ def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
 
 
 CRITIC_FORMS = ("free", "reward")
-HEADS = ("concat", "preference_gated")
+HEADS = ("concat", "preference_gated", "price_aware")
 
 
 class BaRPRLModule(TorchRLModule):
@@ -49,6 +49,13 @@ class BaRPRLModule(TorchRLModule):
     and scores w_q U + w_c V: the reward is linear in w for every model, so the best model's
     logit can be too, and the ends of the simplex get their own halves of the head instead of
     sharing one through a 32-unit phi(w).
+
+    head "price_aware" is the concat head plus a term that reads each model's price now:
+    logit_a -= w_c * softplus(alpha) * log(price_a), alpha learned. The concat head's last layer
+    already gives every model a learned vector (what it is good at); the price term keeps what it
+    costs out of the weights, so a price change in the serving config moves the routing at once,
+    in the right direction (at w_c > 0 a dearer model never gains share), with no training step.
+    model_config["model_prices"] is the blended $/Mtok (input + output) per model at training.
     """
 
     def setup(self) -> None:
@@ -69,6 +76,13 @@ class BaRPRLModule(TorchRLModule):
         if self.critic_form not in CRITIC_FORMS:
             raise ValueError(f"critic_form must be one of {CRITIC_FORMS}, got {self.critic_form!r}")
         self.exploration_floor = float(cfg.get("exploration_floor", 0.0))
+        if self.head == "price_aware":
+            prices = cfg.get("model_prices")
+            if prices is None or len(prices) != k or not all(float(x) > 0 for x in prices):
+                raise ValueError(f"head 'price_aware' needs model_prices: {k} positive prices, got {prices!r}")
+            # Not in the state dict: published weights must not carry prices back over the served ones.
+            self.register_buffer("log_price", torch.log(torch.as_tensor(prices, dtype=torch.float32)), persistent=False)
+            self.price_scale = nn.Parameter(torch.tensor(0.5413))  # softplus(0.5413) = 1
         if (cfg.get("learned_baseline", True) or self.critic) and not self.inference_only:
             if self.critic and self.critic_form == "reward":
                 self.baseline_head = mlp([emb_dim, *head_hidden[-1:], 2 * k], final_activation=False)
@@ -85,8 +99,18 @@ class BaRPRLModule(TorchRLModule):
         if self.head == "concat":
             return out
         w = batch[Columns.OBS]["preference"]
+        if self.head == "price_aware":
+            return out - w[:, 1:] * nn.functional.softplus(self.price_scale) * self.log_price
         u, v = out.chunk(2, dim=-1)
         return w[:, :1] * u + w[:, 1:] * v
+
+    def set_prices(self, prices: list[float]) -> None:
+        """Today's blended $/Mtok per model (price_aware head): routing follows at once."""
+        if self.head != "price_aware":
+            raise ValueError(f"head {self.head!r} does not read prices; train with policy.head: price_aware")
+        if len(prices) != self.log_price.numel() or not all(float(x) > 0 for x in prices):
+            raise ValueError(f"prices: need {self.log_price.numel()} positive numbers, got {prices!r}")
+        self.log_price = torch.log(torch.as_tensor(prices, dtype=torch.float32))
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return {Columns.ACTION_DIST_INPUTS: self._logits(batch, self._features(batch))}

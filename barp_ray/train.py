@@ -31,7 +31,18 @@ class TrainResult:
     module: object = None  # the trained RLModule, in memory (for callers that continue with it)
 
 
-def build_algo_config(cfg: TrainConfig, data_ref, tau: float):
+def blended_prices(cfg: TrainConfig, table) -> list[float] | None:
+    """Input + output $/Mtok per model, for the price_aware head (None for the others)."""
+    if cfg.policy.head != "price_aware":
+        return None
+    missing = [m for m in table.models if m not in table.prices or
+               not table.prices[m].input_per_mtok + table.prices[m].output_per_mtok > 0]
+    if missing:
+        raise ConfigError(f"policy.head: price_aware needs a positive price for every model; none for {missing}")
+    return [table.prices[m].input_per_mtok + table.prices[m].output_per_mtok for m in table.models]
+
+
+def build_algo_config(cfg: TrainConfig, data_ref, tau: float, model_prices: list[float] | None = None):
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
 
@@ -81,6 +92,7 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float):
                     "critic": t.baseline == "critic",
                     "critic_form": t.critic_form,
                     "exploration_floor": t.exploration_floor,
+                    **({"model_prices": model_prices} if cfg.policy.head == "price_aware" else {}),
                 },
             )
         )
@@ -123,7 +135,7 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     )
     ensure_ray()
     data_ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
-    algo = build_algo_config(cfg, data_ref, data.tau).build_algo()
+    algo = build_algo_config(cfg, data_ref, data.tau, model_prices=blended_prices(cfg, data.train)).build_algo()
     w_eval = tuple(cfg.env.eval_preference)
     module = algo.get_module()
 

@@ -84,3 +84,24 @@ def test_reward_shaped_critic_is_linear_in_the_preference():
         with torch.no_grad():
             ends.append(module._forward_train(b)[BASELINE][0])
     assert torch.allclose(ends[1], 0.3 * ends[2] + 0.7 * ends[0], atol=1e-5)
+
+
+def test_price_aware_head_follows_a_price_change_at_once_and_only_where_cost_matters():
+    import pytest
+
+    module = _module(head="price_aware", model_prices=[0.1, 0.5, 2.0, 10.0])
+    x = torch.randn(64, 8)
+    even, quality_only = torch.full((64, 2), 0.5), torch.tensor([[1.0, 0.0]] * 64)
+    before = {w: module.action_probabilities(x, p) for w, p in (("even", even), ("quality", quality_only))}
+    assert "log_price" not in module.state_dict()  # published weights never carry prices over the served ones
+    module.set_prices([0.1, 0.5, 4.0, 10.0])  # model 2 doubles its price
+    after = {w: module.action_probabilities(x, p) for w, p in (("even", even), ("quality", quality_only))}
+    assert (after["even"][:, 2] < before["even"][:, 2]).all()  # at w_c > 0 its share falls on every prompt
+    assert (after["even"][:, [0, 1, 3]] > before["even"][:, [0, 1, 3]]).all()  # and goes to the others
+    assert torch.allclose(after["quality"], before["quality"])  # at w_c = 0 price does not matter
+    with pytest.raises(ValueError, match="model_prices"):
+        _module(head="price_aware", model_prices=[1.0, 2.0])
+    with pytest.raises(ValueError, match="prices"):
+        module.set_prices([1.0, 0.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="price_aware"):
+        _module().set_prices([1.0, 1.0, 1.0, 1.0])
