@@ -126,6 +126,7 @@ class TrainerDeployment:
             except Exception:  # noqa: BLE001 - a bad batch must not kill the loop
                 logger.exception("continuous trainer update failed")
                 row = None
+            self.metrics.version.set(self.trainer.published_version)  # refreshed, as the replicas' version
             if row is None:
                 await asyncio.sleep(self.settings.trainer.poll_s)
             elif busy < 1:
@@ -258,10 +259,12 @@ class RouterModel:
                     fresh = copy.deepcopy(self.policy.module)  # a failed load must not leave half-new weights
                     load_policy_state(fresh, weights)
                     self.policy.module, self.version, self.loaded_at = fresh, version, time.time()
-                    self.metrics.serving(version)
                     continue  # report the new version at once
             except Exception as e:  # noqa: BLE001 - trainer down: keep serving the last good weights
                 logger.debug("weights poll failed (%s); serving policy_version %d", type(e).__name__, self.version)
+            # Re-set every poll, not only on change: a value recorded once, before the process's
+            # metrics exporter was up, never reached Prometheus (seen in CI for one of two replicas).
+            self.metrics.serving(self.version)
             await asyncio.sleep(self.settings.weights_poll_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)

@@ -484,7 +484,8 @@ def test_routing_metrics_reach_prometheus_with_sane_values(client, world):
     while time.time() < deadline:
         got = _scrape()
         outcomes = {labels.get("outcome") for labels, _ in got.get("ray_barp_feedback_total", [])}
-        if all(n in got for n in need) and {"accepted", "duplicate", "unknown_request"} <= outcomes:
+        replicas = {labels.get("replica") for labels, _ in got.get("ray_barp_policy_version", [])}
+        if all(n in got for n in need) and {"accepted", "duplicate", "unknown_request"} <= outcomes and len(replicas) >= 2:
             break
         time.sleep(2)
     assert all(n in got for n in need), sorted(got)
