@@ -91,3 +91,17 @@ def test_rayjob_runs_the_training_entrypoint_and_writes_the_checkpoint_the_servi
     assert args.checkpoint_dir == served
     readme = (ROOT / "README.md").read_text()
     assert "-- python -m barp_ray.train --config configs/llmrouter.yaml" in readme  # the same entrypoint as ray job submit
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_service_exports():
+    import json
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    dash = json.loads((root / "deploy" / "grafana" / "barp-router.json").read_text())
+    exported = set(re.findall(r'"(barp_[a-z_]+)"', (root / "serve" / "metrics.py").read_text()))
+    queried = {m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"ray_(barp_[a-z_]+)", t["expr"])}
+    histograms = {m[: -len(s)] for m in queried for s in ("_bucket", "_count", "_sum") if m.endswith(s)}
+    plain = {m for m in queried if not any(m.endswith(s) for s in ("_bucket", "_count", "_sum"))}
+    assert queried and (plain | histograms) <= exported, (plain | histograms) - exported
+    assert exported <= plain | histograms, exported - (plain | histograms)  # every metric has a panel
