@@ -43,15 +43,20 @@ class FeedbackMetrics:
         self.reward = metrics.Gauge("barp_reward_recent_mean", description=f"mean reward of the last {window} accepted feedbacks")
         self.score = metrics.Gauge("barp_score_recent_mean", description=f"mean task score of the last {window} accepted feedbacks")
         self.cost = metrics.Gauge("barp_cost_recent_mean_dollars", description=f"mean cost of the last {window} accepted feedbacks")
-        self._recent: deque[tuple[float, float, float]] = deque(maxlen=window)
+        self._window = window
+        self._recent: deque[tuple[float, float, float]] = deque()
+        self._sums = [0.0, 0.0, 0.0]  # running sums over _recent: O(1) per feedback
 
     def accepted(self, record: dict, now: float) -> None:
         self.feedback.inc(1, tags={"outcome": "accepted"})
         self.delay.observe(max(0.0, now - float(record["time"])))
-        self._recent.append((float(record["reward"]), float(record["score"]), float(record["cost"])))
+        new = (float(record["reward"]), float(record["score"]), float(record["cost"]))
+        self._recent.append(new)
+        old = self._recent.popleft() if len(self._recent) > self._window else (0.0, 0.0, 0.0)
         n = len(self._recent)
-        for gauge, i in ((self.reward, 0), (self.score, 1), (self.cost, 2)):
-            gauge.set(sum(r[i] for r in self._recent) / n)
+        for i, gauge in enumerate((self.reward, self.score, self.cost)):
+            self._sums[i] += new[i] - old[i]
+            gauge.set(self._sums[i] / n)
 
     def rejected(self, status: int) -> None:
         reason = {404: "unknown_request", 409: "duplicate", 410: "expired"}.get(status, f"http_{status}")
