@@ -351,6 +351,8 @@ def test_records_round_trip(tmp_path, name):
     np.testing.assert_array_equal(back.scores, table.scores)
     np.testing.assert_array_equal(back.costs, table.costs)
     assert name in back.cost_note
+    if name.endswith(".parquet"):  # Parquet keeps the model prices (schema metadata) for price-aware policies
+        assert table.prices and back.prices == table.prices
 
 
 def test_records_jsonl_schema_and_default_task(tmp_path):

@@ -56,8 +56,24 @@ def load_records(path: str | Path) -> RoutingTable:
     if models is None:
         raise DataError(f"{path}: no records")
     return make_table(
-        prompts, tasks, scores, costs, models, source=str(path), cost_note=f"dollar costs as stored in {path.name}"
+        prompts, tasks, scores, costs, models, prices=_parquet_prices(path) if path.suffix.lower() in PARQUET_SUFFIXES else None,
+        source=str(path), cost_note=f"dollar costs as stored in {path.name}"
     )
+
+
+PRICES_KEY = b"barp_prices"  # Parquet schema metadata: {model: [input, output] $/Mtok}
+
+
+def _parquet_prices(path: Path) -> dict:
+    """Model prices written with the table (a price-aware policy needs them); {} when absent."""
+    import pyarrow.parquet as pq
+
+    from barp_ray.data.table import ModelPrice
+
+    meta = pq.read_schema(path).metadata or {}
+    if PRICES_KEY not in meta:
+        return {}
+    return {m: ModelPrice(*map(float, v)) for m, v in json.loads(meta[PRICES_KEY]).items()}
 
 
 def write_records(table: RoutingTable, path: str | Path) -> None:
@@ -192,4 +208,7 @@ def _write_parquet(table: RoutingTable, path: Path) -> None:
             "costs": struct(np.asarray(table.costs, dtype=np.float64), pa.float64()),
         }
     )
+    if table.prices:
+        prices = {m: [p.input_per_mtok, p.output_per_mtok] for m, p in table.prices.items()}
+        data = data.replace_schema_metadata({PRICES_KEY: json.dumps(prices).encode()})
     pq.write_table(data, path)
