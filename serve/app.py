@@ -419,6 +419,7 @@ class RouterAPI:
         from serve.upstream import UpstreamPool
 
         self.upstreams = UpstreamPool(settings)
+        self.chat_models = [m for m in self.models if m in settings.upstreams]  # what chat can forward to
         from serve.metrics import RouteMetrics
 
         self.metrics = RouteMetrics()
@@ -429,7 +430,7 @@ class RouterAPI:
             require_for_route=settings.auth.require_for_route,
             require_for_chat=settings.auth.require_for_chat,
             models=self.models,
-            chat_models=[m for m in self.models if m in settings.upstreams],
+            chat_models=self.chat_models,
             max_body_bytes=settings.limits.max_body_bytes,
         )
 

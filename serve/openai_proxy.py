@@ -42,10 +42,9 @@ async def _route(api, req: ChatCompletionRequest, prompt: str) -> dict[str, Any]
     """Route among the models this service can forward to: picking one without an upstream would
     only turn the client's request into a 502."""
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
-    reachable = [m for m in api.models if m in api.settings.upstreams]
-    if not reachable:
+    if not api.chat_models:
         raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
-    options["candidates"] = options.get("candidates") or reachable
+    options["candidates"] = options.get("candidates") or api.chat_models
     try:
         route_req = RouteRequest(prompt=prompt, **options)
     except ValidationError as e:
@@ -64,13 +63,11 @@ async def forward_chat(api, req: ChatCompletionRequest):
     if model != AUTO and model not in api.models:
         raise ChatProxyError(422, f"model: must be {AUTO!r} or one of {api.models}, got {model!r}")
     if model != AUTO and model not in api.settings.upstreams:
-        raise ChatProxyError(422, f"model: no upstream configured for {model!r}; use {AUTO!r} or one of "
-                                  f"{[m for m in api.models if m in api.settings.upstreams]}")
+        raise ChatProxyError(422, f"model: no upstream configured for {model!r}; use {AUTO!r} or one of {api.chat_models}")
     wanted = req.barp.candidates if req.barp and req.barp.candidates else []
     unreachable = sorted(set(wanted) - set(api.settings.upstreams))
     if unreachable:
-        raise ChatProxyError(422, f"barp.candidates: no upstream for {unreachable}; chat can use "
-                                  f"{[m for m in api.models if m in api.settings.upstreams]}")
+        raise ChatProxyError(422, f"barp.candidates: no upstream for {unreachable}; chat can use {api.chat_models}")
     barp_info: dict[str, Any] = {}
     if model == AUTO:
         routed = await _route(api, req, prompt)
