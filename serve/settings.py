@@ -108,8 +108,10 @@ ESTIMATORS = ("sndr", "dr", "snips")  # self-normalised doubly robust, doubly ro
 class RolloutSettings:
     """Safe rollout: a candidate is refused only if its off-policy estimate on held-back feedback
     (`estimator`: doubly robust with the trainer's critic, or self-normalised IPS) is worse than
-    the serving weights' by more than `margin` with one-sided `confidence` (a paired test on the
-    held-back records; 0.5 compares the point estimates alone)."""
+    the serving weights', or any of the `references` latest published versions', by more than
+    `margin` with one-sided `confidence` (a paired test on the held-back records; 0.5 compares
+    the point estimates alone). Several yardsticks, because against the serving weights alone a
+    run of individually insignificant steps can drift anywhere."""
 
     enabled: bool = True
     estimator: str = "sndr"  # sndr | dr | snips
@@ -119,8 +121,11 @@ class RolloutSettings:
     min_eval: int = 100  # below this many, candidates are published unchecked
     margin: float = 0.05
     confidence: float = 0.95
+    references: int = 4  # latest published versions a candidate must not be clearly worse than
 
     def validate(self) -> None:
+        if isinstance(self.references, bool) or not isinstance(self.references, int) or self.references < 1:
+            raise SettingsError(f"rollout.references: must be an integer >= 1, got {self.references!r}")
         if not 0 < self.holdout_fraction < 1:
             raise SettingsError(f"rollout.holdout_fraction: must be in (0, 1), got {self.holdout_fraction!r}")
         if self.estimator not in ESTIMATORS:

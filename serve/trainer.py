@@ -10,9 +10,13 @@ a per-model critic (doubly robust) and importance weights pi/mu clipped at
 steps is what makes a few thousand rewards enough; the bounded window is what lets the policy
 forget a world that has changed.
 
-Safe rollout: the candidate is refused only if its off-policy estimate (served as the
-exploring policy) on the newest held-back rewards is worse than the serving weights' by more
-than `rollout.margin` with one-sided `rollout.confidence` (paired over the held-back records). The default estimator is doubly robust with the learner's own critic,
+Safe rollout: the candidate is refused if its off-policy estimate (served as the exploring
+policy) on the newest held-back rewards is worse than that of the serving weights, or of any of
+the `rollout.references` most recently published versions, by more than `rollout.margin` with
+one-sided `rollout.confidence` (paired over the held-back records). Against the serving weights
+alone, a bad first candidate that was not yet clearly worse got published, and every later one
+was then compared with it: small, individually insignificant steps could drift anywhere (CI:
+six poisoned candidates published in a row). The default estimator is doubly robust with the learner's own critic,
 which never sees held-back records; self-normalised IPS alone (`rollout.estimator: snips`) has
 too few held-back records on a newly best model and refused adaptation for hundreds of rounds
 after a shift in the in-process loop. Held-back rewards are weighted by recency (`rollout.half_life`): on
@@ -24,6 +28,7 @@ while the trainer is down still serves the newest published version.
 """
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 import time
@@ -99,6 +104,9 @@ class ContinuousTrainer:
         self.eval_window: deque[dict] = deque(maxlen=self.rollout.eval_window)
         self._resume()
         self.snapshot = (self.published_version, _numpy(policy_state(self.serving)))
+        # (version, inference module) of the latest publications, newest last; the gate's yardsticks.
+        self.references: deque[tuple[int, Any]] = deque([(self.published_version, copy.deepcopy(self.serving))],
+                                                        maxlen=self.rollout.references)
 
     def _build(self, module):
         from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -181,6 +189,8 @@ class ContinuousTrainer:
         # number with half-loaded weights.
         self.snapshot = (self.version, _numpy(weights))
         self.published_version = self.version
+        if hasattr(self, "references"):  # not yet while resuming
+            self.references.append((self.version, copy.deepcopy(self.serving)))
         self.published.append({"version": self.version, "published_at": time.time(), **info})
 
     # -- training ----------------------------------------------------------------------------
@@ -313,14 +323,23 @@ class ContinuousTrainer:
         if not self.rollout.enabled or len(rows) < self.rollout.min_eval:
             return {"publish": True, "estimate": {}}
         q = self._critic(rows)
-        candidate, c_terms = self._served_values(self.scratch, rows, q)
-        serving, s_terms = self._served_values(self.serving, rows, q)
-        se = weighted_mean_se(c_terms - s_terms, recency_weights(len(rows), self.rollout.half_life))
+        recency = recency_weights(len(rows), self.rollout.half_life)
         z = NormalDist().inv_cdf(self.rollout.confidence)
-        est = {"candidate": candidate, "serving": serving, "difference_se": se, "n": len(rows),
-               "margin": self.rollout.margin, "confidence": self.rollout.confidence, "estimator": self.rollout.estimator}
+        candidate, c_terms = self._served_values(self.scratch, rows, q)
+        # Each yardstick: (slack, version, estimate, se); the candidate passes if every slack >= 0.
+        checks = []
+        for version, module in self.references:
+            value, terms = self._served_values(module, rows, q)
+            se = weighted_mean_se(c_terms - terms, recency)
+            checks.append((candidate - value + z * se + self.rollout.margin, version, value, se))
+        slack, against, value, se = min(checks, key=lambda c: c[0])
+        serving = checks[-1]
+        est = {"candidate": candidate, "serving": serving[2], "difference_se": serving[3],
+               "against": {"version": against, "estimate": value, "difference_se": se},
+               "n": len(rows), "margin": self.rollout.margin, "confidence": self.rollout.confidence,
+               "estimator": self.rollout.estimator}
         self.last_estimate = {"version": self.version, **est}
-        return {"publish": candidate - serving + z * se >= -self.rollout.margin, "estimate": est}
+        return {"publish": slack >= 0, "estimate": est}
 
     def load_checkpoint(self, path: str) -> int:
         """An operator's checkpoint becomes the next published version (no gate: it is their call)."""
@@ -347,6 +366,7 @@ class ContinuousTrainer:
             raise ValueError(f"path: incompatible network (mismatched tensors {bad[:3]})")
         self._adopt(self.learner_group, theirs)
         self.version += 1
+        self.references.clear()  # the operator's weights are the new yardstick, not what they replaced
         self._publish({k: theirs[k].clone() for k in mine}, {"through_id": self.offset, "checkpoint": path})
         self._save()
         return self.version

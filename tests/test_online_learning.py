@@ -99,7 +99,7 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
         assert status["published_version"] <= 1 and [u["published"] for u in trainer.updates][2:] == [False] * 4, status
         refused = status["last_refused"]
         assert refused["version"] == status["version"] == 6
-        assert refused["candidate"] < refused["serving"] - 0.02, refused
+        assert refused["candidate"] < refused["against"]["estimate"] - 0.02, refused
     # a restarted trainer resumes exactly where this one stopped
     again = ContinuousTrainer(settings)
     assert (again.version, again.offset, again.published_version) == (status["version"], status["offset"], status["published_version"])

@@ -255,6 +255,7 @@ def test_settings_errors_name_the_field():
         ({"upstreams": {"m": {"api_key_env": "K"}}}, "upstreams.m.base_url"),
         ({"upstream_retries": -1}, "upstream_retries"),
         ({"rollout": {"confidence": 1.0}}, "rollout.confidence"),
+        ({"rollout": {"references": 0}}, "rollout.references"),
         ({"bogus": 1}, "bogus"),
         ({"auth": {"token_env": None}}, "auth"),
         ({"limits": {"long_prompt": "shorten"}}, "limits.long_prompt"),
