@@ -3,8 +3,11 @@
     python bench/load_test.py [--quick] [--checkpoint DIR] [--out bench/out/load]
 
 1. floor: the bare encoder + policy forward in this process, per request, at batch 1 and 32;
-2. one replica with @serve.batch max size 1, then 32, under a closed loop of 32 concurrent
-   clients: p50/p99 latency and routes/s per replica;
+2. one replica with @serve.batch max size 1, then 32: one sequential client (p50 against the
+   batch-1 floor), then a closed loop of 32 concurrent clients (routes/s against the batch-32
+   floor, p99 against p50). Issue 12's goals: sequential p50 <= 1.5x the batch-1 floor; at 32
+   clients >= 40% of the batch-32 floor with p99 <= 2x p50. Every route's decision is written to
+   the feedback store before its 2xx, as in production;
 3. autoscaling: min 1 / max 4 replicas, load ramped up then stopped; the RouterModel replica
    count is sampled every 0.5 s and plotted with the load.
 All traffic goes to 127.0.0.1, is bounded in count and time, and stops by itself.
@@ -129,6 +132,7 @@ def main() -> int:
     p.add_argument("--checkpoint", help="a trained checkpoint (default: train a small one)")
     p.add_argument("--out", default="bench/out/load")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-autoscaling", action="store_true", help="latency and throughput only")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,10 +165,27 @@ def main() -> int:
     for bs in (1, 32):
         deploy(checkpoint, out / f"bs{bs}", port, bs, fixed)
         asyncio.run(closed_loop(url, prompts, 8, 3, 10_000))  # warm-up
+        r = asyncio.run(closed_loop(url, prompts, 1, 5 if quick else 15, 20_000))
+        results["fixed_one_replica"][f"max_batch_size_{bs}_sequential"] = r
+        print(f"1 replica, max_batch_size {bs}, 1 client: {json.dumps(r)}", flush=True)
         r = asyncio.run(closed_loop(url, prompts, 32, 8 if quick else 20, 20_000))
         results["fixed_one_replica"][f"max_batch_size_{bs}"] = r
         print(f"1 replica, max_batch_size {bs}: {json.dumps(r)}", flush=True)
         serve.delete("barp")
+    seq, loaded, fl = (results["fixed_one_replica"]["max_batch_size_32_sequential"],
+                       results["fixed_one_replica"]["max_batch_size_32"], results["floor"])
+    results["goals"] = {
+        "sequential_p50_over_floor_batch_1": seq["p50_ms"] / fl["batch_1"]["ms_per_request"],
+        "routes_per_s_over_floor_batch_32": loaded["routes_per_s"] / fl["batch_32"]["requests_per_s"],
+        "p99_over_p50_at_32_clients": loaded["p99_ms"] / loaded["p50_ms"],
+    }
+    print("goals (issue 12: <= 1.5, >= 0.40, <= 2.0):", json.dumps(results["goals"]), flush=True)
+    if args.no_autoscaling:
+        serve.shutdown()
+        ray.shutdown()
+        (out / "load_test.json").write_text(json.dumps(results, indent=2))
+        print(f"wrote {out / 'load_test.json'}")
+        return 0
 
     # autoscaling under a ramp
     deploy(checkpoint, out / "auto", port, 32,

@@ -1,7 +1,8 @@
 """The Ray Serve application: HTTP API -> batched router replicas, feedback log, continuous trainer.
 
     RouterAPI (FastAPI ingress) --route--> RouterModel (autoscaling, @serve.batch: encoder + policy)
-              |--decision/feedback--> FeedbackLogDeployment (feedback store: SQLite or PostgreSQL, one replica)
+              |                              |--the batch's decisions--> FeedbackLogDeployment
+              |--feedback------------------------------------------------> FeedbackLogDeployment (feedback store: SQLite or PostgreSQL, one replica)
     TrainerDeployment (one replica) reads joined rewards from the store, updates on RLlib's Learner,
     checks each candidate off-policy before publishing it, and hands published weights to every
     RouterModel replica, which polls it; if the trainer is down, replicas keep serving their last
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from barp_ray.policy import read_meta
-from serve.guard import GuardError, PromptLimiter, check_bearer, load_token
+from serve.guard import GuardError, PromptLimiter, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
                            RouteResponse)
@@ -64,8 +65,8 @@ class FeedbackLogDeployment:
             await asyncio.sleep(self.settings.feedback.retire_every_s)
 
     # Database calls run in threads: the replica's event loop stays free to answer Serve's probes.
-    async def record_decision(self, decision: dict) -> None:
-        await asyncio.to_thread(self.store.record_decision, decision)
+    async def record_decisions(self, decisions: list[dict]) -> None:
+        await asyncio.to_thread(self.store.record_decisions, decisions)
 
     async def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict:
         from serve.feedback_store import FeedbackError
@@ -212,7 +213,13 @@ class TrainerDeployment:
     logging_config=QUIET,
 )
 class RouterModel:
-    async def __init__(self, settings: ServeSettings, trainer):
+    """Encoder + policy for a batch of routes, and the batch's decisions written to the feedback
+    log in one call before any of them is answered. Why here and not in the ingress: the ingress
+    is one replica in front of all traffic; a second deployment call per route (and shipping each
+    384-float embedding through it) was most of its CPU, and the decision write was one database
+    transaction per route instead of one per batch."""
+
+    async def __init__(self, settings: ServeSettings, trainer, log):
         import torch
 
         from barp_ray.encoder import load_encoder
@@ -238,7 +245,7 @@ class RouterModel:
 
         self.metrics = ReplicaMetrics()
         self.metrics.serving(self.version)
-        self.trainer = trainer
+        self.trainer, self.log = trainer, log
         self.replica = serve.get_replica_context().replica_id.unique_id
         load_encoder(self.policy.encoder, "cpu")  # warm: the first request should not pay for it
         self.route_batch.set_max_batch_size(settings.max_batch_size)
@@ -267,16 +274,20 @@ class RouterModel:
             self.metrics.serving(self.version)
             await asyncio.sleep(self.settings.weights_poll_s)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    # Two batches in flight: one computes while the other waits for its decisions to be written.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
     async def route_batch(self, items: list[dict]) -> list[dict]:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
         from barp_ray.encoder import encode
         from serve.exploration import exploring_distribution
+        from serve.feedback_store import encode_vector, new_request_id
 
         emb = encode([it["prompt"] for it in items], self.policy.encoder)
         probs = self.policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
         version = self.version
         e = self.settings.exploration
-        out = []
+        out, decisions = [], []
         for it, x, p in zip(items, emb, probs):
             mask = it.get("mask")
             if it["mode"] == "greedy":
@@ -286,8 +297,18 @@ class RouterModel:
             else:
                 served = exploring_distribution(p[None], e.epsilon, e.temperature, mask)[0]
                 a = int(self._rng.choice(len(served), p=served / served.sum()))
-            out.append({"action": a, "probabilities": served.tolist(), "behaviour_prob": float(served[a]),
-                        "embedding": x, "policy_version": version, "replica": self.replica})
+            # A fresh id per attempt: if this replica dies after the write, the ingress's retry is a
+            # new decision, and the orphan one simply expires.
+            request_id = new_request_id()
+            decisions.append({"request_id": request_id, "time": time.time(), "embedding": encode_vector(x),
+                              "preference": list(it["preference"]), "model": self.policy.models[a],
+                              "behaviour_prob": float(served[a]), "mode": it["mode"], "policy_version": version})
+            out.append({"request_id": request_id, "action": a, "probabilities": served.tolist(),
+                        "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica})
+        try:
+            await _call_with_retry(self.log.record_decisions, decisions)
+        except (RayActorError, ActorUnavailableError):
+            return [{"error": "feedback log: unavailable, the decision was not recorded; retry shortly"}] * len(items)
         return out
 
     async def route(self, item: dict) -> dict:
@@ -361,32 +382,11 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
-ALWAYS_PROTECTED = ("/v1/feedback", "/v1/admin/", "/v1/stats")
-ROUTE_PATH, CHAT_PATH = "/v1/route", "/v1/chat/completions"
+from serve.guard import GuardMiddleware  # noqa: E402
 
-
-@api.middleware("http")
-async def _guard(request: Request, call_next):
-    # Serve ships the deployment class by value (with its own copy of this module's globals), so
-    # the replica's settings live in serve.guard.STATE, reached through sys.modules by both sides.
-    from serve.guard import STATE as _GUARD
-
-    if _GUARD:
-        limit = _GUARD["max_body_bytes"]
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return _error(413, f"body: larger than the limit of {limit} bytes")
-        path = request.url.path
-        protected = (path.startswith(ALWAYS_PROTECTED) or (_GUARD["require_for_route"] and path.startswith(ROUTE_PATH))
-                     or (_GUARD["require_for_chat"] and path.startswith(CHAT_PATH)))
-        if protected:
-            try:
-                check_bearer(request.headers.get("authorization"), _GUARD["token"])
-            except GuardError as e:
-                return JSONResponse(status_code=e.status, content={"error": str(e)}, headers={"WWW-Authenticate": "Bearer"})
-        if request.method in ("POST", "PUT", "PATCH") and len(await request.body()) > limit:
-            return _error(413, f"body: larger than the limit of {limit} bytes")
-    return await call_next(request)
+# Pure ASGI, not @api.middleware("http"): Starlette's BaseHTTPMiddleware runs every request
+# through an extra task and memory streams, CPU the one ingress replica spends on each route.
+api.add_middleware(GuardMiddleware)
 
 
 async def _call_with_retry(method, *args, attempts: int = 4, retry_kwargs: dict | None = None, **kwargs):
@@ -449,30 +449,15 @@ class RouterAPI:
             if unknown:
                 return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
             mask = [m in set(req.candidates) for m in self.models]
-        from serve.feedback_store import encode_vector, new_request_id
-
         try:
             out = await _call_with_retry(
                 self.router.route, {"prompt": prompt, "preference": [wq, wc], "mode": req.mode, "mask": mask}
             )
         except (RayActorError, ActorUnavailableError):
             return _error(503, "router: no replica could answer; retry shortly")
-        request_id = new_request_id()
-        model = self.models[out["action"]]
-        decision = {
-            "request_id": request_id,
-            "time": time.time(),
-            "embedding": encode_vector(out["embedding"]),
-            "preference": [wq, wc],
-            "model": model,
-            "behaviour_prob": out["behaviour_prob"],
-            "mode": req.mode,
-            "policy_version": out["policy_version"],
-        }
-        try:
-            await _call_with_retry(self.log.record_decision, decision)
-        except (RayActorError, ActorUnavailableError):
-            return _error(503, "feedback log: unavailable, the decision was not recorded; retry shortly")
+        if "error" in out:
+            return _error(503, out["error"])
+        request_id, model = out["request_id"], self.models[out["action"]]
         mode = "greedy" if req.mode == "greedy" else "explore"
         probabilities = dict(zip(self.models, out["probabilities"]))
         self.metrics.route(model, mode, probabilities)
@@ -587,5 +572,5 @@ def app_builder(args: dict[str, Any] | None = None):
         raise SettingsError(str(e)) from None
     trainer = TrainerDeployment.bind(settings)
     log = FeedbackLogDeployment.bind(settings)
-    router = RouterModel.options(autoscaling_config=settings.router_autoscaling).bind(settings, trainer)
+    router = RouterModel.options(autoscaling_config=settings.router_autoscaling).bind(settings, trainer, log)
     return RouterAPI.bind(settings, router, log, trainer)

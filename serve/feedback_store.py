@@ -82,11 +82,14 @@ class FeedbackStore:
         self.tau, self.wait_s, self.on_missing, self.default_reward = float(tau), float(wait_s), on_missing, float(default_reward)
 
     def record_decision(self, decision: dict[str, Any]) -> None:
-        """Committed without forcing it to disk (it survives a killed process); the next durable
-        feedback commit takes it to disk with it."""
+        self.record_decisions([decision])
+
+    def record_decisions(self, decisions: list[dict[str, Any]]) -> None:
+        """One transaction for a router batch. Committed without forcing it to disk (it survives a
+        killed process); the next durable feedback commit takes it to disk with it."""
+        rows = [(d["request_id"], float(d["time"]), json.dumps(d, separators=(",", ":"))) for d in decisions]
         with self.db.transaction(durable=False):
-            self.db.execute("INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?)",
-                            (decision["request_id"], float(decision["time"]), json.dumps(decision, separators=(",", ":"))))
+            self.db.executemany("INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?)", rows)
 
     def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict[str, Any]:
         """Join feedback to its pending decision and persist it; raises, writing nothing, on bad input.

@@ -77,3 +77,63 @@ class PromptLimiter:
                 413, f"{field}: {len(enc.ids)} tokens, more than the limit of {self.limits.max_prompt_tokens}"
             )
         return prompt[: enc.offsets[self.limits.max_prompt_tokens - 1][1]]
+
+
+ALWAYS_PROTECTED = ("/v1/feedback", "/v1/admin/", "/v1/stats")
+ROUTE_PATH, CHAT_PATH = "/v1/route", "/v1/chat/completions"
+
+
+class GuardMiddleware:
+    """Size limit (declared and actual body) and bearer token, before FastAPI parses anything.
+
+    Settings come from STATE, filled by the ingress replica: Serve ships the deployment class by
+    value, with its own copy of the app module's globals, but this module is imported normally."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not STATE:
+            return await self.app(scope, receive, send)
+        limit = STATE["max_body_bytes"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await _refuse(scope, receive, send, 413, f"body: larger than the limit of {limit} bytes")
+        path = scope["path"]
+        protected = (path.startswith(ALWAYS_PROTECTED) or (STATE["require_for_route"] and path.startswith(ROUTE_PATH))
+                     or (STATE["require_for_chat"] and path.startswith(CHAT_PATH)))
+        if protected:
+            try:
+                check_bearer(headers.get("authorization"), STATE["token"])
+            except GuardError as e:
+                return await _refuse(scope, receive, send, e.status, str(e), {"WWW-Authenticate": "Bearer"})
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:  # a chunked body has no content-length: count what actually arrives
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await _refuse(scope, receive, send, 413, f"body: larger than the limit of {limit} bytes")
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later reads wait for a disconnect (a streaming response watches for it)
+
+        return await self.app(scope, replay, send)
+
+
+async def _refuse(scope, receive, send, status: int, message: str, headers: dict | None = None) -> None:
+    from starlette.responses import JSONResponse
+
+    await JSONResponse(status_code=status, content={"error": message}, headers=headers)(scope, receive, send)
