@@ -241,6 +241,7 @@ class RouterModel:
                 logger.warning("the newest published weights do not fit this checkpoint; serving the checkpoint as is")
                 self.policy = RoutingPolicy.load(settings.checkpoint)
         self.started_version = self.version
+        self.prices: list[float] | None = None  # blended $/Mtok per model, set by reconfigure
         from serve.metrics import ReplicaMetrics
 
         self.metrics = ReplicaMetrics()
@@ -252,6 +253,18 @@ class RouterModel:
         self.route_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self._rng = np.random.default_rng()
         self._poll = asyncio.get_running_loop().create_task(self._poll_weights())
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Serve calls this at start and whenever `user_config` changes (a re-deploy with new
+        prices): the policy reads today's prices at once, with no training step and no restart."""
+        from serve.settings import live_prices
+
+        # Validated here too: a `user_config` edited in the Serve config file skips app_builder.
+        prices = live_prices((user_config or {}).get("prices"), self.policy.meta)
+        blended = [sum(prices[m].values()) for m in self.policy.models] if all(prices.values()) else None
+        if blended and self.policy.module.head == "price_aware":
+            self.policy.module.set_prices(blended)
+        self.prices = blended  # recorded with each decision: what it was made under
 
     async def _poll_weights(self) -> None:
         import copy
@@ -302,7 +315,8 @@ class RouterModel:
             request_id = new_request_id()
             decisions.append({"request_id": request_id, "time": time.time(), "embedding": encode_vector(x),
                               "preference": list(it["preference"]), "model": self.policy.models[a],
-                              "behaviour_prob": float(served[a]), "mode": it["mode"], "policy_version": version})
+                              "behaviour_prob": float(served[a]), "mode": it["mode"], "policy_version": version,
+                              "prices": self.prices})
             out.append({"request_id": request_id, "action": a, "probabilities": served.tolist(),
                         "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica})
         try:
@@ -411,7 +425,7 @@ class RouterAPI:
     def __init__(self, settings: ServeSettings, router, log, trainer):
         self.settings = settings
         self.router, self.log, self.trainer = router, log, trainer
-        meta = read_meta(settings.checkpoint)
+        meta = self.meta = read_meta(settings.checkpoint)
         self.models: list[str] = list(meta["models"])
         self.prices: dict = meta.get("prices", {})
         self.tau = float(meta["tau"])
@@ -433,6 +447,11 @@ class RouterAPI:
             chat_models=self.chat_models,
             max_body_bytes=settings.limits.max_body_bytes,
         )
+
+    def reconfigure(self, user_config: dict) -> None:
+        from serve.settings import live_prices
+
+        self.prices = live_prices((user_config or {}).get("prices"), self.meta)
 
     @api.post("/v1/route", response_model=RouteResponse, responses=errors(422, 503))
     async def route(self, req: RouteRequest):
@@ -488,7 +507,7 @@ class RouterAPI:
 
     @api.get("/v1/models")
     async def models(self) -> dict:
-        return {"models": [{"id": m, "price_per_mtok": self.prices.get(m)} for m in self.models] + [{"id": "barp-auto"}],
+        return {"models": [{"id": m, "price_per_mtok": self.prices.get(m) or None} for m in self.models] + [{"id": "barp-auto"}],
                 "tau": self.tau}
 
     @api.get("/healthz")
@@ -552,13 +571,18 @@ class RouterAPI:
 
 def app_builder(args: dict[str, Any] | None = None):
     """Entry point for `serve run` / `serve deploy` (import_path: serve.app:app_builder)."""
+    args = dict(args or {})
+    price_overrides = args.pop("prices", None)  # live: user_config, not a deployment argument
     settings = settings_from_args(args).absolute()
     from barp_ray.policy import META_FILE
+    from serve.settings import live_prices
 
     try:  # fail at deploy time, not on the first request
-        read_meta(settings.checkpoint)
+        meta = read_meta(settings.checkpoint)
     except (OSError, ValueError):  # missing (FileNotFoundError), unreachable or unreadable
         raise SettingsError(f"checkpoint: {settings.checkpoint} is not a barp-ray checkpoint (no {META_FILE})") from None
+    live_prices(price_overrides, meta)  # refused here, before anything is deployed
+    live = {"prices": price_overrides or {}}
     try:
         load_token(settings.auth)
     except GuardError as e:
@@ -572,5 +596,5 @@ def app_builder(args: dict[str, Any] | None = None):
         raise SettingsError(str(e)) from None
     trainer = TrainerDeployment.bind(settings)
     log = FeedbackLogDeployment.bind(settings)
-    router = RouterModel.options(autoscaling_config=settings.router_autoscaling).bind(settings, trainer, log)
-    return RouterAPI.bind(settings, router, log, trainer)
+    router = RouterModel.options(autoscaling_config=settings.router_autoscaling, user_config=live).bind(settings, trainer, log)
+    return RouterAPI.options(user_config=live).bind(settings, router, log, trainer)

@@ -290,3 +290,38 @@ def _check_keys(where: str, raw: dict, cls: type) -> None:
 def _pos(name: str, v) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
         raise SettingsError(f"{name}: must be a number > 0, got {v!r}")
+
+
+PRICE_FIELDS = ("input_per_mtok", "output_per_mtok")
+
+
+def live_prices(overrides: Any, meta: dict) -> dict[str, dict[str, float]]:
+    """Today's prices per model: the checkpoint's, with the serving config's `prices` on top.
+
+    They reach replicas as Serve `user_config`, not as deployment arguments, so `serve deploy` of
+    an edited price reconfigures running replicas in place (no restart). Only a checkpoint whose
+    policy reads prices (`policy.head: price_aware`) can take them: for any other, routing would
+    silently ignore the change."""
+    if overrides in (None, {}):
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise SettingsError("prices: must be a mapping of model name to {input_per_mtok, output_per_mtok}")
+    head = ((meta.get("config") or {}).get("policy") or {}).get("head", "concat")
+    if overrides and head != "price_aware":
+        raise SettingsError(f"prices: this checkpoint's policy head {head!r} does not read prices; "
+                            "train it with policy.head: price_aware")
+    models = list(meta["models"])
+    out = {m: dict((meta.get("prices") or {}).get(m) or {}) for m in models}
+    for name, raw in overrides.items():
+        if name not in out:
+            raise SettingsError(f"prices.{name}: not a model of this checkpoint; known: {models}")
+        if not isinstance(raw, dict) or set(raw) != set(PRICE_FIELDS):
+            raise SettingsError(f"prices.{name}: must be {{input_per_mtok, output_per_mtok}} in $ per million tokens, got {raw!r}")
+        for f in PRICE_FIELDS:
+            v = raw[f]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise SettingsError(f"prices.{name}.{f}: must be a number >= 0, got {v!r}")
+        if raw["input_per_mtok"] + raw["output_per_mtok"] <= 0:
+            raise SettingsError(f"prices.{name}: input_per_mtok + output_per_mtok must be > 0")
+        out[name] = {f: float(raw[f]) for f in PRICE_FIELDS}
+    return out

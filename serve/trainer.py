@@ -135,7 +135,8 @@ class ContinuousTrainer:
         from ray.rllib.core import DEFAULT_MODULE_ID
 
         current = group.get_weights()[DEFAULT_MODULE_ID]
-        merged = {k: (torch.as_tensor(weights[k]) if k in weights and tuple(weights[k].shape) == tuple(v.shape) else v)
+        # np.shape: a 0-d parameter (the price_aware head's price_scale) comes back from the learner as a float
+        merged = {k: (torch.as_tensor(weights[k]) if k in weights and tuple(np.shape(weights[k])) == tuple(np.shape(v)) else v)
                   for k, v in current.items()}
         group.set_weights({DEFAULT_MODULE_ID: merged})
 

@@ -268,6 +268,28 @@ def test_settings_errors_name_the_field():
         app_builder({"checkpoint": "/nonexistent/ckpt", "auth": {"disabled": True}})
 
 
+def test_live_prices_are_checked_against_the_checkpoint_and_name_the_field():
+    """Prices reach replicas as Serve user_config (reconfigure, no restart); a bad one is refused
+    at deploy, naming the field, before anything changes."""
+    from serve.settings import SettingsError, live_prices
+
+    meta = {"models": ["a", "b"], "prices": {"a": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+                                             "b": {"input_per_mtok": 5.0, "output_per_mtok": 5.0}},
+            "config": {"policy": {"head": "price_aware"}}}
+    assert live_prices({"b": {"input_per_mtok": 10, "output_per_mtok": 10}}, meta)["b"] == {
+        "input_per_mtok": 10.0, "output_per_mtok": 10.0}
+    assert live_prices(None, meta)["a"] == meta["prices"]["a"]
+    for bad, field in [({"c": {"input_per_mtok": 1, "output_per_mtok": 1}}, "prices.c"),
+                       ({"a": {"input_per_mtok": 1}}, "prices.a"),
+                       ({"a": {"input_per_mtok": -1, "output_per_mtok": 1}}, "prices.a.input_per_mtok"),
+                       ({"a": {"input_per_mtok": 0, "output_per_mtok": 0}}, "prices.a"),
+                       (["a"], "prices")]:
+        with pytest.raises(SettingsError, match=field.replace(".", r"\.")):
+            live_prices(bad, meta)
+    with pytest.raises(SettingsError, match="does not read prices"):
+        live_prices({"a": {"input_per_mtok": 1, "output_per_mtok": 1}}, {**meta, "config": {"policy": {"head": "concat"}}})
+
+
 def test_a_missing_provider_key_fails_the_deploy(world):
     import os
 
