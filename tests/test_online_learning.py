@@ -135,6 +135,42 @@ def _deploy(checkpoint, root, port, **args):
     return Client(port)
 
 
+def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of_published_weights(tmp_path):
+    """The price_aware head's learned price scale is a 0-d parameter (it once crashed the trainer's
+    weight hand-over); today's prices are not weights: publishing never carries them back."""
+    import torch
+
+    from barp_ray.encoder import encode
+    from barp_ray.policy import RoutingPolicy, policy_state
+    from serve.feedback_store import FeedbackStore
+    from serve.trainer import ContinuousTrainer, latest_published
+
+    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=300", "training.iterations=2",
+                                              "training.rounds_per_iteration=256", "policy.head=price_aware",
+                                              f"output.checkpoint_dir={tmp_path / 'ckpt'}"])
+    ckpt = train(cfg, progress=False).checkpoint
+    settings = _settings(ckpt, tmp_path, rollout={"enabled": False})
+    policy = RoutingPolicy.load(ckpt)
+    MODELS[:] = list(policy.models)
+    store = FeedbackStore(settings.log_dir, tau=policy.tau)
+    trainer = ContinuousTrainer(settings)
+    contexts = encode(["Write a SQL query that lists customers.", "Compose a poem about rain."], policy.encoder)
+    _log_uniform_rounds(store, contexts, 64, lambda rid, a: a == 0, len(MODELS), np.random.default_rng(0))
+    row = trainer.train_once()
+    assert row is not None and row["published"] and row["steps"] > 0, row
+    version, weights = latest_published(settings.trainer.state_dir)
+    assert version == row["version"] and "price_scale" in weights and "log_price" not in weights
+    assert float(weights["price_scale"]) == pytest.approx(float(trainer.scratch.price_scale))  # the learner's own
+    served = RoutingPolicy.load(ckpt)
+    served.module.set_prices([2.0 * p for p in np.exp(served.module.log_price.numpy())])
+    prices_now = served.module.log_price.clone()
+    from barp_ray.policy import load_policy_state
+
+    load_policy_state(served.module, weights)  # a replica taking the new weights keeps today's prices
+    assert torch.equal(served.module.log_price, prices_now) and set(weights) == set(policy_state(served.module))
+    trainer.close()
+
+
 def test_the_service_on_postgresql_keeps_every_accepted_feedback_once_and_learns_from_it(checkpoint, tmp_path, postgres_url):
     """The cluster backend end to end: the store and the trainer on a real PostgreSQL server, the
     connection string from a secrets file, never in a setting or a log line."""
