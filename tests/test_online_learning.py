@@ -160,7 +160,7 @@ def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of
     assert row is not None and row["published"] and row["steps"] > 0, row
     version, weights = latest_published(settings.trainer.state_dir)
     assert version == row["version"] and "price_scale" in weights and "log_price" not in weights
-    assert float(weights["price_scale"]) == pytest.approx(float(trainer.scratch.price_scale))  # the learner's own
+    assert float(weights["price_scale"]) == pytest.approx(float(trainer.scratch.price_scale.detach()))  # the learner's own
     served = RoutingPolicy.load(ckpt)
     served.module.set_prices([2.0 * p for p in np.exp(served.module.log_price.numpy())])
     prices_now = served.module.log_price.clone()
