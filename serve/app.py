@@ -29,7 +29,7 @@ from serve.guard import GuardError, PromptLimiter, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
                            RouteResponse)
-from serve.settings import ServeSettings, SettingsError, settings_from_args
+from serve.settings import ServeSettings, SettingsError, live_prices, settings_from_args
 
 logger = logging.getLogger("ray.serve")
 
@@ -256,9 +256,7 @@ class RouterModel:
 
     def reconfigure(self, user_config: dict) -> None:
         """Serve calls this at start and whenever `user_config` changes (a re-deploy with new
-        prices): the policy reads today's prices at once, with no training step and no restart."""
-        from serve.settings import live_prices
-
+        prices): the policy reads today's prices at once, with no training step."""
         # Validated here too: a `user_config` edited in the Serve config file skips app_builder.
         prices = live_prices((user_config or {}).get("prices"), self.policy.meta)
         blended = [sum(prices[m].values()) for m in self.policy.models] if all(prices.values()) else None
@@ -449,8 +447,6 @@ class RouterAPI:
         )
 
     def reconfigure(self, user_config: dict) -> None:
-        from serve.settings import live_prices
-
         self.prices = live_prices((user_config or {}).get("prices"), self.meta)
 
     @api.post("/v1/route", response_model=RouteResponse, responses=errors(422, 503))
@@ -575,7 +571,6 @@ def app_builder(args: dict[str, Any] | None = None):
     price_overrides = args.pop("prices", None)  # live: user_config, not a deployment argument
     settings = settings_from_args(args).absolute()
     from barp_ray.policy import META_FILE
-    from serve.settings import live_prices
 
     try:  # fail at deploy time, not on the first request
         meta = read_meta(settings.checkpoint)

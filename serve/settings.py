@@ -298,11 +298,12 @@ PRICE_FIELDS = ("input_per_mtok", "output_per_mtok")
 def live_prices(overrides: Any, meta: dict) -> dict[str, dict[str, float]]:
     """Today's prices per model: the checkpoint's, with the serving config's `prices` on top.
 
-    They reach replicas as Serve `user_config`, not as deployment arguments, so `serve deploy` of
-    an edited price reconfigures running replicas in place (no restart). Only a checkpoint whose
+    They reach replicas as Serve `user_config` (`reconfigure`), so a price set there changes
+    routing with no training step; a price edited in the app's `args` re-deploys the replicas one by
+    one instead (Serve restarts them when `args` change). Only a checkpoint whose
     policy reads prices (`policy.head: price_aware`) can take them: for any other, routing would
     silently ignore the change."""
-    if overrides in (None, {}):
+    if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict):
         raise SettingsError("prices: must be a mapping of model name to {input_per_mtok, output_per_mtok}")

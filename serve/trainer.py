@@ -190,8 +190,7 @@ class ContinuousTrainer:
         # number with half-loaded weights.
         self.snapshot = (self.version, _numpy(weights))
         self.published_version = self.version
-        if hasattr(self, "references"):  # not yet while resuming
-            self.references.append((self.version, copy.deepcopy(self.serving)))
+        self.references.append((self.version, copy.deepcopy(self.serving)))
         self.published.append({"version": self.version, "published_at": time.time(), **info})
 
     # -- training ----------------------------------------------------------------------------
