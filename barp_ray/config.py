@@ -37,9 +37,12 @@ class DataConfig:
     held_out_tasks: list = field(default_factory=list)
     seed: int = 0
     max_prompts: int | None = None  # subsample (before splitting) for quick runs
+    exclude_models: list = field(default_factory=list)  # drop these models' columns (e.g. one held out for a zero-shot check)
 
     def validate(self) -> None:
         _one_of("data.source", self.source, SOURCES)
+        if not all(isinstance(m, str) and m for m in self.exclude_models):
+            raise ConfigError(f"data.exclude_models: must be a list of model names, got {self.exclude_models!r}")
         _one_of("data.split", self.split, SPLITS)
         if self.source != "synthetic" and not self.path:
             raise ConfigError(f"data.path: required for data.source={self.source!r}")
@@ -98,10 +101,15 @@ class EnvConfig:
 class PolicyConfig:
     preference_hidden: list = field(default_factory=lambda: [32])
     head_hidden: list = field(default_factory=lambda: [256, 128])
-    head: str = "concat"  # concat: logits from [h(x); phi(w)] (the paper) | preference_gated: w_q U + w_c V | price_aware: concat - w_c * s * log(price)
+    head: str = "concat"  # concat: logits from [h(x); phi(w)] (the paper) | preference_gated: w_q U + w_c V | price_aware: concat - w_c * s * log(price) | model_conditioned: scores (prompt, preference, model card), any model set
+    model_id_dim: int = 16  # model_conditioned: learned vector per trained model
+    model_id_dropout: float = 0.1  # model_conditioned: chance a (round, model) pair is scored as an unknown model
 
     def validate(self) -> None:
-        _one_of("policy.head", self.head, ("concat", "preference_gated", "price_aware"))
+        _one_of("policy.head", self.head, ("concat", "preference_gated", "price_aware", "model_conditioned"))
+        _positive("policy.model_id_dim", self.model_id_dim)
+        if not 0.0 <= self.model_id_dropout < 1.0:
+            raise ConfigError(f"policy.model_id_dropout: must be in [0, 1), got {self.model_id_dropout}")
         for name in ("preference_hidden", "head_hidden"):
             sizes = getattr(self, name)
             if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
@@ -124,6 +132,7 @@ class TrainingConfig:
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
     grad_clip: float = 1.0
     seed: int = 0
+    init_from: str | None = None  # start from this checkpoint's weights (models matched by name; new ones start as "unknown")
 
     def validate(self) -> None:
         _positive("training.iterations", self.iterations)
@@ -140,6 +149,8 @@ class TrainingConfig:
         if not 0.0 <= self.exploration_floor < 1.0:
             raise ConfigError(f"training.exploration_floor: must be in [0, 1), got {self.exploration_floor}")
         _positive("training.grad_clip", self.grad_clip)
+        if self.init_from is not None and not _path_exists(self.init_from):
+            raise ConfigError(f"training.init_from: {self.init_from!r} does not exist")
 
 
 @dataclass
@@ -191,6 +202,9 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        if self.policy.head == "model_conditioned" and self.training.baseline == "critic" and self.training.critic_form != "reward":
+            raise ConfigError("training.critic_form: policy.head model_conditioned needs 'reward' (a per-model critic "
+                              "that can score any model card)")
         return self
 
     def to_dict(self) -> dict:

@@ -8,8 +8,6 @@ labelled table) -> choice matrices on the test prompts -> operating points. Deri
 """
 from __future__ import annotations
 
-import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -74,7 +72,7 @@ def bandit_rounds(train_cfg: TrainConfig, eval_cfg: EvalConfig) -> int:
     return int(eval_cfg.bandit_rounds)
 
 
-def largest_model(data_cfg, table, choice: str) -> tuple[int, str]:
+def largest_model(table, choice: str) -> tuple[int, str]:
     """Index of 'the largest model' and the rule that picked it (most parameters if known, else priciest)."""
     models = list(table.models)
     if choice != "auto":
@@ -82,29 +80,13 @@ def largest_model(data_cfg, table, choice: str) -> tuple[int, str]:
             raise ConfigError(f"eval.largest_model: {choice!r} is not one of the models {models}")
         return models.index(choice), "named in eval.largest_model"
     mean_cost = table.costs.mean(axis=0)
-    sizes = _parameter_counts(data_cfg, models)
+    sizes = table.sizes if set(table.sizes) >= set(models) else {}
     if sizes:
         top = max(sizes.values())
         tied = [i for i, m in enumerate(models) if sizes.get(m) == top]
         i = max(tied, key=lambda j: mean_cost[j])
-        return i, f"most parameters ({sizes[models[i]]:g}B, from default_llm.json 'size')"
+        return i, f"most parameters ({sizes[models[i]]:g}B, from the data's model sizes)"
     return int(np.argmax(mean_cost)), "priciest mean cost on train (no parameter counts in this data)"
-
-
-def _parameter_counts(data_cfg, models) -> dict[str, float]:
-    if data_cfg.source != "llmrouter" or not data_cfg.path:
-        return {}
-    path = Path(data_cfg.path) / "default_llm.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    out = {}
-    for m in models:
-        match = re.fullmatch(r"\s*([0-9.]+)\s*[bB]\s*", str(meta.get(m, {}).get("size", "")))
-        if match:
-            out[m] = float(match.group(1))
-    return out if len(out) == len(models) else {}
 
 
 def load_checkpoint_for(path: str, data, train_cfg: TrainConfig) -> RoutingPolicy:
@@ -235,7 +217,7 @@ def run_evaluation(
     prefs = preference_grid(eval_cfg.sweep_points, default)
     seeds = list(range(len(checkpoints) if checkpoints else eval_cfg.seeds))
     data = prepare(train_cfg, progress=progress)
-    largest = largest_model(train_cfg.data, data.train, eval_cfg.largest_model)
+    largest = largest_model(data.train, eval_cfg.largest_model)
     seen = set(data.train.prompts.tolist())
     unseen = np.asarray([p not in seen for p in data.test.prompts.tolist()])
     policies = [load_checkpoint_for(c, data, train_cfg) for c in checkpoints or []]  # fail fast, before any training

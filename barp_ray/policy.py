@@ -81,9 +81,21 @@ class RoutingPolicy:
             raise CheckpointError(f"{root}: cannot load checkpoint: {type(e).__name__}: {e}") from e
         module.eval()
         models = tuple(meta["models"])
+        if getattr(module, "head", None) == "model_conditioned":
+            from barp_ray.model_cards import FEATURES
+
+            if list(meta.get("model_features") or []) != list(FEATURES):
+                raise CheckpointError(f"{root}: model_features: the checkpoint describes models by "
+                                      f"{meta.get('model_features')}, this version by {list(FEATURES)}")
         if module.action_space.n != len(models):
             raise CheckpointError(f"{root}: module has {module.action_space.n} actions but metadata lists {len(models)} models")
         return cls(module=module, models=models, tau=float(meta["tau"]), encoder=meta["encoder"], meta=meta)
+
+    def offer(self, cards) -> None:
+        """Route among these models from now on (a model_conditioned checkpoint): add, remove, re-price.
+        A refused list (CardError, ValueError naming the field) leaves the current one in place."""
+        self.module.offer(cards)
+        self.models = tuple(self.module.offered)
 
     def probabilities(self, embeddings: np.ndarray, preferences: np.ndarray) -> np.ndarray:
         """[B, K] routing distribution for B (embedding, preference) pairs."""

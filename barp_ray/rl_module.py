@@ -28,7 +28,7 @@ def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
 
 
 CRITIC_FORMS = ("free", "reward")
-HEADS = ("concat", "preference_gated", "price_aware")
+HEADS = ("concat", "preference_gated", "price_aware", "model_conditioned")
 
 
 class BaRPRLModule(TorchRLModule):
@@ -56,6 +56,16 @@ class BaRPRLModule(TorchRLModule):
     costs out of the weights, so a price change in the serving config moves the routing at once,
     in the right direction (at w_c > 0 a dearer model never gains share), with no training step.
     model_config["model_prices"] is the blended $/Mtok (input + output) per model at training.
+
+    head "model_conditioned" scores each (prompt, preference, model card) instead of emitting K
+    logits: logit_m = <trunk([h(x); phi(w)]), tower([features(card_m); e_m])> plus the same price
+    term, where e_m is a learned vector per model seen in training and a shared "unknown" vector
+    for any other. The softmax runs over whatever set is offered (`offer`), so models can be
+    added, removed or re-priced at serving time. During training each (round, model) pair sees
+    the unknown vector with probability model_id_dropout, so the tower learns what a card alone
+    says about a model: that is what a newly added model is scored with until feedback arrives.
+    model_config["model_cards"] lists the training models' cards (ModelCard.as_dict()); the
+    reward-shaped critic is model-conditioned the same way (two numbers per card).
     """
 
     def setup(self) -> None:
@@ -68,14 +78,17 @@ class BaRPRLModule(TorchRLModule):
         self.head = str(cfg.get("head", "concat"))
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        out = 2 * k if self.head == "preference_gated" else k
-        self.decision_head = mlp([emb_dim + pref_hidden[-1], *head_hidden, out], final_activation=False)
         self.baseline_head: nn.Module | None = None
         self.critic = bool(cfg.get("critic", False))
         self.critic_form = str(cfg.get("critic_form", "free"))
         if self.critic_form not in CRITIC_FORMS:
             raise ValueError(f"critic_form must be one of {CRITIC_FORMS}, got {self.critic_form!r}")
         self.exploration_floor = float(cfg.get("exploration_floor", 0.0))
+        if self.head == "model_conditioned":
+            self._setup_model_conditioned(cfg, emb_dim, pref_hidden, head_hidden, k)
+            return
+        out = 2 * k if self.head == "preference_gated" else k
+        self.decision_head = mlp([emb_dim + pref_hidden[-1], *head_hidden, out], final_activation=False)
         if self.head == "price_aware":
             prices = cfg.get("model_prices")
             if prices is None or len(prices) != k or not all(float(x) > 0 for x in prices):
@@ -90,15 +103,82 @@ class BaRPRLModule(TorchRLModule):
                 out = k if self.critic else 1
                 self.baseline_head = mlp([emb_dim + pref_hidden[-1], *head_hidden[-1:], out], final_activation=False)
 
+    def _setup_model_conditioned(self, cfg: dict, emb_dim: int, pref_hidden: list[int], head_hidden: list[int], k: int) -> None:
+        from barp_ray.model_cards import FEATURES, ModelCard, check_cards
+
+        raw = cfg.get("model_cards")
+        if not raw or len(raw) != k:
+            raise ValueError(f"head 'model_conditioned' needs model_cards for its {k} models, got {raw!r}")
+        cards = check_cards([ModelCard(**c) for c in raw], "model_cards")
+        if self.critic and self.critic_form != "reward":
+            raise ValueError("head 'model_conditioned' needs critic_form 'reward' (a per-model critic must score any card)")
+        self.trained_index = {c.name: i for i, c in enumerate(cards)}
+        self.trained_cards = {c.name: c for c in cards}
+        self.model_id_dropout = float(cfg.get("model_id_dropout", 0.1))
+        id_dim, width = int(cfg.get("model_id_dim", 16)), head_hidden[-1]
+        self.model_id = nn.Embedding(k + 1, id_dim)  # row k: any model not seen in training
+        nn.init.normal_(self.model_id.weight, std=0.1)
+        self.decision_head = mlp([emb_dim + pref_hidden[-1], *head_hidden], final_activation=True)  # the trunk
+        self.model_tower = mlp([len(FEATURES) + id_dim, 64, width], final_activation=False)
+        self.price_scale = nn.Parameter(torch.tensor(0.5413))  # softplus(0.5413) = 1
+        if self.critic and not self.inference_only:
+            self.critic_trunk = mlp([emb_dim, width], final_activation=True)
+            self.critic_tower = mlp([len(FEATURES) + id_dim, 64, 2 * width], final_activation=False)
+        elif cfg.get("learned_baseline", True) and not self.inference_only:
+            self.baseline_head = mlp([emb_dim + pref_hidden[-1], width, 1], final_activation=False)
+        # Not in the state dict: what is offered today is serving configuration, not weights.
+        for name in ("offered_features", "offered_ids", "log_price"):
+            self.register_buffer(name, torch.zeros(0), persistent=False)
+        self.offer(cards)
+
+    def offer(self, cards) -> None:
+        """The models routing chooses among from now on (model_conditioned head), in this order.
+
+        The tower reads a trained model's training card, and today's price enters only through the
+        price term: a price change then moves that model's share in one direction (down at
+        w_c > 0 for a dearer model), never through what the tower learned prices say about
+        quality. A model not seen in training is described by the card given here."""
+        from barp_ray.model_cards import check_cards, feature_matrix
+
+        if self.head != "model_conditioned":
+            raise ValueError(f"head {self.head!r} has one output per trained model; train with "
+                             "policy.head: model_conditioned to offer other models")
+        cards = check_cards(list(cards), "models")
+        device = self.model_id.weight.device
+        unknown = self.model_id.num_embeddings - 1
+        self.offered_ids = torch.as_tensor([self.trained_index.get(c.name, unknown) for c in cards], device=device)
+        described = [self.trained_cards.get(c.name, c) for c in cards]
+        self.offered_features = torch.as_tensor(feature_matrix(described), device=device)
+        self.log_price = torch.log(torch.as_tensor([c.blended_price for c in cards], dtype=torch.float32, device=device))
+        self.offered = tuple(c.name for c in cards)
+
+    def _model_inputs(self, batch_size: int, drop: bool) -> torch.Tensor:
+        """[K, F + d] card features and model vectors, or [B, K, F + d] with ids dropped at random."""
+        ids, feats = self.offered_ids, self.offered_features
+        if drop and self.model_id_dropout > 0:
+            k = ids.numel()
+            mask = torch.rand(batch_size, k, device=ids.device) < self.model_id_dropout
+            ids = torch.where(mask, torch.full_like(mask, self.model_id.num_embeddings - 1, dtype=ids.dtype), ids.expand(batch_size, k))
+            feats = feats.expand(batch_size, *feats.shape)
+        return torch.cat([feats, self.model_id(ids)], dim=-1)
+
+    @staticmethod
+    def _pair(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """<left_b, right_(b)k> for right shaped [K, H] or [B, K, H]."""
+        return left @ right.T if right.dim() == 2 else torch.einsum("bh,bkh->bk", left, right)
+
     def _features(self, batch: dict[str, Any]) -> torch.Tensor:
         obs = batch[Columns.OBS]
         return torch.cat([obs["embedding"], self.preference_net(obs["preference"])], dim=-1)
 
-    def _logits(self, batch: dict[str, Any], z: torch.Tensor) -> torch.Tensor:
+    def _logits(self, batch: dict[str, Any], z: torch.Tensor, models: torch.Tensor | None = None) -> torch.Tensor:
         out = self.decision_head(z)
         if self.head == "concat":
             return out
         w = batch[Columns.OBS]["preference"]
+        if self.head == "model_conditioned":
+            models = self._model_inputs(len(z), drop=False) if models is None else models
+            return self._pair(out, self.model_tower(models)) - w[:, 1:] * nn.functional.softplus(self.price_scale) * self.log_price
         if self.head == "price_aware":
             return out - w[:, 1:] * nn.functional.softplus(self.price_scale) * self.log_price
         u, v = out.chunk(2, dim=-1)
@@ -107,7 +187,8 @@ class BaRPRLModule(TorchRLModule):
     def set_prices(self, prices: list[float]) -> None:
         """Today's blended $/Mtok per model (price_aware head): routing follows at once."""
         if self.head != "price_aware":
-            raise ValueError(f"head {self.head!r} does not read prices; train with policy.head: price_aware")
+            raise ValueError(f"head {self.head!r} does not read prices this way; price_aware does "
+                             "(model_conditioned: offer new cards)")
         if len(prices) != self.log_price.numel() or not all(float(x) > 0 for x in prices):
             raise ValueError(f"prices: need {self.log_price.numel()} positive numbers, got {prices!r}")
         self.log_price = torch.log(torch.as_tensor(prices, dtype=torch.float32))
@@ -125,7 +206,15 @@ class BaRPRLModule(TorchRLModule):
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         z = self._features(batch)
-        out = {Columns.ACTION_DIST_INPUTS: self._logits(batch, z)}
+        models = self._model_inputs(len(z), drop=True) if self.head == "model_conditioned" else None
+        out = {Columns.ACTION_DIST_INPUTS: self._logits(batch, z, models)}
+        if self.head == "model_conditioned" and self.critic:
+            obs = batch[Columns.OBS]
+            quality, cost = self.critic_tower(models).chunk(2, dim=-1)
+            trunk = self.critic_trunk(obs["embedding"])
+            w = obs["preference"]
+            out[BASELINE] = w[:, :1] * self._pair(trunk, quality) - w[:, 1:] * self._pair(trunk, cost)
+            return out
         if self.baseline_head is None:
             return out
         if self.critic and self.critic_form == "reward":
@@ -139,7 +228,7 @@ class BaRPRLModule(TorchRLModule):
         return out
 
     def get_non_inference_attributes(self) -> list[str]:
-        return ["baseline_head"]
+        return ["baseline_head", "critic_trunk", "critic_tower"]
 
     @torch.no_grad()
     def action_probabilities(self, embedding: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:

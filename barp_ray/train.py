@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from barp_ray.config import ConfigError, TrainConfig, apply_overrides, load_config  # noqa: E402
@@ -42,7 +44,20 @@ def blended_prices(cfg: TrainConfig, table) -> list[float] | None:
     return [table.prices[m].input_per_mtok + table.prices[m].output_per_mtok for m in table.models]
 
 
-def build_algo_config(cfg: TrainConfig, data_ref, tau: float, model_prices: list[float] | None = None):
+def model_cards(cfg: TrainConfig, table) -> list[dict] | None:
+    """The training models' cards, for the model_conditioned head (None for the others)."""
+    if cfg.policy.head != "model_conditioned":
+        return None
+    from barp_ray.model_cards import CardError, cards_for
+
+    try:
+        return [c.as_dict() for c in cards_for(table.models, table.prices, table.sizes, where=f"data ({table.source})")]
+    except CardError as e:
+        raise ConfigError(f"policy.head: model_conditioned: {e}") from None
+
+
+def build_algo_config(cfg: TrainConfig, data_ref, tau: float, model_prices: list[float] | None = None,
+                      cards: list[dict] | None = None):
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
 
@@ -93,12 +108,52 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, model_prices: list
                     "critic_form": t.critic_form,
                     "exploration_floor": t.exploration_floor,
                     **({"model_prices": model_prices} if cfg.policy.head == "price_aware" else {}),
+                    **({"model_cards": cards, "model_id_dim": cfg.policy.model_id_dim,
+                        "model_id_dropout": cfg.policy.model_id_dropout} if cfg.policy.head == "model_conditioned" else {}),
                 },
             )
         )
         .debugging(seed=t.seed, log_level="WARN")
         .reporting(metrics_num_episodes_for_smoothing=1)
     )
+
+
+TRAINING_ONLY = ("baseline_head.", "critic_trunk.", "critic_tower.")
+
+
+def warm_start(algo, source: str) -> None:
+    """Start from another checkpoint's weights. Models are matched by name: a model the source
+    never trained on starts from its "unknown" vector (model_conditioned head), so the first
+    rollouts route exactly as the source would zero-shot. A training-only head the source lacks
+    keeps its fresh initialisation; any other tensor that does not fit is refused."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from barp_ray.policy import CheckpointError, RoutingPolicy
+
+    try:
+        src = RoutingPolicy.load(source).module
+    except CheckpointError as e:
+        raise ConfigError(f"training.init_from: {e}") from None
+    mine = algo.get_module()
+    target = algo.learner_group.get_weights()[DEFAULT_MODULE_ID]
+    theirs = {k: v.detach().cpu().numpy() for k, v in src.state_dict().items()}
+    merged = {}
+    for key, value in target.items():
+        t = theirs.get(key)
+        if key == "model_id.weight" and t is not None and t.shape[1:] == np.shape(value)[1:]:
+            unknown = t[-1]
+            rows = [t[src.trained_index[name]] if name in src.trained_index else unknown for name in mine.trained_index]
+            merged[key] = np.stack([*rows, unknown])
+        elif t is not None and t.shape == np.shape(value):
+            merged[key] = t
+        elif t is None and key.startswith(TRAINING_ONLY):
+            merged[key] = value
+        else:
+            what = "missing" if t is None else f"{t.shape} there, {np.shape(value)} here"
+            raise ConfigError(f"training.init_from: {source}: its weights do not fit this policy ({key}: {what}; "
+                              "same policy.head and sizes needed)")
+    algo.learner_group.set_weights({DEFAULT_MODULE_ID: merged})
+    algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
 
 
 def ensure_ray() -> None:
@@ -122,6 +177,7 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     from barp_ray.curves import CURVE_PREFERENCES, CurveWriter
     from barp_ray.data.prepare import prepare
     from barp_ray.evaluate import greedy_actions, reference_points, score_actions
+    from barp_ray.model_cards import FEATURES
     from barp_ray.policy import META_FILE
     from envs.routing_env import BanditData
 
@@ -135,7 +191,10 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     )
     ensure_ray()
     data_ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
-    algo = build_algo_config(cfg, data_ref, data.tau, model_prices=blended_prices(cfg, data.train)).build_algo()
+    algo = build_algo_config(cfg, data_ref, data.tau, model_prices=blended_prices(cfg, data.train),
+                             cards=model_cards(cfg, data.train)).build_algo()
+    if cfg.training.init_from:
+        warm_start(algo, cfg.training.init_from)
     w_eval = tuple(cfg.env.eval_preference)
     module = algo.get_module()
 
@@ -193,6 +252,8 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
         "format": 1,
         "models": list(data.train.models),
         "prices": {m: vars(p) for m, p in data.train.prices.items()},
+        "sizes": dict(data.train.sizes),
+        **({"model_features": list(FEATURES)} if cfg.policy.head == "model_conditioned" else {}),
         "tau": data.tau,
         "encoder": cfg.encoder.model,
         "embedding_dim": int(data.train_embeddings.shape[1]),

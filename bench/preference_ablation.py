@@ -77,7 +77,7 @@ def run(args) -> dict:
             print(f"seed {seed} {name:<28s} reward@default {row[prefs.index(default)]['reward']:+.4f}  "
                   f"@w_q=1 {row[-1]['reward']:+.4f}  ({timings[name][-1]:.0f}s)", flush=True)
 
-    largest = data.train.models[largest_model(base.data, data.train, "auto")[0]]
+    largest = data.train.models[largest_model(data.train, "auto")[0]]
 
     def derived(entry: dict) -> dict:
         """`derive`'s AIQ and dominance for one router, put in BaRP's seat beside the fixed routers."""

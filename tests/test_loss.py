@@ -105,3 +105,77 @@ def test_price_aware_head_follows_a_price_change_at_once_and_only_where_cost_mat
         module.set_prices([1.0, 0.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="price_aware"):
         _module().set_prices([1.0, 1.0, 1.0, 1.0])
+
+
+def _cards(*specs):
+    from barp_ray.model_cards import ModelCard
+
+    return [ModelCard(name, p, p, size).as_dict() for name, p, size in specs]
+
+
+TRAINED = (("small", 0.1, 7.0), ("mid", 0.5, 45.0), ("large", 2.0, 70.0), ("nosize", 1.0, None))
+
+
+def test_model_conditioned_head_routes_over_whatever_set_is_offered():
+    from ray.rllib.core.columns import Columns
+
+    from barp_ray.model_cards import ModelCard
+    from barp_ray.rl_module import BASELINE
+
+    module = _module(head="model_conditioned", model_cards=_cards(*TRAINED), critic=True, critic_form="reward")
+    assert not any(k.startswith(("offered", "log_price")) for k in module.state_dict())  # serving config, not weights
+    x, w = torch.randn(16, 8), torch.full((16, 2), 0.5)
+    assert module.action_probabilities(x, w).shape == (16, 4)
+    new = ModelCard("newcomer", 0.3, 0.3, 12.0)
+    module.offer([ModelCard(**c) for c in _cards(TRAINED[2], TRAINED[0])] + [new])  # one removed, order changed, one new
+    assert module.offered == ("large", "small", "newcomer")
+    assert module.offered_ids.tolist() == [2, 0, 4]  # the newcomer is scored with the shared "unknown" vector
+    probs = module.action_probabilities(x, w)
+    assert probs.shape == (16, 3) and torch.allclose(probs.sum(-1), torch.ones(16))
+    out = module._forward_train(_batch(16))  # the learner and the critic follow the offered set too
+    assert out[Columns.ACTION_DIST_INPUTS].shape == (16, 3) and out[BASELINE].shape == (16, 3)
+
+
+def test_model_conditioned_head_follows_a_price_change_only_through_the_price_term():
+    from barp_ray.model_cards import ModelCard
+
+    module = _module(head="model_conditioned", model_cards=_cards(*TRAINED))
+    cards = [ModelCard(**c) for c in _cards(*TRAINED)]
+    x = torch.randn(64, 8)
+    even, quality_only = torch.full((64, 2), 0.5), torch.tensor([[1.0, 0.0]] * 64)
+    before = {k: module.action_probabilities(x, p) for k, p in (("even", even), ("quality", quality_only))}
+    cards[1] = ModelCard("mid", 1.0, 1.0, 45.0)  # "mid" doubles its price
+    module.offer(cards)
+    after = {k: module.action_probabilities(x, p) for k, p in (("even", even), ("quality", quality_only))}
+    assert (after["even"][:, 1] < before["even"][:, 1]).all()
+    assert torch.allclose(after["quality"], before["quality"])
+
+
+def test_model_lists_with_bad_entries_name_the_field():
+    import pytest
+
+    from barp_ray.model_cards import CardError, ModelCard, parse_cards
+
+    good = {"a": {"input_per_mtok": 0.1, "output_per_mtok": 0.2}, "b": {"input_per_mtok": 1, "output_per_mtok": 1, "size_b": 70}}
+    assert [c.name for c in parse_cards(good)] == ["a", "b"]
+    for raw, field in [({}, "models: the model set is empty"),
+                       ({"a": {"input_per_mtok": 0.1}}, "models.a.output_per_mtok: missing"),
+                       ({"a": {"input_per_mtok": -1, "output_per_mtok": 1}}, "models.a.input_per_mtok"),
+                       ({"a": {"input_per_mtok": 0, "output_per_mtok": 0}}, "models.a: input_per_mtok"),
+                       ({"a": {"input_per_mtok": 1, "output_per_mtok": 1, "size_b": "big"}}, "models.a.size_b"),
+                       ({"a": {"input_per_mtok": 1, "output_per_mtok": 1, "colour": 3}}, "models.a: unknown field"),
+                       (["a"], "models: must be a mapping")]:
+        with pytest.raises(CardError, match=field.replace(".", r"\.").replace("[", r"\[")):
+            parse_cards(raw)
+    module = _module(head="model_conditioned", model_cards=_cards(*TRAINED))
+    with pytest.raises(CardError, match=r"models\.small: listed twice"):
+        module.offer([ModelCard("small", 1, 1), ModelCard("small", 2, 2)])
+    with pytest.raises(CardError, match="empty"):
+        module.offer([])
+    assert module.offered == tuple(n for n, _, _ in TRAINED)  # a refused list changes nothing
+    with pytest.raises(ValueError, match="model_conditioned"):
+        _module().offer([ModelCard("a", 1, 1)])
+    with pytest.raises(ValueError, match="critic_form 'reward'"):
+        _module(head="model_conditioned", model_cards=_cards(*TRAINED), critic=True)
+    with pytest.raises(ValueError, match="model_cards"):
+        _module(head="model_conditioned", model_cards=_cards(*TRAINED[:2]))

@@ -144,3 +144,56 @@ def test_training_curves_are_tensorboard_event_files_in_the_run_directory(traine
         assert [s for s, _ in points] == [20, 40]
     # the ends of the preference range really are different tasks
     assert curves["heldout/reward_wq0.0"][-1][1] != curves["heldout/reward_wq1.0"][-1][1]
+
+
+def test_model_conditioned_policy_offers_a_model_it_never_trained_on_and_warm_starts_from_it(ray_local, tmp_path):
+    """Issue 13: train without one model, offer it with its card (zero-shot), then continue training
+    with it through the same RLlib learner: the warm-started learner and its rollout workers must
+    route exactly as the zero-shot policy does before any feedback."""
+    import json
+    import shutil
+
+    import ray
+    import torch
+
+    from barp_ray.config import ConfigError
+    from barp_ray.model_cards import cards_for
+    from barp_ray.train import build_algo_config, model_cards, warm_start
+    from envs.routing_env import BanditData
+
+    common = ["policy.head=model_conditioned", "training.baseline=critic", "training.critic_form=reward",
+              "training.critic_kl_coeff=1.0", "training.iterations=12"]
+    held = small_config(tmp_path, *common, 'data.exclude_models=["code-15b"]')
+    res = train(held, progress=False)
+    assert res.evaluation["barp"]["reward"] > res.evaluation["random"]["reward"], res.evaluation
+    policy = RoutingPolicy.load(res.checkpoint)
+    assert "code-15b" not in policy.models
+
+    full = small_config(tmp_path / "full", *common, f"training.init_from={res.checkpoint}")
+    data = prepare(full)
+    policy.offer(cards_for(data.train.models, data.train.prices, data.train.sizes))
+    assert policy.models == data.train.models and policy.module.offered_ids[data.train.models.index("code-15b")] == 5  # the "unknown" row
+    x = data.test_embeddings[:64]
+    w = np.tile(np.float32([0.6, 0.4]), (64, 1))
+    zero_shot = policy.probabilities(x, w)
+    assert zero_shot.shape == (64, 6) and np.allclose(zero_shot.sum(1), 1, atol=1e-5)
+
+    ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
+    algo = build_algo_config(full, ref, data.tau, cards=model_cards(full, data.train)).build_algo()
+    try:
+        warm_start(algo, res.checkpoint)
+        for module in (algo.get_module(), algo.env_runner_group.local_env_runner.module):
+            got = module.action_probabilities(torch.from_numpy(x), torch.from_numpy(w)).numpy()
+            assert np.allclose(got, zero_shot, atol=1e-5)
+    finally:
+        algo.stop()
+
+    concat = small_config(tmp_path / "concat", "training.iterations=2", f"training.init_from={res.checkpoint}")
+    with pytest.raises(ConfigError, match="training.init_from: .*do not fit"):
+        train(concat, progress=False)
+    other = tmp_path / "other-features"
+    shutil.copytree(res.checkpoint, other)
+    meta = json.loads((other / "barp_meta.json").read_text())
+    (other / "barp_meta.json").write_text(json.dumps({**meta, "model_features": ["log_price"]}))
+    with pytest.raises(CheckpointError, match="model_features"):
+        RoutingPolicy.load(other)

@@ -17,6 +17,7 @@ Quirks of the published files that this loader handles on purpose:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,7 @@ def load_llmrouter(
         costs,
         models,
         prices={m: prices[m] for m in models},
+        sizes={m: v for m, v in _read_sizes(root / PRICE_FILE).items() if m in models},
         source=f"{root} (llmrouter, split={split})",
         cost_note=note,
     )
@@ -148,6 +150,18 @@ def _read_prices(path: Path) -> dict[str, ModelPrice]:
             values.append(float(value))
         prices[str(model)] = ModelPrice(*values)
     return prices
+
+
+def parameter_count(size) -> float | None:
+    """'7B' or '2.9 b' -> billions of parameters; None for anything else (the field is free text)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*[bB]\s*", str(size))
+    return float(match.group(1)) if match else None
+
+
+def _read_sizes(path: Path) -> dict[str, float]:
+    """Model -> billions of parameters from the price file's 'size', where it parses."""
+    sizes = {m: parameter_count(info.get("size")) for m, info in _load_json(path).items() if isinstance(info, dict)}
+    return {m: v for m, v in sizes.items() if v is not None}
 
 
 def _read_query_tasks(path: Path) -> dict[str, str]:

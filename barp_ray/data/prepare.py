@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from barp_ray.data.split import random_split, task_split
-from barp_ray.data.table import RoutingTable
+from barp_ray.data.table import DataError, RoutingTable
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,18 @@ def _subsample(table: RoutingTable, max_prompts: int | None, seed: int) -> Routi
 
 
 def split_tables(data_cfg, encoder_name: str = "packaged") -> tuple[RoutingTable, RoutingTable]:
+    train, test = _split(data_cfg, encoder_name)
+    drop = list(getattr(data_cfg, "exclude_models", None) or [])
+    if drop:
+        keep = [m for m in train.models if m not in drop]
+        unknown = sorted(set(drop) - set(train.models))
+        if unknown:
+            raise DataError(f"data.exclude_models: no model(s) {unknown} in the data; it has {list(train.models)}")
+        train, test = train.only_models(keep), test.only_models(keep)
+    return train, test
+
+
+def _split(data_cfg, encoder_name: str) -> tuple[RoutingTable, RoutingTable]:
     if data_cfg.split == "provided":
         train = load_table(data_cfg, encoder_name, part="train")
         test = load_table(data_cfg, encoder_name, part="test")

@@ -57,11 +57,13 @@ def load_records(path: str | Path) -> RoutingTable:
         raise DataError(f"{path}: no records")
     return make_table(
         prompts, tasks, scores, costs, models, prices=_parquet_prices(path) if path.suffix.lower() in PARQUET_SUFFIXES else None,
+        sizes=_parquet_sizes(path) if path.suffix.lower() in PARQUET_SUFFIXES else None,
         source=str(path), cost_note=f"dollar costs as stored in {path.name}"
     )
 
 
 PRICES_KEY = b"barp_prices"  # Parquet schema metadata: {model: [input, output] $/Mtok}
+SIZES_KEY = b"barp_sizes"  # Parquet schema metadata: {model: billions of parameters}
 
 
 def _parquet_prices(path: Path) -> dict:
@@ -74,6 +76,14 @@ def _parquet_prices(path: Path) -> dict:
     if PRICES_KEY not in meta:
         return {}
     return {m: ModelPrice(*map(float, v)) for m, v in json.loads(meta[PRICES_KEY]).items()}
+
+
+def _parquet_sizes(path: Path) -> dict:
+    """Model sizes written with the table (model-conditioned policies read them); {} when absent."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return {m: float(v) for m, v in json.loads(meta[SIZES_KEY]).items()} if SIZES_KEY in meta else {}
 
 
 def write_records(table: RoutingTable, path: str | Path) -> None:
@@ -208,7 +218,12 @@ def _write_parquet(table: RoutingTable, path: Path) -> None:
             "costs": struct(np.asarray(table.costs, dtype=np.float64), pa.float64()),
         }
     )
+    meta = {}
     if table.prices:
         prices = {m: [p.input_per_mtok, p.output_per_mtok] for m, p in table.prices.items()}
-        data = data.replace_schema_metadata({PRICES_KEY: json.dumps(prices).encode()})
+        meta[PRICES_KEY] = json.dumps(prices).encode()
+    if table.sizes:
+        meta[SIZES_KEY] = json.dumps(table.sizes).encode()
+    if meta:
+        data = data.replace_schema_metadata(meta)
     pq.write_table(data, path)

@@ -31,6 +31,7 @@ class RoutingTable:
     costs: np.ndarray  # [N, K] float64 dollars >= 0
     models: tuple[str, ...]
     prices: dict[str, ModelPrice] = field(default_factory=dict)
+    sizes: dict[str, float] = field(default_factory=dict)  # billions of parameters, where the source says
     source: str = "memory"
     cost_note: str = ""
 
@@ -78,8 +79,21 @@ class RoutingTable:
             costs=self.costs[index],
             models=self.models,
             prices=self.prices,
+            sizes=self.sizes,
             source=self.source,
             cost_note=self.cost_note,
+        )
+
+    def only_models(self, models) -> "RoutingTable":
+        """The same prompts with only `models`' columns, in the order given (e.g. one model held out)."""
+        missing = [m for m in models if m not in self.models]
+        if missing:
+            raise DataError(f"routing table from {self.source}: no model(s) {missing}; it has {list(self.models)}")
+        cols = [self.models.index(m) for m in models]
+        return RoutingTable(
+            prompts=self.prompts, tasks=self.tasks, scores=self.scores[:, cols], costs=self.costs[:, cols],
+            models=tuple(models), prices={m: p for m, p in self.prices.items() if m in models},
+            sizes={m: v for m, v in self.sizes.items() if m in models}, source=self.source, cost_note=self.cost_note,
         )
 
     def task_names(self) -> list[str]:
@@ -87,7 +101,7 @@ class RoutingTable:
 
 
 def make_table(
-    prompts, tasks, scores, costs, models, prices=None, source="memory", cost_note=""
+    prompts, tasks, scores, costs, models, prices=None, source="memory", cost_note="", sizes=None
 ) -> RoutingTable:
     """Build a table from plain sequences, coercing dtypes once here rather than in every loader."""
     return RoutingTable(
@@ -97,6 +111,7 @@ def make_table(
         costs=np.asarray(costs, dtype=np.float64),
         models=tuple(str(m) for m in models),
         prices=dict(prices or {}),
+        sizes={str(m): float(v) for m, v in (sizes or {}).items()},
         source=str(source),
         cost_note=cost_note,
     )
