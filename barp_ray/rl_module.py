@@ -64,8 +64,8 @@ class BaRPRLModule(TorchRLModule):
     added, removed or re-priced at serving time. During training each (round, model) pair sees
     the unknown vector with probability model_id_dropout, so the tower learns what a card alone
     says about a model: that is what a newly added model is scored with until feedback arrives.
-    model_config["model_cards"] lists the training models' cards (ModelCard.as_dict()); the
-    reward-shaped critic is model-conditioned the same way (two numbers per card).
+    model_config["model_cards"] lists the training models' cards (ModelCard.as_dict()); its critic
+    is always reward-shaped and model-conditioned the same way (two numbers per card).
     """
 
     def setup(self) -> None:
@@ -110,8 +110,9 @@ class BaRPRLModule(TorchRLModule):
         if not raw or len(raw) != k:
             raise ValueError(f"head 'model_conditioned' needs model_cards for its {k} models, got {raw!r}")
         cards = check_cards([ModelCard(**c) for c in raw], "model_cards")
-        if self.critic and self.critic_form != "reward":
-            raise ValueError("head 'model_conditioned' needs critic_form 'reward' (a per-model critic must score any card)")
+        # Its critic is always reward-shaped, per card (a per-model critic must score any card):
+        # the continuous trainer adds a critic to checkpoints trained with a plain baseline.
+        self.critic_form = "reward" if self.critic else self.critic_form
         self.trained_index = {c.name: i for i, c in enumerate(cards)}
         self.trained_cards = {c.name: c for c in cards}
         self.model_id_dropout = float(cfg.get("model_id_dropout", 0.1))
@@ -206,7 +207,7 @@ class BaRPRLModule(TorchRLModule):
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         z = self._features(batch)
-        models = self._model_inputs(len(z), drop=True) if self.head == "model_conditioned" else None
+        models = self._model_inputs(len(z), drop=self.training) if self.head == "model_conditioned" else None
         out = {Columns.ACTION_DIST_INPUTS: self._logits(batch, z, models)}
         if self.head == "model_conditioned" and self.critic:
             obs = batch[Columns.OBS]

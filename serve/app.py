@@ -29,7 +29,7 @@ from serve.guard import GuardError, PromptLimiter, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
                            RouteResponse)
-from serve.settings import ServeSettings, SettingsError, live_prices, settings_from_args
+from serve.settings import ServeSettings, SettingsError, live_offer, settings_from_args
 
 logger = logging.getLogger("ray.serve")
 
@@ -109,7 +109,18 @@ class TrainerDeployment:
         self.metrics.version.set(self.trainer.published_version)
         self.replicas: dict[str, dict] = {}  # replica -> {"version", "loaded_at", "seen", "history"}
         self._lock = asyncio.Lock()
+        self.offer_taken = False  # reconfigure (Serve calls it next) sets it
         self._task = asyncio.get_running_loop().create_task(self._loop()) if settings.trainer.enabled else None
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """A new offer (models, prices) from the live serving config: learn over it from now on."""
+        from barp_ray.policy import read_meta
+
+        offer, _ = take_offer(user_config, read_meta(self.settings.checkpoint), first=not self.offer_taken)
+        if offer is not None:
+            async with self._lock:
+                await asyncio.to_thread(self.trainer.offer, offer)
+            self.offer_taken = True
 
     async def _step(self) -> dict | None:
         async with self._lock:
@@ -206,6 +217,24 @@ class TrainerDeployment:
         return os.getpid()
 
 
+def take_offer(user_config: dict | None, meta: dict, first: bool, apply=None):
+    """The live offer from `user_config`, applied with `apply(offer)`; (offer, None) or (None, error).
+
+    At start a bad offer fails the replica (the deploy fails, as for any bad setting). Later, in
+    Serve's in-place update of an edited `user_config`, it is refused with an error log and the
+    current offer keeps serving: a typo in a price must not take routing down."""
+    try:
+        offer = live_offer(user_config, meta)
+        if apply is not None:
+            apply(offer)
+        return offer, None
+    except ValueError as e:  # SettingsError, CardError: the message names the field
+        if first:
+            raise
+        logger.error("live offer refused, the current one keeps serving: %s", e)
+        return None, str(e)
+
+
 @serve.deployment(
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
     ray_actor_options={"num_cpus": 0.25},
@@ -241,7 +270,8 @@ class RouterModel:
                 logger.warning("the newest published weights do not fit this checkpoint; serving the checkpoint as is")
                 self.policy = RoutingPolicy.load(settings.checkpoint)
         self.started_version = self.version
-        self.prices: list[float] | None = None  # blended $/Mtok per model, set by reconfigure
+        self.prices: list[float] | None = None  # blended $/Mtok per offered model: reconfigure sets them
+        self.offer_taken = False
         from serve.metrics import ReplicaMetrics
 
         self.metrics = ReplicaMetrics()
@@ -256,13 +286,22 @@ class RouterModel:
 
     def reconfigure(self, user_config: dict) -> None:
         """Serve calls this at start and whenever `user_config` changes (a re-deploy with new
-        prices): the policy reads today's prices at once, with no training step."""
-        # Validated here too: a `user_config` edited in the Serve config file skips app_builder.
-        prices = live_prices((user_config or {}).get("prices"), self.policy.meta)
-        blended = [sum(prices[m].values()) for m in self.policy.models] if all(prices.values()) else None
-        if blended and self.policy.module.head == "price_aware":
-            self.policy.module.set_prices(blended)
-        self.prices = blended  # recorded with each decision: what it was made under
+        prices or a new model list): routing follows at once, with no training step and no
+        restart. The new policy is built aside and swapped in whole, so a batch in flight routes
+        entirely under the old offer or entirely under the new one."""
+        import copy
+
+        def apply(offer) -> None:
+            fresh = copy.deepcopy(self.policy)
+            if fresh.module.head == "model_conditioned":
+                fresh.offer(offer.cards())
+            elif fresh.module.head == "price_aware" and offer.blended():
+                fresh.module.set_prices(offer.blended())
+            self.policy, self.prices = fresh, offer.blended()  # prices are recorded with each decision
+
+        # Checked here too: a `user_config` edited in the Serve config file skips app_builder.
+        if take_offer(user_config, self.policy.meta, first=not self.offer_taken, apply=apply)[0] is not None:
+            self.offer_taken = True
 
     async def _poll_weights(self) -> None:
         import copy
@@ -274,9 +313,9 @@ class RouterModel:
                 got = await self.trainer.get_weights.remote(self.version, self.replica, self.loaded_at)
                 if got is not None:
                     version, weights = got
-                    fresh = copy.deepcopy(self.policy.module)  # a failed load must not leave half-new weights
-                    load_policy_state(fresh, weights)
-                    self.policy.module, self.version, self.loaded_at = fresh, version, time.time()
+                    fresh = copy.deepcopy(self.policy)  # a failed load must not leave half-new weights
+                    load_policy_state(fresh.module, weights)  # the offered models and prices stay
+                    self.policy, self.version, self.loaded_at = fresh, version, time.time()
                     continue  # report the new version at once
             except Exception as e:  # noqa: BLE001 - trainer down: keep serving the last good weights
                 logger.debug("weights poll failed (%s); serving policy_version %d", type(e).__name__, self.version)
@@ -294,13 +333,20 @@ class RouterModel:
         from serve.exploration import exploring_distribution
         from serve.feedback_store import encode_vector, new_request_id
 
-        emb = encode([it["prompt"] for it in items], self.policy.encoder)
-        probs = self.policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
-        version = self.version
+        policy, prices, version = self.policy, self.prices, self.version  # one offer for the whole batch
+        models = list(policy.models)
+        emb = encode([it["prompt"] for it in items], policy.encoder)
+        probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
         e = self.settings.exploration
         out, decisions = [], []
         for it, x, p in zip(items, emb, probs):
-            mask = it.get("mask")
+            mask = None
+            if it.get("candidates") is not None:
+                mask = [m in it["candidates"] for m in models]
+                if not any(mask):  # the ingress checked them against an offer that has just changed
+                    out.append({"status": 422, "error": f"candidates: none of {sorted(it['candidates'])} is offered now; "
+                                                        f"offered: {models}"})
+                    continue
             if it["mode"] == "greedy":
                 served = exploring_distribution(p[None], 0.0, 1.0, mask)[0]
                 a = int(np.argmax(served))
@@ -312,15 +358,16 @@ class RouterModel:
             # new decision, and the orphan one simply expires.
             request_id = new_request_id()
             decisions.append({"request_id": request_id, "time": time.time(), "embedding": encode_vector(x),
-                              "preference": list(it["preference"]), "model": self.policy.models[a],
+                              "preference": list(it["preference"]), "model": models[a],
                               "behaviour_prob": float(served[a]), "mode": it["mode"], "policy_version": version,
-                              "prices": self.prices})
-            out.append({"request_id": request_id, "action": a, "probabilities": served.tolist(),
+                              "models": models, "prices": prices})  # the offer it was made under
+            out.append({"request_id": request_id, "model": models[a], "probabilities": dict(zip(models, served.tolist())),
                         "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica})
-        try:
-            await _call_with_retry(self.log.record_decisions, decisions)
-        except (RayActorError, ActorUnavailableError):
-            return [{"error": "feedback log: unavailable, the decision was not recorded; retry shortly"}] * len(items)
+        if decisions:
+            try:
+                await _call_with_retry(self.log.record_decisions, decisions)
+            except (RayActorError, ActorUnavailableError):
+                return [{"error": "feedback log: unavailable, the decision was not recorded; retry shortly"}] * len(items)
         return out
 
     async def route(self, item: dict) -> dict:
@@ -424,8 +471,9 @@ class RouterAPI:
         self.settings = settings
         self.router, self.log, self.trainer = router, log, trainer
         meta = self.meta = read_meta(settings.checkpoint)
-        self.models: list[str] = list(meta["models"])
+        self.models: list[str] = list(meta["models"])  # what is offered now: set by reconfigure
         self.prices: dict = meta.get("prices", {})
+        self.offer_taken, self.offer_error = False, None
         self.tau = float(meta["tau"])
         self.limiter = PromptLimiter(settings.limits, meta["encoder"])
         from serve.upstream import UpstreamPool
@@ -447,7 +495,15 @@ class RouterAPI:
         )
 
     def reconfigure(self, user_config: dict) -> None:
-        self.prices = live_prices((user_config or {}).get("prices"), self.meta)
+        from serve.guard import STATE
+
+        def apply(offer) -> None:
+            self.models, self.prices = list(offer.models), offer.prices
+            self.chat_models = [m for m in self.models if m in self.settings.upstreams]
+            STATE.update(models=self.models, chat_models=self.chat_models)  # the OpenAPI enums follow the offer
+
+        offer, self.offer_error = take_offer(user_config, self.meta, first=not self.offer_taken, apply=apply)
+        self.offer_taken = self.offer_taken or offer is not None
 
     @api.post("/v1/route", response_model=RouteResponse, responses=errors(422, 503))
     async def route(self, req: RouteRequest):
@@ -458,23 +514,21 @@ class RouterAPI:
         except GuardError as e:
             return _error(e.status, str(e))
         wq, wc = req.weights()
-        mask = None
         if req.candidates is not None:
             unknown = sorted(set(req.candidates) - set(self.models))
             if unknown:
                 return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
-            mask = [m in set(req.candidates) for m in self.models]
         try:
             out = await _call_with_retry(
-                self.router.route, {"prompt": prompt, "preference": [wq, wc], "mode": req.mode, "mask": mask}
+                self.router.route, {"prompt": prompt, "preference": [wq, wc], "mode": req.mode, "candidates": req.candidates}
             )
         except (RayActorError, ActorUnavailableError):
             return _error(503, "router: no replica could answer; retry shortly")
         if "error" in out:
-            return _error(503, out["error"])
-        request_id, model = out["request_id"], self.models[out["action"]]
+            return _error(out.get("status", 503), out["error"])
+        # The replica's own offer, not this ingress's: during a live change the two may differ.
+        request_id, model, probabilities = out["request_id"], out["model"], out["probabilities"]
         mode = "greedy" if req.mode == "greedy" else "explore"
-        probabilities = dict(zip(self.models, out["probabilities"]))
         self.metrics.route(model, mode, probabilities)
         return RouteResponse(
             request_id=request_id,
@@ -517,7 +571,8 @@ class RouterAPI:
             trainer = await self.trainer.status.remote()
         except Exception as e:  # noqa: BLE001
             trainer = {"error": type(e).__name__}
-        return {"log": counts, "trainer": trainer}
+        return {"log": counts, "trainer": trainer,
+                "offer": {"models": self.models, "refused": self.offer_error}}
 
     @api.post("/v1/admin/train", responses=errors())
     async def train_now(self) -> dict:
@@ -568,7 +623,8 @@ class RouterAPI:
 def app_builder(args: dict[str, Any] | None = None):
     """Entry point for `serve run` / `serve deploy` (import_path: serve.app:app_builder)."""
     args = dict(args or {})
-    price_overrides = args.pop("prices", None)  # live: user_config, not a deployment argument
+    # live: user_config (reconfigure in place), not deployment arguments (a rolling restart)
+    live = {k: v for k in ("prices", "models") if (v := args.pop(k, None)) is not None}
     settings = settings_from_args(args).absolute()
     from barp_ray.policy import META_FILE
 
@@ -576,8 +632,7 @@ def app_builder(args: dict[str, Any] | None = None):
         meta = read_meta(settings.checkpoint)
     except (OSError, ValueError):  # missing (FileNotFoundError), unreachable or unreadable
         raise SettingsError(f"checkpoint: {settings.checkpoint} is not a barp-ray checkpoint (no {META_FILE})") from None
-    live_prices(price_overrides, meta)  # refused here, before anything is deployed
-    live = {"prices": price_overrides or {}}
+    live_offer(live, meta)  # refused here, before anything is deployed
     try:
         load_token(settings.auth)
     except GuardError as e:
@@ -589,7 +644,8 @@ def app_builder(args: dict[str, Any] | None = None):
             auth_headers(name, up)
     except UpstreamError as e:
         raise SettingsError(str(e)) from None
-    trainer = TrainerDeployment.bind(settings)
+    trainer = TrainerDeployment.options(user_config=live).bind(settings)
     log = FeedbackLogDeployment.bind(settings)
     router = RouterModel.options(autoscaling_config=settings.router_autoscaling, user_config=live).bind(settings, trainer, log)
     return RouterAPI.options(user_config=live).bind(settings, router, log, trainer)
+

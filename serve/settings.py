@@ -295,6 +295,65 @@ def _pos(name: str, v) -> None:
 PRICE_FIELDS = ("input_per_mtok", "output_per_mtok")
 
 
+PRICE_READING_HEADS = ("price_aware", "model_conditioned")
+
+
+def checkpoint_head(meta: dict) -> str:
+    return ((meta.get("config") or {}).get("policy") or {}).get("head", "concat")
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What routing chooses among now: model names in order, and each one's $/Mtok ({} if unknown)."""
+
+    models: tuple[str, ...]
+    prices: dict[str, dict[str, float]]
+    sizes: dict[str, float]
+
+    def cards(self) -> list:
+        from barp_ray.model_cards import cards_for
+
+        return cards_for(self.models, self.prices, self.sizes, where="models")
+
+    def blended(self) -> list[float] | None:
+        """input + output $/Mtok per offered model, None unless every model has a price."""
+        if not all(self.prices.get(m) for m in self.models):
+            return None
+        return [sum(self.prices[m].values()) for m in self.models]
+
+
+def live_offer(user_config: Any, meta: dict) -> Offer:
+    """The offered models and prices from the live serving config (Serve `user_config`).
+
+    `models` (a mapping of name to {input_per_mtok, output_per_mtok[, size_b]}) replaces the
+    checkpoint's model set: only a model-conditioned checkpoint can score a set other than the one
+    it trained on. Without it the checkpoint's models are offered, with `prices` on top."""
+    from barp_ray.model_cards import CardError, parse_cards
+
+    config = user_config or {}
+    if not isinstance(config, dict):
+        raise SettingsError("user_config: must be a mapping with optional `models` and `prices`")
+    unknown = sorted(set(config) - {"models", "prices"})
+    if unknown:
+        raise SettingsError(f"user_config: unknown key(s) {unknown}; known: ['models', 'prices']")
+    if config.get("models") is None:
+        prices = live_prices(config.get("prices"), meta)
+        return Offer(tuple(meta["models"]), {m: p for m, p in prices.items() if p}, dict(meta.get("sizes") or {}))
+    if config.get("prices"):
+        raise SettingsError("prices: give each model's price inside `models` when `models` is set, not both")
+    head = checkpoint_head(meta)
+    if head != "model_conditioned":
+        raise SettingsError(f"models: this checkpoint's policy head {head!r} routes exactly the models it trained on "
+                            f"{list(meta['models'])}; train with policy.head: model_conditioned to add or remove models")
+    try:
+        cards = parse_cards(config["models"], "models")
+    except CardError as e:
+        raise SettingsError(str(e)) from None
+    return Offer(tuple(c.name for c in cards),
+                 {c.name: {"input_per_mtok": float(c.input_per_mtok), "output_per_mtok": float(c.output_per_mtok)} for c in cards},
+                 {c.name: float(c.size_b) for c in cards if c.size_b})
+
+
 def live_prices(overrides: Any, meta: dict) -> dict[str, dict[str, float]]:
     """Today's prices per model: the checkpoint's, with the serving config's `prices` on top.
 
@@ -307,10 +366,10 @@ def live_prices(overrides: Any, meta: dict) -> dict[str, dict[str, float]]:
         overrides = {}
     if not isinstance(overrides, dict):
         raise SettingsError("prices: must be a mapping of model name to {input_per_mtok, output_per_mtok}")
-    head = ((meta.get("config") or {}).get("policy") or {}).get("head", "concat")
-    if overrides and head != "price_aware":
+    head = checkpoint_head(meta)
+    if overrides and head not in PRICE_READING_HEADS:
         raise SettingsError(f"prices: this checkpoint's policy head {head!r} does not read prices; "
-                            "train it with policy.head: price_aware")
+                            "train it with policy.head: price_aware or model_conditioned")
     models = list(meta["models"])
     out = {m: dict((meta.get("prices") or {}).get(m) or {}) for m in models}
     for name, raw in overrides.items():

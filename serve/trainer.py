@@ -127,7 +127,9 @@ class ContinuousTrainer:
         )
         group = config.build_learner_group()
         self._adopt(group, policy_state(module))
-        return group, config.get_rl_module_spec().build()
+        scratch = config.get_rl_module_spec().build()
+        scratch.eval()  # the gate's copy: no model-id dropout when it scores held-back records
+        return group, scratch
 
     @staticmethod
     def _adopt(group, weights: dict) -> None:
@@ -193,15 +195,40 @@ class ContinuousTrainer:
         self.references.append((self.version, copy.deepcopy(self.serving)))
         self.published.append({"version": self.version, "published_at": time.time(), **info})
 
+    # -- the offered models ------------------------------------------------------------------
+    def offer(self, offer) -> None:
+        """The serving config's offer changed (Serve `user_config`): learn and judge over it from
+        now on. A model-conditioned policy takes any set; a price-aware one takes today's prices
+        into its logits, as the replicas do. Rewards for a model no longer offered stay in the
+        windows but are not trained on while it is away."""
+        from ray.rllib.core import DEFAULT_MODULE_ID
+
+        head = self.serving.head
+        if head == "model_conditioned":
+            cards = offer.cards()
+            apply = lambda module: module.offer(cards)  # noqa: E731
+        elif head == "price_aware" and offer.blended():
+            prices = offer.blended()
+            apply = lambda module: module.set_prices(prices)  # noqa: E731
+        else:
+            return
+        for module in (self.serving, self.scratch, *(m for _, m in self.references)):
+            apply(module)
+        self.learner_group.foreach_learner(lambda learner: apply(learner.module[DEFAULT_MODULE_ID].unwrapped()))
+        self.models = tuple(offer.models) if head == "model_conditioned" else self.models
+        self.index = {m: i for i, m in enumerate(self.models)}
+
+    def _offered(self, rows: list[dict]) -> list[dict]:
+        """Rows whose model is offered now, with its current index as the action."""
+        return [{**r, "action": self.index[r["model"]]} for r in rows if r["model"] in self.index]
+
     # -- training ----------------------------------------------------------------------------
     def _file(self, record: dict) -> bool:
-        """Into the replay or the held-back window; True if it will be trained on."""
-        if record["model"] not in self.index:
-            return False
+        """Into the replay or the held-back window; True if it will be trained on now."""
         row = {
             "embedding": decode_vector(record["embedding"]),
             "preference": np.asarray(record["preference"], dtype=np.float32),
-            "action": self.index[record["model"]],
+            "model": record["model"],
             "logp": float(np.log(max(float(record["behaviour_prob"]), 1e-6))),
             "mu": float(record["behaviour_prob"]),
             "reward": float(record["reward"]),
@@ -210,7 +237,7 @@ class ContinuousTrainer:
             self.eval_window.append(row)
             return False
         self.window.append(row)
-        return True
+        return record["model"] in self.index
 
     def _ready(self, fresh: list[dict]) -> bool:
         if not fresh:
@@ -224,7 +251,7 @@ class ContinuousTrainer:
             return None
         trainable = sum(self._file(r) for r in fresh)
         stats: dict[str, float] = {}
-        steps = self.steps_for(trainable) if self.window and trainable else 0
+        steps = self.steps_for(trainable) if trainable else 0
         if steps:
             stats = self._update(steps)
         self.offset = int(fresh[-1]["id"])
@@ -255,7 +282,7 @@ class ContinuousTrainer:
         from ray.rllib.core.columns import Columns
         from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
-        rows = list(self.window)
+        rows = self._offered(self.window)
         m = min(self.t.minibatch_size, len(rows))
         rng = np.random.default_rng(self.version)
         recent = self.t.recent_window
@@ -319,7 +346,7 @@ class ContinuousTrainer:
         in a row (CI, after a shift) and left the service on weights that no longer fit. The
         gate is there to stop a candidate that is clearly worse (poisoned or inconsistent
         feedback), which the test still does; noise alone no longer holds learning back."""
-        rows = list(self.eval_window)
+        rows = self._offered(self.eval_window)
         if not self.rollout.enabled or len(rows) < self.rollout.min_eval:
             return {"publish": True, "estimate": {}}
         q = self._critic(rows)

@@ -581,3 +581,4 @@ def test_a_checkpoint_under_a_storage_uri_is_accepted_at_deploy(world, tmp_path)
     app_builder({"checkpoint": f"file://{tmp_path / 'bucket' / 'run-1'}", "auth": auth})
     with pytest.raises(SettingsError, match="not a barp-ray checkpoint"):
         app_builder({"checkpoint": f"file://{tmp_path / 'bucket' / 'no-such-run'}", "auth": auth})
+
