@@ -97,9 +97,13 @@ class ShiftingWorld:
     def outcome(self, topic: int, model: int, prompt: str) -> tuple[float, float]:
         """What the user reports for one answer: a Bernoulli score and the dollars it cost."""
         score = float(self.rng.random() < self.expected_scores(topic)[model])
+        return score, self.cost(model, prompt)
+
+    def cost(self, model: int, prompt: str) -> float:
+        """Dollars for one answer: the model's prices times the prompt's and the answer's tokens."""
         inp, out = self.prices[self.models[model]]
         tokens_in = 1.3 * len(prompt.split()) + 20
-        return score, (tokens_in * inp + self.output_tokens * out) / 1e6
+        return (tokens_in * inp + self.output_tokens * out) / 1e6
 
     def uniform_score(self, topics: np.ndarray) -> float:
         return float(np.mean([self.expected_scores(t).mean() for t in topics]))
