@@ -290,6 +290,26 @@ def test_live_prices_are_checked_against_the_checkpoint_and_name_the_field():
         live_prices({"a": {"input_per_mtok": 1, "output_per_mtok": 1}}, {**meta, "config": {"policy": {"head": "concat"}}})
 
 
+def test_a_live_model_list_needs_a_model_conditioned_checkpoint_and_names_the_field():
+    from serve.settings import SettingsError, live_offer
+
+    meta = {"models": ["a", "b"], "sizes": {"a": 7.0},
+            "prices": {"a": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, "b": {"input_per_mtok": 5.0, "output_per_mtok": 5.0}},
+            "config": {"policy": {"head": "model_conditioned"}}}
+    offer = live_offer({"prices": {"b": {"input_per_mtok": 10, "output_per_mtok": 10}}}, meta)
+    assert offer.models == ("a", "b") and offer.blended() == [3.0, 20.0] and offer.cards()[0].size_b == 7.0
+    offer = live_offer({"models": {"b": {"input_per_mtok": 5, "output_per_mtok": 5}, "new": {"input_per_mtok": 0.1, "output_per_mtok": 0.2, "size_b": 8}}}, meta)
+    assert offer.models == ("b", "new") and offer.cards()[1].size_b == 8.0
+    for config, field in [({"models": {"x": {"input_per_mtok": 1, "output_per_mtok": 1}}, "prices": {"a": {"input_per_mtok": 1, "output_per_mtok": 1}}}, "prices: give"),
+                          ({"models": []}, "models: must be a mapping"),
+                          ({"colour": 1}, "user_config: unknown key"),
+                          ({"models": {"x": {"input_per_mtok": "1", "output_per_mtok": 1}}}, "models.x.input_per_mtok")]:
+        with pytest.raises(SettingsError, match=field.replace(".", r"\.")):
+            live_offer(config, meta)
+    with pytest.raises(SettingsError, match="models: this checkpoint's policy head 'price_aware'"):
+        live_offer({"models": {"a": {"input_per_mtok": 1, "output_per_mtok": 1}}}, {**meta, "config": {"policy": {"head": "price_aware"}}})
+
+
 def test_a_missing_provider_key_fails_the_deploy(world):
     import os
 
