@@ -37,11 +37,12 @@ def blended_prices(cfg: TrainConfig, table) -> list[float] | None:
     """Input + output $/Mtok per model, for the price_aware head (None for the others)."""
     if cfg.policy.head != "price_aware":
         return None
-    missing = [m for m in table.models if m not in table.prices or
-               not table.prices[m].input_per_mtok + table.prices[m].output_per_mtok > 0]
-    if missing:
-        raise ConfigError(f"policy.head: price_aware needs a positive price for every model; none for {missing}")
-    return [table.prices[m].input_per_mtok + table.prices[m].output_per_mtok for m in table.models]
+    from barp_ray.model_cards import CardError, cards_for
+
+    try:
+        return [c.blended_price for c in cards_for(table.models, table.prices, where=f"data ({table.source})")]
+    except CardError as e:
+        raise ConfigError(f"policy.head: price_aware needs a positive price for every model: {e}") from None
 
 
 def model_cards(cfg: TrainConfig, table) -> list[dict] | None:

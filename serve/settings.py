@@ -319,7 +319,7 @@ class Offer:
         """input + output $/Mtok per offered model, None unless every model has a price."""
         if not all(self.prices.get(m) for m in self.models):
             return None
-        return [sum(self.prices[m].values()) for m in self.models]
+        return [c.blended_price for c in self.cards()]
 
 
 def live_offer(user_config: Any, meta: dict) -> Offer:
