@@ -102,7 +102,8 @@ def run(args) -> dict:
             its = max(1, n // args.rounds_per_iteration)
             policy, secs = trained(f"after_{n}", [f"training.init_from={root / 'held_out'}",
                                                   f"training.iterations={its}",
-                                                  f"training.rounds_per_iteration={args.rounds_per_iteration}"])
+                                                  f"training.rounds_per_iteration={args.rounds_per_iteration}",
+                                                  *args.continue_set])
             record(f"+{its * args.rounds_per_iteration} rounds", policy, secs)
 
     held_col = data.test.models.index(args.held_out)
@@ -165,6 +166,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, nargs="*", default=[4096, 16384, 65536, 262144])
     p.add_argument("--rounds-per-iteration", type=int, default=4096)
     p.add_argument("--set", action="append", default=[], help="override applied to every run")
+    p.add_argument("--continue-set", action="append", default=[],
+                   help="override for the feedback continuation only, e.g. training.minibatch_size=256")
     p.add_argument("--workdir", default="runs/new_model")
     p.add_argument("--out", default="docs/results/new_model/zero_shot")
     args = p.parse_args()
