@@ -179,11 +179,15 @@ class BaRPRLModule(TorchRLModule):
         w = batch[Columns.OBS]["preference"]
         if self.head == "model_conditioned":
             models = self._model_inputs(len(z), drop=False) if models is None else models
-            return self._pair(out, self.model_tower(models)) - w[:, 1:] * nn.functional.softplus(self.price_scale) * self.log_price
+            return self._pair(out, self.model_tower(models)) - self._price_term(w)
         if self.head == "price_aware":
-            return out - w[:, 1:] * nn.functional.softplus(self.price_scale) * self.log_price
+            return out - self._price_term(w)
         u, v = out.chunk(2, dim=-1)
         return w[:, :1] * u + w[:, 1:] * v
+
+    def _price_term(self, w: torch.Tensor) -> torch.Tensor:
+        """w_c * s * log(price) per model: today's prices, kept out of the learned weights."""
+        return w[:, 1:] * nn.functional.softplus(self.price_scale) * self.log_price
 
     def set_prices(self, prices: list[float]) -> None:
         """Today's blended $/Mtok per model (price_aware head): routing follows at once."""

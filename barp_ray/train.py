@@ -33,32 +33,20 @@ class TrainResult:
     module: object = None  # the trained RLModule, in memory (for callers that continue with it)
 
 
-def blended_prices(cfg: TrainConfig, table) -> list[float] | None:
-    """Input + output $/Mtok per model, for the price_aware head (None for the others)."""
-    if cfg.policy.head != "price_aware":
+def model_cards(cfg: TrainConfig, table) -> list | None:
+    """The training models' cards (ModelCard), for the heads that read prices: price_aware takes
+    their blended prices, model_conditioned the cards themselves. None for the other heads."""
+    if cfg.policy.head not in ("price_aware", "model_conditioned"):
         return None
     from barp_ray.model_cards import CardError, cards_for
 
     try:
-        return [c.blended_price for c in cards_for(table.models, table.prices, where=f"data ({table.source})")]
+        return cards_for(table.models, table.prices, table.sizes, where=f"data ({table.source})")
     except CardError as e:
-        raise ConfigError(f"policy.head: price_aware needs a positive price for every model: {e}") from None
+        raise ConfigError(f"policy.head: {cfg.policy.head} needs a positive price for every model: {e}") from None
 
 
-def model_cards(cfg: TrainConfig, table) -> list[dict] | None:
-    """The training models' cards, for the model_conditioned head (None for the others)."""
-    if cfg.policy.head != "model_conditioned":
-        return None
-    from barp_ray.model_cards import CardError, cards_for
-
-    try:
-        return [c.as_dict() for c in cards_for(table.models, table.prices, table.sizes, where=f"data ({table.source})")]
-    except CardError as e:
-        raise ConfigError(f"policy.head: model_conditioned: {e}") from None
-
-
-def build_algo_config(cfg: TrainConfig, data_ref, tau: float, model_prices: list[float] | None = None,
-                      cards: list[dict] | None = None):
+def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None = None):
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
 
@@ -108,8 +96,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, model_prices: list
                     "critic": t.baseline == "critic",
                     "critic_form": t.critic_form,
                     "exploration_floor": t.exploration_floor,
-                    **({"model_prices": model_prices} if cfg.policy.head == "price_aware" else {}),
-                    **({"model_cards": cards, "model_id_dim": cfg.policy.model_id_dim,
+                    **({"model_prices": [c.blended_price for c in cards]} if cfg.policy.head == "price_aware" else {}),
+                    **({"model_cards": [c.as_dict() for c in cards], "model_id_dim": cfg.policy.model_id_dim,
                         "model_id_dropout": cfg.policy.model_id_dropout} if cfg.policy.head == "model_conditioned" else {}),
                 },
             )
@@ -117,9 +105,6 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, model_prices: list
         .debugging(seed=t.seed, log_level="WARN")
         .reporting(metrics_num_episodes_for_smoothing=1)
     )
-
-
-TRAINING_ONLY = ("baseline_head.", "critic_trunk.", "critic_tower.")
 
 
 def warm_start(algo, source: str) -> None:
@@ -136,6 +121,7 @@ def warm_start(algo, source: str) -> None:
     except CheckpointError as e:
         raise ConfigError(f"training.init_from: {e}") from None
     mine = algo.get_module()
+    training_only = tuple(f"{name}." for name in mine.get_non_inference_attributes())
     target = algo.learner_group.get_weights()[DEFAULT_MODULE_ID]
     theirs = {k: v.detach().cpu().numpy() for k, v in src.state_dict().items()}
     merged = {}
@@ -147,7 +133,7 @@ def warm_start(algo, source: str) -> None:
             merged[key] = np.stack([*rows, unknown])
         elif t is not None and t.shape == np.shape(value):
             merged[key] = t
-        elif t is None and key.startswith(TRAINING_ONLY):
+        elif t is None and key.startswith(training_only):
             merged[key] = value
         else:
             what = "missing" if t is None else f"{t.shape} there, {np.shape(value)} here"
@@ -192,8 +178,7 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     )
     ensure_ray()
     data_ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
-    algo = build_algo_config(cfg, data_ref, data.tau, model_prices=blended_prices(cfg, data.train),
-                             cards=model_cards(cfg, data.train)).build_algo()
+    algo = build_algo_config(cfg, data_ref, data.tau, cards=model_cards(cfg, data.train)).build_algo()
     if cfg.training.init_from:
         warm_start(algo, cfg.training.init_from)
     w_eval = tuple(cfg.env.eval_preference)

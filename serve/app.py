@@ -293,10 +293,8 @@ class RouterModel:
 
         def apply(offer) -> None:
             fresh = copy.deepcopy(self.policy)
-            if fresh.module.head == "model_conditioned":
-                fresh.offer(offer.cards())
-            elif fresh.module.head == "price_aware" and offer.blended():
-                fresh.module.set_prices(offer.blended())
+            offer.apply(fresh.module)
+            fresh.models = offer.models
             self.policy, self.prices = fresh, offer.blended()  # prices are recorded with each decision
 
         # Checked here too: a `user_config` edited in the Serve config file skips app_builder.

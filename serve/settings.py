@@ -321,6 +321,15 @@ class Offer:
             return None
         return [c.blended_price for c in self.cards()]
 
+    def apply(self, module) -> None:
+        """Put this offer into a BaRP module, as router replicas and the trainer both must: a
+        model-conditioned head takes the cards (any set), a price-aware one today's prices; the
+        other heads route their trained models as they are."""
+        if module.head == "model_conditioned":
+            module.offer(self.cards())
+        elif module.head == "price_aware" and self.blended():
+            module.set_prices(self.blended())
+
 
 def live_offer(user_config: Any, meta: dict) -> Offer:
     """The offered models and prices from the live serving config (Serve `user_config`).
@@ -362,6 +371,8 @@ def live_prices(overrides: Any, meta: dict) -> dict[str, dict[str, float]]:
     one instead (Serve restarts them when `args` change). Only a checkpoint whose
     policy reads prices (`policy.head: price_aware`) can take them: for any other, routing would
     silently ignore the change."""
+    from barp_ray.model_cards import CardError, ModelCard, check_cards
+
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict):
@@ -377,11 +388,9 @@ def live_prices(overrides: Any, meta: dict) -> dict[str, dict[str, float]]:
             raise SettingsError(f"prices.{name}: not a model of this checkpoint; known: {models}")
         if not isinstance(raw, dict) or set(raw) != set(PRICE_FIELDS):
             raise SettingsError(f"prices.{name}: must be {{input_per_mtok, output_per_mtok}} in $ per million tokens, got {raw!r}")
-        for f in PRICE_FIELDS:
-            v = raw[f]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise SettingsError(f"prices.{name}.{f}: must be a number >= 0, got {v!r}")
-        if raw["input_per_mtok"] + raw["output_per_mtok"] <= 0:
-            raise SettingsError(f"prices.{name}: input_per_mtok + output_per_mtok must be > 0")
+        try:  # the same checks as a model card's (`models:`), named under `prices`
+            check_cards([ModelCard(name, raw["input_per_mtok"], raw["output_per_mtok"])], "prices")
+        except CardError as e:
+            raise SettingsError(str(e)) from None
         out[name] = {f: float(raw[f]) for f in PRICE_FIELDS}
     return out

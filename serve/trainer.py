@@ -203,19 +203,10 @@ class ContinuousTrainer:
         windows but are not trained on while it is away."""
         from ray.rllib.core import DEFAULT_MODULE_ID
 
-        head = self.serving.head
-        if head == "model_conditioned":
-            cards = offer.cards()
-            apply = lambda module: module.offer(cards)  # noqa: E731
-        elif head == "price_aware" and offer.blended():
-            prices = offer.blended()
-            apply = lambda module: module.set_prices(prices)  # noqa: E731
-        else:
-            return
         for module in (self.serving, self.scratch, *(m for _, m in self.references)):
-            apply(module)
-        self.learner_group.foreach_learner(lambda learner: apply(learner.module[DEFAULT_MODULE_ID].unwrapped()))
-        self.models = tuple(offer.models) if head == "model_conditioned" else self.models
+            offer.apply(module)
+        self.learner_group.foreach_learner(lambda learner: offer.apply(learner.module[DEFAULT_MODULE_ID].unwrapped()))
+        self.models = tuple(offer.models)
         self.index = {m: i for i, m in enumerate(self.models)}
 
     def _offered(self, rows: list[dict]) -> list[dict]:
