@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 META_FILE = "barp_meta.json"
 RL_MODULE_PATH = Path("learner_group") / "learner" / "rl_module" / "default_policy"
@@ -30,6 +29,8 @@ def load_policy_state(module, state: dict) -> None:
     extra = sorted(set(state) - set(mine))
     if missing or extra:
         raise RuntimeError(f"policy weights do not fit: missing {missing[:3]}, unexpected {extra[:3]}")
+    import torch
+
     module.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=False)
 
 
@@ -99,6 +100,8 @@ class RoutingPolicy:
 
     def probabilities(self, embeddings: np.ndarray, preferences: np.ndarray) -> np.ndarray:
         """[B, K] routing distribution for B (embedding, preference) pairs."""
+        import torch
+
         e = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
         w = torch.as_tensor(np.asarray(preferences, dtype=np.float32))
         if w.ndim == 1:

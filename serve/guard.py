@@ -56,14 +56,10 @@ class PromptLimiter:
     """Byte and token limits on prompts; tokens counted with the router's own tokenizer."""
 
     def __init__(self, limits: LimitSettings, encoder_name: str):
-        from barp_ray.encoder import resolve_encoder_path
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from tokenizers import Tokenizer
+        from barp_ray.encoder import load_tokenizer, resolve_encoder_path
 
         self.limits = limits
-        self.tokenizer = Tokenizer.from_file(str(Path(resolve_encoder_path(encoder_name)) / "tokenizer.json"))
-        self.tokenizer.no_truncation()
+        self.tokenizer = load_tokenizer(resolve_encoder_path(encoder_name))  # unpadded, untruncated: true counts
 
     def apply(self, prompt: str, field: str = "prompt") -> str:
         n_bytes = len(prompt.encode("utf-8", "surrogatepass"))

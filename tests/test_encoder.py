@@ -1,0 +1,48 @@
+"""The frozen encoder h(x): barp_ray.encoder runs the packaged MiniLM itself; it must give what
+sentence-transformers gives, and token counts must be the prompt's own tokens."""
+from __future__ import annotations
+
+import numpy as np
+
+from barp_ray.encoder import PACKAGED, SentenceEncoder, _LibraryEncoder, count_tokens, load_encoder, resolve_encoder_path
+
+TEXTS = ["Write a SQL query that lists customers.", "", "   surrounding spaces   ", "ünïcödé 日本語 😀 accents: café",
+         "word " * 400, "Compose a poem about rain.", "x"]
+
+
+def test_the_packaged_minilm_matches_sentence_transformers():
+    """Same vectors as the library on short, empty, unicode and over-long (truncated at 256) texts,
+    in any batch composition: training caches, served routes and checkpoints stay interchangeable."""
+    mine = load_encoder(PACKAGED)
+    assert isinstance(mine, SentenceEncoder)
+    reference = _LibraryEncoder(resolve_encoder_path(PACKAGED)).encode(TEXTS, 64)
+    for batch_size in (1, 3, 64):
+        out = mine.encode(TEXTS, batch_size)
+        assert out.shape == (len(TEXTS), 384) and out.dtype == np.float32
+        np.testing.assert_allclose(out, reference, atol=2e-6)
+    assert np.allclose(np.linalg.norm(reference, axis=1), 1.0, atol=1e-5)
+    # truncation is real: the over-long text's vector does not depend on what follows token 256
+    longer = mine.encode(["word " * 400 + "and then something else entirely"], 1)
+    np.testing.assert_allclose(longer[0], reference[4], atol=2e-6)
+
+
+def test_token_counts_are_the_prompts_own_not_the_tokenizer_files_padding():
+    """MiniLM's tokenizer.json pads to 128: counting with it as shipped says every prompt is 128 tokens."""
+    counts = count_tokens(["hello world", "", "word " * 300])
+    assert counts.tolist() == [2, 0, 300]
+
+
+def test_the_prompt_limiter_counts_and_cuts_real_tokens():
+    from serve.guard import GuardError, PromptLimiter
+    from serve.settings import LimitSettings
+
+    cut = PromptLimiter(LimitSettings(max_prompt_tokens=4, long_prompt="truncate"), PACKAGED)
+    assert cut.apply("hello world") == "hello world"  # 2 tokens: untouched (it was cut to "" at a limit < 128)
+    assert cut.apply("one two three four five six") == "one two three four"
+    strict = PromptLimiter(LimitSettings(max_prompt_tokens=4, long_prompt="reject"), PACKAGED)
+    try:
+        strict.apply("one two three four five six")
+    except GuardError as e:
+        assert e.status == 413 and "6 tokens" in str(e)
+    else:
+        raise AssertionError("a 6-token prompt passed a 4-token limit")
