@@ -1,7 +1,7 @@
 """Routing data: the `RoutingTable` every trainer and evaluator consumes, and the loaders that build it.
 
 Importing this package stays light (numpy only); loaders import pandas, pyarrow or the encoder
-when they are called, so `import barp_ray.data` never pays for sentence-transformers.
+when they are called, so `import barp_ray.data` never pays for torch or the tokenizer.
 """
 from barp_ray.data.llmrouter import load_llmrouter
 from barp_ray.data.records import load_records, write_records

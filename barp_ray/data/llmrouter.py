@@ -89,7 +89,7 @@ def load_llmrouter(
     models = [m for m in prices if m in model_set]
 
     out_per_prompt, out_desc = _output_lengths(output_tokens, tasks, root)
-    from barp_ray.encoder import count_tokens, encoder_id  # lazy: pulls in sentence-transformers
+    from barp_ray.encoder import count_tokens, encoder_id  # lazy: the tokenizer and torch
 
     in_tokens = count_tokens(questions, encoder).astype(np.float64)
     in_price = np.asarray([prices[m].input_per_mtok for m in models]) / 1e6
