@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 
 SOURCES = ("synthetic", "llmrouter", "routerbench", "records")
 SPLITS = ("random", "tasks", "provided")
+POLICY_HEADS = ("concat", "preference_gated", "price_aware", "model_conditioned")
 
 
 @dataclass
@@ -106,7 +107,7 @@ class PolicyConfig:
     model_id_dropout: float = 0.1  # model_conditioned: chance a (round, model) pair is scored as an unknown model
 
     def validate(self) -> None:
-        _one_of("policy.head", self.head, ("concat", "preference_gated", "price_aware", "model_conditioned"))
+        _one_of("policy.head", self.head, POLICY_HEADS)
         _positive("policy.model_id_dim", self.model_id_dim)
         if not 0.0 <= self.model_id_dropout < 1.0:
             raise ConfigError(f"policy.model_id_dropout: must be in [0, 1), got {self.model_id_dropout}")

@@ -73,6 +73,15 @@ def build_configs(args: argparse.Namespace):
         train_cfg = apply_overrides(train_cfg, train_sets)
     if eval_sets:
         eval_cfg = apply_eval_overrides(eval_cfg, eval_sets)
+    for head in eval_cfg.compare_heads:
+        if args.checkpoint:
+            raise ConfigError("eval.compare_heads: the compared heads are trained in the run; not with --checkpoint")
+        if head == train_cfg.policy.head:
+            raise ConfigError(f"eval.compare_heads: {head!r} is already the training config's policy.head")
+        try:
+            apply_overrides(train_cfg, [f"policy.head={head}"])
+        except ConfigError as e:
+            raise ConfigError(f"eval.compare_heads: {head}: {e}") from None
     if args.checkpoint and args.seeds is not None and args.seeds != len(args.checkpoint):
         raise ConfigError(f"--seeds: {args.seeds} seeds asked for but {len(args.checkpoint)} --checkpoint given (one per seed)")
     return train_cfg, eval_cfg

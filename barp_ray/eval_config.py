@@ -13,7 +13,7 @@ from typing import Union
 
 import yaml
 
-from barp_ray.config import ConfigError, _build_section
+from barp_ray.config import POLICY_HEADS, ConfigError, _build_section
 from envs.preference import check_simplex
 
 SECTION = "eval"
@@ -39,6 +39,7 @@ class EvalConfig:
     thompson_scale: float = 0.3
     largest_model: str = "auto"  # "auto": most parameters where the data says (LLMRouter), else priciest
     checkpoint_root: str = "checkpoints/eval"  # BaRP checkpoints trained by `barp eval` go under here
+    compare_heads: list = field(default_factory=list)  # other policy.head values trained and scored in the same run: rows "BaRP (<head>)"
 
     def validate(self) -> "EvalConfig":
         _positive("seeds", self.seeds)
@@ -59,6 +60,11 @@ class EvalConfig:
             _positive(name, getattr(self, name))
         if not 0 <= self.epsilon <= 1:
             raise ConfigError(f"eval.epsilon: must be in [0, 1], got {self.epsilon}")
+        if not isinstance(self.compare_heads, list) or len(set(map(str, self.compare_heads))) != len(self.compare_heads):
+            raise ConfigError(f"eval.compare_heads: must be a list of distinct policy heads, got {self.compare_heads!r}")
+        for head in self.compare_heads:
+            if head not in POLICY_HEADS:
+                raise ConfigError(f"eval.compare_heads: {head!r} is not a policy head (one of {', '.join(POLICY_HEADS)})")
         if isinstance(self.bandit_rounds, str):
             if self.bandit_rounds != "same":
                 raise ConfigError(f"eval.bandit_rounds: must be a positive integer or 'same', got {self.bandit_rounds!r}")

@@ -46,11 +46,16 @@ class PolicyRouter(Router):
     name = "BaRP"
     family = BARP
 
-    def __init__(self, policy: RoutingPolicy):
-        self.policy = policy
+    def __init__(self, policy: RoutingPolicy, name: str = "BaRP"):
+        self.policy, self.name = policy, name
 
     def choose(self, embeddings, preference):
         return argmax_choice(self.policy.probabilities(embeddings, np.asarray(preference, dtype=np.float32)))
+
+
+def head_label(head: str) -> str:
+    """The results' name for BaRP trained with another `policy.head` (`eval.compare_heads`)."""
+    return f"BaRP ({head})"
 
 
 def preference_grid(points: int, default) -> list[tuple[float, float]]:
@@ -236,10 +241,16 @@ def run_evaluation(
         else:
             policy, ckpt = _train_barp(train_cfg, eval_cfg, name, seed, progress, out)
         routers = [PolicyRouter(policy), *reference_routers(data)]
+        details = {"BaRP": {"checkpoint": ckpt}}
+        for head in eval_cfg.compare_heads:  # the same training with another head, scored on the same split and seeds
+            variant = apply_overrides(train_cfg, [f"policy.head={head}"])
+            other, other_ckpt = _train_barp(variant, eval_cfg, f"{name}/{head}", seed, progress, out)
+            routers.append(PolicyRouter(other, name=head_label(head)))
+            details[head_label(head)] = {"checkpoint": other_ckpt, "head": head}
         offline = fit_offline(data, eval_cfg, prefs, seed, progress)
         bandits = fit_bandits(data, train_cfg, eval_cfg, seed, progress)
         routers += offline + bandits
-        details = {"BaRP": {"checkpoint": ckpt}, "kNN": {"k": offline[0].k, "validation_reward": offline[0].validation}}
+        details["kNN"] = {"k": offline[0].k, "validation_reward": offline[0].validation}
         for b in bandits:
             details[b.name] = {"rounds": b.rounds_seen, "features": b.features.size}
         for r in routers:

@@ -220,11 +220,11 @@ def figure(res: dict, path: str | Path) -> Path:
             ax.scatter(x[0], y[0], marker="X", s=80, color="grey", label=f"{n} ({e['family']})", zorder=4)
             bx.plot(wq, gain, color="grey", ls="--", lw=1)
             continue
-        c = "black" if e["family"] == BARP else ("grey" if e["family"] == ORACLE else next(colors))
+        c = "black" if n == "BaRP" else ("grey" if e["family"] == ORACLE else next(colors))
         order = np.argsort(x)
         ax.plot(x[order], y[order], color=c, label=f"{n} ({e['family']})", **styles.get(e["family"], {}))
         bx.plot(wq, gain, color=c, **styles.get(e["family"], {}))
-        if e["family"] == BARP:
+        if n == "BaRP":  # the run's BaRP; compared heads (eval.compare_heads) are plain lines in BaRP's style
             ax.scatter(x[di], y[di], marker="*", s=420, color="gold", edgecolor="black", zorder=6,
                        label=f"BaRP at the default w = ({w0[0]:g}, {w0[1]:g})")
             bx.scatter(wq[di], gain[di], marker="*", s=300, color="gold", edgecolor="black", zorder=6)

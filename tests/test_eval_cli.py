@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from barp_ray import cli, eval_cli
+from barp_ray.policy import read_meta
 from barp_ray.report import markdown
 from barp_ray.results import ResultsError, load_results
 
@@ -26,7 +27,8 @@ def evaluated(tmp_path_factory):
 
     start_local_ray()
     tmp = tmp_path_factory.mktemp("eval")
-    code = eval_cli.main([*SMALL, "--set", f"eval.checkpoint_root={tmp / 'ckpt'}", "--seeds", "2", "--out", str(tmp / "res")])
+    code = eval_cli.main([*SMALL, "--set", f"eval.checkpoint_root={tmp / 'ckpt'}", "--set", "eval.compare_heads=[model_conditioned]",
+                          "--seeds", "2", "--out", str(tmp / "res")])
     assert code == 0
     return tmp
 
@@ -43,7 +45,14 @@ def test_results_are_written_and_reload(evaluated):
     for name in ("BaRP", "kNN", "score MLP", "best-label classifier", "ε-greedy (linear)", "LinUCB", "linear Thompson", "random", "oracle"):
         runs = res["routers"][name]["runs"]
         assert len(runs) == 2 and all(len(r["points"]) == 11 for r in runs), name
+    # the compared head: trained in the same run on the same split and seeds, a row of its own
+    other = res["routers"]["BaRP (model_conditioned)"]
+    assert other["family"] == res["routers"]["BaRP"]["family"] and len(other["runs"]) == 2
+    for run in other["runs"]:
+        assert read_meta(run["details"]["checkpoint"])["config"]["policy"]["head"] == "model_conditioned"
+        assert run["details"]["checkpoint"] != res["routers"]["BaRP"]["runs"][run["seed"]]["details"]["checkpoint"]
     text = (res_dir / "results.md").read_text()
+    assert "BaRP (model_conditioned)" in text
     assert "full information" in text and "not verified" in text and "barp eval" in text
     # the report is a pure function of the JSON: re-rendering the reloaded file gives the same Markdown
     assert markdown(res, res["command"]) == text
@@ -113,6 +122,11 @@ def test_bad_eval_settings(tmp_path, capsys):
     _fails(["--eval-config", str(tmp_path / "missing.yaml")], capsys, "not found")
     (tmp_path / "ckpt").mkdir()
     _fails(["--seeds", "3", "--checkpoint", str(tmp_path / "ckpt")], capsys, "--seeds")
+    _fails(["--set", "eval.compare_heads=[wide]"], capsys, "eval.compare_heads: 'wide' is not a policy head")
+    _fails(["--set", "policy.head=price_aware", "--set", "eval.compare_heads=[price_aware]"], capsys,
+           "eval.compare_heads: 'price_aware' is already")
+    _fails(["--set", "eval.compare_heads=[model_conditioned]", "--checkpoint", str(tmp_path / "ckpt")], capsys,
+           "eval.compare_heads", "--checkpoint")
 
 
 def test_bad_results_file(tmp_path):
