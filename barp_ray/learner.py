@@ -27,7 +27,11 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.utils.typing import ModuleID, TensorType
 
-from barp_ray.rl_module import BASELINE
+from barp_ray.rl_module import ALLOWED, BASELINE
+
+# The logit given to a model a decision could not choose: finite, so excluded terms are exact
+# zeros (p = 0 times a finite log p), never NaN.
+EXCLUDED = -1e9
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,14 @@ def barp_loss(
     settings: LossSettings,
     baseline: torch.Tensor | None = None,
     behaviour_logp: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`allowed` ([B, K], nonzero = could be chosen): the models each logged decision chose among
+    (a request's `candidates`). pi is then the softmax over those, the distribution its logged
+    propensity mu came from, so pi/mu compares like with like; excluded models get no gradient."""
+    if allowed is not None:
+        allowed = allowed.bool()
+        logits = logits.masked_fill(~allowed, EXCLUDED)
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
@@ -76,7 +87,8 @@ def barp_loss(
         if settings.critic_kl_coeff > 0:
             # The policy-gradient terms vanish with pi(a) on a model the policy has all but ruled
             # out; this KL's gradient (pi - target) does not, so a learned-better model is adopted.
-            target = torch.softmax(q_all / settings.critic_temperature, dim=-1)
+            scores = q_all / settings.critic_temperature
+            target = torch.softmax(scores if allowed is None else scores.masked_fill(~allowed, EXCLUDED), dim=-1)
             direct = direct - settings.critic_kl_coeff * torch.mean((target * logp_all).sum(-1))
     elif settings.baseline == "learned":
         if baseline is None:
@@ -126,6 +138,7 @@ class BaRPTorchLearner(TorchLearner):
             settings_from(config),
             baseline=fwd_out.get(BASELINE),
             behaviour_logp=batch.get(Columns.ACTION_LOGP),
+            allowed=batch[Columns.OBS].get(ALLOWED),
         )
         self.metrics.log_dict(stats, key=module_id, window=1)
         return loss

@@ -16,6 +16,10 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
 BASELINE = "baseline"
+# Optional observation columns a logged batch may carry (continuous training): the [B, K] log
+# prices and the [B, K] models each decision could choose among (a request's `candidates`).
+LOG_PRICE = "log_price"
+ALLOWED = "allowed"
 
 
 def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
@@ -179,15 +183,18 @@ class BaRPRLModule(TorchRLModule):
         w = batch[Columns.OBS]["preference"]
         if self.head == "model_conditioned":
             models = self._model_inputs(len(z), drop=False) if models is None else models
-            return self._pair(out, self.model_tower(models)) - self._price_term(w)
+            return self._pair(out, self.model_tower(models)) - self._price_term(w, batch[Columns.OBS])
         if self.head == "price_aware":
-            return out - self._price_term(w)
+            return out - self._price_term(w, batch[Columns.OBS])
         u, v = out.chunk(2, dim=-1)
         return w[:, :1] * u + w[:, 1:] * v
 
-    def _price_term(self, w: torch.Tensor) -> torch.Tensor:
-        """w_c * s * log(price) per model: today's prices, kept out of the learned weights."""
-        return w[:, 1:] * nn.functional.softplus(self.price_scale) * self.log_price
+    def _price_term(self, w: torch.Tensor, obs: dict[str, Any]) -> torch.Tensor:
+        """w_c * s * log(price) per model: today's prices, kept out of the learned weights. A batch
+        may carry its own [B, K] `log_price` (the continuous trainer: the prices each logged
+        decision was made under, since its reward's cost was paid at those prices)."""
+        log_price = obs.get(LOG_PRICE, self.log_price)
+        return w[:, 1:] * nn.functional.softplus(self.price_scale) * log_price
 
     def set_prices(self, prices: list[float]) -> None:
         """Today's blended $/Mtok per model (price_aware head): routing follows at once."""
@@ -236,7 +243,12 @@ class BaRPRLModule(TorchRLModule):
         return ["baseline_head", "critic_trunk", "critic_tower"]
 
     @torch.no_grad()
-    def action_probabilities(self, embedding: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
-        """Softmax over models for a batch; the one call serving and evaluation need."""
-        logits = self._forward({Columns.OBS: {"embedding": embedding, "preference": preference}})
+    def action_probabilities(self, embedding: torch.Tensor, preference: torch.Tensor,
+                             log_price: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax over models for a batch; the one call serving and evaluation need (`log_price`:
+        [B, K] per-row prices instead of the offered ones, as in `_price_term`)."""
+        obs = {"embedding": embedding, "preference": preference}
+        if log_price is not None:
+            obs[LOG_PRICE] = log_price
+        logits = self._forward({Columns.OBS: obs})
         return torch.softmax(logits[Columns.ACTION_DIST_INPUTS], dim=-1)

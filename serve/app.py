@@ -358,7 +358,8 @@ class RouterModel:
             decisions.append({"request_id": request_id, "time": time.time(), "embedding": encode_vector(x),
                               "preference": list(it["preference"]), "model": models[a],
                               "behaviour_prob": float(served[a]), "mode": it["mode"], "policy_version": version,
-                              "models": models, "prices": prices})  # the offer it was made under
+                              "models": models, "prices": prices,  # the offer it was made under
+                              "candidates": None if mask is None else [m for m, ok in zip(models, mask) if ok]})
             out.append({"request_id": request_id, "model": models[a], "probabilities": dict(zip(models, served.tolist())),
                         "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica})
         if decisions:

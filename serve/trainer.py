@@ -73,6 +73,15 @@ class CheckpointNotFound(ValueError):
     """`load_checkpoint` was given a path with nothing there (404, not 422: nothing to judge)."""
 
 
+def offer_of(decision: dict) -> dict:
+    """What a logged decision chose among: `allowed` model names (None: whatever is offered now;
+    decisions logged before offers were recorded) and `prices` {name: blended $/Mtok} ({} if none)."""
+    models, candidates, prices = decision.get("models"), decision.get("candidates"), decision.get("prices")
+    allowed = candidates if candidates is not None else models
+    return {"allowed": None if allowed is None else frozenset(allowed),
+            "prices": dict(zip(models, prices)) if models and prices else {}}
+
+
 def held_back(request_id: str, fraction: float) -> bool:
     return zlib.crc32(request_id.encode()) % 10_000 < fraction * 10_000
 
@@ -210,8 +219,44 @@ class ContinuousTrainer:
         self.index = {m: i for i, m in enumerate(self.models)}
 
     def _offered(self, rows: list[dict]) -> list[dict]:
-        """Rows whose model is offered now, with its current index as the action."""
-        return [{**r, "action": self.index[r["model"]]} for r in rows if r["model"] in self.index]
+        """Rows whose model is offered now, with its current index as the action, and the offer each
+        was made under, over today's models: `allowed` (what it could choose: the offer, narrowed
+        by the request's `candidates`) and `log_price` (its prices; a model it did not price at
+        today's). A logged propensity is a probability under that offer, and a logged cost was paid
+        at those prices, so the policy is scored under them too. A model offered then but not now
+        drops out of the softmax (an approximation: its probability mass is spread over the rest)."""
+        today = self._log_prices()
+        out = []
+        for r in rows:
+            if r["model"] not in self.index:
+                continue
+            allowed = r["allowed"]
+            row = {**r, "action": self.index[r["model"]],
+                   "allowed_mask": np.asarray([allowed is None or m in allowed for m in self.models])}
+            if today is not None:
+                then = r["prices"]
+                row["log_price"] = np.asarray([np.log(then[m]) if m in then else p for m, p in zip(self.models, today)],
+                                              dtype=np.float32)
+            out.append(row)
+        return out
+
+    def _log_prices(self) -> np.ndarray | None:
+        """Today's log price per offered model, for heads whose logits read prices (else None)."""
+        if self.serving.head not in ("price_aware", "model_conditioned"):
+            return None
+        return self.serving.log_price.detach().cpu().numpy()
+
+    @staticmethod
+    def _obs(rows: list[dict]) -> dict[str, np.ndarray]:
+        """The observation columns of logged rows, with the offer each was made under."""
+        from barp_ray.rl_module import ALLOWED, LOG_PRICE
+
+        obs = {"embedding": np.stack([r["embedding"] for r in rows]),
+               "preference": np.stack([r["preference"] for r in rows]),
+               ALLOWED: np.stack([r["allowed_mask"] for r in rows]).astype(np.float32)}
+        if rows and "log_price" in rows[0]:
+            obs[LOG_PRICE] = np.stack([r["log_price"] for r in rows])
+        return obs
 
     # -- training ----------------------------------------------------------------------------
     def _file(self, record: dict) -> bool:
@@ -223,6 +268,7 @@ class ContinuousTrainer:
             "logp": float(np.log(max(float(record["behaviour_prob"]), 1e-6))),
             "mu": float(record["behaviour_prob"]),
             "reward": float(record["reward"]),
+            **offer_of(record),
         }
         if held_back(record["request_id"], self.rollout.holdout_fraction):
             self.eval_window.append(row)
@@ -289,8 +335,7 @@ class ContinuousTrainer:
         idx = np.concatenate(chosen)
         pick = [rows[i] for i in idx]
         columns = {
-            Columns.OBS: {"embedding": np.stack([r["embedding"] for r in pick]),
-                          "preference": np.stack([r["preference"] for r in pick])},
+            Columns.OBS: self._obs(pick),
             Columns.ACTIONS: np.asarray([r["action"] for r in pick]),
             Columns.ACTION_LOGP: np.asarray([r["logp"] for r in pick], dtype=np.float32),
             Columns.REWARDS: np.asarray([r["reward"] for r in pick], dtype=np.float32),
@@ -304,10 +349,12 @@ class ContinuousTrainer:
     def _served_values(self, module, rows: list[dict], q: np.ndarray) -> tuple[float, np.ndarray]:
         """`module` served as the exploring policy, on held-back rows: the configured estimate of its
         mean reward, and per-record (unnormalised) values for the paired test."""
-        emb = torch.from_numpy(np.stack([r["embedding"] for r in rows]))
-        pref = torch.from_numpy(np.stack([r["preference"] for r in rows]))
+        from barp_ray.rl_module import ALLOWED, LOG_PRICE
+
+        obs = {k: torch.from_numpy(v) for k, v in self._obs(rows).items()}
         e = self.settings.exploration
-        mu = exploring_distribution(module.action_probabilities(emb, pref).numpy(), e.epsilon, e.temperature)
+        probs = module.action_probabilities(obs["embedding"], obs["preference"], obs.get(LOG_PRICE)).numpy()
+        mu = exploring_distribution(probs, e.epsilon, e.temperature, obs[ALLOWED].numpy() > 0)
         actions, logged, rewards = (np.asarray([r["action"] for r in rows]), np.asarray([r["mu"] for r in rows]),
                                     np.asarray([r["reward"] for r in rows]))
         recency = recency_weights(len(rows), self.rollout.half_life)

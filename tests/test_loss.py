@@ -37,6 +37,22 @@ def test_critic_is_fitted_on_the_chosen_model_only():
     assert stats["baseline_loss"] > 0
 
 
+def test_a_model_the_logged_decision_could_not_choose_gets_no_probability_and_no_gradient():
+    """`allowed` (a request's candidates): pi is the softmax over the allowed models, the critic's
+    KL target too; the excluded logits get exact zeros, never NaN."""
+    logits = torch.randn(16, 4, requires_grad=True)
+    critic = torch.tensor([[0.1, 0.2, 0.9, 0.3]] * 16)  # the critic prefers model 2, which half the rows exclude
+    allowed = torch.ones(16, 4, dtype=torch.bool)
+    allowed[::2, 2] = False
+    actions = torch.where(torch.arange(16) % 2 == 0, 1, 2)
+    loss, stats = barp_loss(logits, actions, torch.rand(16), LossSettings(baseline="critic", critic_kl_coeff=1.0,
+                                                                          importance_weight_clip=2.0),
+                            baseline=critic, behaviour_logp=torch.full((16,), -1.0), allowed=allowed)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
+    assert logits.grad[::2, 2].abs().sum() == 0 and logits.grad[1::2, 2].abs().sum() > 0
+
+
 def _module(**model_config):
     import gymnasium as gym
     import numpy as np

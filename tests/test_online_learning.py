@@ -141,7 +141,15 @@ def _deploy(checkpoint, root, port, **args):
     return Client(port)
 
 
-def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of_published_weights(tmp_path):
+@pytest.fixture(scope="module")
+def price_aware_checkpoint(checkpoint, tmp_path_factory):
+    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=300", "training.iterations=2",
+                                              "training.rounds_per_iteration=256", "policy.head=price_aware",
+                                              f"output.checkpoint_dir={tmp_path_factory.mktemp('price_aware') / 'ckpt'}"])
+    return train(cfg, progress=False).checkpoint
+
+
+def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of_published_weights(price_aware_checkpoint, tmp_path):
     """The price_aware head's learned price scale is a 0-d parameter (it once crashed the trainer's
     weight hand-over); today's prices are not weights: publishing never carries them back."""
     import torch
@@ -151,10 +159,7 @@ def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of
     from serve.feedback_store import FeedbackStore
     from serve.trainer import ContinuousTrainer, latest_published
 
-    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=300", "training.iterations=2",
-                                              "training.rounds_per_iteration=256", "policy.head=price_aware",
-                                              f"output.checkpoint_dir={tmp_path / 'ckpt'}"])
-    ckpt = train(cfg, progress=False).checkpoint
+    ckpt = price_aware_checkpoint
     settings = _settings(ckpt, tmp_path, rollout={"enabled": False})
     policy = RoutingPolicy.load(ckpt)
     MODELS[:] = list(policy.models)
@@ -174,6 +179,54 @@ def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of
 
     load_policy_state(served.module, weights)  # a replica taking the new weights keeps today's prices
     assert torch.equal(served.module.log_price, prices_now) and set(weights) == set(policy_state(served.module))
+    trainer.close()
+
+
+def test_the_trainer_scores_each_logged_reward_under_the_offer_it_was_made_under(price_aware_checkpoint, tmp_path):
+    """Decisions logged at prices other than today's and under `candidates` that narrowed the
+    choice: the learner's pi(a)/mu(a) must compare the policy under that same offer. Logged here by
+    the policy itself (mu = pi under the recorded offer), so every importance weight is exactly 1;
+    under today's prices or the full model set they are not."""
+    import torch
+
+    from barp_ray.encoder import encode
+    from barp_ray.policy import RoutingPolicy
+    from serve.feedback_store import FeedbackStore, encode_vector, new_request_id
+    from serve.trainer import ContinuousTrainer
+
+    settings = _settings(price_aware_checkpoint, tmp_path, rollout={"enabled": False},
+                         trainer={"replay_ratio": 1.0})  # 64 rewards -> one step on all of them
+    policy = RoutingPolicy.load(price_aware_checkpoint)
+    models, k = list(policy.models), len(policy.models)
+    today = np.exp(policy.module.log_price.numpy())
+    then = [float(p) for p in today * np.linspace(0.25, 4.0, k)]  # what the decisions were priced at
+    x = encode([f"Question {i}: how do I sort a list in Python?" for i in range(8)], policy.encoder)
+    w = np.asarray([0.3, 0.7], dtype=np.float32)  # cost matters, so prices move the policy
+    store = FeedbackStore(settings.log_dir, tau=policy.tau)
+    rng = np.random.default_rng(0)
+    gaps = []
+    for i in range(64):
+        e = x[i % len(x)]
+        allowed = np.ones(k, dtype=bool) if i % 2 else rng.permutation(np.arange(k) < 2)  # half: 2 candidates
+        with torch.no_grad():
+            p = policy.module.action_probabilities(torch.from_numpy(e[None]), torch.from_numpy(w[None]),
+                                                   torch.log(torch.tensor([then], dtype=torch.float32)))[0].numpy()
+            p_today = policy.probabilities(e[None], w)[0]
+        mu = np.where(allowed, p, 0.0) / p[allowed].sum()
+        # Any choice will do (the logged propensity is mu(a) whichever a is recorded): the model
+        # today's unrestricted policy under-weights most, so the wrong offer cannot average out.
+        a = int(np.argmax(np.where(allowed, mu / p_today, -1.0)))
+        gaps.append(mu[a] - p_today[a])
+        rid = new_request_id()
+        store.record_decision({"request_id": rid, "time": time.time(), "embedding": encode_vector(e), "preference": w.tolist(),
+                               "model": models[a], "behaviour_prob": float(mu[a]), "mode": "explore", "policy_version": 0,
+                               "models": models, "prices": then,
+                               "candidates": None if allowed.all() else [m for m, ok in zip(models, allowed) if ok]})
+        store.record_feedback(rid, float(rng.random()), 0.001)
+    assert np.mean(gaps) > 0.05, gaps  # today's unrestricted policy would not have matched the log
+    trainer = ContinuousTrainer(settings)
+    row = trainer.train_once()
+    assert row["steps"] == 1 and row["importance_weight_mean"] == pytest.approx(1.0, abs=1e-4), row
     trainer.close()
 
 
