@@ -10,6 +10,8 @@
    the feedback store before its 2xx, as in production;
 3. autoscaling: min 1 / max 4 replicas, load ramped up then stopped; the RouterModel replica
    count is sampled every 0.5 s and plotted with the load.
+In step 2 the CPU time of every Serve and Ray process is read before and after each phase
+(`psutil`, in the dev extra), giving CPU ms per route for each hop: where a route's time goes.
 All traffic goes to 127.0.0.1, is bounded in count and time, and stops by itself.
 """
 from __future__ import annotations
@@ -79,6 +81,38 @@ async def closed_loop(url: str, prompts: list[str], concurrency: int, seconds: f
             "routes_per_s": len(lat) / wall, "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
 
 
+# Serve's processes by the name Ray gives them; everything else with "ray" in its command line is
+# Ray's own machinery (GCS, raylet, dashboard agent, log monitor).
+ROLES = (("HTTP proxy", "ProxyActor"), ("ingress (RouterAPI)", "RouterAPI"), ("router (RouterModel)", "RouterModel"),
+         ("feedback log", "FeedbackLogDeployment"), ("trainer (idle)", "TrainerDeployment"),
+         ("Serve controller", "ServeController"))
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far, per role: where a route's CPU goes (issue 12 asks)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.info["pid"] == os.getpid():
+                role = "load client (this process)"
+            else:
+                role = next((r for r, key in ROLES if key in cmd), "Ray system processes" if "ray" in cmd else None)
+            if role is not None:
+                t = proc.cpu_times()
+                out[role] = out.get(role, 0.0) + t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
+def cpu_per_route(before: dict[str, float], after: dict[str, float], routes: int) -> dict[str, float]:
+    """ms of CPU per served route, per role, between two `cpu_seconds` snapshots."""
+    return {role: 1000 * (after[role] - before.get(role, 0.0)) / max(routes, 1) for role in after}
+
+
 def floor(checkpoint: str, prompts: list[str], repeats: int) -> dict:
     from barp_ray.encoder import encode, load_encoder
     from barp_ray.policy import RoutingPolicy
@@ -114,6 +148,18 @@ def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscalin
     serve.run(app, name="barp", route_prefix="/")
 
 
+def print_cpu_table(seq: dict, loaded: dict, fl: dict) -> None:
+    """Where the CPU goes per route (max_batch_size 32, one router replica), beside the floor."""
+    print("\n| process (max_batch_size 32, 1 replica) | CPU ms per route, 1 client | CPU ms per route, 32 clients |")
+    print("|---|---|---|")
+    a, b = seq["cpu_ms_per_route"], loaded["cpu_ms_per_route"]
+    for role in sorted(set(a) | set(b), key=lambda r: -a.get(r, 0.0)):
+        print(f"| {role} | {a.get(role, 0.0):.1f} | {b.get(role, 0.0):.1f} |")
+    print(f"| **all** | {sum(a.values()):.1f} | {sum(b.values()):.1f} |")
+    print(f"| in-process floor (encoder + policy) | {fl['batch_1']['ms_per_request']:.1f} (batch 1) | "
+          f"{fl['batch_32']['ms_per_request']:.1f} (batch 32) |", flush=True)
+
+
 def router_replicas() -> tuple[int, int]:
     """(running, running + starting) RouterModel replicas: what serves now, and what the autoscaler asked for."""
     from ray import serve
@@ -137,6 +183,10 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
+    import tempfile
+
+    # The deployments' feedback stores and trainer state are run state, not results: kept out of --out.
+    scratch = Path(tempfile.mkdtemp(prefix="barp-load-"))
 
     import ray
     from ray import serve
@@ -157,18 +207,31 @@ def main() -> int:
 
     results["floor"] = floor(checkpoint, prompts, repeats=20 if quick else 60)
     print("floor (encoder + policy in-process):", json.dumps(results["floor"]), flush=True)
+    # The goals compare with the floor above (torch's default threads: the whole machine). A router
+    # replica runs one intra-op thread (it shares the machine with the proxy, the ingress and the
+    # trainer); the same floor at one thread says how much of the gap that choice accounts for.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    results["floor_one_thread"] = floor(checkpoint, prompts, repeats=20 if quick else 60)
+    torch.set_num_threads(threads)
+    print("floor at one torch thread (as in a router replica):", json.dumps(results["floor_one_thread"]), flush=True)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1/route"
     fixed = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
     results["fixed_one_replica"] = {}
     for bs in (1, 32):
-        deploy(checkpoint, out / f"bs{bs}", port, bs, fixed)
+        deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed)
         asyncio.run(closed_loop(url, prompts, 8, 3, 10_000))  # warm-up
+        cpu = cpu_seconds()
         r = asyncio.run(closed_loop(url, prompts, 1, 5 if quick else 15, 20_000))
+        r["cpu_ms_per_route"] = cpu_per_route(cpu, cpu := cpu_seconds(), r["requests"])
         results["fixed_one_replica"][f"max_batch_size_{bs}_sequential"] = r
         print(f"1 replica, max_batch_size {bs}, 1 client: {json.dumps(r)}", flush=True)
         r = asyncio.run(closed_loop(url, prompts, 32, 8 if quick else 20, 20_000))
+        r["cpu_ms_per_route"] = cpu_per_route(cpu, cpu_seconds(), r["requests"])
         results["fixed_one_replica"][f"max_batch_size_{bs}"] = r
         print(f"1 replica, max_batch_size {bs}: {json.dumps(r)}", flush=True)
         serve.delete("barp")
@@ -178,8 +241,12 @@ def main() -> int:
         "sequential_p50_over_floor_batch_1": seq["p50_ms"] / fl["batch_1"]["ms_per_request"],
         "routes_per_s_over_floor_batch_32": loaded["routes_per_s"] / fl["batch_32"]["requests_per_s"],
         "p99_over_p50_at_32_clients": loaded["p99_ms"] / loaded["p50_ms"],
+        # not goals: the same ratios against the one-thread floor
+        "sequential_p50_over_one_thread_floor_batch_1": seq["p50_ms"] / results["floor_one_thread"]["batch_1"]["ms_per_request"],
+        "routes_per_s_over_one_thread_floor_batch_32": loaded["routes_per_s"] / results["floor_one_thread"]["batch_32"]["requests_per_s"],
     }
     print("goals (issue 12: <= 1.5, >= 0.40, <= 2.0):", json.dumps(results["goals"]), flush=True)
+    print_cpu_table(seq, loaded, fl)
     if args.no_autoscaling:
         serve.shutdown()
         ray.shutdown()
@@ -188,7 +255,7 @@ def main() -> int:
         return 0
 
     # autoscaling under a ramp
-    deploy(checkpoint, out / "auto", port, 32,
+    deploy(checkpoint, scratch / "auto", port, 32,
            {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 4,
             "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 0.5, "look_back_period_s": 2})
     samples: list[tuple[float, int, int, int]] = []  # (t, running, running+starting, clients)
