@@ -37,6 +37,7 @@ class BaRPConfig(AlgorithmConfig):
         self.baseline = "learned"
         self.baseline_coeff = 0.5
         self.normalize_advantages = True
+        self.advantage_scale = "batch"
         self.importance_weight_clip = 0.0  # 0: on-policy, no importance weights
         self.critic_kl_coeff = 0.0
         self.critic_temperature = 0.1
@@ -60,6 +61,7 @@ class BaRPConfig(AlgorithmConfig):
         critic_kl_coeff=NotProvided,
         critic_temperature=NotProvided,
         normalize_advantages=NotProvided,
+        advantage_scale=NotProvided,
         rounds_per_iteration=NotProvided,
         **kwargs,
     ) -> "BaRPConfig":
@@ -72,6 +74,7 @@ class BaRPConfig(AlgorithmConfig):
             ("critic_kl_coeff", critic_kl_coeff),
             ("critic_temperature", critic_temperature),
             ("normalize_advantages", normalize_advantages),
+            ("advantage_scale", advantage_scale),
             ("rounds_per_iteration", rounds_per_iteration),
         ):
             if value is not NotProvided:

@@ -131,6 +131,7 @@ class TrainingConfig:
     critic_form: str = "free"  # critic only: free Q(x, w, .) | reward: w_q q(x, .) - w_c c(x, .), the reward's shape
     exploration_floor: float = 0.0  # rollouts draw from (1 - eps) pi + eps / K; importance-corrected
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
+    advantage_scale: str = "batch"  # batch: one std for the batch | preference: the std of each w_q band
     grad_clip: float = 1.0
     seed: int = 0
     init_from: str | None = None  # start from this checkpoint's weights (models matched by name; new ones start as "unknown")
@@ -147,6 +148,7 @@ class TrainingConfig:
         _non_negative("training.critic_kl_coeff", self.critic_kl_coeff)
         _positive("training.critic_temperature", self.critic_temperature)
         _one_of("training.critic_form", self.critic_form, ("free", "reward"))
+        _one_of("training.advantage_scale", self.advantage_scale, ("batch", "preference"))
         if not 0.0 <= self.exploration_floor < 1.0:
             raise ConfigError(f"training.exploration_floor: must be in [0, 1), got {self.exploration_floor}")
         _positive("training.grad_clip", self.grad_clip)

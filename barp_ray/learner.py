@@ -43,6 +43,25 @@ class LossSettings:
     importance_weight_clip: float = 0.0  # > 0: clip pi/mu at this value; 0: on-policy, no weights
     critic_kl_coeff: float = 0.0  # critic only: pull pi toward softmax(Q / critic_temperature)
     critic_temperature: float = 0.1
+    advantage_scale: str = "batch"  # normalise by the batch's std | "preference": per w_q band's std
+
+
+PREFERENCE_BANDS = 5
+
+
+def advantage_scale(values: torch.Tensor, preference: torch.Tensor | None, settings: LossSettings) -> torch.Tensor:
+    """What advantages are divided by: the batch's std, or (`advantage_scale: preference`) each
+    row's w_q band's std, so rounds at a preference whose rewards vary little (the cost end) move
+    the policy as much as rounds where they vary a lot. A band's std is floored at a quarter of
+    the batch's: a band with a few near-equal rewards must not blow its rows' steps up."""
+    batch = values.std() + 1e-6
+    if settings.advantage_scale != "preference" or preference is None:
+        return batch
+    band = torch.clamp((preference[:, 0] * PREFERENCE_BANDS).long(), 0, PREFERENCE_BANDS - 1)
+    count = torch.zeros(PREFERENCE_BANDS, device=values.device).index_add(0, band, torch.ones_like(values))
+    mean = torch.zeros_like(count).index_add(0, band, values) / count.clamp(min=1)
+    var = torch.zeros_like(count).index_add(0, band, (values - mean[band]) ** 2) / (count - 1).clamp(min=1)
+    return torch.maximum(var.sqrt(), 0.25 * batch)[band] + 1e-6
 
 
 def barp_loss(
@@ -53,6 +72,7 @@ def barp_loss(
     baseline: torch.Tensor | None = None,
     behaviour_logp: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
+    preference: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`allowed` ([B, K], nonzero = could be chosen): the models each logged decision chose among
     (a request's `candidates`). pi is then the softmax over those, the distribution its logged
@@ -81,9 +101,9 @@ def barp_loss(
         probs = logp_all.exp()
         value = (probs.detach() * q_all).sum(-1, keepdim=True)
         advantage = rewards - q_taken.detach()
-        scale = rewards.std() + 1e-6 if settings.normalize_advantages and rewards.numel() > 1 else 1.0
+        scale = advantage_scale(rewards, preference, settings) if settings.normalize_advantages and rewards.numel() > 1 else 1.0
         advantage = advantage / scale
-        direct = -torch.mean((probs * (q_all - value)).sum(-1)) / scale
+        direct = -torch.mean((probs * (q_all - value)).sum(-1) / scale)
         if settings.critic_kl_coeff > 0:
             # The policy-gradient terms vanish with pi(a) on a model the policy has all but ruled
             # out; this KL's gradient (pi - target) does not, so a learned-better model is adopted.
@@ -101,7 +121,7 @@ def barp_loss(
         advantage = rewards
     if settings.baseline != "critic" and settings.normalize_advantages and advantage.numel() > 1:
         # Rewards at w_q~1 and w_q~0 differ in scale; unit-variance advantages keep the step size steady.
-        advantage = advantage / (advantage.std() + 1e-6)
+        advantage = advantage / advantage_scale(advantage, preference, settings)
 
     policy_loss = -torch.mean(rho * advantage * logp) + direct
     loss = policy_loss - settings.entropy_coeff * entropy + settings.baseline_coeff * baseline_loss
@@ -124,6 +144,7 @@ def settings_from(config: Any) -> LossSettings:
         importance_weight_clip=config.importance_weight_clip,
         critic_kl_coeff=config.critic_kl_coeff,
         critic_temperature=config.critic_temperature,
+        advantage_scale=config.advantage_scale,
     )
 
 
@@ -139,6 +160,7 @@ class BaRPTorchLearner(TorchLearner):
             baseline=fwd_out.get(BASELINE),
             behaviour_logp=batch.get(Columns.ACTION_LOGP),
             allowed=batch[Columns.OBS].get(ALLOWED),
+            preference=batch[Columns.OBS]["preference"],
         )
         self.metrics.log_dict(stats, key=module_id, window=1)
         return loss

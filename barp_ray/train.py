@@ -81,6 +81,7 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
             # mu >= (1 - eps) pi, so pi / mu never exceeds 1 / (1 - eps): the clip only switches weighting on.
             importance_weight_clip=1.0 / (1.0 - t.exploration_floor) if t.exploration_floor > 0 else 0.0,
             normalize_advantages=t.normalize_advantages,
+            advantage_scale=t.advantage_scale,
             grad_clip=t.grad_clip,
             rounds_per_iteration=t.rounds_per_iteration,
             minibatch_size=t.minibatch_size,

@@ -41,8 +41,18 @@ from barp_ray.results import FULL_INFO, SINGLE, derive  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
+    """NAME=a.b=1,c.d={kind: dirichlet, alpha: [0.5, 0.5]}: commas inside brackets stay in the value."""
     name, _, sets = text.partition("=")
-    return name, [s for s in sets.split(",") if s]
+    parts, depth, current = [], 0, ""
+    for ch in sets:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return name, [s for s in [*parts, current] if s]
 
 
 def run(args) -> dict:

@@ -40,6 +40,7 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"training": {"lr": "fast"}}, "training.lr"),
         ({"training": {"iterations": 0}}, "training.iterations"),
         ({"training": {"baseline": "q-learning"}}, "training.baseline"),
+        ({"training": {"advantage_scale": "per-task"}}, "training.advantage_scale"),
             ({"training": {"critic_temperature": 0}}, "training.critic_temperature"),
         ({"training": {"entropy_coeff": -0.1}}, "training.entropy_coeff"),
         ({"training": {"learning_rate": 0.1}}, "training"),

@@ -53,6 +53,19 @@ def test_a_model_the_logged_decision_could_not_choose_gets_no_probability_and_no
     assert logits.grad[::2, 2].abs().sum() == 0 and logits.grad[1::2, 2].abs().sum() > 0
 
 
+def test_per_preference_advantage_scale_divides_each_band_by_its_own_spread():
+    from barp_ray.learner import advantage_scale
+
+    w = torch.tensor([[0.05, 0.95]] * 50 + [[0.95, 0.05]] * 50)
+    r = torch.cat([0.01 * torch.randn(50, generator=torch.Generator().manual_seed(0)),
+                   torch.randn(50, generator=torch.Generator().manual_seed(1))])
+    batch = advantage_scale(r, w, LossSettings())
+    per_band = advantage_scale(r, w, LossSettings(advantage_scale="preference"))
+    assert batch.dim() == 0 and per_band.shape == (100,)
+    assert torch.allclose(per_band[50:], r[50:].std() + 1e-6, rtol=1e-4)  # the wide band: its own std
+    assert torch.allclose(per_band[:50], 0.25 * batch + 1e-6)  # the narrow band: floored, not 0.01
+
+
 def _module(**model_config):
     import gymnasium as gym
     import numpy as np
