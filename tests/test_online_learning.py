@@ -184,9 +184,9 @@ def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of
 
 def test_the_trainer_scores_each_logged_reward_under_the_offer_it_was_made_under(price_aware_checkpoint, tmp_path):
     """Decisions logged at prices other than today's and under `candidates` that narrowed the
-    choice: the learner's pi(a)/mu(a) must compare the policy under that same offer. Logged here by
-    the policy itself (mu = pi under the recorded offer), so every importance weight is exactly 1;
-    under today's prices or the full model set they are not."""
+    choice: the learner's pi(a)/mu(a) must score the policy under those same prices and candidates.
+    Logged here by the policy itself (mu = pi under them), so every importance weight is exactly 1;
+    under today's prices or without the candidates they are not."""
     import torch
 
     from barp_ray.encoder import encode
