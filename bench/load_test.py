@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -183,10 +184,10 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
-    import tempfile
-
-    # The deployments' feedback stores and trainer state are run state, not results: kept out of --out.
-    scratch = Path(tempfile.mkdtemp(prefix="barp-load-"))
+    # The deployments' feedback stores and trainer state are run state, not results: kept out of
+    # --out, and removed when the bench exits.
+    scratch_dir = tempfile.TemporaryDirectory(prefix="barp-load-")
+    scratch = Path(scratch_dir.name)
 
     import ray
     from ray import serve

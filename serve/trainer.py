@@ -248,14 +248,17 @@ class ContinuousTrainer:
         return out
 
     def _log_prices(self) -> np.ndarray | None:
-        """Today's log price per offered model, for heads whose logits read prices (else None)."""
-        if self.serving.head not in ("price_aware", "model_conditioned"):
-            return None
-        return self.serving.log_price.detach().cpu().numpy()
+        """Today's log price per offered model; None for a head whose logits read no prices (it has none)."""
+        log_price = getattr(self.serving, "log_price", None)
+        return None if log_price is None else log_price.detach().cpu().numpy()
+
+    @classmethod
+    def _obs_tensors(cls, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in cls._obs(rows).items()}
 
     @staticmethod
     def _obs(rows: list[dict]) -> dict[str, np.ndarray]:
-        """The observation columns of logged rows, with the offer each was made under."""
+        """The observation columns of logged rows, with the candidates and prices each was made under."""
         from barp_ray.rl_module import ALLOWED, LOG_PRICE
 
         obs = {"embedding": np.stack([r["embedding"] for r in rows]),
@@ -358,7 +361,7 @@ class ContinuousTrainer:
         mean reward, and per-record (unnormalised) values for the paired test."""
         from barp_ray.rl_module import ALLOWED, LOG_PRICE
 
-        obs = {k: torch.from_numpy(v) for k, v in self._obs(rows).items()}
+        obs = self._obs_tensors(rows)
         e = self.settings.exploration
         probs = module.action_probabilities(obs["embedding"], obs["preference"], obs.get(LOG_PRICE)).numpy()
         mu = exploring_distribution(probs, e.epsilon, e.temperature, obs[ALLOWED].numpy() > 0)
@@ -378,9 +381,7 @@ class ContinuousTrainer:
 
         from barp_ray.rl_module import BASELINE
 
-        obs = {"embedding": torch.from_numpy(np.stack([r["embedding"] for r in rows])),
-               "preference": torch.from_numpy(np.stack([r["preference"] for r in rows]))}
-        return self.scratch._forward_train({Columns.OBS: obs})[BASELINE].numpy().astype(np.float64)
+        return self.scratch._forward_train({Columns.OBS: self._obs_tensors(rows)})[BASELINE].numpy().astype(np.float64)
 
     def _gate(self) -> dict[str, Any]:
         """Candidate (the learner's weights, in `scratch`) against the serving weights.
