@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 SOURCES = ("synthetic", "llmrouter", "routerbench", "records")
 SPLITS = ("random", "tasks", "provided")
-POLICY_HEADS = ("concat", "preference_gated", "price_aware", "model_conditioned")
+POLICY_HEADS = ("concat", "preference_gated", "price_aware", "cost_aware", "model_conditioned")
 
 
 @dataclass
@@ -102,7 +102,7 @@ class EnvConfig:
 class PolicyConfig:
     preference_hidden: list = field(default_factory=lambda: [32])
     head_hidden: list = field(default_factory=lambda: [256, 128])
-    head: str = "concat"  # concat: logits from [h(x); phi(w)] (the paper) | preference_gated: w_q U + w_c V | price_aware: concat - w_c * s * log(price) | model_conditioned: scores (prompt, preference, model card), any model set
+    head: str = "concat"  # concat: logits from [h(x); phi(w)] (the paper) | preference_gated: w_q U + w_c V | price_aware: concat - w_c * s * log(price) | cost_aware: w_q * concat - w_c * s * normalised cost | model_conditioned: scores (prompt, preference, model card), any model set
     model_id_dim: int = 16  # model_conditioned: learned vector per trained model
     model_id_dropout: float = 0.1  # model_conditioned: chance a (round, model) pair is scored as an unknown model
 
@@ -133,6 +133,11 @@ class TrainingConfig:
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
     advantage_scale: str = "batch"  # batch: one std for the batch | preference: the std of each w_q band
     grad_clip: float = 1.0
+    # Early stopping: > 0 holds this share of the train prompts out of the bandit rounds; every
+    # validate_every iterations the greedy reward over the 11-point preference sweep is measured on
+    # them, and the checkpoint keeps the best weights (0: the last weights, no prompt held out).
+    validation_fraction: float = 0.0
+    validate_every: int = 10
     seed: int = 0
     init_from: str | None = None  # start from this checkpoint's weights (models matched by name; new ones start as "unknown")
 
@@ -152,6 +157,10 @@ class TrainingConfig:
         if not 0.0 <= self.exploration_floor < 1.0:
             raise ConfigError(f"training.exploration_floor: must be in [0, 1), got {self.exploration_floor}")
         _positive("training.grad_clip", self.grad_clip)
+        v = self.validation_fraction
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 0.5:
+            raise ConfigError(f"training.validation_fraction: must be in [0, 0.5], got {self.validation_fraction!r}")
+        _positive("training.validate_every", self.validate_every)
         if self.init_from is not None and not _path_exists(self.init_from):
             raise ConfigError(f"training.init_from: {self.init_from!r} does not exist")
 

@@ -24,6 +24,8 @@ class CurveWriter:
         for key in ("train_reward", "entropy", "policy_loss", "baseline_loss"):
             if key in row:
                 self._writer.add_scalar(f"train/{key}", float(row[key]), step)
+        if "validation_sweep_reward" in row:  # early stopping's held-out train prompts
+            self._writer.add_scalar("heldout/early_stopping_sweep_reward", float(row["validation_sweep_reward"]), step)
         for w_q, value in row.get("heldout_reward", {}).items():
             self._writer.add_scalar(f"heldout/reward_wq{float(w_q):.1f}", float(value), step)
 

@@ -32,7 +32,9 @@ def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
 
 
 CRITIC_FORMS = ("free", "reward")
-HEADS = ("concat", "preference_gated", "price_aware", "model_conditioned")
+HEADS = ("concat", "preference_gated", "price_aware", "cost_aware", "model_conditioned")
+# Heads with one output per trained model that read today's prices (`set_prices`, LOG_PRICE rows).
+PRICE_HEADS = ("price_aware", "cost_aware")
 
 
 class BaRPRLModule(TorchRLModule):
@@ -60,6 +62,14 @@ class BaRPRLModule(TorchRLModule):
     costs out of the weights, so a price change in the serving config moves the routing at once,
     in the right direction (at w_c > 0 a dearer model never gains share), with no training step.
     model_config["model_prices"] is the blended $/Mtok (input + output) per model at training.
+
+    head "cost_aware" scores in the reward's own shape: logit_a = w_q * f_a(h, phi(w)) - w_c * s *
+    c_a, where c_a is model a's known normalised cost, min(cost / tau, 1) averaged over the
+    training prompts (model_config["model_costs"], what the full-information routers use too),
+    scaled by today's price over the training price. The learned part only has to say what a
+    model is worth for this prompt; at w_q = 0 the cheapest model wins exactly, and near it the
+    ranking of cheap models comes from their prices instead of from weights that rounds at the
+    cost end rarely train. s = softplus(alpha) is learned (how sharp the trade is).
 
     head "model_conditioned" scores each (prompt, preference, model card) instead of emitting K
     logits: logit_m = <trunk([h(x); phi(w)]), tower([features(card_m); e_m])> plus the same price
@@ -93,13 +103,21 @@ class BaRPRLModule(TorchRLModule):
             return
         out = 2 * k if self.head == "preference_gated" else k
         self.decision_head = mlp([emb_dim + pref_hidden[-1], *head_hidden, out], final_activation=False)
-        if self.head == "price_aware":
+        if self.head in PRICE_HEADS:
             prices = cfg.get("model_prices")
             if prices is None or len(prices) != k or not all(float(x) > 0 for x in prices):
-                raise ValueError(f"head 'price_aware' needs model_prices: {k} positive prices, got {prices!r}")
+                raise ValueError(f"head {self.head!r} needs model_prices: {k} positive prices, got {prices!r}")
             # Not in the state dict: published weights must not carry prices back over the served ones.
             self.register_buffer("log_price", torch.log(torch.as_tensor(prices, dtype=torch.float32)), persistent=False)
             self.price_scale = nn.Parameter(torch.tensor(0.5413))  # softplus(0.5413) = 1
+        if self.head == "cost_aware":
+            costs = cfg.get("model_costs")
+            if costs is None or len(costs) != k or not all(0 < float(x) <= 1 for x in costs):
+                raise ValueError(f"head 'cost_aware' needs model_costs: {k} normalised costs in (0, 1], got {costs!r}")
+            # The training facts the price term is measured against; from model_config, like the prices.
+            self.register_buffer("trained_log_price", self.log_price.clone(), persistent=False)
+            self.register_buffer("trained_cost", torch.as_tensor(costs, dtype=torch.float32), persistent=False)
+            self.price_scale = nn.Parameter(torch.tensor(4.9933))  # softplus = 5: cheap models apart from the start
         if (cfg.get("learned_baseline", True) or self.critic) and not self.inference_only:
             if self.critic and self.critic_form == "reward":
                 self.baseline_head = mlp([emb_dim, *head_hidden[-1:], 2 * k], final_activation=False)
@@ -186,20 +204,26 @@ class BaRPRLModule(TorchRLModule):
             return self._pair(out, self.model_tower(models)) - self._price_term(w, batch[Columns.OBS])
         if self.head == "price_aware":
             return out - self._price_term(w, batch[Columns.OBS])
+        if self.head == "cost_aware":
+            return w[:, :1] * out - self._price_term(w, batch[Columns.OBS])
         u, v = out.chunk(2, dim=-1)
         return w[:, :1] * u + w[:, 1:] * v
 
     def _price_term(self, w: torch.Tensor, obs: dict[str, Any]) -> torch.Tensor:
-        """w_c * s * log(price) per model: today's prices, kept out of the learned weights. A batch
+        """w_c * s * log(price) per model (cost_aware: w_c * s * normalised cost): today's prices,
+        kept out of the learned weights. A batch
         may carry its own [B, K] `log_price` (the continuous trainer: the prices each logged
         decision was made under, since its reward's cost was paid at those prices)."""
         log_price = obs.get(LOG_PRICE, self.log_price)
-        return w[:, 1:] * nn.functional.softplus(self.price_scale) * log_price
+        per_model = log_price
+        if self.head == "cost_aware":  # the normalised cost at these prices, capped as the reward caps it
+            per_model = torch.clamp(self.trained_cost * torch.exp(log_price - self.trained_log_price), max=1.0)
+        return w[:, 1:] * nn.functional.softplus(self.price_scale) * per_model
 
     def set_prices(self, prices: list[float]) -> None:
-        """Today's blended $/Mtok per model (price_aware head): routing follows at once."""
-        if self.head != "price_aware":
-            raise ValueError(f"head {self.head!r} does not read prices this way; price_aware does "
+        """Today's blended $/Mtok per model (price_aware, cost_aware heads): routing follows at once."""
+        if self.head not in PRICE_HEADS:
+            raise ValueError(f"head {self.head!r} does not read prices this way; {' and '.join(PRICE_HEADS)} do "
                              "(model_conditioned: offer new cards)")
         if len(prices) != self.log_price.numel() or not all(float(x) > 0 for x in prices):
             raise ValueError(f"prices: need {self.log_price.numel()} positive numbers, got {prices!r}")

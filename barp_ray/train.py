@@ -34,9 +34,9 @@ class TrainResult:
 
 
 def model_cards(cfg: TrainConfig, table) -> list | None:
-    """The training models' cards (ModelCard), for the heads that read prices: price_aware takes
-    their blended prices, model_conditioned the cards themselves. None for the other heads."""
-    if cfg.policy.head not in ("price_aware", "model_conditioned"):
+    """The training models' cards (ModelCard), for the heads that read prices: price_aware and
+    cost_aware take their blended prices, model_conditioned the cards themselves. None for the other heads."""
+    if cfg.policy.head not in ("price_aware", "cost_aware", "model_conditioned"):
         return None
     from barp_ray.model_cards import CardError, cards_for
 
@@ -46,7 +46,15 @@ def model_cards(cfg: TrainConfig, table) -> list | None:
         raise ConfigError(f"policy.head: {cfg.policy.head} needs a positive price for every model: {e}") from None
 
 
-def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None = None):
+def mean_normalized_costs(table, tau: float) -> list[float]:
+    """Each model's min(cost / tau, 1) averaged over the training prompts: the cost_aware head's
+    known cost per model (the full-information routers use the same number)."""
+    from envs.reward import normalized_cost
+
+    return [max(float(c), 1e-9) for c in normalized_cost(table.costs, tau).mean(axis=0)]
+
+
+def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None = None, costs: list[float] | None = None):
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
 
@@ -97,7 +105,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
                     "critic": t.baseline == "critic",
                     "critic_form": t.critic_form,
                     "exploration_floor": t.exploration_floor,
-                    **({"model_prices": [c.blended_price for c in cards]} if cfg.policy.head == "price_aware" else {}),
+                    **({"model_prices": [c.blended_price for c in cards]} if cfg.policy.head in ("price_aware", "cost_aware") else {}),
+                    **({"model_costs": list(costs)} if cfg.policy.head == "cost_aware" else {}),
                     **({"model_cards": [c.as_dict() for c in cards], "model_id_dim": cfg.policy.model_id_dim,
                         "model_id_dropout": cfg.policy.model_id_dropout} if cfg.policy.head == "model_conditioned" else {}),
                 },
@@ -178,8 +187,22 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
         flush=True,
     )
     ensure_ray()
-    data_ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
-    algo = build_algo_config(cfg, data_ref, data.tau, cards=model_cards(cfg, data.train)).build_algo()
+    t = cfg.training
+    fit_rows = np.arange(data.train.n)
+    stopping = None
+    if t.validation_fraction > 0:
+        from barp_ray.early_stopping import EarlyStopping, split_prompts
+
+        try:
+            fit_rows, held_out = split_prompts(data.train.n, t.validation_fraction, t.seed)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        stopping = EarlyStopping(data.train.subset(held_out), data.train_embeddings[held_out], data.tau)
+        print(f"early stopping: {len(held_out)} train prompts held out of the bandit rounds", file=out, flush=True)
+    data_ref = ray.put(BanditData(data.train_embeddings[fit_rows], data.train.scores[fit_rows], data.train.costs[fit_rows],
+                                  data.train.models))
+    algo = build_algo_config(cfg, data_ref, data.tau, cards=model_cards(cfg, data.train),
+                             costs=mean_normalized_costs(data.train, data.tau)).build_algo()
     if cfg.training.init_from:
         warm_start(algo, cfg.training.init_from)
     w_eval = tuple(cfg.env.eval_preference)
@@ -217,10 +240,18 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
                     f"entropy {row['entropy']:.3f}  test_reward@w={list(w_eval)} {row['test_reward']:+.4f}",
                     file=out,
                 )
+            if stopping and ((it + 1) % t.validate_every == 0 or it + 1 == t.iterations):
+                row["validation_sweep_reward"] = stopping.observe(it + 1, algo.get_module(), algo.learner_group.get_weights)
             bar.set_postfix(reward=f"{row['train_reward']:+.3f}", entropy=f"{row['entropy']:.2f}")
             history.append(row)
             curves.iteration(row)
 
+        if stopping and stopping.best_iteration != cfg.training.iterations:
+            algo.learner_group.set_weights(stopping.best_weights)
+            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+        if stopping:
+            print(f"early stopping: kept iteration {stopping.best_iteration} (held-out sweep reward "
+                  f"{stopping.best_reward:+.4f})", file=out, flush=True)
         ckpt.mkdir(parents=True, exist_ok=True)
         algo.save_to_path(str(ckpt))
     finally:
@@ -248,6 +279,8 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
         "config": cfg.to_dict(),
         "evaluation": evaluation,
         "history": history,
+        **({"early_stopping": {"held_out_prompts": int(stopping.table.n), "kept_iteration": stopping.best_iteration,
+                               "held_out_sweep_reward": stopping.best_reward}} if stopping else {}),
     }
     (ckpt / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
     if staging:

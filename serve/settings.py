@@ -295,7 +295,7 @@ def _pos(name: str, v) -> None:
 PRICE_FIELDS = ("input_per_mtok", "output_per_mtok")
 
 
-PRICE_READING_HEADS = ("price_aware", "model_conditioned")
+PRICE_READING_HEADS = ("price_aware", "cost_aware", "model_conditioned")
 
 
 def checkpoint_head(meta: dict) -> str:
@@ -327,7 +327,7 @@ class Offer:
         other heads route their trained models as they are."""
         if module.head == "model_conditioned":
             module.offer(self.cards())
-        elif module.head == "price_aware" and self.blended():
+        elif module.head in ("price_aware", "cost_aware") and self.blended():
             module.set_prices(self.blended())
 
 
@@ -369,7 +369,7 @@ def live_prices(overrides: Any, meta: dict) -> dict[str, dict[str, float]]:
     They reach replicas as Serve `user_config` (`reconfigure`), so a price set there changes
     routing with no training step; a price edited in the app's `args` re-deploys the replicas one by
     one instead (Serve restarts them when `args` change). Only a checkpoint whose
-    policy reads prices (`policy.head: price_aware`) can take them: for any other, routing would
+    policy reads prices (`policy.head: price_aware`, `cost_aware`) can take them: for any other, routing would
     silently ignore the change."""
     from barp_ray.model_cards import CardError, ModelCard, check_cards
 
@@ -380,7 +380,7 @@ def live_prices(overrides: Any, meta: dict) -> dict[str, dict[str, float]]:
     head = checkpoint_head(meta)
     if overrides and head not in PRICE_READING_HEADS:
         raise SettingsError(f"prices: this checkpoint's policy head {head!r} does not read prices; "
-                            "train it with policy.head: price_aware or model_conditioned")
+                            "train it with policy.head: price_aware, cost_aware or model_conditioned")
     models = list(meta["models"])
     out = {m: dict((meta.get("prices") or {}).get(m) or {}) for m in models}
     for name, raw in overrides.items():

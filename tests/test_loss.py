@@ -136,6 +136,28 @@ def test_price_aware_head_follows_a_price_change_at_once_and_only_where_cost_mat
         _module().set_prices([1.0, 1.0, 1.0, 1.0])
 
 
+def test_cost_aware_head_picks_the_cheapest_model_at_the_cost_end_and_follows_prices():
+    import pytest
+
+    costs = [0.1, 0.3, 0.6, 1.0]
+    module = _module(head="cost_aware", model_prices=[0.1, 0.3, 0.6, 10.0], model_costs=costs)
+    with torch.no_grad():  # a head that, left to itself, would prefer the dearest model by far
+        module.decision_head[-1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 50.0]))
+    x = torch.randn(64, 8)
+    cost_only, quality_only = torch.tensor([[0.0, 1.0]] * 64), torch.tensor([[1.0, 0.0]] * 64)
+    p_cost = module.action_probabilities(x, cost_only)
+    assert (p_cost.argmax(-1) == 0).all()  # w_q = 0: the prompt's logits cannot outvote the known cost
+    assert torch.allclose(p_cost[0], p_cost[1])  # ... and do not enter at all
+    assert (module.action_probabilities(x, quality_only).argmax(-1) == 3).all()  # w_c = 0: cost does not count
+    assert {"trained_cost", "trained_log_price", "log_price"}.isdisjoint(module.state_dict())
+    module.set_prices([0.4, 0.3, 0.6, 10.0])  # the cheapest model gets 4x dearer: 0.4 normalised, above model 1
+    assert (module.action_probabilities(x, cost_only).argmax(-1) == 1).all()
+    module.set_prices([10.0, 0.3, 0.6, 10.0])  # capped at 1, as the reward caps it: tied with model 3
+    assert torch.allclose(module.action_probabilities(x, cost_only)[:, 0], module.action_probabilities(x, cost_only)[:, 3])
+    with pytest.raises(ValueError, match="model_costs"):
+        _module(head="cost_aware", model_prices=[0.1, 0.3, 0.6, 10.0], model_costs=[0.1, 0.0, 0.6, 1.0])
+
+
 def _cards(*specs):
     from barp_ray.model_cards import ModelCard
 

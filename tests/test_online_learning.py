@@ -141,11 +141,12 @@ def _deploy(checkpoint, root, port, **args):
     return Client(port)
 
 
-@pytest.fixture(scope="module")
-def price_aware_checkpoint(checkpoint, tmp_path_factory):
+@pytest.fixture(scope="module", params=["price_aware", "cost_aware"])
+def price_aware_checkpoint(checkpoint, tmp_path_factory, request):
+    """A small checkpoint of each head that reads today's prices."""
     cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=300", "training.iterations=2",
-                                              "training.rounds_per_iteration=256", "policy.head=price_aware",
-                                              f"output.checkpoint_dir={tmp_path_factory.mktemp('price_aware') / 'ckpt'}"])
+                                              "training.rounds_per_iteration=256", f"policy.head={request.param}",
+                                              f"output.checkpoint_dir={tmp_path_factory.mktemp(request.param) / 'ckpt'}"])
     return train(cfg, progress=False).checkpoint
 
 

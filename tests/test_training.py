@@ -195,3 +195,32 @@ def test_model_conditioned_policy_offers_a_model_it_never_trained_on_and_warm_st
     (other / "barp_meta.json").write_text(json.dumps({**meta, "model_features": ["log_price"]}))
     with pytest.raises(CheckpointError, match="model_features"):
         RoutingPolicy.load(other)
+
+
+def test_early_stopping_keeps_the_weights_that_route_held_out_train_prompts_best(ray_local, tmp_path):
+    """`training.validation_fraction`: held-out train prompts never enter the bandit rounds, and the
+    checkpoint holds the weights of the iteration whose held-out sweep reward was best (lr 0.05
+    makes the later iterations wander, so that is usually not the last one)."""
+    import json
+
+    from barp_ray.early_stopping import SWEEP, EarlyStopping, split_prompts
+
+    cfg = small_config(tmp_path, "policy.head=cost_aware", "training.baseline=critic", "training.critic_form=reward",
+                       "training.critic_kl_coeff=1.0", "training.iterations=16", "training.lr=0.05",
+                       "training.validation_fraction=0.2", "training.validate_every=2")
+    res = train(cfg, progress=False)
+    meta = json.loads((Path(res.checkpoint) / "barp_meta.json").read_text())
+    seen = {h["iteration"]: h["validation_sweep_reward"] for h in res.history if "validation_sweep_reward" in h}
+    assert sorted(seen) == list(range(2, 17, 2))
+    kept = meta["early_stopping"]["kept_iteration"]
+    assert kept == max(seen, key=seen.get) and meta["early_stopping"]["held_out_sweep_reward"] == seen[kept]
+
+    data = prepare(cfg)
+    fit, held = split_prompts(data.train.n, 0.2, cfg.training.seed)
+    assert len(held) == meta["early_stopping"]["held_out_prompts"] == round(0.2 * data.train.n)
+    assert not set(fit) & set(held)
+    judge = EarlyStopping(data.train.subset(held), data.train_embeddings[held], data.tau)
+    assert len(SWEEP) == 11 and SWEEP[0] == (0.0, 1.0) and SWEEP[-1] == (1.0, 0.0)
+    # the saved policy is the kept one: it scores exactly the kept iteration's held-out reward
+    assert judge.sweep_reward(RoutingPolicy.load(res.checkpoint).module) == pytest.approx(seen[kept], abs=1e-9)
+    print("held-out sweep reward per iteration:", seen, "kept", kept)
