@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -117,7 +118,8 @@ class BaRPRLModule(TorchRLModule):
             # The training facts the price term is measured against; from model_config, like the prices.
             self.register_buffer("trained_log_price", self.log_price.clone(), persistent=False)
             self.register_buffer("trained_cost", torch.as_tensor(costs, dtype=torch.float32), persistent=False)
-            self.price_scale = nn.Parameter(torch.tensor(4.9933))  # softplus = 5: cheap models apart from the start
+            scale = float(cfg.get("cost_scale", 5.0))  # softplus(alpha) = scale at the start
+            self.price_scale = nn.Parameter(torch.tensor(scale + float(np.log(-np.expm1(-scale)))))
         if (cfg.get("learned_baseline", True) or self.critic) and not self.inference_only:
             if self.critic and self.critic_form == "reward":
                 self.baseline_head = mlp([emb_dim, *head_hidden[-1:], 2 * k], final_activation=False)

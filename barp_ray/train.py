@@ -106,7 +106,7 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
                     "critic_form": t.critic_form,
                     "exploration_floor": t.exploration_floor,
                     **({"model_prices": [c.blended_price for c in cards]} if cfg.policy.head in ("price_aware", "cost_aware") else {}),
-                    **({"model_costs": list(costs)} if cfg.policy.head == "cost_aware" else {}),
+                    **({"model_costs": list(costs), "cost_scale": cfg.policy.cost_scale} if cfg.policy.head == "cost_aware" else {}),
                     **({"model_cards": [c.as_dict() for c in cards], "model_id_dim": cfg.policy.model_id_dim,
                         "model_id_dropout": cfg.policy.model_id_dropout} if cfg.policy.head == "model_conditioned" else {}),
                 },

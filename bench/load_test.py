@@ -161,6 +161,19 @@ def print_cpu_table(seq: dict, loaded: dict, fl: dict) -> None:
           f"{fl['batch_32']['ms_per_request']:.1f} (batch 32) |", flush=True)
 
 
+def ingress_port() -> int:
+    """The HTTP port the RouterAPI replica serves on itself (direct ingress: Serve allocates it
+    from RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, 30000 by default)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        if "RouterAPI" in " ".join(proc.info["cmdline"] or []):
+            ports = [c.laddr.port for c in proc.net_connections() if c.status == "LISTEN" and 30000 <= c.laddr.port < 31000]
+            if ports:
+                return ports[0]
+    raise RuntimeError("direct ingress: no RouterAPI replica listens on a port in 30000-30999")
+
+
 def router_replicas() -> tuple[int, int]:
     """(running, running + starting) RouterModel replicas: what serves now, and what the autoscaler asked for."""
     from ray import serve
@@ -180,7 +193,12 @@ def main() -> int:
     p.add_argument("--out", default="bench/out/load")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-autoscaling", action="store_true", help="latency and throughput only")
+    p.add_argument("--direct-ingress", action="store_true",
+                   help="Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1): clients reach the RouterAPI "
+                        "replica's own HTTP port, no proxy hop (what a load balancer in front of the replicas does)")
     args = p.parse_args()
+    if args.direct_ingress:
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by the controller and replicas Ray starts below
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
@@ -204,7 +222,7 @@ def main() -> int:
 
         checkpoint = train(apply_overrides(cfg, ["training.iterations=60", f"output.checkpoint_dir={out / 'ckpt'}"]),
                            progress=False).checkpoint
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint}
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint, "direct_ingress": args.direct_ingress}
 
     results["floor"] = floor(checkpoint, prompts, repeats=20 if quick else 60)
     print("floor (encoder + policy in-process):", json.dumps(results["floor"]), flush=True)
@@ -225,6 +243,8 @@ def main() -> int:
     results["fixed_one_replica"] = {}
     for bs in (1, 32):
         deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed)
+        if args.direct_ingress:
+            url = f"http://127.0.0.1:{ingress_port()}/v1/route"
         asyncio.run(closed_loop(url, prompts, 8, 3, 10_000))  # warm-up
         cpu = cpu_seconds()
         r = asyncio.run(closed_loop(url, prompts, 1, 5 if quick else 15, 20_000))
@@ -259,6 +279,8 @@ def main() -> int:
     deploy(checkpoint, scratch / "auto", port, 32,
            {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 4,
             "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 0.5, "look_back_period_s": 2})
+    if args.direct_ingress:
+        url = f"http://127.0.0.1:{ingress_port()}/v1/route"
     samples: list[tuple[float, int, int, int]] = []  # (t, running, running+starting, clients)
     current_load = {"c": 0}
     t_start = time.time()
