@@ -41,6 +41,7 @@ class BaRPConfig(AlgorithmConfig):
         self.importance_weight_clip = 0.0  # 0: on-policy, no importance weights
         self.critic_kl_coeff = 0.0
         self.critic_temperature = 0.1
+        self.weight_decay = 0.0  # > 0: AdamW's decoupled decay instead of Adam
         self.rounds_per_iteration = 4096
         self.num_envs_per_env_runner = 1024
         self.env_runner_cls = BanditEnvRunner
@@ -62,6 +63,7 @@ class BaRPConfig(AlgorithmConfig):
         critic_temperature=NotProvided,
         normalize_advantages=NotProvided,
         advantage_scale=NotProvided,
+        weight_decay=NotProvided,
         rounds_per_iteration=NotProvided,
         **kwargs,
     ) -> "BaRPConfig":
@@ -75,6 +77,7 @@ class BaRPConfig(AlgorithmConfig):
             ("critic_temperature", critic_temperature),
             ("normalize_advantages", normalize_advantages),
             ("advantage_scale", advantage_scale),
+            ("weight_decay", weight_decay),
             ("rounds_per_iteration", rounds_per_iteration),
         ):
             if value is not NotProvided:

@@ -135,6 +135,7 @@ class TrainingConfig:
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
     advantage_scale: str = "batch"  # batch: one std for the batch | preference: the std of each w_q band
     grad_clip: float = 1.0
+    weight_decay: float = 0.0  # > 0: AdamW with this decoupled decay (per step: w -= lr * decay * w)
     # Early stopping: > 0 holds this share of the train prompts out of the bandit rounds; every
     # validate_every iterations the greedy reward over the 11-point preference sweep is measured on
     # them, and the checkpoint keeps the best weights (0: the last weights, no prompt held out).
@@ -159,6 +160,7 @@ class TrainingConfig:
         if not 0.0 <= self.exploration_floor < 1.0:
             raise ConfigError(f"training.exploration_floor: must be in [0, 1), got {self.exploration_floor}")
         _positive("training.grad_clip", self.grad_clip)
+        _non_negative("training.weight_decay", self.weight_decay)
         v = self.validation_fraction
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 0.5:
             raise ConfigError(f"training.validation_fraction: must be in [0, 0.5], got {self.validation_fraction!r}")

@@ -149,6 +149,17 @@ def settings_from(config: Any) -> LossSettings:
 
 
 class BaRPTorchLearner(TorchLearner):
+    def configure_optimizers_for_module(self, module_id: ModuleID, config: Any = None) -> None:
+        """Adam, as RLlib's default, or AdamW when `weight_decay` > 0: the policy and the critic
+        fit the train prompts (longer training routes new prompts worse), and decay is the
+        cheapest brake on that."""
+        decay = float(getattr(config, "weight_decay", 0.0) or 0.0)
+        if decay <= 0:
+            return super().configure_optimizers_for_module(module_id, config)
+        params = self.get_parameters(self._module[module_id])
+        self.register_optimizer(module_id=module_id, optimizer=torch.optim.AdamW(params, weight_decay=decay),
+                                params=params, lr_or_lr_schedule=config.lr)
+
     def compute_loss_for_module(
         self, *, module_id: ModuleID, config: Any, batch: dict[str, Any], fwd_out: dict[str, TensorType]
     ) -> TensorType:

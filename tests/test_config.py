@@ -46,6 +46,7 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"training": {"validation_fraction": 0.8}}, "training.validation_fraction"),
         ({"training": {"validation_fraction": "some"}}, "training.validation_fraction"),
         ({"training": {"validate_every": 0}}, "training.validate_every"),
+        ({"training": {"weight_decay": -0.1}}, "training.weight_decay"),
         ({"policy": {"head": "cost"}}, "policy.head"),
         ({"training": {"learning_rate": 0.1}}, "training"),
         ({"trainig": {}}, "trainig"),
