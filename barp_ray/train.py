@@ -62,6 +62,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
     from barp_ray.rl_module import BaRPRLModule
     from envs.routing_env import RoutingBanditEnv
 
+    if cfg.policy.head == "cost_aware" and costs is None:
+        raise ConfigError("policy.head: cost_aware needs each model's normalised cost (costs=mean_normalized_costs(table, tau))")
     register_env(ENV_NAME, lambda env_config: RoutingBanditEnv(env_config))
     t, s = cfg.training, cfg.scale
     return (
@@ -203,7 +205,8 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     data_ref = ray.put(BanditData(data.train_embeddings[fit_rows], data.train.scores[fit_rows], data.train.costs[fit_rows],
                                   data.train.models))
     algo = build_algo_config(cfg, data_ref, data.tau, cards=model_cards(cfg, data.train),
-                             costs=mean_normalized_costs(data.train, data.tau)).build_algo()
+                             costs=mean_normalized_costs(data.train, data.tau) if cfg.policy.head == "cost_aware" else None
+                             ).build_algo()
     if cfg.training.init_from:
         warm_start(algo, cfg.training.init_from)
     w_eval = tuple(cfg.env.eval_preference)
