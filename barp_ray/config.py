@@ -105,12 +105,15 @@ class PolicyConfig:
     head: str = "concat"  # concat: logits from [h(x); phi(w)] (the paper) | preference_gated: w_q U + w_c V | price_aware: concat - w_c * s * log(price) | cost_aware: w_q * concat - w_c * s * normalised cost | model_conditioned: scores (prompt, preference, model card), any model set
     model_id_dim: int = 16  # model_conditioned: learned vector per trained model
     model_id_dropout: float = 0.1  # model_conditioned: chance a (round, model) pair is scored as an unknown model
+    quality_gate: bool = True  # cost_aware: the learned logits are multiplied by w_q (False: added as they are)
     cost_scale: float = 5.0  # cost_aware: initial s in w_c * s * cost (how sharply cost counts; Adam moves it little)
 
     def validate(self) -> None:
         _one_of("policy.head", self.head, POLICY_HEADS)
         _positive("policy.model_id_dim", self.model_id_dim)
         _positive("policy.cost_scale", self.cost_scale)
+        if not isinstance(self.quality_gate, bool):
+            raise ConfigError(f"policy.quality_gate: must be true or false, got {self.quality_gate!r}")
         if not 0.0 <= self.model_id_dropout < 1.0:
             raise ConfigError(f"policy.model_id_dropout: must be in [0, 1), got {self.model_id_dropout}")
         for name in ("preference_hidden", "head_hidden"):

@@ -70,7 +70,9 @@ class BaRPRLModule(TorchRLModule):
     scaled by today's price over the training price. The learned part only has to say what a
     model is worth for this prompt; at w_q = 0 the cheapest model wins exactly, and near it the
     ranking of cheap models comes from their prices instead of from weights that rounds at the
-    cost end rarely train. s = softplus(alpha) is learned (how sharp the trade is).
+    cost end rarely train. s = softplus(alpha) is learned (how sharp the trade is). With
+    quality_gate False the learned logits are not multiplied by w_q (price_aware's form with the
+    normalised cost in place of log price).
 
     head "model_conditioned" scores each (prompt, preference, model card) instead of emitting K
     logits: logit_m = <trunk([h(x); phi(w)]), tower([features(card_m); e_m])> plus the same price
@@ -118,6 +120,7 @@ class BaRPRLModule(TorchRLModule):
             # The training facts the price term is measured against; from model_config, like the prices.
             self.register_buffer("trained_log_price", self.log_price.clone(), persistent=False)
             self.register_buffer("trained_cost", torch.as_tensor(costs, dtype=torch.float32), persistent=False)
+            self.quality_gate = bool(cfg.get("quality_gate", True))
             scale = float(cfg.get("cost_scale", 5.0))  # softplus(alpha) = scale at the start
             self.price_scale = nn.Parameter(torch.tensor(scale + float(np.log(-np.expm1(-scale)))))
         if (cfg.get("learned_baseline", True) or self.critic) and not self.inference_only:
@@ -207,7 +210,8 @@ class BaRPRLModule(TorchRLModule):
         if self.head == "price_aware":
             return out - self._price_term(w, batch[Columns.OBS])
         if self.head == "cost_aware":
-            return w[:, :1] * out - self._price_term(w, batch[Columns.OBS])
+            gate = w[:, :1] if self.quality_gate else 1.0
+            return gate * out - self._price_term(w, batch[Columns.OBS])
         u, v = out.chunk(2, dim=-1)
         return w[:, :1] * u + w[:, 1:] * v
 

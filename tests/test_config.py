@@ -48,6 +48,8 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"training": {"validate_every": 0}}, "training.validate_every"),
         ({"training": {"weight_decay": -0.1}}, "training.weight_decay"),
         ({"policy": {"head": "cost"}}, "policy.head"),
+        ({"policy": {"quality_gate": "yes"}}, "policy.quality_gate"),
+        ({"policy": {"cost_scale": 0}}, "policy.cost_scale"),
         ({"training": {"learning_rate": 0.1}}, "training"),
         ({"trainig": {}}, "trainig"),
         ({"env": {"tau": 0}}, "env.tau"),

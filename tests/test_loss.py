@@ -156,6 +156,10 @@ def test_cost_aware_head_picks_the_cheapest_model_at_the_cost_end_and_follows_pr
     assert torch.allclose(module.action_probabilities(x, cost_only)[:, 0], module.action_probabilities(x, cost_only)[:, 3])
     with pytest.raises(ValueError, match="model_costs"):
         _module(head="cost_aware", model_prices=[0.1, 0.3, 0.6, 10.0], model_costs=[0.1, 0.0, 0.6, 1.0])
+    ungated = _module(head="cost_aware", model_prices=[0.1, 0.3, 0.6, 10.0], model_costs=costs, quality_gate=False)
+    with torch.no_grad():
+        ungated.decision_head[-1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 50.0]))
+    assert (ungated.action_probabilities(x, cost_only).argmax(-1) == 3).all()  # without the gate the prompt's logits count at w_q = 0
 
 
 def _cards(*specs):
