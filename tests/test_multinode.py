@@ -2,6 +2,7 @@
 each its own raylet process); custom resources force placement across nodes."""
 from __future__ import annotations
 
+import io
 import threading
 import time
 
@@ -43,22 +44,32 @@ def test_training_survives_sigkill_of_a_worker_node_and_finishes_with_a_checkpoi
     cfg = apply_overrides(load_config(None), [
         "data.synthetic_prompts=600", "training.iterations=40", "training.rounds_per_iteration=2048",
         "scale.num_env_runners=2", "scale.num_envs_per_env_runner=256", "scale.num_cpus_per_env_runner=0.5",
-        "output.log_every=20", f"output.checkpoint_dir={tmp_path / 'ckpt'}"])
+        "output.log_every=5", f"output.checkpoint_dir={tmp_path / 'ckpt'}"])
     cfg.scale.custom_resources_per_env_runner = {"rollout_node": 1}  # one runner per worker node, never the head
     killed: dict = {}
+    iterating = threading.Event()
+
+    class Log(io.StringIO):
+        """train()'s log stream: its first "iter" line (iteration 5 of 40) says training is under way.
+        A fixed sleep did not: on a fast machine the 40 iterations were over within 3 s."""
+
+        def write(self, text: str) -> int:
+            if text.startswith("iter"):
+                iterating.set()
+            return super().write(text)
 
     def kill_a_runner_node():
         deadline = time.time() + 300
         while time.time() < deadline and len(runners := _actor_nodes("EnvRunner")) < 2:
             time.sleep(0.5)
-        time.sleep(3)  # mid-run: a few iterations in
+        iterating.wait(timeout=300)  # mid-run: 5 of 40 iterations done
         victim = next(n for n in workers if n.node_id in set(runners.values()))
         killed["node"], killed["at"] = victim.node_id, time.time()
         cluster.remove_node(victim, allow_graceful=False)  # SIGKILL of the node's raylet and its workers
 
     killer = threading.Thread(target=kill_a_runner_node, daemon=True)
     killer.start()
-    res = train(cfg, progress=False)
+    res = train(cfg, progress=False, out=Log())
     finished = time.time()
     killer.join(timeout=5)
     assert "at" in killed and killed["at"] < finished, "the node was not killed while training ran"
