@@ -24,6 +24,8 @@ class ConfigError(ValueError):
 SOURCES = ("synthetic", "llmrouter", "routerbench", "records")
 SPLITS = ("random", "tasks", "provided")
 POLICY_HEADS = ("concat", "preference_gated", "price_aware", "cost_aware", "model_conditioned")
+# Heads with one output per trained model that read today's prices (RLModule.set_prices, logged prices).
+PRICE_HEADS = ("price_aware", "cost_aware")
 
 
 @dataclass

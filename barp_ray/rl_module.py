@@ -16,6 +16,8 @@ from torch import nn
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
+from barp_ray.config import POLICY_HEADS as HEADS, PRICE_HEADS
+
 BASELINE = "baseline"
 # Optional observation columns a logged batch may carry (continuous training): the [B, K] log
 # prices and the [B, K] models each decision could choose among (a request's `candidates`).
@@ -33,9 +35,6 @@ def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
 
 
 CRITIC_FORMS = ("free", "reward")
-HEADS = ("concat", "preference_gated", "price_aware", "cost_aware", "model_conditioned")
-# Heads with one output per trained model that read today's prices (`set_prices`, LOG_PRICE rows).
-PRICE_HEADS = ("price_aware", "cost_aware")
 
 
 class BaRPRLModule(TorchRLModule):
@@ -112,7 +111,8 @@ class BaRPRLModule(TorchRLModule):
                 raise ValueError(f"head {self.head!r} needs model_prices: {k} positive prices, got {prices!r}")
             # Not in the state dict: published weights must not carry prices back over the served ones.
             self.register_buffer("log_price", torch.log(torch.as_tensor(prices, dtype=torch.float32)), persistent=False)
-            self.price_scale = nn.Parameter(torch.tensor(0.5413))  # softplus(0.5413) = 1
+            scale = float(cfg.get("cost_scale", 5.0)) if self.head == "cost_aware" else 1.0
+            self.price_scale = nn.Parameter(torch.tensor(scale + float(np.log(-np.expm1(-scale)))))  # softplus = scale
         if self.head == "cost_aware":
             costs = cfg.get("model_costs")
             if costs is None or len(costs) != k or not all(0 < float(x) <= 1 for x in costs):
@@ -121,8 +121,6 @@ class BaRPRLModule(TorchRLModule):
             self.register_buffer("trained_log_price", self.log_price.clone(), persistent=False)
             self.register_buffer("trained_cost", torch.as_tensor(costs, dtype=torch.float32), persistent=False)
             self.quality_gate = bool(cfg.get("quality_gate", True))
-            scale = float(cfg.get("cost_scale", 5.0))  # softplus(alpha) = scale at the start
-            self.price_scale = nn.Parameter(torch.tensor(scale + float(np.log(-np.expm1(-scale)))))
         if (cfg.get("learned_baseline", True) or self.critic) and not self.inference_only:
             if self.critic and self.critic_form == "reward":
                 self.baseline_head = mlp([emb_dim, *head_hidden[-1:], 2 * k], final_activation=False)

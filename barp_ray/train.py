@@ -18,7 +18,7 @@ import numpy as np
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from barp_ray.config import ConfigError, TrainConfig, apply_overrides, load_config  # noqa: E402
+from barp_ray.config import PRICE_HEADS, ConfigError, TrainConfig, apply_overrides, load_config  # noqa: E402
 from barp_ray.data.table import DataError  # noqa: E402
 
 ENV_NAME = "barp-routing"
@@ -36,7 +36,7 @@ class TrainResult:
 def model_cards(cfg: TrainConfig, table) -> list | None:
     """The training models' cards (ModelCard), for the heads that read prices: price_aware and
     cost_aware take their blended prices, model_conditioned the cards themselves. None for the other heads."""
-    if cfg.policy.head not in ("price_aware", "cost_aware", "model_conditioned"):
+    if cfg.policy.head not in (*PRICE_HEADS, "model_conditioned"):
         return None
     from barp_ray.model_cards import CardError, cards_for
 
@@ -108,7 +108,7 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
                     "critic": t.baseline == "critic",
                     "critic_form": t.critic_form,
                     "exploration_floor": t.exploration_floor,
-                    **({"model_prices": [c.blended_price for c in cards]} if cfg.policy.head in ("price_aware", "cost_aware") else {}),
+                    **({"model_prices": [c.blended_price for c in cards]} if cfg.policy.head in PRICE_HEADS else {}),
                     **({"model_costs": list(costs), "cost_scale": cfg.policy.cost_scale,
                         "quality_gate": cfg.policy.quality_gate} if cfg.policy.head == "cost_aware" else {}),
                     **({"model_cards": [c.as_dict() for c in cards], "model_id_dim": cfg.policy.model_id_dim,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from barp_ray.config import PRICE_HEADS
 from barp_ray.storage import is_uri
 
 
@@ -295,7 +296,7 @@ def _pos(name: str, v) -> None:
 PRICE_FIELDS = ("input_per_mtok", "output_per_mtok")
 
 
-PRICE_READING_HEADS = ("price_aware", "cost_aware", "model_conditioned")
+PRICE_READING_HEADS = (*PRICE_HEADS, "model_conditioned")
 
 
 def checkpoint_head(meta: dict) -> str:
@@ -327,7 +328,7 @@ class Offer:
         other heads route their trained models as they are."""
         if module.head == "model_conditioned":
             module.offer(self.cards())
-        elif module.head in ("price_aware", "cost_aware") and self.blended():
+        elif module.head in PRICE_HEADS and self.blended():
             module.set_prices(self.blended())
 
 
