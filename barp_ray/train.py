@@ -251,7 +251,7 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
             history.append(row)
             curves.iteration(row)
 
-        if stopping and stopping.best_iteration != cfg.training.iterations:
+        if stopping and stopping.best_iteration != t.iterations:
             algo.learner_group.set_weights(stopping.best_weights)
             algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
         if stopping:

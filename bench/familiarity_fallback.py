@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-SWEEP = [(round(q, 1), round(1 - q, 1)) for q in np.linspace(0, 1, 11)]
+from barp_ray.early_stopping import SWEEP  # noqa: E402  (the 11-point sweep training's early stopping scores)
 
 
 def familiarity(query: np.ndarray, index: np.ndarray, k: int = 10, chunk: int = 2048) -> np.ndarray:
@@ -72,7 +72,7 @@ def main() -> int:
         print(f"| {t:g} | {np.mean(fam < t):.2f} | " + " | ".join(f"{d:+.4f}" for d in diff) + f" | {mean[t].mean():.4f} |")
     out = Path(args.out).with_suffix(".json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": args.config, "checkpoints": args.checkpoints, "preferences": SWEEP,
+    out.write_text(json.dumps({"config": args.config, "checkpoints": args.checkpoints, "preferences": [list(w) for w in SWEEP],
                                "fallback_share": {str(t): float(np.mean(fam < t)) for t in thresholds},
                                "reward": {str(t): mean[t].tolist() for t in thresholds},
                                "command": " ".join(sys.argv)}, indent=2))
