@@ -6,6 +6,7 @@ fails in one readable line, before Ray starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -130,6 +131,7 @@ class TrainingConfig:
     rounds_per_iteration: int = 4096  # simulated bandit rounds (one-step episodes) per update
     minibatch_size: int | None = None  # None: one gradient step per iteration
     lr: float = 1e-3
+    lr_final: float | None = None  # set: the learning rate falls linearly from lr to this over the iterations
     entropy_coeff: float = 0.05
     baseline: str = "learned"  # learned | mean | none | critic (per-model reward critic, doubly robust)
     baseline_coeff: float = 0.5
@@ -146,6 +148,9 @@ class TrainingConfig:
     # them, and the checkpoint keeps the best weights (0: the last weights, no prompt held out).
     validation_fraction: float = 0.0
     validate_every: int = 10
+    # Tail weight averaging (SWA): < 1 writes the mean of the weights of every iteration after this
+    # share of training (0.5: the second half) instead of the last iterate; 1: the last weights.
+    average_from: float = 1.0
     seed: int = 0
     init_from: str | None = None  # start from this checkpoint's weights (models matched by name; new ones start as "unknown")
 
@@ -155,6 +160,8 @@ class TrainingConfig:
         if self.minibatch_size is not None:
             _positive("training.minibatch_size", self.minibatch_size)
         _positive("training.lr", self.lr)
+        if self.lr_final is not None:
+            _positive("training.lr_final", self.lr_final)
         _non_negative("training.entropy_coeff", self.entropy_coeff)
         _one_of("training.baseline", self.baseline, ("learned", "mean", "none", "critic"))
         _non_negative("training.baseline_coeff", self.baseline_coeff)
@@ -170,6 +177,12 @@ class TrainingConfig:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 0.5:
             raise ConfigError(f"training.validation_fraction: must be in [0, 0.5], got {self.validation_fraction!r}")
         _positive("training.validate_every", self.validate_every)
+        a = self.average_from
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
+            raise ConfigError(f"training.average_from: must be in [0, 1], got {self.average_from!r}")
+        if a < 1.0 and self.validation_fraction > 0:
+            raise ConfigError("training.average_from: cannot be combined with training.validation_fraction "
+                              "(early stopping keeps one iteration's weights; averaging keeps the tail's mean)")
         if self.init_from is not None and not _path_exists(self.init_from):
             raise ConfigError(f"training.init_from: {self.init_from!r} does not exist")
 
@@ -290,6 +303,9 @@ def _build_section(cls: type, raw: Any, section: str):
     return cls(**values)
 
 
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Accept a value if it matches one member of the annotated type (ints pass as floats)."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
@@ -299,6 +315,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         origin = typing.get_origin(opt) or opt
         if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if origin is float and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads 1e-4 (no dot) as a string
         if origin is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if origin in (str, bool, list, dict) and isinstance(value, origin):

@@ -82,7 +82,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
                          ignore_env_runner_failures=s.restart_failed_env_runners)
         .learners(num_learners=s.num_learners, num_gpus_per_learner=s.num_gpus_per_learner)
         .training(
-            lr=t.lr,
+            # RLlib's piecewise-linear schedule over sampled rounds; past its end it stays at lr_final.
+            lr=t.lr if t.lr_final is None else [[0, t.lr], [t.iterations * t.rounds_per_iteration, t.lr_final]],
             entropy_coeff=t.entropy_coeff,
             baseline=t.baseline,
             baseline_coeff=t.baseline_coeff,
@@ -222,6 +223,11 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     staging = tempfile.TemporaryDirectory(prefix="barp-ckpt-") if is_uri(target) else None
     ckpt = Path(staging.name) if staging else Path(target).resolve()  # a URI: written here, uploaded whole at the end
     curves = CurveWriter(ckpt)
+    averaging = None
+    if t.average_from < 1.0:
+        from barp_ray.weight_averaging import TailAverage
+
+        averaging = TailAverage(t.iterations, t.average_from)
     history: list[dict] = []
     bar = tqdm(range(cfg.training.iterations), desc="training", unit="it", disable=not progress, file=sys.stderr, mininterval=1.0)
     try:
@@ -247,6 +253,8 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
                 )
             if stopping and ((it + 1) % t.validate_every == 0 or it + 1 == t.iterations):
                 row["validation_sweep_reward"] = stopping.observe(it + 1, algo.get_module(), algo.learner_group.get_weights)
+            if averaging and averaging.wants(it + 1):
+                averaging.observe(algo.learner_group.get_weights())
             bar.set_postfix(reward=f"{row['train_reward']:+.3f}", entropy=f"{row['entropy']:.2f}")
             history.append(row)
             curves.iteration(row)
@@ -254,6 +262,11 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
         if stopping and stopping.best_iteration != t.iterations:
             algo.learner_group.set_weights(stopping.best_weights)
             algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+        if averaging:
+            algo.learner_group.set_weights(averaging.weights(algo.learner_group.get_weights()))
+            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+            print(f"weight averaging: the mean of iterations {averaging.start}..{t.iterations} "
+                  f"({averaging.count} snapshots)", file=out, flush=True)
         if stopping:
             print(f"early stopping: kept iteration {stopping.best_iteration} (held-out sweep reward "
                   f"{stopping.best_reward:+.4f})", file=out, flush=True)
@@ -284,6 +297,7 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
         "config": cfg.to_dict(),
         "evaluation": evaluation,
         "history": history,
+        **({"weight_averaging": {"from_iteration": averaging.start, "snapshots": averaging.count}} if averaging else {}),
         **({"early_stopping": {"held_out_prompts": int(stopping.table.n), "kept_iteration": stopping.best_iteration,
                                "held_out_sweep_reward": stopping.best_reward}} if stopping else {}),
     }

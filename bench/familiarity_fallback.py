@@ -2,8 +2,10 @@
 
 For trained BaRP checkpoints on a validation config, route each held-out prompt by the policy when
 it is familiar (mean cosine similarity of its 10 nearest training prompts >= theta) and otherwise
-to the policy's own "generally best" model for that preference: the model it picks greedily most
-often over the training prompts. Everything the fallback uses is the policy and the training
+to a "generally best" model for that preference: with `--general policy`, the model the policy picks
+greedily most often over the training prompts; with `--general critic`, the model with the best
+mean critic estimate Q(x, w, a) over the training prompts (the critic is trained from the chosen
+model's reward only). Everything the fallback uses is the policy, its critic and the training
 prompts; no outcome of any model is read. Scores the 11-point sweep per theta (theta = 0: the
 policy alone) and prints the reward minus the policy's own, per preference.
 
@@ -35,6 +37,20 @@ def familiarity(query: np.ndarray, index: np.ndarray, k: int = 10, chunk: int = 
     return out
 
 
+def critic_means(ckpt: str, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean quality and cost estimates per model of a reward-shaped critic (training.critic_form:
+    reward), read from the learner's full module in the RLlib checkpoint."""
+    import torch
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    module = RLModule.from_checkpoint(str(Path(ckpt).resolve() / "learner_group/learner/rl_module/default_policy"))
+    if getattr(module, "critic_form", None) != "reward" or module.baseline_head is None:
+        raise SystemExit(f"{ckpt}: --general critic needs a reward-shaped critic (training.critic_form: reward)")
+    with torch.no_grad():
+        q, c = module.baseline_head(torch.from_numpy(np.ascontiguousarray(embeddings))).chunk(2, dim=-1)
+    return q.mean(0).numpy(), c.mean(0).numpy()
+
+
 def main() -> int:
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
@@ -45,6 +61,8 @@ def main() -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoints", required=True, help="glob of checkpoint directories (one per seed)")
     p.add_argument("--thresholds", default="0,0.25,0.3,0.35,0.4,0.45")
+    p.add_argument("--general", choices=("policy", "critic"), default="policy",
+                   help="the fallback model: the policy's most frequent pick, or the critic's best mean estimate")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     data = prepare(load_config(args.config), progress=False)
@@ -53,10 +71,14 @@ def main() -> int:
     rewards = {t: [] for t in thresholds}  # per threshold: [seed][preference]
     for ckpt in sorted(glob.glob(args.checkpoints)):
         module = RoutingPolicy.load(ckpt).module
+        mean_q = critic_means(ckpt, data.train_embeddings) if args.general == "critic" else None
         per_t = {t: [] for t in thresholds}
         for w in SWEEP:
             policy = greedy_actions(module, data.test_embeddings, w)
-            general = int(np.bincount(greedy_actions(module, data.train_embeddings, w), minlength=data.train.k).argmax())
+            if mean_q is None:
+                general = int(np.bincount(greedy_actions(module, data.train_embeddings, w), minlength=data.train.k).argmax())
+            else:
+                general = int(np.argmax(w[0] * mean_q[0] - w[1] * mean_q[1]))
             for t in thresholds:
                 actions = np.where(fam >= t, policy, general)
                 per_t[t].append(score_actions(data.test, actions, w, data.tau).reward)
@@ -72,7 +94,7 @@ def main() -> int:
         print(f"| {t:g} | {np.mean(fam < t):.2f} | " + " | ".join(f"{d:+.4f}" for d in diff) + f" | {mean[t].mean():.4f} |")
     out = Path(args.out).with_suffix(".json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": args.config, "checkpoints": args.checkpoints, "preferences": [list(w) for w in SWEEP],
+    out.write_text(json.dumps({"config": args.config, "checkpoints": args.checkpoints, "general": args.general,"preferences": [list(w) for w in SWEEP],
                                "fallback_share": {str(t): float(np.mean(fam < t)) for t in thresholds},
                                "reward": {str(t): mean[t].tolist() for t in thresholds},
                                "command": " ".join(sys.argv)}, indent=2))

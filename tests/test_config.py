@@ -47,6 +47,10 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"training": {"validation_fraction": "some"}}, "training.validation_fraction"),
         ({"training": {"validate_every": 0}}, "training.validate_every"),
         ({"training": {"weight_decay": -0.1}}, "training.weight_decay"),
+        ({"training": {"average_from": 1.5}}, "training.average_from"),
+        ({"training": {"average_from": 0.5, "validation_fraction": 0.1}}, "training.average_from"),
+        ({"training": {"lr_final": 0}}, "training.lr_final"),
+        ({"training": {"lr": "1e-4x"}}, "training.lr"),
         ({"policy": {"head": "cost"}}, "policy.head"),
         ({"policy": {"quality_gate": "yes"}}, "policy.quality_gate"),
         ({"policy": {"cost_scale": 0}}, "policy.cost_scale"),
@@ -121,3 +125,9 @@ def test_cli_bad_data_file_is_one_line_naming_the_file(tmp_path):
     err = out.stderr.strip().splitlines()[-1]
     assert err.startswith("barp-train: error:") and "routes.jsonl" in err and "1.7" in err
     assert "Traceback" not in out.stderr
+
+
+def test_exponent_floats_are_floats():
+    """YAML 1.1 (PyYAML) reads `lr: 1e-4` as the string '1e-4'; a float field takes it as 0.0001."""
+    cfg = from_dict({"training": {"lr": "1e-4", "lr_final": "2.5E-6"}})
+    assert cfg.training.lr == 1e-4 and cfg.training.lr_final == 2.5e-6

@@ -251,3 +251,46 @@ def test_weight_decay_switches_the_learner_to_adamw_and_decays_the_weights(ray_l
             algo.stop()
     # 3 steps of w -= lr * decay * w = 0.8 w, on top of the same gradient steps
     assert norms[20.0] < 0.7 * norms[0.0], norms
+
+
+def test_weight_averaging_writes_the_mean_of_the_tail_iterations_weights(ray_local, tmp_path):
+    """`training.average_from`: training is deterministic per seed, so the weights a 4-, 5- and
+    6-iteration run end with are the 6-iteration run's iterates 4, 5 and 6, and averaging from
+    half of 6 iterations must write exactly their mean."""
+    import json
+
+    def weights(*extra):
+        res = train(small_config(tmp_path / "-".join(extra), *extra), progress=False)
+        return res, RoutingPolicy.load(res.checkpoint).module.state_dict()
+
+    tail = [weights(f"training.iterations={n}")[1] for n in (4, 5, 6)]
+    res, averaged = weights("training.iterations=6", "training.average_from=0.5")
+    meta = json.loads((Path(res.checkpoint) / "barp_meta.json").read_text())
+    assert meta["weight_averaging"] == {"from_iteration": 4, "snapshots": 3}
+    assert not all(np.allclose(tail[0][k], tail[2][k]) for k in averaged)  # the iterates differ
+    for k, v in averaged.items():
+        assert v.dtype == tail[0][k].dtype
+        np.testing.assert_allclose(v.numpy(), np.mean([t[k].numpy() for t in tail], axis=0), rtol=0, atol=1e-6)
+
+
+def test_lr_final_decays_the_learner_rate_linearly_over_the_iterations(ray_local, tmp_path):
+    import ray
+
+    from barp_ray.train import build_algo_config
+    from envs.routing_env import BanditData
+
+    cfg = small_config(tmp_path, "training.iterations=4", "training.lr=0.004", "training.lr_final=0.0001")
+    data = prepare(cfg)
+    ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
+    algo = build_algo_config(cfg, ref, data.tau).build_algo()
+    try:
+        opt = next(iter(algo.learner_group._learner._named_optimizers.values()))
+        seen = []
+        for _ in range(4):
+            algo.train()
+            seen.append(opt.param_groups[0]["lr"])
+    finally:
+        algo.stop()
+    # the rate an update uses is set from the rounds sampled so far: 1/4, 2/4, ... of the way down
+    expected = [0.004 + (0.0001 - 0.004) * i / 4 for i in range(1, 5)]
+    np.testing.assert_allclose(seen, expected, rtol=0.02)
