@@ -137,7 +137,7 @@ class TrainingConfig:
     baseline_coeff: float = 0.5
     critic_kl_coeff: float = 0.0  # critic only: pull the policy toward softmax(Q / critic_temperature)
     critic_temperature: float = 0.1
-    critic_form: str = "free"  # critic only: free Q(x, w, .) | reward: w_q q(x, .) - w_c c(x, .), the reward's shape
+    critic_form: str = "free"  # critic only: free Q(x, w, .) | reward: w_q q(x, .) - w_c c(x, .), the reward's shape | known_cost: w_q q(x, .) - w_c c_bar (cost_aware's known costs)
     exploration_floor: float = 0.0  # rollouts draw from (1 - eps) pi + eps / K; importance-corrected
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
     advantage_scale: str = "batch"  # batch: one std for the batch | preference: the std of each w_q band
@@ -167,7 +167,7 @@ class TrainingConfig:
         _non_negative("training.baseline_coeff", self.baseline_coeff)
         _non_negative("training.critic_kl_coeff", self.critic_kl_coeff)
         _positive("training.critic_temperature", self.critic_temperature)
-        _one_of("training.critic_form", self.critic_form, ("free", "reward"))
+        _one_of("training.critic_form", self.critic_form, ("free", "reward", "known_cost"))
         _one_of("training.advantage_scale", self.advantage_scale, ("batch", "preference"))
         if not 0.0 <= self.exploration_floor < 1.0:
             raise ConfigError(f"training.exploration_floor: must be in [0, 1), got {self.exploration_floor}")
@@ -239,6 +239,9 @@ class TrainConfig:
         if self.policy.head == "model_conditioned" and self.training.baseline == "critic" and self.training.critic_form != "reward":
             raise ConfigError("training.critic_form: policy.head model_conditioned needs 'reward' (a per-model critic "
                               "that can score any model card)")
+        if self.training.critic_form == "known_cost" and self.policy.head != "cost_aware":
+            raise ConfigError("training.critic_form: 'known_cost' needs policy.head cost_aware (it reads that head's "
+                              "known normalised costs)")
         return self
 
     def to_dict(self) -> dict:

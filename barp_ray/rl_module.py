@@ -34,7 +34,7 @@ def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-CRITIC_FORMS = ("free", "reward")
+CRITIC_FORMS = ("free", "reward", "known_cost")
 
 
 class BaRPRLModule(TorchRLModule):
@@ -121,8 +121,12 @@ class BaRPRLModule(TorchRLModule):
             self.register_buffer("trained_log_price", self.log_price.clone(), persistent=False)
             self.register_buffer("trained_cost", torch.as_tensor(costs, dtype=torch.float32), persistent=False)
             self.quality_gate = bool(cfg.get("quality_gate", True))
+        if self.critic and self.critic_form == "known_cost" and self.head != "cost_aware":
+            raise ValueError("critic_form 'known_cost' needs head 'cost_aware' (the known normalised costs)")
         if (cfg.get("learned_baseline", True) or self.critic) and not self.inference_only:
-            if self.critic and self.critic_form == "reward":
+            if self.critic and self.critic_form == "known_cost":
+                self.baseline_head = mlp([emb_dim, *head_hidden[-1:], k], final_activation=False)
+            elif self.critic and self.critic_form == "reward":
                 self.baseline_head = mlp([emb_dim, *head_hidden[-1:], 2 * k], final_activation=False)
             else:
                 out = k if self.critic else 1
@@ -218,11 +222,13 @@ class BaRPRLModule(TorchRLModule):
         kept out of the learned weights. A batch
         may carry its own [B, K] `log_price` (the continuous trainer: the prices each logged
         decision was made under, since its reward's cost was paid at those prices)."""
-        log_price = obs.get(LOG_PRICE, self.log_price)
-        per_model = log_price
-        if self.head == "cost_aware":  # the normalised cost at these prices, capped as the reward caps it
-            per_model = torch.clamp(self.trained_cost * torch.exp(log_price - self.trained_log_price), max=1.0)
+        per_model = self._known_cost(obs) if self.head == "cost_aware" else obs.get(LOG_PRICE, self.log_price)
         return w[:, 1:] * nn.functional.softplus(self.price_scale) * per_model
+
+    def _known_cost(self, obs: dict[str, Any]) -> torch.Tensor:
+        """Each model's normalised training cost at these prices, capped as the reward caps it."""
+        log_price = obs.get(LOG_PRICE, self.log_price)
+        return torch.clamp(self.trained_cost * torch.exp(log_price - self.trained_log_price), max=1.0)
 
     def set_prices(self, prices: list[float]) -> None:
         """Today's blended $/Mtok per model (price_aware, cost_aware heads): routing follows at once."""
@@ -257,7 +263,11 @@ class BaRPRLModule(TorchRLModule):
             return out
         if self.baseline_head is None:
             return out
-        if self.critic and self.critic_form == "reward":
+        if self.critic and self.critic_form == "known_cost":
+            obs = batch[Columns.OBS]
+            w = obs["preference"]
+            out[BASELINE] = w[:, :1] * self.baseline_head(obs["embedding"]) - w[:, 1:] * self._known_cost(obs)
+        elif self.critic and self.critic_form == "reward":
             obs = batch[Columns.OBS]
             quality, cost = self.baseline_head(obs["embedding"]).chunk(2, dim=-1)
             w = obs["preference"]

@@ -50,6 +50,7 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"training": {"average_from": 1.5}}, "training.average_from"),
         ({"training": {"average_from": 0.5, "validation_fraction": 0.1}}, "training.average_from"),
         ({"training": {"lr_final": 0}}, "training.lr_final"),
+        ({"training": {"baseline": "critic", "critic_form": "known_cost"}}, "training.critic_form"),
         ({"training": {"lr": "1e-4x"}}, "training.lr"),
         ({"policy": {"head": "cost"}}, "policy.head"),
         ({"policy": {"quality_gate": "yes"}}, "policy.quality_gate"),

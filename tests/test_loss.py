@@ -115,6 +115,36 @@ def test_reward_shaped_critic_is_linear_in_the_preference():
     assert torch.allclose(ends[1], 0.3 * ends[2] + 0.7 * ends[0], atol=1e-5)
 
 
+
+def test_known_cost_critic_learns_quality_only_and_charges_the_heads_known_costs():
+    """critic_form known_cost: Q(x, w, a) = w_q q(x, a) - w_c c_bar_a, c_bar the cost-aware head's
+    known normalised cost at today's (or the logged) prices, capped at 1: at the cost end Q is
+    exactly minus the known cost, whatever the critic has learned."""
+    import pytest
+    from ray.rllib.core.columns import Columns
+
+    from barp_ray.rl_module import BASELINE, LOG_PRICE
+
+    costs = [0.1, 0.3, 0.6, 1.0]
+    module = _module(head="cost_aware", model_prices=[0.1, 0.3, 0.6, 10.0], model_costs=costs,
+                     critic=True, critic_form="known_cost", learned_baseline=False)
+    b = _batch(3)
+    b[Columns.OBS]["preference"] = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.4, 0.6]])
+    with torch.no_grad():
+        q = module.baseline_head(b[Columns.OBS]["embedding"])
+        out = module._forward_train(b)[BASELINE]
+    assert q.shape == (3, 4)  # one quality estimate per model, no cost branch
+    assert torch.allclose(out[0], -torch.tensor(costs))
+    assert torch.allclose(out[1], q[1])
+    assert torch.allclose(out[2], 0.4 * q[2] - 0.6 * torch.tensor(costs), atol=1e-6)
+    # a logged row's own prices: model 0 at 4x its training price costs 0.4, model 3 stays capped at 1
+    b[Columns.OBS][LOG_PRICE] = torch.log(torch.tensor([[0.4, 0.3, 0.6, 20.0]] * 3))
+    with torch.no_grad():
+        logged = module._forward_train(b)[BASELINE]
+    assert torch.allclose(logged[0], -torch.tensor([0.4, 0.3, 0.6, 1.0]))
+    with pytest.raises(ValueError, match="known_cost"):
+        _module(critic=True, critic_form="known_cost")
+
 def test_price_aware_head_follows_a_price_change_at_once_and_only_where_cost_matters():
     import pytest
 

@@ -141,12 +141,15 @@ def _deploy(checkpoint, root, port, **args):
     return Client(port)
 
 
-@pytest.fixture(scope="module", params=["price_aware", "cost_aware"])
+@pytest.fixture(scope="module", params=["price_aware", "cost_aware", "cost_aware+known_cost"])
 def price_aware_checkpoint(checkpoint, tmp_path_factory, request):
-    """A small checkpoint of each head that reads today's prices."""
+    """A small checkpoint of each head that reads today's prices (the cost-aware one also with the
+    critic that charges its known costs: the continuous trainer builds that critic from the checkpoint)."""
+    head, _, critic = request.param.partition("+")
+    extra = ["training.baseline=critic", f"training.critic_form={critic}"] if critic else []
     cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=300", "training.iterations=2",
-                                              "training.rounds_per_iteration=256", f"policy.head={request.param}",
-                                              f"output.checkpoint_dir={tmp_path_factory.mktemp(request.param) / 'ckpt'}"])
+                                              "training.rounds_per_iteration=256", f"policy.head={head}", *extra,
+                                              f"output.checkpoint_dir={tmp_path_factory.mktemp(head) / 'ckpt'}"])
     return train(cfg, progress=False).checkpoint
 
 
