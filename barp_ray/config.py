@@ -345,3 +345,13 @@ def _one_of(name: str, v, options) -> None:
 
 def _path_exists(p: str) -> bool:
     return "://" in p or Path(p).exists()
+
+
+def with_head(train_cfg: TrainConfig, head: str) -> TrainConfig:
+    """The same training with another `policy.head` (`eval.compare_heads`). The known-cost critic
+    reads the cost-aware head's costs, so another head is trained with the reward-shaped critic,
+    the nearest one it can take."""
+    sets = [f"policy.head={head}"]
+    if train_cfg.training.critic_form == "known_cost" and head != "cost_aware":
+        sets.append("training.critic_form=reward")
+    return apply_overrides(train_cfg, sets)

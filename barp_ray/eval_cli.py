@@ -20,7 +20,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from barp_ray.config import ConfigError, apply_overrides, load_config  # noqa: E402
+from barp_ray.config import ConfigError, apply_overrides, load_config, with_head  # noqa: E402
 from barp_ray.data.table import DataError  # noqa: E402
 from barp_ray.eval_config import apply_eval_overrides, load_eval_config  # noqa: E402
 
@@ -79,7 +79,7 @@ def build_configs(args: argparse.Namespace):
         if head == train_cfg.policy.head:
             raise ConfigError(f"eval.compare_heads: {head!r} is already the training config's policy.head")
         try:
-            apply_overrides(train_cfg, [f"policy.head={head}"])
+            with_head(train_cfg, head)
         except ConfigError as e:
             raise ConfigError(f"eval.compare_heads: {head}: {e}") from None
     if args.checkpoint and args.seeds is not None and args.seeds != len(args.checkpoint):

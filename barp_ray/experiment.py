@@ -31,7 +31,7 @@ from barp_ray.baselines import (
     train_bandit,
 )
 from barp_ray.baselines.base import argmax_choice
-from barp_ray.config import ConfigError, TrainConfig, apply_overrides
+from barp_ray.config import ConfigError, TrainConfig, apply_overrides, with_head
 from barp_ray.eval_config import EvalConfig
 from barp_ray.metrics import operating_point, per_task
 from barp_ray.policy import CheckpointError, RoutingPolicy
@@ -243,7 +243,7 @@ def run_evaluation(
         routers = [PolicyRouter(policy), *reference_routers(data)]
         details = {"BaRP": {"checkpoint": ckpt}}
         for head in eval_cfg.compare_heads:  # the same training with another head, scored on the same split and seeds
-            variant = apply_overrides(train_cfg, [f"policy.head={head}"])
+            variant = with_head(train_cfg, head)
             other, other_ckpt = _train_barp(variant, eval_cfg, f"{name}/{head}", seed, progress, out)
             routers.append(PolicyRouter(other, name=head_label(head)))
             details[head_label(head)] = {"checkpoint": other_ckpt, "head": head}

@@ -132,3 +132,13 @@ def test_exponent_floats_are_floats():
     """YAML 1.1 (PyYAML) reads `lr: 1e-4` as the string '1e-4'; a float field takes it as 0.0001."""
     cfg = from_dict({"training": {"lr": "1e-4", "lr_final": "2.5E-6"}})
     assert cfg.training.lr == 1e-4 and cfg.training.lr_final == 2.5e-6
+
+
+def test_a_compared_head_that_cannot_take_the_known_cost_critic_gets_the_reward_shaped_one():
+    from barp_ray.config import with_head
+
+    cfg = from_dict({"policy": {"head": "cost_aware"}, "training": {"baseline": "critic", "critic_form": "known_cost"}})
+    assert with_head(cfg, "price_aware").training.critic_form == "reward"
+    assert with_head(cfg, "price_aware").policy.head == "price_aware"
+    plain = from_dict({"policy": {"head": "cost_aware"}, "training": {"baseline": "critic", "critic_form": "free"}})
+    assert with_head(plain, "concat").training.critic_form == "free"
