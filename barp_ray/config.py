@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 
 SOURCES = ("synthetic", "llmrouter", "routerbench", "records")
-SPLITS = ("random", "tasks", "provided")
+SPLITS = ("random", "per_task", "tasks", "provided")
 POLICY_HEADS = ("concat", "preference_gated", "price_aware", "cost_aware", "model_conditioned")
 # Heads with one output per trained model that read today's prices (RLModule.set_prices, logged prices).
 PRICE_HEADS = ("price_aware", "cost_aware")
@@ -36,8 +36,10 @@ class DataConfig:
     synthetic_prompts: int = 3000
     synthetic_seed: int = 0
     output_tokens: Union[int, dict] = 256  # llmrouter pricing: fixed, or per task with a "default"
-    split: str = "random"  # random | tasks (hold out whole tasks) | provided (llmrouter's own train/test files)
+    split: str = "random"  # random | per_task (test_per_task prompts of each of test_tasks) | tasks (hold out whole tasks) | provided (llmrouter's own train/test files)
     test_fraction: float = 0.2
+    test_per_task: int = 25  # per_task: prompts held out from each task
+    test_tasks: list = field(default_factory=list)  # per_task: the tasks to hold prompts out of (empty: all)
     held_out_tasks: list = field(default_factory=list)
     seed: int = 0
     max_prompts: int | None = None  # subsample (before splitting) for quick runs
@@ -55,6 +57,9 @@ class DataConfig:
         _positive("data.synthetic_prompts", self.synthetic_prompts)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction: must be in (0, 1), got {self.test_fraction}")
+        _positive("data.test_per_task", self.test_per_task)
+        if not all(isinstance(t, str) and t for t in self.test_tasks):
+            raise ConfigError(f"data.test_tasks: must be a list of task names, got {self.test_tasks!r}")
         if self.split == "tasks" and not self.held_out_tasks:
             raise ConfigError("data.held_out_tasks: must name at least one task when data.split is 'tasks'")
         if self.split == "provided" and self.source != "llmrouter":

@@ -66,6 +66,8 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"data": {"source": "records", "path": "/nonexistent/x.jsonl"}}, "data.path"),
         ({"data": {"split": "tasks"}}, "data.held_out_tasks"),
         ({"data": {"test_fraction": 1.5}}, "data.test_fraction"),
+        ({"data": {"test_per_task": 0}}, "data.test_per_task"),
+        ({"data": {"test_tasks": [""]}}, "data.test_tasks"),
         ({"data": {"output_tokens": {"math": -5}}}, "data.output_tokens.math"),
         ({"scale": {"num_env_runners": -1}}, "scale.num_env_runners"),
         ({"scale": {"num_env_runners": 1.5}}, "scale.num_env_runners"),

@@ -21,6 +21,7 @@ from barp_ray.data import (  # noqa: E402
     load_llmrouter,
     load_records,
     load_routerbench,
+    per_task_split,
     random_split,
     synthetic_table,
     task_split,
@@ -93,6 +94,23 @@ def test_task_split_holds_out_whole_tasks(llmrouter_test):
     assert set(test.task_names()) == set(held)
     with raises("not in the data"):
         task_split(llmrouter_test, ["no-such-task"])
+
+
+def test_per_task_split_holds_out_the_same_number_of_each_named_task(llmrouter_test):
+    import collections
+
+    train, test = per_task_split(llmrouter_test, 10, ["gpqa", "mmlu", "mbpp"], seed=0)
+    assert collections.Counter(test.tasks.astype(str).tolist()) == {"gpqa": 10, "mmlu": 10, "mbpp": 10}
+    assert train.n + test.n == 500 and set(train.task_names()) == set(llmrouter_test.task_names())
+    assert not set(train.prompts.tolist()) & set(test.prompts.tolist())
+    again, _ = per_task_split(llmrouter_test, 10, ["gpqa", "mmlu", "mbpp"], seed=0)
+    assert (again.prompts == train.prompts).all()
+    _, every = per_task_split(llmrouter_test, 5, [], seed=1)
+    assert every.n == 5 * len(llmrouter_test.task_names())
+    with raises("'gpqa' has 50 prompts"):
+        per_task_split(llmrouter_test, 50, ["gpqa"], seed=0)
+    with raises("not in the data"):
+        per_task_split(llmrouter_test, 5, ["no-such-task"], seed=0)
 
 
 # ---------------------------------------------------------------- LLMRouter, bad files

@@ -6,7 +6,7 @@ when they are called, so `import barp_ray.data` never pays for torch or the toke
 from barp_ray.data.llmrouter import load_llmrouter
 from barp_ray.data.records import load_records, write_records
 from barp_ray.data.routerbench import load_routerbench
-from barp_ray.data.split import random_split, task_split
+from barp_ray.data.split import per_task_split, random_split, task_split
 from barp_ray.data.synthetic import synthetic_table
 from barp_ray.data.table import DataError, ModelPrice, RoutingTable, make_table
 
@@ -15,6 +15,7 @@ __all__ = [
     "ModelPrice",
     "DataError",
     "make_table",
+    "per_task_split",
     "random_split",
     "task_split",
     "synthetic_table",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from barp_ray.data.split import random_split, task_split
+from barp_ray.data.split import per_task_split, random_split, task_split
 from barp_ray.data.table import DataError, RoutingTable
 
 
@@ -71,6 +71,8 @@ def _split(data_cfg, encoder_name: str) -> tuple[RoutingTable, RoutingTable]:
     table = _subsample(load_table(data_cfg, encoder_name), data_cfg.max_prompts, data_cfg.seed)
     if data_cfg.split == "tasks":
         return task_split(table, list(data_cfg.held_out_tasks))
+    if data_cfg.split == "per_task":
+        return per_task_split(table, data_cfg.test_per_task, list(data_cfg.test_tasks), data_cfg.seed)
     return random_split(table, data_cfg.test_fraction, data_cfg.seed)
 
 

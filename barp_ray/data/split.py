@@ -1,4 +1,6 @@
-"""Train/test splits: random in-distribution, or whole tasks held out (the paper's unseen-task setting)."""
+"""Train/test splits: random in-distribution, the same number of prompts from each of some tasks
+(a held-out set weighted like a task-balanced test file), or whole tasks held out (the paper's
+unseen-task setting)."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,3 +27,25 @@ def task_split(table: RoutingTable, held_out_tasks: list[str]) -> tuple[RoutingT
     if test_mask.all():
         raise DataError(f"{table.source}: holding out {held_out_tasks} leaves nothing to train on")
     return table.subset(np.flatnonzero(~test_mask)), table.subset(np.flatnonzero(test_mask))
+
+
+def per_task_split(table: RoutingTable, per_task: int, tasks: list[str], seed: int) -> tuple[RoutingTable, RoutingTable]:
+    """`per_task` random prompts of each task in `tasks` (all tasks if empty) held out; the rest,
+    every task included, trains. LLMRouter's test file is 10 tasks x 50 prompts while its train
+    file is 14 tasks in uneven shares: a random validation split weights tasks like the train file,
+    this one like the test file."""
+    names = table.task_names()
+    chosen = list(tasks) or list(names)
+    missing = [t for t in chosen if t not in set(names)]
+    if missing:
+        raise DataError(f"{table.source}: task(s) {missing} not in the data; tasks are {sorted(names)}")
+    rng = np.random.default_rng(seed)
+    labels = table.tasks.astype(str)
+    held = []
+    for task in chosen:
+        rows = np.flatnonzero(labels == task)
+        if len(rows) <= per_task:
+            raise DataError(f"{table.source}: task {task!r} has {len(rows)} prompts; holding out {per_task} leaves none to train on")
+        held.append(rng.choice(rows, size=per_task, replace=False))
+    test = np.sort(np.concatenate(held))
+    return table.subset(np.setdiff1d(np.arange(table.n), test)), table.subset(test)
