@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from barp_ray.early_stopping import SWEEP  # noqa: E402
+from familiarity_fallback import critic_estimates  # noqa: E402  (bench/, this script's own folder)
 
 
 def main() -> int:
     import torch
-    from ray.rllib.core.rl_module.rl_module import RLModule
 
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
@@ -46,13 +46,7 @@ def main() -> int:
         raise SystemExit(f"--checkpoints: no directory matches {args.checkpoints!r}")
     x = torch.from_numpy(np.ascontiguousarray(data.test_embeddings))
     policies = [RoutingPolicy.load(c).module for c in ckpts]
-    critics = []
-    for c in ckpts:
-        full = RLModule.from_checkpoint(str(Path(c).resolve() / "learner_group/learner/rl_module/default_policy"))
-        if getattr(full, "critic_form", None) != "reward" or full.baseline_head is None:
-            raise SystemExit(f"{c}: the critic rule needs a reward-shaped critic (training.critic_form: reward)")
-        with torch.no_grad():
-            critics.append(full.baseline_head(x).chunk(2, dim=-1))
+    critics = [tuple(map(torch.from_numpy, critic_estimates(c, data.test_embeddings))) for c in ckpts]
 
     def score(actions: torch.Tensor, w) -> float:
         return score_actions(data.test, actions.numpy(), w, data.tau).reward

@@ -37,18 +37,19 @@ def familiarity(query: np.ndarray, index: np.ndarray, k: int = 10, chunk: int = 
     return out
 
 
-def critic_means(ckpt: str, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean quality and cost estimates per model of a reward-shaped critic (training.critic_form:
-    reward), read from the learner's full module in the RLlib checkpoint."""
+def critic_estimates(ckpt: str, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-prompt quality and cost estimates per model ([n, K] each) of a reward-shaped critic
+    (training.critic_form: reward), read from the learner's full module in the RLlib checkpoint
+    (the served module has no critic)."""
     import torch
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     module = RLModule.from_checkpoint(str(Path(ckpt).resolve() / "learner_group/learner/rl_module/default_policy"))
     if getattr(module, "critic_form", None) != "reward" or module.baseline_head is None:
-        raise SystemExit(f"{ckpt}: --general critic needs a reward-shaped critic (training.critic_form: reward)")
+        raise SystemExit(f"{ckpt}: the critic's estimates need a reward-shaped critic (training.critic_form: reward)")
     with torch.no_grad():
         q, c = module.baseline_head(torch.from_numpy(np.ascontiguousarray(embeddings))).chunk(2, dim=-1)
-    return q.mean(0).numpy(), c.mean(0).numpy()
+    return q.numpy(), c.numpy()
 
 
 def main() -> int:
@@ -71,7 +72,7 @@ def main() -> int:
     rewards = {t: [] for t in thresholds}  # per threshold: [seed][preference]
     for ckpt in sorted(glob.glob(args.checkpoints)):
         module = RoutingPolicy.load(ckpt).module
-        mean_q = critic_means(ckpt, data.train_embeddings) if args.general == "critic" else None
+        mean_q = tuple(e.mean(0) for e in critic_estimates(ckpt, data.train_embeddings)) if args.general == "critic" else None
         per_t = {t: [] for t in thresholds}
         for w in SWEEP:
             policy = greedy_actions(module, data.test_embeddings, w)
