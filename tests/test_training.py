@@ -27,6 +27,18 @@ def small_config(tmp_path, *extra):
     )
 
 
+def built_algo(cfg, **kw):
+    """The RLlib algorithm train() builds, on the config's own split, for tests that step it by hand."""
+    import ray
+
+    from barp_ray.train import build_algo_config
+    from envs.routing_env import BanditData
+
+    data = prepare(cfg)
+    ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
+    return build_algo_config(cfg, ref, data.tau, **kw).build_algo(), data
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from conftest import start_local_ray
@@ -228,18 +240,11 @@ def test_early_stopping_keeps_the_weights_that_route_held_out_train_prompts_best
 
 def test_weight_decay_switches_the_learner_to_adamw_and_decays_the_weights(ray_local, tmp_path):
     """`training.weight_decay`: the same RLlib learner with AdamW's decoupled decay; 0 keeps Adam."""
-    import ray
     import torch
-
-    from barp_ray.train import build_algo_config
-    from envs.routing_env import BanditData
 
     norms = {}
     for decay in (0.0, 20.0):
-        cfg = small_config(tmp_path, f"training.weight_decay={decay}", "training.lr=0.01")
-        data = prepare(cfg)
-        ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
-        algo = build_algo_config(cfg, ref, data.tau).build_algo()
+        algo, _ = built_algo(small_config(tmp_path, f"training.weight_decay={decay}", "training.lr=0.01"))
         try:
             opt = next(iter(algo.learner_group._learner._named_optimizers.values()))
             assert type(opt) is (torch.optim.AdamW if decay else torch.optim.Adam)
@@ -274,15 +279,7 @@ def test_weight_averaging_writes_the_mean_of_the_tail_iterations_weights(ray_loc
 
 
 def test_lr_final_decays_the_learner_rate_linearly_over_the_iterations(ray_local, tmp_path):
-    import ray
-
-    from barp_ray.train import build_algo_config
-    from envs.routing_env import BanditData
-
-    cfg = small_config(tmp_path, "training.iterations=4", "training.lr=0.004", "training.lr_final=0.0001")
-    data = prepare(cfg)
-    ref = ray.put(BanditData(data.train_embeddings, data.train.scores, data.train.costs, data.train.models))
-    algo = build_algo_config(cfg, ref, data.tau).build_algo()
+    algo, _ = built_algo(small_config(tmp_path, "training.iterations=4", "training.lr=0.004", "training.lr_final=0.0001"))
     try:
         opt = next(iter(algo.learner_group._learner._named_optimizers.values()))
         seen = []
