@@ -8,6 +8,28 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+def _serve_as_shipped() -> None:
+    """Every Ray this session starts (ray.init, `ray start`) serves the way the project ships:
+    HAProxy ingress + Serve's throughput-optimised mode (serve/ray_env.py). An ingress replica
+    drains 30 s before it stops under HAProxy (so load balancers can take it out of rotation);
+    tests shut Serve down and start it again many times, so theirs drain for 1 s. HAProxy's stats
+    and metrics listeners get free ports, not their fixed 8404 / 9101."""
+    import socket
+
+    from serve.ray_env import HIGH_THROUGHPUT
+
+    for k, v in HIGH_THROUGHPUT.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+    for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ.setdefault(k, str(s.getsockname()[1]))
+
+
+_serve_as_shipped()
+
 import pytest  # noqa: E402
 
 

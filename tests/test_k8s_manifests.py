@@ -78,6 +78,20 @@ def test_every_container_has_resources_and_every_secret_and_volume_exists(name):
             assert path.startswith(mounts["shared"] + "/"), path  # on the shared volume, not a pod's disk
 
 
+def test_every_pod_and_the_image_serve_in_the_tested_mode():
+    """Ray's processes read the serving mode from their environment (serve/ray_env.py): every
+    container of the RayService and the image set it, as tests/conftest.py does for the suite."""
+    from serve.ray_env import HIGH_THROUGHPUT
+
+    (doc,) = _docs("rayservice.yaml")
+    for c in _containers(doc["spec"]["rayClusterConfig"])[0]:
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert HIGH_THROUGHPUT.items() <= env.items(), c["name"]
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    env_lines = [shlex.split(line)[1:] for line in dockerfile.splitlines() if line.startswith("ENV ")]
+    assert HIGH_THROUGHPUT.items() <= dict(kv.split("=", 1) for line in env_lines for kv in line).items()
+
+
 def test_rayjob_runs_the_training_entrypoint_and_writes_the_checkpoint_the_service_serves():
     from barp_ray.train import parse_args
 

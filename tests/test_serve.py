@@ -112,6 +112,20 @@ def greedy_reward(client, table, rows, tau):
     return float(np.mean([o[0] for o in out])), {o[1] for o in out}
 
 
+def test_the_service_port_is_haproxy_in_front_of_the_ingress_replica(client):
+    """The shipped serving mode (serve/ray_env.py): HAProxy, not Serve's Python proxy, owns the
+    HTTP port, and the RouterAPI replica answers on a port of its own behind it."""
+    import psutil
+
+    listening = {c.laddr.port: c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid}
+    owner = psutil.Process(listening[client.port])
+    assert owner.name() == "haproxy", owner.cmdline()
+    ingress = [p for p in psutil.process_iter(["cmdline"]) if "RouterAPI" in " ".join(p.info["cmdline"] or [])]
+    assert any(listening.get(c.laddr.port) == p.pid for p in ingress for c in p.net_connections("tcp")
+               if c.status == psutil.CONN_LISTEN and 30000 <= c.laddr.port < 31000)
+    assert client.get("/healthz")[0] == 200
+
+
 def test_route_response_shape(client, world):
     st, r = client.post("/v1/route", {"prompt": "What is the capital city of Kenya?", "preference": {"quality": 0.8, "cost": 0.2}})
     assert st == 200

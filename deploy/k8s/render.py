@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from serve.ray_env import HIGH_THROUGHPUT  # noqa: E402  (Serve's high-throughput mode, read by Ray's processes)
 OUT = ROOT / "deploy" / "k8s"
 SECRETS = "/var/run/secrets/barp"
 SHARED = "/mnt/barp"
@@ -53,7 +55,7 @@ def pod(resources: dict, ray_ports: bool) -> dict:
     container = {
         "name": "ray-head" if ray_ports else "ray-worker", "image": IMAGE, "resources": resources,
         "volumeMounts": [{"name": "shared", "mountPath": SHARED}, {"name": "secrets", "mountPath": SECRETS, "readOnly": True}],
-        "env": [{"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}],
+        "env": [{"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}] + [{"name": k, "value": v} for k, v in HIGH_THROUGHPUT.items()],
     }
     if ray_ports:
         container["ports"] = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},

