@@ -1,6 +1,6 @@
 """Load test of the Serve deployment on loopback: latency, throughput, and autoscaling.
 
-    python bench/load_test.py [--quick] [--checkpoint DIR] [--out bench/out/load]
+    python bench/load_test.py [--quick] [--ingress shipped|proxy|haproxy|direct] [--checkpoint DIR] [--out bench/out/load]
 
 1. floor: the bare encoder + policy forward in this process, per request, at batch 1 and 32;
 2. one replica with @serve.batch max size 1, then 32: one sequential client (p50 against the
@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from serve.ray_env import HIGH_THROUGHPUT  # noqa: E402
 
 
 def free_port() -> int:
@@ -82,9 +83,14 @@ async def closed_loop(url: str, prompts: list[str], concurrency: int, seconds: f
             "routes_per_s": len(lat) / wall, "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
 
 
+# Serving modes: the environment Ray's processes must start with. shipped: what the project serves
+# with (serve/ray_env.py); proxy: Ray Serve's defaults.
+INGRESS = {"shipped": HIGH_THROUGHPUT, "proxy": {}, "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+           "direct": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}}
+
 # Serve's processes by the name Ray gives them; everything else with "ray" in its command line is
 # Ray's own machinery (GCS, raylet, dashboard agent, log monitor).
-ROLES = (("HTTP proxy", "ProxyActor"), ("ingress (RouterAPI)", "RouterAPI"), ("router (RouterModel)", "RouterModel"),
+ROLES = (("HAProxy", "bin/haproxy"), ("HAProxy manager", "HAProxyManager"), ("HTTP proxy", "ProxyActor"), ("ingress (RouterAPI)", "RouterAPI"), ("router (RouterModel)", "RouterModel"),
          ("feedback log", "FeedbackLogDeployment"), ("trainer (idle)", "TrainerDeployment"),
          ("Serve controller", "ServeController"))
 
@@ -193,12 +199,13 @@ def main() -> int:
     p.add_argument("--out", default="bench/out/load")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-autoscaling", action="store_true", help="latency and throughput only")
-    p.add_argument("--direct-ingress", action="store_true",
-                   help="Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1): clients reach the RouterAPI "
-                        "replica's own HTTP port, no proxy hop (what a load balancer in front of the replicas does)")
+    p.add_argument("--ingress", choices=list(INGRESS), default="shipped",
+                   help="shipped: the project's serving mode (serve/ray_env.py: HAProxy + Serve's throughput-optimised "
+                        "switches); proxy: Serve's defaults (its Python HTTP proxy); haproxy: HAProxy alone; direct: the "
+                        "RouterAPI replica's own HTTP port with no proxy at all (what an external load balancer does)")
     args = p.parse_args()
-    if args.direct_ingress:
-        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by the controller and replicas Ray starts below
+    os.environ.update(INGRESS[args.ingress])  # read by the controller and replicas Ray starts below
+    args.direct_ingress = args.ingress == "direct"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
@@ -222,7 +229,8 @@ def main() -> int:
 
         checkpoint = train(apply_overrides(cfg, ["training.iterations=60", f"output.checkpoint_dir={out / 'ckpt'}"]),
                            progress=False).checkpoint
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint, "direct_ingress": args.direct_ingress}
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint, "ingress": args.ingress,
+                     "environment": INGRESS[args.ingress]}
 
     results["floor"] = floor(checkpoint, prompts, repeats=20 if quick else 60)
     print("floor (encoder + policy in-process):", json.dumps(results["floor"]), flush=True)
