@@ -35,6 +35,9 @@ import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from serve.ray_env import serve_as_shipped  # noqa: E402
+
+serve_as_shipped()  # Ray, started below, serves in the project's mode (HAProxy ingress)
 
 GOAL = 0.7  # share of the uniform -> oracle gap to close within --rounds, before and after the shift
 

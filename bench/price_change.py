@@ -25,6 +25,9 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from serve.ray_env import serve_as_shipped  # noqa: E402
+
+serve_as_shipped()  # Ray, started below, serves in the project's mode (HAProxy ingress)
 
 
 def main() -> None:

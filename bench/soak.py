@@ -23,6 +23,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from serve.ray_env import serve_as_shipped  # noqa: E402
+
+serve_as_shipped()  # Ray, started below, serves in the project's mode (HAProxy ingress)
 sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402

