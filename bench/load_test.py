@@ -90,7 +90,8 @@ INGRESS = {"shipped": HIGH_THROUGHPUT, "proxy": {}, "haproxy": {"RAY_SERVE_ENABL
 
 # Serve's processes by the name Ray gives them; everything else with "ray" in its command line is
 # Ray's own machinery (GCS, raylet, dashboard agent, log monitor).
-ROLES = (("HAProxy", "bin/haproxy"), ("HAProxy manager", "HAProxyManager"), ("HTTP proxy", "ProxyActor"), ("ingress (RouterAPI)", "RouterAPI"), ("router (RouterModel)", "RouterModel"),
+ROLES = (("HAProxy", "bin/haproxy"), ("HAProxy manager", "HAProxyManager"), ("HTTP proxy", "ProxyActor"),
+         ("ingress (RouterAPI)", "RouterAPI"), ("router (RouterModel)", "RouterModel"),
          ("feedback log", "FeedbackLogDeployment"), ("trainer (idle)", "TrainerDeployment"),
          ("Serve controller", "ServeController"))
 
