@@ -142,7 +142,7 @@ def floor(checkpoint: str, prompts: list[str], repeats: int) -> dict:
     return out
 
 
-def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict):
+def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict, batch_wait_s: float | None = None):
     from ray import serve
 
     from serve.app import app_builder
@@ -150,6 +150,7 @@ def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscalin
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = app_builder({
         "checkpoint": checkpoint, "log_dir": str(workdir / "log"), "max_batch_size": max_batch,
+        **({} if batch_wait_s is None else {"batch_wait_timeout_s": batch_wait_s}),
         "router_autoscaling": autoscaling, "trainer": {"enabled": False, "state_dir": str(workdir / "trainer")},
         "auth": {"disabled": True},  # local benchmark: routing is open anyway, nothing posts feedback
     })
@@ -204,6 +205,7 @@ def main() -> int:
                    help="shipped: the project's serving mode (serve/ray_env.py: HAProxy + Serve's throughput-optimised "
                         "switches); proxy: Serve's defaults (its Python HTTP proxy); haproxy: HAProxy alone; direct: the "
                         "RouterAPI replica's own HTTP port with no proxy at all (what an external load balancer does)")
+    p.add_argument("--batch-wait-s", type=float, help="the router's batch_wait_timeout_s (default: the app's)")
     args = p.parse_args()
     os.environ.update(INGRESS[args.ingress])  # read by the controller and replicas Ray starts below
     args.direct_ingress = args.ingress == "direct"
@@ -230,7 +232,7 @@ def main() -> int:
 
         checkpoint = train(apply_overrides(cfg, ["training.iterations=60", f"output.checkpoint_dir={out / 'ckpt'}"]),
                            progress=False).checkpoint
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint, "ingress": args.ingress,
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint, "ingress": args.ingress, "batch_wait_s": args.batch_wait_s,
                      "environment": INGRESS[args.ingress]}
 
     results["floor"] = floor(checkpoint, prompts, repeats=20 if quick else 60)
@@ -251,7 +253,7 @@ def main() -> int:
     fixed = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
     results["fixed_one_replica"] = {}
     for bs in (1, 32):
-        deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed)
+        deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed, args.batch_wait_s)
         if args.direct_ingress:
             url = f"http://127.0.0.1:{ingress_port()}/v1/route"
         asyncio.run(closed_loop(url, prompts, 8, 3, 10_000))  # warm-up
@@ -285,9 +287,9 @@ def main() -> int:
         return 0
 
     # autoscaling under a ramp
-    deploy(checkpoint, scratch / "auto", port, 32,
-           {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 4,
-            "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 0.5, "look_back_period_s": 2})
+    ramp_scaling = {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 4,
+                    "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 0.5, "look_back_period_s": 2}
+    deploy(checkpoint, scratch / "auto", port, 32, ramp_scaling, args.batch_wait_s)
     if args.direct_ingress:
         url = f"http://127.0.0.1:{ingress_port()}/v1/route"
     samples: list[tuple[float, int, int, int]] = []  # (t, running, running+starting, clients)
