@@ -259,14 +259,17 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
             history.append(row)
             curves.iteration(row)
 
+        # The weights the checkpoint keeps, when not the last iterate (the config allows one of the two).
+        kept = None
         if stopping and stopping.best_iteration != t.iterations:
-            algo.learner_group.set_weights(stopping.best_weights)
-            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+            kept = stopping.best_weights
         if averaging:
-            algo.learner_group.set_weights(averaging.weights(algo.learner_group.get_weights()))
-            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+            kept = averaging.weights(algo.learner_group.get_weights())
             print(f"weight averaging: the mean of iterations {averaging.start}..{t.iterations} "
                   f"({averaging.count} snapshots)", file=out, flush=True)
+        if kept is not None:
+            algo.learner_group.set_weights(kept)
+            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
         if stopping:
             print(f"early stopping: kept iteration {stopping.best_iteration} (held-out sweep reward "
                   f"{stopping.best_reward:+.4f})", file=out, flush=True)
