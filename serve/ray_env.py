@@ -15,11 +15,10 @@ HIGH_THROUGHPUT = {
 }
 
 
-def serve_as_shipped(environ: dict | None = None) -> None:
-    """Put the shipped mode into `environ` (default: this process's), keeping what is already set:
-    call it before `ray.init`, whose processes inherit it (the test suite and the benches do)."""
+def serve_as_shipped() -> None:
+    """Put the shipped mode into this process's environment, keeping what is already set: call it
+    before `ray.init`, whose processes inherit it (the test suite and the benches do)."""
     import os
 
-    environ = os.environ if environ is None else environ
     for k, v in HIGH_THROUGHPUT.items():
-        environ.setdefault(k, v)
+        os.environ.setdefault(k, v)
