@@ -95,7 +95,7 @@ def main() -> int:
         print(f"| {t:g} | {np.mean(fam < t):.2f} | " + " | ".join(f"{d:+.4f}" for d in diff) + f" | {mean[t].mean():.4f} |")
     out = Path(args.out).with_suffix(".json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": args.config, "checkpoints": args.checkpoints, "general": args.general,"preferences": [list(w) for w in SWEEP],
+    out.write_text(json.dumps({"config": args.config, "checkpoints": args.checkpoints, "general": args.general, "preferences": [list(w) for w in SWEEP],
                                "fallback_share": {str(t): float(np.mean(fam < t)) for t in thresholds},
                                "reward": {str(t): mean[t].tolist() for t in thresholds},
                                "command": " ".join(sys.argv)}, indent=2))

@@ -208,7 +208,6 @@ def main() -> int:
     p.add_argument("--batch-wait-s", type=float, help="the router's batch_wait_timeout_s (default: the app's)")
     args = p.parse_args()
     os.environ.update(INGRESS[args.ingress])  # read by the controller and replicas Ray starts below
-    args.direct_ingress = args.ingress == "direct"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
@@ -254,7 +253,7 @@ def main() -> int:
     results["fixed_one_replica"] = {}
     for bs in (1, 32):
         deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed, args.batch_wait_s)
-        if args.direct_ingress:
+        if args.ingress == "direct":
             url = f"http://127.0.0.1:{ingress_port()}/v1/route"
         asyncio.run(closed_loop(url, prompts, 8, 3, 10_000))  # warm-up
         cpu = cpu_seconds()
@@ -290,7 +289,7 @@ def main() -> int:
     ramp_scaling = {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 4,
                     "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 0.5, "look_back_period_s": 2}
     deploy(checkpoint, scratch / "auto", port, 32, ramp_scaling, args.batch_wait_s)
-    if args.direct_ingress:
+    if args.ingress == "direct":
         url = f"http://127.0.0.1:{ingress_port()}/v1/route"
     samples: list[tuple[float, int, int, int]] = []  # (t, running, running+starting, clients)
     current_load = {"c": 0}
