@@ -496,7 +496,8 @@ def test_the_openapi_schema_tells_the_truth_to_schemathesis(client, world):
     # {quality, cost} weights are normalised, so any pair the schema allows is routable
     assert client.post("/v1/route", {"prompt": "hi", "preference": {"quality": 1, "cost": 1}})[0] == 200
     out = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{client.port}/openapi.json", "--checks", "all",
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+             "run", f"http://127.0.0.1:{client.port}/openapi.json", "--checks", "all",
          "-H", f"Authorization: Bearer {TOKEN}", "--max-examples", "15", "--seed", "1", "--no-color"],
         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "failure" not in out.stdout.split("SUMMARY")[-1].lower(), out.stdout[-6000:]
