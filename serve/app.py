@@ -100,7 +100,12 @@ class TrainerDeployment:
 
         # One intra-op thread: the trainer shares the machine with the router replicas, and routing
         # latency matters more than how fast one update finishes.
+        # Routes share the node with other replicas, the ingress and the trainer, so a batch runs at
+        # one thread; a route alone on an idle replica takes the node's cores (Ray sets
+        # OMP_NUM_THREADS=1 for a fractional-CPU actor, so torch's own default says nothing here).
+        self._lone_threads = _node_cpus()
         torch.set_num_threads(1)
+        self._ongoing = 0  # routes in this replica now, waiting or computing
         self.settings = settings
         self.trainer = await asyncio.to_thread(ContinuousTrainer, settings)
         from serve.metrics import TrainerMetrics
@@ -217,6 +222,17 @@ class TrainerDeployment:
         return os.getpid()
 
 
+def _node_cpus() -> int:
+    """CPUs this process may use on its node: Ray's count for the node (cgroup-aware), within the affinity mask."""
+    import os
+
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)
+    return max(1, min(int(cpus), len(os.sched_getaffinity(0))))
+
+
 def take_offer(user_config: dict | None, meta: dict, first: bool, apply=None):
     """The live offer from `user_config`, applied with `apply(offer)`; (offer, None) or (None, error).
 
@@ -255,7 +271,12 @@ class RouterModel:
         from barp_ray.policy import RoutingPolicy, load_policy_state
         from serve.trainer import latest_published
 
+        # Routes share the node with other replicas, the ingress and the trainer, so a batch runs at
+        # one thread; a route alone on an idle replica takes the node's cores (Ray sets
+        # OMP_NUM_THREADS=1 for a fractional-CPU actor, so torch's own default says nothing here).
+        self._lone_threads = _node_cpus()
         torch.set_num_threads(1)
+        self._ongoing = 0  # routes in this replica now, waiting or computing
         self.settings = settings
         self.policy = RoutingPolicy.load(settings.checkpoint)
         self.version, self.loaded_at = 0, time.time()
@@ -325,6 +346,7 @@ class RouterModel:
     # Two batches in flight: one computes while the other waits for its decisions to be written.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
     async def route_batch(self, items: list[dict]) -> list[dict]:
+        import torch
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         from barp_ray.encoder import encode
@@ -333,8 +355,15 @@ class RouterModel:
 
         policy, prices, version = self.policy, self.prices, self.version  # one offer for the whole batch
         models = list(policy.models)
-        emb = encode([it["prompt"] for it in items], policy.encoder)
-        probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
+        alone = len(items) == 1 and self._ongoing == 1
+        if alone:
+            torch.set_num_threads(self._lone_threads)
+        try:
+            emb = encode([it["prompt"] for it in items], policy.encoder)
+            probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
+        finally:
+            if alone:
+                torch.set_num_threads(1)
         e = self.settings.exploration
         out, decisions = [], []
         for it, x, p in zip(items, emb, probs):
@@ -370,7 +399,14 @@ class RouterModel:
         return out
 
     async def route(self, item: dict) -> dict:
-        return await self.route_batch(item)
+        # Wait for company only when there is some: a route that finds the replica empty (one client,
+        # light traffic) starts its batch at once; under load the batch waits and fills.
+        self.route_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s if self._ongoing else 0.0)
+        self._ongoing += 1
+        try:
+            return await self.route_batch(item)
+        finally:
+            self._ongoing -= 1
 
     def info(self) -> dict:
         import os

@@ -126,6 +126,40 @@ def test_the_service_port_is_haproxy_in_front_of_the_ingress_replica(client):
     assert client.get("/healthz")[0] == 200
 
 
+def _batch_waits() -> tuple[float, float]:
+    """(batches that waited <= 2 ms, all batches) of the router's `route_batch`, from Serve's own
+    batch-wait histogram on Ray's metrics endpoint, summed over replicas."""
+    import re
+    import urllib.request
+
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    quick = total = 0.0
+    for line in text.splitlines():
+        if line.startswith("ray_serve_batch_wait_time_ms") and "route_batch" in line:
+            value = float(line.rsplit(" ", 1)[1])
+            if line.startswith("ray_serve_batch_wait_time_ms_count"):
+                total += value
+            elif re.search(r'le="2(\.0)?"', line):
+                quick += value
+    return quick, total
+
+
+def test_a_lone_route_does_not_wait_for_company(client):
+    """The router batches routes, waiting up to batch_wait_timeout_s (5 ms) for a batch to fill;
+    a route that finds its replica empty starts at once. First in the module, so every batch the
+    histogram has seen is one of these sequential routes."""
+    for i in range(20):
+        assert client.post("/v1/route", {"prompt": f"a lone prompt {i}", "preference": 0.5})[0] == 200
+    deadline, (quick, total) = time.time() + 60, (0.0, 0.0)
+    while time.time() < deadline and total < 20:
+        time.sleep(1)
+        quick, total = _batch_waits()
+    assert total >= 20 and quick >= 0.9 * total, (quick, total)
+
+
 def test_route_response_shape(client, world):
     st, r = client.post("/v1/route", {"prompt": "What is the capital city of Kenya?", "preference": {"quality": 0.8, "cost": 0.2}})
     assert st == 200
