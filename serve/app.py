@@ -100,12 +100,7 @@ class TrainerDeployment:
 
         # One intra-op thread: the trainer shares the machine with the router replicas, and routing
         # latency matters more than how fast one update finishes.
-        # Routes share the node with other replicas, the ingress and the trainer, so a batch runs at
-        # one thread; a route alone on an idle replica takes the node's cores (Ray sets
-        # OMP_NUM_THREADS=1 for a fractional-CPU actor, so torch's own default says nothing here).
-        self._lone_threads = _node_cpus()
         torch.set_num_threads(1)
-        self._ongoing = 0  # routes in this replica now, waiting or computing
         self.settings = settings
         self.trainer = await asyncio.to_thread(ContinuousTrainer, settings)
         from serve.metrics import TrainerMetrics
@@ -222,17 +217,6 @@ class TrainerDeployment:
         return os.getpid()
 
 
-def _node_cpus() -> int:
-    """CPUs this process may use on its node: Ray's count for the node (cgroup-aware), within the affinity mask."""
-    import os
-
-    import ray
-
-    node = ray.get_runtime_context().get_node_id()
-    cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)
-    return max(1, min(int(cpus), len(os.sched_getaffinity(0))))
-
-
 def take_offer(user_config: dict | None, meta: dict, first: bool, apply=None):
     """The live offer from `user_config`, applied with `apply(offer)`; (offer, None) or (None, error).
 
@@ -265,17 +249,17 @@ class RouterModel:
     transaction per route instead of one per batch."""
 
     async def __init__(self, settings: ServeSettings, trainer, log):
+        import ray
         import torch
 
         from barp_ray.encoder import load_encoder
         from barp_ray.policy import RoutingPolicy, load_policy_state
         from serve.trainer import latest_published
 
-        # Routes share the node with other replicas, the ingress and the trainer, so a batch runs at
-        # one thread; a route alone on an idle replica takes the node's cores (Ray sets
-        # OMP_NUM_THREADS=1 for a fractional-CPU actor, so torch's own default says nothing here).
-        self._lone_threads = _node_cpus()
-        torch.set_num_threads(1)
+        # As many torch threads as CPUs Ray reserved for the replica (num_cpus in ray_actor_options,
+        # at least one): more would take cores the ingress, the feedback log and the trainer were
+        # promised, and torch's idle threads spin on them after every forward.
+        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         self._ongoing = 0  # routes in this replica now, waiting or computing
         self.settings = settings
         self.policy = RoutingPolicy.load(settings.checkpoint)
@@ -346,7 +330,6 @@ class RouterModel:
     # Two batches in flight: one computes while the other waits for its decisions to be written.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
     async def route_batch(self, items: list[dict]) -> list[dict]:
-        import torch
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         from barp_ray.encoder import encode
@@ -355,15 +338,8 @@ class RouterModel:
 
         policy, prices, version = self.policy, self.prices, self.version  # one offer for the whole batch
         models = list(policy.models)
-        alone = len(items) == 1 and self._ongoing == 1
-        if alone:
-            torch.set_num_threads(self._lone_threads)
-        try:
-            emb = encode([it["prompt"] for it in items], policy.encoder)
-            probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
-        finally:
-            if alone:
-                torch.set_num_threads(1)
+        emb = encode([it["prompt"] for it in items], policy.encoder)
+        probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
         e = self.settings.exploration
         out, decisions = [], []
         for it, x, p in zip(items, emb, probs):
