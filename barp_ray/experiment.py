@@ -30,14 +30,16 @@ from barp_ray.baselines import (
     UniformRandom,
     train_bandit,
 )
-from barp_ray.baselines.base import argmax_choice
+from barp_ray.baselines.base import FULL_INFO, SINGLE, argmax_choice
 from barp_ray.config import ConfigError, TrainConfig, apply_overrides, with_head
 from barp_ray.eval_config import EvalConfig
-from barp_ray.metrics import operating_point, per_task
+from barp_ray.metrics import operating_point, per_task, prompt_rewards
 from barp_ray.policy import CheckpointError, RoutingPolicy
+from barp_ray.significance import best_single_per_preference, compare_to_barp
 from envs.preference import PreferenceSampler, check_simplex
 
 RESULTS_FORMAT = 1
+BEST_SINGLE = "best single model"
 
 
 class PolicyRouter(Router):
@@ -168,20 +170,22 @@ def fit_bandits(data, train_cfg: TrainConfig, eval_cfg: EvalConfig, seed: int, p
     return learners
 
 
-def score_router(router: Router, data, prefs, default, unseen: np.ndarray | None) -> dict:
-    """Operating points at every preference, per-task figures and the unseen-prompt subset at the default w."""
+def score_router(router: Router, data, prefs, default, unseen: np.ndarray | None) -> tuple[dict, np.ndarray]:
+    """Operating points at every preference, per-task figures and the unseen-prompt subset at the
+    default w; and [preferences, prompts] of per-prompt rewards (for the paired comparison, not saved)."""
     test, tau, emb = data.test, data.tau, data.test_embeddings
     fixed = None if router.tracks_preference else router.choose(emb, default)
-    points = []
+    points, rewards = [], []
     for w in prefs:
         choice = fixed if fixed is not None else router.choose(emb, w)
         points.append(operating_point(test.scores, test.costs, choice, w, tau).as_dict())
+        rewards.append(prompt_rewards(test.scores, test.costs, choice, w, tau))
         if w == default:
             at_default = choice
     row = {"points": points, "per_task": per_task(test.scores, test.costs, test.tasks, at_default, default, tau)}
     if unseen is not None and unseen.any():
         row["unseen"] = operating_point(test.scores[unseen], test.costs[unseen], at_default[unseen], default, tau).as_dict()
-    return row
+    return row, np.stack(rewards)
 
 
 def data_summary(train_cfg: TrainConfig, data, largest: tuple[int, str], unseen: np.ndarray) -> dict:
@@ -234,6 +238,7 @@ def run_evaluation(
     )
 
     routers_out: dict[str, dict] = {}
+    per_prompt: dict[str, list[np.ndarray]] = {}
     for seed in tqdm(seeds, desc="seeds", unit="seed", disable=not progress, file=sys.stderr):
         t0 = time.time()
         if checkpoints:
@@ -255,7 +260,9 @@ def run_evaluation(
             details[b.name] = {"rounds": b.rounds_seen, "features": b.features.size}
         for r in routers:
             entry = routers_out.setdefault(r.name, {"family": r.family, "tracks_preference": r.tracks_preference, "runs": []})
-            run = {"seed": seed, **score_router(r, data, prefs, default, unseen)}
+            row, rewards = score_router(r, data, prefs, default, unseen)
+            per_prompt.setdefault(r.name, []).append(rewards)
+            run = {"seed": seed, **row}
             if r.name in details:
                 run["details"] = details[r.name]
             entry["runs"].append(run)
@@ -275,7 +282,17 @@ def run_evaluation(
         "train_config": train_cfg.to_dict(),
         "eval_config": eval_cfg.to_dict(),
         "routers": routers_out,
+        "paired": paired_comparisons(per_prompt, routers_out),
     }
+
+
+def paired_comparisons(per_prompt: dict[str, list[np.ndarray]], routers: dict[str, dict]) -> dict[str, dict]:
+    """BaRP minus each full-information router, and minus the best single model at each preference,
+    with a paired bootstrap interval over the test prompts (`barp_ray.significance`)."""
+    stacked = {n: np.stack(v) for n, v in per_prompt.items()}
+    singles = [n for n, e in routers.items() if e["family"] == SINGLE]
+    stacked[BEST_SINGLE] = best_single_per_preference(stacked, singles)
+    return compare_to_barp(stacked, [n for n, e in routers.items() if e["family"] == FULL_INFO] + [BEST_SINGLE])
 
 
 def _train_barp(train_cfg: TrainConfig, eval_cfg: EvalConfig, name: str, seed: int, progress: bool, out):

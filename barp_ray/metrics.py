@@ -65,6 +65,14 @@ def _check_choice(choice: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return choice
 
 
+def prompt_rewards(scores, costs, choice, preference, tau: float) -> np.ndarray:
+    """[N]: each prompt's reward, in expectation over `choice` (what a paired comparison resamples)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    choice = _check_choice(choice, scores)
+    wq, wc = float(preference[0]), float(preference[1])
+    return wq * (choice * scores).sum(axis=1) - wc * (choice * normalized_cost(np.asarray(costs, dtype=np.float64), tau)).sum(axis=1)
+
+
 def operating_point(scores, costs, choice, preference, tau: float) -> OperatingPoint:
     """Mean reward r = w_q*q - w_c*min(c/tau, 1), mean score q and mean dollar cost c, in expectation over `choice`."""
     scores = np.asarray(scores, dtype=np.float64)

@@ -95,6 +95,8 @@ def markdown(res: dict, command: str | None = None) -> str:
             f"{fmt_mean_std(q['barp'])} | {fmt_mean_std(q['theirs'])} | {fmt_mean_std(q['relative'], pct=True)} |"
         )
     lines += ["", *_dominance_lines(res), ""]
+    if res.get("paired"):
+        lines += [*_paired_lines(res), ""]
 
     lines += [
         f"## Every router at w = {_w(w0)}",
@@ -186,6 +188,29 @@ def _dominance_lines(res: dict) -> list[str]:
             f"| {n} | {v['family']} | {v['reward_wins']}/{v['preferences']} preferences | {loses} | "
             f"{v['hull_fraction'] * 100:.0f} % of the cost range | {barp_aiq:.4f} / {routers[n]['stats']['aiq'][0]:.4f} |"
         )
+    return lines
+
+
+def _paired_lines(res: dict) -> list[str]:
+    """BaRP − other per preference with a paired bootstrap interval over the test prompts; ↑ / ↓ mark
+    an interval entirely above / below 0, the differences the test prompts can tell apart."""
+    paired, prefs = res["paired"], res["preferences"]
+    level = next(iter(paired.values()))["level"]
+    lines = [
+        f"**Paired over the test prompts** ({res['data']['test_prompts']} prompts, {level:.0%} bootstrap interval of "
+        "BaRP − other per prompt, seeds averaged; ↑ / ↓: the interval lies above / below 0; the best single model is "
+        "chosen per column on these prompts). A mean difference without a mark is within what the test set can resolve.",
+        "",
+        "| BaRP − | " + " | ".join(f"{w[0]:g}" for w in prefs) + " | BaRP worse at w_q (↓) | BaRP better at w_q (↑) |",
+        "| --- |" + " --- |" * (len(prefs) + 2),
+    ]
+    for name, p in paired.items():
+        cells, worse, better = [], [], []
+        for w, m, lo, hi in zip(prefs, p["mean"], p["low"], p["high"]):
+            mark = "↓" if hi < 0 else "↑" if lo > 0 else ""
+            (worse if hi < 0 else better if lo > 0 else []).append(f"{w[0]:g}")
+            cells.append(f"{m:+.4f}{mark}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {', '.join(worse) or 'none'} | {', '.join(better) or 'none'} |")
     return lines
 
 

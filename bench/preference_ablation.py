@@ -75,14 +75,14 @@ def run(args) -> dict:
     for seed in range(args.seeds):
         for r in [*reference_routers(data), *fit_offline(data, eval_cfg, prefs, seed, progress=False)]:
             e = fixed.setdefault(r.name, {"family": r.family, "tracks_preference": r.tracks_preference, "runs": []})
-            e["runs"].append({"seed": seed, **score_router(r, data, prefs, default, None)})
+            e["runs"].append({"seed": seed, **score_router(r, data, prefs, default, None)[0]})
         for name, sets in variants:
             cfg = apply_overrides(base, [*sets, f"training.seed={seed}", f"output.checkpoint_dir=runs/ablation/{name}/seed-{seed}"])
             t0 = time.time()
             result = train(cfg, progress=False, out=quiet)
             timings[name].append(time.time() - t0)
             router = PolicyRouter(RoutingPolicy.load(result.checkpoint))
-            trained[name]["runs"].append({"seed": seed, **score_router(router, data, prefs, default, None)})
+            trained[name]["runs"].append({"seed": seed, **score_router(router, data, prefs, default, None)[0]})
             row = trained[name]["runs"][-1]["points"]
             print(f"seed {seed} {name:<28s} reward@default {row[prefs.index(default)]['reward']:+.4f}  "
                   f"@w_q=1 {row[-1]['reward']:+.4f}  ({timings[name][-1]:.0f}s)", flush=True)

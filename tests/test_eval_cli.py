@@ -73,6 +73,23 @@ def test_summary_is_computed_from_the_stored_points(evaluated):
         assert (got <= oracle + 1e-9).all(), name
 
 
+def test_paired_differences_agree_with_the_stored_means(evaluated):
+    """The paired comparison is computed from per-prompt rewards that are not saved: its mean
+    difference at each preference must equal the difference of the saved mean rewards."""
+    res = load_results(evaluated / "res" / "results.json")
+    paired = res["paired"]
+    assert set(paired) == {"kNN", "score MLP", "best-label classifier", "best single model"}
+    barp = np.asarray([[p["reward"] for p in r["points"]] for r in res["routers"]["BaRP"]["runs"]]).mean(axis=0)
+    for name in ("kNN", "score MLP"):
+        theirs = np.asarray([[p["reward"] for p in r["points"]] for r in res["routers"][name]["runs"]]).mean(axis=0)
+        assert paired[name]["mean"] == pytest.approx(barp - theirs, abs=1e-9), name
+        assert all(lo <= m <= hi for m, lo, hi in zip(paired[name]["mean"], paired[name]["low"], paired[name]["high"]))
+    singles = [n for n, e in res["routers"].items() if e["family"] == "single model"]
+    best = np.max([[p["reward"] for p in res["routers"][n]["runs"][0]["points"]] for n in singles], axis=0)
+    assert paired["best single model"]["mean"] == pytest.approx(barp - best, abs=1e-9)
+    assert "Paired over the test prompts" in (evaluated / "res" / "results.md").read_text()
+
+
 def test_a_given_checkpoint_is_evaluated_without_training(evaluated, capsys):
     ckpt = evaluated / "ckpt" / "res" / "seed-0"
     code = eval_cli.main([*SMALL, "--checkpoint", str(ckpt), "--out", str(evaluated / "again")])

@@ -157,3 +157,18 @@ def test_derive_summary_on_hand_made_results():
     assert res["routers"]["BaRP"]["stats"]["aiq_per_seed"][0] == pytest.approx(area / 0.9)
     dom = res["dominance"]["kNN"]
     assert dom["reward_wins"] == 3 and dom["loses_at_wq"] == []
+
+
+def test_paired_bootstrap_tells_a_real_difference_from_noise():
+    from barp_ray.significance import best_single_per_preference, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.3, size=(2, 500))
+    out = paired_bootstrap(np.stack([noise[0], noise[1] + 0.1]))  # no difference; a real +0.1
+    assert out["low"][0] < 0 < out["high"][0]
+    assert 0 < out["low"][1] < 0.1 < out["high"][1]
+    assert out["mean"] == pytest.approx(np.stack([noise[0], noise[1] + 0.1]).mean(axis=1).tolist())
+    # the best single model is chosen per preference, on its mean there
+    a = np.array([[[1.0, 1.0], [0.0, 0.0]]])  # [seed, preference, prompt]
+    b = np.array([[[0.0, 0.5], [1.0, 0.0]]])
+    assert best_single_per_preference({"a": a, "b": b}, ["a", "b"]).tolist() == [[[1.0, 1.0], [1.0, 0.0]]]
