@@ -207,8 +207,13 @@ def _paired_lines(res: dict) -> list[str]:
     for name, p in paired.items():
         cells, worse, better = [], [], []
         for w, m, lo, hi in zip(prefs, p["mean"], p["low"], p["high"]):
-            mark = "↓" if hi < 0 else "↑" if lo > 0 else ""
-            (worse if hi < 0 else better if lo > 0 else []).append(f"{w[0]:g}")
+            mark = ""
+            if hi < 0:
+                mark = "↓"
+                worse.append(f"{w[0]:g}")
+            elif lo > 0:
+                mark = "↑"
+                better.append(f"{w[0]:g}")
             cells.append(f"{m:+.4f}{mark}")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {', '.join(worse) or 'none'} | {', '.join(better) or 'none'} |")
     return lines
