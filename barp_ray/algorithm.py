@@ -38,6 +38,7 @@ class BaRPConfig(AlgorithmConfig):
         self.baseline_coeff = 0.5
         self.normalize_advantages = True
         self.advantage_scale = "batch"
+        self.entropy_floor = 0.0  # > 0: nats each w_q band's mean entropy is held above
         self.importance_weight_clip = 0.0  # 0: on-policy, no importance weights
         self.critic_kl_coeff = 0.0
         self.critic_temperature = 0.1
@@ -63,6 +64,7 @@ class BaRPConfig(AlgorithmConfig):
         critic_temperature=NotProvided,
         normalize_advantages=NotProvided,
         advantage_scale=NotProvided,
+        entropy_floor=NotProvided,
         weight_decay=NotProvided,
         rounds_per_iteration=NotProvided,
         **kwargs,
@@ -77,6 +79,7 @@ class BaRPConfig(AlgorithmConfig):
             ("critic_temperature", critic_temperature),
             ("normalize_advantages", normalize_advantages),
             ("advantage_scale", advantage_scale),
+            ("entropy_floor", entropy_floor),
             ("weight_decay", weight_decay),
             ("rounds_per_iteration", rounds_per_iteration),
         ):

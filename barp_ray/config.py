@@ -146,6 +146,7 @@ class TrainingConfig:
     exploration_floor: float = 0.0  # rollouts draw from (1 - eps) pi + eps / K; importance-corrected
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
     advantage_scale: str = "batch"  # batch: one std for the batch | preference: the std of each w_q band
+    entropy_floor: float = 0.0  # > 0: a hinge penalty holds each w_q band's mean policy entropy above this (nats)
     grad_clip: float = 1.0
     weight_decay: float = 0.0  # > 0: AdamW with this decoupled decay (per step: w -= lr * decay * w)
     # Early stopping: > 0 holds this share of the train prompts out of the bandit rounds; every
@@ -174,6 +175,7 @@ class TrainingConfig:
         _positive("training.critic_temperature", self.critic_temperature)
         _one_of("training.critic_form", self.critic_form, ("free", "reward", "known_cost"))
         _one_of("training.advantage_scale", self.advantage_scale, ("batch", "preference"))
+        _non_negative("training.entropy_floor", self.entropy_floor)
         if not 0.0 <= self.exploration_floor < 1.0:
             raise ConfigError(f"training.exploration_floor: must be in [0, 1), got {self.exploration_floor}")
         _positive("training.grad_clip", self.grad_clip)

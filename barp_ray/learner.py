@@ -44,6 +44,7 @@ class LossSettings:
     critic_kl_coeff: float = 0.0  # critic only: pull pi toward softmax(Q / critic_temperature)
     critic_temperature: float = 0.1
     advantage_scale: str = "batch"  # normalise by the batch's std | "preference": per w_q band's std
+    entropy_floor: float = 0.0  # > 0: hinge penalty on each w_q band's mean entropy below this (nats)
 
 
 PREFERENCE_BANDS = 5
@@ -62,6 +63,18 @@ def advantage_scale(values: torch.Tensor, preference: torch.Tensor | None, setti
     mean = torch.zeros_like(count).index_add(0, band, values) / count.clamp(min=1)
     var = torch.zeros_like(count).index_add(0, band, (values - mean[band]) ** 2) / (count - 1).clamp(min=1)
     return torch.maximum(var.sqrt(), 0.25 * batch)[band] + 1e-6
+
+
+def band_entropy_shortfall(row_entropy: torch.Tensor, preference: torch.Tensor, floor: float) -> torch.Tensor:
+    """Mean over the w_q bands present of relu(floor - the band's mean entropy). One entropy bonus
+    for the whole batch lets the policy go deterministic at the preferences where that pays most
+    and stay spread elsewhere; a floor per band keeps every preference exploring a little, whatever
+    the others do, and costs nothing in a band above it."""
+    band = torch.clamp((preference[:, 0] * PREFERENCE_BANDS).long(), 0, PREFERENCE_BANDS - 1)
+    count = torch.zeros(PREFERENCE_BANDS, device=row_entropy.device).index_add(0, band, torch.ones_like(row_entropy))
+    mean = torch.zeros_like(count).index_add(0, band, row_entropy) / count.clamp(min=1)
+    present = count > 0
+    return torch.relu(floor - mean[present]).mean()
 
 
 def barp_loss(
@@ -125,6 +138,8 @@ def barp_loss(
 
     policy_loss = -torch.mean(rho * advantage * logp) + direct
     loss = policy_loss - settings.entropy_coeff * entropy + settings.baseline_coeff * baseline_loss
+    if settings.entropy_floor > 0 and preference is not None:
+        loss = loss + band_entropy_shortfall(-(logp_all.exp() * logp_all).sum(-1), preference, settings.entropy_floor)
     stats = {
         "policy_loss": policy_loss.detach(),
         "entropy": entropy.detach(),
@@ -145,6 +160,7 @@ def settings_from(config: Any) -> LossSettings:
         critic_kl_coeff=config.critic_kl_coeff,
         critic_temperature=config.critic_temperature,
         advantage_scale=config.advantage_scale,
+        entropy_floor=getattr(config, "entropy_floor", 0.0),
     )
 
 

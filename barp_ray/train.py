@@ -93,6 +93,7 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
             importance_weight_clip=1.0 / (1.0 - t.exploration_floor) if t.exploration_floor > 0 else 0.0,
             normalize_advantages=t.normalize_advantages,
             advantage_scale=t.advantage_scale,
+            entropy_floor=t.entropy_floor,
             weight_decay=t.weight_decay,
             grad_clip=t.grad_clip,
             rounds_per_iteration=t.rounds_per_iteration,

@@ -66,6 +66,23 @@ def test_per_preference_advantage_scale_divides_each_band_by_its_own_spread():
     assert torch.allclose(per_band[:50], 0.25 * batch + 1e-6)  # the narrow band: floored, not 0.01
 
 
+def test_entropy_floor_spreads_only_the_band_that_fell_below_it():
+    """One band's policy is nearly deterministic, the other's spread: the floor's gradient raises
+    the entropy of the first and leaves the second as the plain loss has it."""
+    w = torch.tensor([[0.05, 0.95]] * 32 + [[0.95, 0.05]] * 32)
+    logits = torch.tensor([[8.0, 0.0, 0.0, 0.0]] * 32 + [[0.1, 0.0, 0.0, 0.0]] * 32)
+    actions, rewards = torch.zeros(64, dtype=torch.long), torch.zeros(64)
+    grads = []
+    for floor in (0.0, 0.5):
+        x = logits.clone().requires_grad_(True)
+        loss, _ = barp_loss(x, actions, rewards, LossSettings(baseline="none", entropy_coeff=0.0, entropy_floor=floor), preference=w)
+        loss.backward()
+        grads.append(x.grad)
+    extra = grads[1] - grads[0]
+    assert (extra[:32, 0] > 0).all() and (extra[:32, 1:] < 0).all()  # descent lowers the dominant logit, raises the rest
+    assert torch.allclose(extra[32:], torch.zeros(32, 4))  # the spread band is above the floor: untouched
+
+
 def _module(**model_config):
     import gymnasium as gym
     import numpy as np
