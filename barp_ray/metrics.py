@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from envs.reward import normalized_cost
+from envs.reward import reward
 
 GAP_FRACTIONS = (0.5, 0.8)
 
@@ -65,12 +65,16 @@ def _check_choice(choice: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return choice
 
 
+def _expected_rewards(scores: np.ndarray, costs: np.ndarray, choice: np.ndarray, wq: float, wc: float, tau: float) -> np.ndarray:
+    """[N]: each prompt's reward (`envs.reward`, per model) in expectation over a checked choice matrix."""
+    return (choice * reward(scores, costs, wq, wc, tau)).sum(axis=1)
+
+
 def prompt_rewards(scores, costs, choice, preference, tau: float) -> np.ndarray:
     """[N]: each prompt's reward, in expectation over `choice` (what a paired comparison resamples)."""
     scores = np.asarray(scores, dtype=np.float64)
     choice = _check_choice(choice, scores)
-    wq, wc = float(preference[0]), float(preference[1])
-    return wq * (choice * scores).sum(axis=1) - wc * (choice * normalized_cost(np.asarray(costs, dtype=np.float64), tau)).sum(axis=1)
+    return _expected_rewards(scores, np.asarray(costs, dtype=np.float64), choice, float(preference[0]), float(preference[1]), tau)
 
 
 def operating_point(scores, costs, choice, preference, tau: float) -> OperatingPoint:
@@ -81,9 +85,9 @@ def operating_point(scores, costs, choice, preference, tau: float) -> OperatingP
     wq, wc = float(preference[0]), float(preference[1])
     q = (choice * scores).sum(axis=1)
     c = (choice * costs).sum(axis=1)
-    c_norm = (choice * normalized_cost(costs, tau)).sum(axis=1)
     return OperatingPoint(
-        preference=(wq, wc), reward=float((wq * q - wc * c_norm).mean()), quality=float(q.mean()), cost=float(c.mean())
+        preference=(wq, wc), reward=float(_expected_rewards(scores, costs, choice, wq, wc, tau).mean()),
+        quality=float(q.mean()), cost=float(c.mean())
     )
 
 
