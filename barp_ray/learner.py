@@ -50,6 +50,14 @@ class LossSettings:
 PREFERENCE_BANDS = 5
 
 
+def _band_means(values: torch.Tensor, preference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's w_q band, and per band the row count and the mean of `values`."""
+    band = torch.clamp((preference[:, 0] * PREFERENCE_BANDS).long(), 0, PREFERENCE_BANDS - 1)
+    count = torch.zeros(PREFERENCE_BANDS, device=values.device).index_add(0, band, torch.ones_like(values))
+    mean = torch.zeros_like(count).index_add(0, band, values) / count.clamp(min=1)
+    return band, count, mean
+
+
 def advantage_scale(values: torch.Tensor, preference: torch.Tensor | None, settings: LossSettings) -> torch.Tensor:
     """What advantages are divided by: the batch's std, or (`advantage_scale: preference`) each
     row's w_q band's std, so rounds at a preference whose rewards vary little (the cost end) move
@@ -58,9 +66,7 @@ def advantage_scale(values: torch.Tensor, preference: torch.Tensor | None, setti
     batch = values.std() + 1e-6
     if settings.advantage_scale != "preference" or preference is None:
         return batch
-    band = torch.clamp((preference[:, 0] * PREFERENCE_BANDS).long(), 0, PREFERENCE_BANDS - 1)
-    count = torch.zeros(PREFERENCE_BANDS, device=values.device).index_add(0, band, torch.ones_like(values))
-    mean = torch.zeros_like(count).index_add(0, band, values) / count.clamp(min=1)
+    band, count, mean = _band_means(values, preference)
     var = torch.zeros_like(count).index_add(0, band, (values - mean[band]) ** 2) / (count - 1).clamp(min=1)
     return torch.maximum(var.sqrt(), 0.25 * batch)[band] + 1e-6
 
@@ -70,11 +76,8 @@ def band_entropy_shortfall(row_entropy: torch.Tensor, preference: torch.Tensor, 
     for the whole batch lets the policy go deterministic at the preferences where that pays most
     and stay spread elsewhere; a floor per band keeps every preference exploring a little, whatever
     the others do, and costs nothing in a band above it."""
-    band = torch.clamp((preference[:, 0] * PREFERENCE_BANDS).long(), 0, PREFERENCE_BANDS - 1)
-    count = torch.zeros(PREFERENCE_BANDS, device=row_entropy.device).index_add(0, band, torch.ones_like(row_entropy))
-    mean = torch.zeros_like(count).index_add(0, band, row_entropy) / count.clamp(min=1)
-    present = count > 0
-    return torch.relu(floor - mean[present]).mean()
+    _, count, mean = _band_means(row_entropy, preference)
+    return torch.relu(floor - mean[count > 0]).mean()
 
 
 def barp_loss(
@@ -95,7 +98,8 @@ def barp_loss(
         logits = logits.masked_fill(~allowed, EXCLUDED)
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+    row_entropy = -(logp_all.exp() * logp_all).sum(-1)
+    entropy = row_entropy.mean()
     rewards = rewards.float()
 
     if behaviour_logp is not None and settings.importance_weight_clip > 0:
@@ -139,7 +143,7 @@ def barp_loss(
     policy_loss = -torch.mean(rho * advantage * logp) + direct
     loss = policy_loss - settings.entropy_coeff * entropy + settings.baseline_coeff * baseline_loss
     if settings.entropy_floor > 0 and preference is not None:
-        loss = loss + band_entropy_shortfall(-(logp_all.exp() * logp_all).sum(-1), preference, settings.entropy_floor)
+        loss = loss + band_entropy_shortfall(row_entropy, preference, settings.entropy_floor)
     stats = {
         "policy_loss": policy_loss.detach(),
         "entropy": entropy.detach(),
@@ -160,7 +164,7 @@ def settings_from(config: Any) -> LossSettings:
         critic_kl_coeff=config.critic_kl_coeff,
         critic_temperature=config.critic_temperature,
         advantage_scale=config.advantage_scale,
-        entropy_floor=getattr(config, "entropy_floor", 0.0),
+        entropy_floor=config.entropy_floor,
     )
 
 
