@@ -284,8 +284,7 @@ class RouterModel:
         self.trainer, self.log = trainer, log
         self.replica = serve.get_replica_context().replica_id.unique_id
         load_encoder(self.policy.encoder, "cpu")  # warm: the first request should not pay for it
-        self.route_batch.set_max_batch_size(settings.max_batch_size)
-        self.route_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.route_batch.set_max_batch_size(settings.max_batch_size)  # the wait is set per route, in route()
         self._rng = np.random.default_rng()
         self._poll = asyncio.get_running_loop().create_task(self._poll_weights())
 
