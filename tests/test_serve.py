@@ -130,25 +130,15 @@ def _batch_waits(replicas: set[str]) -> tuple[float, float]:
     """(batches that waited <= 2 ms, all batches) of `route_batch` on these RouterModel replicas, from
     Serve's own batch-wait histogram on Ray's metrics endpoint (which also keeps other apps' replicas
     from earlier in the session)."""
-    import re
-    import urllib.request
-
-    import ray
-
-    port = ray._private.worker.global_worker.node.metrics_export_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     quick = total = 0.0
-    for line in text.splitlines():
-        if not line.startswith("ray_serve_batch_wait_time_ms") or "route_batch" not in line:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-        if labels.get("replica") not in replicas:
-            continue
-        value = float(line.rsplit(" ", 1)[1])
-        if line.startswith("ray_serve_batch_wait_time_ms_count"):
-            total += value
-        elif labels.get("le") in ("2", "2.0"):
-            quick += value
+    for name, series in _scrape("ray_serve_batch_wait_time_ms").items():
+        for labels, value in series:
+            if "route_batch" not in labels.get("function_name", "") or labels.get("replica") not in replicas:
+                continue
+            if name == "ray_serve_batch_wait_time_ms_count":
+                total += value
+            elif name == "ray_serve_batch_wait_time_ms_bucket" and labels.get("le") in ("2", "2.0"):
+                quick += value
     return quick, total
 
 
@@ -545,8 +535,9 @@ def test_the_openapi_schema_tells_the_truth_to_schemathesis(client, world):
     assert out.returncode == 0 and "failure" not in out.stdout.split("SUMMARY")[-1].lower(), out.stdout[-6000:]
 
 
-def _scrape() -> dict[str, list[tuple[dict, float]]]:
-    """Ray's metrics endpoint on this node, parsed: metric name -> [(labels, value)]."""
+def _scrape(prefix: str = "ray_barp_") -> dict[str, list[tuple[dict, float]]]:
+    """Ray's metrics endpoint on this node, parsed: metric name -> [(labels, value)] for the names
+    that start with `prefix`."""
     import re
     import urllib.request
 
@@ -556,7 +547,7 @@ def _scrape() -> dict[str, list[tuple[dict, float]]]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: dict[str, list[tuple[dict, float]]] = {}
     for line in text.splitlines():
-        m = re.match(r'^(ray_barp_\w+)\{(.*)\} (\S+)$', line)
+        m = re.match(rf'^({re.escape(prefix)}\w*)\{{(.*)\}} (\S+)$', line)
         if m:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
             out.setdefault(m.group(1), []).append((labels, float(m.group(3))))
