@@ -10,7 +10,7 @@ import sys
 
 COMMANDS = {
     "train": ("barp_ray.train", "train a router with RLlib and write a checkpoint"),
-    "eval": ("barp_ray.eval_cli", "evaluate BaRP against baselines; write tables, plots and JSON"),
+    "eval": ("barp_ray.evaluation.cli", "evaluate BaRP against baselines; write tables, plots and JSON"),
     "import-feedback": ("serve.feedback_import", "move an old JSONL feedback log into the configured feedback store"),
 }
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from barp_ray.early_stopping import SWEEP  # noqa: E402
+from barp_ray.training.early_stopping import SWEEP  # noqa: E402
 from familiarity_fallback import critic_estimates  # noqa: E402  (bench/, this script's own folder)
 
 
@@ -32,7 +32,7 @@ def main() -> int:
 
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
-    from barp_ray.evaluate import score_actions
+    from barp_ray.scoring import score_actions
     from barp_ray.policy import RoutingPolicy
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from barp_ray.early_stopping import SWEEP  # noqa: E402  (the 11-point sweep training's early stopping scores)
+from barp_ray.training.early_stopping import SWEEP  # noqa: E402  (the 11-point sweep training's early stopping scores)
 
 
 def familiarity(query: np.ndarray, index: np.ndarray, k: int = 10, chunk: int = 2048) -> np.ndarray:
@@ -55,7 +55,7 @@ def critic_estimates(ckpt: str, embeddings: np.ndarray) -> tuple[np.ndarray, np.
 def main() -> int:
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
-    from barp_ray.evaluate import greedy_actions, score_actions
+    from barp_ray.scoring import greedy_actions, score_actions
     from barp_ray.policy import RoutingPolicy
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

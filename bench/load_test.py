@@ -227,7 +227,7 @@ def main() -> int:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", object_store_memory=300 * 1024**2)
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from barp_ray.train import train
+        from barp_ray.training.run import train
 
         checkpoint = train(apply_overrides(cfg, ["training.iterations=60", f"output.checkpoint_dir={out / 'ckpt'}"]),
                            progress=False).checkpoint

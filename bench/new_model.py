@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from barp_ray.config import apply_overrides, load_config  # noqa: E402
-from barp_ray.experiment import preference_grid  # noqa: E402
-from barp_ray.metrics import operating_point  # noqa: E402
+from barp_ray.evaluation.experiment import preference_grid  # noqa: E402
+from barp_ray.evaluation.metrics import operating_point  # noqa: E402
 
 HEAD = ["policy.head=model_conditioned"]
 
@@ -53,7 +53,7 @@ def evaluate(policy, data, prefs) -> dict:
 
 
 def oracle_share(data, prefs) -> list[list[float]]:
-    from barp_ray.evaluate import reward_matrix
+    from barp_ray.scoring import reward_matrix
 
     out = []
     for w in prefs:
@@ -66,7 +66,7 @@ def run(args) -> dict:
     from barp_ray.data.prepare import prepare
     from barp_ray.model_cards import cards_for
     from barp_ray.policy import RoutingPolicy
-    from barp_ray.train import train
+    from barp_ray.training.run import train
 
     base = apply_overrides(load_config(args.config or None), [*HEAD, *args.set])
     data = prepare(base)

@@ -120,7 +120,7 @@ class LinUCBPlayer:
     """LinUCB on the MiniLM embedding, fed the same prompts and the same world as the service."""
 
     def __init__(self, world, embeddings: dict[str, np.ndarray], seed: int, batch: int = 32):
-        from barp_ray.baselines.bandits import LinUCB
+        from barp_ray.evaluation.baselines.bandits import LinUCB
 
         self.world, self.emb, self.batch = world, embeddings, batch
         self.learner = LinUCB(len(world.models), dims=32, alpha=0.5, seed=seed)

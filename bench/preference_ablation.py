@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from barp_ray.config import apply_overrides, load_config  # noqa: E402
-from barp_ray.eval_config import EvalConfig  # noqa: E402
-from barp_ray.experiment import (  # noqa: E402
+from barp_ray.evaluation.config import EvalConfig  # noqa: E402
+from barp_ray.evaluation.experiment import (  # noqa: E402
     PolicyRouter,
     default_preference,
     fit_offline,
@@ -37,7 +37,7 @@ from barp_ray.experiment import (  # noqa: E402
     reference_routers,
     score_router,
 )
-from barp_ray.results import FULL_INFO, SINGLE, derive  # noqa: E402
+from barp_ray.evaluation.results import FULL_INFO, SINGLE, derive  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -58,7 +58,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 def run(args) -> dict:
     from barp_ray.data.prepare import prepare
     from barp_ray.policy import RoutingPolicy
-    from barp_ray.train import train
+    from barp_ray.training.run import train
 
     base = load_config(args.config)
     if args.set:

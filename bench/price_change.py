@@ -40,7 +40,7 @@ def main() -> None:
     from ray import serve
 
     from barp_ray.config import apply_overrides, load_config
-    from barp_ray.train import train
+    from barp_ray.training.run import train
     from serve.app import app_builder
 
     ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False)

@@ -126,7 +126,7 @@ def main() -> int:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", object_store_memory=300 * 1024**2)
     ckpt = args.checkpoint
     if ckpt is None:
-        from barp_ray.train import train
+        from barp_ray.training.run import train
 
         ckpt = train(apply_overrides(cfg, ["training.iterations=30", f"output.checkpoint_dir={work / 'ckpt'}"]),
                      progress=False).checkpoint

@@ -176,7 +176,7 @@ class PlainLoop:
         self.scores, self.costs, self.tau = data.train.scores, data.train.costs, data.tau
         n, k = self.scores.shape
         self.n = n
-        # Mirror training.normalize_advantages (barp_ray/learner.py) where the config has that field.
+        # Mirror training.normalize_advantages (barp_ray/training/learner.py) where the config has that field.
         self.normalize = bool(getattr(self.t, "normalize_advantages", False))
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
@@ -225,7 +225,7 @@ class RLlibLoop:
     """`build_algo_config(...).build_algo()`; step() = one `algo.train()` with this iteration's timers."""
 
     def __init__(self, data_ref, data: PreparedData, cfg: TrainConfig):
-        from barp_ray.train import build_algo_config
+        from barp_ray.training.run import build_algo_config
 
         t0 = time.perf_counter()
         self.algo = build_algo_config(cfg, data_ref, data.tau).build_algo()

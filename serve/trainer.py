@@ -129,8 +129,8 @@ class ContinuousTrainer:
     def _build(self, module):
         from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-        from barp_ray.algorithm import BaRPConfig
         from barp_ray.rl_module import BaRPRLModule
+        from barp_ray.training.algorithm import BaRPConfig
 
         t = self.t
         config = (

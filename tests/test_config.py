@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
     import yaml
 
-    from barp_ray.eval_config import load_eval_config
+    from barp_ray.evaluation.config import load_eval_config
 
     assert load_config(None).data.source == "synthetic"
     monkeypatch.chdir(ROOT)  # shipped configs use paths relative to the repository root

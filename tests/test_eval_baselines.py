@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from barp_ray.baselines import (
+from barp_ray.evaluation.baselines import (
     BestLabelRouter,
     EpsilonGreedy,
     KNNRouter,
@@ -15,8 +15,8 @@ from barp_ray.baselines import (
     UniformRandom,
     train_bandit,
 )
-from barp_ray.baselines.full_info import best_label_targets
-from barp_ray.metrics import operating_point
+from barp_ray.evaluation.baselines.full_info import best_label_targets
+from barp_ray.evaluation.metrics import operating_point
 from envs.preference import PreferenceSampler
 from envs.reward import reward
 from envs.routing_env import BanditData, BanditRounds

@@ -4,10 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from barp_ray import cli, eval_cli
+from barp_ray import cli
+from barp_ray.evaluation import cli as eval_cli
 from barp_ray.policy import read_meta
-from barp_ray.report import markdown
-from barp_ray.results import ResultsError, load_results
+from barp_ray.evaluation.report import markdown
+from barp_ray.evaluation.results import ResultsError, load_results
 
 SMALL = [
     "--set", "data.synthetic_prompts=1200",  # the same world as tests/test_training.py: embeddings are cached once
@@ -164,7 +165,7 @@ def test_barp_dispatches_eval(capsys):
 def test_example_eval_config_spells_out_the_defaults():
     from pathlib import Path
 
-    from barp_ray.eval_config import EvalConfig, load_eval_config
+    from barp_ray.evaluation.config import EvalConfig, load_eval_config
 
     assert load_eval_config(Path(__file__).parents[1] / "configs" / "eval.yaml") == EvalConfig().validate()
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from barp_ray.metrics import (
+from barp_ray.evaluation.metrics import (
     aiq,
     call_performance,
     cost_to_reach,
@@ -16,7 +16,7 @@ from barp_ray.metrics import (
     per_task,
     relative_difference,
 )
-from barp_ray.results import derive, mean_std
+from barp_ray.evaluation.results import derive, mean_std
 
 # 4 prompts x 2 models; tau = 1 so normalised cost = min(c, 1).
 SCORES = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 1.0], [1.0, 1.0]])
@@ -160,7 +160,7 @@ def test_derive_summary_on_hand_made_results():
 
 
 def test_paired_bootstrap_tells_a_real_difference_from_noise():
-    from barp_ray.significance import best_single_per_preference, paired_bootstrap
+    from barp_ray.evaluation.significance import best_single_per_preference, paired_bootstrap
 
     rng = np.random.default_rng(0)
     noise = rng.normal(0.0, 0.3, size=(2, 500))

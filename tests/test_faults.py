@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.data.prepare import split_tables
-from barp_ray.train import train
+from barp_ray.training.run import train
 from http_client import TOKEN, Client, free_port, route_and_feedback, stored_reward_ids, wait_for
 from openai_upstream import Upstream
 

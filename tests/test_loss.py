@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from barp_ray.learner import LossSettings, barp_loss
+from barp_ray.training.learner import LossSettings, barp_loss
 
 
 def _logit_grad(settings: LossSettings) -> torch.Tensor:
@@ -54,7 +54,7 @@ def test_a_model_the_logged_decision_could_not_choose_gets_no_probability_and_no
 
 
 def test_per_preference_advantage_scale_divides_each_band_by_its_own_spread():
-    from barp_ray.learner import advantage_scale
+    from barp_ray.training.learner import advantage_scale
 
     w = torch.tensor([[0.05, 0.95]] * 50 + [[0.95, 0.05]] * 50)
     r = torch.cat([0.01 * torch.randn(50, generator=torch.Generator().manual_seed(0)),

@@ -37,7 +37,7 @@ def test_training_survives_sigkill_of_a_worker_node_and_finishes_with_a_checkpoi
     import ray
 
     from barp_ray.policy import RoutingPolicy
-    from barp_ray.train import train
+    from barp_ray.training.run import train
 
     workers = [cluster.add_node(num_cpus=1, resources={"rollout_node": 1}, object_store_memory=100 * MB) for _ in range(3)]
     ray.init(address=cluster.address)
@@ -94,7 +94,7 @@ def test_serving_survives_losing_the_node_with_the_store_client_and_the_trainer(
     from ray.serve.schema import ServeDeploySchema
 
     from barp_ray.data.prepare import split_tables
-    from barp_ray.train import train
+    from barp_ray.training.run import train
     from http_client import TOKEN, Client, free_port, route_and_feedback, wait_for
     from serve.feedback_db import PostgresDatabase
     from serve.feedback_store import RewardReader

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from barp_ray.config import apply_overrides, load_config
-from barp_ray.train import train
+from barp_ray.training.run import train
 from http_client import TOKEN, Client, free_port, wait_for
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.data.prepare import split_tables
-from barp_ray.train import train
+from barp_ray.training.run import train
 from envs.reward import reward
 
 W = (0.8, 0.2)

@@ -7,7 +7,7 @@ import pytest
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.data.prepare import prepare
 from barp_ray.policy import CheckpointError, RoutingPolicy
-from barp_ray.train import train
+from barp_ray.training.run import train
 
 W = (0.8, 0.2)
 
@@ -31,7 +31,7 @@ def built_algo(cfg, **kw):
     """The RLlib algorithm train() builds, on the config's own split, for tests that step it by hand."""
     import ray
 
-    from barp_ray.train import build_algo_config
+    from barp_ray.training.run import build_algo_config
     from envs.routing_env import BanditData
 
     data = prepare(cfg)
@@ -170,7 +170,7 @@ def test_model_conditioned_policy_offers_a_model_it_never_trained_on_and_warm_st
 
     from barp_ray.config import ConfigError
     from barp_ray.model_cards import cards_for
-    from barp_ray.train import build_algo_config, model_cards, warm_start
+    from barp_ray.training.run import build_algo_config, model_cards, warm_start
     from envs.routing_env import BanditData
 
     common = ["policy.head=model_conditioned", "training.baseline=critic", "training.critic_form=reward",
@@ -215,7 +215,7 @@ def test_early_stopping_keeps_the_weights_that_route_held_out_train_prompts_best
     makes the later iterations wander, so that is usually not the last one)."""
     import json
 
-    from barp_ray.early_stopping import SWEEP, EarlyStopping, split_prompts
+    from barp_ray.training.early_stopping import SWEEP, EarlyStopping, split_prompts
 
     cfg = small_config(tmp_path, "policy.head=cost_aware", "training.baseline=critic", "training.critic_form=reward",
                        "training.critic_kl_coeff=1.0", "training.iterations=16", "training.lr=0.05",

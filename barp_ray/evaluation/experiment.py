@@ -4,7 +4,7 @@ Data flows one way: the config's split (`barp_ray.data.prepare`) -> routers trai
 split only (BaRP and the bandit baselines through the environment, the offline routers on the
 labelled table) -> choice matrices on the test prompts -> operating points. Derived figures
 (AIQ, call-performance, relative improvements) are computed from these raw points in
-`barp_ray.results`, so the JSON always holds what they were computed from.
+`barp_ray.evaluation.results`, so the JSON always holds what they were computed from.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from barp_ray.baselines import (
+from barp_ray.evaluation.baselines import (
     BARP,
     BestLabelRouter,
     EpsilonGreedy,
@@ -30,12 +30,12 @@ from barp_ray.baselines import (
     UniformRandom,
     train_bandit,
 )
-from barp_ray.baselines.base import FULL_INFO, SINGLE, argmax_choice
+from barp_ray.evaluation.baselines.base import FULL_INFO, SINGLE, argmax_choice
 from barp_ray.config import ConfigError, TrainConfig, apply_overrides, with_head
-from barp_ray.eval_config import EvalConfig
-from barp_ray.metrics import operating_point, per_task, prompt_rewards
+from barp_ray.evaluation.config import EvalConfig
+from barp_ray.evaluation.metrics import operating_point, per_task, prompt_rewards
 from barp_ray.policy import CheckpointError, RoutingPolicy
-from barp_ray.significance import best_single_per_preference, compare_to_barp
+from barp_ray.evaluation.significance import best_single_per_preference, compare_to_barp
 from envs.preference import PreferenceSampler, check_simplex
 
 RESULTS_FORMAT = 1
@@ -216,7 +216,7 @@ def run_evaluation(
     progress: bool = True,
     out=sys.stdout,
 ) -> dict:
-    """Raw results (see `barp_ray.results` for what is derived from them). Trains BaRP unless checkpoints are given."""
+    """Raw results (see `barp_ray.evaluation.results` for what is derived from them). Trains BaRP unless checkpoints are given."""
     from tqdm import tqdm
 
     from barp_ray.data.prepare import prepare
@@ -288,7 +288,7 @@ def run_evaluation(
 
 def paired_comparisons(per_prompt: dict[str, list[np.ndarray]], routers: dict[str, dict]) -> dict[str, dict]:
     """BaRP minus each full-information router, and minus the best single model at each preference,
-    with a paired bootstrap interval over the test prompts (`barp_ray.significance`)."""
+    with a paired bootstrap interval over the test prompts (`barp_ray.evaluation.significance`)."""
     stacked = {n: np.stack(v) for n, v in per_prompt.items()}
     singles = [n for n, e in routers.items() if e["family"] == SINGLE]
     stacked[BEST_SINGLE] = best_single_per_preference(stacked, singles)
@@ -296,7 +296,7 @@ def paired_comparisons(per_prompt: dict[str, list[np.ndarray]], routers: dict[st
 
 
 def _train_barp(train_cfg: TrainConfig, eval_cfg: EvalConfig, name: str, seed: int, progress: bool, out):
-    from barp_ray.train import train
+    from barp_ray.training.run import train
 
     ckpt = Path(eval_cfg.checkpoint_root) / name / f"seed-{seed}"
     cfg = apply_overrides(train_cfg, [f"training.seed={seed}", f"output.checkpoint_dir={ckpt}"])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from barp_ray.baselines.base import FULL_INFO, Router, argmax_choice, predicted_reward
+from barp_ray.evaluation.baselines.base import FULL_INFO, Router, argmax_choice, predicted_reward
 from envs.reward import normalized_cost, reward
 
 

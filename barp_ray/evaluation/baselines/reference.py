@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from barp_ray.baselines.base import ORACLE, REFERENCE, SINGLE, Router, argmax_choice
+from barp_ray.evaluation.baselines.base import ORACLE, REFERENCE, SINGLE, Router, argmax_choice
 from envs.reward import reward
 
 

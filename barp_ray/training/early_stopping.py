@@ -37,7 +37,7 @@ class EarlyStopping:
     best_weights: dict | None = field(default=None, repr=False)
 
     def sweep_reward(self, module) -> float:
-        from barp_ray.evaluate import greedy_actions, score_actions
+        from barp_ray.scoring import greedy_actions, score_actions
 
         return float(np.mean([score_actions(self.table, greedy_actions(module, self.embeddings, w), w, self.tau).reward
                               for w in SWEEP]))

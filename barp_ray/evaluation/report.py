@@ -1,6 +1,6 @@
 """Human-readable views of a derived results dict: a Markdown report and the cost–quality figure.
 
-Reads only what `barp_ray.results.derive` produced, so a report can be re-rendered from a saved
+Reads only what `barp_ray.evaluation.results.derive` produced, so a report can be re-rendered from a saved
 results.json without re-running anything (`write_report(load_results(path), folder)`).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from barp_ray.baselines.base import BANDIT, BARP, FULL_INFO, ORACLE, SINGLE
+from barp_ray.evaluation.baselines.base import BANDIT, BARP, FULL_INFO, ORACLE, SINGLE
 
 FAMILY_ORDER = (BARP, FULL_INFO, BANDIT, "reference", SINGLE, ORACLE)
 MARKDOWN = "results.md"
@@ -302,7 +302,7 @@ def _label_points(ax, xs, ys, names) -> None:
 
 def write_report(res: dict, folder: str | Path, command: str | None = None) -> dict[str, Path]:
     """results.json + results.md + cost_quality.png in `folder`."""
-    from barp_ray.results import save_results
+    from barp_ray.evaluation.results import save_results
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

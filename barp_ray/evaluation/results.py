@@ -2,7 +2,7 @@
 
 `derive(raw)` adds, without touching the raw points:
 * `cost_range` (cheapest and priciest single model's mean test cost) and `gap_targets` (the
-  quality levels of the call-performance figure), see `barp_ray.metrics`;
+  quality levels of the call-performance figure), see `barp_ray.evaluation.metrics`;
 * per router: mean ± std over seeds of reward/quality/cost at every preference, AIQ, cost to reach
   50 %/80 % of the cheapest-to-best single-model gap, per-task figures at the default preference;
 * `summary`: BaRP's relative improvement at the default preference over the best full-information
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from barp_ray.baselines.base import BANDIT, FULL_INFO, SINGLE
-from barp_ray.metrics import aiq, call_performance, gap_targets, hull_dominance, relative_difference
+from barp_ray.evaluation.baselines.base import BANDIT, FULL_INFO, SINGLE
+from barp_ray.evaluation.metrics import aiq, call_performance, gap_targets, hull_dominance, relative_difference
 
 
 class ResultsError(ValueError):
@@ -182,7 +182,7 @@ def load_results(path: str | Path) -> dict:
     missing = [k for k in REQUIRED if k not in res] if isinstance(res, dict) else list(REQUIRED)
     if missing:
         raise ResultsError(f"{path}: not a barp-ray results file (missing {missing})")
-    from barp_ray.experiment import RESULTS_FORMAT
+    from barp_ray.evaluation.experiment import RESULTS_FORMAT
 
     if res["format"] != RESULTS_FORMAT:
         raise ResultsError(f"{path}: results format {res['format']}, this version reads {RESULTS_FORMAT}")

@@ -23,8 +23,8 @@ from ray.rllib.utils.metrics import (
     TIMERS,
 )
 
-from barp_ray.env_runner import BanditEnvRunner, to_train_batch
-from barp_ray.learner import BaRPTorchLearner
+from barp_ray.training.env_runner import BanditEnvRunner, to_train_batch
+from barp_ray.training.learner import BaRPTorchLearner
 from barp_ray.rl_module import BaRPRLModule
 
 BASELINES = ("learned", "mean", "none", "critic")

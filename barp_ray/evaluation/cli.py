@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from barp_ray.config import ConfigError, apply_overrides, load_config, with_head  # noqa: E402
 from barp_ray.data.table import DataError  # noqa: E402
-from barp_ray.eval_config import apply_eval_overrides, load_eval_config  # noqa: E402
+from barp_ray.evaluation.config import apply_eval_overrides, load_eval_config  # noqa: E402
 
 PROG = "barp eval"
 QUICK_TRAIN = {"training.iterations": 20, "training.rounds_per_iteration": 2048}
@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ray_was_up = _ray_is_up()
     try:
-        from barp_ray.experiment import run_evaluation
+        from barp_ray.evaluation.experiment import run_evaluation
         from barp_ray.policy import CheckpointError
-        from barp_ray.report import write_report
-        from barp_ray.results import ResultsError, derive
+        from barp_ray.evaluation.report import write_report
+        from barp_ray.evaluation.results import ResultsError, derive
 
         try:
             if args.render:
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(path: str) -> int:
     """Re-derive from the raw points stored in a results.json and rewrite the report beside it (the command is kept)."""
-    from barp_ray.report import write_report
-    from barp_ray.results import derive, load_results
+    from barp_ray.evaluation.report import write_report
+    from barp_ray.evaluation.results import derive, load_results
 
     res = derive(load_results(path))
     paths = write_report(res, Path(path).parent, command=res.get("command"))
@@ -144,7 +144,7 @@ def render(path: str) -> int:
 
 
 def print_summary(res: dict) -> None:
-    from barp_ray.report import fmt_mean_std, ordered
+    from barp_ray.evaluation.report import fmt_mean_std, ordered
 
     di = [tuple(p) for p in res["preferences"]].index(tuple(res["default_preference"]))
     print(f"\n{res['name']}: test split at w={res['default_preference']}  (reward / score / $ per 1k queries / AIQ)")

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from barp_ray.baselines.base import BANDIT, Router, argmax_choice
+from barp_ray.evaluation.baselines.base import BANDIT, Router, argmax_choice
 
 
 class BanditFeedback(Protocol):
