@@ -32,8 +32,8 @@ def main() -> int:
 
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
-    from barp_ray.scoring import score_actions
     from barp_ray.policy import RoutingPolicy
+    from barp_ray.scoring import score_actions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)

@@ -55,8 +55,8 @@ def critic_estimates(ckpt: str, embeddings: np.ndarray) -> tuple[np.ndarray, np.
 def main() -> int:
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
-    from barp_ray.scoring import greedy_actions, score_actions
     from barp_ray.policy import RoutingPolicy
+    from barp_ray.scoring import greedy_actions, score_actions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)

@@ -27,8 +27,8 @@ def run_case(name: str, overrides: list[str], iterations: int, data, ray_mod) ->
     import torch
 
     from barp_ray.config import apply_overrides, load_config
-    from barp_ray.scoring import greedy_actions, score_actions
     from barp_ray.policy import META_FILE, RoutingPolicy
+    from barp_ray.scoring import greedy_actions, score_actions
     from barp_ray.training.run import build_algo_config
     from envs.routing_env import BanditData
 

@@ -6,9 +6,9 @@ import pytest
 
 from barp_ray import cli
 from barp_ray.evaluation import cli as eval_cli
-from barp_ray.policy import read_meta
 from barp_ray.evaluation.report import markdown
 from barp_ray.evaluation.results import ResultsError, load_results
+from barp_ray.policy import read_meta
 
 SMALL = [
     "--set", "data.synthetic_prompts=1200",  # the same world as tests/test_training.py: embeddings are cached once

@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     ray_was_up = _ray_is_up()
     try:
         from barp_ray.evaluation.experiment import run_evaluation
-        from barp_ray.policy import CheckpointError
         from barp_ray.evaluation.report import write_report
         from barp_ray.evaluation.results import ResultsError, derive
+        from barp_ray.policy import CheckpointError
 
         try:
             if args.render:

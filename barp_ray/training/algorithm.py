@@ -23,9 +23,9 @@ from ray.rllib.utils.metrics import (
     TIMERS,
 )
 
+from barp_ray.rl_module import BaRPRLModule
 from barp_ray.training.env_runner import BanditEnvRunner, to_train_batch
 from barp_ray.training.learner import BaRPTorchLearner
-from barp_ray.rl_module import BaRPRLModule
 
 BASELINES = ("learned", "mean", "none", "critic")
 

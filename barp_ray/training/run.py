@@ -57,8 +57,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
 
-    from barp_ray.training.algorithm import BaRPConfig
     from barp_ray.rl_module import BaRPRLModule
+    from barp_ray.training.algorithm import BaRPConfig
     from envs.routing_env import RoutingBanditEnv
 
     if cfg.policy.head == "cost_aware" and costs is None:
@@ -176,11 +176,11 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     import ray
     from tqdm import tqdm
 
-    from barp_ray.training.curves import CURVE_PREFERENCES, CurveWriter
     from barp_ray.data.prepare import prepare
-    from barp_ray.scoring import greedy_actions, reference_points, score_actions
     from barp_ray.model_cards import FEATURES
     from barp_ray.policy import META_FILE
+    from barp_ray.scoring import greedy_actions, reference_points, score_actions
+    from barp_ray.training.curves import CURVE_PREFERENCES, CurveWriter
     from envs.routing_env import BanditData
 
     start = time.time()
