@@ -79,7 +79,8 @@ def test_paired_differences_agree_with_the_stored_means(evaluated):
     difference at each preference must equal the difference of the saved mean rewards."""
     res = load_results(evaluated / "res" / "results.json")
     paired = res["paired"]
-    assert set(paired) == {"kNN", "score MLP", "best-label classifier", "best single model"}
+    assert set(paired) == {"kNN", "score MLP", "best-label classifier", "best single model",
+                           "best single model (chosen on train)"}
     barp = np.asarray([[p["reward"] for p in r["points"]] for r in res["routers"]["BaRP"]["runs"]]).mean(axis=0)
     for name in ("kNN", "score MLP"):
         theirs = np.asarray([[p["reward"] for p in r["points"]] for r in res["routers"][name]["runs"]]).mean(axis=0)
@@ -88,6 +89,13 @@ def test_paired_differences_agree_with_the_stored_means(evaluated):
     singles = [n for n, e in res["routers"].items() if e["family"] == "single model"]
     best = np.max([[p["reward"] for p in res["routers"][n]["runs"][0]["points"]] for n in singles], axis=0)
     assert paired["best single model"]["mean"] == pytest.approx(barp - best, abs=1e-9)
+    # The train-picked single model: named per preference, and its paired mean is BaRP minus that model's saved mean.
+    picks = res["best_single_on_train"]
+    assert len(picks) == len(res["preferences"]) and set(picks) <= set(singles)
+    picked = [res["routers"][m]["runs"][0]["points"][i]["reward"] for i, m in enumerate(picks)]
+    assert paired["best single model (chosen on train)"]["mean"] == pytest.approx(barp - np.asarray(picked), abs=1e-9)
+    # never above the test-picked one, which is the best of the same models on these prompts
+    assert all(m >= b - 1e-12 for m, b in zip(paired["best single model (chosen on train)"]["mean"], barp - best))
     assert "Paired over the test prompts" in (evaluated / "res" / "results.md").read_text()
 
 

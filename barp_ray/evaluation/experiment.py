@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from barp_ray.config import ConfigError, TrainConfig, apply_overrides, with_head
 from barp_ray.evaluation.baselines import (
     BARP,
     BestLabelRouter,
@@ -31,15 +32,18 @@ from barp_ray.evaluation.baselines import (
     train_bandit,
 )
 from barp_ray.evaluation.baselines.base import FULL_INFO, SINGLE, argmax_choice
-from barp_ray.config import ConfigError, TrainConfig, apply_overrides, with_head
 from barp_ray.evaluation.config import EvalConfig
 from barp_ray.evaluation.metrics import operating_point, per_task, prompt_rewards
+from barp_ray.evaluation.significance import best_single_per_preference, compare_to_barp, single_per_preference
 from barp_ray.policy import CheckpointError, RoutingPolicy
-from barp_ray.evaluation.significance import best_single_per_preference, compare_to_barp
 from envs.preference import PreferenceSampler, check_simplex
+from envs.reward import reward
 
 RESULTS_FORMAT = 1
 BEST_SINGLE = "best single model"
+# The single model a deployment could commit to without the test outcomes: best mean reward on the
+# train prompts at that preference. Out of distribution it differs from the test-picked one.
+BEST_SINGLE_ON_TRAIN = "best single model (chosen on train)"
 
 
 class PolicyRouter(Router):
@@ -282,17 +286,26 @@ def run_evaluation(
         "train_config": train_cfg.to_dict(),
         "eval_config": eval_cfg.to_dict(),
         "routers": routers_out,
-        "paired": paired_comparisons(per_prompt, routers_out),
+        "best_single_on_train": (on_train := best_single_on_train(data, prefs)),
+        "paired": paired_comparisons(per_prompt, routers_out, on_train),
     }
 
 
-def paired_comparisons(per_prompt: dict[str, list[np.ndarray]], routers: dict[str, dict]) -> dict[str, dict]:
-    """BaRP minus each full-information router, and minus the best single model at each preference,
-    with a paired bootstrap interval over the test prompts (`barp_ray.evaluation.significance`)."""
+def best_single_on_train(data, prefs) -> list[str]:
+    """Per preference, the model with the best mean reward over the train prompts."""
+    return [data.train.models[int(np.argmax(reward(data.train.scores, data.train.costs, w[0], w[1], data.tau).mean(axis=0)))]
+            for w in prefs]
+
+
+def paired_comparisons(per_prompt: dict[str, list[np.ndarray]], routers: dict[str, dict], on_train: list[str]) -> dict[str, dict]:
+    """BaRP minus each full-information router, minus the best single model at each preference (picked
+    on the test prompts) and minus the one picked on train, with a paired bootstrap interval over the
+    test prompts (`barp_ray.evaluation.significance`)."""
     stacked = {n: np.stack(v) for n, v in per_prompt.items()}
     singles = [n for n, e in routers.items() if e["family"] == SINGLE]
     stacked[BEST_SINGLE] = best_single_per_preference(stacked, singles)
-    return compare_to_barp(stacked, [n for n, e in routers.items() if e["family"] == FULL_INFO] + [BEST_SINGLE])
+    stacked[BEST_SINGLE_ON_TRAIN] = single_per_preference(stacked, on_train)
+    return compare_to_barp(stacked, [n for n, e in routers.items() if e["family"] == FULL_INFO] + [BEST_SINGLE, BEST_SINGLE_ON_TRAIN])
 
 
 def _train_barp(train_cfg: TrainConfig, eval_cfg: EvalConfig, name: str, seed: int, progress: bool, out):

@@ -191,6 +191,17 @@ def _dominance_lines(res: dict) -> list[str]:
     return lines
 
 
+def _picks(models: list[str], prefs: list) -> str:
+    """'a at w_q 0-0.3, b at 0.4-1': consecutive preferences with the same pick as one range."""
+    runs: list[list] = []
+    for m, w in zip(models, prefs):
+        if runs and runs[-1][0] == m:
+            runs[-1][2] = w[0]
+        else:
+            runs.append([m, w[0], w[0]])
+    return ", ".join(f"`{m}` at {'w_q ' if i == 0 else ''}{a:g}" + (f"–{b:g}" if b != a else "") for i, (m, a, b) in enumerate(runs))
+
+
 def _paired_lines(res: dict) -> list[str]:
     """BaRP − other per preference with a paired bootstrap interval over the test prompts; ↑ / ↓ mark
     an interval entirely above / below 0, the differences the test prompts can tell apart."""
@@ -199,7 +210,9 @@ def _paired_lines(res: dict) -> list[str]:
     lines = [
         f"**Paired over the test prompts** ({res['data']['test_prompts']} prompts, {level:.0%} bootstrap interval of "
         "BaRP − other per prompt, seeds averaged; ↑ / ↓: the interval lies above / below 0; the best single model is "
-        "chosen per column on these prompts). A mean difference without a mark is within what the test set can resolve.",
+        "chosen per column on these prompts, the one chosen on train by its mean train reward at that preference"
+        + (f": {_picks(res['best_single_on_train'], prefs)}" if res.get("best_single_on_train") else "")
+        + "). A mean difference without a mark is within what the test set can resolve.",
         "",
         "| BaRP − | " + " | ".join(f"{w[0]:g}" for w in prefs) + " | BaRP worse at w_q (↓) | BaRP better at w_q (↑) |",
         "| --- |" + " --- |" * (len(prefs) + 2),

@@ -39,9 +39,13 @@ def compare_to_barp(per_prompt: dict[str, np.ndarray], names: list[str], **kw) -
     return out
 
 
+def single_per_preference(per_prompt: dict[str, np.ndarray], picks: list[str]) -> np.ndarray:
+    """[1, preferences, prompts]: at preference i, the rewards of the single model picks[i]."""
+    return np.stack([per_prompt[name][0][i] for i, name in enumerate(picks)])[None]
+
+
 def best_single_per_preference(per_prompt: dict[str, np.ndarray], singles: list[str]) -> np.ndarray:
     """[1, preferences, prompts]: at each preference, the rewards of the single model with the best mean
     there (chosen on these test prompts, as the goal's bar is)."""
     stack = np.stack([per_prompt[n][0] for n in singles])  # [models, preferences, prompts]
-    best = stack.mean(axis=2).argmax(axis=0)
-    return stack[best, np.arange(stack.shape[1])][None]
+    return single_per_preference(per_prompt, [singles[b] for b in stack.mean(axis=2).argmax(axis=0)])
