@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 
 class Preference(BaseModel):
@@ -19,14 +19,35 @@ class Preference(BaseModel):
 
 
 Knob = Annotated[float, Field(ge=0.0, le=1.0, strict=True, allow_inf_nan=False)]
+# [w_q, w_c], the form the paper, the configs and the Python API write; normalised like {quality, cost}.
+Pair = Annotated[list[Knob], Field(min_length=2, max_length=2, json_schema_extra={"contains": {"exclusiveMinimum": 0}})]
+
+
+def _preference_form(v) -> str | None:
+    if isinstance(v, (dict, Preference)):
+        return "object"
+    if isinstance(v, (list, tuple)):
+        return "pair"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return "knob"
+    return None
+
+
+# Tagged by the value's JSON type, so a wrong value is told what its own form needs (not three
+# forms' complaints at once) and one of the wrong type gets one line naming the three forms.
+PreferenceInput = Annotated[
+    Union[Annotated[Preference, Tag("object")], Annotated[Pair, Tag("pair")], Annotated[Knob, Tag("knob")]],
+    Discriminator(_preference_form, custom_error_type="preference_form",
+                  custom_error_message="expected {quality, cost}, a [w_q, w_c] pair, or one number k in [0, 1] meaning (k, 1 - k)"),
+]
+
+PREFERENCE_HELP = "{quality, cost} weights or a [w_q, w_c] pair (normalised to sum to 1), or one knob k in [0,1] meaning (k, 1-k)"
 
 
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(..., min_length=1, description="the user's prompt")
-    preference: Union[Preference, Knob] = Field(
-        0.8, description="{quality, cost} weights (normalised to sum to 1), or one knob k in [0,1] meaning (k, 1-k)"
-    )
+    preference: PreferenceInput = Field(0.8, description=PREFERENCE_HELP)
     mode: Literal["explore", "greedy", "sample"] = Field(
         "explore",
         description=(
@@ -46,6 +67,10 @@ class RouteRequest(BaseModel):
             if not v.quality + v.cost > 0:
                 raise ValueError("quality and cost cannot both be 0")
             return v
+        if isinstance(v, list):
+            if not sum(v) > 0:
+                raise ValueError("w_q and w_c cannot both be 0")
+            return v
         if isinstance(v, bool) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
             raise ValueError(f"a single knob must be a number in [0, 1], got {v}")
         return v
@@ -54,6 +79,9 @@ class RouteRequest(BaseModel):
         if isinstance(self.preference, Preference):
             total = self.preference.quality + self.preference.cost
             return self.preference.quality / total, self.preference.cost / total
+        if isinstance(self.preference, list):
+            wq, wc = self.preference
+            return wq / (wq + wc), wc / (wq + wc)
         return float(self.preference), 1.0 - float(self.preference)
 
 
@@ -89,7 +117,7 @@ class RouteOptions(BaseModel):
     """`barp` in a chat request: how barp-auto routes it (the prompt is the last user message)."""
 
     model_config = ConfigDict(extra="forbid")
-    preference: Union[Preference, Knob] = RouteRequest.model_fields["preference"]
+    preference: PreferenceInput = Field(0.8, description=PREFERENCE_HELP)
     mode: Literal["explore", "greedy", "sample"] = "explore"
     candidates: Optional[list[str]] = Field(None, min_length=1, description="restrict routing to these models")
 

@@ -175,6 +175,30 @@ def test_route_response_shape(client, world):
     assert st == 200 and "/v1/route" in schema["paths"] and "/v1/feedback" in schema["paths"]
 
 
+def test_a_preference_pair_routes_as_the_same_weights_written_as_an_object(client):
+    """[w_q, w_c] is how the paper, the configs and the Python API write a preference; over HTTP it
+    means what {quality, cost} means, normalised the same way."""
+    prompt = "Summarise the causes of the French Revolution in three sentences."
+
+    def served(*prefs):
+        """The distribution each preference is served from, all under one policy version (the
+        trainer may still be publishing updates from earlier tests' feedback)."""
+        for _ in range(10):
+            rows = [client.post("/v1/route", {"prompt": prompt, "preference": w}) for w in prefs]
+            assert all(st == 200 for st, _ in rows), rows
+            if len({r["policy_version"] for _, r in rows}) == 1:
+                return [r["probabilities"] for _, r in rows]
+        raise AssertionError("the policy version kept changing")
+
+    pair, obj = served([0.9, 0.1], {"quality": 0.9, "cost": 0.1})
+    assert pair == pytest.approx(obj, abs=1e-6)
+    pair, obj, knob, far = served([0.6, 0.2], {"quality": 0.6, "cost": 0.2}, 0.75, [0.1, 0.9])
+    assert pair == pytest.approx(obj, abs=1e-6) and pair == pytest.approx(knob, abs=1e-6)
+    assert pair != pytest.approx(far, abs=1e-3)  # the preference does reach the policy
+    st, r = client.post("/v1/route", {"prompt": prompt, "preference": "high"})
+    assert st == 422 and r["error"].startswith("preference: expected {quality, cost}, a [w_q, w_c] pair"), r
+
+
 @pytest.mark.parametrize(
     "path, body, status, field",
     [
@@ -186,6 +210,9 @@ def test_route_response_shape(client, world):
         ("/v1/route", {"prompt": "hi", "preference": {"quality": -0.2, "cost": 1.2}}, 422, "preference"),
         ("/v1/route", {"prompt": "hi", "preference": 1.5}, 422, "preference"),
         ("/v1/route", {"prompt": "hi", "preference": "cheap"}, 422, "preference"),
+        ("/v1/route", {"prompt": "hi", "preference": [0, 0]}, 422, "preference"),
+        ("/v1/route", {"prompt": "hi", "preference": [0.5]}, 422, "preference"),
+        ("/v1/route", {"prompt": "hi", "preference": [0.5, 1.5]}, 422, "preference"),
         ("/v1/route", {"prompt": "hi", "mode": "random"}, 422, "mode"),
         ("/v1/route", {"prompt": "hi", "candidates": ["gpt-9"]}, 422, "candidates"),
         ("/v1/route", {"prompt": "hi", "candidates": []}, 422, "candidates"),
