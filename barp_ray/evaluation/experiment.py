@@ -42,7 +42,7 @@ from envs.reward import reward
 RESULTS_FORMAT = 1
 BEST_SINGLE = "best single model"
 # The single model a deployment could commit to without the test outcomes: best mean reward on the
-# train prompts at that preference. Out of distribution it differs from the test-picked one.
+# train prompts at that preference; the test-picked one is a bar no deployment could have chosen.
 BEST_SINGLE_ON_TRAIN = "best single model (chosen on train)"
 
 
