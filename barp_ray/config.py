@@ -115,6 +115,7 @@ class PolicyConfig:
     model_id_dropout: float = 0.1  # model_conditioned: chance a (round, model) pair is scored as an unknown model
     quality_gate: bool = True  # cost_aware: the learned logits are multiplied by w_q (False: added as they are)
     cost_scale: float = 5.0  # cost_aware: initial s in w_c * s * cost (how sharply cost counts; Adam moves it little)
+    embedding_dropout: float = 0.0  # > 0: dropout on h(x) in the training forward only (policy and critic), against fitting the train tasks
 
     def validate(self) -> None:
         _one_of("policy.head", self.head, POLICY_HEADS)
@@ -124,6 +125,8 @@ class PolicyConfig:
             raise ConfigError(f"policy.quality_gate: must be true or false, got {self.quality_gate!r}")
         if not 0.0 <= self.model_id_dropout < 1.0:
             raise ConfigError(f"policy.model_id_dropout: must be in [0, 1), got {self.model_id_dropout}")
+        if not isinstance(self.embedding_dropout, (int, float)) or not 0.0 <= self.embedding_dropout < 1.0:
+            raise ConfigError(f"policy.embedding_dropout: must be in [0, 1), got {self.embedding_dropout!r}")
         for name in ("preference_hidden", "head_hidden"):
             sizes = getattr(self, name)
             if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):

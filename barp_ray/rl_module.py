@@ -100,6 +100,7 @@ class BaRPRLModule(TorchRLModule):
         if self.critic_form not in CRITIC_FORMS:
             raise ValueError(f"critic_form must be one of {CRITIC_FORMS}, got {self.critic_form!r}")
         self.exploration_floor = float(cfg.get("exploration_floor", 0.0))
+        self.embedding_dropout = float(cfg.get("embedding_dropout", 0.0))
         if self.head == "model_conditioned":
             self._setup_model_conditioned(cfg, emb_dim, pref_hidden, head_hidden, k)
             return
@@ -251,6 +252,11 @@ class BaRPRLModule(TorchRLModule):
         return {Columns.ACTION_DIST_INPUTS: torch.log(mixed)}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if self.training and self.embedding_dropout > 0:
+            # Only the loss's forward: rollouts and serving see the whole embedding, so the policy
+            # learns not to lean on any few of its coordinates (the ones that name a train task).
+            obs = batch[Columns.OBS]
+            batch = {**batch, Columns.OBS: {**obs, "embedding": nn.functional.dropout(obs["embedding"], self.embedding_dropout)}}
         z = self._features(batch)
         models = self._model_inputs(len(z), drop=self.training) if self.head == "model_conditioned" else None
         out = {Columns.ACTION_DIST_INPUTS: self._logits(batch, z, models)}

@@ -116,6 +116,27 @@ def test_exploration_floor_keeps_every_model_in_the_rollouts_but_not_in_serving(
     assert torch.allclose(rollout[:, 1:], torch.full_like(rollout[:, 1:], 0.2 / 4), atol=1e-4)
 
 
+def test_embedding_dropout_acts_in_the_loss_forward_only():
+    """The learner's forward drops embedding coordinates (a different draw each call, the critic
+    included); rollouts, evaluation and serving read the whole embedding."""
+    from ray.rllib.core.columns import Columns
+
+    from barp_ray.rl_module import BASELINE
+
+    module, batch = _module(embedding_dropout=0.5, critic=True, critic_form="reward"), _batch()
+    module.train()
+    first, second = module._forward_train(batch), module._forward_train(batch)
+    assert not torch.allclose(first[Columns.ACTION_DIST_INPUTS], second[Columns.ACTION_DIST_INPUTS])
+    assert not torch.allclose(first[BASELINE], second[BASELINE])
+    served = [module._forward_exploration(batch)[Columns.ACTION_DIST_INPUTS] for _ in range(2)]
+    assert torch.equal(served[0], served[1])
+    module.eval()
+    assert torch.allclose(module._forward_train(batch)[Columns.ACTION_DIST_INPUTS], served[0])
+    plain = _module(critic=True, critic_form="reward")  # same seed, same weights, no dropout
+    plain.train()
+    assert torch.allclose(plain._forward_train(batch)[Columns.ACTION_DIST_INPUTS], served[0])
+
+
 def test_reward_shaped_critic_is_linear_in_the_preference():
     """Q(x, w, a) = w_q q(x, a) - w_c c(x, a): what is learned at one w is known at every other."""
     from ray.rllib.core.columns import Columns
