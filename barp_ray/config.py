@@ -125,8 +125,8 @@ class PolicyConfig:
             raise ConfigError(f"policy.quality_gate: must be true or false, got {self.quality_gate!r}")
         if not 0.0 <= self.model_id_dropout < 1.0:
             raise ConfigError(f"policy.model_id_dropout: must be in [0, 1), got {self.model_id_dropout}")
-        if not isinstance(self.embedding_dropout, (int, float)) or not 0.0 <= self.embedding_dropout < 1.0:
-            raise ConfigError(f"policy.embedding_dropout: must be in [0, 1), got {self.embedding_dropout!r}")
+        if not 0.0 <= self.embedding_dropout < 1.0:
+            raise ConfigError(f"policy.embedding_dropout: must be in [0, 1), got {self.embedding_dropout}")
         for name in ("preference_hidden", "head_hidden"):
             sizes = getattr(self, name)
             if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
