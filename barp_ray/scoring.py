@@ -37,10 +37,15 @@ def score_actions(table: RoutingTable, actions: np.ndarray, preference, tau: flo
     )
 
 
+def best_single_model(table: RoutingTable, preference, tau: float) -> int:
+    """The model with the best mean reward over the table's prompts at preference w."""
+    return int(np.argmax(reward_matrix(table, preference, tau).mean(axis=0)))
+
+
 def reference_points(train: RoutingTable, test: RoutingTable, preference, tau: float) -> dict[str, RouterScore]:
     """Uniform-random routing, the single model that is best on *train*, the largest/priciest model, the oracle."""
     r_test = reward_matrix(test, preference, tau)
-    best_single = int(np.argmax(reward_matrix(train, preference, tau).mean(axis=0)))
+    best_single = best_single_model(train, preference, tau)
     priciest = int(np.argmax(train.costs.mean(axis=0)))
     return {
         "random": RouterScore(

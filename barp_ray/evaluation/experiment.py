@@ -36,8 +36,8 @@ from barp_ray.evaluation.config import EvalConfig
 from barp_ray.evaluation.metrics import operating_point, per_task, prompt_rewards
 from barp_ray.evaluation.significance import best_single_per_preference, compare_to_barp, single_per_preference
 from barp_ray.policy import CheckpointError, RoutingPolicy
+from barp_ray.scoring import best_single_model
 from envs.preference import PreferenceSampler, check_simplex
-from envs.reward import reward
 
 RESULTS_FORMAT = 1
 BEST_SINGLE = "best single model"
@@ -293,8 +293,7 @@ def run_evaluation(
 
 def best_single_on_train(data, prefs) -> list[str]:
     """Per preference, the model with the best mean reward over the train prompts."""
-    return [data.train.models[int(np.argmax(reward(data.train.scores, data.train.costs, w[0], w[1], data.tau).mean(axis=0)))]
-            for w in prefs]
+    return [data.train.models[best_single_model(data.train, w, data.tau)] for w in prefs]
 
 
 def paired_comparisons(per_prompt: dict[str, list[np.ndarray]], routers: dict[str, dict], on_train: list[str]) -> dict[str, dict]:
