@@ -76,13 +76,11 @@ class RouteRequest(BaseModel):
         return v
 
     def weights(self) -> tuple[float, float]:
-        if isinstance(self.preference, Preference):
-            total = self.preference.quality + self.preference.cost
-            return self.preference.quality / total, self.preference.cost / total
-        if isinstance(self.preference, list):
-            wq, wc = self.preference
+        p = self.preference
+        if isinstance(p, (Preference, list)):
+            wq, wc = (p.quality, p.cost) if isinstance(p, Preference) else p
             return wq / (wq + wc), wc / (wq + wc)
-        return float(self.preference), 1.0 - float(self.preference)
+        return float(p), 1.0 - float(p)
 
 
 class RouteResponse(BaseModel):
