@@ -1,6 +1,7 @@
 """Load test of the Serve deployment on loopback: latency, throughput, and autoscaling.
 
-    python bench/load_test.py [--quick] [--ingress shipped|proxy|haproxy|direct] [--checkpoint DIR] [--out bench/out/load]
+    python bench/load_test.py [--quick] [--ingress shipped|proxy|haproxy|direct] [--topology split|colocated]
+                              [--router-threads N] [--checkpoint DIR] [--out bench/out/load]
 
 1. floor: the bare encoder + policy forward in this process, per request, at batch 1 and 32;
 2. one replica with @serve.batch max size 1, then 32: one sequential client (p50 against the
@@ -142,7 +143,8 @@ def floor(checkpoint: str, prompts: list[str], repeats: int) -> dict:
     return out
 
 
-def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict, batch_wait_s: float | None = None):
+def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict, batch_wait_s: float | None = None,
+           topology: str = "split", router_threads: int = 0):
     from ray import serve
 
     from serve.app import app_builder
@@ -150,6 +152,7 @@ def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscalin
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = app_builder({
         "checkpoint": checkpoint, "log_dir": str(workdir / "log"), "max_batch_size": max_batch,
+        "topology": topology, "router_threads": router_threads,
         **({} if batch_wait_s is None else {"batch_wait_timeout_s": batch_wait_s}),
         "router_autoscaling": autoscaling, "trainer": {"enabled": False, "state_dir": str(workdir / "trainer")},
         "auth": {"disabled": True},  # local benchmark: routing is open anyway, nothing posts feedback
@@ -182,12 +185,13 @@ def ingress_port() -> int:
     raise RuntimeError("direct ingress: no RouterAPI replica listens on a port in 30000-30999")
 
 
-def router_replicas() -> tuple[int, int]:
-    """(running, running + starting) RouterModel replicas: what serves now, and what the autoscaler asked for."""
+def router_replicas(deployment: str = "RouterModel") -> tuple[int, int]:
+    """(running, running + starting) router replicas (RouterModel, or RouterAPI when colocated): what
+    serves now, and what the autoscaler asked for."""
     from ray import serve
 
     st = serve.status().applications.get("barp")
-    dep = st.deployments.get("RouterModel") if st else None
+    dep = st.deployments.get(deployment) if st else None
     if dep is None:
         return 0, 0
     states = {str(k).split(".")[-1].upper(): v for k, v in dep.replica_states.items()}
@@ -206,6 +210,10 @@ def main() -> int:
                         "switches); proxy: Serve's defaults (its Python HTTP proxy); haproxy: HAProxy alone; direct: the "
                         "RouterAPI replica's own HTTP port with no proxy at all (what an external load balancer does)")
     p.add_argument("--batch-wait-s", type=float, help="the router's batch_wait_timeout_s (default: the app's)")
+    p.add_argument("--topology", choices=["split", "colocated"], default="split",
+                   help="split: ingress -> RouterModel replicas (the default); colocated: the ingress routes itself")
+    p.add_argument("--router-threads", type=int, default=0,
+                   help="torch threads per router (0: the CPUs Ray reserved for the replica, the app's default)")
     args = p.parse_args()
     os.environ.update(INGRESS[args.ingress])  # read by the controller and replicas Ray starts below
     out = Path(args.out)
@@ -232,6 +240,7 @@ def main() -> int:
         checkpoint = train(apply_overrides(cfg, ["training.iterations=60", f"output.checkpoint_dir={out / 'ckpt'}"]),
                            progress=False).checkpoint
     results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint, "ingress": args.ingress, "batch_wait_s": args.batch_wait_s,
+                     "topology": args.topology, "router_threads": args.router_threads,
                      "environment": INGRESS[args.ingress]}
 
     results["floor"] = floor(checkpoint, prompts, repeats=20 if quick else 60)
@@ -252,7 +261,7 @@ def main() -> int:
     fixed = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
     results["fixed_one_replica"] = {}
     for bs in (1, 32):
-        deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed, args.batch_wait_s)
+        deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed, args.batch_wait_s, args.topology, args.router_threads)
         if args.ingress == "direct":
             url = f"http://127.0.0.1:{ingress_port()}/v1/route"
         asyncio.run(closed_loop(url, prompts, 8, 3, 10_000))  # warm-up
@@ -288,7 +297,8 @@ def main() -> int:
     # autoscaling under a ramp
     ramp_scaling = {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 4,
                     "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 0.5, "look_back_period_s": 2}
-    deploy(checkpoint, scratch / "auto", port, 32, ramp_scaling, args.batch_wait_s)
+    deploy(checkpoint, scratch / "auto", port, 32, ramp_scaling, args.batch_wait_s, args.topology, args.router_threads)
+    routers = "RouterAPI" if args.topology == "colocated" else "RouterModel"
     if args.ingress == "direct":
         url = f"http://127.0.0.1:{ingress_port()}/v1/route"
     samples: list[tuple[float, int, int, int]] = []  # (t, running, running+starting, clients)
@@ -298,7 +308,7 @@ def main() -> int:
 
     def sampler():
         while not stop.is_set():
-            samples.append((time.time() - t_start, *router_replicas(), current_load["c"]))
+            samples.append((time.time() - t_start, *router_replicas(routers), current_load["c"]))
             time.sleep(0.5)
 
     th = threading.Thread(target=sampler, daemon=True)
@@ -312,7 +322,7 @@ def main() -> int:
             time.sleep(secs)
             continue
         r = asyncio.run(closed_loop(url, prompts, conc, secs, 200_000))
-        r["replicas_at_end"] = router_replicas()[0]
+        r["replicas_at_end"] = router_replicas(routers)[0]
         ramp.append(r)
         print(f"ramp: {json.dumps(r)}", flush=True)
     stop.set()
@@ -330,7 +340,7 @@ def main() -> int:
 
     t = [s[0] for s in samples]
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.step(t, [s[1] for s in samples], where="post", label="RouterModel replicas running", color="tab:blue")
+    ax.step(t, [s[1] for s in samples], where="post", label=f"{routers} replicas running", color="tab:blue")
     ax.step(t, [s[2] for s in samples], where="post", label="running + starting", color="tab:blue", ls="--", alpha=0.6)
     ax.set_xlabel("seconds")
     ax.set_ylabel("replicas")

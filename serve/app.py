@@ -8,6 +8,10 @@
     RouterModel replica, which polls it; if the trainer is down, replicas keep serving their last
     good weights (and a replica that starts then loads the last published ones from disk).
 
+That is the `split` topology (the default). In `colocated` (`configs/serve_colocated.yaml`) the
+ingress replicas route themselves (`serve.routing.Router`) and write decisions to the store directly:
+no deployment call on a route, for the lowest latency; the ingress scales like the router would.
+
 Deploy: `serve run configs/serve.yaml` / `serve deploy configs/serve.yaml`, or from Python:
 `serve.run(app_builder({...}))`.
 """
@@ -29,6 +33,7 @@ from serve.guard import GuardError, PromptLimiter, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
                            RouteResponse)
+from serve.routing import take_offer
 from serve.settings import ServeSettings, SettingsError, live_offer, settings_from_args
 
 logger = logging.getLogger("ray.serve")
@@ -89,6 +94,11 @@ class FeedbackLogDeployment:
         import os
 
         return os.getpid()
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.25}, logging_config=QUIET)
@@ -217,24 +227,6 @@ class TrainerDeployment:
         return os.getpid()
 
 
-def take_offer(user_config: dict | None, meta: dict, first: bool, apply=None):
-    """The live offer from `user_config`, applied with `apply(offer)`; (offer, None) or (None, error).
-
-    At start a bad offer fails the replica (the deploy fails, as for any bad setting). Later, in
-    Serve's in-place update of an edited `user_config`, it is refused with an error log and the
-    current offer keeps serving: a typo in a price must not take routing down."""
-    try:
-        offer = live_offer(user_config, meta)
-        if apply is not None:
-            apply(offer)
-        return offer, None
-    except ValueError as e:  # SettingsError, CardError: the message names the field
-        if first:
-            raise
-        logger.error("live offer refused, the current one keeps serving: %s", e)
-        return None, str(e)
-
-
 @serve.deployment(
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
     ray_actor_options={"num_cpus": 0.25},
@@ -242,152 +234,34 @@ def take_offer(user_config: dict | None, meta: dict, first: bool, apply=None):
     logging_config=QUIET,
 )
 class RouterModel:
-    """Encoder + policy for a batch of routes, and the batch's decisions written to the feedback
-    log in one call before any of them is answered. Why here and not in the ingress: the ingress
-    is one replica in front of all traffic; a second deployment call per route (and shipping each
-    384-float embedding through it) was most of its CPU, and the decision write was one database
-    transaction per route instead of one per batch."""
+    """The `split` topology's router: a batch's routes are encoded and decided here, and its
+    decisions written to the feedback log in one call before any of them is answered. Why a
+    deployment of its own and not the ingress: a replica that dies mid-batch is retried by the
+    ingress on another one, and replicas scale apart from the one HTTP ingress."""
 
     async def __init__(self, settings: ServeSettings, trainer, log):
-        import ray
-        import torch
+        from serve.routing import Router
 
-        from barp_ray.encoder import load_encoder
-        from barp_ray.policy import RoutingPolicy, load_policy_state
-        from serve.trainer import latest_published
+        async def write(decisions: list[dict]) -> None:
+            from ray.exceptions import ActorUnavailableError, RayActorError
 
-        # As many torch threads as CPUs Ray reserved for the replica (num_cpus in ray_actor_options,
-        # at least one): more would take cores the ingress, the feedback log and the trainer were
-        # promised, and torch's idle threads spin on them after every forward.
-        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-        self._ongoing = 0  # routes in this replica now, waiting or computing
-        self.settings = settings
-        self.policy = RoutingPolicy.load(settings.checkpoint)
-        self.version, self.loaded_at = 0, time.time()
-        # Start from the newest published weights on disk, not the checkpoint: the trainer may be
-        # down (or restarting) while this replica starts.
-        published = latest_published(settings.trainer.state_dir)
-        if published is not None:
+            from serve.routing import DecisionWriteError
+
             try:
-                load_policy_state(self.policy.module, published[1])
-                self.version = published[0]
-            except RuntimeError:
-                logger.warning("the newest published weights do not fit this checkpoint; serving the checkpoint as is")
-                self.policy = RoutingPolicy.load(settings.checkpoint)
-        self.started_version = self.version
-        self.prices: list[float] | None = None  # blended $/Mtok per offered model: reconfigure sets them
-        self.offer_taken = False
-        from serve.metrics import ReplicaMetrics
+                await _call_with_retry(log.record_decisions, decisions)
+            except (RayActorError, ActorUnavailableError) as e:
+                raise DecisionWriteError(type(e).__name__) from None
 
-        self.metrics = ReplicaMetrics()
-        self.metrics.serving(self.version)
-        self.trainer, self.log = trainer, log
-        self.replica = serve.get_replica_context().replica_id.unique_id
-        load_encoder(self.policy.encoder, "cpu")  # warm: the first request should not pay for it
-        self.route_batch.set_max_batch_size(settings.max_batch_size)  # the wait is set per route, in route()
-        self._rng = np.random.default_rng()
-        self._poll = asyncio.get_running_loop().create_task(self._poll_weights())
+        self.router = Router(settings, trainer, write)
 
     def reconfigure(self, user_config: dict) -> None:
-        """Serve calls this at start and whenever `user_config` changes (a re-deploy with new
-        prices or a new model list): routing follows at once, with no training step and no
-        restart. The new policy is built aside and swapped in whole, so a batch in flight routes
-        entirely under the old offer or entirely under the new one."""
-        import copy
-
-        def apply(offer) -> None:
-            fresh = copy.deepcopy(self.policy)
-            offer.apply(fresh.module)
-            fresh.models = offer.models
-            self.policy, self.prices = fresh, offer.blended()  # prices are recorded with each decision
-
-        # Checked here too: a `user_config` edited in the Serve config file skips app_builder.
-        if take_offer(user_config, self.policy.meta, first=not self.offer_taken, apply=apply)[0] is not None:
-            self.offer_taken = True
-
-    async def _poll_weights(self) -> None:
-        import copy
-
-        from barp_ray.policy import load_policy_state
-
-        while True:
-            try:
-                got = await self.trainer.get_weights.remote(self.version, self.replica, self.loaded_at)
-                if got is not None:
-                    version, weights = got
-                    fresh = copy.deepcopy(self.policy)  # a failed load must not leave half-new weights
-                    load_policy_state(fresh.module, weights)  # the offered models and prices stay
-                    self.policy, self.version, self.loaded_at = fresh, version, time.time()
-                    continue  # report the new version at once
-            except Exception as e:  # noqa: BLE001 - trainer down: keep serving the last good weights
-                logger.debug("weights poll failed (%s); serving policy_version %d", type(e).__name__, self.version)
-            # Re-set every poll, not only on change: a value recorded once, before the process's
-            # metrics exporter was up, never reached Prometheus (seen in CI for one of two replicas).
-            self.metrics.serving(self.version)
-            await asyncio.sleep(self.settings.weights_poll_s)
-
-    # Two batches in flight: one computes while the other waits for its decisions to be written.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
-    async def route_batch(self, items: list[dict]) -> list[dict]:
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
-        from barp_ray.encoder import encode
-        from serve.exploration import exploring_distribution
-        from serve.feedback_store import encode_vector, new_request_id
-
-        policy, prices, version = self.policy, self.prices, self.version  # one offer for the whole batch
-        models = list(policy.models)
-        emb = encode([it["prompt"] for it in items], policy.encoder)
-        probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
-        e = self.settings.exploration
-        out, decisions = [], []
-        for it, x, p in zip(items, emb, probs):
-            mask = None
-            if it.get("candidates") is not None:
-                mask = [m in it["candidates"] for m in models]
-                if not any(mask):  # the ingress checked them against an offer that has just changed
-                    out.append({"status": 422, "error": f"candidates: none of {sorted(it['candidates'])} is offered now; "
-                                                        f"offered: {models}"})
-                    continue
-            if it["mode"] == "greedy":
-                served = exploring_distribution(p[None], 0.0, 1.0, mask)[0]
-                a = int(np.argmax(served))
-                served = np.eye(len(p))[a]  # deterministic: the propensity of the choice is 1
-            else:
-                served = exploring_distribution(p[None], e.epsilon, e.temperature, mask)[0]
-                a = int(self._rng.choice(len(served), p=served / served.sum()))
-            # A fresh id per attempt: if this replica dies after the write, the ingress's retry is a
-            # new decision, and the orphan one simply expires.
-            request_id = new_request_id()
-            decisions.append({"request_id": request_id, "time": time.time(), "embedding": encode_vector(x),
-                              "preference": list(it["preference"]), "model": models[a],
-                              "behaviour_prob": float(served[a]), "mode": it["mode"], "policy_version": version,
-                              "models": models, "prices": prices,  # the offer it was made under
-                              "candidates": None if mask is None else [m for m, ok in zip(models, mask) if ok]})
-            out.append({"request_id": request_id, "model": models[a], "probabilities": dict(zip(models, served.tolist())),
-                        "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica})
-        if decisions:
-            try:
-                await _call_with_retry(self.log.record_decisions, decisions)
-            except (RayActorError, ActorUnavailableError):
-                return [{"error": "feedback log: unavailable, the decision was not recorded; retry shortly"}] * len(items)
-        return out
+        self.router.reconfigure(user_config)
 
     async def route(self, item: dict) -> dict:
-        # Wait for company only when there is some: a route that finds the replica empty (one client,
-        # light traffic) starts its batch at once; under load the batch waits and fills.
-        self.route_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s if self._ongoing else 0.0)
-        self._ongoing += 1
-        try:
-            return await self.route_batch(item)
-        finally:
-            self._ongoing -= 1
+        return await self.router.route(item)
 
     def info(self) -> dict:
-        import os
-
-        return {"replica": self.replica, "policy_version": self.version, "started_version": self.started_version,
-                "pid": os.getpid()}
+        return self.router.info()
 
 
 api = FastAPI(
@@ -458,6 +332,31 @@ from serve.guard import GuardMiddleware  # noqa: E402
 api.add_middleware(GuardMiddleware)
 
 
+async def _colocated_router(settings: ServeSettings, log, trainer):
+    """A Router in the ingress, writing each batch's decisions to the feedback store itself: a route
+    then makes no deployment call. An SQLite store is a file on the feedback log's node, so every
+    ingress replica must run there (one machine); a cluster uses PostgreSQL."""
+    import ray
+
+    from serve.feedback_db import open_database
+    from serve.feedback_store import FeedbackStore
+    from serve.routing import DecisionWriteError, Router
+
+    if settings.feedback.database == "sqlite" and await log.node_id.remote() != ray.get_runtime_context().get_node_id():
+        raise SettingsError("topology: colocated with feedback.database sqlite needs every ingress replica on the "
+                            "feedback log's node; on a cluster use feedback.database: postgresql")
+    store = FeedbackStore(await asyncio.to_thread(open_database, settings), tau=float(read_meta(settings.checkpoint)["tau"]))
+
+    async def write(decisions: list[dict]) -> None:
+        try:
+            await asyncio.to_thread(store.record_decisions, decisions)
+        except Exception as e:  # noqa: BLE001 - any database failure: the batch is refused, never half-answered
+            logger.warning("recording %d decisions failed: %s", len(decisions), type(e).__name__)
+            raise DecisionWriteError(type(e).__name__) from None
+
+    return Router(settings, trainer, write)
+
+
 async def _call_with_retry(method, *args, attempts: int = 4, retry_kwargs: dict | None = None, **kwargs):
     """Retry a deployment call whose replica died mid-request (Serve replaces it); other errors propagate.
 
@@ -477,9 +376,13 @@ async def _call_with_retry(method, *args, attempts: int = 4, retry_kwargs: dict 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(api)
 class RouterAPI:
-    def __init__(self, settings: ServeSettings, router, log, trainer):
+    """`router` is the RouterModel deployment's handle, or None in the `colocated` topology: then
+    this replica routes itself (`serve.routing.Router`) and writes decisions to the store directly."""
+
+    async def __init__(self, settings: ServeSettings, router, log, trainer):
         self.settings = settings
         self.router, self.log, self.trainer = router, log, trainer
+        self.local = None if router is not None else await _colocated_router(settings, log, trainer)
         meta = self.meta = read_meta(settings.checkpoint)
         self.models: list[str] = list(meta["models"])  # what is offered now: set by reconfigure
         self.prices: dict = meta.get("prices", {})
@@ -514,6 +417,8 @@ class RouterAPI:
 
         offer, self.offer_error = take_offer(user_config, self.meta, first=not self.offer_taken, apply=apply)
         self.offer_taken = self.offer_taken or offer is not None
+        if self.local is not None:
+            self.local.reconfigure(user_config)
 
     @api.post("/v1/route", response_model=RouteResponse, responses=errors(422, 503))
     async def route(self, req: RouteRequest):
@@ -528,10 +433,9 @@ class RouterAPI:
             unknown = sorted(set(req.candidates) - set(self.models))
             if unknown:
                 return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
+        item = {"prompt": prompt, "preference": [wq, wc], "mode": req.mode, "candidates": req.candidates}
         try:
-            out = await _call_with_retry(
-                self.router.route, {"prompt": prompt, "preference": [wq, wc], "mode": req.mode, "candidates": req.candidates}
-            )
+            out = await (self.local.route(item) if self.local is not None else _call_with_retry(self.router.route, item))
         except (RayActorError, ActorUnavailableError):
             return _error(503, "router: no replica could answer; retry shortly")
         if "error" in out:
@@ -604,8 +508,13 @@ class RouterAPI:
         import os
 
         infos: dict[int, dict] = {}
-        for _ in range(24):  # requests spread over replicas: collect every RouterModel we can see
-            info = await self.router.info.remote()
+        if self.local is not None:  # Serve sends the handle calls below to the other, idler replicas
+            infos[os.getpid()] = self.local.info()
+        ctx = serve.get_replica_context()
+        # colocated: the routers are this deployment's own replicas
+        routers = self.router if self.router is not None else serve.get_deployment_handle(ctx.deployment, ctx.app_name)
+        for _ in range(24):  # requests spread over replicas: collect every router we can see
+            info = await routers.info.remote()
             infos[info["pid"]] = info
         try:
             trainer = await self.trainer.pid.remote()
@@ -615,6 +524,10 @@ class RouterAPI:
                 "trainer": trainer, "router": sorted(infos),
                 "router_versions": {str(k): v["policy_version"] for k, v in infos.items()},
                 "router_started_versions": {str(k): v["started_version"] for k, v in infos.items()}}
+
+    def info(self) -> dict:
+        """This replica's router (colocated topology), for /v1/admin/processes."""
+        return self.local.info()
 
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse,
               responses={200: {"content": {"text/event-stream": {}},
@@ -656,6 +569,9 @@ def app_builder(args: dict[str, Any] | None = None):
         raise SettingsError(str(e)) from None
     trainer = TrainerDeployment.options(user_config=live).bind(settings)
     log = FeedbackLogDeployment.bind(settings)
+    if settings.topology == "colocated":  # the ingress routes: it scales and reserves CPU as the router would
+        return RouterAPI.options(user_config=live, autoscaling_config=settings.router_autoscaling,
+                                 ray_actor_options={"num_cpus": 0.25}).bind(settings, None, log, trainer)
     router = RouterModel.options(autoscaling_config=settings.router_autoscaling, user_config=live).bind(settings, trainer, log)
     return RouterAPI.options(user_config=live).bind(settings, router, log, trainer)
 

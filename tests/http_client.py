@@ -90,3 +90,36 @@ def wait_for(predicate, timeout_s: float) -> None:
     deadline = time.time() + timeout_s
     while not predicate() and time.time() < deadline:
         time.sleep(0.2)
+
+
+def feedback_rounds(client, table, n: int, failures: list) -> list:
+    """Route + feedback from one client until n rewards were accepted; returns their request ids."""
+    stop, accepted = threading.Event(), []
+    t = threading.Thread(target=route_and_feedback, args=(client, table, stop, accepted, failures, True))
+    t.start()
+    while len(accepted) < n:
+        time.sleep(0.2)
+    stop.set()
+    t.join()
+    return accepted
+
+
+def load_kill_load(svc, seconds_before_kill, seconds_after_kill, kill, feedback=True, threads=6, min_each_side=12):
+    """Load, kill, more load. At least `min_each_side` rounds succeed before the kill and again
+    after it (a busy machine is slower, not a failure); if the service never recovers, the
+    caller's count assertions fail."""
+    stop, accepted, failures = threading.Event(), [], []
+    pool = [threading.Thread(target=route_and_feedback, args=(svc["client"], svc["table"], stop, accepted, failures, feedback))
+            for _ in range(threads)]
+    for t in pool:
+        t.start()
+    time.sleep(seconds_before_kill)
+    wait_for(lambda: len(accepted) >= min_each_side, 60)
+    before = len(accepted)
+    kill()
+    time.sleep(seconds_after_kill)
+    wait_for(lambda: len(accepted) >= before + min_each_side, 120)
+    stop.set()
+    for t in pool:
+        t.join(timeout=120)
+    return accepted, failures

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.data.prepare import split_tables
 from barp_ray.training.run import train
-from http_client import TOKEN, Client, free_port, route_and_feedback, stored_reward_ids, wait_for
+from http_client import TOKEN, Client, feedback_rounds, free_port, load_kill_load, stored_reward_ids
 from openai_upstream import Upstream
 
 
@@ -110,43 +109,10 @@ def test_fuzzed_requests_never_get_a_5xx(svc, path, bodies):
     print(f"fuzz: {FUZZ['n']} requests so far, {len(FUZZ['5xx'])} 5xx")
 
 
-def _feedback_rounds(client, table, n: int, failures: list) -> list:
-    """Route + feedback from one client until n rewards were accepted; returns their request ids."""
-    stop, accepted = threading.Event(), []
-    t = threading.Thread(target=route_and_feedback, args=(client, table, stop, accepted, failures, True))
-    t.start()
-    while len(accepted) < n:
-        time.sleep(0.2)
-    stop.set()
-    t.join()
-    return accepted
-
-
-def _run_load(svc, seconds_before_kill, seconds_after_kill, kill, feedback=True, threads=6, min_each_side=12):
-    """Load, kill, more load. At least `min_each_side` rounds succeed before the kill and again
-    after it (a busy machine is slower, not a failure); if the service never recovers, the
-    caller's count assertions fail."""
-    stop, accepted, failures = threading.Event(), [], []
-    pool = [threading.Thread(target=route_and_feedback, args=(svc["client"], svc["table"], stop, accepted, failures, feedback))
-            for _ in range(threads)]
-    for t in pool:
-        t.start()
-    time.sleep(seconds_before_kill)
-    wait_for(lambda: len(accepted) >= min_each_side, 60)
-    before = len(accepted)
-    kill()
-    time.sleep(seconds_after_kill)
-    wait_for(lambda: len(accepted) >= before + min_each_side, 120)
-    stop.set()
-    for t in pool:
-        t.join(timeout=120)
-    return accepted, failures
-
-
 def test_sigkill_feedback_log_mid_stream_loses_no_accepted_reward(svc):
     client = svc["client"]
     _, procs = client.get("/v1/admin/processes")
-    accepted, failures = _run_load(svc, 3, 6, lambda: os.kill(procs["feedback_log"], signal.SIGKILL))
+    accepted, failures = load_kill_load(svc, 3, 6, lambda: os.kill(procs["feedback_log"], signal.SIGKILL))
     _wait_healthy(client)
     _, after = client.get("/v1/admin/processes")
     assert after["feedback_log"] != procs["feedback_log"], "the log replica was not really killed"
@@ -169,7 +135,7 @@ def test_killing_a_router_replica_under_load_fails_no_request(svc):
     client = svc["client"]
     _, procs = client.get("/v1/admin/processes")
     assert len(procs["router"]) == 2, procs
-    accepted, failures = _run_load(svc, 2, 6, lambda: os.kill(procs["router"][0], signal.SIGKILL), feedback=False)
+    accepted, failures = load_kill_load(svc, 2, 6, lambda: os.kill(procs["router"][0], signal.SIGKILL), feedback=False)
     print(f"router kill: {len(accepted)} routes succeeded, failures {len(failures)} {failures[:3]}")
     assert failures == [] and len(accepted) > 20
     _wait_healthy(client)
@@ -179,7 +145,7 @@ def test_killing_the_trainer_keeps_serving_and_resumes(svc):
     client = svc["client"]
     table = svc["table"]
     failures: list = []
-    _feedback_rounds(client, table, 120, failures)
+    feedback_rounds(client, table, 120, failures)
     st_, out = client.post("/v1/admin/train")
     assert st_ == 200 and out["updates"], out
     _, before = client.get("/v1/stats")
@@ -206,7 +172,7 @@ def test_killing_the_trainer_keeps_serving_and_resumes(svc):
     _, procs2 = client.get("/v1/admin/processes")
     assert procs2["trainer"] != procs["trainer"]
     # it resumes from its saved offset: only new feedback trains it
-    _feedback_rounds(client, table, 60, failures)
+    feedback_rounds(client, table, 60, failures)
     st_, out = client.post("/v1/admin/train")
     assert out["updates"] and out["updates"][0]["version"] == before["trainer"]["version"] + 1
 
@@ -216,7 +182,7 @@ def test_replica_restarted_while_the_trainer_is_down_serves_the_newest_weights(s
     must start from the newest published weights (from disk), not from the original checkpoint."""
     client, table = svc["client"], svc["table"]
     for _ in range(2):  # two published versions of its own, whatever ran before
-        _feedback_rounds(client, table, 60, [])
+        feedback_rounds(client, table, 60, [])
         st_, out = client.post("/v1/admin/train")
         assert st_ == 200 and out["updates"], out
     _, stats = client.get("/v1/stats")

@@ -312,10 +312,14 @@ def test_settings_errors_name_the_field():
 
     import yaml
 
-    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "serve.yaml").read_text())
-    for app in shipped["applications"]:
-        assert app["import_path"] == "serve.app:app_builder"
-        settings_from_args(app["args"])  # the shipped serve config is valid
+    from ray.serve.schema import ServeDeploySchema
+
+    for name in ("serve.yaml", "serve_colocated.yaml"):
+        shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / name).read_text())
+        ServeDeploySchema.model_validate(shipped)  # Ray Serve's own schema
+        for app in shipped["applications"]:
+            assert app["import_path"] == "serve.app:app_builder"
+            settings_from_args(app["args"])  # the shipped serve config is valid
 
     for args, field in [
         ({"weights_poll_s": 0}, "weights_poll_s"),
@@ -332,6 +336,8 @@ def test_settings_errors_name_the_field():
         ({"bogus": 1}, "bogus"),
         ({"auth": {"token_env": None}}, "auth"),
         ({"limits": {"long_prompt": "shorten"}}, "limits.long_prompt"),
+        ({"topology": "sidecar"}, "topology"),
+        ({"router_threads": 1.5}, "router_threads"),
     ]:
         with pytest.raises(SettingsError, match=field.split(".")[-1]):
             settings_from_args(args)

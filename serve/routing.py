@@ -1,0 +1,190 @@
+"""Encoder + policy for batches of routes, and each batch's decisions written before any is answered.
+
+One class for both topologies (`ServeSettings.topology`): in `split` a RouterModel replica holds it
+and writes decisions through the feedback log's deployment; in `colocated` the HTTP ingress holds it
+and writes them to the feedback store itself, so a route makes no deployment call at all.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from typing import Awaitable, Callable
+
+import numpy as np
+from ray import serve
+
+from serve.settings import ServeSettings, live_offer
+
+logger = logging.getLogger("ray.serve")
+
+
+class DecisionWriteError(RuntimeError):
+    """The batch's decisions could not be recorded: none of its routes may be answered 2xx."""
+
+
+DecisionWriter = Callable[[list[dict]], Awaitable[None]]
+
+
+def take_offer(user_config: dict | None, meta: dict, first: bool, apply=None):
+    """The live offer from `user_config`, applied with `apply(offer)`; (offer, None) or (None, error).
+
+    At start a bad offer fails the replica (the deploy fails, as for any bad setting). Later, in
+    Serve's in-place update of an edited `user_config`, it is refused with an error log and the
+    current offer keeps serving: a typo in a price must not take routing down."""
+    try:
+        offer = live_offer(user_config, meta)
+        if apply is not None:
+            apply(offer)
+        return offer, None
+    except ValueError as e:  # SettingsError, CardError: the message names the field
+        if first:
+            raise
+        logger.error("live offer refused, the current one keeps serving: %s", e)
+        return None, str(e)
+
+
+class Router:
+    """Must be built inside a Serve replica (it reads the replica's id and CPUs, and starts polling
+    the trainer for published weights on the running event loop)."""
+
+    def __init__(self, settings: ServeSettings, trainer, write: DecisionWriter):
+        import ray
+        import torch
+
+        from barp_ray.encoder import load_encoder
+        from barp_ray.policy import RoutingPolicy, load_policy_state
+        from serve.metrics import ReplicaMetrics
+        from serve.trainer import latest_published
+
+        # By default as many torch threads as CPUs Ray reserved for the replica (at least one): more
+        # would take cores the other deployments were promised, and torch's idle threads spin on them
+        # after every forward. `router_threads` overrides it where routing is the machine's main work.
+        reserved = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+        torch.set_num_threads(settings.router_threads or max(1, reserved))
+        self._ongoing = 0  # routes in this replica now, waiting or computing
+        self.settings, self.trainer, self.write = settings, trainer, write
+        self.policy = RoutingPolicy.load(settings.checkpoint)
+        self.version, self.loaded_at = 0, time.time()
+        # Start from the newest published weights on disk, not the checkpoint: the trainer may be
+        # down (or restarting) while this replica starts.
+        published = latest_published(settings.trainer.state_dir)
+        if published is not None:
+            try:
+                load_policy_state(self.policy.module, published[1])
+                self.version = published[0]
+            except RuntimeError:
+                logger.warning("the newest published weights do not fit this checkpoint; serving the checkpoint as is")
+                self.policy = RoutingPolicy.load(settings.checkpoint)
+        self.started_version = self.version
+        self.prices: list[float] | None = None  # blended $/Mtok per offered model: reconfigure sets them
+        self.offer_taken = False
+        self.metrics = ReplicaMetrics()
+        self.metrics.serving(self.version)
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        load_encoder(self.policy.encoder, "cpu")  # warm: the first request should not pay for it
+        self.route_batch.set_max_batch_size(settings.max_batch_size)  # the wait is set per route, in route()
+        self._rng = np.random.default_rng()
+        self._poll = asyncio.get_running_loop().create_task(self._poll_weights())
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Serve's `user_config` (at start and on every change): a re-deploy with new prices or a new
+        model list routes at once, with no training step and no restart. The new policy is built
+        aside and swapped in whole, so a batch in flight routes entirely under the old offer or
+        entirely under the new one."""
+
+        def apply(offer) -> None:
+            fresh = copy.deepcopy(self.policy)
+            offer.apply(fresh.module)
+            fresh.models = offer.models
+            self.policy, self.prices = fresh, offer.blended()  # prices are recorded with each decision
+
+        # Checked here too: a `user_config` edited in the Serve config file skips app_builder.
+        if take_offer(user_config, self.policy.meta, first=not self.offer_taken, apply=apply)[0] is not None:
+            self.offer_taken = True
+
+    async def _poll_weights(self) -> None:
+        from barp_ray.policy import load_policy_state
+
+        while True:
+            try:
+                got = await self.trainer.get_weights.remote(self.version, self.replica, self.loaded_at)
+                if got is not None:
+                    version, weights = got
+                    fresh = copy.deepcopy(self.policy)  # a failed load must not leave half-new weights
+                    load_policy_state(fresh.module, weights)  # the offered models and prices stay
+                    self.policy, self.version, self.loaded_at = fresh, version, time.time()
+                    continue  # report the new version at once
+            except Exception as e:  # noqa: BLE001 - trainer down: keep serving the last good weights
+                logger.debug("weights poll failed (%s); serving policy_version %d", type(e).__name__, self.version)
+            # Re-set every poll, not only on change: a value recorded once, before the process's
+            # metrics exporter was up, never reached Prometheus (seen in CI for one of two replicas).
+            self.metrics.serving(self.version)
+            await asyncio.sleep(self.settings.weights_poll_s)
+
+    def decide(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(answers, decisions to record) for a batch, under one offer and one policy version."""
+        from barp_ray.encoder import encode
+        from serve.exploration import exploring_distribution
+        from serve.feedback_store import encode_vector, new_request_id
+
+        policy, prices, version = self.policy, self.prices, self.version
+        models = list(policy.models)
+        emb = encode([it["prompt"] for it in items], policy.encoder)
+        probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
+        e = self.settings.exploration
+        out, decisions = [], []
+        for it, x, p in zip(items, emb, probs):
+            mask = None
+            if it.get("candidates") is not None:
+                mask = [m in it["candidates"] for m in models]
+                if not any(mask):  # the ingress checked them against an offer that has just changed
+                    out.append({"status": 422, "error": f"candidates: none of {sorted(it['candidates'])} is offered now; "
+                                                        f"offered: {models}"})
+                    continue
+            if it["mode"] == "greedy":
+                served = exploring_distribution(p[None], 0.0, 1.0, mask)[0]
+                a = int(np.argmax(served))
+                served = np.eye(len(p))[a]  # deterministic: the propensity of the choice is 1
+            else:
+                served = exploring_distribution(p[None], e.epsilon, e.temperature, mask)[0]
+                a = int(self._rng.choice(len(served), p=served / served.sum()))
+            # A fresh id per attempt: if this replica dies after the write, the retry is a new
+            # decision, and the orphan one simply expires.
+            request_id = new_request_id()
+            decisions.append({"request_id": request_id, "time": time.time(), "embedding": encode_vector(x),
+                              "preference": list(it["preference"]), "model": models[a],
+                              "behaviour_prob": float(served[a]), "mode": it["mode"], "policy_version": version,
+                              "models": models, "prices": prices,  # the offer it was made under
+                              "candidates": None if mask is None else [m for m, ok in zip(models, mask) if ok]})
+            out.append({"request_id": request_id, "model": models[a], "probabilities": dict(zip(models, served.tolist())),
+                        "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica})
+        return out, decisions
+
+    # Two batches in flight: one computes while the other waits for its decisions to be written.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
+    async def route_batch(self, items: list[dict]) -> list[dict]:
+        out, decisions = self.decide(items)
+        if decisions:
+            try:
+                await self.write(decisions)
+            except DecisionWriteError:
+                return [{"error": "feedback log: unavailable, the decision was not recorded; retry shortly"}] * len(items)
+        return out
+
+    async def route(self, item: dict) -> dict:
+        # Wait for company only when there is some: a route that finds the replica empty (one client,
+        # light traffic) starts its batch at once; under load the batch waits and fills.
+        self.route_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s if self._ongoing else 0.0)
+        self._ongoing += 1
+        try:
+            return await self.route_batch(item)
+        finally:
+            self._ongoing -= 1
+
+    def info(self) -> dict:
+        import os
+
+        return {"replica": self.replica, "policy_version": self.version, "started_version": self.started_version,
+                "pid": os.getpid()}
