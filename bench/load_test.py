@@ -1,7 +1,7 @@
 """Load test of the Serve deployment on loopback: latency, throughput, and autoscaling.
 
     python bench/load_test.py [--quick] [--ingress shipped|proxy|haproxy|direct] [--topology split|colocated]
-                              [--router-threads N] [--checkpoint DIR] [--out bench/out/load]
+                              [--lone-route-threads N] [--checkpoint DIR] [--out bench/out/load]
 
 1. floor: the bare encoder + policy forward in this process, per request, at batch 1 and 32;
 2. one replica with @serve.batch max size 1, then 32: one sequential client (p50 against the
@@ -144,7 +144,7 @@ def floor(checkpoint: str, prompts: list[str], repeats: int) -> dict:
 
 
 def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict, batch_wait_s: float | None = None,
-           topology: str = "split", router_threads: int = 0):
+           topology: str = "split", lone_route_threads: int = 0):
     from ray import serve
 
     from serve.app import app_builder
@@ -152,7 +152,7 @@ def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscalin
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = app_builder({
         "checkpoint": checkpoint, "log_dir": str(workdir / "log"), "max_batch_size": max_batch,
-        "topology": topology, "router_threads": router_threads,
+        "topology": topology, "lone_route_threads": lone_route_threads,
         **({} if batch_wait_s is None else {"batch_wait_timeout_s": batch_wait_s}),
         "router_autoscaling": autoscaling, "trainer": {"enabled": False, "state_dir": str(workdir / "trainer")},
         "auth": {"disabled": True},  # local benchmark: routing is open anyway, nothing posts feedback
@@ -212,8 +212,8 @@ def main() -> int:
     p.add_argument("--batch-wait-s", type=float, help="the router's batch_wait_timeout_s (default: the app's)")
     p.add_argument("--topology", choices=["split", "colocated"], default="split",
                    help="split: ingress -> RouterModel replicas (the default); colocated: the ingress routes itself")
-    p.add_argument("--router-threads", type=int, default=0,
-                   help="torch threads per router (0: the CPUs Ray reserved for the replica, the app's default)")
+    p.add_argument("--lone-route-threads", type=int, default=0,
+                   help="torch threads for a route alone in its router replica (0: the CPUs Ray reserved for it, the default)")
     args = p.parse_args()
     os.environ.update(INGRESS[args.ingress])  # read by the controller and replicas Ray starts below
     out = Path(args.out)
@@ -240,7 +240,7 @@ def main() -> int:
         checkpoint = train(apply_overrides(cfg, ["training.iterations=60", f"output.checkpoint_dir={out / 'ckpt'}"]),
                            progress=False).checkpoint
     results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint, "ingress": args.ingress, "batch_wait_s": args.batch_wait_s,
-                     "topology": args.topology, "router_threads": args.router_threads,
+                     "topology": args.topology, "lone_route_threads": args.lone_route_threads,
                      "environment": INGRESS[args.ingress]}
 
     results["floor"] = floor(checkpoint, prompts, repeats=20 if quick else 60)
@@ -261,7 +261,7 @@ def main() -> int:
     fixed = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
     results["fixed_one_replica"] = {}
     for bs in (1, 32):
-        deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed, args.batch_wait_s, args.topology, args.router_threads)
+        deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed, args.batch_wait_s, args.topology, args.lone_route_threads)
         if args.ingress == "direct":
             url = f"http://127.0.0.1:{ingress_port()}/v1/route"
         asyncio.run(closed_loop(url, prompts, 8, 3, 10_000))  # warm-up
@@ -297,7 +297,7 @@ def main() -> int:
     # autoscaling under a ramp
     ramp_scaling = {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 4,
                     "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 0.5, "look_back_period_s": 2}
-    deploy(checkpoint, scratch / "auto", port, 32, ramp_scaling, args.batch_wait_s, args.topology, args.router_threads)
+    deploy(checkpoint, scratch / "auto", port, 32, ramp_scaling, args.batch_wait_s, args.topology, args.lone_route_threads)
     routers = "RouterAPI" if args.topology == "colocated" else "RouterModel"
     if args.ingress == "direct":
         url = f"http://127.0.0.1:{ingress_port()}/v1/route"

@@ -58,11 +58,15 @@ class Router:
         from serve.metrics import ReplicaMetrics
         from serve.trainer import latest_published
 
-        # By default as many torch threads as CPUs Ray reserved for the replica (at least one): more
-        # would take cores the other deployments were promised, and torch's idle threads spin on them
-        # after every forward. `router_threads` overrides it where routing is the machine's main work.
+        # Batches run at as many torch threads as CPUs Ray reserved for the replica (at least one): more
+        # would take cores the other deployments and replicas were promised, and torch's idle threads
+        # spin on them after every forward. A route alone in the replica may use `lone_route_threads`
+        # (where routing is the machine's main work): one client's latency, bought with spin CPU.
         reserved = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
-        torch.set_num_threads(settings.router_threads or max(1, reserved))
+        self._threads = max(1, reserved)
+        self._lone_threads = settings.lone_route_threads or self._threads
+        torch.set_num_threads(self._threads)
+        self._threads_now = self._threads
         self._ongoing = 0  # routes in this replica now, waiting or computing
         self.settings, self.trainer, self.write = settings, trainer, write
         self.policy = RoutingPolicy.load(settings.checkpoint)
@@ -165,6 +169,12 @@ class Router:
     # Two batches in flight: one computes while the other waits for its decisions to be written.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
     async def route_batch(self, items: list[dict]) -> list[dict]:
+        threads = self._lone_threads if len(items) == 1 and self._ongoing <= 1 else self._threads
+        if threads != self._threads_now:  # only on a change: no torch call on the hot path otherwise
+            import torch
+
+            torch.set_num_threads(threads)
+            self._threads_now = threads
         out, decisions = self.decide(items)
         if decisions:
             try:

@@ -216,7 +216,7 @@ class ServeSettings:
     # split: HTTP ingress -> RouterModel replicas (a router replica's death is retried by the ingress);
     # colocated: the ingress replicas route themselves, no deployment call on a route (lowest latency)
     topology: str = "split"
-    router_threads: int = 0  # torch threads per router; 0: the CPUs Ray reserved for the replica (at least one)
+    lone_route_threads: int = 0  # torch threads for a route alone in its router replica; 0: the CPUs Ray reserved (batches always use those)
     upstreams: dict = field(default_factory=dict)  # model name -> base URL, or {base_url, api_key_env | api_key_file, api_key_header}
     upstream_timeout_s: float = 60.0  # whole answer; for a stream, the longest wait between two chunks
     upstream_connect_timeout_s: float = 5.0
@@ -239,8 +239,8 @@ class ServeSettings:
             raise SettingsError(f"batch_wait_timeout_s: must be >= 0, got {self.batch_wait_timeout_s}")
         if self.topology not in TOPOLOGIES:
             raise SettingsError(f"topology: must be one of {list(TOPOLOGIES)}, got {self.topology!r}")
-        if isinstance(self.router_threads, bool) or not isinstance(self.router_threads, int) or self.router_threads < 0:
-            raise SettingsError(f"router_threads: must be an integer >= 0, got {self.router_threads!r}")
+        if isinstance(self.lone_route_threads, bool) or not isinstance(self.lone_route_threads, int) or self.lone_route_threads < 0:
+            raise SettingsError(f"lone_route_threads: must be an integer >= 0, got {self.lone_route_threads!r}")
         if not isinstance(self.upstreams, dict):
             raise SettingsError("upstreams: must be a mapping of model name to base URL")
         self.upstreams = {name: _upstream(name, raw) for name, raw in self.upstreams.items()}

@@ -337,7 +337,7 @@ def test_settings_errors_name_the_field():
         ({"auth": {"token_env": None}}, "auth"),
         ({"limits": {"long_prompt": "shorten"}}, "limits.long_prompt"),
         ({"topology": "sidecar"}, "topology"),
-        ({"router_threads": 1.5}, "router_threads"),
+        ({"lone_route_threads": 1.5}, "lone_route_threads"),
     ]:
         with pytest.raises(SettingsError, match=field.split(".")[-1]):
             settings_from_args(args)
