@@ -4,7 +4,8 @@
                               [--lone-route-threads N] [--checkpoint DIR] [--out bench/out/load]
 
 1. floor: the bare encoder + policy forward in this process, per request, at batch 1 and 32;
-2. one replica with @serve.batch max size 1, then 32: one sequential client (p50 against the
+2. one router replica (RouterModel; with --topology colocated the RouterAPI replica that routes
+   itself) with @serve.batch max size 1, then 32: one sequential client (p50 against the
    batch-1 floor), then a closed loop of 32 concurrent clients (routes/s against the batch-32
    floor, p99 against p50). Issue 12's goals: sequential p50 <= 1.5x the batch-1 floor; at 32
    clients >= 40% of the batch-32 floor with p99 <= 2x p50. Every route's decision is written to
