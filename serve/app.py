@@ -332,7 +332,7 @@ from serve.guard import GuardMiddleware  # noqa: E402
 api.add_middleware(GuardMiddleware)
 
 
-async def _colocated_router(settings: ServeSettings, log, trainer):
+async def _colocated_router(settings: ServeSettings, tau: float, log, trainer):
     """A Router in the ingress, writing each batch's decisions to the feedback store itself: a route
     then makes no deployment call. An SQLite store is a file on the feedback log's node, so every
     ingress replica must run there (one machine); a cluster uses PostgreSQL."""
@@ -345,7 +345,7 @@ async def _colocated_router(settings: ServeSettings, log, trainer):
     if settings.feedback.database == "sqlite" and await log.node_id.remote() != ray.get_runtime_context().get_node_id():
         raise SettingsError("topology: colocated with feedback.database sqlite needs every ingress replica on the "
                             "feedback log's node; on a cluster use feedback.database: postgresql")
-    store = FeedbackStore(await asyncio.to_thread(open_database, settings), tau=float(read_meta(settings.checkpoint)["tau"]))
+    store = FeedbackStore(await asyncio.to_thread(open_database, settings), tau=tau)
 
     async def write(decisions: list[dict]) -> None:
         try:
@@ -382,12 +382,12 @@ class RouterAPI:
     async def __init__(self, settings: ServeSettings, router, log, trainer):
         self.settings = settings
         self.router, self.log, self.trainer = router, log, trainer
-        self.local = None if router is not None else await _colocated_router(settings, log, trainer)
         meta = self.meta = read_meta(settings.checkpoint)
         self.models: list[str] = list(meta["models"])  # what is offered now: set by reconfigure
         self.prices: dict = meta.get("prices", {})
         self.offer_taken, self.offer_error = False, None
         self.tau = float(meta["tau"])
+        self.local = None if router is not None else await _colocated_router(settings, self.tau, log, trainer)
         self.limiter = PromptLimiter(settings.limits, meta["encoder"])
         from serve.upstream import UpstreamPool
 
@@ -571,7 +571,7 @@ def app_builder(args: dict[str, Any] | None = None):
     log = FeedbackLogDeployment.bind(settings)
     if settings.topology == "colocated":  # the ingress routes: it scales and reserves CPU as the router would
         return RouterAPI.options(user_config=live, autoscaling_config=settings.router_autoscaling,
-                                 ray_actor_options={"num_cpus": 0.25}).bind(settings, None, log, trainer)
+                                 ray_actor_options=RouterModel.ray_actor_options).bind(settings, None, log, trainer)
     router = RouterModel.options(autoscaling_config=settings.router_autoscaling, user_config=live).bind(settings, trainer, log)
     return RouterAPI.options(user_config=live).bind(settings, router, log, trainer)
 

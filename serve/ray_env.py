@@ -15,8 +15,9 @@ HIGH_THROUGHPUT = {
     # HAProxy retries a request on another ingress replica when the first closed the connection
     # without a byte of answer (a replica killed mid-request), not only when it could not connect.
     # Safe for this API: a retried route is a new decision (the orphan expires), a retried feedback
-    # replays or answers 409; in the colocated topology it is what keeps a killed router's routes
-    # from failing. Not on timeouts: a slow chat completion must not be bought twice.
+    # replays or answers 409; in the colocated topology it saves most of a killed router's routes
+    # (a few in flight still fail: tests/test_colocated.py). Not on timeouts: a slow chat completion
+    # must not be bought twice.
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
 }
 
