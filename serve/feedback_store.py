@@ -17,6 +17,7 @@ tombstone per request.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -73,6 +74,13 @@ def routed_at(request_id: str) -> float | None:
         return None
 
 
+_INSERT_DECISION = "INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?)"
+
+
+def _decision_rows(decisions: list[dict[str, Any]]) -> list[tuple]:
+    return [(d["request_id"], float(d["time"]), json.dumps(d, separators=(",", ":"))) for d in decisions]
+
+
 class FeedbackStore:
     """`where`: a directory (SQLite file in it) or an open database from `feedback_db.open_database`."""
 
@@ -87,9 +95,22 @@ class FeedbackStore:
     def record_decisions(self, decisions: list[dict[str, Any]]) -> None:
         """One transaction for a router batch. Committed without forcing it to disk (it survives a
         killed process); the next durable feedback commit takes it to disk with it."""
-        rows = [(d["request_id"], float(d["time"]), json.dumps(d, separators=(",", ":"))) for d in decisions]
         with self.db.transaction(durable=False):
-            self.db.executemany("INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?)", rows)
+            self.db.executemany(_INSERT_DECISION, _decision_rows(decisions))
+
+    def record_decisions_if_free(self, decisions: list[dict[str, Any]]) -> bool:
+        """`record_decisions` without waiting: False, nothing written, if another writer holds the
+        database (or it is PostgreSQL); then the caller writes them off its event loop."""
+        with self.db.transaction_if_free(durable=False) as free:
+            if free:
+                self.db.executemany(_INSERT_DECISION, _decision_rows(decisions))
+        return free
+
+    async def record_decisions_async(self, decisions: list[dict[str, Any]]) -> None:
+        """For an event loop: inline when the database is free, else in a thread (a write must
+        not stall the loop behind another process's fsync or a network round trip)."""
+        if not self.record_decisions_if_free(decisions):
+            await asyncio.to_thread(self.record_decisions, decisions)
 
     def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict[str, Any]:
         """Join feedback to its pending decision and persist it; raises, writing nothing, on bad input.

@@ -46,6 +46,29 @@ def test_feedback_joins_once_and_leaves_the_pending_table(feedback_db):
     assert RewardReader(feedback_db()).request_ids() == [d["request_id"]]
 
 
+def test_a_decision_batch_is_written_inline_only_when_sqlite_is_free(tmp_path):
+    """The event-loop path: written at once when no one else writes; while another process holds
+    the file's write lock, refused at once (nothing written, no wait); the async path then writes
+    from a thread as soon as the lock is released."""
+    import asyncio
+    import sqlite3
+    import threading
+
+    store = FeedbackStore(tmp_path, tau=TAU)
+    first, second = decision(), decision()
+    assert store.record_decisions_if_free([first]) is True
+    other = sqlite3.connect(store.db.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # a second writer, as the feedback log's process would be
+    t0 = time.perf_counter()
+    assert store.record_decisions_if_free([second]) is False
+    assert time.perf_counter() - t0 < store.db._BUSY_TIMEOUT_S  # refused, not after the busy timeout
+    threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+    asyncio.run(store.record_decisions_async([second]))
+    assert store.counts()["pending"] == 2
+    assert store.record_feedback(second["request_id"], 1.0, 0.0)["reward"] == pytest.approx(0.5)
+    other.close()
+
+
 @pytest.mark.parametrize("on_missing", ["drop", "default"])
 def test_expired_decisions_are_retired_and_late_feedback_changes_nothing(feedback_db, on_missing):
     store = FeedbackStore(feedback_db(), tau=TAU, wait_s=60, on_missing=on_missing, default_reward=-0.1)
