@@ -1,16 +1,16 @@
 """Load test of the Serve deployment on loopback: latency, throughput, and autoscaling.
 
-    python bench/load_test.py [--quick] [--ingress shipped|proxy|haproxy|direct] [--topology split|colocated]
+    python bench/load_test.py [--quick] [--ingress shipped|proxy|haproxy|direct] [--topology colocated|split]
                               [--lone-route-threads N] [--checkpoint DIR] [--out bench/out/load]
 
 1. floor: the bare encoder + policy forward in this process, per request, at batch 1 and 32;
-2. one router replica (RouterModel; with --topology colocated the RouterAPI replica that routes
-   itself) with @serve.batch max size 1, then 32: one sequential client (p50 against the
+2. one router replica (the RouterAPI replica that routes itself, as shipped; with --topology
+   split one RouterModel replica behind the ingress) with @serve.batch max size 1, then 32: one sequential client (p50 against the
    batch-1 floor), then a closed loop of 32 concurrent clients (routes/s against the batch-32
    floor, p99 against p50). Issue 12's goals: sequential p50 <= 1.5x the batch-1 floor; at 32
    clients >= 40% of the batch-32 floor with p99 <= 2x p50. Every route's decision is written to
    the feedback store before its 2xx, as in production;
-3. autoscaling: min 1 / max 4 replicas, load ramped up then stopped; the RouterModel replica
+3. autoscaling: min 1 / max 4 replicas, load ramped up then stopped; the router replica
    count is sampled every 0.5 s and plotted with the load.
 In step 2 the CPU time of every Serve and Ray process is read before and after each phase
 (`psutil`, in the dev extra), giving CPU ms per route for each hop: where a route's time goes.
@@ -145,7 +145,7 @@ def floor(checkpoint: str, prompts: list[str], repeats: int) -> dict:
 
 
 def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict, batch_wait_s: float | None = None,
-           topology: str = "split", lone_route_threads: int = 0):
+           topology: str = "colocated", lone_route_threads: int = 2):
     from ray import serve
 
     from serve.app import app_builder
@@ -171,6 +171,12 @@ def print_cpu_table(seq: dict, loaded: dict, fl: dict) -> None:
     print(f"| **all** | {sum(a.values()):.1f} | {sum(b.values()):.1f} |")
     print(f"| in-process floor (encoder + policy) | {fl['batch_1']['ms_per_request']:.1f} (batch 1) | "
           f"{fl['batch_32']['ms_per_request']:.1f} (batch 32) |", flush=True)
+
+
+def shipped_args() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())["applications"][0]["args"]
 
 
 def ingress_port() -> int:
@@ -211,10 +217,12 @@ def main() -> int:
                         "switches); proxy: Serve's defaults (its Python HTTP proxy); haproxy: HAProxy alone; direct: the "
                         "RouterAPI replica's own HTTP port with no proxy at all (what an external load balancer does)")
     p.add_argument("--batch-wait-s", type=float, help="the router's batch_wait_timeout_s (default: the app's)")
-    p.add_argument("--topology", choices=["split", "colocated"], default="split",
-                   help="split: ingress -> RouterModel replicas (the default); colocated: the ingress routes itself")
-    p.add_argument("--lone-route-threads", type=int, default=0,
-                   help="torch threads for a route alone in its router replica (0: the CPUs Ray reserved for it, the default)")
+    shipped = shipped_args()
+    p.add_argument("--topology", choices=["colocated", "split"], default=shipped["topology"],
+                   help="colocated: the ingress routes itself; split: ingress -> RouterModel replicas (default: configs/serve.yaml's)")
+    p.add_argument("--lone-route-threads", type=int, default=shipped["lone_route_threads"],
+                   help="torch threads for a route alone in its router replica (0: the CPUs Ray reserved for it; "
+                        "default: configs/serve.yaml's)")
     args = p.parse_args()
     os.environ.update(INGRESS[args.ingress])  # read by the controller and replicas Ray starts below
     out = Path(args.out)

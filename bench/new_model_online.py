@@ -41,7 +41,6 @@ import yaml  # noqa: E402
 from bench.online_adapt import Http  # noqa: E402
 
 NEW = "newcomer-8b"
-LIVE = ("RouterModel", "RouterAPI", "TrainerDeployment")
 
 
 def make_world(meta: dict, topics: list[str], seed: int):
@@ -80,7 +79,10 @@ def deploy(args: dict, models: dict | None, http_options: dict) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    live = [{"name": n, "user_config": {"models": models}} for n in LIVE] if models is not None else []
+    from serve.settings import LIVE_OFFER_DEPLOYMENTS
+
+    names = LIVE_OFFER_DEPLOYMENTS[args.get("topology", "colocated")]
+    live = [{"name": n, "user_config": {"models": models}} for n in names] if models is not None else []
     config = {"http_options": http_options, "applications": [{"name": "barp", "route_prefix": "/",
                                                               "import_path": "serve.app:app_builder",
                                                               "args": args, "deployments": live}]}

@@ -1,16 +1,18 @@
-"""The Ray Serve application: HTTP API -> batched router replicas, feedback log, continuous trainer.
+"""The Ray Serve application: HTTP API + batched routers, feedback log, continuous trainer.
+
+In the `colocated` topology (the default) the RouterAPI ingress replicas route themselves
+(`serve.routing.Router`: encoder + policy, @serve.batch) and write each batch's decisions to the
+feedback store directly: no deployment call on a route, for the lowest latency; the ingress
+autoscales like a router. In `split` (`configs/serve_split.yaml`):
 
     RouterAPI (FastAPI ingress) --route--> RouterModel (autoscaling, @serve.batch: encoder + policy)
               |                              |--the batch's decisions--> FeedbackLogDeployment
               |--feedback------------------------------------------------> FeedbackLogDeployment (feedback store: SQLite or PostgreSQL, one replica)
     TrainerDeployment (one replica) reads joined rewards from the store, updates on RLlib's Learner,
     checks each candidate off-policy before publishing it, and hands published weights to every
-    RouterModel replica, which polls it; if the trainer is down, replicas keep serving their last
-    good weights (and a replica that starts then loads the last published ones from disk).
-
-That is the `split` topology (the default). In `colocated` (`configs/serve_colocated.yaml`) the
-ingress replicas route themselves (`serve.routing.Router`) and write decisions to the store directly:
-no deployment call on a route, for the lowest latency; the ingress scales like the router would.
+    router replica (RouterModel here, RouterAPI colocated), which polls it; if the trainer is down,
+    replicas keep serving their last good weights (and a replica that starts then loads the last
+    published ones from disk).
 
 Deploy: `serve run configs/serve.yaml` / `serve deploy configs/serve.yaml`, or from Python:
 `serve.run(app_builder({...}))`.

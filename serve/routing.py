@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import time
 from typing import Awaitable, Callable
 
@@ -64,7 +65,7 @@ class Router:
         # (where routing is the machine's main work): one client's latency, bought with spin CPU.
         reserved = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
         self._threads = max(1, reserved)
-        self._lone_threads = settings.lone_route_threads or self._threads
+        self._lone_threads = min(settings.lone_route_threads, os.cpu_count() or 1) or self._threads
         torch.set_num_threads(self._threads)
         self._threads_now = self._threads
         self._ongoing = 0  # routes in this replica now, waiting or computing
@@ -194,7 +195,5 @@ class Router:
             self._ongoing -= 1
 
     def info(self) -> dict:
-        import os
-
         return {"replica": self.replica, "policy_version": self.version, "started_version": self.started_version,
                 "pid": os.getpid()}

@@ -203,7 +203,10 @@ class LimitSettings:
             raise SettingsError(f"limits.long_prompt: must be 'truncate' or 'reject', got {self.long_prompt!r}")
 
 
-TOPOLOGIES = ("split", "colocated")
+TOPOLOGIES = ("colocated", "split")
+# The deployments that take the live offer (`user_config`: prices, models) in each topology.
+LIVE_OFFER_DEPLOYMENTS = {"colocated": ("RouterAPI", "TrainerDeployment"),
+                          "split": ("RouterModel", "RouterAPI", "TrainerDeployment")}
 
 
 @dataclass
@@ -213,15 +216,16 @@ class ServeSettings:
     weights_poll_s: float = 1.0  # how often replicas look for newer published weights
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.005
-    # split: HTTP ingress -> RouterModel replicas (a router replica's death is retried by the ingress);
-    # colocated: the ingress replicas route themselves, no deployment call on a route (lowest latency)
-    topology: str = "split"
+    # colocated: the ingress replicas route themselves, no deployment call on a route (lowest latency);
+    # split: HTTP ingress -> RouterModel replicas (routers placed and scaled apart from the ingress,
+    # and a router replica's death is retried by the ingress)
+    topology: str = "colocated"
     lone_route_threads: int = 0  # torch threads for a route alone in its router replica; 0: the CPUs Ray reserved (batches always use those)
     upstreams: dict = field(default_factory=dict)  # model name -> base URL, or {base_url, api_key_env | api_key_file, api_key_header}
     upstream_timeout_s: float = 60.0  # whole answer; for a stream, the longest wait between two chunks
     upstream_connect_timeout_s: float = 5.0
     upstream_retries: int = 2  # connection failures only: the upstream never saw the request
-    # RouterModel autoscaling for Python deployments; in YAML, `deployments:` overrides it.
+    # The routers' autoscaling (RouterAPI colocated, RouterModel split) for Python deployments; in YAML, `deployments:` overrides it.
     router_autoscaling: dict = field(
         default_factory=lambda: {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
     )

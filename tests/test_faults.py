@@ -39,6 +39,7 @@ def svc(tmp_path_factory):
         "checkpoint": ckpt, "log_dir": str(root / "log"), "weights_poll_s": 0.3,
         "upstreams": {m: upstream.base_url for m in table.models},
         "auth": {"token_file": str(root / "token")},
+        "topology": "split",  # router replicas of their own, to kill (tests/test_colocated.py kills colocated ones)
         "router_autoscaling": {"min_replicas": 2, "max_replicas": 2},
         "trainer": {"state_dir": str(root / "trainer"), "min_batch": 50, "enabled": False},
     }

@@ -15,8 +15,8 @@ import pytest
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.training.run import train
 from http_client import TOKEN, Client, free_port
+from serve.settings import LIVE_OFFER_DEPLOYMENTS
 
-LIVE = ("RouterModel", "RouterAPI", "TrainerDeployment")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def mc_world(tmp_path_factory):
     return {"root": root, "checkpoint": train(cfg, progress=False).checkpoint}
 
 
-def test_offered_models_and_prices_change_in_place_with_no_failed_request(mc_world):
+@pytest.mark.parametrize("topology", ["colocated", "split"])
+def test_offered_models_and_prices_change_in_place_with_no_failed_request(mc_world, topology):
     """Re-price a model, then add one the policy never trained on and remove another, while a
     client keeps routing: no failed request, the same replica throughout (reconfigured, not
     replaced), a doubled price lowers that model's share at once (no training step), and a bad
@@ -49,14 +50,14 @@ def test_offered_models_and_prices_change_in_place_with_no_failed_request(mc_wor
     meta = read_meta(mc_world["checkpoint"])
     offer = {m: dict(meta["prices"][m]) for m in meta["models"]}
     args = {"checkpoint": mc_world["checkpoint"], "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")},
-            "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "topology": topology, "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
             "trainer": {"state_dir": str(root / "trainer"), "enabled": False}}
     http = {"host": "127.0.0.1", "port": port}
     serve.start(http_options=http)
     client = Client(port)
 
     def deploy(models=None):
-        live = [{"name": n, "user_config": {"models": models}} for n in LIVE] if models is not None else []
+        live = [{"name": n, "user_config": {"models": models}} for n in LIVE_OFFER_DEPLOYMENTS[topology]] if models is not None else []
         config = {"http_options": http, "applications": [{"name": "barp", "route_prefix": "/", "import_path": "serve.app:app_builder",
                                                           "args": args, "deployments": live}]}
         _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))

@@ -113,6 +113,7 @@ def test_serving_survives_losing_the_node_with_the_store_client_and_the_trainer(
     args = {
         "checkpoint": ckpt, "log_dir": str(tmp_path / "log"), "weights_poll_s": 0.5,
         "auth": {"token_file": str(tmp_path / "token")},
+        "topology": "split",  # router replicas pinned to the serving nodes, apart from the head's ingress
         "router_autoscaling": {"min_replicas": 2, "max_replicas": 2},
         "feedback": {"database": "postgresql", "database_url_file": str(tmp_path / "db-url")},
         "trainer": {"state_dir": str(tmp_path / "trainer"), "min_batch": 16, "max_wait_s": 1.0},

@@ -65,6 +65,7 @@ def deploy(world, port, limits=None, **trainer):
         "upstream_timeout_s": 3,
         "auth": {"token_file": str(world["root"] / "token")},
         "limits": limits or {"max_prompt_tokens": 64, "long_prompt": "truncate", "max_body_bytes": 16384},
+        "topology": "split",  # the ingress and its RouterModel replicas apart (the colocated ones: tests/test_colocated.py)
         "router_autoscaling": {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 8},
         "trainer": {"state_dir": str(world["root"] / "trainer"), "min_batch": 100, "poll_s": 0.2, "enabled": False,
                     **trainer},
@@ -314,7 +315,7 @@ def test_settings_errors_name_the_field():
 
     from ray.serve.schema import ServeDeploySchema
 
-    for name in ("serve.yaml", "serve_colocated.yaml"):
+    for name in ("serve.yaml", "serve_split.yaml"):
         shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / name).read_text())
         ServeDeploySchema.model_validate(shipped)  # Ray Serve's own schema
         for app in shipped["applications"]:
