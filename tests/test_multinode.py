@@ -83,6 +83,49 @@ def test_training_survives_sigkill_of_a_worker_node_and_finishes_with_a_checkpoi
     assert killed["node"] not in alive
 
 
+def test_colocated_routing_on_sqlite_refuses_an_ingress_replica_off_the_feedback_log_node(cluster, tmp_path):
+    """The default topology with the default store: an SQLite file is one node's disk, so an
+    ingress replica (which writes its decisions to the store itself) on another node than the
+    feedback log must not start and write a second, private file; the deploy fails naming the
+    setting instead."""
+    import ray
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    from barp_ray.training.run import train
+    from http_client import TOKEN, free_port, wait_for
+
+    cluster.add_node(num_cpus=1, resources={"log_node": 1}, object_store_memory=100 * MB)
+    cluster.add_node(num_cpus=1, resources={"ingress_node": 1}, object_store_memory=100 * MB)
+    ray.init(address=cluster.address)
+    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=300", "training.iterations=1",
+                                              "training.rounds_per_iteration=256", f"output.checkpoint_dir={tmp_path / 'ckpt'}"])
+    ckpt = train(cfg, progress=False).checkpoint
+    (tmp_path / "token").write_text(TOKEN)
+    args = {"checkpoint": ckpt, "log_dir": str(tmp_path / "log"), "auth": {"token_file": str(tmp_path / "token")},
+            "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "trainer": {"state_dir": str(tmp_path / "trainer"), "enabled": False}}  # topology and store: the defaults
+    pinned = {"FeedbackLogDeployment": {"log_node": 0.5}, "RouterAPI": {"ingress_node": 0.5}}
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port(), "location": "HeadOnly"})
+    try:
+        serve.context._get_global_client().deploy_apps(ServeDeploySchema(applications=[{
+            "name": "barp", "route_prefix": "/", "import_path": "serve.app:app_builder", "args": args,
+            "deployments": [{"name": n, "ray_actor_options": {"num_cpus": 0.1, "resources": r}} for n, r in pinned.items()],
+        }]))
+
+        def failed() -> bool:
+            app = serve.status().applications.get("barp")
+            return app is not None and str(app.status).endswith("DEPLOY_FAILED")
+
+        wait_for(failed, 240)
+        app = serve.status().applications["barp"]
+        assert failed(), app
+        message = app.deployments["RouterAPI"].message
+        assert "topology: colocated with feedback.database sqlite" in message and "postgresql" in message, message
+    finally:
+        serve.shutdown()
+
+
 @pytest.mark.drill
 def test_serving_survives_losing_the_node_with_the_store_client_and_the_trainer(cluster, tmp_path, postgres_url):
     """The node holding the feedback store's client and the trainer is SIGKILLed under load, with
