@@ -27,6 +27,7 @@ class DecisionWriteError(RuntimeError):
 
 
 DecisionWriter = Callable[[list[dict]], Awaitable[None]]
+INLINE_BATCH = 4  # colocated: batches up to this size compute on the event loop (Router.__init__)
 
 
 def take_offer(user_config: dict | None, meta: dict, first: bool, apply=None):
@@ -71,11 +72,14 @@ class Router:
         self._threads_now = self._threads
         self._ongoing = 0  # routes in this replica now, waiting or computing
         # Colocated, the event loop is the HTTP ingress's: a 32-prompt forward on it held every chat
-        # stream's next chunk for up to ~0.3 s (bench/chat_stream_under_load.py), so a batch computes
-        # in this one thread and the loop keeps reading requests and passing chunks on (torch releases
-        # the GIL). A lone route still computes on the loop: the hop to a thread doubled its latency.
+        # stream's next chunk for up to ~0.3 s (bench/chat_stream_under_load.py), so a batch of more
+        # than INLINE_BATCH prompts computes in this one thread and the loop keeps reading requests
+        # and passing chunks on (torch releases the GIL). Smaller ones stay on the loop (a few tens of
+        # ms at most): the thread competes with the loop for the GIL on every op of the encoder, which
+        # doubled a lone route's latency, and with every batch in it 2 and 4 clients got 10-30 % fewer
+        # routes/s (alternating A/B in one run, session 25).
         # Split, RouterModel's loop serves only the ingress's calls and the thread only cost throughput
-        # (32 clients: 91-95 routes/s against 105 inline, same session): batches stay inline there.
+        # (32 clients: 91-95 routes/s against 105 inline, session 25's runs): batches stay inline there.
         self._batch_thread = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="route-batch")
                               if settings.topology == "colocated" else None)
         self.settings, self.trainer, self.write = settings, trainer, write
@@ -192,7 +196,7 @@ class Router:
     async def route_batch(self, items: list[dict]) -> list[dict]:
         if len(items) == 1 and self._ongoing <= 1:
             out, decisions = self._compute(items, self._lone_threads)
-        elif self._batch_thread is None:
+        elif self._batch_thread is None or len(items) <= INLINE_BATCH:
             out, decisions = self._compute(items, self._threads)
         else:
             out, decisions = await asyncio.get_running_loop().run_in_executor(

@@ -18,7 +18,6 @@ from http_client import TOKEN, Client, free_port
 from serve.settings import LIVE_OFFER_DEPLOYMENTS
 
 
-
 @pytest.fixture(scope="module")
 def mc_world(tmp_path_factory):
     from conftest import start_local_ray
