@@ -618,7 +618,8 @@ def test_routing_metrics_reach_prometheus_with_sane_values(client, world):
         got = _scrape()
         outcomes = {labels.get("outcome") for labels, _ in got.get("ray_barp_feedback_total", [])}
         replicas = {labels.get("replica") for labels, _ in got.get("ray_barp_policy_version", [])}
-        if all(n in got for n in need) and {"accepted", "duplicate", "unknown_request"} <= outcomes and len(replicas) >= 2:
+        if (all(n in got for n in need) and {"accepted", "duplicate", "unknown_request"} <= outcomes and len(replicas) >= 2
+                and sum(v for _, v in moved("ray_barp_routes_total")) >= 12):  # this test's routes exported
             break
         time.sleep(2)
     assert all(n in got for n in need), sorted(got)
