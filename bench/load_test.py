@@ -144,8 +144,8 @@ def floor(checkpoint: str, prompts: list[str], repeats: int) -> dict:
     return out
 
 
-def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict, batch_wait_s: float | None = None,
-           topology: str = "colocated", lone_route_threads: int = 2):
+def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict, batch_wait_s: float | None,
+           topology: str, lone_route_threads: int):
     from ray import serve
 
     from serve.app import app_builder

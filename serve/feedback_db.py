@@ -65,18 +65,35 @@ class SQLiteDatabase:
     def executemany(self, sql: str, rows: list[tuple]) -> None:
         self._conn.executemany(sql, rows)
 
+    def _begin(self, durable: bool, wait: bool = True) -> None:
+        """BEGIN IMMEDIATE: take the file's write lock. Without `wait`, sqlite3.OperationalError at
+        once if another process holds it, instead of after the busy timeout."""
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        if wait:
+            self._conn.execute("BEGIN IMMEDIATE")
+            return
+        self._conn.execute("PRAGMA busy_timeout=0")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout={int(self._BUSY_TIMEOUT_S * 1000)}")
+
+    @contextlib.contextmanager
+    def _committed(self) -> Iterator[None]:
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
     @contextlib.contextmanager
     def transaction(self, durable: bool) -> Iterator[None]:
         """One writer transaction, rolled back whole if anything inside raises."""
         with self.lock:
-            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            self._begin(durable)
+            with self._committed():
                 yield
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
 
     @contextlib.contextmanager
     def transaction_if_free(self, durable: bool) -> Iterator[bool]:
@@ -88,21 +105,13 @@ class SQLiteDatabase:
             yield False
             return
         try:
-            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._conn.execute("PRAGMA busy_timeout=0")
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._begin(durable, wait=False)
             except sqlite3.OperationalError:  # another process is writing
                 yield False
                 return
-            finally:
-                self._conn.execute(f"PRAGMA busy_timeout={int(self._BUSY_TIMEOUT_S * 1000)}")
-            try:
+            with self._committed():
                 yield True
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
         finally:
             self.lock.release()
 

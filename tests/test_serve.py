@@ -595,8 +595,8 @@ def test_routing_metrics_reach_prometheus_with_sane_values(client, world):
     before = {(name, tuple(sorted(labels.items()))): v for name, series in _scrape().items() for labels, v in series}
 
     def moved(name: str) -> list[tuple[dict, float]]:
-        return [(labels, v - before.get((name, tuple(sorted(labels.items()))), 0.0)) for labels, v in got.get(name, [])
-                if v > before.get((name, tuple(sorted(labels.items()))), 0.0)]
+        deltas = [(labels, v - before.get((name, tuple(sorted(labels.items()))), 0.0)) for labels, v in got.get(name, [])]
+        return [(labels, d) for labels, d in deltas if d > 0]
 
     ids = []
     for i in range(12):
