@@ -76,6 +76,8 @@ class TrainerSettings:
     critic_temperature: float = 0.1
     window: int = 1024
     recent_window: int = 256  # half of every minibatch comes from the newest this many (0: uniform)
+    drift_z: float = 5.0  # served reward fell this many standard errors: forget the replay before the fall (0: never)
+    drift_min_drop: float = 0.1  # ... and must be at least this large, in reward units
     replay_ratio: float = 128.0  # samples trained per new reward (16 new rewards -> 8 steps of 256)
     max_steps_per_update: int = 64
     max_busy_fraction: float = 1.0  # share of one core the background trainer may keep busy (1: no limit)
@@ -96,7 +98,7 @@ class TrainerSettings:
                 or not 0 < self.max_busy_fraction <= 1:
             raise SettingsError(f"trainer.max_busy_fraction: must be in (0, 1], got {self.max_busy_fraction!r}")
         for name in ("entropy_coeff", "baseline_coeff", "critic_kl_coeff", "recent_window", "num_learners",
-                     "num_gpus_per_learner"):
+                     "num_gpus_per_learner", "drift_z", "drift_min_drop"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise SettingsError(f"trainer.{name}: must be a number >= 0, got {v!r}")

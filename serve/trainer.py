@@ -45,6 +45,7 @@ from barp_ray.policy import RoutingPolicy, load_policy_state, policy_state
 from serve.exploration import (dr_terms, dr_value, exploring_distribution, recency_weights, snips_value,
                                weighted_mean_se)
 from serve.feedback_store import RewardReader, decode_vector
+from serve.reward_drift import drop_cut
 from serve.state_store import StateStore
 
 STATE = "state"
@@ -115,6 +116,7 @@ class ContinuousTrainer:
         self.version = 0
         self.published_version = 0
         self.refused: dict[str, Any] | None = None
+        self.drift: dict[str, Any] | None = None  # the last time a reward drop made the replay forget
         self.last_estimate: dict[str, Any] | None = None
         self.updates: list[dict] = []
         self.published: deque[dict] = deque(maxlen=64)  # recent publications, for delay reports
@@ -178,6 +180,7 @@ class ContinuousTrainer:
                 self.learner_group.restore_from_path(str(local / "learner_group"))
                 self.offset, self.version = int(p["offset"]), int(p["version"])
                 self.refused = p.get("refused")
+                self.drift = p.get("drift")
         published = latest_published(self.t.state_dir)
         if published is not None:
             self.published_version = published[0]
@@ -189,13 +192,16 @@ class ContinuousTrainer:
         # Refill the replay and evaluation windows from the store, up to the saved offset.
         for r in self.reader.up_to(self.offset, self.t.window + self.rollout.eval_window * 4):
             self._file(r)
+        if self.drift:  # what the replay forgot stays forgotten
+            self.window = deque((r for r in self.window if r["id"] > self.drift["through_id"]), maxlen=self.t.window)
 
     def _save(self) -> None:
         """Learner state, offset and version as one version of the state: all of it or none."""
         def write(tmp: Path) -> None:
             self.learner_group.save_to_path(str(tmp / "learner_group"))
             (tmp / PROGRESS).write_text(json.dumps({"offset": self.offset, "version": self.version,
-                                                    "refused": self.refused, "time": time.time()}))
+                                                    "refused": self.refused, "drift": self.drift,
+                                                    "time": time.time()}))
 
         self.state.save(STATE, self.version, write)
 
@@ -272,6 +278,7 @@ class ContinuousTrainer:
     def _file(self, record: dict) -> bool:
         """Into the replay or the held-back window; True if it will be trained on now."""
         row = {
+            "id": int(record["id"]),
             "embedding": decode_vector(record["embedding"]),
             "preference": np.asarray(record["preference"], dtype=np.float32),
             "model": record["model"],
@@ -297,6 +304,7 @@ class ContinuousTrainer:
         if not self._ready(fresh):
             return None
         trainable = sum(self._file(r) for r in fresh)
+        self._forget_a_changed_world()
         stats: dict[str, float] = {}
         steps = self.steps_for(trainable) if trainable else 0
         if steps:
@@ -319,6 +327,20 @@ class ContinuousTrainer:
         self.updates.append(row)
         del self.updates[:-256]
         return row
+
+    def _forget_a_changed_world(self) -> None:
+        """Drop the replay's records from before a significant fall in served reward (the module
+        `serve.reward_drift` says why): the learner then trains on the world as it is now."""
+        rows = list(self.window)
+        cut = drop_cut(np.asarray([r["reward"] for r in rows]), self.t.drift_z, self.t.drift_min_drop)
+        if cut is None:
+            return
+        before, after = rows[:cut], rows[cut:]
+        self.drift = {"version": self.version + 1, "time": time.time(), "through_id": before[-1]["id"],
+                      "forgotten": len(before), "kept": len(after),
+                      "reward_before": float(np.mean([r["reward"] for r in before])),
+                      "reward_after": float(np.mean([r["reward"] for r in after]))}
+        self.window = deque(after, maxlen=self.t.window)
 
     def steps_for(self, new: int) -> int:
         """Minibatch steps for `new` trainable rewards: `replay_ratio` samples each, within [1, max]."""
@@ -453,6 +475,6 @@ class ContinuousTrainer:
         return {
             "version": self.version, "published_version": self.published_version, "offset": self.offset,
             "updates": len(self.updates), "replay": len(self.window), "held_back": len(self.eval_window),
-            "last_estimate": self.last_estimate, "last_refused": self.refused,
+            "last_estimate": self.last_estimate, "last_refused": self.refused, "last_drift": self.drift,
             "last_published": self.published[-1] if self.published else None,
         }

@@ -124,6 +124,41 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
         third.close()
 
 
+def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(checkpoint, tmp_path):
+    """The models answered well, then their provider broke: the records from before the fall leave
+    the replay (and stay out of it after a restart); while nothing changes, nothing is forgotten."""
+    from barp_ray.encoder import encode
+    from barp_ray.policy import RoutingPolicy
+    from serve.feedback_store import FeedbackStore
+    from serve.trainer import ContinuousTrainer
+
+    settings = _settings(checkpoint, tmp_path, rollout={"enabled": False})
+    policy = RoutingPolicy.load(checkpoint)
+    MODELS[:] = list(policy.models)
+    k = len(MODELS)
+    contexts = encode(["Write a SQL query that lists customers.", "Compose a poem about rain."], policy.encoder)
+    store = FeedbackStore(settings.log_dir, tau=policy.tau)
+    trainer = ContinuousTrainer(settings)
+    rng = np.random.default_rng(0)
+    for _ in range(4):  # the world as it was: every model but the last answers everything
+        _log_uniform_rounds(store, contexts, 150, lambda rid, a: a < k - 1, k, rng)
+        trainer.train_once()
+    before = len(trainer.window)
+    assert trainer.drift is None and before > 500
+    _log_uniform_rounds(store, contexts, 80, lambda rid, a: False, k, rng)  # the provider broke
+    trainer.train_once()
+    drift = trainer.status()["last_drift"]
+    assert drift is not None and drift["reward_before"] > drift["reward_after"] + 0.1, drift
+    kept = list(trainer.window)
+    # what is kept is (almost only) the new world: at most a few records from before the fall
+    assert len(kept) <= 80 and drift["forgotten"] >= before - 8, (len(kept), drift)
+    assert np.mean([r["reward"] for r in kept]) < 0.05
+    trainer.close()
+    again = ContinuousTrainer(settings)
+    assert again.drift == drift and [r["id"] for r in again.window] == [r["id"] for r in kept]
+    again.close()
+
+
 def _deploy(checkpoint, root, port, **args):
     from ray import serve
 
@@ -314,11 +349,15 @@ def test_the_service_adapts_to_a_new_world_and_again_after_a_shift(live, checkpo
             curve.append(closure())
         _, stats = live.get("/v1/stats")
         t = stats["trainer"]
-        report[phase] = (start, curve, {k: t.get(k) for k in ("version", "published_version", "last_estimate", "last_refused")})
+        report[phase] = (start, curve, {k: t.get(k) for k in ("version", "published_version", "last_estimate", "last_refused",
+                                                              "last_drift")})
         print(f"{phase}: gap closed {start:+.2f} -> {' '.join(f'{c:+.2f}' for c in curve)}; trainer {report[phase][2]}")
         # a frozen policy stays at `start`; after the shift `start` is what the old experts give (< 0.2)
         assert max(curve[-2:]) >= 0.7 and curve[-1] >= start + 0.4, report
     assert report["after shift"][0] < 0.3, report  # the shift really made the learned routing wrong
+    # the fall in reward after the shift made the replay forget the old world; nothing before it did
+    assert report["new world"][2]["last_drift"] is None, report
+    assert (drift := report["after shift"][2]["last_drift"]) and drift["forgotten"] >= 500, report
     st, stats = live.get("/v1/stats")
     assert st == 200 and stats["trainer"]["published_version"] >= 10, stats
     delay = stats["trainer"]["rollout_delay_s"]
