@@ -1,6 +1,6 @@
 """In-process live loop: how steadily the continuous trainer learns, across seeds and update cadences.
 
-    python bench/live_loop.py [--seeds 0 1 2] [--cadences 16 100] [--rounds 1000] [--set rollout.estimator=snips]
+    python bench/live_loop.py [--seeds 0 1 2 ...] [--cadences 16 100] [--rounds 1000] [--set rollout.estimator=snips]
 
 The service's learning parts without HTTP or Serve: the same `FeedbackStore`, `ContinuousTrainer`
 (RLlib LearnerGroup, safe-rollout gate) and exploring distribution as `serve/app.py`, settings from
@@ -82,11 +82,11 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
         u, o = world.uniform_score(eval_topics), world.oracle_score(eval_topics)
         return (world.score_of(eval_topics, probs.argmax(1)) - u) / (o - u)
 
-    phases, t0, updates, refused = {}, time.time(), 0, 0
+    phases, t0, updates, refused, streak, longest, forgets = {}, time.time(), 0, 0, 0, 0, 0
     for phase in ("new world", "after shift"):
         if phase == "after shift":
             world.shift()
-        curve, served_scores = [greedy_gap()], []
+        curve, served_scores, phase_forgets = [greedy_gap()], [], 0
         prompts, prompt_topics = world.prompts(rounds, stream)
         for i, (prompt, topic) in enumerate(zip(prompts, prompt_topics)):
             x = embeddings[prompt]
@@ -103,6 +103,11 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
             if (i + 1) % cadence == 0 and (row := trainer.train_once()) is not None:
                 updates += 1
                 refused += not row["published"]
+                forgot = trainer.drift is not None and trainer.drift["version"] == row["version"]
+                forgets += forgot
+                phase_forgets += forgot
+                streak = 0 if row["published"] else streak + 1
+                longest = max(longest, streak)
                 v, weights = trainer.snapshot
                 if v != version:
                     load_policy_state(served, {k: torch.as_tensor(w) for k, w in weights.items()})
@@ -115,10 +120,11 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
         after = curve[reached // EVAL_EVERY:] if reached else []
         phases[phase] = {"curve": curve, "rounds_to_goal": reached, "mean_gap_closed": float(np.mean(curve[1:])),
                          "min_after_goal": float(min(after)) if after else None,
-                         "served_gap_closed": (float(np.mean(served_scores)) - u) / (o - u)}
+                         "served_gap_closed": (float(np.mean(served_scores)) - u) / (o - u), "forgets": phase_forgets}
     trainer.close()
     store.close()
     return {"seed": seed, "cadence": cadence, "phases": phases, "updates": updates, "refused": refused,
+            "longest_refusal_streak": longest, "forgets": forgets,
             "seconds": time.time() - t0}
 
 
@@ -141,6 +147,8 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "worst_after_goal": min((p["min_after_goal"] for p in ps if p["min_after_goal"] is not None), default=None),
                 "served_gap_closed": float(np.mean([p["served_gap_closed"] for p in ps])),
                 "refused_share": float(np.mean([r["refused"] / max(r["updates"], 1) for r in rs])),
+                "forgets": float(np.mean([p.get("forgets", 0) for p in ps])),
+                "longest_refusal_streak": max((r.get("longest_refusal_streak") for r in rs), default=None),
             })
     return rows
 
@@ -150,13 +158,15 @@ def table(rows: list[dict], rounds: int) -> str:
         return "not reached" if x is None else f"{x:.0f}"
 
     out = [f"| rewards per update | phase | seeds at {GOAL:.0%} within {rounds} | rounds to {GOAL:.0%}: median / worst | "
-           "greedy gap closed, mean over the phase | lowest after reaching it | served gap closed | candidates refused |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "greedy gap closed, mean over the phase | lowest after reaching it | served gap closed | candidates refused | "
+           "longest refusal streak | replay forgets per seed |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         worst = "-" if r["worst_after_goal"] is None else f"{r['worst_after_goal']:.2f}"
         out.append(f"| {r['cadence']} | {r['phase']} | {r['reached']}/{r['seeds']} | {n(r['rounds_to_goal_median'])} / "
                    f"{n(r['rounds_to_goal_worst'])} | {r['mean_gap_closed']:.2f} | {worst} | {r['served_gap_closed']:.2f} | "
-                   f"{r['refused_share']:.0%} |")
+                   f"{r['refused_share']:.0%} | {n(r.get('longest_refusal_streak'))} | "
+                   f"{r.get('forgets', 0):.2f} |")
     return "\n".join(out)
 
 
@@ -191,7 +201,7 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "barp-default"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     p.add_argument("--cadences", type=int, nargs="+", default=[16, 100])
     p.add_argument("--rounds", type=int, default=1000, help="feedback rounds before and again after the shift")
     p.add_argument("--topics", nargs="+", default=["sql", "poetry", "law", "chemistry"])
@@ -222,7 +232,7 @@ def main() -> None:
             runs.append(r)
             print(f"rewards/update {cadence:4d} seed {seed}: " + "  ".join(
                 f"{ph}: {' '.join(f'{c:+.2f}' for c in v['curve'])}" for ph, v in r["phases"].items())
-                + f"  [{r['seconds']:.0f}s, {r['refused']}/{r['updates']} refused]", flush=True)
+                + f"  [{r['seconds']:.0f}s, {r['refused']}/{r['updates']} refused, {r.get('forgets', 0)} forgets]", flush=True)
     summary = summarize(runs)
     result = {"label": args.label, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "render")},
               "goal_gap_closed": GOAL, "summary": summary, "runs": runs}
