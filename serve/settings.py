@@ -76,8 +76,8 @@ class TrainerSettings:
     critic_temperature: float = 0.1
     window: int = 1024
     recent_window: int = 256  # half of every minibatch comes from the newest this many (0: uniform)
-    drift_z: float = 5.0  # served reward fell this many standard errors: forget the replay before the fall (0: never)
-    drift_min_drop: float = 0.1  # ... and must be at least this large, in reward units
+    drift_z: float = 5.0  # served answers' score fell this many standard errors: forget the replay before the fall (0: never)
+    drift_min_drop: float = 0.1  # ... and by at least this much score
     replay_ratio: float = 128.0  # samples trained per new reward (16 new rewards -> 8 steps of 256)
     max_steps_per_update: int = 64
     max_busy_fraction: float = 1.0  # share of one core the background trainer may keep busy (1: no limit)

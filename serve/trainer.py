@@ -285,6 +285,7 @@ class ContinuousTrainer:
             "logp": float(np.log(max(float(record["behaviour_prob"]), 1e-6))),
             "mu": float(record["behaviour_prob"]),
             "reward": float(record["reward"]),
+            "score": None if record.get("defaulted") or record.get("score") is None else float(record["score"]),
             **offer_of(record),
         }
         if held_back(record["request_id"], self.rollout.holdout_fraction):
@@ -329,18 +330,21 @@ class ContinuousTrainer:
         return row
 
     def _forget_a_changed_world(self) -> None:
-        """Drop the replay's records from before a significant fall in served reward (the module
-        `serve.reward_drift` says why): the learner then trains on the world as it is now."""
-        rows = list(self.window)
-        cut = drop_cut(np.asarray([r["reward"] for r in rows]), self.t.drift_z, self.t.drift_min_drop)
+        """Drop the replay's records from before a significant fall in the answers' score (the
+        module `serve.reward_drift` says why): the learner then trains on the world as it is now.
+        The score and not the reward: a reward also falls when clients move their preference
+        toward cost, or when the policy learns to buy dearer models, and neither makes old records
+        wrong. Prices reach the trainer through the live offer, not through this."""
+        scored = [r for r in self.window if r["score"] is not None]  # defaulted rewards have no score
+        cut = drop_cut(np.asarray([r["score"] for r in scored]), self.t.drift_z, self.t.drift_min_drop)
         if cut is None:
             return
-        before, after = rows[:cut], rows[cut:]
+        before, after = scored[:cut], scored[cut:]
         self.drift = {"version": self.version + 1, "time": time.time(), "through_id": before[-1]["id"],
-                      "forgotten": len(before), "kept": len(after),
-                      "reward_before": float(np.mean([r["reward"] for r in before])),
-                      "reward_after": float(np.mean([r["reward"] for r in after]))}
-        self.window = deque(after, maxlen=self.t.window)
+                      "score_before": float(np.mean([r["score"] for r in before])),
+                      "score_after": float(np.mean([r["score"] for r in after]))}
+        self.window = deque((r for r in self.window if r["id"] > self.drift["through_id"]), maxlen=self.t.window)
+        self.drift.update(forgotten=len(scored) - len(after), kept=len(self.window))
 
     def steps_for(self, new: int) -> int:
         """Minibatch steps for `new` trainable rewards: `replay_ratio` samples each, within [1, max]."""

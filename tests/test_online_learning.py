@@ -36,16 +36,16 @@ def _settings(checkpoint, root, **sections):
     return settings_from_args(args).absolute()
 
 
-def _log_uniform_rounds(store, contexts, n, reward_of, k, rng):
-    """n rounds logged by a uniform policy; reward_of(request_id, action) -> reward in {0, 1}."""
+def _log_uniform_rounds(store, contexts, n, reward_of, k, rng, preference=(1.0, 0.0), cost=0.0):
+    """n rounds logged by a uniform policy; reward_of(request_id, action) -> score in {0, 1}."""
     from serve.feedback_store import encode_vector, new_request_id
 
     for _ in range(n):
         rid, a = new_request_id(), int(rng.integers(k))
         store.record_decision({"request_id": rid, "time": time.time(), "embedding": encode_vector(contexts[rng.integers(len(contexts))]),
-                               "preference": [1.0, 0.0], "model": MODELS[a], "behaviour_prob": 1.0 / k,
+                               "preference": list(preference), "model": MODELS[a], "behaviour_prob": 1.0 / k,
                                "mode": "explore", "policy_version": 0})
-        store.record_feedback(rid, float(reward_of(rid, a)), 0.0)
+        store.record_feedback(rid, float(reward_of(rid, a)), cost)
 
 
 MODELS: list[str] = []
@@ -125,8 +125,9 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
 
 
 def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(checkpoint, tmp_path):
-    """The models answered well, then their provider broke: the records from before the fall leave
-    the replay (and stay out of it after a restart); while nothing changes, nothing is forgotten."""
+    """The models answered well, then their provider broke: the records from before the fall in
+    score leave the replay (and stay out of it after a restart). Clients moving their preference
+    toward cost lower the reward as much, but the answers are as good as before: nothing is forgotten."""
     from barp_ray.encoder import encode
     from barp_ray.policy import RoutingPolicy
     from serve.feedback_store import FeedbackStore
@@ -143,12 +144,16 @@ def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(che
     for _ in range(4):  # the world as it was: every model but the last answers everything
         _log_uniform_rounds(store, contexts, 150, lambda rid, a: a < k - 1, k, rng)
         trainer.train_once()
+    # the same answers, but now clients weigh cost: the reward falls from ~0.8 to ~-0.6, the score does not
+    _log_uniform_rounds(store, contexts, 80, lambda rid, a: a < k - 1, k, rng, preference=(0.2, 0.8), cost=10 * policy.tau)
+    trainer.train_once()
+    assert trainer.window[-1]["reward"] < 0
     before = len(trainer.window)
     assert trainer.drift is None and before > 500
     _log_uniform_rounds(store, contexts, 80, lambda rid, a: False, k, rng)  # the provider broke
     trainer.train_once()
     drift = trainer.status()["last_drift"]
-    assert drift is not None and drift["reward_before"] > drift["reward_after"] + 0.1, drift
+    assert drift is not None and drift["score_before"] > drift["score_after"] + 0.1, drift
     kept = list(trainer.window)
     # what is kept is (almost only) the new world: at most a few records from before the fall
     assert len(kept) <= 80 and drift["forgotten"] >= before - 8, (len(kept), drift)
