@@ -78,7 +78,11 @@ class TrainerMetrics:
         self.updates = metrics.Counter("barp_trainer_updates_total", description="continuous-training updates, "
                                        "by whether the safe-rollout gate published the candidate", tag_keys=("published",))
         self.version = metrics.Gauge("barp_trainer_published_version", description="newest published policy version")
+        self.forgets = metrics.Counter("barp_trainer_replay_forgets_total",
+                                       description="times a fall in the answers' score made the replay forget the records before it")
 
     def update(self, row: dict, published_version: int) -> None:
         self.updates.inc(1, tags={"published": str(bool(row["published"])).lower()})
+        if row.get("forgot"):
+            self.forgets.inc(1)
         self.version.set(published_version)

@@ -323,7 +323,7 @@ class ContinuousTrainer:
             self.refused = {"version": self.version, "time": time.time(), **decision["estimate"]}
         self._save()
         row = {"version": self.version, "offset": self.offset, "records": len(fresh), "published": decision["publish"],
-               "steps": steps,
+               "steps": steps, "forgot": bool(self.drift and self.drift["version"] == self.version),
                **stats}
         self.updates.append(row)
         del self.updates[:-256]

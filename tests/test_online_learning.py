@@ -151,7 +151,7 @@ def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(che
     before = len(trainer.window)
     assert trainer.drift is None and before > 500
     _log_uniform_rounds(store, contexts, 80, lambda rid, a: False, k, rng)  # the provider broke
-    trainer.train_once()
+    assert trainer.train_once()["forgot"] and not any(u["forgot"] for u in trainer.updates[:-1])
     drift = trainer.status()["last_drift"]
     assert drift is not None and drift["score_before"] > drift["score_after"] + 0.1, drift
     kept = list(trainer.window)
