@@ -71,7 +71,7 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
     trainer = ContinuousTrainer(settings)
     served = policy.module
     version = trainer.snapshot[0]
-    eps, temp = settings.exploration.epsilon, settings.exploration.temperature
+    temp = settings.exploration.temperature
     stream = np.random.default_rng([seed, 1])
     eval_prompts, eval_topics = world.prompts(200, np.random.default_rng([seed, 2]))
     eval_x = torch.from_numpy(np.stack([embeddings[p] for p in eval_prompts]))
@@ -91,7 +91,7 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
         for i, (prompt, topic) in enumerate(zip(prompts, prompt_topics)):
             x = embeddings[prompt]
             probs = served.action_probabilities(torch.from_numpy(x[None]), torch.from_numpy(pref[None])).numpy()
-            mu = exploring_distribution(probs, eps, temp)[0]
+            mu = exploring_distribution(probs, trainer.exploration_epsilon(), temp)[0]  # what replicas poll
             a = int(stream.choice(len(mu), p=mu / mu.sum()))
             rid = new_request_id()
             store.record_decision({"request_id": rid, "time": time.time(), "embedding": encode_vector(x),

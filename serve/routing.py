@@ -85,6 +85,7 @@ class Router:
         self.settings, self.trainer, self.write = settings, trainer, write
         self.policy = RoutingPolicy.load(settings.checkpoint)
         self.version, self.loaded_at = 0, time.time()
+        self.epsilon = settings.exploration.epsilon  # the trainer raises it for a while after a forget
         # Start from the newest published weights on disk, not the checkpoint: the trainer may be
         # down (or restarting) while this replica starts.
         published = latest_published(settings.trainer.state_dir)
@@ -127,9 +128,9 @@ class Router:
 
         while True:
             try:
-                got = await self.trainer.get_weights.remote(self.version, self.replica, self.loaded_at)
-                if got is not None:
-                    version, weights = got
+                version, weights, self.epsilon = await self.trainer.get_weights.remote(self.version, self.replica,
+                                                                                      self.loaded_at)
+                if weights is not None:
                     fresh = copy.deepcopy(self.policy)  # a failed load must not leave half-new weights
                     load_policy_state(fresh.module, weights)  # the offered models and prices stay
                     self.policy, self.version, self.loaded_at = fresh, version, time.time()
@@ -158,7 +159,7 @@ class Router:
         from serve.exploration import exploring_distribution
         from serve.feedback_store import encode_vector, new_request_id
 
-        policy, prices, version = self.policy, self.prices, self.version
+        policy, prices, version, epsilon = self.policy, self.prices, self.version, self.epsilon
         models = list(policy.models)
         emb = encode([it["prompt"] for it in items], policy.encoder)
         probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
@@ -177,7 +178,7 @@ class Router:
                 a = int(np.argmax(served))
                 served = np.eye(len(p))[a]  # deterministic: the propensity of the choice is 1
             else:
-                served = exploring_distribution(p[None], e.epsilon, e.temperature, mask)[0]
+                served = exploring_distribution(p[None], epsilon, e.temperature, mask)[0]
                 a = int(self._rng.choice(len(served), p=served / served.sum()))
             # A fresh id per attempt: if this replica dies after the write, the retry is a new
             # decision, and the orphan one simply expires.

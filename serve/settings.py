@@ -24,10 +24,19 @@ class ExplorationSettings:
 
     epsilon: float = 0.1
     temperature: float = 1.0
+    # After the trainer forgets a changed world (trainer.drift_z), routes explore at least this
+    # much until this many new rewards arrived: the models that are best now are found sooner.
+    after_forget_epsilon: float = 0.3
+    after_forget_rewards: int = 300  # 0: no boost
 
     def validate(self) -> None:
-        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) or not 0 <= self.epsilon <= 1:
-            raise SettingsError(f"exploration.epsilon: must be a number in [0, 1], got {self.epsilon!r}")
+        for name in ("epsilon", "after_forget_epsilon"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise SettingsError(f"exploration.{name}: must be a number in [0, 1], got {v!r}")
+        v = self.after_forget_rewards
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise SettingsError(f"exploration.after_forget_rewards: must be an integer >= 0, got {v!r}")
         _pos("exploration.temperature", self.temperature)
 
 

@@ -22,7 +22,13 @@ too few held-back records on a newly best model and refused adaptation for hundr
 after a shift in the in-process loop. Held-back rewards are weighted by recency (`rollout.half_life`): on
 evenly weighted old data, a candidate that has learned a changed world looks worse than the
 weights that fit the old one, and the gate would hold adaptation back (measured: 750 rounds of
-refusals after a shift with 512 equally weighted records). After every update the learner state, offset and version are saved
+refusals after a shift with 512 equally weighted records).
+
+A fall in the answers' score (`serve/reward_drift.py`) makes the replay forget the records before
+it, and routes then explore more for a while (`exploration_epsilon`, polled by the replicas with
+the weights): the learner stops averaging two worlds and finds the new best models sooner.
+
+After every update the learner state, offset and version are saved
 together, atomically; published weights are saved on their own, so a router replica that starts
 while the trainer is down still serves the newest published version.
 """
@@ -116,7 +122,8 @@ class ContinuousTrainer:
         self.version = 0
         self.published_version = 0
         self.refused: dict[str, Any] | None = None
-        self.drift: dict[str, Any] | None = None  # the last time a reward drop made the replay forget
+        self.drift: dict[str, Any] | None = None  # the last time a fall in score made the replay forget
+        self.boost_left = 0  # new rewards still to come before routes explore at the usual epsilon again
         self.last_estimate: dict[str, Any] | None = None
         self.updates: list[dict] = []
         self.published: deque[dict] = deque(maxlen=64)  # recent publications, for delay reports
@@ -181,6 +188,7 @@ class ContinuousTrainer:
                 self.offset, self.version = int(p["offset"]), int(p["version"])
                 self.refused = p.get("refused")
                 self.drift = p.get("drift")
+                self.boost_left = int(p.get("boost_left", 0))
         published = latest_published(self.t.state_dir)
         if published is not None:
             self.published_version = published[0]
@@ -201,6 +209,7 @@ class ContinuousTrainer:
             self.learner_group.save_to_path(str(tmp / "learner_group"))
             (tmp / PROGRESS).write_text(json.dumps({"offset": self.offset, "version": self.version,
                                                     "refused": self.refused, "drift": self.drift,
+                                                    "boost_left": self.boost_left,
                                                     "time": time.time()}))
 
         self.state.save(STATE, self.version, write)
@@ -305,6 +314,7 @@ class ContinuousTrainer:
         if not self._ready(fresh):
             return None
         trainable = sum(self._file(r) for r in fresh)
+        self.boost_left = max(0, self.boost_left - len(fresh))
         self._forget_a_changed_world()
         stats: dict[str, float] = {}
         steps = self.steps_for(trainable) if trainable else 0
@@ -345,6 +355,15 @@ class ContinuousTrainer:
                       "score_after": float(np.mean([r["score"] for r in after]))}
         self.window = deque((r for r in self.window if r["id"] > self.drift["through_id"]), maxlen=self.t.window)
         self.drift.update(forgotten=len(scored) - len(after), kept=len(self.window))
+        self.boost_left = self.settings.exploration.after_forget_rewards
+
+    def exploration_epsilon(self) -> float:
+        """The epsilon routes should explore with now: raised for a while after a forget, because
+        the model that is best in the changed world is found only by trying it (with epsilon 0.1
+        over 6 models, one try per ~60 rounds of a topic). bench/live_loop.py, rounds to 70 % of the
+        gap after a shift, slowest of 24 seeds: 800 with forgetting alone, 300 with this too."""
+        e = self.settings.exploration
+        return max(e.epsilon, e.after_forget_epsilon) if self.boost_left > 0 else e.epsilon
 
     def steps_for(self, new: int) -> int:
         """Minibatch steps for `new` trainable rewards: `replay_ratio` samples each, within [1, max]."""
@@ -388,9 +407,9 @@ class ContinuousTrainer:
         from barp_ray.rl_module import ALLOWED, LOG_PRICE
 
         obs = self._obs_tensors(rows)
-        e = self.settings.exploration
         probs = module.action_probabilities(obs["embedding"], obs["preference"], obs.get(LOG_PRICE)).numpy()
-        mu = exploring_distribution(probs, e.epsilon, e.temperature, obs[ALLOWED].numpy() > 0)
+        mu = exploring_distribution(probs, self.exploration_epsilon(), self.settings.exploration.temperature,
+                                    obs[ALLOWED].numpy() > 0)
         actions, logged, rewards = (np.asarray([r["action"] for r in rows]), np.asarray([r["mu"] for r in rows]),
                                     np.asarray([r["reward"] for r in rows]))
         recency = recency_weights(len(rows), self.rollout.half_life)
@@ -480,5 +499,6 @@ class ContinuousTrainer:
             "version": self.version, "published_version": self.published_version, "offset": self.offset,
             "updates": len(self.updates), "replay": len(self.window), "held_back": len(self.eval_window),
             "last_estimate": self.last_estimate, "last_refused": self.refused, "last_drift": self.drift,
+            "exploration": {"epsilon": self.exploration_epsilon(), "boost_rewards_left": self.boost_left},
             "last_published": self.published[-1] if self.published else None,
         }

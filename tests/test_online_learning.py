@@ -149,7 +149,7 @@ def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(che
     trainer.train_once()
     assert trainer.window[-1]["reward"] < 0
     before = len(trainer.window)
-    assert trainer.drift is None and before > 500
+    assert trainer.drift is None and before > 500 and trainer.exploration_epsilon() == settings.exploration.epsilon == 0.1
     _log_uniform_rounds(store, contexts, 80, lambda rid, a: False, k, rng)  # the provider broke
     assert trainer.train_once()["forgot"] and not any(u["forgot"] for u in trainer.updates[:-1])
     drift = trainer.status()["last_drift"]
@@ -158,9 +158,18 @@ def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(che
     # what is kept is (almost only) the new world: at most a few records from before the fall
     assert len(kept) <= 80 and drift["forgotten"] >= before - 8, (len(kept), drift)
     assert np.mean([r["reward"] for r in kept]) < 0.05
+    # routes explore more until 300 new rewards came in: the replicas poll this epsilon
+    assert trainer.exploration_epsilon() == settings.exploration.after_forget_epsilon == 0.3
     trainer.close()
     again = ContinuousTrainer(settings)
     assert again.drift == drift and [r["id"] for r in again.window] == [r["id"] for r in kept]
+    assert again.exploration_epsilon() == 0.3
+    _log_uniform_rounds(store, contexts, 284, lambda rid, a: False, k, rng)
+    again.train_once()
+    assert again.exploration_epsilon() == 0.3 and again.status()["exploration"]["boost_rewards_left"] == 16
+    _log_uniform_rounds(store, contexts, 16, lambda rid, a: False, k, rng)
+    again.train_once()
+    assert again.exploration_epsilon() == 0.1 and again.drift == drift  # the broken world is the world now: no new forget
     again.close()
 
 
