@@ -82,7 +82,7 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
         u, o = world.uniform_score(eval_topics), world.oracle_score(eval_topics)
         return (world.score_of(eval_topics, probs.argmax(1)) - u) / (o - u)
 
-    phases, t0, updates, refused, streak, longest, forgets = {}, time.time(), 0, 0, 0, 0, 0
+    phases, t0, updates, refused, streak, longest = {}, time.time(), 0, 0, 0, 0
     for phase in ("new world", "after shift"):
         if phase == "after shift":
             world.shift()
@@ -103,9 +103,7 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
             if (i + 1) % cadence == 0 and (row := trainer.train_once()) is not None:
                 updates += 1
                 refused += not row["published"]
-                forgot = trainer.drift is not None and trainer.drift["version"] == row["version"]
-                forgets += forgot
-                phase_forgets += forgot
+                phase_forgets += row["forgot"]
                 streak = 0 if row["published"] else streak + 1
                 longest = max(longest, streak)
                 v, weights = trainer.snapshot
@@ -124,7 +122,7 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
     trainer.close()
     store.close()
     return {"seed": seed, "cadence": cadence, "phases": phases, "updates": updates, "refused": refused,
-            "longest_refusal_streak": longest, "forgets": forgets,
+            "longest_refusal_streak": longest, "forgets": sum(p["forgets"] for p in phases.values()),
             "seconds": time.time() - t0}
 
 

@@ -315,7 +315,7 @@ class ContinuousTrainer:
             return None
         trainable = sum(self._file(r) for r in fresh)
         self.boost_left = max(0, self.boost_left - len(fresh))
-        self._forget_a_changed_world()
+        forgot = self._forget_a_changed_world()
         stats: dict[str, float] = {}
         steps = self.steps_for(trainable) if trainable else 0
         if steps:
@@ -333,22 +333,22 @@ class ContinuousTrainer:
             self.refused = {"version": self.version, "time": time.time(), **decision["estimate"]}
         self._save()
         row = {"version": self.version, "offset": self.offset, "records": len(fresh), "published": decision["publish"],
-               "steps": steps, "forgot": bool(self.drift and self.drift["version"] == self.version),
+               "steps": steps, "forgot": forgot,
                **stats}
         self.updates.append(row)
         del self.updates[:-256]
         return row
 
-    def _forget_a_changed_world(self) -> None:
+    def _forget_a_changed_world(self) -> bool:
         """Drop the replay's records from before a significant fall in the answers' score (the
         module `serve.reward_drift` says why): the learner then trains on the world as it is now.
         The score and not the reward: a reward also falls when clients move their preference
         toward cost, or when the policy learns to buy dearer models, and neither makes old records
-        wrong. Prices reach the trainer through the live offer, not through this."""
+        wrong. Prices reach the trainer through the live offer, not through this. True if it forgot."""
         scored = [r for r in self.window if r["score"] is not None]  # defaulted rewards have no score
         cut = drop_cut(np.asarray([r["score"] for r in scored]), self.t.drift_z, self.t.drift_min_drop)
         if cut is None:
-            return
+            return False
         before, after = scored[:cut], scored[cut:]
         self.drift = {"version": self.version + 1, "time": time.time(), "through_id": before[-1]["id"],
                       "score_before": float(np.mean([r["score"] for r in before])),
@@ -356,6 +356,7 @@ class ContinuousTrainer:
         self.window = deque((r for r in self.window if r["id"] > self.drift["through_id"]), maxlen=self.t.window)
         self.drift.update(forgotten=len(scored) - len(after), kept=len(self.window))
         self.boost_left = self.settings.exploration.after_forget_rewards
+        return True
 
     def exploration_epsilon(self) -> float:
         """The epsilon routes should explore with now: raised for a while after a forget, because
