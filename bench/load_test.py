@@ -5,8 +5,9 @@
 
 1. floor: the bare encoder + policy forward in this process, per request, at batch 1 and 32;
 2. one router replica (the RouterAPI replica that routes itself, as shipped; with --topology
-   split one RouterModel replica behind the ingress) with @serve.batch max size 1, then 32: one sequential client (p50 against the
-   batch-1 floor), then a closed loop of 32 concurrent clients (routes/s against the batch-32
+   split one RouterModel replica behind the ingress) with @serve.batch max size 1, then 32: one sequential client,
+   then (max size 32) the same client in blocks of 20 prompts alternating with the bare batch-1 forward
+   on the same prompts (p50 against p50: the goal's ratio), then a closed loop of 32 concurrent clients (routes/s against the batch-32
    floor, p99 against p50). Issue 12's goals: sequential p50 <= 1.5x the batch-1 floor; at 32
    clients >= 40% of the batch-32 floor with p99 <= 2x p50. Every route's decision is written to
    the feedback store before its 2xx, as in production;
@@ -123,25 +124,73 @@ def cpu_per_route(before: dict[str, float], after: dict[str, float], routes: int
     return {role: 1000 * (after[role] - before.get(role, 0.0)) / max(routes, 1) for role in after}
 
 
-def floor(checkpoint: str, prompts: list[str], repeats: int) -> dict:
+def in_process_forward(checkpoint: str):
+    """The bare encoder + policy forward on this process's torch threads: what the goals compare with."""
     from barp_ray.encoder import encode, load_encoder
     from barp_ray.policy import RoutingPolicy
 
     policy = RoutingPolicy.load(checkpoint)
     load_encoder(policy.encoder, "cpu")
+    preference = np.asarray([0.8, 0.2], dtype=np.float32)
+
+    def forward(batch: list[str]) -> None:
+        policy.probabilities(encode(batch, policy.encoder), preference)
+
+    return forward
+
+
+def floor(forward, prompts: list[str], repeats: int) -> dict:
     out = {}
     for bs in (1, 32):
         times = []
         for r in range(repeats):
             batch = [prompts[(r * bs + j) % len(prompts)] for j in range(bs)]
             t0 = time.perf_counter()
-            emb = encode(batch, policy.encoder)
-            policy.probabilities(emb, np.asarray([0.8, 0.2], dtype=np.float32))
+            forward(batch)
             times.append(time.perf_counter() - t0)
         out[f"batch_{bs}"] = {"ms_per_batch_p50": 1000 * percentile(times, 50),
                               "ms_per_request": 1000 * percentile(times, 50) / bs,
                               "requests_per_s": bs / percentile(times, 50)}
     return out
+
+
+async def side_by_side(url: str, forward, prompts: list[str], blocks: int, size: int) -> dict:
+    """One sequential client and the bare batch-1 forward on the same prompts, in alternating blocks.
+
+    The machine is shared: its speed drifts within seconds, and the floor measured once at the start
+    ran before the deployment's processes did, on other prompts. Alternating blocks of the same
+    prompts compare the service with the forward under the same load and the same prompt lengths."""
+    import aiohttp
+
+    served: list[float] = []
+    bare: list[float] = []
+    ratios: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        for b in range(blocks):
+            batch = [prompts[(b * size + j) % len(prompts)] for j in range(size)]
+            block_bare, block_served = [], []
+            for prompt in batch:
+                t0 = time.perf_counter()
+                forward([prompt])
+                block_bare.append(time.perf_counter() - t0)
+            for prompt in batch:
+                t0 = time.perf_counter()
+                async with session.post(url, json={"prompt": prompt, "preference": 0.8}) as resp:
+                    await resp.read()
+                if resp.status == 200:
+                    block_served.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+            bare += block_bare
+            served += block_served
+            if block_served:
+                ratios.append(percentile(block_served, 50) / percentile(block_bare, 50))
+    return {"blocks": blocks, "block_size": size, "errors": errors,
+            "bare_p50_ms": 1000 * percentile(bare, 50), "served_p50_ms": 1000 * percentile(served, 50),
+            "served_p99_ms": 1000 * percentile(served, 99),
+            "p50_over_bare_p50": percentile(served, 50) / percentile(bare, 50),
+            "block_ratio_min": min(ratios), "block_ratio_median": float(np.median(ratios)), "block_ratio_max": max(ratios)}
 
 
 def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict, batch_wait_s: float | None,
@@ -223,7 +272,12 @@ def main() -> int:
     p.add_argument("--lone-route-threads", type=int, default=shipped["lone_route_threads"],
                    help="torch threads for a route alone in its router replica (0: the CPUs Ray reserved for it; "
                         "default: configs/serve.yaml's)")
+    p.add_argument("--block", type=int, default=20,
+                   help="prompts per block when the sequential client alternates with the bare forward (1: every "
+                        "other request; then each side pays for the other's idle torch threads, see docs/results/serve_load)")
     args = p.parse_args()
+    if args.block < 1:
+        p.error("--block: must be at least 1")
     os.environ.update(INGRESS[args.ingress])  # read by the controller and replicas Ray starts below
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,7 +306,8 @@ def main() -> int:
                      "topology": args.topology, "lone_route_threads": args.lone_route_threads,
                      "environment": INGRESS[args.ingress]}
 
-    results["floor"] = floor(checkpoint, prompts, repeats=20 if quick else 60)
+    forward = in_process_forward(checkpoint)
+    results["floor"] = floor(forward, prompts, repeats=20 if quick else 60)
     print("floor (encoder + policy in-process):", json.dumps(results["floor"]), flush=True)
     # The goals compare with the floor above (torch's default threads: the whole machine). A router
     # replica runs one intra-op thread (it shares the machine with the proxy, the ingress and the
@@ -261,7 +316,7 @@ def main() -> int:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    results["floor_one_thread"] = floor(checkpoint, prompts, repeats=20 if quick else 60)
+    results["floor_one_thread"] = floor(forward, prompts, repeats=20 if quick else 60)
     torch.set_num_threads(threads)
     print("floor at one torch thread (as in a router replica):", json.dumps(results["floor_one_thread"]), flush=True)
 
@@ -279,6 +334,12 @@ def main() -> int:
         r["cpu_ms_per_route"] = cpu_per_route(cpu, cpu := cpu_seconds(), r["requests"])
         results["fixed_one_replica"][f"max_batch_size_{bs}_sequential"] = r
         print(f"1 replica, max_batch_size {bs}, 1 client: {json.dumps(r)}", flush=True)
+        if bs == 32:
+            r = asyncio.run(side_by_side(url, forward, prompts, blocks=(200 if quick else 600) // args.block,
+                                          size=args.block))
+            results["side_by_side"] = r
+            print(f"1 replica, max_batch_size 32, 1 client beside the bare forward: {json.dumps(r)}", flush=True)
+            cpu = cpu_seconds()
         r = asyncio.run(closed_loop(url, prompts, 32, 8 if quick else 20, 20_000))
         r["cpu_ms_per_route"] = cpu_per_route(cpu, cpu_seconds(), r["requests"])
         results["fixed_one_replica"][f"max_batch_size_{bs}"] = r
@@ -287,10 +348,12 @@ def main() -> int:
     seq, loaded, fl = (results["fixed_one_replica"]["max_batch_size_32_sequential"],
                        results["fixed_one_replica"]["max_batch_size_32"], results["floor"])
     results["goals"] = {
-        "sequential_p50_over_floor_batch_1": seq["p50_ms"] / fl["batch_1"]["ms_per_request"],
+        "sequential_p50_over_floor_batch_1": results["side_by_side"]["p50_over_bare_p50"],
         "routes_per_s_over_floor_batch_32": loaded["routes_per_s"] / fl["batch_32"]["requests_per_s"],
         "p99_over_p50_at_32_clients": loaded["p99_ms"] / loaded["p50_ms"],
-        # not goals: the same ratios against the one-thread floor
+        # not goals: the sequential phase against the floor measured at the start (before the deployment
+        # ran, on the first prompts), and the ratios against the one-thread floor
+        "sequential_p50_over_start_floor_batch_1": seq["p50_ms"] / fl["batch_1"]["ms_per_request"],
         "sequential_p50_over_one_thread_floor_batch_1": seq["p50_ms"] / results["floor_one_thread"]["batch_1"]["ms_per_request"],
         "routes_per_s_over_one_thread_floor_batch_32": loaded["routes_per_s"] / results["floor_one_thread"]["batch_32"]["requests_per_s"],
     }
