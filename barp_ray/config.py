@@ -116,6 +116,7 @@ class PolicyConfig:
     quality_gate: bool = True  # cost_aware: the learned logits are multiplied by w_q (False: added as they are)
     cost_scale: float = 5.0  # cost_aware: initial s in w_c * s * cost (how sharply cost counts; Adam moves it little)
     embedding_dropout: float = 0.0  # > 0: dropout on h(x) in the training forward only (policy and critic), against fitting the train tasks
+    critic_hidden: list | None = None  # the training critic's hidden layers (None: one, as wide as head_hidden's last)
 
     def validate(self) -> None:
         _one_of("policy.head", self.head, POLICY_HEADS)
@@ -127,8 +128,10 @@ class PolicyConfig:
             raise ConfigError(f"policy.model_id_dropout: must be in [0, 1), got {self.model_id_dropout}")
         if not 0.0 <= self.embedding_dropout < 1.0:
             raise ConfigError(f"policy.embedding_dropout: must be in [0, 1), got {self.embedding_dropout}")
-        for name in ("preference_hidden", "head_hidden"):
+        for name in ("preference_hidden", "head_hidden", "critic_hidden"):
             sizes = getattr(self, name)
+            if name == "critic_hidden" and sizes is None:
+                continue
             if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
                 raise ConfigError(f"policy.{name}: must be a non-empty list of positive integers, got {sizes!r}")
 

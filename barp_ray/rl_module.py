@@ -40,7 +40,7 @@ CRITIC_FORMS = ("free", "reward", "known_cost")
 class BaRPRLModule(TorchRLModule):
     """model_config: preference_hidden (list[int]), head_hidden (list[int]), learned_baseline (bool),
     critic (bool: the training-only head predicts every model's reward, Q(x, w, .), instead of one
-    baseline value; the loss then uses it as a doubly robust critic), critic_form, exploration_floor.
+    baseline value; the loss then uses it as a doubly robust critic), critic_form, critic_hidden (list[int]; default [head_hidden[-1]]), exploration_floor.
 
     critic_form "reward" builds Q in the reward's own shape, Q(x, w, a) = w_q q(x, a) - w_c c(x, a),
     with q and c read from the prompt alone. Every reward, at whatever w it was earned, then teaches
@@ -89,6 +89,9 @@ class BaRPRLModule(TorchRLModule):
         emb_dim = self.observation_space["embedding"].shape[0]
         pref_hidden = list(cfg.get("preference_hidden", [32]))
         head_hidden = list(cfg.get("head_hidden", [256, 128]))
+        # The critic's hidden layers: by default one, as wide as the head's last (what every checkpoint
+        # before critic_hidden was trained with, so their meta needs no new key).
+        critic_hidden = list(cfg.get("critic_hidden") or head_hidden[-1:])
         k = int(self.action_space.n)
         self.preference_net = mlp([2, *pref_hidden], final_activation=True)
         self.head = str(cfg.get("head", "concat"))
@@ -126,12 +129,12 @@ class BaRPRLModule(TorchRLModule):
             raise ValueError("critic_form 'known_cost' needs head 'cost_aware' (the known normalised costs)")
         if (cfg.get("learned_baseline", True) or self.critic) and not self.inference_only:
             if self.critic and self.critic_form == "known_cost":
-                self.baseline_head = mlp([emb_dim, *head_hidden[-1:], k], final_activation=False)
+                self.baseline_head = mlp([emb_dim, *critic_hidden, k], final_activation=False)
             elif self.critic and self.critic_form == "reward":
-                self.baseline_head = mlp([emb_dim, *head_hidden[-1:], 2 * k], final_activation=False)
+                self.baseline_head = mlp([emb_dim, *critic_hidden, 2 * k], final_activation=False)
             else:
                 out = k if self.critic else 1
-                self.baseline_head = mlp([emb_dim + pref_hidden[-1], *head_hidden[-1:], out], final_activation=False)
+                self.baseline_head = mlp([emb_dim + pref_hidden[-1], *critic_hidden, out], final_activation=False)
 
     def _setup_model_conditioned(self, cfg: dict, emb_dim: int, pref_hidden: list[int], head_hidden: list[int], k: int) -> None:
         from barp_ray.model_cards import FEATURES, ModelCard, check_cards

@@ -116,6 +116,19 @@ def test_exploration_floor_keeps_every_model_in_the_rollouts_but_not_in_serving(
     assert torch.allclose(rollout[:, 1:], torch.full_like(rollout[:, 1:], 0.2 / 4), atol=1e-4)
 
 
+def test_critic_hidden_sizes_the_critic_and_leaves_the_policy_as_it_was():
+    """Checkpoints trained before the switch have no critic_hidden: they must build the critic
+    they were trained with (one layer as wide as the head's last)."""
+    default, wide = _module(critic=True, critic_form="reward"), _module(critic=True, critic_form="reward",
+                                                                     critic_hidden=[32, 24])
+    linear = lambda m: [tuple(x.weight.shape) for x in m.baseline_head.modules() if isinstance(x, torch.nn.Linear)]
+    assert linear(default) == [(16, 8), (8, 16)]  # [emb 8] -> 16 (head_hidden's last) -> 2 x 4 models
+    assert linear(wide) == [(32, 8), (24, 32), (8, 24)]
+    policy = lambda m: {k: v.shape for k, v in m.state_dict().items() if not k.startswith("baseline_head")}
+    assert policy(default) == policy(wide)
+    assert wide._forward_train(_batch())["baseline"].shape == (32, 4)
+
+
 def test_embedding_dropout_acts_in_the_loss_forward_only():
     """The learner's forward drops embedding coordinates (a different draw each call, the critic
     included); rollouts, evaluation and serving read the whole embedding."""
