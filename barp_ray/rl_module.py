@@ -40,7 +40,8 @@ CRITIC_FORMS = ("free", "reward", "known_cost")
 class BaRPRLModule(TorchRLModule):
     """model_config: preference_hidden (list[int]), head_hidden (list[int]), learned_baseline (bool),
     critic (bool: the training-only head predicts every model's reward, Q(x, w, .), instead of one
-    baseline value; the loss then uses it as a doubly robust critic), critic_form, critic_hidden (list[int]; default [head_hidden[-1]]), exploration_floor.
+    baseline value; the loss then uses it as a doubly robust critic), critic_form, critic_hidden
+    (list[int]; default [head_hidden[-1]]), exploration_floor.
 
     critic_form "reward" builds Q in the reward's own shape, Q(x, w, a) = w_q q(x, a) - w_c c(x, a),
     with q and c read from the prompt alone. Every reward, at whatever w it was earned, then teaches

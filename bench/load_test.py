@@ -186,6 +186,8 @@ async def side_by_side(url: str, forward, prompts: list[str], blocks: int, size:
             served += block_served
             if block_served:
                 ratios.append(percentile(block_served, 50) / percentile(block_bare, 50))
+    if not served:
+        raise SystemExit(f"side by side: all {errors} routes failed; is the deployment up?")
     return {"blocks": blocks, "block_size": size, "errors": errors,
             "bare_p50_ms": 1000 * percentile(bare, 50), "served_p50_ms": 1000 * percentile(served, 50),
             "served_p99_ms": 1000 * percentile(served, 99),
