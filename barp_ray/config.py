@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 SOURCES = ("synthetic", "llmrouter", "routerbench", "records")
 SPLITS = ("random", "per_task", "tasks", "provided")
 POLICY_HEADS = ("concat", "preference_gated", "price_aware", "cost_aware", "model_conditioned")
+CONDITIONINGS = ("concat", "film")  # how phi(w) enters the decision head
 # Heads with one output per trained model that read today's prices (RLModule.set_prices, logged prices).
 PRICE_HEADS = ("price_aware", "cost_aware")
 
@@ -117,9 +118,14 @@ class PolicyConfig:
     cost_scale: float = 5.0  # cost_aware: initial s in w_c * s * cost (how sharply cost counts; Adam moves it little)
     embedding_dropout: float = 0.0  # > 0: dropout on h(x) in the training forward only (policy and critic), against fitting the train tasks
     critic_hidden: list | None = None  # the training critic's hidden layers (None: one, as wide as head_hidden's last)
+    conditioning: str = "concat"  # how phi(w) enters the decision head: concat [h(x); phi(w)] (the paper) | film (each hidden layer scaled and shifted by phi(w))
 
     def validate(self) -> None:
         _one_of("policy.head", self.head, POLICY_HEADS)
+        _one_of("policy.conditioning", self.conditioning, CONDITIONINGS)
+        if self.conditioning == "film" and self.head == "model_conditioned":
+            raise ConfigError("policy.conditioning: 'film' is for the decision head of the other heads; "
+                              "model_conditioned has its own towers")
         _positive("policy.model_id_dim", self.model_id_dim)
         _positive("policy.cost_scale", self.cost_scale)
         if not isinstance(self.quality_gate, bool):

@@ -16,7 +16,7 @@ from torch import nn
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from barp_ray.config import POLICY_HEADS as HEADS, PRICE_HEADS
+from barp_ray.config import CONDITIONINGS, POLICY_HEADS as HEADS, PRICE_HEADS
 
 BASELINE = "baseline"
 # Optional observation columns a logged batch may carry (continuous training): the [B, K] log
@@ -37,11 +37,39 @@ def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
 CRITIC_FORMS = ("free", "reward", "known_cost")
 
 
+class FiLMHead(nn.Module):
+    """The decision head reading h(x) alone, every hidden layer scaled and shifted by phi(w) (FiLM).
+
+    Concatenating [h(x); phi(w)] lets the preference add to the first layer's input; here it can
+    change how strongly each prompt feature counts at every layer, which is what a trade-off dial
+    needs (at w_q = 1 the features that predict quality, near w_q = 0 hardly any). The FiLM maps
+    start at zero, so the head starts as the preference-blind MLP and learns where w matters."""
+
+    def __init__(self, emb_dim: int, pref_dim: int, hidden: list[int], out: int):
+        super().__init__()
+        self.emb_dim = emb_dim
+        sizes = [emb_dim, *hidden]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.films = nn.ModuleList(nn.Linear(pref_dim, 2 * b) for b in hidden)
+        for film in self.films:
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
+        self.out = nn.Linear(sizes[-1], out)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h, p = z[:, : self.emb_dim], z[:, self.emb_dim :]
+        for layer, film in zip(self.layers, self.films):
+            gamma, beta = film(p).chunk(2, dim=-1)
+            h = torch.relu(layer(h) * (1.0 + gamma) + beta)
+        return self.out(h)
+
+
 class BaRPRLModule(TorchRLModule):
     """model_config: preference_hidden (list[int]), head_hidden (list[int]), learned_baseline (bool),
     critic (bool: the training-only head predicts every model's reward, Q(x, w, .), instead of one
     baseline value; the loss then uses it as a doubly robust critic), critic_form, critic_hidden
-    (list[int]; default [head_hidden[-1]]), exploration_floor.
+    (list[int]; default [head_hidden[-1]]), exploration_floor, conditioning ("concat": the head reads
+    [h(x); phi(w)], the paper; "film": `FiLMHead`).
 
     critic_form "reward" builds Q in the reward's own shape, Q(x, w, a) = w_q q(x, a) - w_c c(x, a),
     with q and c read from the prompt alone. Every reward, at whatever w it was earned, then teaches
@@ -105,11 +133,19 @@ class BaRPRLModule(TorchRLModule):
             raise ValueError(f"critic_form must be one of {CRITIC_FORMS}, got {self.critic_form!r}")
         self.exploration_floor = float(cfg.get("exploration_floor", 0.0))
         self.embedding_dropout = float(cfg.get("embedding_dropout", 0.0))
+        self.conditioning = str(cfg.get("conditioning", "concat"))
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if self.conditioning == "film" and self.head == "model_conditioned":
+            raise ValueError("conditioning 'film' applies to the decision head of the other heads, not model_conditioned")
         if self.head == "model_conditioned":
             self._setup_model_conditioned(cfg, emb_dim, pref_hidden, head_hidden, k)
             return
         out = 2 * k if self.head == "preference_gated" else k
-        self.decision_head = mlp([emb_dim + pref_hidden[-1], *head_hidden, out], final_activation=False)
+        if self.conditioning == "film":
+            self.decision_head = FiLMHead(emb_dim, pref_hidden[-1], head_hidden, out)
+        else:
+            self.decision_head = mlp([emb_dim + pref_hidden[-1], *head_hidden, out], final_activation=False)
         if self.head in PRICE_HEADS:
             prices = cfg.get("model_prices")
             if prices is None or len(prices) != k or not all(float(x) > 0 for x in prices):

@@ -73,6 +73,8 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"scale": {"num_env_runners": 1.5}}, "scale.num_env_runners"),
         ({"policy": {"head_hidden": []}}, "policy.head_hidden"),
         ({"policy": {"critic_hidden": [0]}}, "policy.critic_hidden"),
+        ({"policy": {"conditioning": "gated"}}, "policy.conditioning"),
+        ({"policy": {"conditioning": "film", "head": "model_conditioned"}}, "policy.conditioning"),
         ({"output": {"log_every": 0}}, "output.log_every"),
         ({"data": "synthetic"}, "data"),
     ],

@@ -129,6 +129,23 @@ def test_critic_hidden_sizes_the_critic_and_leaves_the_policy_as_it_was():
     assert wide._forward_train(_batch())["baseline"].shape == (32, 4)
 
 
+def test_film_conditioning_starts_blind_to_the_preference_and_learns_to_read_it():
+    """FiLM's maps start at zero (the head is the preference-blind MLP); one gradient step on a loss
+    that needs w makes the logits depend on it."""
+    from ray.rllib.core.columns import Columns
+
+    module, batch = _module(conditioning="film"), _batch()
+    logits = lambda: module._forward(batch)[Columns.ACTION_DIST_INPUTS]
+    flipped = {Columns.OBS: {**batch[Columns.OBS], "preference": batch[Columns.OBS]["preference"].flip(-1)}}
+    assert torch.allclose(logits(), module._forward(flipped)[Columns.ACTION_DIST_INPUTS])
+    optim = torch.optim.SGD(module.parameters(), lr=0.5)
+    w_q = batch[Columns.OBS]["preference"][:, :1]
+    loss = -(logits()[:, 0] * (w_q.squeeze(-1) - 0.5)).mean()  # model 0 good at high w_q, bad at low
+    loss.backward()
+    optim.step()
+    assert not torch.allclose(logits(), module._forward(flipped)[Columns.ACTION_DIST_INPUTS])
+
+
 def test_embedding_dropout_acts_in_the_loss_forward_only():
     """The learner's forward drops embedding coordinates (a different draw each call, the critic
     included); rollouts, evaluation and serving read the whole embedding."""

@@ -111,6 +111,7 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
                     "exploration_floor": t.exploration_floor,
                     "embedding_dropout": cfg.policy.embedding_dropout,
                     **({"critic_hidden": list(cfg.policy.critic_hidden)} if cfg.policy.critic_hidden else {}),
+                    **({"conditioning": cfg.policy.conditioning} if cfg.policy.conditioning != "concat" else {}),
                     **({"model_prices": [c.blended_price for c in cards]} if cfg.policy.head in PRICE_HEADS else {}),
                     **({"model_costs": list(costs), "cost_scale": cfg.policy.cost_scale,
                         "quality_gate": cfg.policy.quality_gate} if cfg.policy.head == "cost_aware" else {}),
