@@ -156,7 +156,7 @@ def warm_start(algo, source: str) -> None:
         else:
             what = "missing" if t is None else f"{t.shape} there, {np.shape(value)} here"
             raise ConfigError(f"training.init_from: {source}: its weights do not fit this policy ({key}: {what}; "
-                              "same policy.head and sizes needed)")
+                              "same policy.head, conditioning and sizes needed)")
     algo.learner_group.set_weights({DEFAULT_MODULE_ID: merged})
     algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
 
