@@ -90,6 +90,7 @@ class EnvConfig:
     tau: Union[float, str] = "auto"  # dollars; "auto": the priciest model's mean cost on the train split
     preference: dict = field(default_factory=lambda: {"kind": "uniform"})
     eval_preference: list = field(default_factory=lambda: [0.8, 0.2])  # reported in logs and tests
+    prompt_sampling: str = "uniform"  # uniform: every train prompt equally often | per_task: every task equally often
 
     def validate(self) -> None:
         if isinstance(self.tau, str):
@@ -97,6 +98,7 @@ class EnvConfig:
                 raise ConfigError(f"env.tau: must be a positive number or 'auto', got {self.tau!r}")
         elif not self.tau > 0:
             raise ConfigError(f"env.tau: must be > 0, got {self.tau}")
+        _one_of("env.prompt_sampling", self.prompt_sampling, ("uniform", "per_task"))
         try:
             PreferenceSampler.from_dict(self.preference)
         except ValueError as e:

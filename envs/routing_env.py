@@ -24,6 +24,7 @@ class BanditData:
     scores: np.ndarray  # [N, K] float32
     costs: np.ndarray  # [N, K] float64 dollars
     models: tuple[str, ...]
+    weights: np.ndarray | None = None  # [N] chance of each prompt per round (None: uniform)
 
     def __post_init__(self) -> None:
         n = self.embeddings.shape[0]
@@ -32,6 +33,17 @@ class BanditData:
                 f"BanditData: embeddings {self.embeddings.shape}, scores {self.scores.shape}, "
                 f"costs {self.costs.shape} and {len(self.models)} models do not line up"
             )
+        if self.weights is not None and (self.weights.shape != (n,) or not np.isclose(self.weights.sum(), 1.0)
+                                         or (self.weights < 0).any()):
+            raise ValueError(f"BanditData: weights must be {n} non-negative numbers summing to 1")
+
+
+def task_balanced(tasks: np.ndarray) -> np.ndarray:
+    """Per-prompt draw chances that give every task the same share of rounds (uniform within a task):
+    a task with few logged prompts is otherwise seen in proportion to them, however often it is asked."""
+    names, index, counts = np.unique(np.asarray(tasks), return_inverse=True, return_counts=True)
+    weights = 1.0 / (len(names) * counts[index])
+    return weights / weights.sum()
 
 
 def resolve_data(data: Any) -> BanditData:
@@ -58,7 +70,10 @@ class BanditRounds:
 
     def draw(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Row indices (kept private by the caller) and the observation batch."""
-        rows = self.rng.integers(self.data.embeddings.shape[0], size=n)
+        if self.data.weights is None:
+            rows = self.rng.integers(self.data.embeddings.shape[0], size=n)
+        else:
+            rows = self.rng.choice(self.data.embeddings.shape[0], size=n, p=self.data.weights)
         obs = {"embedding": self.data.embeddings[rows], "preference": self.preference.sample(self.rng, n)}
         return rows, obs
 

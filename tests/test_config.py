@@ -74,6 +74,7 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"policy": {"head_hidden": []}}, "policy.head_hidden"),
         ({"policy": {"critic_hidden": [0]}}, "policy.critic_hidden"),
         ({"policy": {"conditioning": "gated"}}, "policy.conditioning"),
+        ({"env": {"prompt_sampling": "tasks"}}, "env.prompt_sampling"),
         ({"policy": {"conditioning": "film", "head": "model_conditioned"}}, "policy.conditioning"),
         ({"output": {"log_every": 0}}, "output.log_every"),
         ({"data": "synthetic"}, "data"),

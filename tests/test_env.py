@@ -113,3 +113,22 @@ def test_gymnasium_make_from_a_barp_config_file(tmp_path):
     assert env.unwrapped._rounds.tau == 0.002 and env.unwrapped._rounds.data.embeddings.shape[0] == 240  # its test split
     with pytest.raises(ValueError, match="split"):
         gym.make(envs.ENV_ID, config=str(tmp_path / "world.yaml"), split="validation")
+
+
+def test_task_balanced_sampling_gives_every_task_the_same_share_of_rounds():
+    from envs.preference import PreferenceSampler
+    from envs.routing_env import BanditData, BanditRounds, task_balanced
+
+    tasks = np.array(["big"] * 900 + ["small"] * 100)
+    rng = np.random.default_rng(0)
+    data = BanditData(rng.standard_normal((1000, 4)).astype(np.float32), rng.random((1000, 3)).astype(np.float32),
+                      rng.random((1000, 3)), ("a", "b", "c"))
+    uniform = BanditRounds(data, 1.0, PreferenceSampler.from_dict({"kind": "uniform"}), seed=1)
+    balanced = BanditRounds(BanditData(data.embeddings, data.scores, data.costs, data.models, task_balanced(tasks)),
+                            1.0, PreferenceSampler.from_dict({"kind": "uniform"}), seed=1)
+    share = lambda rounds: np.mean(tasks[rounds.draw(20_000)[0]] == "small")
+    assert abs(share(uniform) - 0.1) < 0.01 and abs(share(balanced) - 0.5) < 0.02
+    rows = balanced.draw(20_000)[0]
+    assert len(np.unique(rows[tasks[rows] == "small"])) == 100  # uniform within a task: every prompt drawn
+    with pytest.raises(ValueError, match="weights"):
+        BanditData(data.embeddings, data.scores, data.costs, data.models, np.full(1000, 0.5))
