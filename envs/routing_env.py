@@ -105,7 +105,8 @@ def load_world(config_file: str | None = None, split: str = "train") -> tuple[Ba
     prepared = prepare(cfg)
     table = prepared.train if split == "train" else prepared.test
     emb = prepared.train_embeddings if split == "train" else prepared.test_embeddings
-    return BanditData(emb, table.scores, table.costs, table.models), float(prepared.tau), dict(cfg.env.preference)
+    weights = task_balanced(table.tasks) if cfg.env.prompt_sampling == "per_task" else None
+    return BanditData(emb, table.scores, table.costs, table.models, weights), float(prepared.tau), dict(cfg.env.preference)
 
 
 class RoutingBanditEnv(gym.Env):

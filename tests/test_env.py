@@ -105,12 +105,13 @@ def test_gymnasium_make_with_no_arguments_is_the_embedded_world():
 def test_gymnasium_make_from_a_barp_config_file(tmp_path):
     (tmp_path / "world.yaml").write_text(
         "data: {source: synthetic, synthetic_prompts: 1200}\n"  # the world tests/test_training.py caches
-        "env: {tau: 0.002, preference: {kind: fixed, values: [[1.0, 0.0]]}}\n")
+        "env: {tau: 0.002, preference: {kind: fixed, values: [[1.0, 0.0]]}, prompt_sampling: per_task}\n")
     env = gym.make(envs.ENV_ID, config=str(tmp_path / "world.yaml"), split="test")
     check_env(env.unwrapped, skip_render_check=True)
     obs, _ = env.reset(seed=1)
     assert obs["preference"].tolist() == [1.0, 0.0]  # the YAML's preference sampler
     assert env.unwrapped._rounds.tau == 0.002 and env.unwrapped._rounds.data.embeddings.shape[0] == 240  # its test split
+    assert env.unwrapped._rounds.data.weights is not None  # and its prompt sampling
     with pytest.raises(ValueError, match="split"):
         gym.make(envs.ENV_ID, config=str(tmp_path / "world.yaml"), split="validation")
 
