@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 
 SOURCES = ("synthetic", "llmrouter", "routerbench", "records")
 SPLITS = ("random", "per_task", "tasks", "provided")
+PROMPT_SAMPLINGS = ("uniform", "per_task")  # env.prompt_sampling: how the simulated rounds draw train prompts
 POLICY_HEADS = ("concat", "preference_gated", "price_aware", "cost_aware", "model_conditioned")
 CONDITIONINGS = ("concat", "film")  # how phi(w) enters the decision head
 # Heads with one output per trained model that read today's prices (RLModule.set_prices, logged prices).
@@ -98,7 +99,7 @@ class EnvConfig:
                 raise ConfigError(f"env.tau: must be a positive number or 'auto', got {self.tau!r}")
         elif not self.tau > 0:
             raise ConfigError(f"env.tau: must be > 0, got {self.tau}")
-        _one_of("env.prompt_sampling", self.prompt_sampling, ("uniform", "per_task"))
+        _one_of("env.prompt_sampling", self.prompt_sampling, PROMPT_SAMPLINGS)
         try:
             PreferenceSampler.from_dict(self.preference)
         except ValueError as e:

@@ -46,6 +46,11 @@ def task_balanced(tasks: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
+def prompt_weights(tasks: np.ndarray, sampling: str) -> np.ndarray | None:
+    """The draw chances `env.prompt_sampling` asks for (None: uniform over prompts)."""
+    return task_balanced(tasks) if sampling == "per_task" else None
+
+
 def resolve_data(data: Any) -> BanditData:
     """Env configs may carry the data itself or a Ray ObjectRef to it (shared, zero-copy, across runners)."""
     if isinstance(data, BanditData):
@@ -105,8 +110,8 @@ def load_world(config_file: str | None = None, split: str = "train") -> tuple[Ba
     prepared = prepare(cfg)
     table = prepared.train if split == "train" else prepared.test
     emb = prepared.train_embeddings if split == "train" else prepared.test_embeddings
-    weights = task_balanced(table.tasks) if cfg.env.prompt_sampling == "per_task" else None
-    return BanditData(emb, table.scores, table.costs, table.models, weights), float(prepared.tau), dict(cfg.env.preference)
+    data = BanditData(emb, table.scores, table.costs, table.models, prompt_weights(table.tasks, cfg.env.prompt_sampling))
+    return data, float(prepared.tau), dict(cfg.env.preference)
 
 
 class RoutingBanditEnv(gym.Env):

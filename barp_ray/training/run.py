@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     from barp_ray.policy import META_FILE
     from barp_ray.scoring import greedy_actions, reference_points, score_actions
     from barp_ray.training.curves import CURVE_PREFERENCES, CurveWriter
-    from envs.routing_env import BanditData, task_balanced
+    from envs.routing_env import BanditData, prompt_weights
 
     start = time.time()
     data = prepare(cfg, progress=progress)
@@ -207,9 +207,8 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
             raise ConfigError(str(e)) from None
         stopping = EarlyStopping(data.train.subset(held_out), data.train_embeddings[held_out], data.tau)
         print(f"early stopping: {len(held_out)} train prompts held out of the bandit rounds", file=out, flush=True)
-    weights = task_balanced(data.train.tasks[fit_rows]) if cfg.env.prompt_sampling == "per_task" else None
     data_ref = ray.put(BanditData(data.train_embeddings[fit_rows], data.train.scores[fit_rows], data.train.costs[fit_rows],
-                                  data.train.models, weights))
+                                  data.train.models, prompt_weights(data.train.tasks[fit_rows], cfg.env.prompt_sampling)))
     algo = build_algo_config(cfg, data_ref, data.tau, cards=model_cards(cfg, data.train),
                              costs=mean_normalized_costs(data.train, data.tau) if cfg.policy.head == "cost_aware" else None
                              ).build_algo()
