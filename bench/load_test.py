@@ -274,6 +274,9 @@ def main() -> int:
     p.add_argument("--lone-route-threads", type=int, default=shipped["lone_route_threads"],
                    help="torch threads for a route alone in its router replica (0: the CPUs Ray reserved for it; "
                         "default: configs/serve.yaml's)")
+    p.add_argument("--ray-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for Ray's processes only (the deployment's replicas), not "
+                        "for this process's bare forward: e.g. GOMP_SPINCOUNT=10000")
     p.add_argument("--block", type=int, default=20,
                    help="prompts per block when the sequential client alternates with the bare forward (1: every "
                         "other request; then each side pays for the other's idle torch threads, see docs/results/serve_load)")
@@ -281,6 +284,13 @@ def main() -> int:
     if args.block < 1:
         p.error("--block: must be at least 1")
     os.environ.update(INGRESS[args.ingress])  # read by the controller and replicas Ray starts below
+    if any("=" not in kv for kv in args.ray_env):
+        raise SystemExit(f"--ray-env: expected KEY=VALUE, got {[kv for kv in args.ray_env if '=' not in kv]}")
+    ray_env = dict(kv.split("=", 1) for kv in args.ray_env)
+    if ray_env:
+        import torch  # noqa: F401  (its OpenMP runtime reads its settings now, before they change below)
+
+        os.environ.update(ray_env)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
@@ -306,7 +316,7 @@ def main() -> int:
                            progress=False).checkpoint
     results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint, "ingress": args.ingress, "batch_wait_s": args.batch_wait_s,
                      "topology": args.topology, "lone_route_threads": args.lone_route_threads,
-                     "environment": INGRESS[args.ingress]}
+                     "environment": {**INGRESS[args.ingress], **ray_env}}
 
     forward = in_process_forward(checkpoint)
     results["floor"] = floor(forward, prompts, repeats=20 if quick else 60)
