@@ -285,7 +285,7 @@ def main() -> int:
         p.error("--block: must be at least 1")
     os.environ.update(INGRESS[args.ingress])  # read by the controller and replicas Ray starts below
     if any("=" not in kv for kv in args.ray_env):
-        raise SystemExit(f"--ray-env: expected KEY=VALUE, got {[kv for kv in args.ray_env if '=' not in kv]}")
+        p.error(f"--ray-env: expected KEY=VALUE, got {[kv for kv in args.ray_env if '=' not in kv]}")
     ray_env = dict(kv.split("=", 1) for kv in args.ray_env)
     if ray_env:
         import torch  # noqa: F401  (its OpenMP runtime reads its settings now, before they change below)
