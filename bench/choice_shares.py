@@ -2,7 +2,7 @@
 
     python bench/preference_ablation.py --config configs/llmrouter_val_balanced.yaml --seeds 6 --variant "shipped=..."
     python bench/choice_shares.py --config configs/llmrouter_val_balanced.yaml --runs runs/ablation/shipped --seeds 6 \
-        --w-q 0.3 0.4 0.5 0.8 --out docs/results/preference_range_val/choice_shares_balanced.json
+        --w-q 0.3 0.4 0.5 0.8 1.0 --out docs/results/preference_range_val/choice_shares_balanced_6seeds.json
 
 The ablation says where BaRP trails a full-information router (a reward per preference); this says
 why, by which models each router buys there. It reads the checkpoints the ablation left under
@@ -28,10 +28,12 @@ ROUTERS = ("kNN", "score MLP")
 def run(args) -> dict:
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
+    from barp_ray.evaluation.baselines.reference import Oracle
     from barp_ray.evaluation.config import EvalConfig
     from barp_ray.evaluation.experiment import PolicyRouter, default_preference, fit_offline, preference_grid
     from barp_ray.evaluation.metrics import prompt_rewards
     from barp_ray.policy import RoutingPolicy
+    from envs.reward import normalized_cost
 
     cfg = load_config(args.config)
     data = prepare(cfg)
@@ -39,23 +41,22 @@ def run(args) -> dict:
     eval_cfg = EvalConfig()
     grid = preference_grid(11, default_preference(cfg, eval_cfg))
     prefs = [(round(q, 6), round(1.0 - q, 6)) for q in args.w_q]
-    cost = np.minimum(val.costs / tau, 1.0)
+    oracle = Oracle(val.scores, val.costs, tau)
     shares: dict[str, dict[str, list]] = {}
     for seed in range(args.seeds):
         ckpt = Path(args.runs) / f"seed-{seed}"
         if not ckpt.exists():
             raise SystemExit(f"--runs: no checkpoint {ckpt}; run bench/preference_ablation.py first")
-        routers = [PolicyRouter(RoutingPolicy.load(str(ckpt)))]
+        routers = [oracle, PolicyRouter(RoutingPolicy.load(str(ckpt)))]
         routers += [r for r in fit_offline(data, eval_cfg, grid, seed, progress=False) if r.name in ROUTERS]
         for w in prefs:
-            best = w[0] * val.scores - w[1] * cost
-            oracle = np.eye(val.scores.shape[1])[best.argmax(1)]
-            for name, choice in [("oracle", oracle), *[(r.name, r.choose(emb, w)) for r in routers]]:
-                e = shares.setdefault(name, {}).setdefault(f"{w[0]:g}", [])
+            for r in routers:
+                choice = r.choose(emb, w)
+                e = shares.setdefault(r.name, {}).setdefault(f"{w[0]:g}", [])
                 e.append({"share": choice.mean(0).tolist(),
                           "reward": float(prompt_rewards(val.scores, val.costs, choice, w, tau).mean())})
     out = {"config": args.config, "runs": args.runs, "seeds": args.seeds, "models": list(val.models),
-           "mean_score": val.scores.mean(0).tolist(), "mean_normalised_cost": cost.mean(0).tolist(), "routers": {}}
+           "mean_score": val.scores.mean(0).tolist(), "mean_normalised_cost": normalized_cost(val.costs, tau).mean(0).tolist(), "routers": {}}
     for name, by_w in shares.items():
         out["routers"][name] = {wq: {"share": np.mean([r["share"] for r in rs], 0).tolist(),
                                      "reward": float(np.mean([r["reward"] for r in rs]))} for wq, rs in by_w.items()}
