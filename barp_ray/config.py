@@ -157,6 +157,9 @@ class TrainingConfig:
     baseline_coeff: float = 0.5
     critic_kl_coeff: float = 0.0  # critic only: pull the policy toward softmax(Q / critic_temperature)
     critic_temperature: float = 0.1
+    # critic only, reward-shaped forms: < 1 scales each prompt's predicted quality deviation from the
+    # model's mean by this before the policy reads it (1: off)
+    critic_shrinkage: float = 1.0
     critic_form: str = "free"  # critic only: free Q(x, w, .) | reward: w_q q(x, .) - w_c c(x, .), the reward's shape | known_cost: w_q q(x, .) - w_c c_bar (cost_aware's known costs)
     exploration_floor: float = 0.0  # rollouts draw from (1 - eps) pi + eps / K; importance-corrected
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
@@ -189,6 +192,11 @@ class TrainingConfig:
         _non_negative("training.critic_kl_coeff", self.critic_kl_coeff)
         _positive("training.critic_temperature", self.critic_temperature)
         _one_of("training.critic_form", self.critic_form, ("free", "reward", "known_cost"))
+        k = self.critic_shrinkage
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0.0 <= k <= 1.0:
+            raise ConfigError(f"training.critic_shrinkage: must be in [0, 1], got {k!r}")
+        if k < 1.0 and (self.baseline != "critic" or self.critic_form == "free"):
+            raise ConfigError("training.critic_shrinkage: needs training.baseline critic with critic_form reward or known_cost")
         _one_of("training.advantage_scale", self.advantage_scale, ("batch", "preference"))
         _non_negative("training.entropy_floor", self.entropy_floor)
         if not 0.0 <= self.exploration_floor < 1.0:

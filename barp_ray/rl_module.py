@@ -19,6 +19,8 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from barp_ray.config import CONDITIONINGS, POLICY_HEADS as HEADS, PRICE_HEADS
 
 BASELINE = "baseline"
+# The reward-shaped critics' per-model quality q(x, .) alone, for the loss's shrinkage of it.
+CRITIC_QUALITY = "critic_quality"
 # Optional observation columns a logged batch may carry (continuous training): the [B, K] log
 # prices and the [B, K] models each decision could choose among (a request's `candidates`).
 LOG_PRICE = "log_price"
@@ -312,11 +314,13 @@ class BaRPRLModule(TorchRLModule):
         if self.critic and self.critic_form == "known_cost":
             obs = batch[Columns.OBS]
             w = obs["preference"]
-            out[BASELINE] = w[:, :1] * self.baseline_head(obs["embedding"]) - w[:, 1:] * self._known_cost(obs)
+            out[CRITIC_QUALITY] = self.baseline_head(obs["embedding"])
+            out[BASELINE] = w[:, :1] * out[CRITIC_QUALITY] - w[:, 1:] * self._known_cost(obs)
         elif self.critic and self.critic_form == "reward":
             obs = batch[Columns.OBS]
             quality, cost = self.baseline_head(obs["embedding"]).chunk(2, dim=-1)
             w = obs["preference"]
+            out[CRITIC_QUALITY] = quality
             out[BASELINE] = w[:, :1] * quality - w[:, 1:] * cost
         else:
             b = self.baseline_head(z)

@@ -171,7 +171,7 @@ def test_reward_shaped_critic_is_linear_in_the_preference():
     """Q(x, w, a) = w_q q(x, a) - w_c c(x, a): what is learned at one w is known at every other."""
     from ray.rllib.core.columns import Columns
 
-    from barp_ray.rl_module import BASELINE
+    from barp_ray.rl_module import BASELINE, CRITIC_QUALITY
 
     module = _module(critic=True, critic_form="reward", learned_baseline=False)
     b = _batch(1)
@@ -181,7 +181,39 @@ def test_reward_shaped_critic_is_linear_in_the_preference():
         with torch.no_grad():
             ends.append(module._forward_train(b)[BASELINE][0])
     assert torch.allclose(ends[1], 0.3 * ends[2] + 0.7 * ends[0], atol=1e-5)
+    with torch.no_grad():
+        out = module._forward_train(b)
+    assert torch.allclose(out[CRITIC_QUALITY][0], ends[2])  # at w_q = 1, Q is the quality alone
 
+
+
+def test_critic_shrinkage_pulls_what_the_policy_reads_toward_each_models_mean_quality():
+    """training.critic_shrinkage k: the policy reads w_q (mean q + k (q(x) - mean q)) - w_c c. At
+    k = 0 two prompts the critic tells apart get the same update; k = 1 is the loss as it was."""
+    import pytest
+
+    pref = torch.tensor([[0.4, 0.6], [0.4, 0.6]])
+    quality = torch.tensor([[0.5, 0.9], [0.5, 0.1]])  # the critic: prompt 0 wants model 1, prompt 1 does not
+    cost = torch.tensor([[0.1, 0.3], [0.1, 0.3]])
+    critic = pref[:, :1] * quality - pref[:, 1:] * cost
+
+    def grads(keep: float) -> torch.Tensor:
+        logits = torch.zeros(2, 2, requires_grad=True)
+        settings = LossSettings(baseline="critic", entropy_coeff=0.0, critic_kl_coeff=1.0, critic_shrinkage=keep)
+        loss, _ = barp_loss(logits, torch.zeros(2, dtype=torch.long), torch.tensor([0.1, 0.1]), settings,
+                            baseline=critic, preference=pref, critic_quality=quality)
+        loss.backward()
+        return logits.grad
+
+    apart, together = grads(1.0), grads(0.0)
+    assert -apart[0, 1] > 0 > -apart[1, 1]  # unshrunk: model 1 rises for prompt 0 only
+    assert torch.allclose(together[0], together[1])  # fully shrunk: both prompts read the means
+    assert -together[0, 1] < 0  # mean quality 0.5 each: the cheap model 0 wins at w_q 0.4
+    middle = grads(0.5)
+    assert -together[0, 1] < -middle[0, 1] < -apart[0, 1]
+    with pytest.raises(ValueError, match="critic_shrinkage"):
+        barp_loss(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), torch.zeros(2),
+                  LossSettings(baseline="critic", critic_shrinkage=0.5), baseline=critic, preference=pref)
 
 
 def test_known_cost_critic_learns_quality_only_and_charges_the_heads_known_costs():

@@ -42,6 +42,7 @@ class BaRPConfig(AlgorithmConfig):
         self.importance_weight_clip = 0.0  # 0: on-policy, no importance weights
         self.critic_kl_coeff = 0.0
         self.critic_temperature = 0.1
+        self.critic_shrinkage = 1.0  # < 1: the policy reads the critic's quality pulled toward its batch means
         self.weight_decay = 0.0  # > 0: AdamW's decoupled decay instead of Adam
         self.rounds_per_iteration = 4096
         self.num_envs_per_env_runner = 1024
@@ -62,6 +63,7 @@ class BaRPConfig(AlgorithmConfig):
         importance_weight_clip=NotProvided,
         critic_kl_coeff=NotProvided,
         critic_temperature=NotProvided,
+        critic_shrinkage=NotProvided,
         normalize_advantages=NotProvided,
         advantage_scale=NotProvided,
         entropy_floor=NotProvided,
@@ -77,6 +79,7 @@ class BaRPConfig(AlgorithmConfig):
             ("importance_weight_clip", importance_weight_clip),
             ("critic_kl_coeff", critic_kl_coeff),
             ("critic_temperature", critic_temperature),
+            ("critic_shrinkage", critic_shrinkage),
             ("normalize_advantages", normalize_advantages),
             ("advantage_scale", advantage_scale),
             ("entropy_floor", entropy_floor),

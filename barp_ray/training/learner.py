@@ -27,7 +27,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.utils.typing import ModuleID, TensorType
 
-from barp_ray.rl_module import ALLOWED, BASELINE
+from barp_ray.rl_module import ALLOWED, BASELINE, CRITIC_QUALITY
 
 # The logit given to a model a decision could not choose: finite, so excluded terms are exact
 # zeros (p = 0 times a finite log p), never NaN.
@@ -45,6 +45,7 @@ class LossSettings:
     critic_temperature: float = 0.1
     advantage_scale: str = "batch"  # normalise by the batch's std | "preference": per w_q band's std
     entropy_floor: float = 0.0  # > 0: hinge penalty on each w_q band's mean entropy below this (nats)
+    critic_shrinkage: float = 1.0  # < 1: the policy reads the critic's per-prompt quality pulled toward each model's batch mean
 
 
 PREFERENCE_BANDS = 5
@@ -80,6 +81,20 @@ def band_entropy_shortfall(row_entropy: torch.Tensor, preference: torch.Tensor, 
     return torch.relu(floor - mean[count > 0]).mean()
 
 
+def shrink_quality(q_all: torch.Tensor, quality: torch.Tensor | None, preference: torch.Tensor | None,
+                   keep: float) -> torch.Tensor:
+    """Q with w_q * (q(x, a) - mean_x q(., a)) scaled by `keep`. A critic fitted on bandit rewards
+    is noisiest on the models the policy seldom tries, and at low w_q a noisy "this prompt needs a
+    better model" moves a prompt off the cheap default for a quality gain smaller than the price.
+    Shrinking each prompt's deviation from the model's mean quality (what kNN's averaging does)
+    asks for more evidence before leaving it. The doubly robust terms stay unbiased in expectation
+    whatever Q is; only the KL target is pulled toward the per-model means."""
+    if quality is None or preference is None:
+        raise ValueError("critic_shrinkage < 1 needs a reward-shaped critic (critic_form reward or known_cost)")
+    quality = quality.detach()
+    return q_all - (1.0 - keep) * preference[:, :1] * (quality - quality.mean(0, keepdim=True))
+
+
 def barp_loss(
     logits: torch.Tensor,
     actions: torch.Tensor,
@@ -89,6 +104,7 @@ def barp_loss(
     behaviour_logp: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
     preference: torch.Tensor | None = None,
+    critic_quality: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`allowed` ([B, K], nonzero = could be chosen): the models each logged decision chose among
     (a request's `candidates`). pi is then the softmax over those, the distribution its logged
@@ -113,6 +129,8 @@ def barp_loss(
         if baseline is None or baseline.dim() != 2:
             raise ValueError("baseline='critic' needs the module's per-model critic output [B, K]")
         q_all = baseline.detach()
+        if settings.critic_shrinkage < 1.0:
+            q_all = shrink_quality(q_all, critic_quality, preference, settings.critic_shrinkage)
         q_taken = baseline.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         baseline_loss = torch.mean((q_taken - rewards) ** 2)
         probs = logp_all.exp()
@@ -165,6 +183,7 @@ def settings_from(config: Any) -> LossSettings:
         critic_temperature=config.critic_temperature,
         advantage_scale=config.advantage_scale,
         entropy_floor=config.entropy_floor,
+        critic_shrinkage=getattr(config, "critic_shrinkage", 1.0),
     )
 
 
@@ -192,6 +211,7 @@ class BaRPTorchLearner(TorchLearner):
             behaviour_logp=batch.get(Columns.ACTION_LOGP),
             allowed=batch[Columns.OBS].get(ALLOWED),
             preference=batch[Columns.OBS]["preference"],
+            critic_quality=fwd_out.get(CRITIC_QUALITY),
         )
         self.metrics.log_dict(stats, key=module_id, window=1)
         return loss
