@@ -192,10 +192,8 @@ class TrainingConfig:
         _non_negative("training.critic_kl_coeff", self.critic_kl_coeff)
         _positive("training.critic_temperature", self.critic_temperature)
         _one_of("training.critic_form", self.critic_form, ("free", "reward", "known_cost"))
-        k = self.critic_shrinkage
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0.0 <= k <= 1.0:
-            raise ConfigError(f"training.critic_shrinkage: must be in [0, 1], got {k!r}")
-        if k < 1.0 and (self.baseline != "critic" or self.critic_form == "free"):
+        _between("training.critic_shrinkage", self.critic_shrinkage, 0.0, 1.0)
+        if self.critic_shrinkage < 1.0 and (self.baseline != "critic" or self.critic_form == "free"):
             raise ConfigError("training.critic_shrinkage: needs training.baseline critic with critic_form reward or known_cost")
         _one_of("training.advantage_scale", self.advantage_scale, ("batch", "preference"))
         _non_negative("training.entropy_floor", self.entropy_floor)
@@ -203,14 +201,10 @@ class TrainingConfig:
             raise ConfigError(f"training.exploration_floor: must be in [0, 1), got {self.exploration_floor}")
         _positive("training.grad_clip", self.grad_clip)
         _non_negative("training.weight_decay", self.weight_decay)
-        v = self.validation_fraction
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 0.5:
-            raise ConfigError(f"training.validation_fraction: must be in [0, 0.5], got {self.validation_fraction!r}")
+        _between("training.validation_fraction", self.validation_fraction, 0.0, 0.5)
         _positive("training.validate_every", self.validate_every)
-        a = self.average_from
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
-            raise ConfigError(f"training.average_from: must be in [0, 1], got {self.average_from!r}")
-        if a < 1.0 and self.validation_fraction > 0:
+        _between("training.average_from", self.average_from, 0.0, 1.0)
+        if self.average_from < 1.0 and self.validation_fraction > 0:
             raise ConfigError("training.average_from: cannot be combined with training.validation_fraction "
                               "(early stopping keeps one iteration's weights; averaging keeps the tail's mean)")
         if self.init_from is not None and not _path_exists(self.init_from):
@@ -366,6 +360,11 @@ def _positive(name: str, v) -> None:
 def _non_negative(name: str, v) -> None:
     if not v >= 0:
         raise ConfigError(f"{name}: must be >= 0, got {v}")
+
+
+def _between(name: str, v, lo: float, hi: float) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise ConfigError(f"{name}: must be in [{lo:g}, {hi:g}], got {v!r}")
 
 
 def _one_of(name: str, v, options) -> None:

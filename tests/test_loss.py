@@ -186,7 +186,6 @@ def test_reward_shaped_critic_is_linear_in_the_preference():
     assert torch.allclose(out[CRITIC_QUALITY][0], ends[2])  # at w_q = 1, Q is the quality alone
 
 
-
 def test_critic_shrinkage_pulls_what_the_policy_reads_toward_each_models_mean_quality():
     """training.critic_shrinkage k: the policy reads w_q (mean q + k (q(x) - mean q)) - w_c c. At
     k = 0 two prompts the critic tells apart get the same update; k = 1 is the loss as it was."""

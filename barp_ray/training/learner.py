@@ -87,8 +87,9 @@ def shrink_quality(q_all: torch.Tensor, quality: torch.Tensor | None, preference
     is noisiest on the models the policy seldom tries, and at low w_q a noisy "this prompt needs a
     better model" moves a prompt off the cheap default for a quality gain smaller than the price.
     Shrinking each prompt's deviation from the model's mean quality (what kNN's averaging does)
-    asks for more evidence before leaving it. The doubly robust terms stay unbiased in expectation
-    whatever Q is; only the KL target is pulled toward the per-model means."""
+    asks for more evidence before leaving it. The shrunk Q enters the direct term and the KL target
+    while the correction keeps the critic's own Q(a_t), so the gradient is deliberately biased
+    toward the per-model means: a prior, not a variance trick."""
     if quality is None or preference is None:
         raise ValueError("critic_shrinkage < 1 needs a reward-shaped critic (critic_form reward or known_cost)")
     quality = quality.detach()
@@ -183,7 +184,7 @@ def settings_from(config: Any) -> LossSettings:
         critic_temperature=config.critic_temperature,
         advantage_scale=config.advantage_scale,
         entropy_floor=config.entropy_floor,
-        critic_shrinkage=getattr(config, "critic_shrinkage", 1.0),
+        critic_shrinkage=config.critic_shrinkage,
     )
 
 
