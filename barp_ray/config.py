@@ -160,6 +160,7 @@ class TrainingConfig:
     # critic only, reward-shaped forms: < 1 scales each prompt's predicted quality deviation from the
     # model's mean by this before the policy reads it (1: off)
     critic_shrinkage: float = 1.0
+    critic_shrinkage_gate: str = "none"  # cost: the shrinkage above is scaled by w_c (full at w_q = 0, none at w_q = 1)
     critic_form: str = "free"  # critic only: free Q(x, w, .) | reward: w_q q(x, .) - w_c c(x, .), the reward's shape | known_cost: w_q q(x, .) - w_c c_bar (cost_aware's known costs)
     exploration_floor: float = 0.0  # rollouts draw from (1 - eps) pi + eps / K; importance-corrected
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
@@ -195,6 +196,7 @@ class TrainingConfig:
         _between("training.critic_shrinkage", self.critic_shrinkage, 0.0, 1.0)
         if self.critic_shrinkage < 1.0 and (self.baseline != "critic" or self.critic_form == "free"):
             raise ConfigError("training.critic_shrinkage: needs training.baseline critic with critic_form reward or known_cost")
+        _one_of("training.critic_shrinkage_gate", self.critic_shrinkage_gate, ("none", "cost"))
         _one_of("training.advantage_scale", self.advantage_scale, ("batch", "preference"))
         _non_negative("training.entropy_floor", self.entropy_floor)
         if not 0.0 <= self.exploration_floor < 1.0:

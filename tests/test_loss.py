@@ -215,6 +215,22 @@ def test_critic_shrinkage_pulls_what_the_policy_reads_toward_each_models_mean_qu
                   LossSettings(baseline="critic", critic_shrinkage=0.5), baseline=critic, preference=pref)
 
 
+def test_cost_gated_critic_shrinkage_pulls_by_the_cost_weight_and_leaves_w_q_1_alone():
+    """critic_shrinkage_gate cost: the share pulled toward the means is (1 - k) w_c, so at w_q = 1
+    the policy reads the critic's own Q, and at w_q 0.4 the pull is 0.6 of the ungated one."""
+    from barp_ray.training.learner import shrink_quality
+
+    quality = torch.tensor([[0.5, 0.9], [0.5, 0.1]])
+    for w_q in (1.0, 0.4):
+        pref = torch.tensor([[w_q, 1 - w_q]] * 2)
+        critic = pref[:, :1] * quality - pref[:, 1:] * torch.tensor([[0.1, 0.3]] * 2)
+        gated = shrink_quality(critic, quality, pref, keep=0.0, gate="cost")
+        even = shrink_quality(critic, quality, pref, keep=0.0)
+        assert torch.allclose(critic - gated, (1 - w_q) * (critic - even))
+        if w_q == 1.0:
+            assert torch.equal(gated, critic) and not torch.equal(even, critic)
+
+
 def test_known_cost_critic_learns_quality_only_and_charges_the_heads_known_costs():
     """critic_form known_cost: Q(x, w, a) = w_q q(x, a) - w_c c_bar_a, c_bar the cost-aware head's
     known normalised cost at today's (or the logged) prices, capped at 1: at the cost end Q is

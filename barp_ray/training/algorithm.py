@@ -43,6 +43,7 @@ class BaRPConfig(AlgorithmConfig):
         self.critic_kl_coeff = 0.0
         self.critic_temperature = 0.1
         self.critic_shrinkage = 1.0  # < 1: the policy reads the critic's quality pulled toward its batch means
+        self.critic_shrinkage_gate = "none"  # cost: that pull scaled by w_c
         self.weight_decay = 0.0  # > 0: AdamW's decoupled decay instead of Adam
         self.rounds_per_iteration = 4096
         self.num_envs_per_env_runner = 1024
@@ -64,6 +65,7 @@ class BaRPConfig(AlgorithmConfig):
         critic_kl_coeff=NotProvided,
         critic_temperature=NotProvided,
         critic_shrinkage=NotProvided,
+        critic_shrinkage_gate=NotProvided,
         normalize_advantages=NotProvided,
         advantage_scale=NotProvided,
         entropy_floor=NotProvided,
@@ -80,6 +82,7 @@ class BaRPConfig(AlgorithmConfig):
             ("critic_kl_coeff", critic_kl_coeff),
             ("critic_temperature", critic_temperature),
             ("critic_shrinkage", critic_shrinkage),
+            ("critic_shrinkage_gate", critic_shrinkage_gate),
             ("normalize_advantages", normalize_advantages),
             ("advantage_scale", advantage_scale),
             ("entropy_floor", entropy_floor),

@@ -46,6 +46,7 @@ class LossSettings:
     advantage_scale: str = "batch"  # normalise by the batch's std | "preference": per w_q band's std
     entropy_floor: float = 0.0  # > 0: hinge penalty on each w_q band's mean entropy below this (nats)
     critic_shrinkage: float = 1.0  # < 1: the policy reads the critic's per-prompt quality pulled toward each model's batch mean
+    critic_shrinkage_gate: str = "none"  # "cost": the pull is scaled by w_c, so none at w_q = 1
 
 
 PREFERENCE_BANDS = 5
@@ -82,18 +83,23 @@ def band_entropy_shortfall(row_entropy: torch.Tensor, preference: torch.Tensor, 
 
 
 def shrink_quality(q_all: torch.Tensor, quality: torch.Tensor | None, preference: torch.Tensor | None,
-                   keep: float) -> torch.Tensor:
+                   keep: float, gate: str = "none") -> torch.Tensor:
     """Q with w_q * (q(x, a) - mean_x q(., a)) scaled by `keep`. A critic fitted on bandit rewards
     is noisiest on the models the policy seldom tries, and at low w_q a noisy "this prompt needs a
     better model" moves a prompt off the cheap default for a quality gain smaller than the price.
     Shrinking each prompt's deviation from the model's mean quality (what kNN's averaging does)
     asks for more evidence before leaving it. The shrunk Q enters the direct term and the KL target
     while the correction keeps the critic's own Q(a_t), so the gradient is deliberately biased
-    toward the per-model means: a prior, not a variance trick."""
+    toward the per-model means: a prior, not a variance trick.
+
+    With `gate="cost"` the share pulled away is (1 - keep) * w_c: the prior only matters where a
+    quality gain is traded against a certain price, and at w_q = 1 (nothing to pay) an even
+    shrinkage cost the most reward on validation, so there it is off."""
     if quality is None or preference is None:
         raise ValueError("critic_shrinkage < 1 needs a reward-shaped critic (critic_form reward or known_cost)")
     quality = quality.detach()
-    return q_all - (1.0 - keep) * preference[:, :1] * (quality - quality.mean(0, keepdim=True))
+    pulled = (1.0 - keep) * (preference[:, 1:2] if gate == "cost" else 1.0)
+    return q_all - pulled * preference[:, :1] * (quality - quality.mean(0, keepdim=True))
 
 
 def barp_loss(
@@ -131,7 +137,8 @@ def barp_loss(
             raise ValueError("baseline='critic' needs the module's per-model critic output [B, K]")
         q_all = baseline.detach()
         if settings.critic_shrinkage < 1.0:
-            q_all = shrink_quality(q_all, critic_quality, preference, settings.critic_shrinkage)
+            q_all = shrink_quality(q_all, critic_quality, preference, settings.critic_shrinkage,
+                                   settings.critic_shrinkage_gate)
         q_taken = baseline.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         baseline_loss = torch.mean((q_taken - rewards) ** 2)
         probs = logp_all.exp()
@@ -185,6 +192,7 @@ def settings_from(config: Any) -> LossSettings:
         advantage_scale=config.advantage_scale,
         entropy_floor=config.entropy_floor,
         critic_shrinkage=config.critic_shrinkage,
+        critic_shrinkage_gate=config.critic_shrinkage_gate,
     )
 
 
