@@ -197,6 +197,8 @@ class TrainingConfig:
         if self.critic_shrinkage < 1.0 and (self.baseline != "critic" or self.critic_form == "free"):
             raise ConfigError("training.critic_shrinkage: needs training.baseline critic with critic_form reward or known_cost")
         _one_of("training.critic_shrinkage_gate", self.critic_shrinkage_gate, ("none", "cost"))
+        if self.critic_shrinkage_gate != "none" and self.critic_shrinkage >= 1.0:
+            raise ConfigError("training.critic_shrinkage_gate: gates a shrinkage; set training.critic_shrinkage < 1")
         _one_of("training.advantage_scale", self.advantage_scale, ("batch", "preference"))
         _non_negative("training.entropy_floor", self.entropy_floor)
         if not 0.0 <= self.exploration_floor < 1.0:
