@@ -65,6 +65,10 @@ class PromptLimiter:
         n_bytes = len(prompt.encode("utf-8", "surrogatepass"))
         if n_bytes > self.limits.max_prompt_bytes:
             raise GuardError(413, f"{field}: {n_bytes} bytes, more than the limit of {self.limits.max_prompt_bytes}")
+        if n_bytes <= self.limits.max_prompt_tokens:
+            # Every WordPiece token covers at least one byte of UTF-8, so most prompts cannot be over the
+            # token limit: skip counting them here (the encoder tokenizes them anyway, once).
+            return prompt
         enc = self.tokenizer.encode(prompt, add_special_tokens=False)
         if len(enc.ids) <= self.limits.max_prompt_tokens:
             return prompt

@@ -46,3 +46,22 @@ def test_the_prompt_limiter_counts_and_cuts_real_tokens():
         assert e.status == 413 and "6 tokens" in str(e)
     else:
         raise AssertionError("a 6-token prompt passed a 4-token limit")
+
+
+def test_no_prompt_has_more_wordpiece_tokens_than_utf8_bytes():
+    """The limiter skips counting prompts of at most max_prompt_tokens bytes; that is only sound while
+    the tokenizer never makes more tokens than the prompt has bytes, over every script it may meet."""
+    import random
+
+    from serve.guard import PromptLimiter
+    from serve.settings import LimitSettings
+
+    tokenizer = PromptLimiter(LimitSettings(), PACKAGED).tokenizer
+    chars = [chr(c) for c in range(1, 0x30000, 7) if not 0xD800 <= c <= 0xDFFF]
+    rng = random.Random(0)
+    texts = chars + ["".join(rng.choice(chars) for _ in range(rng.randint(1, 40))) for _ in range(3000)] + TEXTS
+    for text in texts:
+        n_bytes = len(text.encode("utf-8", "surrogatepass"))
+        assert len(tokenizer.encode(text, add_special_tokens=False).ids) <= n_bytes, repr(text)
+    short = PromptLimiter(LimitSettings(max_prompt_tokens=8, long_prompt="reject"), PACKAGED)
+    assert short.apply("8 bytes!") == "8 bytes!"  # at the limit in bytes: not counted, not refused
