@@ -161,6 +161,9 @@ class TrainingConfig:
     # model's mean by this before the policy reads it (1: off)
     critic_shrinkage: float = 1.0
     critic_shrinkage_gate: str = "none"  # cost: the shrinkage above is scaled by w_c (full at w_q = 0, none at w_q = 1)
+    # critic only: weight of the doubly robust correction rho (r - Q(a_t)) log pi(a_t); 1 is the unbiased
+    # estimator, < 1 trusts the critic's smoothed estimates more than each round's own outcome
+    correction_coeff: float = 1.0
     critic_form: str = "free"  # critic only: free Q(x, w, .) | reward: w_q q(x, .) - w_c c(x, .), the reward's shape | known_cost: w_q q(x, .) - w_c c_bar (cost_aware's known costs)
     exploration_floor: float = 0.0  # rollouts draw from (1 - eps) pi + eps / K; importance-corrected
     normalize_advantages: bool = True  # divide advantages by their batch std (scale-free step size)
@@ -197,6 +200,9 @@ class TrainingConfig:
         if self.critic_shrinkage < 1.0 and (self.baseline != "critic" or self.critic_form == "free"):
             raise ConfigError("training.critic_shrinkage: needs training.baseline critic with critic_form reward or known_cost")
         _one_of("training.critic_shrinkage_gate", self.critic_shrinkage_gate, ("none", "cost"))
+        _between("training.correction_coeff", self.correction_coeff, 0.0, 1.0)
+        if self.correction_coeff < 1.0 and self.baseline != "critic":
+            raise ConfigError("training.correction_coeff: needs training.baseline critic (it weights the critic's correction)")
         if self.critic_shrinkage_gate != "none" and self.critic_shrinkage >= 1.0:
             raise ConfigError("training.critic_shrinkage_gate: gates a shrinkage; set training.critic_shrinkage < 1")
         _one_of("training.advantage_scale", self.advantage_scale, ("batch", "preference"))

@@ -231,6 +231,25 @@ def test_cost_gated_critic_shrinkage_pulls_by_the_cost_weight_and_leaves_w_q_1_a
             assert torch.equal(gated, critic) and not torch.equal(even, critic)
 
 
+def test_correction_coeff_weighs_the_observed_outcome_against_the_critic():
+    """training.correction_coeff c: the taken model's step carries c (r - Q(a_t)); at 0 the update
+    reads the critic alone (a surprising outcome moves nothing), at 1 it is the unbiased estimator."""
+    pref = torch.tensor([[0.8, 0.2]])
+    critic = torch.tensor([[0.3, 0.3]])  # the critic sees no difference between the two models
+
+    def grad(coeff: float) -> torch.Tensor:
+        logits = torch.zeros(1, 2, requires_grad=True)
+        settings = LossSettings(baseline="critic", entropy_coeff=0.0, normalize_advantages=False, correction_coeff=coeff)
+        loss, _ = barp_loss(logits, torch.tensor([1]), torch.tensor([0.9]), settings, baseline=critic, preference=pref)
+        loss.backward()
+        return logits.grad
+
+    full, half, none = grad(1.0), grad(0.5), grad(0.0)
+    assert -full[0, 1] > 0  # model 1 did better than the critic said: it rises
+    assert torch.allclose(half, 0.5 * full)
+    assert torch.equal(none, torch.zeros(1, 2))
+
+
 def test_known_cost_critic_learns_quality_only_and_charges_the_heads_known_costs():
     """critic_form known_cost: Q(x, w, a) = w_q q(x, a) - w_c c_bar_a, c_bar the cost-aware head's
     known normalised cost at today's (or the logged) prices, capped at 1: at the cost end Q is

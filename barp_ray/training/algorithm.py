@@ -44,6 +44,7 @@ class BaRPConfig(AlgorithmConfig):
         self.critic_temperature = 0.1
         self.critic_shrinkage = 1.0  # < 1: the policy reads the critic's quality pulled toward its batch means
         self.critic_shrinkage_gate = "none"  # cost: that pull scaled by w_c
+        self.correction_coeff = 1.0  # < 1: the doubly robust correction weighed down (trust the critic more)
         self.weight_decay = 0.0  # > 0: AdamW's decoupled decay instead of Adam
         self.rounds_per_iteration = 4096
         self.num_envs_per_env_runner = 1024
@@ -66,6 +67,7 @@ class BaRPConfig(AlgorithmConfig):
         critic_temperature=NotProvided,
         critic_shrinkage=NotProvided,
         critic_shrinkage_gate=NotProvided,
+        correction_coeff=NotProvided,
         normalize_advantages=NotProvided,
         advantage_scale=NotProvided,
         entropy_floor=NotProvided,
@@ -83,6 +85,7 @@ class BaRPConfig(AlgorithmConfig):
             ("critic_temperature", critic_temperature),
             ("critic_shrinkage", critic_shrinkage),
             ("critic_shrinkage_gate", critic_shrinkage_gate),
+            ("correction_coeff", correction_coeff),
             ("normalize_advantages", normalize_advantages),
             ("advantage_scale", advantage_scale),
             ("entropy_floor", entropy_floor),

@@ -47,6 +47,7 @@ class LossSettings:
     entropy_floor: float = 0.0  # > 0: hinge penalty on each w_q band's mean entropy below this (nats)
     critic_shrinkage: float = 1.0  # < 1: the policy reads the critic's per-prompt quality pulled toward each model's batch mean
     critic_shrinkage_gate: str = "none"  # "cost": the pull is scaled by w_c, so none at w_q = 1
+    correction_coeff: float = 1.0  # critic only: weight of the doubly robust correction (1: unbiased)
 
 
 PREFERENCE_BANDS = 5
@@ -143,7 +144,10 @@ def barp_loss(
         baseline_loss = torch.mean((q_taken - rewards) ** 2)
         probs = logp_all.exp()
         value = (probs.detach() * q_all).sum(-1, keepdim=True)
-        advantage = rewards - q_taken.detach()
+        # Each training prompt comes back hundreds of times, so the correction's average over its
+        # visits is that prompt's own observed outcomes: at full weight the policy ends up fitting
+        # them one by one. Below 1 it leans on the critic, a smoother function of the prompt.
+        advantage = settings.correction_coeff * (rewards - q_taken.detach())
         scale = advantage_scale(rewards, preference, settings) if settings.normalize_advantages and rewards.numel() > 1 else 1.0
         advantage = advantage / scale
         direct = -torch.mean((probs * (q_all - value)).sum(-1) / scale)
@@ -193,6 +197,7 @@ def settings_from(config: Any) -> LossSettings:
         entropy_floor=config.entropy_floor,
         critic_shrinkage=config.critic_shrinkage,
         critic_shrinkage_gate=config.critic_shrinkage_gate,
+        correction_coeff=config.correction_coeff,
     )
 
 

@@ -90,6 +90,7 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
             critic_temperature=t.critic_temperature,
             critic_shrinkage=t.critic_shrinkage,
             critic_shrinkage_gate=t.critic_shrinkage_gate,
+            correction_coeff=t.correction_coeff,
             # mu >= (1 - eps) pi, so pi / mu never exceeds 1 / (1 - eps): the clip only switches weighting on.
             importance_weight_clip=1.0 / (1.0 - t.exploration_floor) if t.exploration_floor > 0 else 0.0,
             normalize_advantages=t.normalize_advantages,
