@@ -145,8 +145,8 @@ def barp_loss(
         probs = logp_all.exp()
         value = (probs.detach() * q_all).sum(-1, keepdim=True)
         # Each training prompt comes back hundreds of times, so the correction's average over its
-        # visits is that prompt's own observed outcomes: at full weight the policy ends up fitting
-        # them one by one. Below 1 it leans on the critic, a smoother function of the prompt.
+        # visits is that prompt's own observed outcomes. Below 1 the policy leans on the critic, a
+        # smoother function of the prompt, instead; on validation every weight below 1 lost.
         advantage = settings.correction_coeff * (rewards - q_taken.detach())
         scale = advantage_scale(rewards, preference, settings) if settings.normalize_advantages and rewards.numel() > 1 else 1.0
         advantage = advantage / scale
