@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from barp_ray.config import load_config  # noqa: E402
 from barp_ray.data.prepare import prepare  # noqa: E402
+from barp_ray.evaluation.experiment import PolicyRouter  # noqa: E402
 from barp_ray.evaluation.metrics import prompt_rewards  # noqa: E402
 from barp_ray.policy import RoutingPolicy  # noqa: E402
 
@@ -40,19 +41,19 @@ def main() -> None:
     args = ap.parse_args()
 
     data = prepare(load_config(args.config))
-    test, k = data.test, data.test.k
-    policies = [RoutingPolicy.load(p) for p in sorted(glob.glob(args.checkpoints))]
-    if not policies:
+    test = data.test
+    routers = [PolicyRouter(RoutingPolicy.load(p)) for p in sorted(glob.glob(args.checkpoints))]
+    if not routers:
         sys.exit(f"--checkpoints: nothing matches {args.checkpoints!r}")
     offsets = np.round(np.arange(-args.span, args.span + 1e-9, args.step), 6)
     rows = {}
     for true in args.w_q:
         asked = np.clip(np.round(true + offsets, 6), 0.0, 1.0)
-        reward = np.zeros((len(policies), len(asked)))
-        for i, policy in enumerate(policies):
+        reward = np.zeros((len(routers), len(asked)))
+        for i, router in enumerate(routers):
             for j, wq in enumerate(asked):
-                choice = policy.probabilities(data.test_embeddings, np.array([wq, 1 - wq], np.float32)).argmax(-1)
-                reward[i, j] = prompt_rewards(test.scores, test.costs, np.eye(k)[choice], (true, 1 - true), data.tau).mean()
+                choice = router.choose(data.test_embeddings, (wq, 1 - wq))  # greedy, as `barp eval` routes
+                reward[i, j] = prompt_rewards(test.scores, test.costs, choice, (true, 1 - true), data.tau).mean()
         mean = reward.mean(0)
         at_true = float(mean[np.argmin(np.abs(asked - true))])
         rows[str(true)] = {"asked_at": asked.tolist(), "reward": mean.tolist(), "reward_at_true": at_true,
@@ -61,7 +62,7 @@ def main() -> None:
               f"({mean.max() - at_true:+.4f}); by w_q': " + " ".join(f"{a:g}:{m - at_true:+.4f}" for a, m in zip(asked, mean)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"config": args.config, "checkpoints": args.checkpoints, "seeds": len(policies),
+        args.out.write_text(json.dumps({"config": args.config, "checkpoints": args.checkpoints, "seeds": len(routers),
                                         "rows": rows, "command": " ".join(sys.argv)}, indent=1))
         print(f"wrote {args.out}")
 
