@@ -122,6 +122,10 @@ class PolicyConfig:
     embedding_dropout: float = 0.0  # > 0: dropout on h(x) in the training forward only (policy and critic), against fitting the train tasks
     critic_hidden: list | None = None  # the training critic's hidden layers (None: one, as wide as head_hidden's last)
     conditioning: str = "concat"  # how phi(w) enters the decision head: concat [h(x); phi(w)] (the paper) | film (each hidden layer scaled and shifted by phi(w))
+    # < 1: the routing decision (serving, evaluation) keeps this share of each prompt's own deviation from
+    # the average training prompt's decision head output (1: off; training rollouts are never shrunk)
+    decision_shrinkage: float = 1.0
+    decision_shrinkage_gate: str = "none"  # cost: the pull above is scaled by w_c (none at w_q = 1)
 
     def validate(self) -> None:
         _one_of("policy.head", self.head, POLICY_HEADS)
@@ -130,6 +134,13 @@ class PolicyConfig:
             raise ConfigError("policy.conditioning: 'film' is for the decision head of the other heads; "
                               "model_conditioned has its own towers")
         _positive("policy.model_id_dim", self.model_id_dim)
+        _between("policy.decision_shrinkage", self.decision_shrinkage, 0.0, 1.0)
+        _one_of("policy.decision_shrinkage_gate", self.decision_shrinkage_gate, ("none", "cost"))
+        if self.decision_shrinkage < 1.0 and self.head == "model_conditioned":
+            raise ConfigError("policy.decision_shrinkage: applies to the decision head of the other heads; "
+                              "model_conditioned scores model cards")
+        if self.decision_shrinkage_gate != "none" and self.decision_shrinkage >= 1.0:
+            raise ConfigError("policy.decision_shrinkage_gate: gates a shrinkage; set policy.decision_shrinkage < 1")
         _positive("policy.cost_scale", self.cost_scale)
         if not isinstance(self.quality_gate, bool):
             raise ConfigError(f"policy.quality_gate: must be true or false, got {self.quality_gate!r}")

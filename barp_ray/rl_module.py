@@ -113,6 +113,14 @@ class BaRPRLModule(TorchRLModule):
     says about a model: that is what a newly added model is scored with until feedback arrives.
     model_config["model_cards"] lists the training models' cards (ModelCard.as_dict()); its critic
     is always reward-shaped and model-conditioned the same way (two numbers per card).
+
+    decision_shrinkage k < 1 (inference only: serving, evaluation; never the rollouts or the loss)
+    decides with the decision head's output for this prompt pulled toward its output for the
+    average training prompt (model_config["reference_embedding"], the mean h(x) over the training
+    prompts) at the same w: out_ref + k * (out - out_ref). On a prompt from a task the policy never
+    saw, what it learned per prompt from other tasks is the least reliable part of the decision, and
+    the average prompt's choice is the prior to fall back toward. With decision_shrinkage_gate
+    "cost" the kept share is 1 - (1 - k) * w_c: no pull at w_q = 1, where nothing is paid.
     """
 
     def setup(self) -> None:
@@ -140,6 +148,16 @@ class BaRPRLModule(TorchRLModule):
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         if self.conditioning == "film" and self.head == "model_conditioned":
             raise ValueError("conditioning 'film' applies to the decision head of the other heads, not model_conditioned")
+        self.decision_shrinkage = float(cfg.get("decision_shrinkage", 1.0))
+        self.decision_shrinkage_gate = str(cfg.get("decision_shrinkage_gate", "none"))
+        if self.decision_shrinkage < 1.0:
+            reference = cfg.get("reference_embedding")
+            if reference is None or len(reference) != emb_dim:
+                raise ValueError(f"decision_shrinkage < 1 needs reference_embedding: {emb_dim} numbers (the mean training h(x))")
+            if self.head == "model_conditioned":
+                raise ValueError("decision_shrinkage applies to the decision head of the other heads, not model_conditioned")
+            # Not in the state dict, like the prices: a fact of the training set, not a weight.
+            self.register_buffer("reference_embedding", torch.as_tensor(reference, dtype=torch.float32), persistent=False)
         if self.head == "model_conditioned":
             self._setup_model_conditioned(cfg, emb_dim, pref_hidden, head_hidden, k)
             return
@@ -244,8 +262,18 @@ class BaRPRLModule(TorchRLModule):
         obs = batch[Columns.OBS]
         return torch.cat([obs["embedding"], self.preference_net(obs["preference"])], dim=-1)
 
-    def _logits(self, batch: dict[str, Any], z: torch.Tensor, models: torch.Tensor | None = None) -> torch.Tensor:
+    def _shrunk_toward_reference(self, out: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        emb_dim = self.reference_embedding.numel()
+        reference = self.decision_head(torch.cat([self.reference_embedding.expand(len(z), emb_dim), z[:, emb_dim:]], dim=-1))
+        k = self.decision_shrinkage
+        keep = 1.0 - (1.0 - k) * w[:, 1:] if self.decision_shrinkage_gate == "cost" else k
+        return reference + keep * (out - reference)
+
+    def _logits(self, batch: dict[str, Any], z: torch.Tensor, models: torch.Tensor | None = None,
+                deciding: bool = False) -> torch.Tensor:
         out = self.decision_head(z)
+        if deciding and self.decision_shrinkage < 1.0:
+            out = self._shrunk_toward_reference(out, z, batch[Columns.OBS]["preference"])
         if self.head == "concat":
             return out
         w = batch[Columns.OBS]["preference"]
@@ -283,10 +311,12 @@ class BaRPRLModule(TorchRLModule):
         self.log_price = torch.log(torch.as_tensor(prices, dtype=torch.float32))
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        return {Columns.ACTION_DIST_INPUTS: self._logits(batch, self._features(batch))}
+        """The routing decision (serving, evaluation): with decision_shrinkage, shrunk."""
+        return {Columns.ACTION_DIST_INPUTS: self._logits(batch, self._features(batch), deciding=True)}
 
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        logits = self._forward(batch)[Columns.ACTION_DIST_INPUTS]
+        # Rollouts draw from the policy the loss trains, so its log-probs are the behaviour's.
+        logits = self._logits(batch, self._features(batch))
         if self.exploration_floor <= 0:
             return {Columns.ACTION_DIST_INPUTS: logits}
         k = logits.shape[-1]

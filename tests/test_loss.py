@@ -326,6 +326,40 @@ def test_cost_aware_head_picks_the_cheapest_model_at_the_cost_end_and_follows_pr
     assert (ungated.action_probabilities(x, cost_only).argmax(-1) == 3).all()  # without the gate the prompt's logits count at w_q = 0
 
 
+def test_decision_shrinkage_pulls_the_routing_decision_toward_the_average_prompt_but_not_the_rollouts():
+    import pytest
+    from ray.rllib.core.columns import Columns
+
+    reference = [0.1] * 8
+    costs = dict(head="cost_aware", model_prices=[0.1, 0.3, 0.6, 1.0], model_costs=[0.1, 0.3, 0.6, 1.0])
+    plain = _module(**costs)
+    batch = _batch(64)
+    x, w = batch[Columns.OBS]["embedding"], batch[Columns.OBS]["preference"]
+    with torch.no_grad():
+        raw = plain.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
+        for k, gate in ((1.0, "none"), (0.0, "none"), (0.5, "none"), (0.0, "cost")):
+            module = _module(**costs, decision_shrinkage=k, decision_shrinkage_gate=gate, reference_embedding=reference)
+            module.load_state_dict(plain.state_dict())  # the same weights: the buffer is not among them
+            assert "reference_embedding" not in module.state_dict()
+            decided = module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
+            # the rollouts (and so the loss's behaviour log-probs) read the policy unshrunk
+            assert torch.allclose(module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS], raw)
+            at_reference = module.forward_inference({Columns.OBS: {"embedding": torch.tensor([reference] * 64), "preference": w}})
+            keep = k if gate == "none" else 1 - (1 - k) * w[:, 1:]
+            # logits are affine in the head's output, so the decision is the interpolation of the two
+            assert torch.allclose(decided, at_reference[Columns.ACTION_DIST_INPUTS] + keep * (raw - at_reference[Columns.ACTION_DIST_INPUTS]), atol=1e-5)
+        # k = 0 without a gate: every prompt at the same w gets the average prompt's decision
+        full = _module(**costs, decision_shrinkage=0.0, reference_embedding=reference)
+        full.load_state_dict(plain.state_dict())
+        same_w = {Columns.OBS: {"embedding": x, "preference": torch.tensor([[0.7, 0.3]] * 64)}}
+        p = full.forward_inference(same_w)[Columns.ACTION_DIST_INPUTS]
+        assert torch.allclose(p, p[:1].expand_as(p), atol=1e-5)
+    with pytest.raises(ValueError, match="reference_embedding"):
+        _module(**costs, decision_shrinkage=0.5)
+    with pytest.raises(ValueError, match="model_conditioned"):
+        _module(head="model_conditioned", model_cards=_cards(*TRAINED), decision_shrinkage=0.5, reference_embedding=reference)
+
+
 def _cards(*specs):
     from barp_ray.model_cards import ModelCard
 

@@ -110,10 +110,12 @@ def test_bad_checkpoint_paths(tmp_path):
 def test_critic_variant_trains_through_rllib_and_checkpoints_under_a_storage_uri(ray_local, tmp_path):
     """`training.baseline: critic` (the loss continuous training uses) with the reward-shaped critic
     and an exploration floor, as offline config switches; the checkpoint goes to a `file://` URI
-    (the same pyarrow.fs path `s3://` takes) and loads from there."""
+    (the same pyarrow.fs path `s3://` takes) and loads from there, with the decision shrinkage's
+    reference prompt (the mean training embedding) in it."""
     uri = f"file://{tmp_path / 'bucket' / 'run-1'}"
     cfg = small_config(tmp_path, "training.baseline=critic", "training.critic_kl_coeff=1.0", "training.iterations=25",
-                       "training.critic_form=reward", "training.exploration_floor=0.1", f"output.checkpoint_dir={uri}")
+                       "training.critic_form=reward", "training.exploration_floor=0.1", f"output.checkpoint_dir={uri}",
+                       "policy.decision_shrinkage=0.5")
     res = train(cfg, progress=False)
     ev = res.evaluation
     assert ev["barp"]["reward"] > ev["random"]["reward"] + 0.08, ev
@@ -121,6 +123,8 @@ def test_critic_variant_trains_through_rllib_and_checkpoints_under_a_storage_uri
     assert res.checkpoint == uri and (tmp_path / "bucket" / "run-1" / "barp_meta.json").is_file()
     policy = RoutingPolicy.load(uri)
     assert policy.module.model_config["critic_form"] == "reward"
+    mean_embedding = prepare(cfg).train_embeddings.mean(axis=0)
+    assert np.allclose(policy.module.reference_embedding.numpy(), mean_embedding, atol=1e-6)
     with pytest.raises(CheckpointError, match="cannot fetch"):
         RoutingPolicy.load(f"file://{tmp_path / 'bucket' / 'no-such-run'}")
 

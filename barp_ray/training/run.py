@@ -53,7 +53,8 @@ def mean_normalized_costs(table, tau: float) -> list[float]:
     return [max(float(c), 1e-9) for c in normalized_cost(table.costs, tau).mean(axis=0)]
 
 
-def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None = None, costs: list[float] | None = None):
+def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None = None, costs: list[float] | None = None,
+                      reference: list[float] | None = None):
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
 
@@ -63,6 +64,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
 
     if cfg.policy.head == "cost_aware" and costs is None:
         raise ConfigError("policy.head: cost_aware needs each model's normalised cost (costs=mean_normalized_costs(table, tau))")
+    if cfg.policy.decision_shrinkage < 1.0 and reference is None:
+        raise ConfigError("policy.decision_shrinkage: needs the mean training embedding (reference=embeddings.mean(0))")
     register_env(ENV_NAME, lambda env_config: RoutingBanditEnv(env_config))
     t, s = cfg.training, cfg.scale
     return (
@@ -118,6 +121,9 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
                     **({"model_prices": [c.blended_price for c in cards]} if cfg.policy.head in PRICE_HEADS else {}),
                     **({"model_costs": list(costs), "cost_scale": cfg.policy.cost_scale,
                         "quality_gate": cfg.policy.quality_gate} if cfg.policy.head == "cost_aware" else {}),
+                    **({"decision_shrinkage": cfg.policy.decision_shrinkage,
+                        "decision_shrinkage_gate": cfg.policy.decision_shrinkage_gate,
+                        "reference_embedding": list(reference)} if cfg.policy.decision_shrinkage < 1.0 else {}),
                     **({"model_cards": [c.as_dict() for c in cards], "model_id_dim": cfg.policy.model_id_dim,
                         "model_id_dropout": cfg.policy.model_id_dropout} if cfg.policy.head == "model_conditioned" else {}),
                 },
@@ -213,8 +219,8 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
     data_ref = ray.put(BanditData(data.train_embeddings[fit_rows], data.train.scores[fit_rows], data.train.costs[fit_rows],
                                   data.train.models, prompt_weights(data.train.tasks[fit_rows], cfg.env.prompt_sampling)))
     algo = build_algo_config(cfg, data_ref, data.tau, cards=model_cards(cfg, data.train),
-                             costs=mean_normalized_costs(data.train, data.tau) if cfg.policy.head == "cost_aware" else None
-                             ).build_algo()
+                             costs=mean_normalized_costs(data.train, data.tau) if cfg.policy.head == "cost_aware" else None,
+                             reference=data.train_embeddings[fit_rows].mean(axis=0).tolist()).build_algo()
     if cfg.training.init_from:
         warm_start(algo, cfg.training.init_from)
     w_eval = tuple(cfg.env.eval_preference)
