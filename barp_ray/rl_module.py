@@ -148,16 +148,14 @@ class BaRPRLModule(TorchRLModule):
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         if self.conditioning == "film" and self.head == "model_conditioned":
             raise ValueError("conditioning 'film' applies to the decision head of the other heads, not model_conditioned")
-        self.decision_shrinkage = float(cfg.get("decision_shrinkage", 1.0))
-        self.decision_shrinkage_gate = str(cfg.get("decision_shrinkage_gate", "none"))
-        if self.decision_shrinkage < 1.0:
-            reference = cfg.get("reference_embedding")
-            if reference is None or len(reference) != emb_dim:
-                raise ValueError(f"decision_shrinkage < 1 needs reference_embedding: {emb_dim} numbers (the mean training h(x))")
-            if self.head == "model_conditioned":
-                raise ValueError("decision_shrinkage applies to the decision head of the other heads, not model_conditioned")
+        reference = cfg.get("reference_embedding")
+        if reference is not None:
+            if len(reference) != emb_dim:
+                raise ValueError(f"reference_embedding: need {emb_dim} numbers (the mean training h(x)), got {len(reference)}")
             # Not in the state dict, like the prices: a fact of the training set, not a weight.
             self.register_buffer("reference_embedding", torch.as_tensor(reference, dtype=torch.float32), persistent=False)
+        self.decision_shrinkage, self.decision_shrinkage_gate = 1.0, "none"
+        self.set_decision_shrinkage(float(cfg.get("decision_shrinkage", 1.0)), str(cfg.get("decision_shrinkage_gate", "none")))
         if self.head == "model_conditioned":
             self._setup_model_conditioned(cfg, emb_dim, pref_hidden, head_hidden, k)
             return
@@ -300,6 +298,18 @@ class BaRPRLModule(TorchRLModule):
         """Each model's normalised training cost at these prices, capped as the reward caps it."""
         log_price = obs.get(LOG_PRICE, self.log_price)
         return torch.clamp(self.trained_cost * torch.exp(log_price - self.trained_log_price), max=1.0)
+
+    def set_decision_shrinkage(self, keep: float, gate: str = "none") -> None:
+        """How much of each prompt's own deviation from the average training prompt the routing
+        decision keeps (1: all, off); a decision-time setting, so serving may change it live."""
+        if not 0.0 <= keep <= 1.0 or gate not in ("none", "cost"):
+            raise ValueError(f"decision_shrinkage: need a share in [0, 1] and a gate 'none' or 'cost', got {keep!r}, {gate!r}")
+        if keep < 1.0 and self.head == "model_conditioned":
+            raise ValueError("decision_shrinkage: applies to the decision head of the other heads, not model_conditioned")
+        if keep < 1.0 and not hasattr(self, "reference_embedding"):
+            raise ValueError("decision_shrinkage: this checkpoint has no reference_embedding (the mean training h(x)); "
+                             "retrain it with this version")
+        self.decision_shrinkage, self.decision_shrinkage_gate = float(keep), gate
 
     def set_prices(self, prices: list[float]) -> None:
         """Today's blended $/Mtok per model (price_aware, cost_aware heads): routing follows at once."""

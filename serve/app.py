@@ -36,7 +36,7 @@ from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorB
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
                            RouteResponse)
 from serve.routing import take_offer
-from serve.settings import ServeSettings, SettingsError, live_offer, settings_from_args
+from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_offer, settings_from_args
 
 logger = logging.getLogger("ray.serve")
 
@@ -389,6 +389,8 @@ class RouterAPI:
         meta = self.meta = read_meta(settings.checkpoint)
         self.models: list[str] = list(meta["models"])  # what is offered now: set by reconfigure
         self.prices: dict = meta.get("prices", {})
+        policy = (meta.get("config") or {}).get("policy") or {}
+        self.decision_shrinkage = (float(policy.get("decision_shrinkage", 1.0)), policy.get("decision_shrinkage_gate", "none"))
         self.offer_taken, self.offer_error = False, None
         self.tau = float(meta["tau"])
         self.local = None if router is not None else await _colocated_router(settings, self.tau, log, trainer)
@@ -416,6 +418,7 @@ class RouterAPI:
 
         def apply(offer) -> None:
             self.models, self.prices = list(offer.models), offer.prices
+            self.decision_shrinkage = offer.decision_shrinkage or self.decision_shrinkage
             self.chat_models = [m for m in self.models if m in self.settings.upstreams]
             STATE.update(models=self.models, chat_models=self.chat_models)  # the OpenAPI enums follow the offer
 
@@ -490,7 +493,7 @@ class RouterAPI:
         except Exception as e:  # noqa: BLE001
             trainer = {"error": type(e).__name__}
         return {"log": counts, "trainer": trainer,
-                "offer": {"models": self.models, "refused": self.offer_error}}
+                "offer": {"models": self.models, "decision_shrinkage": list(self.decision_shrinkage), "refused": self.offer_error}}
 
     @api.post("/v1/admin/train", responses=errors())
     async def train_now(self) -> dict:
@@ -551,7 +554,7 @@ def app_builder(args: dict[str, Any] | None = None):
     """Entry point for `serve run` / `serve deploy` (import_path: serve.app:app_builder)."""
     args = dict(args or {})
     # live: user_config (reconfigure in place), not deployment arguments (a rolling restart)
-    live = {k: v for k in ("prices", "models") if (v := args.pop(k, None)) is not None}
+    live = {k: v for k in LIVE_KEYS if (v := args.pop(k, None)) is not None}
     settings = settings_from_args(args).absolute()
     from barp_ray.policy import META_FILE
 

@@ -215,7 +215,8 @@ class LimitSettings:
 
 
 TOPOLOGIES = ("colocated", "split")
-# The deployments that take the live offer (`user_config`: prices, models) in each topology.
+# What `user_config` may set live, and the deployments that take it in each topology.
+LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate")
 LIVE_OFFER_DEPLOYMENTS = {"colocated": ("RouterAPI", "TrainerDeployment"),
                           "split": ("RouterModel", "RouterAPI", "TrainerDeployment")}
 
@@ -336,6 +337,8 @@ class Offer:
     models: tuple[str, ...]
     prices: dict[str, dict[str, float]]
     sizes: dict[str, float]
+    # How the decision reads each prompt (`policy.decision_shrinkage`): None keeps the checkpoint's.
+    decision_shrinkage: tuple[float, str] | None = None
 
     def cards(self) -> list:
         from barp_ray.model_cards import cards_for
@@ -356,6 +359,8 @@ class Offer:
             module.offer(self.cards())
         elif module.head in PRICE_HEADS and self.blended():
             module.set_prices(self.blended())
+        if self.decision_shrinkage is not None:
+            module.set_decision_shrinkage(*self.decision_shrinkage)
 
 
 def live_offer(user_config: Any, meta: dict) -> Offer:
@@ -368,13 +373,14 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
 
     config = user_config or {}
     if not isinstance(config, dict):
-        raise SettingsError("user_config: must be a mapping with optional `models` and `prices`")
-    unknown = sorted(set(config) - {"models", "prices"})
+        raise SettingsError(f"user_config: must be a mapping with optional {list(LIVE_KEYS)}")
+    unknown = sorted(set(config) - set(LIVE_KEYS))
     if unknown:
-        raise SettingsError(f"user_config: unknown key(s) {unknown}; known: ['models', 'prices']")
+        raise SettingsError(f"user_config: unknown key(s) {unknown}; known: {list(LIVE_KEYS)}")
+    shrinkage = live_decision_shrinkage(config, meta)
     if config.get("models") is None:
         prices = live_prices(config.get("prices"), meta)
-        return Offer(tuple(meta["models"]), {m: p for m, p in prices.items() if p}, dict(meta.get("sizes") or {}))
+        return Offer(tuple(meta["models"]), {m: p for m, p in prices.items() if p}, dict(meta.get("sizes") or {}), shrinkage)
     if config.get("prices"):
         raise SettingsError("prices: give each model's price inside `models` when `models` is set, not both")
     head = checkpoint_head(meta)
@@ -387,7 +393,26 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
         raise SettingsError(str(e)) from None
     return Offer(tuple(c.name for c in cards),
                  {c.name: {"input_per_mtok": float(c.input_per_mtok), "output_per_mtok": float(c.output_per_mtok)} for c in cards},
-                 {c.name: float(c.size_b) for c in cards if c.size_b})
+                 {c.name: float(c.size_b) for c in cards if c.size_b}, shrinkage)
+
+
+def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str] | None:
+    """`decision_shrinkage` (and `decision_shrinkage_gate`) set live: how much of each prompt's own
+    deviation from the average training prompt the decision keeps. Training does not depend on it,
+    so it is a serving setting like a price: e.g. lowered while traffic from tasks the policy never
+    saw comes in."""
+    keep, gate = config.get("decision_shrinkage"), config.get("decision_shrinkage_gate")
+    if keep is None:
+        if gate is not None:
+            raise SettingsError("decision_shrinkage_gate: gates a shrinkage; set decision_shrinkage too")
+        return None
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
+        raise SettingsError(f"decision_shrinkage: must be a number in [0, 1] (1: off), got {keep!r}")
+    if gate not in (None, "none", "cost"):
+        raise SettingsError(f"decision_shrinkage_gate: must be 'none' or 'cost', got {gate!r}")
+    if keep < 1.0 and checkpoint_head(meta) == "model_conditioned":
+        raise SettingsError("decision_shrinkage: a model_conditioned checkpoint scores model cards; it applies to the other heads")
+    return float(keep), gate or "none"
 
 
 def live_prices(overrides: Any, meta: dict) -> dict[str, dict[str, float]]:

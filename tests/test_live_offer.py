@@ -117,6 +117,7 @@ def test_offered_models_and_prices_change_in_place_with_no_failed_request(mc_wor
             st, stats = client.get("/v1/stats")
             assert "models.broken.output_per_mtok: missing" in stats["offer"]["refused"], stats
             assert list(offered()) == list(changed) and "error" not in stats["trainer"], stats
+            assert stats["offer"]["decision_shrinkage"] == [1.0, "none"], stats  # the checkpoint's own: off
         finally:
             stop.set()
             loader.join()

@@ -356,6 +356,10 @@ def test_decision_shrinkage_pulls_the_routing_decision_toward_the_average_prompt
         assert torch.allclose(p, p[:1].expand_as(p), atol=1e-5)
     with pytest.raises(ValueError, match="reference_embedding"):
         _module(**costs, decision_shrinkage=0.5)
+    with pytest.raises(ValueError, match="reference_embedding"):  # and live: a checkpoint from before it
+        plain.set_decision_shrinkage(0.5)
+    with pytest.raises(ValueError, match="a share in"):
+        full.set_decision_shrinkage(1.5)
     with pytest.raises(ValueError, match="model_conditioned"):
         _module(head="model_conditioned", model_cards=_cards(*TRAINED), decision_shrinkage=0.5, reference_embedding=reference)
 

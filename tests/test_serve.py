@@ -390,6 +390,42 @@ def test_a_live_model_list_needs_a_model_conditioned_checkpoint_and_names_the_fi
         live_offer({"models": {"a": {"input_per_mtok": 1, "output_per_mtok": 1}}}, {**meta, "config": {"policy": {"head": "price_aware"}}})
 
 
+def test_decision_shrinkage_is_a_live_setting_checked_by_name_and_applied_to_the_served_policy(world):
+    """Any checkpoint of a decision-head policy carries the average training prompt, so serving can
+    turn the decision shrinkage on (or off) live, as the replicas and the trainer apply an offer."""
+    import torch
+
+    from barp_ray.policy import RoutingPolicy, read_meta
+    from serve.app import app_builder
+    from serve.settings import SettingsError, live_offer
+
+    meta = read_meta(world["checkpoint"])
+    module = RoutingPolicy.load(world["checkpoint"]).module
+    e = torch.nn.functional.normalize(torch.randn(16, meta["embedding_dim"]), dim=-1)
+    w = torch.tensor([[0.7, 0.3]]).expand(16, 2)
+    assert live_offer({}, meta).decision_shrinkage is None  # not set: the checkpoint's own (off here)
+    before = module.action_probabilities(e, w)
+    assert not torch.allclose(before, before[:1].expand_as(before), atol=1e-4)
+    live_offer({"decision_shrinkage": 0}, meta).apply(module)  # every prompt decided as the average one
+    p = module.action_probabilities(e, w)
+    assert torch.allclose(p, p[:1].expand_as(p), atol=1e-5)
+    offer = live_offer({"decision_shrinkage": 1, "decision_shrinkage_gate": "cost"}, meta)
+    assert offer.decision_shrinkage == (1.0, "cost")
+    offer.apply(module)
+    assert torch.allclose(module.action_probabilities(e, w), before)
+    for config, field in [({"decision_shrinkage": 1.5}, "decision_shrinkage: must be a number"),
+                          ({"decision_shrinkage": "half"}, "decision_shrinkage: must be a number"),
+                          ({"decision_shrinkage": True}, "decision_shrinkage: must be a number"),
+                          ({"decision_shrinkage": 0.5, "decision_shrinkage_gate": "price"}, "decision_shrinkage_gate: must be"),
+                          ({"decision_shrinkage_gate": "cost"}, "decision_shrinkage_gate: gates")]:
+        with pytest.raises(SettingsError, match=field):
+            live_offer(config, meta)
+    with pytest.raises(SettingsError, match="decision_shrinkage: a model_conditioned"):
+        live_offer({"decision_shrinkage": 0.5}, {**meta, "config": {"policy": {"head": "model_conditioned"}}})
+    with pytest.raises(SettingsError, match="decision_shrinkage: must be a number"):
+        app_builder({"checkpoint": world["checkpoint"], "auth": {"disabled": True}, "decision_shrinkage": 2})
+
+
 def test_a_missing_provider_key_fails_the_deploy(world):
     import os
 

@@ -66,6 +66,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
         raise ConfigError("policy.head: cost_aware needs each model's normalised cost (costs=mean_normalized_costs(table, tau))")
     if cfg.policy.decision_shrinkage < 1.0 and reference is None:
         raise ConfigError("policy.decision_shrinkage: needs the mean training embedding (reference=embeddings.mean(0))")
+    # Kept with every checkpoint whose head can shrink, so serving can turn the shrinkage on live.
+    shrinkable = reference is not None and cfg.policy.head != "model_conditioned"
     register_env(ENV_NAME, lambda env_config: RoutingBanditEnv(env_config))
     t, s = cfg.training, cfg.scale
     return (
@@ -121,9 +123,9 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
                     **({"model_prices": [c.blended_price for c in cards]} if cfg.policy.head in PRICE_HEADS else {}),
                     **({"model_costs": list(costs), "cost_scale": cfg.policy.cost_scale,
                         "quality_gate": cfg.policy.quality_gate} if cfg.policy.head == "cost_aware" else {}),
+                    **({"reference_embedding": list(reference)} if shrinkable else {}),
                     **({"decision_shrinkage": cfg.policy.decision_shrinkage,
-                        "decision_shrinkage_gate": cfg.policy.decision_shrinkage_gate,
-                        "reference_embedding": list(reference)} if cfg.policy.decision_shrinkage < 1.0 else {}),
+                        "decision_shrinkage_gate": cfg.policy.decision_shrinkage_gate} if cfg.policy.decision_shrinkage < 1.0 else {}),
                     **({"model_cards": [c.as_dict() for c in cards], "model_id_dim": cfg.policy.model_id_dim,
                         "model_id_dropout": cfg.policy.model_id_dropout} if cfg.policy.head == "model_conditioned" else {}),
                 },
