@@ -389,8 +389,7 @@ class RouterAPI:
         meta = self.meta = read_meta(settings.checkpoint)
         self.models: list[str] = list(meta["models"])  # what is offered now: set by reconfigure
         self.prices: dict = meta.get("prices", {})
-        policy = (meta.get("config") or {}).get("policy") or {}
-        self.decision_shrinkage = (float(policy.get("decision_shrinkage", 1.0)), policy.get("decision_shrinkage_gate", "none"))
+        self.decision_shrinkage = live_offer({}, meta).decision_shrinkage  # the checkpoint's own until reconfigure
         self.offer_taken, self.offer_error = False, None
         self.tau = float(meta["tau"])
         self.local = None if router is not None else await _colocated_router(settings, self.tau, log, trainer)
@@ -418,7 +417,7 @@ class RouterAPI:
 
         def apply(offer) -> None:
             self.models, self.prices = list(offer.models), offer.prices
-            self.decision_shrinkage = offer.decision_shrinkage or self.decision_shrinkage
+            self.decision_shrinkage = offer.decision_shrinkage
             self.chat_models = [m for m in self.models if m in self.settings.upstreams]
             STATE.update(models=self.models, chat_models=self.chat_models)  # the OpenAPI enums follow the offer
 

@@ -337,8 +337,8 @@ class Offer:
     models: tuple[str, ...]
     prices: dict[str, dict[str, float]]
     sizes: dict[str, float]
-    # How the decision reads each prompt (`policy.decision_shrinkage`): None keeps the checkpoint's.
-    decision_shrinkage: tuple[float, str] | None = None
+    # How the decision reads each prompt (`policy.decision_shrinkage`, its gate): the checkpoint's unless set live.
+    decision_shrinkage: tuple[float, str] = (1.0, "none")
 
     def cards(self) -> list:
         from barp_ray.model_cards import cards_for
@@ -359,8 +359,7 @@ class Offer:
             module.offer(self.cards())
         elif module.head in PRICE_HEADS and self.blended():
             module.set_prices(self.blended())
-        if self.decision_shrinkage is not None:
-            module.set_decision_shrinkage(*self.decision_shrinkage)
+        module.set_decision_shrinkage(*self.decision_shrinkage)
 
 
 def live_offer(user_config: Any, meta: dict) -> Offer:
@@ -396,16 +395,17 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
                  {c.name: float(c.size_b) for c in cards if c.size_b}, shrinkage)
 
 
-def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str] | None:
+def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str]:
     """`decision_shrinkage` (and `decision_shrinkage_gate`) set live: how much of each prompt's own
     deviation from the average training prompt the decision keeps. Training does not depend on it,
     so it is a serving setting like a price: e.g. lowered while traffic from tasks the policy never
-    saw comes in."""
+    saw comes in. Unset, the checkpoint's own (as for prices, a removed key reverts to it)."""
     keep, gate = config.get("decision_shrinkage"), config.get("decision_shrinkage_gate")
     if keep is None:
         if gate is not None:
             raise SettingsError("decision_shrinkage_gate: gates a shrinkage; set decision_shrinkage too")
-        return None
+        policy = (meta.get("config") or {}).get("policy") or {}
+        return float(policy.get("decision_shrinkage", 1.0)), str(policy.get("decision_shrinkage_gate", "none"))
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
         raise SettingsError(f"decision_shrinkage: must be a number in [0, 1] (1: off), got {keep!r}")
     if gate not in (None, "none", "cost"):

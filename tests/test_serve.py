@@ -403,16 +403,17 @@ def test_decision_shrinkage_is_a_live_setting_checked_by_name_and_applied_to_the
     module = RoutingPolicy.load(world["checkpoint"]).module
     e = torch.nn.functional.normalize(torch.randn(16, meta["embedding_dim"]), dim=-1)
     w = torch.tensor([[0.7, 0.3]]).expand(16, 2)
-    assert live_offer({}, meta).decision_shrinkage is None  # not set: the checkpoint's own (off here)
+    assert live_offer({}, meta).decision_shrinkage == (1.0, "none")  # not set: the checkpoint's own (off here)
     before = module.action_probabilities(e, w)
     assert not torch.allclose(before, before[:1].expand_as(before), atol=1e-4)
     live_offer({"decision_shrinkage": 0}, meta).apply(module)  # every prompt decided as the average one
     p = module.action_probabilities(e, w)
     assert torch.allclose(p, p[:1].expand_as(p), atol=1e-5)
-    offer = live_offer({"decision_shrinkage": 1, "decision_shrinkage_gate": "cost"}, meta)
-    assert offer.decision_shrinkage == (1.0, "cost")
-    offer.apply(module)
+    live_offer({}, meta).apply(module)  # the key removed: back to the checkpoint's own
     assert torch.allclose(module.action_probabilities(e, w), before)
+    assert live_offer({"decision_shrinkage": 1, "decision_shrinkage_gate": "cost"}, meta).decision_shrinkage == (1.0, "cost")
+    ood = {**meta, "config": {"policy": {"head": "cost_aware", "decision_shrinkage": 0.5}}}
+    assert live_offer({}, ood).decision_shrinkage == (0.5, "none")
     for config, field in [({"decision_shrinkage": 1.5}, "decision_shrinkage: must be a number"),
                           ({"decision_shrinkage": "half"}, "decision_shrinkage: must be a number"),
                           ({"decision_shrinkage": True}, "decision_shrinkage: must be a number"),
