@@ -4,7 +4,10 @@ Per preference of the 11-point sweep, on a validation config's held-out prompts:
 - `policy`: each checkpoint's own argmax (the mean over checkpoints: what one seed delivers);
 - `ensemble`: the argmax of the checkpoints' mean probabilities (one router from all seeds);
 - `critic`: each checkpoint's critic, argmax_a Q(x, w, a) (a reward model learned from the chosen
-  model's reward only), needs `training.critic_form: reward`.
+  model's reward only), needs `training.critic_form: reward`;
+- `blend`: argmax of log pi + 0.25 * Q / 0.1 (the critic added once more at decision time, at the
+  KL target's temperature);
+- `gated shrinkage 0.6`: each checkpoint deciding with `decision_shrinkage` 0.6, gate `cost`.
 
     python bench/decision_rules.py --config configs/llmrouter_ood_val.yaml \
         --checkpoints 'runs/ablation/ood_shipped/seed-*' --out docs/results/preference_range_val/decision_rules_ood_val
@@ -51,7 +54,7 @@ def main() -> int:
     def score(actions: torch.Tensor, w) -> float:
         return score_actions(data.test, actions.numpy(), w, data.tau).reward
 
-    rows: dict[str, list[float]] = {"policy": [], "ensemble": [], "critic": []}
+    rows: dict[str, list[float]] = {"policy": [], "ensemble": [], "critic": [], "blend": [], "gated shrinkage 0.6": []}
     for w in SWEEP:
         pref = torch.tensor(w, dtype=torch.float32).expand(len(x), 2)
         with torch.no_grad():
@@ -59,6 +62,15 @@ def main() -> int:
         rows["policy"].append(float(np.mean([score(pr.argmax(-1), w) for pr in probs])))
         rows["ensemble"].append(score(torch.stack(probs).mean(0).argmax(-1), w))
         rows["critic"].append(float(np.mean([score((w[0] * q - w[1] * c).argmax(-1), w) for q, c in critics])))
+        rows["blend"].append(float(np.mean([score((torch.log(pr) + 0.25 * (w[0] * q - w[1] * c) / 0.1).argmax(-1), w)
+                                            for pr, (q, c) in zip(probs, critics)])))
+        shrunk = []
+        for m in policies:
+            m.set_decision_shrinkage(0.6, "cost")
+            with torch.no_grad():
+                shrunk.append(score(m.action_probabilities(x, pref).argmax(-1), w))
+            m.set_decision_shrinkage(1.0)
+        rows["gated shrinkage 0.6"].append(float(np.mean(shrunk)))
     print(f"{args.config}: {len(ckpts)} checkpoints, greedy reward on the held-out prompts")
     print("| rule | " + " | ".join(f"w_q={w[0]:g}" for w in SWEEP) + " | sweep mean |")
     print("|" + " --- |" * (len(SWEEP) + 2))
