@@ -164,6 +164,7 @@ class TrainingConfig:
     lr: float = 1e-3
     lr_final: float | None = None  # set: the learning rate falls linearly from lr to this over the iterations
     entropy_coeff: float = 0.05
+    entropy_coeff_final: float | None = None  # set: the entropy bonus falls linearly from entropy_coeff to this over the iterations
     baseline: str = "learned"  # learned | mean | none | critic (per-model reward critic, doubly robust)
     baseline_coeff: float = 0.5
     critic_kl_coeff: float = 0.0  # critic only: pull the policy toward softmax(Q / critic_temperature)
@@ -201,6 +202,8 @@ class TrainingConfig:
         _positive("training.lr", self.lr)
         if self.lr_final is not None:
             _positive("training.lr_final", self.lr_final)
+        if self.entropy_coeff_final is not None and self.entropy_coeff_final < 0:
+            raise ConfigError(f"training.entropy_coeff_final: must be >= 0, got {self.entropy_coeff_final}")
         _non_negative("training.entropy_coeff", self.entropy_coeff)
         _one_of("training.baseline", self.baseline, ("learned", "mean", "none", "critic"))
         _non_negative("training.baseline_coeff", self.baseline_coeff)

@@ -48,6 +48,7 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"training": {"critic_shrinkage_gate": "cost"}}, "training.critic_shrinkage_gate"),  # nothing to gate at k = 1
         ({"training": {"correction_coeff": -0.1}}, "training.correction_coeff"),
         ({"training": {"correction_coeff": 0.5}}, "training.correction_coeff"),  # no critic to correct
+        ({"training": {"entropy_coeff_final": -0.01}}, "training.entropy_coeff_final"),
         ({"policy": {"decision_shrinkage": 1.5}}, "policy.decision_shrinkage"),
         ({"policy": {"decision_shrinkage": 0.5, "head": "model_conditioned"}}, "policy.decision_shrinkage"),
         ({"policy": {"decision_shrinkage_gate": "price", "decision_shrinkage": 0.5}}, "policy.decision_shrinkage_gate"),

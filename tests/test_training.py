@@ -295,3 +295,18 @@ def test_lr_final_decays_the_learner_rate_linearly_over_the_iterations(ray_local
     # the rate an update uses is set from the rounds sampled so far: 1/4, 2/4, ... of the way down
     expected = [0.004 + (0.0001 - 0.004) * i / 4 for i in range(1, 5)]
     np.testing.assert_allclose(seen, expected, rtol=0.02)
+
+
+def test_entropy_coeff_final_anneals_the_entropy_bonus_with_rllibs_scheduler(ray_local, tmp_path):
+    algo, _ = built_algo(small_config(tmp_path, "training.iterations=4", "training.entropy_coeff=0.2",
+                                      "training.entropy_coeff_final=0.0"))
+    try:
+        learner = algo.learner_group._learner
+        seen = []
+        for _ in range(4):
+            algo.train()
+            seen.append(float(learner._entropy["default_policy"].get_current_value()))
+    finally:
+        algo.stop()
+    # as the learning rate's schedule: set from the rounds sampled so far, 1/4, 2/4, ... of the way down
+    np.testing.assert_allclose(seen, [0.2 * (1 - i / 4) for i in range(1, 5)], atol=1e-6)

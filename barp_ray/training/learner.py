@@ -184,9 +184,10 @@ def barp_loss(
     return loss, stats
 
 
-def settings_from(config: Any) -> LossSettings:
+def settings_from(config: Any, entropy_coeff: float | None = None) -> LossSettings:
+    """`entropy_coeff`: today's value of a scheduled bonus (config.entropy_coeff is then the schedule)."""
     return LossSettings(
-        entropy_coeff=config.entropy_coeff,
+        entropy_coeff=config.entropy_coeff if entropy_coeff is None else entropy_coeff,
         baseline=config.baseline,
         baseline_coeff=config.baseline_coeff,
         normalize_advantages=config.normalize_advantages,
@@ -202,6 +203,22 @@ def settings_from(config: Any) -> LossSettings:
 
 
 class BaRPTorchLearner(TorchLearner):
+    def build(self) -> None:
+        """RLlib's Scheduler for the entropy bonus, as PPO's learner keeps one: a float stays fixed,
+        [[t, value], ...] interpolates over sampled rounds (`training.entropy_coeff_final`)."""
+        super().build()
+        from ray.rllib.utils.schedules.scheduler import Scheduler
+
+        self._entropy = {mid: Scheduler(self.config.get_config_for_module(mid).entropy_coeff, framework="torch")
+                         for mid in self.module.keys()}
+
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().after_gradient_based_update(timesteps=timesteps)
+        from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+        for scheduler in self._entropy.values():
+            scheduler.update(timestep=timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
+
     def configure_optimizers_for_module(self, module_id: ModuleID, config: Any = None) -> None:
         """Adam, as RLlib's default, or AdamW when `weight_decay` > 0: the policy and the critic
         fit the train prompts (longer training routes new prompts worse), and decay is the
@@ -220,7 +237,7 @@ class BaRPTorchLearner(TorchLearner):
             fwd_out[Columns.ACTION_DIST_INPUTS],
             batch[Columns.ACTIONS],
             batch[Columns.REWARDS],
-            settings_from(config),
+            settings_from(config, float(self._entropy[module_id].get_current_value())),
             baseline=fwd_out.get(BASELINE),
             behaviour_logp=batch.get(Columns.ACTION_LOGP),
             allowed=batch[Columns.OBS].get(ALLOWED),

@@ -88,7 +88,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
         .training(
             # RLlib's piecewise-linear schedule over sampled rounds; past its end it stays at lr_final.
             lr=t.lr if t.lr_final is None else [[0, t.lr], [t.iterations * t.rounds_per_iteration, t.lr_final]],
-            entropy_coeff=t.entropy_coeff,
+            entropy_coeff=t.entropy_coeff if t.entropy_coeff_final is None else
+            [[0, t.entropy_coeff], [t.iterations * t.rounds_per_iteration, t.entropy_coeff_final]],
             baseline=t.baseline,
             baseline_coeff=t.baseline_coeff,
             critic_kl_coeff=t.critic_kl_coeff,
