@@ -326,8 +326,13 @@ PRICE_FIELDS = ("input_per_mtok", "output_per_mtok")
 PRICE_READING_HEADS = (*PRICE_HEADS, "model_conditioned")
 
 
+def checkpoint_policy(meta: dict) -> dict:
+    """The `policy` section of the config the checkpoint was trained with."""
+    return (meta.get("config") or {}).get("policy") or {}
+
+
 def checkpoint_head(meta: dict) -> str:
-    return ((meta.get("config") or {}).get("policy") or {}).get("head", "concat")
+    return checkpoint_policy(meta).get("head", "concat")
 
 
 @dataclass(frozen=True)
@@ -404,7 +409,7 @@ def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str]:
     if keep is None:
         if gate is not None:
             raise SettingsError("decision_shrinkage_gate: gates a shrinkage; set decision_shrinkage too")
-        policy = (meta.get("config") or {}).get("policy") or {}
+        policy = checkpoint_policy(meta)
         return float(policy.get("decision_shrinkage", 1.0)), str(policy.get("decision_shrinkage_gate", "none"))
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
         raise SettingsError(f"decision_shrinkage: must be a number in [0, 1] (1: off), got {keep!r}")
