@@ -154,7 +154,6 @@ class BaRPRLModule(TorchRLModule):
                 raise ValueError(f"reference_embedding: need {emb_dim} numbers (the mean training h(x)), got {len(reference)}")
             # Not in the state dict, like the prices: a fact of the training set, not a weight.
             self.register_buffer("reference_embedding", torch.as_tensor(reference, dtype=torch.float32), persistent=False)
-        self.decision_shrinkage, self.decision_shrinkage_gate = 1.0, "none"
         self.set_decision_shrinkage(float(cfg.get("decision_shrinkage", 1.0)), str(cfg.get("decision_shrinkage_gate", "none")))
         if self.head == "model_conditioned":
             self._setup_model_conditioned(cfg, emb_dim, pref_hidden, head_hidden, k)
