@@ -7,7 +7,11 @@ Per preference of the 11-point sweep, on a validation config's held-out prompts:
   model's reward only), needs `training.critic_form: reward`;
 - `blend`: argmax of log pi + 0.25 * Q / 0.1 (the critic added once more at decision time, at the
   KL target's temperature);
-- `gated shrinkage 0.6`: each checkpoint deciding with `decision_shrinkage` 0.6, gate `cost`.
+- `gated shrinkage 0.6`: each checkpoint deciding with `decision_shrinkage` 0.6, gate `cost`;
+- `familiar shrinkage`: a per-prompt k from 0.5 (a prompt as unfamiliar as the train prompts' 5th
+  percentile, by mean cosine similarity to its 10 nearest train prompts) up to 1 (their median or
+  closer), linear between: the decision shrinkage for a deployment that does not know whether its
+  traffic comes from the training tasks.
 
     python bench/decision_rules.py --config configs/llmrouter_ood_val.yaml \
         --checkpoints 'runs/ablation/ood_shipped/seed-*' --out docs/results/preference_range_val/decision_rules_ood_val
@@ -27,7 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from barp_ray.training.early_stopping import SWEEP  # noqa: E402
-from familiarity_fallback import critic_estimates  # noqa: E402  (bench/, this script's own folder)
+from familiarity_fallback import critic_estimates, familiarity  # noqa: E402  (bench/, this script's own folder)
+
+
+def familiar_keep(test: np.ndarray, train: np.ndarray, low: float = 0.5) -> np.ndarray:
+    """[n] decision shrinkage per held-out prompt: `low` at or below the train prompts' 5th
+    percentile of familiarity (each train prompt scored against the others), 1 at their median."""
+    sims = train @ train.T
+    np.fill_diagonal(sims, -np.inf)
+    lo, hi = np.percentile(np.sort(sims, axis=1)[:, -10:].mean(1), [5, 50])
+    return low + (1.0 - low) * np.clip((familiarity(test, train) - lo) / (hi - lo), 0.0, 1.0)
 
 
 def main() -> int:
@@ -49,21 +62,31 @@ def main() -> int:
         raise SystemExit(f"--checkpoints: no directory matches {args.checkpoints!r}")
     x = torch.from_numpy(np.ascontiguousarray(data.test_embeddings))
     policies = [RoutingPolicy.load(c).module for c in ckpts]
-    critics = [tuple(map(torch.from_numpy, critic_estimates(c, data.test_embeddings))) for c in ckpts]
+    for m in policies:  # each checkpoint's own argmax, whatever decision shrinkage it was saved with
+        m.set_decision_shrinkage(1.0)
+    try:
+        critics = [tuple(map(torch.from_numpy, critic_estimates(c, data.test_embeddings))) for c in ckpts]
+    except SystemExit as why:  # a known_cost critic has no per-prompt cost estimate to decide with
+        print(f"{why}: the critic and blend rules are left out")
+        critics = None
 
     def score(actions: torch.Tensor, w) -> float:
         return score_actions(data.test, actions.numpy(), w, data.tau).reward
 
-    rows: dict[str, list[float]] = {"policy": [], "ensemble": [], "critic": [], "blend": [], "gated shrinkage 0.6": []}
+    keep = familiar_keep(np.ascontiguousarray(data.test_embeddings, dtype=np.float32),
+                         np.ascontiguousarray(data.train_embeddings, dtype=np.float32))[:, None]
+    rows: dict[str, list[float]] = {"policy": [], "ensemble": [], "critic": [], "blend": [], "gated shrinkage 0.6": [],
+                                    "familiar shrinkage": []}
     for w in SWEEP:
         pref = torch.tensor(w, dtype=torch.float32).expand(len(x), 2)
         with torch.no_grad():
             probs = [m.action_probabilities(x, pref) for m in policies]
         rows["policy"].append(float(np.mean([score(pr.argmax(-1), w) for pr in probs])))
         rows["ensemble"].append(score(torch.stack(probs).mean(0).argmax(-1), w))
-        rows["critic"].append(float(np.mean([score((w[0] * q - w[1] * c).argmax(-1), w) for q, c in critics])))
-        rows["blend"].append(float(np.mean([score((torch.log(pr) + 0.25 * (w[0] * q - w[1] * c) / 0.1).argmax(-1), w)
-                                            for pr, (q, c) in zip(probs, critics)])))
+        if critics is not None:
+            rows["critic"].append(float(np.mean([score((w[0] * q - w[1] * c).argmax(-1), w) for q, c in critics])))
+            rows["blend"].append(float(np.mean([score((torch.log(pr) + 0.25 * (w[0] * q - w[1] * c) / 0.1).argmax(-1), w)
+                                                for pr, (q, c) in zip(probs, critics)])))
         shrunk = []
         for m in policies:
             m.set_decision_shrinkage(0.6, "cost")
@@ -71,6 +94,18 @@ def main() -> int:
                 shrunk.append(score(m.action_probabilities(x, pref).argmax(-1), w))
             m.set_decision_shrinkage(1.0)
         rows["gated shrinkage 0.6"].append(float(np.mean(shrunk)))
+        familiar = []
+        for m, pr in zip(policies, probs):
+            m.set_decision_shrinkage(0.0)
+            with torch.no_grad():
+                average = torch.log(m.action_probabilities(x, pref)).numpy()
+            m.set_decision_shrinkage(1.0)
+            # The decision's logits are linear in k, so interpolating the two log-softmaxes (each
+            # off by a per-row constant) ranks the models as deciding at k(x) would.
+            mixed = keep * torch.log(pr).numpy() + (1.0 - keep) * average
+            familiar.append(score(torch.from_numpy(mixed.argmax(-1)), w))
+        rows["familiar shrinkage"].append(float(np.mean(familiar)))
+    rows = {name: r for name, r in rows.items() if r}
     print(f"{args.config}: {len(ckpts)} checkpoints, greedy reward on the held-out prompts")
     print("| rule | " + " | ".join(f"w_q={w[0]:g}" for w in SWEEP) + " | sweep mean |")
     print("|" + " --- |" * (len(SWEEP) + 2))
