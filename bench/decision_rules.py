@@ -98,11 +98,12 @@ def main() -> int:
         for m, pr in zip(policies, probs):
             m.set_decision_shrinkage(0.0)
             with torch.no_grad():
-                average = torch.log(m.action_probabilities(x, pref)).numpy()
+                average = torch.log(m.action_probabilities(x, pref).clamp_min(1e-30)).numpy()
             m.set_decision_shrinkage(1.0)
             # The decision's logits are linear in k, so interpolating the two log-softmaxes (each
-            # off by a per-row constant) ranks the models as deciding at k(x) would.
-            mixed = keep * torch.log(pr).numpy() + (1.0 - keep) * average
+            # off by a per-row constant) ranks the models as deciding at k(x) would (the clamp keeps
+            # 0 * log 0 out of it).
+            mixed = keep * torch.log(pr.clamp_min(1e-30)).numpy() + (1.0 - keep) * average
             familiar.append(score(torch.from_numpy(mixed.argmax(-1)), w))
         rows["familiar shrinkage"].append(float(np.mean(familiar)))
     rows = {name: r for name, r in rows.items() if r}
