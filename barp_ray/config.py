@@ -27,6 +27,8 @@ SPLITS = ("random", "per_task", "tasks", "provided")
 PROMPT_SAMPLINGS = ("uniform", "per_task")  # env.prompt_sampling: how the simulated rounds draw train prompts
 POLICY_HEADS = ("concat", "preference_gated", "price_aware", "cost_aware", "model_conditioned")
 CONDITIONINGS = ("concat", "film")  # how phi(w) enters the decision head
+# How a shrinkage (critic or decision) is gated: evenly, or scaled by w_c (none at w_q = 1).
+SHRINKAGE_GATES = ("none", "cost")
 # Heads with one output per trained model that read today's prices (RLModule.set_prices, logged prices).
 PRICE_HEADS = ("price_aware", "cost_aware")
 
@@ -135,7 +137,7 @@ class PolicyConfig:
                               "model_conditioned has its own towers")
         _positive("policy.model_id_dim", self.model_id_dim)
         _between("policy.decision_shrinkage", self.decision_shrinkage, 0.0, 1.0)
-        _one_of("policy.decision_shrinkage_gate", self.decision_shrinkage_gate, ("none", "cost"))
+        _one_of("policy.decision_shrinkage_gate", self.decision_shrinkage_gate, SHRINKAGE_GATES)
         if self.decision_shrinkage < 1.0 and self.head == "model_conditioned":
             raise ConfigError("policy.decision_shrinkage: applies to the decision head of the other heads; "
                               "model_conditioned scores model cards")
@@ -213,7 +215,7 @@ class TrainingConfig:
         _between("training.critic_shrinkage", self.critic_shrinkage, 0.0, 1.0)
         if self.critic_shrinkage < 1.0 and (self.baseline != "critic" or self.critic_form == "free"):
             raise ConfigError("training.critic_shrinkage: needs training.baseline critic with critic_form reward or known_cost")
-        _one_of("training.critic_shrinkage_gate", self.critic_shrinkage_gate, ("none", "cost"))
+        _one_of("training.critic_shrinkage_gate", self.critic_shrinkage_gate, SHRINKAGE_GATES)
         _between("training.correction_coeff", self.correction_coeff, 0.0, 1.0)
         if self.correction_coeff < 1.0 and self.baseline != "critic":
             raise ConfigError("training.correction_coeff: needs training.baseline critic (it weights the critic's correction)")

@@ -16,7 +16,7 @@ from torch import nn
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from barp_ray.config import CONDITIONINGS, POLICY_HEADS as HEADS, PRICE_HEADS
+from barp_ray.config import CONDITIONINGS, POLICY_HEADS as HEADS, PRICE_HEADS, SHRINKAGE_GATES
 
 BASELINE = "baseline"
 # The reward-shaped critics' per-model quality q(x, .) alone, for the loss's shrinkage of it.
@@ -301,7 +301,7 @@ class BaRPRLModule(TorchRLModule):
     def set_decision_shrinkage(self, keep: float, gate: str = "none") -> None:
         """How much of each prompt's own deviation from the average training prompt the routing
         decision keeps (1: all, off); a decision-time setting, so serving may change it live."""
-        if not 0.0 <= keep <= 1.0 or gate not in ("none", "cost"):
+        if not 0.0 <= keep <= 1.0 or gate not in SHRINKAGE_GATES:
             raise ValueError(f"decision_shrinkage: need a share in [0, 1] and a gate 'none' or 'cost', got {keep!r}, {gate!r}")
         if keep < 1.0 and self.head == "model_conditioned":
             raise ValueError("decision_shrinkage: applies to the decision head of the other heads, not model_conditioned")

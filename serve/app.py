@@ -36,7 +36,7 @@ from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorB
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
                            RouteResponse)
 from serve.routing import take_offer
-from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_offer, settings_from_args
+from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_decision_shrinkage, live_offer, settings_from_args
 
 logger = logging.getLogger("ray.serve")
 
@@ -389,7 +389,7 @@ class RouterAPI:
         meta = self.meta = read_meta(settings.checkpoint)
         self.models: list[str] = list(meta["models"])  # what is offered now: set by reconfigure
         self.prices: dict = meta.get("prices", {})
-        self.decision_shrinkage = live_offer({}, meta).decision_shrinkage  # the checkpoint's own until reconfigure
+        self.decision_shrinkage = live_decision_shrinkage({}, meta)  # the checkpoint's own until reconfigure
         self.offer_taken, self.offer_error = False, None
         self.tau = float(meta["tau"])
         self.local = None if router is not None else await _colocated_router(settings, self.tau, log, trainer)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from barp_ray.config import PRICE_HEADS
+from barp_ray.config import PRICE_HEADS, SHRINKAGE_GATES
 from barp_ray.storage import is_uri
 
 
@@ -413,7 +413,7 @@ def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str]:
         return float(policy.get("decision_shrinkage", 1.0)), str(policy.get("decision_shrinkage_gate", "none"))
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
         raise SettingsError(f"decision_shrinkage: must be a number in [0, 1] (1: off), got {keep!r}")
-    if gate not in (None, "none", "cost"):
+    if gate is not None and gate not in SHRINKAGE_GATES:
         raise SettingsError(f"decision_shrinkage_gate: must be 'none' or 'cost', got {gate!r}")
     if keep < 1.0 and checkpoint_head(meta) == "model_conditioned":
         raise SettingsError("decision_shrinkage: a model_conditioned checkpoint scores model cards; it applies to the other heads")
