@@ -11,7 +11,11 @@ Per preference of the 11-point sweep, on a validation config's held-out prompts:
 - `familiar shrinkage`: a per-prompt k from 0.5 (a prompt as unfamiliar as the train prompts' 5th
   percentile, by mean cosine similarity to its 10 nearest train prompts) up to 1 (their median or
   closer), linear between: the decision shrinkage for a deployment that does not know whether its
-  traffic comes from the training tasks.
+  traffic comes from the training tasks;
+- `k=...` (with `--shrinkage`): each checkpoint deciding with `decision_shrinkage` k, one training
+  scored at every k (the shrinkage is inference only);
+- `best single chosen on train` and `best single on these prompts` (hindsight): one model for every
+  prompt, for reference.
 
     python bench/decision_rules.py --config configs/llmrouter_ood_val.yaml \
         --checkpoints 'runs/ablation/ood_shipped/seed-*' --out docs/results/preference_range_val/decision_rules_ood_val
@@ -55,7 +59,14 @@ def main() -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoints", required=True, help="glob of checkpoint directories (one per seed)")
     p.add_argument("--out", required=True)
+    p.add_argument("--shrinkage", default="", help="comma-separated decision shrinkages k to score, e.g. 0,0.25,0.5,0.75")
     args = p.parse_args()
+    try:
+        ks = [float(k) for k in args.shrinkage.split(",") if k.strip()]
+    except ValueError:
+        raise SystemExit(f"--shrinkage: need numbers separated by commas, got {args.shrinkage!r}") from None
+    if any(not 0.0 <= k <= 1.0 for k in ks):
+        raise SystemExit(f"--shrinkage: each k must lie in [0, 1], got {args.shrinkage!r}")
     data = prepare(load_config(args.config), progress=False)
     ckpts = sorted(glob.glob(args.checkpoints))
     if not ckpts:
@@ -76,7 +87,8 @@ def main() -> int:
     keep = familiar_keep(np.ascontiguousarray(data.test_embeddings, dtype=np.float32),
                          np.ascontiguousarray(data.train_embeddings, dtype=np.float32))[:, None]
     rows: dict[str, list[float]] = {"policy": [], "ensemble": [], "critic": [], "blend": [], "gated shrinkage 0.6": [],
-                                    "familiar shrinkage": []}
+                                    "familiar shrinkage": [], **{f"k={k:g}": [] for k in ks},
+                                    "best single chosen on train": [], "best single on these prompts": []}
     for w in SWEEP:
         pref = torch.tensor(w, dtype=torch.float32).expand(len(x), 2)
         with torch.no_grad():
@@ -106,6 +118,19 @@ def main() -> int:
             mixed = keep * torch.log(pr.clamp_min(1e-30)).numpy() + (1.0 - keep) * average
             familiar.append(score(torch.from_numpy(mixed.argmax(-1)), w))
         rows["familiar shrinkage"].append(float(np.mean(familiar)))
+        for k in ks:
+            at_k = []
+            for m in policies:
+                m.set_decision_shrinkage(k)
+                with torch.no_grad():
+                    at_k.append(score(m.action_probabilities(x, pref).argmax(-1), w))
+                m.set_decision_shrinkage(1.0)
+            rows[f"k={k:g}"].append(float(np.mean(at_k)))
+        models = range(len(data.train.models))
+        on_train = [score_actions(data.train, np.full(len(data.train.prompts), a), w, data.tau).reward for a in models]
+        held_out = [score(torch.full((len(x),), a), w) for a in models]
+        rows["best single chosen on train"].append(held_out[int(np.argmax(on_train))])
+        rows["best single on these prompts"].append(max(held_out))
     rows = {name: r for name, r in rows.items() if r}
     print(f"{args.config}: {len(ckpts)} checkpoints, greedy reward on the held-out prompts")
     print("| rule | " + " | ".join(f"w_q={w[0]:g}" for w in SWEEP) + " | sweep mean |")
