@@ -3,6 +3,9 @@
 Each variant is a named list of `--set` overrides on one config (a validation config: the test
 file is never read). Per seed the full-information routers are fitted once and every variant is
 trained and scored at the 11-point sweep, so all rows share the same split and baselines.
+With `--vary-split` each seed also draws its own validation prompts (`data.seed` = the seed): a
+split of 25 prompts per task is 250 prompts, too few to separate variants a few thousandths apart,
+and repeated splits average that sampling out instead of fitting choices to one draw.
 
     python bench/preference_ablation.py --config configs/llmrouter_val.yaml --seeds 1 \
         --variant paper= --variant critic=training.baseline=critic,training.critic_kl_coeff=1 \
@@ -73,11 +76,14 @@ def run(args) -> dict:
     timings: dict[str, list[float]] = {name: [] for name, _ in variants}
     quiet = open(os.devnull, "w")
     for seed in range(args.seeds):
+        split = seed if args.vary_split else base.data.seed
+        if args.vary_split:
+            data = prepare(apply_overrides(base, [f"data.seed={split}"]), progress=False)
         for r in [*reference_routers(data), *fit_offline(data, eval_cfg, prefs, seed, progress=False)]:
             e = fixed.setdefault(r.name, {"family": r.family, "tracks_preference": r.tracks_preference, "runs": []})
             e["runs"].append({"seed": seed, **score_router(r, data, prefs, default, None)[0]})
         for name, sets in variants:
-            cfg = apply_overrides(base, [*sets, f"training.seed={seed}", f"output.checkpoint_dir=runs/ablation/{name}/seed-{seed}"])
+            cfg = apply_overrides(base, [*sets, f"data.seed={split}", f"training.seed={seed}", f"output.checkpoint_dir=runs/ablation/{name}/seed-{seed}"])
             t0 = time.time()
             result = train(cfg, progress=False, out=quiet)
             timings[name].append(time.time() - t0)
@@ -113,7 +119,7 @@ def run(args) -> dict:
         }
     reference = {n: {"aiq": derived(e)["routers"]["BaRP"]["stats"]["aiq"], "reward": mean_reward(e).tolist()}
                  for n, e in fixed.items() if e["family"] == FULL_INFO}
-    return {"config": args.config, "sets": args.set, "seeds": args.seeds, "preferences": [list(w) for w in prefs],
+    return {"config": args.config, "sets": args.set, "seeds": args.seeds, "vary_split": args.vary_split, "preferences": [list(w) for w in prefs],
             "default_preference": list(default), "variants": rows, "full_information": reference,
             "best_single": best_single.tolist(), "command": " ".join(sys.argv)}
 
@@ -167,6 +173,7 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], help="override applied to every variant")
     p.add_argument("--variant", action="append", required=True, help="NAME=section.field=value,section.field=value")
     p.add_argument("--out", default="docs/results/preference_range_val/ablation")
+    p.add_argument("--vary-split", action="store_true", help="seed s holds out its own validation prompts (data.seed = s)")
     args = p.parse_args()
     res = run(args)
     out = Path(args.out)
