@@ -99,13 +99,17 @@ def main() -> int:
             rows["critic"].append(float(np.mean([score((w[0] * q - w[1] * c).argmax(-1), w) for q, c in critics])))
             rows["blend"].append(float(np.mean([score((torch.log(pr) + 0.25 * (w[0] * q - w[1] * c) / 0.1).argmax(-1), w)
                                                 for pr, (q, c) in zip(probs, critics)])))
-        shrunk = []
-        for m in policies:
-            m.set_decision_shrinkage(0.6, "cost")
-            with torch.no_grad():
-                shrunk.append(score(m.action_probabilities(x, pref).argmax(-1), w))
-            m.set_decision_shrinkage(1.0)
-        rows["gated shrinkage 0.6"].append(float(np.mean(shrunk)))
+        def shrunk(k: float, gate: str = "none") -> float:
+            """Mean greedy reward over the checkpoints deciding with decision_shrinkage k."""
+            out = []
+            for m in policies:
+                m.set_decision_shrinkage(k, gate)
+                with torch.no_grad():
+                    out.append(score(m.action_probabilities(x, pref).argmax(-1), w))
+                m.set_decision_shrinkage(1.0)
+            return float(np.mean(out))
+
+        rows["gated shrinkage 0.6"].append(shrunk(0.6, "cost"))
         familiar = []
         for m, pr in zip(policies, probs):
             m.set_decision_shrinkage(0.0)
@@ -119,13 +123,7 @@ def main() -> int:
             familiar.append(score(torch.from_numpy(mixed.argmax(-1)), w))
         rows["familiar shrinkage"].append(float(np.mean(familiar)))
         for k in ks:
-            at_k = []
-            for m in policies:
-                m.set_decision_shrinkage(k)
-                with torch.no_grad():
-                    at_k.append(score(m.action_probabilities(x, pref).argmax(-1), w))
-                m.set_decision_shrinkage(1.0)
-            rows[f"k={k:g}"].append(float(np.mean(at_k)))
+            rows[f"k={k:g}"].append(shrunk(k))
         models = range(len(data.train.models))
         on_train = [score_actions(data.train, np.full(len(data.train.prompts), a), w, data.tau).reward for a in models]
         held_out = [score(torch.full((len(x),), a), w) for a in models]
