@@ -53,7 +53,7 @@ def main() -> int:
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
     from barp_ray.policy import RoutingPolicy
-    from barp_ray.scoring import score_actions
+    from barp_ray.scoring import best_single_model, reward_matrix, score_actions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
@@ -84,6 +84,14 @@ def main() -> int:
     def score(actions: torch.Tensor, w) -> float:
         return score_actions(data.test, actions.numpy(), w, data.tau).reward
 
+    def probabilities_at(m, k: float, pref: torch.Tensor, gate: str = "none") -> torch.Tensor:
+        """The checkpoint's routing probabilities deciding with decision_shrinkage k (then back to 1)."""
+        m.set_decision_shrinkage(k, gate)
+        with torch.no_grad():
+            out = m.action_probabilities(x, pref)
+        m.set_decision_shrinkage(1.0)
+        return out
+
     keep = familiar_keep(np.ascontiguousarray(data.test_embeddings, dtype=np.float32),
                          np.ascontiguousarray(data.train_embeddings, dtype=np.float32))[:, None]
     rows: dict[str, list[float]] = {"policy": [], "ensemble": [], "critic": [], "blend": [], "gated shrinkage 0.6": [],
@@ -99,23 +107,11 @@ def main() -> int:
             rows["critic"].append(float(np.mean([score((w[0] * q - w[1] * c).argmax(-1), w) for q, c in critics])))
             rows["blend"].append(float(np.mean([score((torch.log(pr) + 0.25 * (w[0] * q - w[1] * c) / 0.1).argmax(-1), w)
                                                 for pr, (q, c) in zip(probs, critics)])))
-        def shrunk(k: float, gate: str = "none") -> float:
-            """Mean greedy reward over the checkpoints deciding with decision_shrinkage k."""
-            out = []
-            for m in policies:
-                m.set_decision_shrinkage(k, gate)
-                with torch.no_grad():
-                    out.append(score(m.action_probabilities(x, pref).argmax(-1), w))
-                m.set_decision_shrinkage(1.0)
-            return float(np.mean(out))
-
-        rows["gated shrinkage 0.6"].append(shrunk(0.6, "cost"))
+        rows["gated shrinkage 0.6"].append(float(np.mean([score(probabilities_at(m, 0.6, pref, "cost").argmax(-1), w)
+                                                          for m in policies])))
         familiar = []
         for m, pr in zip(policies, probs):
-            m.set_decision_shrinkage(0.0)
-            with torch.no_grad():
-                average = torch.log(m.action_probabilities(x, pref).clamp_min(1e-30)).numpy()
-            m.set_decision_shrinkage(1.0)
+            average = torch.log(probabilities_at(m, 0.0, pref).clamp_min(1e-30)).numpy()
             # The decision's logits are linear in k, so interpolating the two log-softmaxes (each
             # off by a per-row constant) ranks the models as deciding at k(x) would (the clamp keeps
             # 0 * log 0 out of it).
@@ -123,12 +119,10 @@ def main() -> int:
             familiar.append(score(torch.from_numpy(mixed.argmax(-1)), w))
         rows["familiar shrinkage"].append(float(np.mean(familiar)))
         for k in ks:
-            rows[f"k={k:g}"].append(shrunk(k))
-        models = range(len(data.train.models))
-        on_train = [score_actions(data.train, np.full(len(data.train.prompts), a), w, data.tau).reward for a in models]
-        held_out = [score(torch.full((len(x),), a), w) for a in models]
-        rows["best single chosen on train"].append(held_out[int(np.argmax(on_train))])
-        rows["best single on these prompts"].append(max(held_out))
+            rows[f"k={k:g}"].append(float(np.mean([score(probabilities_at(m, k, pref).argmax(-1), w) for m in policies])))
+        held_out = reward_matrix(data.test, w, data.tau).mean(axis=0)  # each single model on every held-out prompt
+        rows["best single chosen on train"].append(float(held_out[best_single_model(data.train, w, data.tau)]))
+        rows["best single on these prompts"].append(float(held_out.max()))
     rows = {name: r for name, r in rows.items() if r}
     print(f"{args.config}: {len(ckpts)} checkpoints, greedy reward on the held-out prompts")
     print("| rule | " + " | ".join(f"w_q={w[0]:g}" for w in SWEEP) + " | sweep mean |")

@@ -69,7 +69,7 @@ def run(args) -> dict:
     eval_cfg = EvalConfig()
     default = default_preference(base, eval_cfg)
     prefs = preference_grid(11, default)
-    data = prepare(base)
+    data = None if args.vary_split else prepare(base)  # with --vary-split, each seed prepares its own draw
     variants = [parse_variant(v) for v in args.variant]
     fixed: dict[str, dict] = {}
     trained: dict[str, dict] = {name: {"family": "bandit feedback (REINFORCE)", "tracks_preference": True, "runs": []} for name, _ in variants}
