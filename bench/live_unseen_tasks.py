@@ -1,0 +1,230 @@
+"""Tasks the router never trained on, served live: does feedback lift it to the best single model at every preference?
+
+    python bench/live_unseen_tasks.py --config configs/llmrouter_ood_val.yaml \
+        --checkpoints 'runs/ablation/dshrink0/seed-*' [--rounds 4000] [--keep 0.5] [--out docs/results/live_unseen_tasks]
+
+Offline, on unseen tasks, no router (BaRP or a full-information one) reaches the best single model
+*on those tasks* at every preference (docs/results/preference_range_val, three task-held-out folds):
+which one model suits new tasks is only learnt from their outcomes. The service learns from exactly
+those. This runs the service's learning parts in process, as `bench/live_loop.py` does (the same
+`FeedbackStore`, `ContinuousTrainer`, exploring distribution and safe-rollout gate, settings from
+configs/serve.yaml), on real outcomes: the held-out tasks of a validation config (never the test file).
+Their prompts are split in two halves, once per seed. Clients send prompts of the stream half in
+shuffled passes, each with its own preference w_q ~ U(0, 1), and post the logged score and cost of the
+routed model. Every `--eval-every` rounds the service's greedy choice is scored on the other half at
+the 11-point sweep, against the best single model on that half (hindsight: the issue's bar) and the
+one best on the training tasks (what a deployment could have picked beforehand).
+
+Prints a table, writes <out>/<label>.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from bench.live_loop import app_args  # noqa: E402
+
+SWEEP = [round(0.1 * i, 1) for i in range(11)]
+
+
+def sweep_rewards(module, table, embeddings: np.ndarray, tau: float) -> np.ndarray:
+    """[11] the greedy decision's mean reward at each w_q of the sweep."""
+    from barp_ray.scoring import greedy_actions, score_actions
+
+    return np.asarray([score_actions(table, greedy_actions(module, embeddings, (q, 1 - q)), (q, 1 - q), tau).reward
+                       for q in SWEEP])
+
+
+def single_model_rewards(pick_on, score_on, tau: float) -> np.ndarray:
+    """[11] reward on `score_on` of the single model with the best mean reward on `pick_on`, per w_q."""
+    from barp_ray.scoring import best_single_model, reward_matrix
+
+    return np.asarray([reward_matrix(score_on, (q, 1 - q), tau)[:, best_single_model(pick_on, (q, 1 - q), tau)].mean()
+                       for q in SWEEP])
+
+
+def one_run(checkpoint: str, data, seed: int, rounds: int, eval_every: int, cadence: int, keep: float,
+            overrides: list[str]) -> dict:
+    import torch
+
+    from barp_ray.policy import RoutingPolicy, load_policy_state
+    from serve.exploration import exploring_distribution
+    from serve.feedback_store import FeedbackStore, encode_vector, new_request_id
+    from serve.settings import live_offer, settings_from_args
+    from serve.trainer import ContinuousTrainer
+
+    policy = RoutingPolicy.load(checkpoint)
+    if list(policy.models) != list(data.test.models):
+        raise SystemExit(f"{checkpoint}: models {list(policy.models)} differ from the config's {list(data.test.models)}")
+    rng = np.random.default_rng([seed, 7])
+    order = rng.permutation(data.test.n)
+    stream_rows, eval_rows = np.sort(order[: data.test.n // 2]), np.sort(order[data.test.n // 2:])
+    eval_table, eval_x = data.test.subset(eval_rows), data.test_embeddings[eval_rows]
+    work = Path(tempfile.mkdtemp(prefix="live_unseen_"))
+    args = app_args(overrides)
+    args.update(checkpoint=checkpoint, log_dir=str(work / "log"), auth={"disabled": True})
+    args["trainer"] = {**args["trainer"], "state_dir": str(work / "trainer"), "max_wait_s": 1e9}
+    settings = settings_from_args(args).absolute()
+    offer = live_offer({"decision_shrinkage": keep}, policy.meta)  # as an operator sets it in user_config
+    store = FeedbackStore(settings.log_dir, tau=policy.tau)
+    trainer = ContinuousTrainer(settings)
+    trainer.offer(offer)
+    served = policy.module
+    offer.apply(served)
+    version = trainer.snapshot[0]
+    temp = settings.exploration.temperature
+    curve, at = [sweep_rewards(served, eval_table, eval_x, data.tau)], [0]
+    served_reward, updates, refused, forgets, t0 = [], 0, 0, 0, time.time()
+    passes = int(np.ceil(rounds / len(stream_rows)))
+    stream = np.concatenate([rng.permutation(stream_rows) for _ in range(passes)])[:rounds]
+    for i, row in enumerate(stream):
+        wq = float(rng.uniform())
+        x, w = data.test_embeddings[row], np.asarray([wq, 1.0 - wq], dtype=np.float32)
+        probs = served.action_probabilities(torch.from_numpy(x[None]), torch.from_numpy(w[None])).numpy()
+        mu = exploring_distribution(probs, trainer.exploration_epsilon(), temp)[0]
+        a = int(rng.choice(len(mu), p=mu / mu.sum()))
+        rid = new_request_id()
+        store.record_decision({"request_id": rid, "time": time.time(), "embedding": encode_vector(x),
+                               "preference": w.tolist(), "model": policy.models[a], "behaviour_prob": float(mu[a]),
+                               "mode": "explore", "policy_version": version})
+        joined = store.record_feedback(rid, float(data.test.scores[row, a]), float(data.test.costs[row, a]))
+        served_reward.append(float(joined["reward"]))
+        if (i + 1) % cadence == 0 and (update := trainer.train_once()) is not None:
+            updates += 1
+            refused += not update["published"]
+            forgets += update["forgot"]
+            v, weights = trainer.snapshot
+            if v != version:
+                load_policy_state(served, {k: torch.as_tensor(t) for k, t in weights.items()})
+                version = v
+        if (i + 1) % eval_every == 0:
+            curve.append(sweep_rewards(served, eval_table, eval_x, data.tau))
+            at.append(i + 1)
+    trainer.close()
+    store.close()
+    return {"seed": seed, "checkpoint": checkpoint, "rounds": at, "curve": np.asarray(curve).tolist(),
+            "best_single_hindsight": single_model_rewards(eval_table, eval_table, data.tau).tolist(),
+            "best_single_on_train": single_model_rewards(data.train, eval_table, data.tau).tolist(),
+            "served_reward_mean": float(np.mean(served_reward)), "passes_over_stream": rounds / len(stream_rows),
+            "stream_prompts": int(len(stream_rows)), "eval_prompts": int(len(eval_rows)),
+            "updates": updates, "refused": refused, "forgets": forgets, "seconds": time.time() - t0}
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per evaluation point, over seeds: sweep mean and at how many w_q the mean curve is >= each bar."""
+    curves = np.asarray([r["curve"] for r in runs])  # [seeds, points, 11]
+    hind = np.mean([r["best_single_hindsight"] for r in runs], axis=0)
+    train = np.mean([r["best_single_on_train"] for r in runs], axis=0)
+    mean = curves.mean(0)
+    return [{"round": int(t), "sweep_mean": float(m.mean()), "at_or_above_hindsight_single": int((m >= hind - 1e-12).sum()),
+             "at_or_above_train_single": int((m >= train - 1e-12).sum()), "reward_wq1": float(m[-1]),
+             "per_seed_at_or_above_hindsight": [int((c >= np.asarray(r["best_single_hindsight"]) - 1e-12).sum())
+                                                for c, r in zip(curves[:, j], runs)]}
+            for j, (t, m) in enumerate(zip(runs[0]["rounds"], mean))] + [
+        {"round": None, "label": "best single, hindsight", "sweep_mean": float(hind.mean()), "reward_wq1": float(hind[-1])},
+        {"round": None, "label": "best single chosen on train", "sweep_mean": float(train.mean()), "reward_wq1": float(train[-1])}]
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| feedback rounds | sweep mean (11 w_q) | w_q = 1 | >= best single on these tasks (hindsight), of 11: mean curve; per seed "
+           "| >= best single chosen on train |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r["round"] is None:
+            out.append(f"| {r['label']} | {r['sweep_mean']:.4f} | {r['reward_wq1']:.4f} | | |")
+        else:
+            out.append(f"| {r['round']} | {r['sweep_mean']:.4f} | {r['reward_wq1']:.4f} | {r['at_or_above_hindsight_single']}; "
+                       f"{' '.join(map(str, r['per_seed_at_or_above_hindsight']))} | {r['at_or_above_train_single']} |")
+    return "\n".join(out)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    curves = np.asarray([r["curve"] for r in runs])
+    hind = np.mean([r["best_single_hindsight"] for r in runs], axis=0)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    x = runs[0]["rounds"]
+    gap = (curves - hind).mean(2)  # [seeds, points]: sweep mean minus the hindsight single's
+    left.plot(x, gap.mean(0), "o-", ms=3, label=f"mean of {len(runs)} seeds")
+    left.fill_between(x, gap.min(0), gap.max(0), alpha=0.2, label="range over seeds")
+    left.axhline(0, color="black", ls=":", label="best single model on these tasks (hindsight)")
+    left.set_xlabel("feedback rounds")
+    left.set_ylabel("greedy reward minus the best single's, sweep mean")
+    left.legend(fontsize=7)
+    for j, style in ((0, "--"), (-1, "-")):
+        right.plot(SWEEP, curves[:, j].mean(0), style, marker="o", ms=3, label=f"BaRP after {x[j]} rounds")
+    right.plot(SWEEP, hind, "k:", label="best single (hindsight)")
+    right.plot(SWEEP, np.mean([r["best_single_on_train"] for r in runs], axis=0), color="grey", alpha=0.6,
+               label="best single chosen on train")
+    right.set_xlabel("w_q")
+    right.set_ylabel("reward on the evaluation half")
+    right.legend(fontsize=7)
+    fig.suptitle(f"live feedback on unseen tasks ({result['label']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="a validation config whose held-out prompts are unseen tasks")
+    p.add_argument("--checkpoints", required=True, help="glob: checkpoints trained on that config's train split, one per seed")
+    p.add_argument("--rounds", type=int, default=4000)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--cadence", type=int, default=16, help="rewards between two trainer updates (16: an idle machine)")
+    p.add_argument("--keep", type=float, default=0.5, help="decision shrinkage served (the OOD config's 0.5; 1: off)")
+    p.add_argument("--set", action="append", default=[], help="serve app args override, e.g. trainer.lr=0.002")
+    p.add_argument("--label", default="shipped")
+    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "live_unseen_tasks"))
+    p.add_argument("--render", metavar="JSON", help="redraw the table and figure of a saved run, run nothing")
+    args = p.parse_args()
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        plot(result, Path(args.render).with_suffix(".png"))
+        print(table(result["summary"]))
+        return
+    if not 0.0 <= args.keep <= 1.0:
+        sys.exit(f"error: --keep: a decision shrinkage in [0, 1], got {args.keep}")
+    from barp_ray.config import load_config
+    from barp_ray.data.prepare import prepare
+
+    ckpts = sorted(glob.glob(args.checkpoints))
+    if not ckpts:
+        sys.exit(f"error: --checkpoints: no directory matches {args.checkpoints!r}")
+    data = prepare(load_config(args.config), progress=False)
+    runs = []
+    for seed, ckpt in enumerate(ckpts):
+        r = one_run(ckpt, data, seed, args.rounds, args.eval_every, args.cadence, args.keep, args.set)
+        runs.append(r)
+        hind = np.asarray(r["best_single_hindsight"])
+        print(f"seed {seed}: sweep minus hindsight single " + " ".join(f"{(np.asarray(c) - hind).mean():+.4f}" for c in r["curve"])
+              + f"  [{r['seconds']:.0f}s, {r['refused']}/{r['updates']} refused, {r['forgets']} forgets]", flush=True)
+    summary = summarize(runs)
+    result = {"label": args.label, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "render")},
+              "summary": summary, "runs": runs, "command": " ".join(sys.argv)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.label}.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / f"{args.label}.png")
+    print(table(summary))
+    print(f"wrote {out / args.label}.json/.png")
+
+
+if __name__ == "__main__":
+    main()
