@@ -88,6 +88,10 @@ class TrainerSettings:
     drift_z: float = 5.0  # served answers' score fell this many standard errors: forget the replay before the fall (0: never)
     drift_min_drop: float = 0.1  # ... and by at least this much score
     replay_ratio: float = 128.0  # samples trained per new reward (16 new rewards -> 8 steps of 256)
+    # > 0: the ratio falls as replay_ratio * d / (d + n), n the rewards trained since the service
+    # started, last forgot a changed world or was offered another model set (0: constant). Fast while
+    # the world is new, then steady (bench/live_unseen_tasks.py: docs/results/live_unseen_tasks).
+    replay_decay: float = 250.0
     max_steps_per_update: int = 64
     max_busy_fraction: float = 1.0  # share of one core the background trainer may keep busy (1: no limit)
     minibatch_size: int = 256
@@ -107,7 +111,7 @@ class TrainerSettings:
                 or not 0 < self.max_busy_fraction <= 1:
             raise SettingsError(f"trainer.max_busy_fraction: must be in (0, 1], got {self.max_busy_fraction!r}")
         for name in ("entropy_coeff", "baseline_coeff", "critic_kl_coeff", "recent_window", "num_learners",
-                     "num_gpus_per_learner", "drift_z", "drift_min_drop"):
+                     "num_gpus_per_learner", "drift_z", "drift_min_drop", "replay_decay"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise SettingsError(f"trainer.{name}: must be a number >= 0, got {v!r}")

@@ -70,7 +70,8 @@ def test_safe_rollout_refuses_a_candidate_that_held_back_feedback_says_is_worse(
     # a row from a checkpoint less sure of the good model (a 0.19 gap against a 0.08 standard error).
     settings = _settings(checkpoint, tmp_path, rollout={"holdout_fraction": 0.5, "min_eval": 20, "margin": 0.02,
                                                         "half_life": 0},
-                         exploration={"epsilon": 0.1}, trainer={"num_learners": 1 if consistent else 0})
+                         exploration={"epsilon": 0.1},
+                         trainer={"num_learners": 1 if consistent else 0, "replay_decay": 0})  # a constant ratio; the decay: below
     policy = RoutingPolicy.load(checkpoint)
     MODELS[:] = list(policy.models)
     k = len(MODELS)
@@ -133,7 +134,7 @@ def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(che
     from serve.feedback_store import FeedbackStore
     from serve.trainer import ContinuousTrainer
 
-    settings = _settings(checkpoint, tmp_path, rollout={"enabled": False})
+    settings = _settings(checkpoint, tmp_path, rollout={"enabled": False}, trainer={"replay_decay": 200})
     policy = RoutingPolicy.load(checkpoint)
     MODELS[:] = list(policy.models)
     k = len(MODELS)
@@ -150,8 +151,15 @@ def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(che
     assert trainer.window[-1]["reward"] < 0
     before = len(trainer.window)
     assert trainer.drift is None and before > 500 and trainer.exploration_epsilon() == settings.exploration.epsilon == 0.1
+    # a settled world: the learning rate per reward has fallen to 200 / (200 + n) of replay_ratio
+    settled = trainer.status()["rewards_since_change"]
+    assert settled == before and trainer.steps_for(80) == -(-80 * 128 * 200 // ((200 + settled) * 256)) < 40
     _log_uniform_rounds(store, contexts, 80, lambda rid, a: False, k, rng)  # the provider broke
-    assert trainer.train_once()["forgot"] and not any(u["forgot"] for u in trainer.updates[:-1])
+    row = trainer.train_once()
+    assert row["forgot"] and not any(u["forgot"] for u in trainer.updates[:-1])
+    # ... and is back at the full ratio for the changed world (the rewards not held back for the gate)
+    fresh = trainer.status()["rewards_since_change"]
+    assert 60 <= fresh <= 80 and row["steps"] == -(-fresh * 128 // 256), (fresh, row)
     drift = trainer.status()["last_drift"]
     assert drift is not None and drift["score_before"] > drift["score_after"] + 0.1, drift
     kept = list(trainer.window)
@@ -163,7 +171,7 @@ def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(che
     trainer.close()
     again = ContinuousTrainer(settings)
     assert again.drift == drift and [r["id"] for r in again.window] == [r["id"] for r in kept]
-    assert again.exploration_epsilon() == 0.3
+    assert again.exploration_epsilon() == 0.3 and again.settled == fresh
     _log_uniform_rounds(store, contexts, 284, lambda rid, a: False, k, rng)
     again.train_once()
     assert again.exploration_epsilon() == 0.3 and again.status()["exploration"]["boost_rewards_left"] == 16
