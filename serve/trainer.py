@@ -376,7 +376,7 @@ class ContinuousTrainer:
         """Minibatch steps for `new` trainable rewards: `replay_ratio` samples each, within [1, max].
 
         With `replay_decay` d the ratio falls as d / (d + n) over the n rewards trained since the
-        start or the last forget: the step-size schedule of stochastic approximation, restarted
+        start, the last forget or a new model set: the step-size schedule of stochastic approximation, restarted
         when the world changed. A fixed ratio fits a world that is new quickly, but then keeps
         chasing the noise of single Bernoulli outcomes: on unseen LLMRouter tasks served live
         (bench/live_unseen_tasks.py), routing got worse after its first ~250 rewards at 128."""

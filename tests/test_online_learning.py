@@ -403,3 +403,35 @@ def test_missing_feedback_is_retired_and_late_feedback_gets_410(live):
     assert after["log"]["rewards"] == before["log"]["rewards"]
     assert after["log"]["dropped"] > before["log"]["dropped"]
     assert after["log"]["pending"] <= before["log"]["pending"] + 2
+
+
+def test_a_new_model_set_restarts_the_falling_replay_ratio(tmp_path_factory, tmp_path):
+    """`trainer.replay_decay`: the rewards-since-a-change count that slows learning per reward grows
+    with training, is kept when only prices change, and restarts when another model set is offered
+    (a model the policy never saw is learnt at the full ratio)."""
+    from barp_ray.encoder import encode
+    from barp_ray.policy import RoutingPolicy
+    from serve.feedback_store import FeedbackStore
+    from serve.settings import live_offer
+    from serve.trainer import ContinuousTrainer
+
+    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=300", "training.iterations=2",
+                                              "training.rounds_per_iteration=256", "policy.head=model_conditioned",
+                                              f"output.checkpoint_dir={tmp_path_factory.mktemp('mc') / 'ckpt'}"])
+    ckpt = train(cfg, progress=False).checkpoint
+    settings = _settings(ckpt, tmp_path, rollout={"enabled": False}, trainer={"replay_decay": 100})
+    policy = RoutingPolicy.load(ckpt)
+    MODELS[:] = list(policy.models)
+    store = FeedbackStore(settings.log_dir, tau=policy.tau)
+    trainer = ContinuousTrainer(settings)
+    contexts = encode(["Write a SQL query that lists customers.", "Compose a poem about rain."], policy.encoder)
+    _log_uniform_rounds(store, contexts, 200, lambda rid, a: a == 0, len(MODELS), np.random.default_rng(0))
+    trainer.train_once()
+    settled, full = trainer.status()["rewards_since_change"], -(-64 * 128 // 256)
+    assert settled > 150 and trainer.steps_for(64) < full / 2
+    cards = {m: dict(policy.meta["prices"][m]) for m in policy.models}
+    trainer.offer(live_offer({"models": {m: {k: 2 * v for k, v in p.items()} for m, p in cards.items()}}, policy.meta))
+    assert trainer.status()["rewards_since_change"] == settled  # re-priced: the same world
+    trainer.offer(live_offer({"models": {**cards, "newcomer-8b": {"input_per_mtok": 0.1, "output_per_mtok": 0.1}}}, policy.meta))
+    assert trainer.status()["rewards_since_change"] == 0 and trainer.steps_for(64) == full
+    trainer.close()
