@@ -124,7 +124,7 @@ class ContinuousTrainer:
         self.refused: dict[str, Any] | None = None
         self.drift: dict[str, Any] | None = None  # the last time a fall in score made the replay forget
         self.boost_left = 0  # new rewards still to come before routes explore at the usual epsilon again
-        self.settled = 0  # rewards trained since the start, the last forget or a new model set (trainer.replay_decay)
+        self.rewards_since_change = 0  # trained since the start, a forget or a new model set (trainer.replay_decay)
         self.last_estimate: dict[str, Any] | None = None
         self.updates: list[dict] = []
         self.published: deque[dict] = deque(maxlen=64)  # recent publications, for delay reports
@@ -190,7 +190,7 @@ class ContinuousTrainer:
                 self.refused = p.get("refused")
                 self.drift = p.get("drift")
                 self.boost_left = int(p.get("boost_left", 0))
-                self.settled = int(p.get("settled", 0))
+                self.rewards_since_change = int(p.get("rewards_since_change", 0))
         published = latest_published(self.t.state_dir)
         if published is not None:
             self.published_version = published[0]
@@ -211,7 +211,8 @@ class ContinuousTrainer:
             self.learner_group.save_to_path(str(tmp / "learner_group"))
             (tmp / PROGRESS).write_text(json.dumps({"offset": self.offset, "version": self.version,
                                                     "refused": self.refused, "drift": self.drift,
-                                                    "boost_left": self.boost_left, "settled": self.settled,
+                                                    "boost_left": self.boost_left,
+                                                    "rewards_since_change": self.rewards_since_change,
                                                     "time": time.time()}))
 
         self.state.save(STATE, self.version, write)
@@ -242,7 +243,7 @@ class ContinuousTrainer:
             offer.apply(module)
         self.learner_group.foreach_learner(lambda learner: offer.apply(learner.module[DEFAULT_MODULE_ID].unwrapped()))
         if tuple(offer.models) != self.models:
-            self.settled = 0  # a new model set is a changed world: learn fast again (trainer.replay_decay)
+            self.rewards_since_change = 0  # a new model set is a changed world: learn fast again (trainer.replay_decay)
         self.models = tuple(offer.models)
         self.index = {m: i for i, m in enumerate(self.models)}
 
@@ -322,7 +323,7 @@ class ContinuousTrainer:
         forgot = self._forget_a_changed_world()
         stats: dict[str, float] = {}
         steps = self.steps_for(trainable) if trainable else 0
-        self.settled += trainable
+        self.rewards_since_change += trainable
         if steps:
             stats = self._update(steps)
         self.offset = int(fresh[-1]["id"])
@@ -361,7 +362,7 @@ class ContinuousTrainer:
         self.window = deque((r for r in self.window if r["id"] > self.drift["through_id"]), maxlen=self.t.window)
         self.drift.update(forgotten=len(scored) - len(after), kept=len(self.window))
         self.boost_left = self.settings.exploration.after_forget_rewards
-        self.settled = 0
+        self.rewards_since_change = 0
         return True
 
     def exploration_epsilon(self) -> float:
@@ -376,13 +377,14 @@ class ContinuousTrainer:
         """Minibatch steps for `new` trainable rewards: `replay_ratio` samples each, within [1, max].
 
         With `replay_decay` d the ratio falls as d / (d + n) over the n rewards trained since the
-        start, the last forget or a new model set: the step-size schedule of stochastic approximation, restarted
-        when the world changed. A fixed ratio fits a world that is new quickly, but then keeps
-        chasing the noise of single Bernoulli outcomes: on unseen LLMRouter tasks served live
-        (bench/live_unseen_tasks.py), routing got worse after its first ~250 rewards at 128."""
+        start, the last forget or a new model set: the step-size schedule of stochastic
+        approximation, restarted when the world changed. A fixed ratio fits a world that is new
+        quickly, but then keeps chasing the noise of single Bernoulli outcomes: on unseen LLMRouter
+        tasks served live (bench/live_unseen_tasks.py), routing got worse after its first ~250
+        rewards at 128."""
         ratio = self.t.replay_ratio
         if self.t.replay_decay > 0:
-            ratio *= self.t.replay_decay / (self.t.replay_decay + self.settled)
+            ratio *= self.t.replay_decay / (self.t.replay_decay + self.rewards_since_change)
         return int(min(self.t.max_steps_per_update, max(1, np.ceil(new * ratio / self.t.minibatch_size))))
 
     def _update(self, steps: int) -> dict[str, float]:
@@ -516,6 +518,6 @@ class ContinuousTrainer:
             "updates": len(self.updates), "replay": len(self.window), "held_back": len(self.eval_window),
             "last_estimate": self.last_estimate, "last_refused": self.refused, "last_drift": self.drift,
             "exploration": {"epsilon": self.exploration_epsilon(), "boost_rewards_left": self.boost_left},
-            "rewards_since_change": self.settled,
+            "rewards_since_change": self.rewards_since_change,
             "last_published": self.published[-1] if self.published else None,
         }

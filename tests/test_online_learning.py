@@ -36,6 +36,20 @@ def _settings(checkpoint, root, **sections):
     return settings_from_args(args).absolute()
 
 
+def _trainer_on(checkpoint, root, **sections):
+    """A ContinuousTrainer on `checkpoint`, the feedback store it reads, and two prompts to log rounds on."""
+    from barp_ray.encoder import encode
+    from barp_ray.policy import RoutingPolicy
+    from serve.feedback_store import FeedbackStore
+    from serve.trainer import ContinuousTrainer
+
+    settings = _settings(checkpoint, root, **sections)
+    policy = RoutingPolicy.load(checkpoint)
+    MODELS[:] = list(policy.models)
+    contexts = encode(["Write a SQL query that lists customers.", "Compose a poem about rain."], policy.encoder)
+    return settings, policy, FeedbackStore(settings.log_dir, tau=policy.tau), ContinuousTrainer(settings), contexts
+
+
 def _log_uniform_rounds(store, contexts, n, reward_of, k, rng, preference=(1.0, 0.0), cost=0.0):
     """n rounds logged by a uniform policy; reward_of(request_id, action) -> score in {0, 1}."""
     from serve.feedback_store import encode_vector, new_request_id
@@ -129,18 +143,11 @@ def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(che
     """The models answered well, then their provider broke: the records from before the fall in
     score leave the replay (and stay out of it after a restart). Clients moving their preference
     toward cost lower the reward as much, but the answers are as good as before: nothing is forgotten."""
-    from barp_ray.encoder import encode
-    from barp_ray.policy import RoutingPolicy
-    from serve.feedback_store import FeedbackStore
     from serve.trainer import ContinuousTrainer
 
-    settings = _settings(checkpoint, tmp_path, rollout={"enabled": False}, trainer={"replay_decay": 200})
-    policy = RoutingPolicy.load(checkpoint)
-    MODELS[:] = list(policy.models)
+    settings, policy, store, trainer, contexts = _trainer_on(checkpoint, tmp_path, rollout={"enabled": False},
+                                                             trainer={"replay_decay": 200})
     k = len(MODELS)
-    contexts = encode(["Write a SQL query that lists customers.", "Compose a poem about rain."], policy.encoder)
-    store = FeedbackStore(settings.log_dir, tau=policy.tau)
-    trainer = ContinuousTrainer(settings)
     rng = np.random.default_rng(0)
     for _ in range(4):  # the world as it was: every model but the last answers everything
         _log_uniform_rounds(store, contexts, 150, lambda rid, a: a < k - 1, k, rng)
@@ -171,7 +178,7 @@ def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(che
     trainer.close()
     again = ContinuousTrainer(settings)
     assert again.drift == drift and [r["id"] for r in again.window] == [r["id"] for r in kept]
-    assert again.exploration_epsilon() == 0.3 and again.settled == fresh
+    assert again.exploration_epsilon() == 0.3 and again.rewards_since_change == fresh
     _log_uniform_rounds(store, contexts, 284, lambda rid, a: False, k, rng)
     again.train_once()
     assert again.exploration_epsilon() == 0.3 and again.status()["exploration"]["boost_rewards_left"] == 16
@@ -215,18 +222,11 @@ def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of
     weight hand-over); today's prices are not weights: publishing never carries them back."""
     import torch
 
-    from barp_ray.encoder import encode
     from barp_ray.policy import RoutingPolicy, policy_state
-    from serve.feedback_store import FeedbackStore
-    from serve.trainer import ContinuousTrainer, latest_published
+    from serve.trainer import latest_published
 
     ckpt = price_aware_checkpoint
-    settings = _settings(ckpt, tmp_path, rollout={"enabled": False})
-    policy = RoutingPolicy.load(ckpt)
-    MODELS[:] = list(policy.models)
-    store = FeedbackStore(settings.log_dir, tau=policy.tau)
-    trainer = ContinuousTrainer(settings)
-    contexts = encode(["Write a SQL query that lists customers.", "Compose a poem about rain."], policy.encoder)
+    settings, policy, store, trainer, contexts = _trainer_on(ckpt, tmp_path, rollout={"enabled": False})
     _log_uniform_rounds(store, contexts, 64, lambda rid, a: a == 0, len(MODELS), np.random.default_rng(0))
     row = trainer.train_once()
     assert row is not None and row["published"] and row["steps"] > 0, row
@@ -409,22 +409,13 @@ def test_a_new_model_set_restarts_the_falling_replay_ratio(tmp_path_factory, tmp
     """`trainer.replay_decay`: the rewards-since-a-change count that slows learning per reward grows
     with training, is kept when only prices change, and restarts when another model set is offered
     (a model the policy never saw is learnt at the full ratio)."""
-    from barp_ray.encoder import encode
-    from barp_ray.policy import RoutingPolicy
-    from serve.feedback_store import FeedbackStore
     from serve.settings import live_offer
-    from serve.trainer import ContinuousTrainer
 
     cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=300", "training.iterations=2",
                                               "training.rounds_per_iteration=256", "policy.head=model_conditioned",
                                               f"output.checkpoint_dir={tmp_path_factory.mktemp('mc') / 'ckpt'}"])
     ckpt = train(cfg, progress=False).checkpoint
-    settings = _settings(ckpt, tmp_path, rollout={"enabled": False}, trainer={"replay_decay": 100})
-    policy = RoutingPolicy.load(ckpt)
-    MODELS[:] = list(policy.models)
-    store = FeedbackStore(settings.log_dir, tau=policy.tau)
-    trainer = ContinuousTrainer(settings)
-    contexts = encode(["Write a SQL query that lists customers.", "Compose a poem about rain."], policy.encoder)
+    _, policy, store, trainer, contexts = _trainer_on(ckpt, tmp_path, rollout={"enabled": False}, trainer={"replay_decay": 100})
     _log_uniform_rounds(store, contexts, 200, lambda rid, a: a == 0, len(MODELS), np.random.default_rng(0))
     trainer.train_once()
     settled, full = trainer.status()["rewards_since_change"], -(-64 * 128 // 256)
