@@ -47,31 +47,77 @@ def app_args(overrides: list[str]) -> dict:
     return args
 
 
+class InProcessService:
+    """The service's learning parts in one process, as `serve/app.py` wires them: a feedback store,
+    the continuous trainer (updated only when asked, so a benchmark sets the cadence) and a
+    router that draws from the exploring distribution of the latest published weights. Benchmarks
+    that measure learning, not HTTP, drive it round by round."""
+
+    def __init__(self, checkpoint: str, overrides: list[str], live_config: dict | None = None) -> None:
+        from barp_ray.policy import RoutingPolicy
+        from serve.feedback_store import FeedbackStore
+        from serve.settings import live_offer, settings_from_args
+        from serve.trainer import ContinuousTrainer
+
+        self.policy = RoutingPolicy.load(checkpoint)
+        work = Path(tempfile.mkdtemp(prefix="live_loop_"))
+        args = app_args(overrides)
+        args.update(checkpoint=checkpoint, log_dir=str(work / "log"), auth={"disabled": True})
+        args["trainer"] = {**args["trainer"], "state_dir": str(work / "trainer"), "max_wait_s": 1e9}
+        self.settings = settings_from_args(args).absolute()
+        self.store = FeedbackStore(self.settings.log_dir, tau=self.policy.tau)
+        self.trainer = ContinuousTrainer(self.settings)
+        self.served = self.policy.module
+        if live_config is not None:  # as an operator sets it in Serve's user_config
+            offer = live_offer(live_config, self.policy.meta)
+            self.trainer.offer(offer)
+            offer.apply(self.served)
+        self.version = self.trainer.snapshot[0]
+
+    def round(self, x: np.ndarray, w: np.ndarray, rng: np.random.Generator, outcome) -> tuple[int, dict]:
+        """Route one request, log it, post outcome(a) -> (score, cost) as its feedback: (model, joined reward)."""
+        import torch
+
+        from serve.exploration import exploring_distribution
+        from serve.feedback_store import encode_vector, new_request_id
+
+        probs = self.served.action_probabilities(torch.from_numpy(x[None]), torch.from_numpy(w[None])).numpy()
+        mu = exploring_distribution(probs, self.trainer.exploration_epsilon(), self.settings.exploration.temperature)[0]
+        a = int(rng.choice(len(mu), p=mu / mu.sum()))
+        rid = new_request_id()
+        self.store.record_decision({"request_id": rid, "time": time.time(), "embedding": encode_vector(x),
+                                    "preference": w.tolist(), "model": self.policy.models[a],
+                                    "behaviour_prob": float(mu[a]), "mode": "explore", "policy_version": self.version})
+        return a, self.store.record_feedback(rid, *outcome(a))
+
+    def update(self) -> dict | None:
+        """One trainer update if it has enough new feedback; replicas' weights follow a publication."""
+        import torch
+
+        from barp_ray.policy import load_policy_state
+
+        row = self.trainer.train_once()
+        v, weights = self.trainer.snapshot
+        if v != self.version:
+            load_policy_state(self.served, {k: torch.as_tensor(t) for k, t in weights.items()})
+            self.version = v
+        return row
+
+    def close(self) -> None:
+        self.trainer.close()
+        self.store.close()
+
+
 def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: int, topics: list[str],
             overrides: list[str]) -> dict:
     import torch
 
     from barp_ray.data.shifting_world import ShiftingWorld
-    from barp_ray.policy import RoutingPolicy, load_policy_state
-    from serve.exploration import exploring_distribution
-    from serve.feedback_store import FeedbackStore, encode_vector, new_request_id
-    from serve.settings import settings_from_args
-    from serve.trainer import ContinuousTrainer
 
-    policy = RoutingPolicy.load(checkpoint)
-    models = list(policy.models)
-    prices = {m: (p["input_per_mtok"], p["output_per_mtok"]) for m, p in policy.meta["prices"].items()}
+    service = InProcessService(checkpoint, overrides)
+    served, models = service.served, list(service.policy.models)
+    prices = {m: (p["input_per_mtok"], p["output_per_mtok"]) for m, p in service.policy.meta["prices"].items()}
     world = ShiftingWorld(models=models, prices=prices, topics=topics, seed=seed)
-    work = Path(tempfile.mkdtemp(prefix="live_loop_"))
-    args = app_args(overrides)
-    args.update(checkpoint=checkpoint, log_dir=str(work / "log"), auth={"disabled": True})
-    args["trainer"] = {**args["trainer"], "state_dir": str(work / "trainer"), "max_wait_s": 1e9}
-    settings = settings_from_args(args).absolute()
-    store = FeedbackStore(settings.log_dir, tau=policy.tau)
-    trainer = ContinuousTrainer(settings)
-    served = policy.module
-    version = trainer.snapshot[0]
-    temp = settings.exploration.temperature
     stream = np.random.default_rng([seed, 1])
     eval_prompts, eval_topics = world.prompts(200, np.random.default_rng([seed, 2]))
     eval_x = torch.from_numpy(np.stack([embeddings[p] for p in eval_prompts]))
@@ -89,27 +135,14 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
         curve, served_scores, phase_forgets = [greedy_gap()], [], 0
         prompts, prompt_topics = world.prompts(rounds, stream)
         for i, (prompt, topic) in enumerate(zip(prompts, prompt_topics)):
-            x = embeddings[prompt]
-            probs = served.action_probabilities(torch.from_numpy(x[None]), torch.from_numpy(pref[None])).numpy()
-            mu = exploring_distribution(probs, trainer.exploration_epsilon(), temp)[0]  # what replicas poll
-            a = int(stream.choice(len(mu), p=mu / mu.sum()))
-            rid = new_request_id()
-            store.record_decision({"request_id": rid, "time": time.time(), "embedding": encode_vector(x),
-                                   "preference": pref.tolist(), "model": models[a], "behaviour_prob": float(mu[a]),
-                                   "mode": "explore", "policy_version": version})
-            score, cost = world.outcome(topic, a, prompt)
-            store.record_feedback(rid, score, cost)
+            a, _ = service.round(embeddings[prompt], pref, stream, lambda a: world.outcome(topic, a, prompt))
             served_scores.append(float(world.expected_scores(topic)[a]))
-            if (i + 1) % cadence == 0 and (row := trainer.train_once()) is not None:
+            if (i + 1) % cadence == 0 and (row := service.update()) is not None:
                 updates += 1
                 refused += not row["published"]
                 phase_forgets += row["forgot"]
                 streak = 0 if row["published"] else streak + 1
                 longest = max(longest, streak)
-                v, weights = trainer.snapshot
-                if v != version:
-                    load_policy_state(served, {k: torch.as_tensor(w) for k, w in weights.items()})
-                    version = v
             if (i + 1) % EVAL_EVERY == 0:
                 curve.append(greedy_gap())
         u = world.uniform_score(prompt_topics)
@@ -119,8 +152,7 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
         phases[phase] = {"curve": curve, "rounds_to_goal": reached, "mean_gap_closed": float(np.mean(curve[1:])),
                          "min_after_goal": float(min(after)) if after else None,
                          "served_gap_closed": (float(np.mean(served_scores)) - u) / (o - u), "forgets": phase_forgets}
-    trainer.close()
-    store.close()
+    service.close()
     return {"seed": seed, "cadence": cadence, "phases": phases, "updates": updates, "refused": refused,
             "longest_refusal_streak": longest, "forgets": sum(p["forgets"] for p in phases.values()),
             "seconds": time.time() - t0}

@@ -24,7 +24,6 @@ import glob
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.live_loop import app_args  # noqa: E402
+from bench.live_loop import InProcessService  # noqa: E402
 
 SWEEP = [round(0.1 * i, 1) for i in range(11)]
 
@@ -58,63 +57,31 @@ def single_model_rewards(pick_on, score_on, tau: float) -> np.ndarray:
 
 def one_run(checkpoint: str, data, seed: int, rounds: int, eval_every: int, cadence: int, keep: float,
             overrides: list[str]) -> dict:
-    import torch
-
-    from barp_ray.policy import RoutingPolicy, load_policy_state
-    from serve.exploration import exploring_distribution
-    from serve.feedback_store import FeedbackStore, encode_vector, new_request_id
-    from serve.settings import live_offer, settings_from_args
-    from serve.trainer import ContinuousTrainer
-
-    policy = RoutingPolicy.load(checkpoint)
-    if list(policy.models) != list(data.test.models):
-        raise SystemExit(f"{checkpoint}: models {list(policy.models)} differ from the config's {list(data.test.models)}")
+    service = InProcessService(checkpoint, overrides, {"decision_shrinkage": keep})
+    if list(service.policy.models) != list(data.test.models):
+        raise SystemExit(f"{checkpoint}: models {list(service.policy.models)} differ from the config's {list(data.test.models)}")
     rng = np.random.default_rng([seed, 7])
     order = rng.permutation(data.test.n)
     stream_rows, eval_rows = np.sort(order[: data.test.n // 2]), np.sort(order[data.test.n // 2:])
     eval_table, eval_x = data.test.subset(eval_rows), data.test_embeddings[eval_rows]
-    work = Path(tempfile.mkdtemp(prefix="live_unseen_"))
-    args = app_args(overrides)
-    args.update(checkpoint=checkpoint, log_dir=str(work / "log"), auth={"disabled": True})
-    args["trainer"] = {**args["trainer"], "state_dir": str(work / "trainer"), "max_wait_s": 1e9}
-    settings = settings_from_args(args).absolute()
-    offer = live_offer({"decision_shrinkage": keep}, policy.meta)  # as an operator sets it in user_config
-    store = FeedbackStore(settings.log_dir, tau=policy.tau)
-    trainer = ContinuousTrainer(settings)
-    trainer.offer(offer)
-    served = policy.module
-    offer.apply(served)
-    version = trainer.snapshot[0]
-    temp = settings.exploration.temperature
-    curve, at = [sweep_rewards(served, eval_table, eval_x, data.tau)], [0]
+    curve, at = [sweep_rewards(service.served, eval_table, eval_x, data.tau)], [0]
     served_reward, updates, refused, forgets, t0 = [], 0, 0, 0, time.time()
     passes = int(np.ceil(rounds / len(stream_rows)))
     stream = np.concatenate([rng.permutation(stream_rows) for _ in range(passes)])[:rounds]
     for i, row in enumerate(stream):
         wq = float(rng.uniform())
-        x, w = data.test_embeddings[row], np.asarray([wq, 1.0 - wq], dtype=np.float32)
-        probs = served.action_probabilities(torch.from_numpy(x[None]), torch.from_numpy(w[None])).numpy()
-        mu = exploring_distribution(probs, trainer.exploration_epsilon(), temp)[0]
-        a = int(rng.choice(len(mu), p=mu / mu.sum()))
-        rid = new_request_id()
-        store.record_decision({"request_id": rid, "time": time.time(), "embedding": encode_vector(x),
-                               "preference": w.tolist(), "model": policy.models[a], "behaviour_prob": float(mu[a]),
-                               "mode": "explore", "policy_version": version})
-        joined = store.record_feedback(rid, float(data.test.scores[row, a]), float(data.test.costs[row, a]))
+        w = np.asarray([wq, 1.0 - wq], dtype=np.float32)
+        _, joined = service.round(data.test_embeddings[row], w, rng,
+                                  lambda a: (float(data.test.scores[row, a]), float(data.test.costs[row, a])))
         served_reward.append(float(joined["reward"]))
-        if (i + 1) % cadence == 0 and (update := trainer.train_once()) is not None:
+        if (i + 1) % cadence == 0 and (update := service.update()) is not None:
             updates += 1
             refused += not update["published"]
             forgets += update["forgot"]
-            v, weights = trainer.snapshot
-            if v != version:
-                load_policy_state(served, {k: torch.as_tensor(t) for k, t in weights.items()})
-                version = v
         if (i + 1) % eval_every == 0:
-            curve.append(sweep_rewards(served, eval_table, eval_x, data.tau))
+            curve.append(sweep_rewards(service.served, eval_table, eval_x, data.tau))
             at.append(i + 1)
-    trainer.close()
-    store.close()
+    service.close()
     return {"seed": seed, "checkpoint": checkpoint, "rounds": at, "curve": np.asarray(curve).tolist(),
             "best_single_hindsight": single_model_rewards(eval_table, eval_table, data.tau).tolist(),
             "best_single_on_train": single_model_rewards(data.train, eval_table, data.tau).tolist(),
