@@ -10,19 +10,8 @@ a per-model critic (doubly robust) and importance weights pi/mu clipped at
 steps is what makes a few thousand rewards enough; the bounded window is what lets the policy
 forget a world that has changed.
 
-Safe rollout: the candidate is refused if its off-policy estimate (served as the exploring
-policy) on the newest held-back rewards is worse than that of the serving weights, or of any of
-the `rollout.references` most recently published versions, by more than `rollout.margin` with
-one-sided `rollout.confidence` (paired over the held-back records). Against the serving weights
-alone, a bad first candidate that was not yet clearly worse got published, and every later one
-was then compared with it: small, individually insignificant steps could drift anywhere (CI:
-six poisoned candidates published in a row). The default estimator is doubly robust with the learner's own critic,
-which never sees held-back records; self-normalised IPS alone (`rollout.estimator: snips`) has
-too few held-back records on a newly best model and refused adaptation for hundreds of rounds
-after a shift in the in-process loop. Held-back rewards are weighted by recency (`rollout.half_life`): on
-evenly weighted old data, a candidate that has learned a changed world looks worse than the
-weights that fit the old one, and the gate would hold adaptation back (measured: 750 rounds of
-refusals after a shift with 512 equally weighted records).
+Safe rollout (`serve/rollout_gate.py`): a candidate is published only if its off-policy estimate on
+held-back rewards is not clearly worse than the serving weights' and the latest published versions'.
 
 A fall in the answers' score (`serve/reward_drift.py`) makes the replay forget the records before
 it, and routes then explore more for a while (`exploration_epsilon`, polled by the replicas with
@@ -39,7 +28,6 @@ import json
 import tempfile
 import time
 import zlib
-from statistics import NormalDist
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -48,10 +36,9 @@ import numpy as np
 import torch
 
 from barp_ray.policy import RoutingPolicy, load_policy_state, policy_state
-from serve.exploration import (dr_terms, dr_value, exploring_distribution, recency_weights, snips_value,
-                               weighted_mean_se)
 from serve.feedback_store import RewardReader, decode_vector
 from serve.reward_drift import drop_cut
+from serve.rollout_gate import HeldBack, RolloutGate
 from serve.state_store import StateStore
 
 STATE = "state"
@@ -111,6 +98,7 @@ class ContinuousTrainer:
         checkpoint = settings.checkpoint
         self.settings = settings
         self.t, self.rollout = settings.trainer, settings.rollout
+        self.gate = RolloutGate(settings.rollout, settings.exploration)
         self.state = StateStore(self.t.state_dir)  # a path or a pyarrow.fs URI (s3://...)
         self.reader = RewardReader(open_database(settings))
         policy = RoutingPolicy.load(checkpoint)
@@ -419,25 +407,6 @@ class ContinuousTrainer:
         keep = ("policy_loss", "entropy", "baseline_loss", "reward_mean", "importance_weight_mean")
         return {k: float(getattr(out[k], "peek", lambda: out[k])()) for k in keep if k in out}
 
-    def _served_values(self, module, rows: list[dict], q: np.ndarray) -> tuple[float, np.ndarray]:
-        """`module` served as the exploring policy, on held-back rows: the configured estimate of its
-        mean reward, and per-record (unnormalised) values for the paired test."""
-        from barp_ray.rl_module import ALLOWED, LOG_PRICE
-
-        obs = self._obs_tensors(rows)
-        probs = module.action_probabilities(obs["embedding"], obs["preference"], obs.get(LOG_PRICE)).numpy()
-        mu = exploring_distribution(probs, self.exploration_epsilon(), self.settings.exploration.temperature,
-                                    obs[ALLOWED].numpy() > 0)
-        actions, logged, rewards = (np.asarray([r["action"] for r in rows]), np.asarray([r["mu"] for r in rows]),
-                                    np.asarray([r["reward"] for r in rows]))
-        recency = recency_weights(len(rows), self.rollout.half_life)
-        if self.rollout.estimator == "snips":
-            q = np.zeros_like(q)
-            value = snips_value(mu, actions, logged, rewards, recency)
-        else:
-            value = dr_value(mu, q, actions, logged, rewards, recency, self_normalise=self.rollout.estimator == "sndr")
-        return value, dr_terms(mu, q, actions, logged, rewards, recency, self_normalise=self.rollout.estimator != "dr")
-
     @torch.no_grad()
     def _critic(self, rows: list[dict]) -> np.ndarray:
         from ray.rllib.core.columns import Columns
@@ -447,35 +416,17 @@ class ContinuousTrainer:
         return self.scratch._forward_train({Columns.OBS: self._obs_tensors(rows)})[BASELINE].numpy().astype(np.float64)
 
     def _gate(self) -> dict[str, Any]:
-        """Candidate (the learner's weights, in `scratch`) against the serving weights.
-
-        Why a one-sided test and not the point estimates: right after the world changes, the
-        held-back records are few and mostly logged by the serving weights, so the candidate's
-        estimate is noisy; comparing point estimates refused an adapting candidate for 44 updates
-        in a row (CI, after a shift) and left the service on weights that no longer fit. The
-        gate is there to stop a candidate that is clearly worse (poisoned or inconsistent
-        feedback), which the test still does; noise alone no longer holds learning back."""
+        """Candidate (the learner's weights, in `scratch`) against the serving weights and the latest
+        published versions, on the held-back rewards (`serve/rollout_gate.py`)."""
         rows = self._offered(self.eval_window)
         if not self.rollout.enabled or len(rows) < self.rollout.min_eval:
             return {"publish": True, "estimate": {}}
-        q = self._critic(rows)
-        recency = recency_weights(len(rows), self.rollout.half_life)
-        z = NormalDist().inv_cdf(self.rollout.confidence)
-        candidate, c_terms = self._served_values(self.scratch, rows, q)
-        # Each yardstick: (slack, version, estimate, se); the candidate passes if every slack >= 0.
-        checks = []
-        for version, module in self.references:
-            value, terms = self._served_values(module, rows, q)
-            se = weighted_mean_se(c_terms - terms, recency)
-            checks.append((candidate - value + z * se + self.rollout.margin, version, value, se))
-        slack, against, value, se = min(checks, key=lambda c: c[0])
-        serving = checks[-1]
-        est = {"candidate": candidate, "serving": serving[2], "difference_se": serving[3],
-               "against": {"version": against, "estimate": value, "difference_se": se},
-               "n": len(rows), "margin": self.rollout.margin, "confidence": self.rollout.confidence,
-               "estimator": self.rollout.estimator}
-        self.last_estimate = {"version": self.version, **est}
-        return {"publish": slack >= 0, "estimate": est}
+        held = HeldBack(obs=self._obs_tensors(rows), actions=np.asarray([r["action"] for r in rows]),
+                        logged=np.asarray([r["mu"] for r in rows]), rewards=np.asarray([r["reward"] for r in rows]),
+                        q=self._critic(rows))
+        decision = self.gate.judge(self.scratch, list(self.references), held, self.exploration_epsilon())
+        self.last_estimate = {"version": self.version, **decision["estimate"]}
+        return decision
 
     def load_checkpoint(self, path: str) -> int:
         """An operator's checkpoint becomes the next published version (no gate: it is their call)."""
