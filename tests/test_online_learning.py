@@ -426,3 +426,29 @@ def test_a_new_model_set_restarts_the_falling_replay_ratio(tmp_path_factory, tmp
     trainer.offer(live_offer({"models": {**cards, "newcomer-8b": {"input_per_mtok": 0.1, "output_per_mtok": 0.1}}}, policy.meta))
     assert trainer.status()["rewards_since_change"] == 0 and trainer.steps_for(64) == full
     trainer.close()
+
+
+def test_the_live_loop_benchmark_runs_the_service_loop_end_to_end(checkpoint, tmp_path):
+    """`bench/live_loop.py` is where the live loop's learning-speed goals are measured: run as users
+    run it (the CLI, a real checkpoint, the in-process store and trainer), briefly. Every 16
+    rewards is one trainer update in each phase, and the saved run redraws from its JSON."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    args = [sys.executable, str(root / "bench" / "live_loop.py"), "--checkpoint", str(checkpoint), "--seeds", "0",
+            "--cadences", "16", "--rounds", "200", "--label", "smoke", "--out", str(tmp_path)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    (run,) = result["runs"]
+    assert run["updates"] == 2 * (200 // 16) and 0 <= run["refused"] <= run["updates"], run
+    for phase in ("new world", "after shift"):
+        curve = run["phases"][phase]["curve"]
+        assert len(curve) == 3 and all(np.isfinite(curve)), run["phases"][phase]
+    assert run["phases"]["after shift"]["forgets"] + run["phases"]["new world"]["forgets"] == run["forgets"]
+    assert (tmp_path / "smoke.png").stat().st_size > 0
+    redraw = subprocess.run([sys.executable, str(root / "bench" / "live_loop.py"), "--render", str(tmp_path / "smoke.json")],
+                            capture_output=True, text=True, timeout=300, cwd=root)
+    assert redraw.returncode == 0 and "| 16 | new world |" in redraw.stdout, redraw.stderr[-2000:]
