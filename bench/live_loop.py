@@ -51,14 +51,22 @@ class InProcessService:
     """The service's learning parts in one process, as `serve/app.py` wires them: a feedback store,
     the continuous trainer (updated only when asked, so a benchmark sets the cadence) and a
     router that draws from the exploring distribution of the latest published weights. Benchmarks
-    that measure learning, not HTTP, drive it round by round."""
+    that measure learning, not HTTP, drive it round by round.
 
-    def __init__(self, checkpoint: str, overrides: list[str], live_config: dict | None = None) -> None:
+    Which rewards the trainer holds back for its gate follows the request id (a hash), and ids are
+    random: two runs of one setting then diverge from the first held-back record on. Here the
+    held-back rounds are drawn from `seed` instead (ids are re-drawn until the hash agrees), so a
+    run repeats exactly and two settings see the same rounds held back."""
+
+    def __init__(self, checkpoint: str, overrides: list[str], seed: int, live_config: dict | None = None) -> None:
         from barp_ray.policy import RoutingPolicy
         from serve.feedback_store import FeedbackStore
         from serve.settings import live_offer, settings_from_args
         from serve.trainer import ContinuousTrainer
 
+        import torch
+
+        torch.manual_seed(seed)  # the live critic starts from a random init
         self.policy = RoutingPolicy.load(checkpoint)
         work = Path(tempfile.mkdtemp(prefix="live_loop_"))
         args = app_args(overrides)
@@ -73,18 +81,29 @@ class InProcessService:
             self.trainer.offer(offer)
             offer.apply(self.served)
         self.version = self.trainer.snapshot[0]
+        self.holdout = np.random.default_rng([seed, 11])
+
+    def _request_id(self) -> str:
+        from serve.feedback_store import new_request_id
+        from serve.trainer import held_back
+
+        fraction = self.settings.rollout.holdout_fraction
+        want = bool(self.holdout.random() < fraction)
+        while held_back(rid := new_request_id(), fraction) != want:
+            pass
+        return rid
 
     def round(self, x: np.ndarray, w: np.ndarray, rng: np.random.Generator, outcome) -> tuple[int, dict]:
         """Route one request, log it, post outcome(a) -> (score, cost) as its feedback: (model, joined reward)."""
         import torch
 
         from serve.exploration import exploring_distribution
-        from serve.feedback_store import encode_vector, new_request_id
+        from serve.feedback_store import encode_vector
 
         probs = self.served.action_probabilities(torch.from_numpy(x[None]), torch.from_numpy(w[None])).numpy()
         mu = exploring_distribution(probs, self.trainer.exploration_epsilon(), self.settings.exploration.temperature)[0]
         a = int(rng.choice(len(mu), p=mu / mu.sum()))
-        rid = new_request_id()
+        rid = self._request_id()
         self.store.record_decision({"request_id": rid, "time": time.time(), "embedding": encode_vector(x),
                                     "preference": w.tolist(), "model": self.policy.models[a],
                                     "behaviour_prob": float(mu[a]), "mode": "explore", "policy_version": self.version})
@@ -114,7 +133,7 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
 
     from barp_ray.data.shifting_world import ShiftingWorld
 
-    service = InProcessService(checkpoint, overrides)
+    service = InProcessService(checkpoint, overrides, seed)
     served, models = service.served, list(service.policy.models)
     prices = {m: (p["input_per_mtok"], p["output_per_mtok"]) for m, p in service.policy.meta["prices"].items()}
     world = ShiftingWorld(models=models, prices=prices, topics=topics, seed=seed)

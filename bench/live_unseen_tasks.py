@@ -57,7 +57,7 @@ def single_model_rewards(pick_on, score_on, tau: float) -> np.ndarray:
 
 def one_run(checkpoint: str, data, seed: int, rounds: int, eval_every: int, cadence: int, keep: float,
             overrides: list[str]) -> dict:
-    service = InProcessService(checkpoint, overrides, {"decision_shrinkage": keep})
+    service = InProcessService(checkpoint, overrides, seed, {"decision_shrinkage": keep})
     if list(service.policy.models) != list(data.test.models):
         raise SystemExit(f"{checkpoint}: models {list(service.policy.models)} differ from the config's {list(data.test.models)}")
     rng = np.random.default_rng([seed, 7])
