@@ -59,12 +59,12 @@ class InProcessService:
     run repeats exactly and two settings see the same rounds held back."""
 
     def __init__(self, checkpoint: str, overrides: list[str], seed: int, live_config: dict | None = None) -> None:
+        import torch
+
         from barp_ray.policy import RoutingPolicy
         from serve.feedback_store import FeedbackStore
         from serve.settings import live_offer, settings_from_args
         from serve.trainer import ContinuousTrainer
-
-        import torch
 
         torch.manual_seed(seed)  # the live critic starts from a random init
         self.policy = RoutingPolicy.load(checkpoint)
