@@ -443,11 +443,11 @@ def test_the_live_loop_benchmark_runs_the_service_loop_end_to_end(checkpoint, tm
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text())
     (run,) = result["runs"]
-    assert run["updates"] == 2 * (200 // 16) and 0 <= run["refused"] <= run["updates"], run
+    # ~40 held-back rewards, below rollout.min_eval (100): every candidate is published unchecked
+    assert run["updates"] == 2 * (200 // 16) and run["refused"] == 0, run
     for phase in ("new world", "after shift"):
         curve = run["phases"][phase]["curve"]
         assert len(curve) == 3 and all(np.isfinite(curve)), run["phases"][phase]
-    assert run["phases"]["after shift"]["forgets"] + run["phases"]["new world"]["forgets"] == run["forgets"]
     assert (tmp_path / "smoke.png").stat().st_size > 0
     redraw = subprocess.run([sys.executable, str(root / "bench" / "live_loop.py"), "--render", str(tmp_path / "smoke.json")],
                             capture_output=True, text=True, timeout=300, cwd=root)
