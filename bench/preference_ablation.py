@@ -115,6 +115,8 @@ def run(args) -> dict:
             "reward": barp.tolist(),
             "wins": {n: d["reward_wins"] for n, d in res["dominance"].items()},
             "beats_best_single_at": int((barp >= best_single - 1e-12).sum()),
+            # per seed, so two runs over the same seeds (and draws) compare paired, not only by their means
+            "per_seed_reward": [[p["reward"] for p in run["points"]] for run in trained[name]["runs"]],
             "train_seconds": float(np.mean(timings[name])),
         }
     reference = {n: {"aiq": derived(e)["routers"]["BaRP"]["stats"]["aiq"], "reward": mean_reward(e).tolist()}
