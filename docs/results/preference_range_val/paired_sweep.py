@@ -8,40 +8,51 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from barp_ray.config import apply_overrides, load_config  # noqa: E402
 from barp_ray.data.prepare import prepare  # noqa: E402
 from barp_ray.policy import RoutingPolicy  # noqa: E402
-from barp_ray.scoring import score_actions  # noqa: E402
+from barp_ray.scoring import greedy_actions, score_actions  # noqa: E402
 from barp_ray.training.early_stopping import SWEEP  # noqa: E402
 
-out, names = Path(sys.argv[1]), sys.argv[2:]
-base = load_config(ROOT / "configs" / "llmrouter_val_balanced.yaml")
-seeds = sorted(int(p.name.split("-")[1]) for p in (ROOT / "runs" / "ablation" / names[0]).glob("seed-*"))
-per = {n: [] for n in names}
-for s in seeds:
-    data = prepare(apply_overrides(base, [f"data.seed={s}"]), progress=False)
-    x = torch.from_numpy(np.ascontiguousarray(data.test_embeddings))
-    for n in names:
-        module = RoutingPolicy.load(str(ROOT / "runs" / "ablation" / n / f"seed-{s}")).module
-        with torch.no_grad():
-            per[n].append([score_actions(data.test, module.action_probabilities(x, torch.tensor(w, dtype=torch.float32).expand(len(x), 2)).argmax(-1).numpy(),
-                                         w, data.tau).reward for w in SWEEP])
-ref = np.asarray(per[names[0]])
-result = {"reference": names[0], "seeds": seeds, "variants": {}}
-for n in names[1:]:
-    diff = np.asarray(per[n]).mean(1) - ref.mean(1)
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
-    result["variants"][n] = {"sweep_mean": float(np.mean(per[n])), "per_seed_difference": diff.tolist(),
-                             "mean_difference": float(diff.mean()), "se": se, "seeds_ahead": int((diff > 0).sum()),
-                             "per_w_q_difference": (np.asarray(per[n]) - ref).mean(0).tolist()}
-    print(f"{n}: sweep {np.mean(per[n]):.4f}, minus {names[0]} {diff.mean():+.4f} ± {se:.4f} (se), ahead on {(diff > 0).sum()}/{len(diff)} seeds")
-out.write_text(json.dumps(result, indent=1))
-print(f"wrote {out}")
+
+def draws(names: list[str]) -> Iterator[tuple[int, object, dict]]:
+    """(seed, that seed's prepared validation draw, {name: its checkpoint's module}) per seed the first
+    variant was trained with."""
+    base = load_config(ROOT / "configs" / "llmrouter_val_balanced.yaml")
+    for seed in sorted(int(p.name.split("-")[1]) for p in (ROOT / "runs" / "ablation" / names[0]).glob("seed-*")):
+        data = prepare(apply_overrides(base, [f"data.seed={seed}"]), progress=False)
+        yield seed, data, {n: RoutingPolicy.load(str(ROOT / "runs" / "ablation" / n / f"seed-{seed}")).module for n in names}
+
+
+def main() -> None:
+    out, names = Path(sys.argv[1]), sys.argv[2:]
+    seeds, per = [], {n: [] for n in names}
+    for seed, data, modules in draws(names):
+        seeds.append(seed)
+        for n, module in modules.items():
+            per[n].append([score_actions(data.test, greedy_actions(module, data.test_embeddings, w), w, data.tau).reward
+                           for w in SWEEP])
+    ref = np.asarray(per[names[0]])
+    result = {"reference": names[0], "seeds": seeds, "variants": {}}
+    for n in names[1:]:
+        diff = np.asarray(per[n]).mean(1) - ref.mean(1)
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+        result["variants"][n] = {"sweep_mean": float(np.mean(per[n])), "per_seed_difference": diff.tolist(),
+                                 "mean_difference": float(diff.mean()), "se": se, "seeds_ahead": int((diff > 0).sum()),
+                                 "per_w_q_difference": (np.asarray(per[n]) - ref).mean(0).tolist()}
+        print(f"{n}: sweep {np.mean(per[n]):.4f}, minus {names[0]} {diff.mean():+.4f} ± {se:.4f} (se), "
+              f"ahead on {(diff > 0).sum()}/{len(diff)} seeds")
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
