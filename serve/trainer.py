@@ -178,7 +178,8 @@ class ContinuousTrainer:
                 self.refused = p.get("refused")
                 self.drift = p.get("drift")
                 self.boost_left = int(p.get("boost_left", 0))
-                self.rewards_since_change = int(p.get("rewards_since_change", 0))
+                # states saved before the rename (stop 34) call this count "settled"
+                self.rewards_since_change = int(p.get("rewards_since_change", p.get("settled", 0)))
         published = latest_published(self.t.state_dir)
         if published is not None:
             self.published_version = published[0]

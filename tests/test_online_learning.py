@@ -6,6 +6,7 @@ policy cannot pass it: after the shift, the experts it learned score 0.1-0.45, b
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -185,7 +186,18 @@ def test_a_fall_in_served_reward_makes_the_replay_forget_the_world_before_it(che
     _log_uniform_rounds(store, contexts, 16, lambda rid, a: False, k, rng)
     again.train_once()
     assert again.exploration_epsilon() == 0.1 and again.drift == drift  # the broken world is the world now: no new forget
+    count = again.rewards_since_change
     again.close()
+    # a state saved before the count was renamed (stop 34 named it "settled") resumes it too
+    saved_states = list(Path(settings.trainer.state_dir).glob("state/v*/progress.json"))
+    assert saved_states
+    for progress in saved_states:
+        saved = json.loads(progress.read_text())
+        saved["settled"] = saved.pop("rewards_since_change")
+        progress.write_text(json.dumps(saved))
+    older = ContinuousTrainer(settings)
+    assert count > 0 and older.rewards_since_change == count
+    older.close()
 
 
 def _deploy(checkpoint, root, port, **args):
