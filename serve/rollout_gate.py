@@ -50,11 +50,10 @@ class RolloutGate:
         probs = module.action_probabilities(obs["embedding"], obs["preference"], obs.get(LOG_PRICE)).numpy()
         return exploring_distribution(probs, epsilon, self.exploration.temperature, obs[ALLOWED].numpy() > 0)
 
-    def served_values(self, module, held: HeldBack, epsilon: float) -> tuple[float, np.ndarray]:
+    def served_values(self, module, held: HeldBack, epsilon: float, recency: np.ndarray) -> tuple[float, np.ndarray]:
         """`module` served as the exploring policy: the configured estimate of its mean reward on
-        the held-back records, and per-record (unnormalised) values for the paired test."""
+        the held-back records (weighted by `recency`), and per-record (unnormalised) values for the paired test."""
         mu = self.served_distribution(module, held.obs, epsilon)
-        recency = recency_weights(len(held.actions), self.rollout.half_life)
         q = held.q
         if self.rollout.estimator == "snips":
             q = np.zeros_like(q)
@@ -77,11 +76,11 @@ class RolloutGate:
         feedback), which the test still does; noise alone no longer holds learning back."""
         recency = recency_weights(len(held.actions), self.rollout.half_life)
         z = NormalDist().inv_cdf(self.rollout.confidence)
-        value_of_candidate, candidate_terms = self.served_values(candidate, held, epsilon)
+        value_of_candidate, candidate_terms = self.served_values(candidate, held, epsilon, recency)
         # Each yardstick: (slack, version, estimate, se); the candidate passes if every slack >= 0.
         checks = []
         for version, module in references:
-            value, terms = self.served_values(module, held, epsilon)
+            value, terms = self.served_values(module, held, epsilon, recency)
             se = weighted_mean_se(candidate_terms - terms, recency)
             checks.append((value_of_candidate - value + z * se + self.rollout.margin, version, value, se))
         slack, against, value, se = min(checks, key=lambda c: c[0])

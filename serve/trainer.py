@@ -409,12 +409,12 @@ class ContinuousTrainer:
         return {k: float(getattr(out[k], "peek", lambda: out[k])()) for k in keep if k in out}
 
     @torch.no_grad()
-    def _critic(self, rows: list[dict]) -> np.ndarray:
+    def _critic(self, obs: dict[str, torch.Tensor]) -> np.ndarray:
         from ray.rllib.core.columns import Columns
 
         from barp_ray.rl_module import BASELINE
 
-        return self.scratch._forward_train({Columns.OBS: self._obs_tensors(rows)})[BASELINE].numpy().astype(np.float64)
+        return self.scratch._forward_train({Columns.OBS: obs})[BASELINE].numpy().astype(np.float64)
 
     def _gate(self) -> dict[str, Any]:
         """Candidate (the learner's weights, in `scratch`) against the serving weights and the latest
@@ -422,9 +422,10 @@ class ContinuousTrainer:
         rows = self._offered(self.eval_window)
         if not self.rollout.enabled or len(rows) < self.rollout.min_eval:
             return {"publish": True, "estimate": {}}
-        held = HeldBack(obs=self._obs_tensors(rows), actions=np.asarray([r["action"] for r in rows]),
+        obs = self._obs_tensors(rows)
+        held = HeldBack(obs=obs, actions=np.asarray([r["action"] for r in rows]),
                         logged=np.asarray([r["mu"] for r in rows]), rewards=np.asarray([r["reward"] for r in rows]),
-                        q=self._critic(rows))
+                        q=self._critic(obs))
         decision = self.gate.judge(self.scratch, list(self.references), held, self.exploration_epsilon())
         self.last_estimate = {"version": self.version, **decision["estimate"]}
         return decision
