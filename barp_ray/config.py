@@ -122,6 +122,8 @@ class PolicyConfig:
     quality_gate: bool = True  # cost_aware: the learned logits are multiplied by w_q (False: added as they are)
     cost_scale: float = 5.0  # cost_aware: initial s in w_c * s * cost (how sharply cost counts; Adam moves it little)
     embedding_dropout: float = 0.0  # > 0: dropout on h(x) in the training forward only (policy and critic), against fitting the train tasks
+    hidden_dropout: float = 0.0  # > 0: dropout after each hidden layer of the decision head and the critic, training forward only
+    critic_dropout: float = 0.0  # > 0: the critic fits through dropout on h(x) and its hidden layers (training only); the policy follows its whole-net estimate
     critic_hidden: list | None = None  # the training critic's hidden layers (None: one, as wide as head_hidden's last)
     conditioning: str = "concat"  # how phi(w) enters the decision head: concat [h(x); phi(w)] (the paper) | film (each hidden layer scaled and shifted by phi(w))
     # < 1: the routing decision (serving, evaluation) keeps this share of each prompt's own deviation from
@@ -150,6 +152,13 @@ class PolicyConfig:
             raise ConfigError(f"policy.model_id_dropout: must be in [0, 1), got {self.model_id_dropout}")
         if not 0.0 <= self.embedding_dropout < 1.0:
             raise ConfigError(f"policy.embedding_dropout: must be in [0, 1), got {self.embedding_dropout}")
+        if not 0.0 <= self.critic_dropout < 1.0:
+            raise ConfigError(f"policy.critic_dropout: must be in [0, 1), got {self.critic_dropout}")
+        if not 0.0 <= self.hidden_dropout < 1.0:
+            raise ConfigError(f"policy.hidden_dropout: must be in [0, 1), got {self.hidden_dropout}")
+        if self.hidden_dropout > 0 and (self.conditioning == "film" or self.head == "model_conditioned"):
+            raise ConfigError("policy.hidden_dropout: applies to the MLP decision head and critic; not with "
+                              "conditioning film or head model_conditioned")
         for name in ("preference_hidden", "head_hidden", "critic_hidden"):
             sizes = getattr(self, name)
             if name == "critic_hidden" and sizes is None:
@@ -292,6 +301,10 @@ class TrainConfig:
         if self.training.critic_form == "known_cost" and self.policy.head != "cost_aware":
             raise ConfigError("training.critic_form: 'known_cost' needs policy.head cost_aware (it reads that head's "
                               "known normalised costs)")
+        if self.policy.critic_dropout > 0 and not (self.training.baseline == "critic" and self.training.critic_form in ("reward", "known_cost")
+                                                   and self.policy.head != "model_conditioned"):
+            raise ConfigError("policy.critic_dropout: needs training.baseline critic with critic_form reward or known_cost "
+                              "(a per-model reward model on h(x)), and not head model_conditioned")
         return self
 
     def to_dict(self) -> dict:

@@ -21,6 +21,9 @@ from barp_ray.config import CONDITIONINGS, POLICY_HEADS as HEADS, PRICE_HEADS, S
 BASELINE = "baseline"
 # The reward-shaped critics' per-model quality q(x, .) alone, for the loss's shrinkage of it.
 CRITIC_QUALITY = "critic_quality"
+# The critic's Q from the whole net when the critic trains with dropout (critic_dropout): what the policy
+# is pulled toward, while BASELINE (the dropped-out forward) is what the regression fits.
+CRITIC_TARGET = "critic_target"
 # Optional observation columns a logged batch may carry (continuous training): the [B, K] log
 # prices and the [B, K] models each decision could choose among (a request's `candidates`).
 LOG_PRICE = "log_price"
@@ -34,6 +37,18 @@ def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
         if final_activation or i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def forward_with_dropout(net: nn.Sequential, x: torch.Tensor, p: float) -> torch.Tensor:
+    """`net(x)` with dropout after each hidden activation. Only the loss's forward passes p > 0, so
+    rollouts and serving always read the whole net (the same rule as `embedding_dropout`)."""
+    if p <= 0:
+        return net(x)
+    for layer in net:
+        x = layer(x)
+        if isinstance(layer, nn.ReLU):
+            x = nn.functional.dropout(x, p)
+    return x
 
 
 CRITIC_FORMS = ("free", "reward", "known_cost")
@@ -143,11 +158,17 @@ class BaRPRLModule(TorchRLModule):
             raise ValueError(f"critic_form must be one of {CRITIC_FORMS}, got {self.critic_form!r}")
         self.exploration_floor = float(cfg.get("exploration_floor", 0.0))
         self.embedding_dropout = float(cfg.get("embedding_dropout", 0.0))
+        self.hidden_dropout = float(cfg.get("hidden_dropout", 0.0))
+        self.critic_dropout = float(cfg.get("critic_dropout", 0.0))
         self.conditioning = str(cfg.get("conditioning", "concat"))
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         if self.conditioning == "film" and self.head == "model_conditioned":
             raise ValueError("conditioning 'film' applies to the decision head of the other heads, not model_conditioned")
+        if self.critic_dropout > 0 and not (self.critic and self.critic_form in ("reward", "known_cost") and self.head != "model_conditioned"):
+            raise ValueError("critic_dropout: needs a reward-shaped critic (critic_form reward or known_cost), not head model_conditioned")
+        if self.hidden_dropout > 0 and (self.conditioning == "film" or self.head == "model_conditioned"):
+            raise ValueError("hidden_dropout: applies to the plain MLP decision head and critic (conditioning concat, not model_conditioned)")
         reference = cfg.get("reference_embedding")
         if reference is not None:
             if len(reference) != emb_dim:
@@ -267,8 +288,8 @@ class BaRPRLModule(TorchRLModule):
         return reference + keep * (out - reference)
 
     def _logits(self, batch: dict[str, Any], z: torch.Tensor, models: torch.Tensor | None = None,
-                deciding: bool = False) -> torch.Tensor:
-        out = self.decision_head(z)
+                deciding: bool = False, dropout: float = 0.0) -> torch.Tensor:
+        out = forward_with_dropout(self.decision_head, z, dropout)
         if deciding and self.decision_shrinkage < 1.0:
             out = self._shrunk_toward_reference(out, z, batch[Columns.OBS]["preference"])
         if self.head == "concat":
@@ -340,7 +361,8 @@ class BaRPRLModule(TorchRLModule):
             batch = {**batch, Columns.OBS: {**obs, "embedding": nn.functional.dropout(obs["embedding"], self.embedding_dropout)}}
         z = self._features(batch)
         models = self._model_inputs(len(z), drop=self.training) if self.head == "model_conditioned" else None
-        out = {Columns.ACTION_DIST_INPUTS: self._logits(batch, z, models)}
+        drop = self.hidden_dropout if self.training else 0.0
+        out = {Columns.ACTION_DIST_INPUTS: self._logits(batch, z, models, dropout=drop)}
         if self.head == "model_conditioned" and self.critic:
             obs = batch[Columns.OBS]
             quality, cost = self.critic_tower(models).chunk(2, dim=-1)
@@ -353,18 +375,37 @@ class BaRPRLModule(TorchRLModule):
         if self.critic and self.critic_form == "known_cost":
             obs = batch[Columns.OBS]
             w = obs["preference"]
-            out[CRITIC_QUALITY] = self.baseline_head(obs["embedding"])
-            out[BASELINE] = w[:, :1] * out[CRITIC_QUALITY] - w[:, 1:] * self._known_cost(obs)
+            trained, clean = self._critic_passes(obs["embedding"], drop)
+            out[CRITIC_QUALITY] = clean
+            out[BASELINE] = w[:, :1] * trained - w[:, 1:] * self._known_cost(obs)
+            if trained is not clean:
+                out[CRITIC_TARGET] = w[:, :1] * clean - w[:, 1:] * self._known_cost(obs)
         elif self.critic and self.critic_form == "reward":
             obs = batch[Columns.OBS]
-            quality, cost = self.baseline_head(obs["embedding"]).chunk(2, dim=-1)
+            trained, clean = self._critic_passes(obs["embedding"], drop)
+            quality, cost = trained.chunk(2, dim=-1)
             w = obs["preference"]
-            out[CRITIC_QUALITY] = quality
             out[BASELINE] = w[:, :1] * quality - w[:, 1:] * cost
+            out[CRITIC_QUALITY] = clean.chunk(2, dim=-1)[0]
+            if trained is not clean:
+                clean_quality, clean_cost = clean.chunk(2, dim=-1)
+                out[CRITIC_TARGET] = w[:, :1] * clean_quality - w[:, 1:] * clean_cost
         else:
-            b = self.baseline_head(z)
+            b = forward_with_dropout(self.baseline_head, z, drop)
             out[BASELINE] = b if self.critic else b.squeeze(-1)
         return out
+
+    def _critic_passes(self, embedding: torch.Tensor, drop: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the forward the regression fits, the whole net's): with critic_dropout in training the
+        critic fits through dropout on its input and hidden layers, a regularised reward model, and
+        the policy is pulled toward its clean estimate; otherwise both are one pass."""
+        if self.training and self.critic_dropout > 0:
+            p = self.critic_dropout
+            with torch.no_grad():
+                clean = self.baseline_head(embedding)
+            return forward_with_dropout(self.baseline_head, nn.functional.dropout(embedding, p), p), clean
+        trained = forward_with_dropout(self.baseline_head, embedding, drop)
+        return trained, trained
 
     def get_non_inference_attributes(self) -> list[str]:
         return ["baseline_head", "critic_trunk", "critic_tower"]

@@ -85,6 +85,10 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"policy": {"head_hidden": []}}, "policy.head_hidden"),
         ({"policy": {"critic_hidden": [0]}}, "policy.critic_hidden"),
         ({"policy": {"conditioning": "gated"}}, "policy.conditioning"),
+        ({"policy": {"hidden_dropout": 1.0}}, "policy.hidden_dropout"),
+        ({"policy": {"hidden_dropout": 0.3, "conditioning": "film"}}, "policy.hidden_dropout"),
+        ({"policy": {"critic_dropout": -0.1}}, "policy.critic_dropout"),
+        ({"policy": {"critic_dropout": 0.5}}, "policy.critic_dropout"),  # no reward-shaped critic
         ({"env": {"prompt_sampling": "tasks"}}, "env.prompt_sampling"),
         ({"policy": {"conditioning": "film", "head": "model_conditioned"}}, "policy.conditioning"),
         ({"output": {"log_every": 0}}, "output.log_every"),

@@ -1,6 +1,7 @@
 """The loss's critic variant: what each term does to a policy that is confidently wrong."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from barp_ray.training.learner import LossSettings, barp_loss
@@ -24,6 +25,23 @@ def test_critic_kl_moves_a_confident_policy_toward_the_better_model():
     assert -pulled[2] > 0 and -pulled[0] < 0
     # the policy-gradient terms carry pi(2) ~ 0.0025; the KL's (pi - target) does not
     assert -pulled[2] > 20 * max(-plain[2].item(), 1e-9)
+
+
+def test_critic_target_steers_the_policy_and_the_regression_fits_the_baseline():
+    """Given a critic_target (critic_dropout's whole-net Q), the policy is pulled toward it, not toward
+    the dropped-out Q the regression fits; the regression's loss and gradient are the baseline's."""
+    settings = LossSettings(baseline="critic", entropy_coeff=0.0, critic_kl_coeff=1.0)
+    grads = []
+    for target in (None, torch.tensor([[0.0, 0.0, 1.0]]).expand(8, 3)):
+        logits = torch.zeros(8, 3, requires_grad=True)
+        critic = torch.zeros(8, 3, requires_grad=True)
+        loss, stats = barp_loss(logits, torch.zeros(8, dtype=torch.long), torch.full((8,), 0.5), settings,
+                                baseline=critic, critic_target=target)
+        loss.backward()
+        grads.append((logits.grad.sum(0), critic.grad.clone(), stats["baseline_loss"]))
+    (plain_logits, plain_critic, plain_loss), (steered_logits, steered_critic, steered_loss) = grads
+    assert -steered_logits[2] > 0 and -steered_logits[2] > -plain_logits[2] + 0.5  # model 2's logit rises
+    assert torch.equal(plain_critic, steered_critic) and torch.equal(plain_loss, steered_loss)
 
 
 def test_critic_is_fitted_on_the_chosen_model_only():
@@ -146,14 +164,15 @@ def test_film_conditioning_starts_blind_to_the_preference_and_learns_to_read_it(
     assert not torch.allclose(logits(), module._forward(flipped)[Columns.ACTION_DIST_INPUTS])
 
 
-def test_embedding_dropout_acts_in_the_loss_forward_only():
-    """The learner's forward drops embedding coordinates (a different draw each call, the critic
-    included); rollouts, evaluation and serving read the whole embedding."""
+@pytest.mark.parametrize("switch", ["embedding_dropout", "hidden_dropout"])
+def test_dropout_acts_in_the_loss_forward_only(switch):
+    """The learner's forward drops embedding coordinates or hidden units (a different draw each call,
+    the critic included); rollouts, evaluation and serving read the whole net."""
     from ray.rllib.core.columns import Columns
 
     from barp_ray.rl_module import BASELINE
 
-    module, batch = _module(embedding_dropout=0.5, critic=True, critic_form="reward"), _batch()
+    module, batch = _module(**{switch: 0.5}, critic=True, critic_form="reward"), _batch()
     module.train()
     first, second = module._forward_train(batch), module._forward_train(batch)
     assert not torch.allclose(first[Columns.ACTION_DIST_INPUTS], second[Columns.ACTION_DIST_INPUTS])
@@ -165,6 +184,30 @@ def test_embedding_dropout_acts_in_the_loss_forward_only():
     plain = _module(critic=True, critic_form="reward")  # same seed, same weights, no dropout
     plain.train()
     assert torch.allclose(plain._forward_train(batch)[Columns.ACTION_DIST_INPUTS], served[0])
+
+
+@pytest.mark.parametrize("form", ["reward", "known_cost"])
+def test_critic_dropout_fits_through_dropout_and_teaches_with_the_whole_net(form):
+    """With critic_dropout the regression's Q (BASELINE) is a dropped-out forward, a new draw each
+    call; the Q the policy is pulled toward (CRITIC_TARGET) is the whole net's, the same every call and
+    the same as the critic outside training. The policy's logits are untouched."""
+    from ray.rllib.core.columns import Columns
+
+    from barp_ray.rl_module import BASELINE, CRITIC_TARGET
+
+    extra = {"head": "cost_aware", "model_prices": [1.0, 2.0, 3.0, 4.0], "model_costs": [0.1, 0.2, 0.3, 0.4]} if form == "known_cost" else {}
+    module, batch = _module(critic_dropout=0.5, critic=True, critic_form=form, **extra), _batch()
+    plain = _module(critic=True, critic_form=form, **extra)  # same seed, same weights
+    module.train()
+    first, second = module._forward_train(batch), module._forward_train(batch)
+    assert not torch.allclose(first[BASELINE], second[BASELINE])
+    assert torch.equal(first[CRITIC_TARGET], second[CRITIC_TARGET])
+    assert torch.allclose(first[Columns.ACTION_DIST_INPUTS], second[Columns.ACTION_DIST_INPUTS])
+    plain.train()
+    reference = plain._forward_train(batch)
+    assert CRITIC_TARGET not in reference
+    assert torch.allclose(first[CRITIC_TARGET], reference[BASELINE])
+    assert torch.allclose(first[Columns.ACTION_DIST_INPUTS], reference[Columns.ACTION_DIST_INPUTS])
 
 
 def test_reward_shaped_critic_is_linear_in_the_preference():

@@ -27,7 +27,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.utils.typing import ModuleID, TensorType
 
-from barp_ray.rl_module import ALLOWED, BASELINE, CRITIC_QUALITY
+from barp_ray.rl_module import ALLOWED, BASELINE, CRITIC_QUALITY, CRITIC_TARGET
 
 # The logit given to a model a decision could not choose: finite, so excluded terms are exact
 # zeros (p = 0 times a finite log p), never NaN.
@@ -113,6 +113,7 @@ def barp_loss(
     allowed: torch.Tensor | None = None,
     preference: torch.Tensor | None = None,
     critic_quality: torch.Tensor | None = None,
+    critic_target: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`allowed` ([B, K], nonzero = could be chosen): the models each logged decision chose among
     (a request's `candidates`). pi is then the softmax over those, the distribution its logged
@@ -136,7 +137,7 @@ def barp_loss(
     if settings.baseline == "critic":
         if baseline is None or baseline.dim() != 2:
             raise ValueError("baseline='critic' needs the module's per-model critic output [B, K]")
-        q_all = baseline.detach()
+        q_all = (baseline if critic_target is None else critic_target).detach()
         if settings.critic_shrinkage < 1.0:
             q_all = shrink_quality(q_all, critic_quality, preference, settings.critic_shrinkage,
                                    settings.critic_shrinkage_gate)
@@ -243,6 +244,7 @@ class BaRPTorchLearner(TorchLearner):
             allowed=batch[Columns.OBS].get(ALLOWED),
             preference=batch[Columns.OBS]["preference"],
             critic_quality=fwd_out.get(CRITIC_QUALITY),
+            critic_target=fwd_out.get(CRITIC_TARGET),
         )
         self.metrics.log_dict(stats, key=module_id, window=1)
         return loss
