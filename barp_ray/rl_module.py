@@ -376,19 +376,20 @@ class BaRPRLModule(TorchRLModule):
             obs = batch[Columns.OBS]
             w = obs["preference"]
             trained, clean = self._critic_passes(obs["embedding"], drop)
+            cost = self._known_cost(obs)
             out[CRITIC_QUALITY] = clean
-            out[BASELINE] = w[:, :1] * trained - w[:, 1:] * self._known_cost(obs)
+            out[BASELINE] = w[:, :1] * trained - w[:, 1:] * cost
             if trained is not clean:
-                out[CRITIC_TARGET] = w[:, :1] * clean - w[:, 1:] * self._known_cost(obs)
+                out[CRITIC_TARGET] = w[:, :1] * clean - w[:, 1:] * cost
         elif self.critic and self.critic_form == "reward":
             obs = batch[Columns.OBS]
             trained, clean = self._critic_passes(obs["embedding"], drop)
             quality, cost = trained.chunk(2, dim=-1)
             w = obs["preference"]
             out[BASELINE] = w[:, :1] * quality - w[:, 1:] * cost
-            out[CRITIC_QUALITY] = clean.chunk(2, dim=-1)[0]
+            clean_quality, clean_cost = clean.chunk(2, dim=-1)
+            out[CRITIC_QUALITY] = clean_quality
             if trained is not clean:
-                clean_quality, clean_cost = clean.chunk(2, dim=-1)
                 out[CRITIC_TARGET] = w[:, :1] * clean_quality - w[:, 1:] * clean_cost
         else:
             b = forward_with_dropout(self.baseline_head, z, drop)
