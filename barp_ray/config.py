@@ -44,6 +44,7 @@ class DataConfig:
     test_fraction: float = 0.2
     test_per_task: int = 25  # per_task: prompts held out from each task
     test_tasks: list = field(default_factory=list)  # per_task: the tasks to hold prompts out of (empty: all)
+    test_repeat_share: dict = field(default_factory=dict)  # per_task: {task: share of its held-out prompts that also train}
     held_out_tasks: list = field(default_factory=list)
     seed: int = 0
     max_prompts: int | None = None  # subsample (before splitting) for quick runs
@@ -64,6 +65,13 @@ class DataConfig:
         _positive("data.test_per_task", self.test_per_task)
         if not all(isinstance(t, str) and t for t in self.test_tasks):
             raise ConfigError(f"data.test_tasks: must be a list of task names, got {self.test_tasks!r}")
+        if not isinstance(self.test_repeat_share, dict):
+            raise ConfigError(f"data.test_repeat_share: must map task names to shares in [0, 1], got {self.test_repeat_share!r}")
+        for task, share in self.test_repeat_share.items():
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+                raise ConfigError(f"data.test_repeat_share.{task}: must be a share in [0, 1], got {share!r}")
+        if self.test_repeat_share and self.split != "per_task":
+            raise ConfigError("data.test_repeat_share: applies to data.split per_task only")
         if self.split == "tasks" and not self.held_out_tasks:
             raise ConfigError("data.held_out_tasks: must name at least one task when data.split is 'tasks'")
         if self.split == "provided" and self.source != "llmrouter":

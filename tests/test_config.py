@@ -37,6 +37,9 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
     "raw, field",
     [
         ({"training": {"lr": -1}}, "training.lr"),
+        ({"data": {"split": "per_task", "test_repeat_share": {"gpqa": 1.5}}}, "data.test_repeat_share.gpqa"),
+        ({"data": {"split": "per_task", "test_repeat_share": ["gpqa"]}}, "data.test_repeat_share"),
+        ({"data": {"test_repeat_share": {"gpqa": 0.5}}}, "data.test_repeat_share"),  # random split: nothing to repeat
         ({"training": {"lr": "fast"}}, "training.lr"),
         ({"training": {"iterations": 0}}, "training.iterations"),
         ({"training": {"baseline": "q-learning"}}, "training.baseline"),

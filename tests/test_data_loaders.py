@@ -113,6 +113,22 @@ def test_per_task_split_holds_out_the_same_number_of_each_named_task(llmrouter_t
         per_task_split(llmrouter_test, 5, ["no-such-task"], seed=0)
 
 
+def test_per_task_split_repeats_a_share_of_held_out_prompts_in_training(llmrouter_test):
+    """data.test_repeat_share: as the LLMRouter test file asks again train prompts of the tasks whose
+    whole pool the train file holds, that share of a task's held-out prompts also trains; the held-out
+    prompts themselves are the same draw as without repeats."""
+    plain_train, plain_test = per_task_split(llmrouter_test, 10, ["gpqa", "mmlu", "mbpp"], seed=0)
+    train, test = per_task_split(llmrouter_test, 10, ["gpqa", "mmlu", "mbpp"], seed=0,
+                                 repeat_share={"gpqa": 1.0, "mbpp": 0.4})
+    assert (test.prompts == plain_test.prompts).all()
+    repeated = set(train.prompts.tolist()) & set(test.prompts.tolist())
+    tasks = dict(zip(test.prompts.tolist(), test.tasks.astype(str).tolist()))
+    assert sorted(tasks[p] for p in repeated).count("gpqa") == 10 and [tasks[p] for p in repeated].count("mbpp") == 4
+    assert train.n == plain_train.n + 14
+    with raises("not in the data"):
+        per_task_split(llmrouter_test, 5, ["gpqa"], seed=0, repeat_share={"no-such-task": 1.0})
+
+
 # ---------------------------------------------------------------- LLMRouter, bad files
 
 HELLO = "Write hello world in C."

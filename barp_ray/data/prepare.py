@@ -72,7 +72,8 @@ def _split(data_cfg, encoder_name: str) -> tuple[RoutingTable, RoutingTable]:
     if data_cfg.split == "tasks":
         return task_split(table, list(data_cfg.held_out_tasks))
     if data_cfg.split == "per_task":
-        return per_task_split(table, data_cfg.test_per_task, list(data_cfg.test_tasks), data_cfg.seed)
+        return per_task_split(table, data_cfg.test_per_task, list(data_cfg.test_tasks), data_cfg.seed,
+                              dict(data_cfg.test_repeat_share))
     return random_split(table, data_cfg.test_fraction, data_cfg.seed)
 
 

@@ -29,23 +29,37 @@ def task_split(table: RoutingTable, held_out_tasks: list[str]) -> tuple[RoutingT
     return table.subset(np.flatnonzero(~test_mask)), table.subset(np.flatnonzero(test_mask))
 
 
-def per_task_split(table: RoutingTable, per_task: int, tasks: list[str], seed: int) -> tuple[RoutingTable, RoutingTable]:
+def per_task_split(table: RoutingTable, per_task: int, tasks: list[str], seed: int,
+                   repeat_share: dict[str, float] | None = None) -> tuple[RoutingTable, RoutingTable]:
     """`per_task` random prompts of each task in `tasks` (all tasks if empty) held out; the rest,
     every task included, trains. LLMRouter's test file is 10 tasks x 50 prompts while its train
     file is 14 tasks in uneven shares: a random validation split weights tasks like the train file,
-    this one like the test file."""
+    this one like the test file.
+
+    `repeat_share` {task: share}: that share of the task's held-out prompts also stays among the
+    training prompts. LLMRouter's train file holds the whole pool of some tasks (all 448 GPQA and
+    all 164 HumanEval questions), so the test file's prompts of those tasks are repeats of train
+    prompts, answered again: a held-out set with no repeats rewards generalising and never
+    remembering, which the test file does not."""
     names = table.task_names()
     chosen = list(tasks) or list(names)
-    missing = [t for t in chosen if t not in set(names)]
+    repeat_share = dict(repeat_share or {})
+    missing = [t for t in [*chosen, *repeat_share] if t not in set(names)]
     if missing:
         raise DataError(f"{table.source}: task(s) {missing} not in the data; tasks are {sorted(names)}")
     rng = np.random.default_rng(seed)
+    repeat_rng = np.random.default_rng([seed, 1])  # its own stream: draws without repeats stay as they were
     labels = table.tasks.astype(str)
-    held = []
+    held, repeated = [], []
     for task in chosen:
         rows = np.flatnonzero(labels == task)
         if len(rows) <= per_task:
             raise DataError(f"{table.source}: task {task!r} has {len(rows)} prompts; holding out {per_task} leaves none to train on")
-        held.append(rng.choice(rows, size=per_task, replace=False))
+        picked = rng.choice(rows, size=per_task, replace=False)
+        held.append(picked)
+        share = repeat_share.get(task, 0.0)
+        if share > 0:
+            repeated.append(repeat_rng.choice(picked, size=int(round(share * per_task)), replace=False))
     test = np.sort(np.concatenate(held))
-    return table.subset(np.setdiff1d(np.arange(table.n), test)), table.subset(test)
+    train = np.union1d(np.setdiff1d(np.arange(table.n), test), np.concatenate(repeated) if repeated else [])
+    return table.subset(train.astype(int)), table.subset(test)
