@@ -3,6 +3,10 @@ split: each variant's checkpoints (runs/ablation/<name>/seed-s) scored on seed s
 sweep mean per seed, minus the first variant's. Checkpoints only; nothing is trained.
 
     python docs/results/preference_range_val/paired_sweep.py OUT.json vs_shipped vn_nc0.3 vn_nc1   # ~1 min
+    python docs/results/preference_range_val/paired_sweep.py --config configs/llmrouter_ood_val_fold2.yaml OUT.json oS_fold2 oCD_fold2
+
+Only the seeds every named variant has are compared. Another validation config (a task-held-out fold)
+scores its own held-out tasks; there data.seed does not move the split, so seeds pair training runs.
 """
 import json
 import os
@@ -23,25 +27,31 @@ from barp_ray.scoring import greedy_actions, score_actions  # noqa: E402
 from barp_ray.training.early_stopping import SWEEP  # noqa: E402
 
 
-def draws(names: list[str]) -> Iterator[tuple[int, object, dict]]:
-    """(seed, that seed's prepared validation draw, {name: its checkpoint's module}) per seed the first
-    variant was trained with."""
-    base = load_config(ROOT / "configs" / "llmrouter_val_balanced.yaml")
-    for seed in sorted(int(p.name.split("-")[1]) for p in (ROOT / "runs" / "ablation" / names[0]).glob("seed-*")):
+def draws(names: list[str], config: Path = ROOT / "configs" / "llmrouter_val_balanced.yaml",
+          only: range | None = None) -> Iterator[tuple[int, object, dict]]:
+    """(seed, that seed's prepared validation draw, {name: its checkpoint's module}) per seed every
+    variant was trained with (and in `only`, if given)."""
+    base = load_config(config)
+    trained = [{int(p.name.split("-")[1]) for p in (ROOT / "runs" / "ablation" / n).glob("seed-*")} for n in names]
+    for seed in sorted(s for s in set.intersection(*trained) if only is None or s in only):
         data = prepare(apply_overrides(base, [f"data.seed={seed}"]), progress=False)
         yield seed, data, {n: RoutingPolicy.load(str(ROOT / "runs" / "ablation" / n / f"seed-{seed}")).module for n in names}
 
 
 def main() -> None:
-    out, names = Path(sys.argv[1]), sys.argv[2:]
+    args = sys.argv[1:]
+    config = ROOT / "configs" / "llmrouter_val_balanced.yaml"
+    if args[0] == "--config":
+        config, args = Path(args[1]), args[2:]
+    out, names = Path(args[0]), args[1:]
     seeds, per = [], {n: [] for n in names}
-    for seed, data, modules in draws(names):
+    for seed, data, modules in draws(names, config):
         seeds.append(seed)
         for n, module in modules.items():
             per[n].append([score_actions(data.test, greedy_actions(module, data.test_embeddings, w), w, data.tau).reward
                            for w in SWEEP])
     ref = np.asarray(per[names[0]])
-    result = {"reference": names[0], "seeds": seeds, "variants": {}}
+    result = {"config": str(config), "reference": names[0], "seeds": seeds, "variants": {}}
     for n in names[1:]:
         diff = np.asarray(per[n]).mean(1) - ref.mean(1)
         se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
