@@ -123,10 +123,12 @@ def test_per_task_split_repeats_a_share_of_held_out_prompts_in_training(llmroute
     assert (test.prompts == plain_test.prompts).all()
     repeated = set(train.prompts.tolist()) & set(test.prompts.tolist())
     tasks = dict(zip(test.prompts.tolist(), test.tasks.astype(str).tolist()))
-    assert sorted(tasks[p] for p in repeated).count("gpqa") == 10 and [tasks[p] for p in repeated].count("mbpp") == 4
+    assert sorted(tasks[p] for p in repeated) == ["gpqa"] * 10 + ["mbpp"] * 4
     assert train.n == plain_train.n + 14
     with raises("not in the data"):
         per_task_split(llmrouter_test, 5, ["gpqa"], seed=0, repeat_share={"no-such-task": 1.0})
+    with raises("no prompt is held out of"):
+        per_task_split(llmrouter_test, 5, ["gpqa"], seed=0, repeat_share={"mmlu": 1.0})
 
 
 # ---------------------------------------------------------------- LLMRouter, bad files

@@ -47,6 +47,9 @@ def per_task_split(table: RoutingTable, per_task: int, tasks: list[str], seed: i
     missing = [t for t in [*chosen, *repeat_share] if t not in set(names)]
     if missing:
         raise DataError(f"{table.source}: task(s) {missing} not in the data; tasks are {sorted(names)}")
+    not_held = [t for t in repeat_share if t not in chosen]
+    if not_held:
+        raise DataError(f"repeat share for task(s) {not_held} that no prompt is held out of; held out: {chosen}")
     rng = np.random.default_rng(seed)
     repeat_rng = np.random.default_rng([seed, 1])  # its own stream: draws without repeats stay as they were
     labels = table.tasks.astype(str)
