@@ -64,5 +64,5 @@ def per_task_split(table: RoutingTable, per_task: int, tasks: list[str], seed: i
         if share > 0:
             repeated.append(repeat_rng.choice(picked, size=int(round(share * per_task)), replace=False))
     test = np.sort(np.concatenate(held))
-    train = np.union1d(np.setdiff1d(np.arange(table.n), test), np.concatenate(repeated) if repeated else [])
-    return table.subset(train.astype(int)), table.subset(test)
+    kept_out = np.setdiff1d(test, np.concatenate(repeated)) if repeated else test
+    return table.subset(np.setdiff1d(np.arange(table.n), kept_out)), table.subset(test)
