@@ -8,6 +8,7 @@ sweep mean per seed, minus the first variant's. Checkpoints only; nothing is tra
 Only the seeds every named variant has are compared. Another validation config (a task-held-out fold)
 scores its own held-out tasks; there data.seed does not move the split, so seeds pair training runs.
 """
+import argparse
 import json
 import os
 import sys
@@ -39,11 +40,12 @@ def draws(names: list[str], config: Path = ROOT / "configs" / "llmrouter_val_bal
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    config = ROOT / "configs" / "llmrouter_val_balanced.yaml"
-    if args[0] == "--config":
-        config, args = Path(args[1]), args[2:]
-    out, names = Path(args[0]), args[1:]
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "llmrouter_val_balanced.yaml")
+    p.add_argument("out", type=Path)
+    p.add_argument("names", nargs="+", help="the reference variant first")
+    args = p.parse_args()
+    config, out, names = args.config, args.out, args.names
     seeds, per = [], {n: [] for n in names}
     for seed, data, modules in draws(names, config):
         seeds.append(seed)

@@ -48,17 +48,18 @@ def main() -> None:
 
     result = {"config": str(CONFIG), "draws": list(range(first, last + 1)), "repeated_share": float(np.mean(repeated_masks)),
               "routers": {}}
-    for name in per:
-        entry = {part: {"sweep": float(sweep(name, part).mean()), "per_w_q": sweep(name, part).mean(0).tolist(),
-                        "per_draw": sweep(name, part).mean(1).tolist()} for part in ("all", "repeated", "new")}
+    sweeps = {name: {part: sweep(name, part) for part in ("all", "repeated", "new")} for name in per}
+    for name, parts in sweeps.items():
+        entry = {part: {"sweep": float(s.mean()), "per_w_q": s.mean(0).tolist(), "per_draw": s.mean(1).tolist()}
+                 for part, s in parts.items()}
         if name in names:
-            mine = sweep(name, "all").mean(0)
-            entry["at_least"] = {f: int((mine >= sweep(f, "all").mean(0) - 1e-12).sum()) for f in FULL_INFO}
+            mine = parts["all"].mean(0)
+            entry["at_least"] = {f: int((mine >= sweeps[f]["all"].mean(0) - 1e-12).sum()) for f in FULL_INFO}
         result["routers"][name] = entry
         print(f"{name:24s} sweep all {entry['all']['sweep']:.4f}  repeated {entry['repeated']['sweep']:.4f}  "
               f"new {entry['new']['sweep']:.4f}" + (f"  >= kNN / MLP / best-label {entry['at_least']}" if name in names else ""))
     for name in names[1:]:
-        d = sweep(name, "all").mean(1) - sweep(names[0], "all").mean(1)
+        d = sweeps[name]["all"].mean(1) - sweeps[names[0]]["all"].mean(1)
         print(f"{name} minus {names[0]}: {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}, ahead on {(d > 0).sum()}/{len(d)}")
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
