@@ -29,6 +29,8 @@ POLICY_HEADS = ("concat", "preference_gated", "price_aware", "cost_aware", "mode
 CONDITIONINGS = ("concat", "film")  # how phi(w) enters the decision head
 # How a shrinkage (critic or decision) is gated: evenly, or scaled by w_c (none at w_q = 1).
 SHRINKAGE_GATES = ("none", "cost")
+# Which rounds each member of an ensemble (policy.members > 1) learns from.
+MEMBER_DATA = ("own", "shared", "bootstrap")
 # Heads with one output per trained model that read today's prices (RLModule.set_prices, logged prices).
 PRICE_HEADS = ("price_aware", "cost_aware")
 
@@ -132,6 +134,8 @@ class PolicyConfig:
     embedding_dropout: float = 0.0  # > 0: dropout on h(x) in the training forward only (policy and critic), against fitting the train tasks
     hidden_dropout: float = 0.0  # > 0: dropout after each hidden layer of the decision head and the critic, training forward only
     critic_dropout: float = 0.0  # > 0: the critic fits through dropout on h(x) and its hidden layers (training only); the policy follows its whole-net estimate
+    members: int = 1  # > 1: an ensemble of that many policies (each with its own critic), one loss each; routing reads their mean probabilities
+    member_data: str = "own"  # members > 1: which rounds each member learns from: own (the rounds its policy played, as if trained apart) | shared (all, drawn from the mixture) | bootstrap (its own resample of those)
     critic_hidden: list | None = None  # the training critic's hidden layers (None: one, as wide as head_hidden's last)
     conditioning: str = "concat"  # how phi(w) enters the decision head: concat [h(x); phi(w)] (the paper) | film (each hidden layer scaled and shifted by phi(w))
     # < 1: the routing decision (serving, evaluation) keeps this share of each prompt's own deviation from
@@ -162,6 +166,11 @@ class PolicyConfig:
             raise ConfigError(f"policy.embedding_dropout: must be in [0, 1), got {self.embedding_dropout}")
         if not 0.0 <= self.critic_dropout < 1.0:
             raise ConfigError(f"policy.critic_dropout: must be in [0, 1), got {self.critic_dropout}")
+        if not (isinstance(self.members, int) and not isinstance(self.members, bool) and self.members >= 1):
+            raise ConfigError(f"policy.members: must be a whole number >= 1, got {self.members!r}")
+        _one_of("policy.member_data", self.member_data, MEMBER_DATA)
+        if self.members > 1 and self.head == "model_conditioned":
+            raise ConfigError("policy.members: an ensemble of the fixed-K heads, not model_conditioned")
         if not 0.0 <= self.hidden_dropout < 1.0:
             raise ConfigError(f"policy.hidden_dropout: must be in [0, 1), got {self.hidden_dropout}")
         if self.hidden_dropout > 0 and (self.conditioning == "film" or self.head == "model_conditioned"):

@@ -16,7 +16,7 @@ from torch import nn
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from barp_ray.config import CONDITIONINGS, POLICY_HEADS as HEADS, PRICE_HEADS, SHRINKAGE_GATES
+from barp_ray.config import CONDITIONINGS, MEMBER_DATA, POLICY_HEADS as HEADS, PRICE_HEADS, SHRINKAGE_GATES
 
 BASELINE = "baseline"
 # The reward-shaped critics' per-model quality q(x, .) alone, for the loss's shrinkage of it.
@@ -28,6 +28,12 @@ CRITIC_TARGET = "critic_target"
 # prices and the [B, K] models each decision could choose among (a request's `candidates`).
 LOG_PRICE = "log_price"
 ALLOWED = "allowed"
+# An ensemble's (members > 1) per-member forward outputs, each fitted by its own loss, and (member_data
+# "own", "bootstrap") the batch rows each was computed on.
+MEMBER_OUTPUTS = "member_outputs"
+MEMBER_ROWS = "member_rows"
+# member_data "own": the member whose policy drew each rollout round (a column the runner records).
+MEMBER = "member"
 
 
 def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
@@ -136,10 +142,17 @@ class BaRPRLModule(TorchRLModule):
     saw, what it learned per prompt from other tasks is the least reliable part of the decision, and
     the average prompt's choice is the prior to fall back toward. With decision_shrinkage_gate
     "cost" the kept share is 1 - (1 - k) * w_c: no pull at w_q = 1, where nothing is paid.
+
+    members E > 1 holds E such modules (`_setup_members`) and routes by the mean of their
+    distributions; MEMBER_OUTPUTS carries each one's training forward for its own loss.
     """
 
     def setup(self) -> None:
         cfg = self.model_config or {}
+        self.members: nn.ModuleList | None = None
+        if int(cfg.get("members", 1)) > 1:
+            self._setup_members(cfg)
+            return
         emb_dim = self.observation_space["embedding"].shape[0]
         pref_hidden = list(cfg.get("preference_hidden", [32]))
         head_hidden = list(cfg.get("head_hidden", [256, 128]))
@@ -210,6 +223,36 @@ class BaRPRLModule(TorchRLModule):
             else:
                 out = k if self.critic else 1
                 self.baseline_head = mlp([emb_dim + pref_hidden[-1], *critic_hidden, out], final_activation=False)
+
+    def _setup_members(self, cfg: dict) -> None:
+        """An ensemble of independently initialised policies, each with its own critic and loss;
+        routing reads the mixture of their distributions. With member_data "own" each rollout round
+        is played by one member, which alone learns from it: E learners as if trained apart (on
+        validation, three seeds' policies averaged routed better than each; three members that all
+        learned from the mixture's rounds did not). One module keeps one learner, one checkpoint
+        and one weight push to serving. Batches without a MEMBER column (continuous training's
+        logged traffic, drawn from the mixture) teach every member, importance-weighted."""
+        if cfg.get("head") == "model_conditioned":
+            raise ValueError("members: an ensemble of the fixed-K heads; model_conditioned offers cards per module")
+        self.member_data = str(cfg.get("member_data", "own"))
+        if self.member_data not in MEMBER_DATA:
+            raise ValueError(f"member_data must be one of {MEMBER_DATA}, got {self.member_data!r}")
+        one = {**cfg, "members": 1}
+        self.members = nn.ModuleList(
+            BaRPRLModule(observation_space=self.observation_space, action_space=self.action_space,
+                         inference_only=self.inference_only, model_config=one)
+            for _ in range(int(cfg["members"])))
+        self.head = self.members[0].head
+
+    @staticmethod
+    def _rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+        return {Columns.OBS: {k: v[rows] for k, v in batch[Columns.OBS].items()}}
+
+    @staticmethod
+    def _mixture(logits: list[torch.Tensor]) -> torch.Tensor:
+        """log of the members' mean probabilities, a valid ACTION_DIST_INPUTS (the log-softmax of itself)."""
+        logp = torch.stack([torch.log_softmax(x, dim=-1) for x in logits])
+        return torch.logsumexp(logp, dim=0) - float(np.log(len(logits)))
 
     def _setup_model_conditioned(self, cfg: dict, emb_dim: int, pref_hidden: list[int], head_hidden: list[int], k: int) -> None:
         from barp_ray.model_cards import FEATURES, ModelCard, check_cards
@@ -322,6 +365,10 @@ class BaRPRLModule(TorchRLModule):
     def set_decision_shrinkage(self, keep: float, gate: str = "none") -> None:
         """How much of each prompt's own deviation from the average training prompt the routing
         decision keeps (1: all, off); a decision-time setting, so serving may change it live."""
+        if self.members is not None:
+            for m in self.members:
+                m.set_decision_shrinkage(keep, gate)
+            return
         if not 0.0 <= keep <= 1.0 or gate not in SHRINKAGE_GATES:
             raise ValueError(f"decision_shrinkage: need a share in [0, 1] and a gate 'none' or 'cost', got {keep!r}, {gate!r}")
         if keep < 1.0 and self.head == "model_conditioned":
@@ -333,6 +380,10 @@ class BaRPRLModule(TorchRLModule):
 
     def set_prices(self, prices: list[float]) -> None:
         """Today's blended $/Mtok per model (price_aware, cost_aware heads): routing follows at once."""
+        if self.members is not None:
+            for m in self.members:
+                m.set_prices(prices)
+            return
         if self.head not in PRICE_HEADS:
             raise ValueError(f"head {self.head!r} does not read prices this way; {' and '.join(PRICE_HEADS)} do "
                              "(model_conditioned: offer new cards)")
@@ -342,10 +393,26 @@ class BaRPRLModule(TorchRLModule):
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         """The routing decision (serving, evaluation): with decision_shrinkage, shrunk."""
+        if self.members is not None:
+            return {Columns.ACTION_DIST_INPUTS: self._mixture([m._forward(batch)[Columns.ACTION_DIST_INPUTS] for m in self.members])}
         return {Columns.ACTION_DIST_INPUTS: self._logits(batch, self._features(batch), deciding=True)}
 
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         # Rollouts draw from the policy the loss trains, so its log-probs are the behaviour's.
+        if self.members is not None:
+            if self.member_data != "own":
+                return {Columns.ACTION_DIST_INPUTS: self._mixture([m._forward_exploration(batch)[Columns.ACTION_DIST_INPUTS]
+                                                                   for m in self.members])}
+            # Round i is played by member i mod E (a draw's rows are random prompts and preferences).
+            n = len(batch[Columns.OBS]["preference"])
+            who = torch.arange(n, device=batch[Columns.OBS]["preference"].device) % len(self.members)
+            logits = None
+            for e, m in enumerate(self.members):
+                rows = torch.nonzero(who == e).squeeze(-1)
+                own = m._forward_exploration(self._rows(batch, rows))[Columns.ACTION_DIST_INPUTS]
+                logits = own.new_empty(n, own.shape[-1]) if logits is None else logits
+                logits[rows] = own
+            return {Columns.ACTION_DIST_INPUTS: logits, MEMBER: who}
         logits = self._logits(batch, self._features(batch))
         if self.exploration_floor <= 0:
             return {Columns.ACTION_DIST_INPUTS: logits}
@@ -354,6 +421,17 @@ class BaRPRLModule(TorchRLModule):
         return {Columns.ACTION_DIST_INPUTS: torch.log(mixed)}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if self.members is not None:
+            n, e = len(batch[Columns.OBS]["preference"]), len(self.members)
+            if MEMBER in batch:  # member_data "own": the rounds each member played
+                rows = [torch.nonzero(batch[MEMBER] == i).squeeze(-1) for i in range(e)]
+            elif self.training and self.member_data == "bootstrap":  # bagging: each its own resample
+                rows = [torch.randint(n, (n,), device=batch[Columns.OBS]["preference"].device) for _ in range(e)]
+            else:  # "shared", and logged traffic: every member learns from every round
+                outs = [m._forward_train(batch) for m in self.members]
+                return {Columns.ACTION_DIST_INPUTS: self._mixture([o[Columns.ACTION_DIST_INPUTS] for o in outs]), MEMBER_OUTPUTS: outs}
+            outs = [m._forward_train(self._rows(batch, r)) for m, r in zip(self.members, rows)]
+            return {MEMBER_OUTPUTS: outs, MEMBER_ROWS: rows}
         if self.training and self.embedding_dropout > 0:
             # Only the loss's forward: rollouts and serving see the whole embedding, so the policy
             # learns not to lean on any few of its coordinates (the ones that name a train task).
@@ -409,7 +487,10 @@ class BaRPRLModule(TorchRLModule):
         return trained, trained
 
     def get_non_inference_attributes(self) -> list[str]:
-        return ["baseline_head", "critic_trunk", "critic_tower"]
+        own = ["baseline_head", "critic_trunk", "critic_tower"]
+        if self.members is not None:
+            return [f"members.{i}.{a}" for i in range(len(self.members)) for a in own]
+        return own
 
     @torch.no_grad()
     def action_probabilities(self, embedding: torch.Tensor, preference: torch.Tensor,

@@ -92,6 +92,9 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"policy": {"hidden_dropout": 0.3, "conditioning": "film"}}, "policy.hidden_dropout"),
         ({"policy": {"critic_dropout": -0.1}}, "policy.critic_dropout"),
         ({"policy": {"critic_dropout": 0.5}}, "policy.critic_dropout"),  # no reward-shaped critic
+        ({"policy": {"members": 0}}, "policy.members"),
+        ({"policy": {"members": 2.5}}, "policy.members"),
+        ({"policy": {"members": 2, "head": "model_conditioned"}}, "policy.members"),
         ({"env": {"prompt_sampling": "tasks"}}, "env.prompt_sampling"),
         ({"policy": {"conditioning": "film", "head": "model_conditioned"}}, "policy.conditioning"),
         ({"output": {"log_every": 0}}, "output.log_every"),

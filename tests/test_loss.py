@@ -478,3 +478,62 @@ def test_model_lists_with_bad_entries_name_the_field():
     assert _module(head="model_conditioned", model_cards=_cards(*TRAINED), critic=True).critic_form == "reward"
     with pytest.raises(ValueError, match="model_cards"):
         _module(head="model_conditioned", model_cards=_cards(*TRAINED[:2]))
+
+
+def test_an_ensemble_routes_by_its_members_mean_and_each_member_fits_its_own_loss():
+    """policy.members: the module's distribution (rollouts, routing) is the mixture of its members';
+    each member has its own critic and its own loss, so one member's loss moves none of another's
+    weights, and the serving weights leave every member's critic behind."""
+    from ray.rllib.core.columns import Columns
+
+    from barp_ray.policy import policy_state
+    from barp_ray.rl_module import BASELINE, MEMBER_OUTPUTS
+
+    module, batch = _module(members=3, critic=True, critic_form="reward", critic_dropout=0.5), _batch()
+    obs = batch[Columns.OBS]
+    module.eval()
+    mixed = module.action_probabilities(obs["embedding"], obs["preference"])
+    each = torch.stack([m.action_probabilities(obs["embedding"], obs["preference"]) for m in module.members])
+    assert torch.allclose(mixed, each.mean(0), atol=1e-6)
+    assert not torch.allclose(each[0], each[1])  # members start apart
+    module.train()
+    out = module._forward_train(batch)
+    assert len(out[MEMBER_OUTPUTS]) == 3
+    first = out[MEMBER_OUTPUTS][0]
+    loss, _ = barp_loss(first[Columns.ACTION_DIST_INPUTS], torch.zeros(32, dtype=torch.long), torch.rand(32),
+                        LossSettings(baseline="critic", critic_kl_coeff=1.0), baseline=first[BASELINE])
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.members[0].baseline_head.parameters())
+    assert all(p.grad is None for p in module.members[1].parameters())
+    assert not any(".baseline_head." in k for k in policy_state(module))
+    assert any(k.startswith("members.2.decision_head.") for k in policy_state(module))
+
+
+def test_ensemble_members_play_and_learn_from_their_own_rounds_with_member_data_own():
+    """member_data "own": each rollout round is drawn from one member's policy (rows split evenly) and
+    the runner records which; the training forward gives each member only those rows. A batch without
+    the column (continuous training's logged traffic) goes to every member; "bootstrap" gives each
+    member its own resample of the batch."""
+    from ray.rllib.core.columns import Columns
+
+    from barp_ray.rl_module import MEMBER, MEMBER_OUTPUTS, MEMBER_ROWS
+
+    module, batch = _module(members=3, member_data="own", critic=True, critic_form="reward"), _batch(30)
+    module.train()
+    with torch.no_grad():
+        played = module._forward_exploration(batch)
+        alone = [m._forward_exploration(batch)[Columns.ACTION_DIST_INPUTS] for m in module.members]
+    who = played[MEMBER]
+    assert torch.bincount(who).tolist() == [10, 10, 10]
+    for i in range(30):
+        assert torch.allclose(played[Columns.ACTION_DIST_INPUTS][i], alone[int(who[i])][i], atol=1e-6)
+    out = module._forward_train({**batch, MEMBER: who})
+    for e, (rows, member_out) in enumerate(zip(out[MEMBER_ROWS], out[MEMBER_OUTPUTS])):
+        assert torch.equal(who[rows], torch.full((10,), e))
+        assert member_out[Columns.ACTION_DIST_INPUTS].shape == (10, 4)
+    logged = module._forward_train(batch)
+    assert MEMBER_ROWS not in logged and all(o[Columns.ACTION_DIST_INPUTS].shape == (30, 4) for o in logged[MEMBER_OUTPUTS])
+    boot = _module(members=2, member_data="bootstrap", critic=True, critic_form="reward")
+    boot.train()
+    resamples = boot._forward_train(batch)[MEMBER_ROWS]  # bagging: each member its own resample
+    assert all(r.shape == (30,) for r in resamples) and not torch.equal(resamples[0], resamples[1])

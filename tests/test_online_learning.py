@@ -255,6 +255,34 @@ def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of
     trainer.close()
 
 
+def test_continuous_training_teaches_every_member_of_an_ensemble_from_logged_traffic(tmp_path_factory, tmp_path):
+    """An ensemble checkpoint (`policy.members`) in the live loop: logged rounds carry no member (the
+    mixture served them), so every member learns from each, importance-weighted, and the published
+    weights load into a serving replica whole."""
+    import torch
+
+    from barp_ray.policy import RoutingPolicy, load_policy_state, policy_state
+    from serve.trainer import latest_published
+
+    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=300", "training.iterations=2",
+                                              "training.rounds_per_iteration=256", "policy.head=cost_aware",
+                                              "training.baseline=critic", "training.critic_form=reward", "policy.members=2",
+                                              f"output.checkpoint_dir={tmp_path_factory.mktemp('members') / 'ckpt'}"])
+    ckpt = train(cfg, progress=False).checkpoint
+    settings, policy, store, trainer, contexts = _trainer_on(ckpt, tmp_path, rollout={"enabled": False})
+    _log_uniform_rounds(store, contexts, 64, lambda rid, a: a == 0, len(MODELS), np.random.default_rng(0))
+    row = trainer.train_once()
+    assert row is not None and row["published"] and row["steps"] > 0, row
+    _, weights = latest_published(settings.trainer.state_dir)
+    served = RoutingPolicy.load(ckpt)
+    before = [{k: v.clone() for k, v in m.state_dict().items() if k.startswith("decision_head.")} for m in served.module.members]
+    load_policy_state(served.module, weights)
+    assert set(weights) == set(policy_state(served.module))
+    for member, old in zip(served.module.members, before):  # each member took its own step
+        assert any(not torch.equal(member.state_dict()[k], v) for k, v in old.items())
+    trainer.close()
+
+
 def test_the_trainer_scores_each_logged_reward_under_the_offer_it_was_made_under(price_aware_checkpoint, tmp_path):
     """Decisions logged at prices other than today's and under `candidates` that narrowed the
     choice: the learner's pi(a)/mu(a) must score the policy under those same prices and candidates.

@@ -310,3 +310,24 @@ def test_entropy_coeff_final_anneals_the_entropy_bonus_with_rllibs_scheduler(ray
         algo.stop()
     # as the learning rate's schedule: set from the rounds sampled so far, 1/4, 2/4, ... of the way down
     np.testing.assert_allclose(seen, [0.2 * (1 - i / 4) for i in range(1, 5)], atol=1e-6)
+
+
+def test_an_ensemble_trains_through_rllib_and_routes_by_its_members_mean(ray_local, tmp_path):
+    """`policy.members` with member_data "own": one RLlib learner trains the members on the rounds each
+    played; the checkpoint loads as one router whose distribution is the members' mean; its serving weights leave the critics out."""
+    import torch
+
+    cfg = small_config(tmp_path, "training.baseline=critic", "training.critic_kl_coeff=1.0", "training.critic_form=reward",
+                       "training.iterations=25", "policy.members=2", "policy.member_data=own")
+    res = train(cfg, progress=False)
+    assert res.evaluation["barp"]["reward"] > res.evaluation["random"]["reward"] + 0.08, res.evaluation
+    policy = RoutingPolicy.load(res.checkpoint)
+    module = policy.module
+    from barp_ray.policy import policy_state
+
+    assert len(module.members) == 2 and not any("baseline_head" in k for k in policy_state(module))
+    data = prepare(cfg)
+    e, w = data.test_embeddings[:64], np.tile(W, (64, 1))
+    each = [m.action_probabilities(torch.as_tensor(e), torch.as_tensor(w, dtype=torch.float32)).numpy() for m in module.members]
+    assert np.allclose(policy.probabilities(e, w), np.mean(each, axis=0), atol=1e-6)
+    assert not np.allclose(each[0], each[1], atol=1e-3)  # two learners, not one

@@ -24,6 +24,7 @@ from ray.rllib.utils.metrics import (
     NUM_EPISODES_LIFETIME,
 )
 
+from barp_ray.rl_module import MEMBER
 from envs.preference import PreferenceSampler
 from envs.routing_env import BanditRounds, RoutingBanditEnv, resolve_data
 
@@ -72,6 +73,8 @@ class BanditEnvRunner(SingleAgentEnvRunner):
             cols["actions"].append(a)
             cols["logp"].append(logp.numpy())
             cols["rewards"].append(self._rounds.step(rows, obs["preference"], a))
+            if MEMBER in fwd:
+                cols.setdefault(MEMBER, []).append(fwd[MEMBER].cpu().numpy())
         batch = {k: np.concatenate(v) for k, v in cols.items()}
         n = len(batch["rewards"])
         self.num_env_steps_sampled_lifetime += n
@@ -95,4 +98,5 @@ def to_train_batch(parts: list[dict]) -> dict:
         Columns.ACTIONS: cat["actions"],
         Columns.ACTION_LOGP: cat["logp"],
         Columns.REWARDS: cat["rewards"],
+        **({MEMBER: cat[MEMBER]} if MEMBER in cat else {}),
     }

@@ -27,7 +27,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.utils.typing import ModuleID, TensorType
 
-from barp_ray.rl_module import ALLOWED, BASELINE, CRITIC_QUALITY, CRITIC_TARGET
+from barp_ray.rl_module import ALLOWED, BASELINE, CRITIC_QUALITY, CRITIC_TARGET, MEMBER_OUTPUTS, MEMBER_ROWS
 
 # The logit given to a model a decision could not choose: finite, so excluded terms are exact
 # zeros (p = 0 times a finite log p), never NaN.
@@ -234,17 +234,25 @@ class BaRPTorchLearner(TorchLearner):
     def compute_loss_for_module(
         self, *, module_id: ModuleID, config: Any, batch: dict[str, Any], fwd_out: dict[str, TensorType]
     ) -> TensorType:
-        loss, stats = barp_loss(
-            fwd_out[Columns.ACTION_DIST_INPUTS],
-            batch[Columns.ACTIONS],
-            batch[Columns.REWARDS],
-            settings_from(config, float(self._entropy[module_id].get_current_value())),
-            baseline=fwd_out.get(BASELINE),
-            behaviour_logp=batch.get(Columns.ACTION_LOGP),
-            allowed=batch[Columns.OBS].get(ALLOWED),
-            preference=batch[Columns.OBS]["preference"],
-            critic_quality=fwd_out.get(CRITIC_QUALITY),
-            critic_target=fwd_out.get(CRITIC_TARGET),
-        )
+        settings = settings_from(config, float(self._entropy[module_id].get_current_value()))
+        # An ensemble: each member's own loss, on its own rounds (member_data "own") or on all of them.
+        members = fwd_out.get(MEMBER_OUTPUTS, [fwd_out])
+        losses = []
+        for out, rows in zip(members, fwd_out.get(MEMBER_ROWS, [None] * len(members))):
+            take = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
+            losses.append(barp_loss(
+                out[Columns.ACTION_DIST_INPUTS],
+                take(batch[Columns.ACTIONS]),
+                take(batch[Columns.REWARDS]),
+                settings,
+                baseline=out.get(BASELINE),
+                behaviour_logp=take(batch.get(Columns.ACTION_LOGP)),
+                allowed=take(batch[Columns.OBS].get(ALLOWED)),
+                preference=take(batch[Columns.OBS]["preference"]),
+                critic_quality=out.get(CRITIC_QUALITY),
+                critic_target=out.get(CRITIC_TARGET),
+            ))
+        loss = torch.stack([x for x, _ in losses]).sum()
+        stats = {k: torch.stack([st[k] for _, st in losses]).mean() for k in losses[0][1]}
         self.metrics.log_dict(stats, key=module_id, window=1)
         return loss

@@ -121,6 +121,7 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
                     "embedding_dropout": cfg.policy.embedding_dropout,
                     "hidden_dropout": cfg.policy.hidden_dropout,
                     "critic_dropout": cfg.policy.critic_dropout,
+                    **({"members": cfg.policy.members, "member_data": cfg.policy.member_data} if cfg.policy.members > 1 else {}),
                     **({"critic_hidden": list(cfg.policy.critic_hidden)} if cfg.policy.critic_hidden else {}),
                     **({"conditioning": cfg.policy.conditioning} if cfg.policy.conditioning != "concat" else {}),
                     **({"model_prices": [c.blended_price for c in cards]} if cfg.policy.head in PRICE_HEADS else {}),
