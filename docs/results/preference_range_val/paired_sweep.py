@@ -5,6 +5,8 @@ sweep mean per seed, minus the first variant's. Checkpoints only; nothing is tra
     python docs/results/preference_range_val/paired_sweep.py OUT.json vs_shipped vn_nc0.3 vn_nc1   # ~1 min
     python docs/results/preference_range_val/paired_sweep.py --config configs/llmrouter_ood_val_fold2.yaml OUT.json oS_fold2 oCD_fold2
 
+A name `a+b+c` is an ensemble: the argmax of those variants' mean action probabilities (e.g. one
+setting trained with three training seeds on each draw, `screen_variants.py --seed-offset`).
 Only the seeds every named variant has are compared. Another validation config (a task-held-out fold)
 scores its own held-out tasks; there data.seed does not move the split, so seeds pair training runs.
 """
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from barp_ray.config import apply_overrides, load_config  # noqa: E402
 from barp_ray.data.prepare import prepare  # noqa: E402
@@ -31,12 +34,22 @@ from barp_ray.training.early_stopping import SWEEP  # noqa: E402
 def draws(names: list[str], config: Path = ROOT / "configs" / "llmrouter_val_balanced.yaml",
           only: range | None = None) -> Iterator[tuple[int, object, dict]]:
     """(seed, that seed's prepared validation draw, {name: its checkpoint's module}) per seed every
-    variant was trained with (and in `only`, if given)."""
+    variant was trained with (and in `only`, if given); an ensemble name `a+b` loads a and b."""
     base = load_config(config)
-    trained = [{int(p.name.split("-")[1]) for p in (ROOT / "runs" / "ablation" / n).glob("seed-*")} for n in names]
+    members = sorted({m for n in names for m in n.split("+")})
+    trained = [{int(p.name.split("-")[1]) for p in (ROOT / "runs" / "ablation" / m).glob("seed-*")} for m in members]
     for seed in sorted(s for s in set.intersection(*trained) if only is None or s in only):
         data = prepare(apply_overrides(base, [f"data.seed={seed}"]), progress=False)
-        yield seed, data, {n: RoutingPolicy.load(str(ROOT / "runs" / "ablation" / n / f"seed-{seed}")).module for n in names}
+        yield seed, data, {m: RoutingPolicy.load(str(ROOT / "runs" / "ablation" / m / f"seed-{seed}")).module for m in members}
+
+
+def ensemble_actions(modules: list, embeddings: np.ndarray, preference) -> np.ndarray:
+    """One module's greedy choice, or for several the argmax of their mean probabilities."""
+    if len(modules) == 1:
+        return greedy_actions(modules[0], embeddings, preference)
+    e = torch.from_numpy(np.ascontiguousarray(embeddings))
+    w = torch.tensor(preference, dtype=torch.float32).expand(len(e), 2)
+    return torch.stack([m.action_probabilities(e, w) for m in modules]).mean(0).argmax(-1).numpy()
 
 
 def main() -> None:
@@ -49,16 +62,19 @@ def main() -> None:
     seeds, per = [], {n: [] for n in names}
     for seed, data, modules in draws(names, config):
         seeds.append(seed)
-        for n, module in modules.items():
-            per[n].append([score_actions(data.test, greedy_actions(module, data.test_embeddings, w), w, data.tau).reward
+        for n in names:
+            group = [modules[m] for m in n.split("+")]
+            per[n].append([score_actions(data.test, ensemble_actions(group, data.test_embeddings, w), w, data.tau).reward
                            for w in SWEEP])
     ref = np.asarray(per[names[0]])
-    result = {"config": str(config), "reference": names[0], "seeds": seeds, "variants": {}}
+    result = {"config": str(config), "reference": names[0], "seeds": seeds,
+              "reference_sweep_mean": float(ref.mean()), "reference_per_w_q": ref.mean(0).tolist(), "variants": {}}
     for n in names[1:]:
         diff = np.asarray(per[n]).mean(1) - ref.mean(1)
         se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
         result["variants"][n] = {"sweep_mean": float(np.mean(per[n])), "per_seed_difference": diff.tolist(),
                                  "mean_difference": float(diff.mean()), "se": se, "seeds_ahead": int((diff > 0).sum()),
+                                 "per_w_q": np.asarray(per[n]).mean(0).tolist(),
                                  "per_w_q_difference": (np.asarray(per[n]) - ref).mean(0).tolist()}
         print(f"{n}: sweep {np.mean(per[n]):.4f}, minus {names[0]} {diff.mean():+.4f} ± {se:.4f} (se), "
               f"ahead on {(diff > 0).sum()}/{len(diff)} seeds")

@@ -24,6 +24,8 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "llmrouter_val_balanced.yaml"))
     p.add_argument("--seeds", default="0-5", help="first-last")
     p.add_argument("--variant", action="append", required=True, help="NAME=section.field=value,...")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="train draw s with training.seed s + offset (another training seed on the same draws)")
     args = p.parse_args()
     first, last = (int(x) for x in args.seeds.split("-"))
     base = load_config(args.config)
@@ -31,7 +33,7 @@ def main() -> None:
     for seed in range(first, last + 1):
         for spec in args.variant:
             name, _, sets = spec.partition("=")
-            cfg = apply_overrides(base, [*[s for s in sets.split(",") if s], f"data.seed={seed}", f"training.seed={seed}",
+            cfg = apply_overrides(base, [*[s for s in sets.split(",") if s], f"data.seed={seed}", f"training.seed={seed + args.seed_offset}",
                                          f"output.checkpoint_dir={ROOT}/runs/ablation/{name}/seed-{seed}"])
             t0 = time.time()
             train(cfg, progress=False, out=quiet)
