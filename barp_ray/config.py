@@ -135,7 +135,10 @@ class PolicyConfig:
     hidden_dropout: float = 0.0  # > 0: dropout after each hidden layer of the decision head and the critic, training forward only
     critic_dropout: float = 0.0  # > 0: the critic fits through dropout on h(x) and its hidden layers (training only); the policy follows its whole-net estimate
     members: int = 1  # > 1: an ensemble of that many policies (each with its own critic), one loss each; routing reads their mean probabilities
-    member_data: str = "own"  # members > 1: which rounds each member learns from: own (the rounds its policy played, as if trained apart) | shared (all, drawn from the mixture) | bootstrap (its own resample of those)
+    # members > 1: which rounds each member learns from: own (the rounds its policy played, as if trained apart;
+    # training.rounds_per_iteration E times a single policy's gives each member as many) | shared (all, drawn
+    # from the mixture) | bootstrap (its own resample of those)
+    member_data: str = "own"
     critic_hidden: list | None = None  # the training critic's hidden layers (None: one, as wide as head_hidden's last)
     conditioning: str = "concat"  # how phi(w) enters the decision head: concat [h(x); phi(w)] (the paper) | film (each hidden layer scaled and shifted by phi(w))
     # < 1: the routing decision (serving, evaluation) keeps this share of each prompt's own deviation from
