@@ -169,8 +169,7 @@ class PolicyConfig:
             raise ConfigError(f"policy.embedding_dropout: must be in [0, 1), got {self.embedding_dropout}")
         if not 0.0 <= self.critic_dropout < 1.0:
             raise ConfigError(f"policy.critic_dropout: must be in [0, 1), got {self.critic_dropout}")
-        if not (isinstance(self.members, int) and not isinstance(self.members, bool) and self.members >= 1):
-            raise ConfigError(f"policy.members: must be a whole number >= 1, got {self.members!r}")
+        _positive("policy.members", self.members)  # an int: loading rejects other types
         _one_of("policy.member_data", self.member_data, MEMBER_DATA)
         if self.members > 1 and self.head == "model_conditioned":
             raise ConfigError("policy.members: an ensemble of the fixed-K heads, not model_conditioned")

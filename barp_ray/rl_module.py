@@ -404,15 +404,13 @@ class BaRPRLModule(TorchRLModule):
                 return {Columns.ACTION_DIST_INPUTS: self._mixture([m._forward_exploration(batch)[Columns.ACTION_DIST_INPUTS]
                                                                    for m in self.members])}
             # Round i is played by member i mod E (a draw's rows are random prompts and preferences).
-            n = len(batch[Columns.OBS]["preference"])
-            who = torch.arange(n, device=batch[Columns.OBS]["preference"].device) % len(self.members)
-            logits = None
+            w = batch[Columns.OBS]["preference"]
+            n, size = len(w), len(self.members)
+            logits = w.new_empty(n, int(self.action_space.n))
             for e, m in enumerate(self.members):
-                rows = torch.nonzero(who == e).squeeze(-1)
-                own = m._forward_exploration(self._rows(batch, rows))[Columns.ACTION_DIST_INPUTS]
-                logits = own.new_empty(n, own.shape[-1]) if logits is None else logits
-                logits[rows] = own
-            return {Columns.ACTION_DIST_INPUTS: logits, MEMBER: who}
+                rows = torch.arange(e, n, size, device=w.device)
+                logits[rows] = m._forward_exploration(self._rows(batch, rows))[Columns.ACTION_DIST_INPUTS]
+            return {Columns.ACTION_DIST_INPUTS: logits, MEMBER: torch.arange(n, device=w.device) % size}
         logits = self._logits(batch, self._features(batch))
         if self.exploration_floor <= 0:
             return {Columns.ACTION_DIST_INPUTS: logits}

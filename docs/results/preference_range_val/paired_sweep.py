@@ -43,13 +43,19 @@ def draws(names: list[str], config: Path = ROOT / "configs" / "llmrouter_val_bal
         yield seed, data, {m: RoutingPolicy.load(str(ROOT / "runs" / "ablation" / m / f"seed-{seed}")).module for m in members}
 
 
+class MeanOf:
+    """Several checkpoints as one router: their mean action probabilities (what greedy_actions reads)."""
+
+    def __init__(self, modules: list):
+        self.modules = modules
+
+    def action_probabilities(self, embedding, preference):
+        return torch.stack([m.action_probabilities(embedding, preference) for m in self.modules]).mean(0)
+
+
 def ensemble_actions(modules: list, embeddings: np.ndarray, preference) -> np.ndarray:
     """One module's greedy choice, or for several the argmax of their mean probabilities."""
-    if len(modules) == 1:
-        return greedy_actions(modules[0], embeddings, preference)
-    e = torch.from_numpy(np.ascontiguousarray(embeddings))
-    w = torch.tensor(preference, dtype=torch.float32).expand(len(e), 2)
-    return torch.stack([m.action_probabilities(e, w) for m in modules]).mean(0).argmax(-1).numpy()
+    return greedy_actions(modules[0] if len(modules) == 1 else MeanOf(modules), embeddings, preference)
 
 
 def main() -> None:
