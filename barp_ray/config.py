@@ -435,10 +435,20 @@ def _path_exists(p: str) -> bool:
 
 
 def with_head(train_cfg: TrainConfig, head: str) -> TrainConfig:
-    """The same training with another `policy.head` (`eval.compare_heads`). The known-cost critic
-    reads the cost-aware head's costs, so another head is trained with the reward-shaped critic,
-    the nearest one it can take."""
+    """The same training with another `policy.head` (`eval.compare_heads`, `bench/new_model.py`),
+    each setting the other head cannot take replaced by the nearest one it can: the known-cost
+    critic reads the cost-aware head's costs, so another head gets the reward-shaped critic; the
+    model-conditioned head scores model cards with its own towers, so it trains one policy (with
+    a single policy's share of the rounds) without the fixed-K heads' critic dropout, hidden
+    dropout, FiLM or decision shrinkage."""
     sets = [f"policy.head={head}"]
     if train_cfg.training.critic_form == "known_cost" and head != "cost_aware":
         sets.append("training.critic_form=reward")
+    if head == "model_conditioned":
+        p = train_cfg.policy
+        sets += ["policy.critic_dropout=0.0", "policy.hidden_dropout=0.0", "policy.conditioning=concat",
+                 "policy.decision_shrinkage=1.0"]
+        if p.members > 1:
+            rounds = max(1, train_cfg.training.rounds_per_iteration // p.members)
+            sets += ["policy.members=1", f"training.rounds_per_iteration={rounds}"]
     return apply_overrides(train_cfg, sets)

@@ -31,11 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from barp_ray.config import apply_overrides, load_config  # noqa: E402
+from barp_ray.config import apply_overrides, load_config, with_head  # noqa: E402
 from barp_ray.evaluation.experiment import preference_grid  # noqa: E402
 from barp_ray.evaluation.metrics import operating_point  # noqa: E402
-
-HEAD = ["policy.head=model_conditioned"]
 
 
 def evaluate(policy, data, prefs) -> dict:
@@ -68,7 +66,7 @@ def run(args) -> dict:
     from barp_ray.policy import RoutingPolicy
     from barp_ray.training.run import train
 
-    base = apply_overrides(load_config(args.config or None), [*HEAD, *args.set])
+    base = apply_overrides(with_head(load_config(args.config or None), "model_conditioned"), args.set)
     data = prepare(base)
     if args.held_out not in data.train.models:
         raise SystemExit(f"--held-out: {args.held_out!r} is not one of {list(data.train.models)}")

@@ -169,3 +169,21 @@ def test_a_compared_head_that_cannot_take_the_known_cost_critic_gets_the_reward_
     assert with_head(cfg, "price_aware").policy.head == "price_aware"
     plain = from_dict({"policy": {"head": "cost_aware"}, "training": {"baseline": "critic", "critic_form": "free"}})
     assert with_head(plain, "concat").training.critic_form == "free"
+
+
+def test_the_shipped_llmrouter_configs_compare_against_the_model_conditioned_head():
+    """`barp eval --set 'eval.compare_heads=[model_conditioned]'` and bench/new_model.py start from
+    the shipped configs, whose critic dropout (and an ensemble) that head cannot take."""
+    from barp_ray.config import with_head
+
+    for name in ("llmrouter.yaml", "llmrouter_ood.yaml"):
+        cfg = load_config(ROOT / "configs" / name)
+        other = with_head(cfg, "model_conditioned")
+        assert other.policy.head == "model_conditioned" and other.policy.critic_dropout == 0.0
+        assert other.policy.members == 1 and other.training.critic_form == "reward"
+        assert other.training.rounds_per_iteration == cfg.training.rounds_per_iteration // cfg.policy.members
+        assert other.training.iterations == cfg.training.iterations  # the rest of the training is the same
+    ensemble = from_dict({"policy": {"head": "cost_aware", "members": 3}, "training": {"rounds_per_iteration": 12288}})
+    one = with_head(ensemble, "model_conditioned")
+    assert (one.policy.members, one.training.rounds_per_iteration) == (1, 4096)
+    assert with_head(ensemble, "price_aware").policy.members == 3  # a fixed-K head keeps the ensemble
