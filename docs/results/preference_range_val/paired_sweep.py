@@ -32,10 +32,10 @@ from barp_ray.training.early_stopping import SWEEP  # noqa: E402
 
 
 def draws(names: list[str], config: Path = ROOT / "configs" / "llmrouter_val_balanced.yaml",
-          only: range | None = None) -> Iterator[tuple[int, object, dict]]:
+          only: range | None = None, sets: list[str] = ()) -> Iterator[tuple[int, object, dict]]:
     """(seed, that seed's prepared validation draw, {name: its checkpoint's module}) per seed every
     variant was trained with (and in `only`, if given); an ensemble name `a+b` loads a and b."""
-    base = load_config(config)
+    base = apply_overrides(load_config(config), list(sets))
     members = sorted({m for n in names for m in n.split("+")})
     trained = [{int(p.name.split("-")[1]) for p in (ROOT / "runs" / "ablation" / m).glob("seed-*")} for m in members]
     for seed in sorted(s for s in set.intersection(*trained) if only is None or s in only):
@@ -63,17 +63,19 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "llmrouter_val_balanced.yaml")
     p.add_argument("out", type=Path)
     p.add_argument("names", nargs="+", help="the reference variant first")
+    p.add_argument("--set", action="append", default=[], help="score under this override too, e.g. env.tau=0.0005 "
+                   "for variants trained with it (a fixed cost cap changes every reward)")
     args = p.parse_args()
     config, out, names = args.config, args.out, args.names
     seeds, per = [], {n: [] for n in names}
-    for seed, data, modules in draws(names, config):
+    for seed, data, modules in draws(names, config, sets=args.set):
         seeds.append(seed)
         for n in names:
             group = [modules[m] for m in n.split("+")]
             per[n].append([score_actions(data.test, ensemble_actions(group, data.test_embeddings, w), w, data.tau).reward
                            for w in SWEEP])
     ref = np.asarray(per[names[0]])
-    result = {"config": str(config), "reference": names[0], "seeds": seeds,
+    result = {"config": str(config), "set": args.set, "reference": names[0], "seeds": seeds,
               "reference_sweep_mean": float(ref.mean()), "reference_per_w_q": ref.mean(0).tolist(), "variants": {}}
     for n in names[1:]:
         diff = np.asarray(per[n]).mean(1) - ref.mean(1)
