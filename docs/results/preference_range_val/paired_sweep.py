@@ -4,6 +4,7 @@ sweep mean per seed, minus the first variant's. Checkpoints only; nothing is tra
 
     python docs/results/preference_range_val/paired_sweep.py OUT.json vs_shipped vn_nc0.3 vn_nc1   # ~1 min
     python docs/results/preference_range_val/paired_sweep.py --config configs/llmrouter_ood_val_fold2.yaml OUT.json oS_fold2 oCD_fold2
+    python docs/results/preference_range_val/paired_sweep.py --set env.tau=0.0005 OUT.json ref_tau5 pown3_tau5   # variants trained at that cap
 
 A name `a+b+c` is an ensemble: the argmax of those variants' mean action probabilities (e.g. one
 setting trained with three training seeds on each draw, `screen_variants.py --seed-offset`).
