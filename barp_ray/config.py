@@ -317,6 +317,9 @@ class TrainConfig:
         if self.policy.head == "model_conditioned" and self.training.baseline == "critic" and self.training.critic_form != "reward":
             raise ConfigError("training.critic_form: policy.head model_conditioned needs 'reward' (a per-model critic "
                               "that can score any model card)")
+        if self.policy.head == "model_conditioned" and self.training.critic_shrinkage < 1.0:
+            raise ConfigError("training.critic_shrinkage: not with policy.head model_conditioned (its critic scores model "
+                              "cards, with no per-model quality on h(x) to shrink)")
         if self.training.critic_form == "known_cost" and self.policy.head != "cost_aware":
             raise ConfigError("training.critic_form: 'known_cost' needs policy.head cost_aware (it reads that head's "
                               "known normalised costs)")
@@ -439,15 +442,15 @@ def with_head(train_cfg: TrainConfig, head: str) -> TrainConfig:
     each setting the other head cannot take replaced by the nearest one it can: the known-cost
     critic reads the cost-aware head's costs, so another head gets the reward-shaped critic; the
     model-conditioned head scores model cards with its own towers, so it trains one policy (with
-    a single policy's share of the rounds) without the fixed-K heads' critic dropout, hidden
-    dropout, FiLM or decision shrinkage."""
+    a single policy's share of the rounds) without the fixed-K heads' critic dropout or shrinkage,
+    hidden dropout, FiLM or decision shrinkage."""
     sets = [f"policy.head={head}"]
     if train_cfg.training.critic_form == "known_cost" and head != "cost_aware":
         sets.append("training.critic_form=reward")
     if head == "model_conditioned":
         p = train_cfg.policy
         sets += ["policy.critic_dropout=0.0", "policy.hidden_dropout=0.0", "policy.conditioning=concat",
-                 "policy.decision_shrinkage=1.0"]
+                 "policy.decision_shrinkage=1.0", "training.critic_shrinkage=1.0", "training.critic_shrinkage_gate=none"]
         if p.members > 1:
             rounds = max(1, train_cfg.training.rounds_per_iteration // p.members)
             sets += ["policy.members=1", f"training.rounds_per_iteration={rounds}"]

@@ -95,6 +95,8 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"policy": {"members": 0}}, "policy.members"),
         ({"policy": {"members": 2.5}}, "policy.members"),
         ({"policy": {"members": 2, "head": "model_conditioned"}}, "policy.members"),
+        ({"policy": {"head": "model_conditioned"}, "training": {"baseline": "critic", "critic_form": "reward",
+                                                               "critic_shrinkage": 0.85}}, "training.critic_shrinkage"),
         ({"env": {"prompt_sampling": "tasks"}}, "env.prompt_sampling"),
         ({"policy": {"conditioning": "film", "head": "model_conditioned"}}, "policy.conditioning"),
         ({"output": {"log_every": 0}}, "output.log_every"),
@@ -180,7 +182,7 @@ def test_the_shipped_llmrouter_configs_compare_against_the_model_conditioned_hea
         cfg = load_config(ROOT / "configs" / name)
         other = with_head(cfg, "model_conditioned")
         assert other.policy.head == "model_conditioned" and other.policy.critic_dropout == 0.0
-        assert other.policy.members == 1 and other.training.critic_form == "reward"
+        assert other.policy.members == 1 and other.training.critic_form == "reward" and other.training.critic_shrinkage == 1.0
         assert other.training.rounds_per_iteration == cfg.training.rounds_per_iteration // cfg.policy.members
         assert other.training.iterations == cfg.training.iterations  # the rest of the training is the same
     ensemble = from_dict({"policy": {"head": "cost_aware", "members": 3}, "training": {"rounds_per_iteration": 12288}})
