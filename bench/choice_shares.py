@@ -8,6 +8,8 @@ The ablation says where BaRP trails a full-information router (a reward per pref
 why, by which models each router buys there. It reads the checkpoints the ablation left under
 `--runs` (seed-0, seed-1, ...), fits kNN and the score MLP per seed as the ablation does, and scores
 all of them on the config's validation split (its test file is never read by a validation config).
+`--task` scores one task's prompts only. With a test config (`configs/llmrouter.yaml`) it reads the
+test file: a diagnosis after the fact (docs/results/task_shift), never a way to choose a setting.
 """
 from __future__ import annotations
 
@@ -38,6 +40,11 @@ def run(args) -> dict:
     cfg = load_config(args.config)
     data = prepare(cfg)
     val, emb, tau = data.test, data.test_embeddings, data.tau
+    if args.task is not None:
+        keep = np.flatnonzero(np.asarray(val.tasks) == args.task)
+        if not len(keep):
+            raise SystemExit(f"--task: no prompt of task {args.task!r} in the split (it has {', '.join(val.task_names())})")
+        val, emb = val.subset(keep), emb[keep]
     eval_cfg = EvalConfig()
     grid = preference_grid(11, default_preference(cfg, eval_cfg))
     prefs = [(round(q, 6), round(1.0 - q, 6)) for q in args.w_q]
@@ -55,7 +62,7 @@ def run(args) -> dict:
                 e = shares.setdefault(r.name, {}).setdefault(f"{w[0]:g}", [])
                 e.append({"share": choice.mean(0).tolist(),
                           "reward": float(prompt_rewards(val.scores, val.costs, choice, w, tau).mean())})
-    out = {"config": args.config, "runs": args.runs, "seeds": args.seeds, "models": list(val.models),
+    out = {"config": args.config, "runs": args.runs, "seeds": args.seeds, "task": args.task, "models": list(val.models),
            "mean_score": val.scores.mean(0).tolist(), "mean_normalised_cost": normalized_cost(val.costs, tau).mean(0).tolist(), "routers": {}}
     for name, by_w in shares.items():
         out["routers"][name] = {wq: {"share": np.mean([r["share"] for r in rs], 0).tolist(),
@@ -83,6 +90,7 @@ def main() -> int:
     p.add_argument("--runs", required=True, help="the ablation's run folder for one variant (holds seed-N checkpoints)")
     p.add_argument("--seeds", type=int, default=6)
     p.add_argument("--w-q", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.8])
+    p.add_argument("--task", help="score only this task's prompts of the split")
     p.add_argument("--out", help="JSON path")
     args = p.parse_args()
     if any(not 0.0 <= q <= 1.0 for q in args.w_q):
