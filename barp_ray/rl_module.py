@@ -484,6 +484,14 @@ class BaRPRLModule(TorchRLModule):
         trained = forward_with_dropout(self.baseline_head, embedding, drop)
         return trained, trained
 
+    @torch.no_grad()
+    def critic_values(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, K] the critic's reward estimate of every model, for scoring logged rounds doubly robustly
+        (the safe-rollout gate). An ensemble's mixture has no critic of its own: its members' mean."""
+        if self.members is not None:
+            return torch.stack([m._forward_train({Columns.OBS: obs})[BASELINE] for m in self.members]).mean(0)
+        return self._forward_train({Columns.OBS: obs})[BASELINE]
+
     def get_non_inference_attributes(self) -> list[str]:
         own = ["baseline_head", "critic_trunk", "critic_tower"]
         if self.members is not None:

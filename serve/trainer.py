@@ -408,14 +408,6 @@ class ContinuousTrainer:
         keep = ("policy_loss", "entropy", "baseline_loss", "reward_mean", "importance_weight_mean")
         return {k: float(getattr(out[k], "peek", lambda: out[k])()) for k in keep if k in out}
 
-    @torch.no_grad()
-    def _critic(self, obs: dict[str, torch.Tensor]) -> np.ndarray:
-        from ray.rllib.core.columns import Columns
-
-        from barp_ray.rl_module import BASELINE
-
-        return self.scratch._forward_train({Columns.OBS: obs})[BASELINE].numpy().astype(np.float64)
-
     def _gate(self) -> dict[str, Any]:
         """Candidate (the learner's weights, in `scratch`) against the serving weights and the latest
         published versions, on the held-back rewards (`serve/rollout_gate.py`)."""
@@ -425,7 +417,7 @@ class ContinuousTrainer:
         obs = self._obs_tensors(rows)
         held = HeldBack(obs=obs, actions=np.asarray([r["action"] for r in rows]),
                         logged=np.asarray([r["mu"] for r in rows]), rewards=np.asarray([r["reward"] for r in rows]),
-                        q=self._critic(obs))
+                        q=self.scratch.critic_values(obs).numpy().astype(np.float64))
         decision = self.gate.judge(self.scratch, list(self.references), held, self.exploration_epsilon())
         self.last_estimate = {"version": self.version, **decision["estimate"]}
         return decision

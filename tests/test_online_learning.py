@@ -238,10 +238,13 @@ def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of
     from serve.trainer import latest_published
 
     ckpt = price_aware_checkpoint
-    settings, policy, store, trainer, contexts = _trainer_on(ckpt, tmp_path, rollout={"enabled": False})
+    # the gate runs on every update here (half the rounds held back, 8 enough) but cannot refuse (margin 10)
+    settings, policy, store, trainer, contexts = _trainer_on(ckpt, tmp_path, rollout={"holdout_fraction": 0.5, "min_eval": 8,
+                                                                                      "margin": 10.0})
     _log_uniform_rounds(store, contexts, 64, lambda rid, a: a == 0, len(MODELS), np.random.default_rng(0))
     row = trainer.train_once()
     assert row is not None and row["published"] and row["steps"] > 0, row
+    assert np.isfinite(trainer.last_estimate["candidate"]), trainer.last_estimate  # the gate scored it
     version, weights = latest_published(settings.trainer.state_dir)
     assert version == row["version"] and "price_scale" in weights and "log_price" not in weights
     assert float(weights["price_scale"]) == pytest.approx(float(trainer.scratch.price_scale.detach()))  # the learner's own
@@ -258,7 +261,8 @@ def test_continuous_training_of_a_price_aware_policy_keeps_serving_prices_out_of
 def test_continuous_training_teaches_every_member_of_an_ensemble_from_logged_traffic(tmp_path_factory, tmp_path):
     """An ensemble checkpoint (`policy.members`) in the live loop: logged rounds carry no member (the
     mixture served them), so every member learns from each, importance-weighted, and the published
-    weights load into a serving replica whole."""
+    weights load into a serving replica whole. The safe-rollout gate scores the candidate with the
+    members' mean critic (it once asked the ensemble for a critic of its own and crashed)."""
     import torch
 
     from barp_ray.policy import RoutingPolicy, load_policy_state, policy_state
@@ -269,10 +273,13 @@ def test_continuous_training_teaches_every_member_of_an_ensemble_from_logged_tra
                                               "training.baseline=critic", "training.critic_form=reward", "policy.members=2",
                                               f"output.checkpoint_dir={tmp_path_factory.mktemp('members') / 'ckpt'}"])
     ckpt = train(cfg, progress=False).checkpoint
-    settings, policy, store, trainer, contexts = _trainer_on(ckpt, tmp_path, rollout={"enabled": False})
+    # the gate runs on every update here (half the rounds held back, 8 enough) but cannot refuse (margin 10)
+    settings, policy, store, trainer, contexts = _trainer_on(ckpt, tmp_path, rollout={"holdout_fraction": 0.5, "min_eval": 8,
+                                                                                      "margin": 10.0})
     _log_uniform_rounds(store, contexts, 64, lambda rid, a: a == 0, len(MODELS), np.random.default_rng(0))
     row = trainer.train_once()
     assert row is not None and row["published"] and row["steps"] > 0, row
+    assert np.isfinite(trainer.last_estimate["candidate"]), trainer.last_estimate  # the gate scored it
     _, weights = latest_published(settings.trainer.state_dir)
     served = RoutingPolicy.load(ckpt)
     before = [{k: v.clone() for k, v in m.state_dict().items() if k.startswith("decision_head.")} for m in served.module.members]
