@@ -15,11 +15,16 @@ routed model. Every `--eval-every` rounds the service's greedy choice is scored 
 the 11-point sweep, against the best single model on that half (hindsight: the issue's bar) and the
 one best on the training tasks (what a deployment could have picked beforehand).
 
+`--task T` keeps only task T's held-out prompts. Run on a test config with `--task` it asks whether live
+feedback repairs a shift of one test task that no validation draw holds (docs/results/task_shift): a
+diagnosis after the fact, not a way to choose a setting.
+
 Prints a table, writes <out>/<label>.json and .png.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -157,6 +162,7 @@ def main() -> None:
     p.add_argument("--cadence", type=int, default=16, help="rewards between two trainer updates (16: an idle machine)")
     p.add_argument("--keep", type=float, default=0.5, help="decision shrinkage served (the OOD config's 0.5; 1: off)")
     p.add_argument("--set", action="append", default=[], help="serve app args override, e.g. trainer.lr=0.002")
+    p.add_argument("--task", help="stream and score only this task's held-out prompts")
     p.add_argument("--label", default="shipped")
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "live_unseen_tasks"))
     p.add_argument("--render", metavar="JSON", help="redraw the table and figure of a saved run, run nothing")
@@ -175,6 +181,11 @@ def main() -> None:
     if not ckpts:
         sys.exit(f"error: --checkpoints: no directory matches {args.checkpoints!r}")
     data = prepare(load_config(args.config), progress=False)
+    if args.task is not None:
+        keep = np.flatnonzero(np.asarray(data.test.tasks) == args.task)
+        if len(keep) < 2:
+            sys.exit(f"error: --task: {len(keep)} held-out prompts of task {args.task!r}; it has {', '.join(data.test.task_names())}")
+        data = dataclasses.replace(data, test=data.test.subset(keep), test_embeddings=data.test_embeddings[keep])
     runs = []
     for seed, ckpt in enumerate(ckpts):
         r = one_run(ckpt, data, seed, args.rounds, args.eval_every, args.cadence, args.keep, args.set)
