@@ -349,34 +349,45 @@ def from_dict(raw: Any, where: str = "config") -> TrainConfig:
     return TrainConfig(**built).validate()
 
 
-def load_config(path: str | Path | None) -> TrainConfig:
-    """None -> the embedded default (synthetic world)."""
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """None -> the embedded default (synthetic world). `overrides` (`section.field=value`) replace the
+    file's values before anything is checked: a cluster job overrides a path that exists only where
+    the file was written (`--set data.path=...`), so the file's own must not be checked first."""
     if path is None:
-        return TrainConfig().validate()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
-    return from_dict(raw, where=str(path))
+        raw: Any = {}
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if overrides and isinstance(raw or {}, dict):
+        raw = _overridden(dict(raw or {}), overrides)
+    return from_dict(raw, where=str(path) if path is not None else "config")
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     """`section.field=value` strings from the CLI; values parsed as YAML scalars/lists."""
-    raw = cfg.to_dict()
+    return from_dict(_overridden(cfg.to_dict(), overrides), where="overrides")
+
+
+def _overridden(raw: dict, overrides: list[str]) -> dict:
+    sections = {f.name for f in dataclasses.fields(TrainConfig)}
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"override {item!r}: expected section.field=value")
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        if section not in raw:
+        if section not in sections:
             raise ConfigError(f"override {item!r}: unknown section {section!r}")
-        raw[section][name] = yaml.safe_load(value)
-    return from_dict(raw, where="overrides")
+        if not isinstance(raw.get(section) or {}, dict):
+            raise ConfigError(f"{section}: must be a mapping, got {type(raw[section]).__name__}")
+        raw[section] = {**(raw.get(section) or {}), name: yaml.safe_load(value)}
+    return raw
 
 
 def _build_section(cls: type, raw: Any, section: str):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from barp_ray.config import ConfigError, apply_overrides, load_config
+from barp_ray.config import ConfigError, load_config
 from barp_ray.data.table import DataError
 
 
@@ -24,10 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_config(args.config)
         overrides = list(args.set) + ([f"output.checkpoint_dir={args.checkpoint_dir}"] if args.checkpoint_dir else [])
-        if overrides:
-            cfg = apply_overrides(cfg, overrides)
+        cfg = load_config(args.config, overrides)
         from barp_ray.training.run import train  # Ray and torch load here, after the config is checked
 
         train(cfg, progress=not args.no_progress)

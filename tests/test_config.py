@@ -147,6 +147,28 @@ def test_cli_bad_override_names_field():
     assert "scale.num_learners" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_overrides_replace_a_config_files_values_before_they_are_checked(tmp_path, capsys):
+    """A cluster job runs in a copy of the working directory, where the file's relative data.path
+    does not exist; the documented `ray job submit ... --set data.path=<absolute>` must not fail on
+    the path it replaces (it did, in both CLIs). Proven here without training: the next error named
+    is a later field's."""
+    from barp_ray.evaluation import cli as eval_cli
+
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("data:\n  source: records\n  path: ../not-here/routes.jsonl\ntraining:\n  iterations: 7\n")
+    routes = tmp_path / "routes.jsonl"
+    routes.write_text("")
+    with pytest.raises(ConfigError, match="data.path"):
+        load_config(cfg)
+    loaded = load_config(cfg, [f"data.path={routes}", "scale.num_env_runners=1"])
+    assert (loaded.data.path, loaded.training.iterations, loaded.scale.num_env_runners) == (str(routes), 7, 1)
+    out = _cli("--config", str(cfg), "--set", f"data.path={routes}", "--set", "training.lr=-1")
+    assert out.returncode == 2 and out.stderr.strip() == "barp-train: error: training.lr: must be > 0, got -1.0", out.stderr
+    assert eval_cli.main(["--config", str(cfg), "--set", f"data.path={routes}", "--set", "training.lr=-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("training.lr: must be > 0, got -1.0") and "data.path" not in err, err
+
+
 def test_cli_bad_data_file_is_one_line_naming_the_file(tmp_path):
     bad = tmp_path / "routes.jsonl"
     bad.write_text('{"prompt": "hi", "scores": {"a": 0.5, "b": 1.7}, "costs": {"a": 0.0, "b": 0.1}}\n')

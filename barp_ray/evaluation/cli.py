@@ -54,10 +54,10 @@ def build_configs(args: argparse.Namespace):
     """Training config, eval config, checkpoints: everything validated before any work starts."""
     from envs.preference import check_simplex
 
-    train_cfg = load_config(args.config)
-    eval_cfg = load_eval_config(args.eval_config)
     train_sets = [s for s in args.set if not s.startswith("eval.")]
     eval_sets = [s for s in args.set if s.startswith("eval.")]
+    train_cfg = load_config(args.config, train_sets)  # the overrides before any check: a job's data.path
+    eval_cfg = load_eval_config(args.eval_config)
     if args.quick:
         train_sets = [f"{k}={min(v, _get(train_cfg, k))}" for k, v in QUICK_TRAIN.items()] + train_sets
         eval_sets = [f"eval.{k}={v}" for k, v in QUICK_EVAL.items()] + (["eval.seeds=1"] if args.seeds is None else []) + eval_sets
