@@ -353,21 +353,22 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     """None -> the embedded default (synthetic world). `overrides` (`section.field=value`) replace the
     file's values before anything is checked: a cluster job overrides a path that exists only where
     the file was written (`--set data.path=...`), so the file's own must not be checked first."""
-    if path is None:
-        raw: Any = {}
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
+    raw = {} if path is None else read_yaml(Path(path), "config file")
     if overrides and isinstance(raw or {}, dict):
         raw = _overridden(dict(raw or {}), overrides)
-    return from_dict(raw, where=str(path) if path is not None else "config")
+    return from_dict(raw, where="config" if path is None else str(path))
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content, or a one-line ConfigError naming the file (and the line, if it can)."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:

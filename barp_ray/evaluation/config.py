@@ -13,7 +13,7 @@ from typing import Union
 
 import yaml
 
-from barp_ray.config import POLICY_HEADS, ConfigError, _build_section
+from barp_ray.config import POLICY_HEADS, ConfigError, _build_section, read_yaml
 from envs.preference import check_simplex
 
 SECTION = "eval"
@@ -88,14 +88,7 @@ def load_eval_config(path: str | Path | None) -> EvalConfig:
     """None -> the defaults above."""
     if path is None:
         return EvalConfig().validate()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"eval config file {str(path)!r} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    return eval_config_from_dict(raw, where=str(path))
+    return eval_config_from_dict(read_yaml(Path(path), "eval config file"), where=str(path))
 
 
 def apply_eval_overrides(cfg: EvalConfig, overrides: list[str]) -> EvalConfig:
