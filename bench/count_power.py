@@ -32,23 +32,18 @@ def per_prompt_differences(results: dict) -> dict[str, np.ndarray]:
     from barp_ray.config import from_dict
     from barp_ray.data.prepare import prepare
     from barp_ray.evaluation.config import eval_config_from_dict
-    from barp_ray.evaluation.experiment import PolicyRouter, fit_offline, load_checkpoint_for
-    from barp_ray.evaluation.metrics import prompt_rewards
+    from barp_ray.evaluation.experiment import PolicyRouter, fit_offline, load_checkpoint_for, score_router
 
     train_cfg, eval_cfg = from_dict(results["train_config"]), eval_config_from_dict({"eval": results["eval_config"]})
     data = prepare(train_cfg, progress=False)
-    prefs = [tuple(w) for w in results["preferences"]]
+    prefs, default = [tuple(w) for w in results["preferences"]], tuple(results["default_preference"])
     diffs: dict[str, list[np.ndarray]] = {r: [] for r in ROUTERS}
     for run in results["routers"]["BaRP"]["runs"]:
-        seed = run["seed"]
         barp = PolicyRouter(load_checkpoint_for(run["details"]["checkpoint"], data, train_cfg))
-        others = {r.name: r for r in fit_offline(data, eval_cfg, prefs, seed, progress=False) if r.name in ROUTERS}
-        for w_i, w in enumerate(prefs):
-            mine = prompt_rewards(data.test.scores, data.test.costs, barp.choose(data.test_embeddings, w), w, data.tau)
-            for name, r in others.items():
-                if w_i == 0:
-                    diffs[name].append(np.empty((len(prefs), data.test.n)))
-                diffs[name][-1][w_i] = mine - prompt_rewards(data.test.scores, data.test.costs, r.choose(data.test_embeddings, w), w, data.tau)
+        mine = score_router(barp, data, prefs, default, None)[1]  # [preferences, prompts], as the run scored it
+        for r in fit_offline(data, eval_cfg, prefs, run["seed"], progress=False):
+            if r.name in ROUTERS:
+                diffs[r.name].append(mine - score_router(r, data, prefs, default, None)[1])
     return {name: np.mean(d, axis=0) for name, d in diffs.items()}
 
 
