@@ -30,6 +30,7 @@ ROUTERS = ("kNN", "score MLP")
 def run(args) -> dict:
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
+    from barp_ray.data.table import DataError
     from barp_ray.evaluation.baselines.reference import Oracle
     from barp_ray.evaluation.config import EvalConfig
     from barp_ray.evaluation.experiment import PolicyRouter, default_preference, fit_offline, preference_grid
@@ -41,9 +42,10 @@ def run(args) -> dict:
     data = prepare(cfg)
     val, emb, tau = data.test, data.test_embeddings, data.tau
     if args.task is not None:
-        keep = np.flatnonzero(np.asarray(val.tasks) == args.task)
-        if not len(keep):
-            raise SystemExit(f"--task: no prompt of task {args.task!r} in the split (it has {', '.join(val.task_names())})")
+        try:
+            keep = val.task_rows(args.task)
+        except DataError as e:
+            raise SystemExit(f"--task: {e}") from None
         val, emb = val.subset(keep), emb[keep]
     eval_cfg = EvalConfig()
     grid = preference_grid(11, default_preference(cfg, eval_cfg))

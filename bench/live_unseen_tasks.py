@@ -176,15 +176,19 @@ def main() -> None:
         sys.exit(f"error: --keep: a decision shrinkage in [0, 1], got {args.keep}")
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
+    from barp_ray.data.table import DataError
 
     ckpts = sorted(glob.glob(args.checkpoints))
     if not ckpts:
         sys.exit(f"error: --checkpoints: no directory matches {args.checkpoints!r}")
     data = prepare(load_config(args.config), progress=False)
     if args.task is not None:
-        keep = np.flatnonzero(np.asarray(data.test.tasks) == args.task)
+        try:
+            keep = data.test.task_rows(args.task)
+        except DataError as e:
+            sys.exit(f"error: --task: {e}")
         if len(keep) < 2:
-            sys.exit(f"error: --task: {len(keep)} held-out prompts of task {args.task!r}; it has {', '.join(data.test.task_names())}")
+            sys.exit(f"error: --task: {args.task!r} has {len(keep)} held-out prompt; streaming and scoring need two halves")
         data = dataclasses.replace(data, test=data.test.subset(keep), test_embeddings=data.test_embeddings[keep])
     runs = []
     for seed, ckpt in enumerate(ckpts):

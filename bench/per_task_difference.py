@@ -59,7 +59,7 @@ def main() -> int:
     data = prepare(cfg, progress=False)
     diff = np.mean([sweep_rewards(x, data) - sweep_rewards(y, data) for x, y in zip(a, b)], axis=0)  # [prefs, prompts]
     tasks, n = np.asarray(data.test.tasks), data.test.n
-    per_task = {t: (diff[:, tasks == t].sum(1) / n * 1000).tolist() for t in sorted(set(tasks.tolist()))}
+    per_task = {t: (diff[:, tasks == t].sum(1) / n * 1000).tolist() for t in data.test.task_names()}
     w_q = [round(w[0], 2) for w in SWEEP]
     print(f"A minus B, per 1,000 test prompts ({len(a)} seed pairs); rows add up to the difference of the mean")
     print("| task | " + " | ".join(f"{w:g}" for w in w_q) + " | sweep |")

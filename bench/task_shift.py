@@ -48,7 +48,7 @@ def task_rows(train, test, train_emb: np.ndarray, test_emb: np.ndarray) -> list[
     near_rows = nearest_train_prompts(test_emb, train_emb)
     near = train_tasks[near_rows]
     rows = []
-    for task in sorted(set(test_tasks.tolist())):
+    for task in test.task_names():
         te, tr = test_tasks == task, train_tasks == task
         mix = Counter(near[te].ravel().tolist())
         row = {

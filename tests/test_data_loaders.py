@@ -96,6 +96,13 @@ def test_task_split_holds_out_whole_tasks(llmrouter_test):
         task_split(llmrouter_test, ["no-such-task"])
 
 
+def test_task_rows_are_one_tasks_prompts_and_an_unknown_task_names_the_ones_there_are(llmrouter_test):
+    rows = llmrouter_test.task_rows("mmlu")
+    assert len(rows) == 50 and set(llmrouter_test.subset(rows).task_names()) == {"mmlu"}
+    with raises("no prompt of task 'no-such-task'; it has agentverse-logicgrid, "):
+        llmrouter_test.task_rows("no-such-task")
+
+
 def test_per_task_split_holds_out_the_same_number_of_each_named_task(llmrouter_test):
     import collections
 

@@ -99,6 +99,13 @@ class RoutingTable:
     def task_names(self) -> list[str]:
         return sorted(set(self.tasks.tolist()))
 
+    def task_rows(self, task: str) -> np.ndarray:
+        """Row indices of one task's prompts (for `subset`); a DataError naming the tasks there are if none."""
+        rows = np.flatnonzero(self.tasks == task)
+        if not len(rows):
+            raise DataError(f"routing table from {self.source}: no prompt of task {task!r}; it has {', '.join(self.task_names())}")
+        return rows
+
 
 def make_table(
     prompts, tasks, scores, costs, models, prices=None, source="memory", cost_note="", sizes=None
