@@ -188,3 +188,14 @@ def test_render_rederives_a_saved_results_file(evaluated, tmp_path, capsys):
     assert json.loads((tmp_path / "copy" / "results.json").read_text()) == before
     assert (tmp_path / "copy" / "results.md").read_text() == (evaluated / "res" / "results.md").read_text()
     _fails(["--render", str(tmp_path / "none.json")], capsys, "results file not found")
+
+
+def test_quick_caps_training_but_a_users_set_wins():
+    def built(*argv):
+        return eval_cli.build_configs(eval_cli.parse_args(list(argv)))[0].training
+
+    quick = built("--quick")
+    assert (quick.iterations, quick.rounds_per_iteration) == (20, 2048)
+    mine = built("--quick", "--set", "training.iterations=100", "--set", "training.lr=0.002")
+    assert (mine.iterations, mine.rounds_per_iteration, mine.lr) == (100, 2048, 0.002)
+    assert built("--set", "training.iterations=7").iterations == 7

@@ -58,8 +58,9 @@ def build_configs(args: argparse.Namespace):
     eval_sets = [s for s in args.set if s.startswith("eval.")]
     train_cfg = load_config(args.config, train_sets)  # the overrides before any check: a job's data.path
     eval_cfg = load_eval_config(args.eval_config)
-    if args.quick:
-        train_sets = [f"{k}={min(v, _get(train_cfg, k))}" for k, v in QUICK_TRAIN.items()] + train_sets
+    if args.quick:  # short training, unless a --set of the user's asks otherwise (it is applied after the caps)
+        caps = [f"{k}={min(v, _get(train_cfg, k))}" for k, v in QUICK_TRAIN.items()]
+        train_cfg = apply_overrides(train_cfg, caps + train_sets)
         eval_sets = [f"eval.{k}={v}" for k, v in QUICK_EVAL.items()] + (["eval.seeds=1"] if args.seeds is None else []) + eval_sets
     if args.seeds is not None:
         eval_sets.append(f"eval.seeds={args.seeds}")
@@ -69,8 +70,6 @@ def build_configs(args: argparse.Namespace):
         except ValueError as e:
             raise ConfigError(str(e)) from None
         eval_sets.append(f"eval.default_preference=[{wq}, {wc}]")
-    if train_sets:
-        train_cfg = apply_overrides(train_cfg, train_sets)
     if eval_sets:
         eval_cfg = apply_eval_overrides(eval_cfg, eval_sets)
     for head in eval_cfg.compare_heads:
