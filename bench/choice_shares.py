@@ -100,6 +100,8 @@ def main() -> int:
     p.add_argument("--task", help="score only this task's prompts of the split")
     p.add_argument("--out", help="JSON path")
     args = p.parse_args()
+    if args.seeds < 1:
+        p.error(f"--seeds: need at least 1, got {args.seeds}")
     if any(not 0.0 <= q <= 1.0 for q in args.w_q):
         p.error(f"--w-q: each must be in [0, 1], got {args.w_q}")
     res = run(args)
