@@ -36,6 +36,12 @@ def sweep_rewards(checkpoint: str, data) -> np.ndarray:
     return np.stack([reward_matrix(data.test, w, data.tau)[rows, greedy_actions(module, data.test_embeddings, w)] for w in SWEEP])
 
 
+def per_task_shares(diff: np.ndarray, tasks: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Each task's share of a [preferences, prompts] difference's mean, per 1,000 prompts, so the
+    tasks' rows add up to the difference of the mean."""
+    return {t: diff[:, tasks == t].sum(1) / diff.shape[1] * 1000 for t in names}
+
+
 def main() -> int:
     from barp_ray.config import ConfigError, apply_overrides, load_config
     from barp_ray.data.prepare import prepare
@@ -58,8 +64,7 @@ def main() -> int:
         return 2
     data = prepare(cfg, progress=False)
     diff = np.mean([sweep_rewards(x, data) - sweep_rewards(y, data) for x, y in zip(a, b)], axis=0)  # [prefs, prompts]
-    tasks, n = np.asarray(data.test.tasks), data.test.n
-    per_task = {t: (diff[:, tasks == t].sum(1) / n * 1000).tolist() for t in data.test.task_names()}
+    per_task = {t: v.tolist() for t, v in per_task_shares(diff, np.asarray(data.test.tasks), data.test.task_names()).items()}
     w_q = [round(w[0], 2) for w in SWEEP]
     print(f"A minus B, per 1,000 test prompts ({len(a)} seed pairs); rows add up to the difference of the mean")
     print("| task | " + " | ".join(f"{w:g}" for w in w_q) + " | sweep |")

@@ -25,9 +25,9 @@ from barp_ray.data.prepare import prepare  # noqa: E402
 from barp_ray.evaluation.baselines.full_info import KNNRouter, TrainView  # noqa: E402
 from barp_ray.evaluation.config import EvalConfig  # noqa: E402
 from barp_ray.evaluation.experiment import default_preference, preference_grid  # noqa: E402
-from barp_ray.policy import RoutingPolicy  # noqa: E402
-from barp_ray.scoring import greedy_actions, reward_matrix  # noqa: E402
+from barp_ray.scoring import reward_matrix  # noqa: E402
 from barp_ray.training.early_stopping import SWEEP  # noqa: E402
+from bench.per_task_difference import per_task_shares, sweep_rewards  # noqa: E402
 
 
 def main() -> None:
@@ -44,13 +44,11 @@ def main() -> None:
         data = prepare(apply_overrides(base, [f"data.seed={s}"]))
         view = TrainView.build(data.train_embeddings, data.train.scores, data.train.costs, data.tau, eval_cfg.validation_fraction, s)
         knn = KNNRouter(eval_cfg.knn_k).fit(view, grid)
-        module = RoutingPolicy.load(str(Path(args.runs) / f"seed-{s}")).module
-        rows, tasks = np.arange(data.test.n), np.asarray(data.test.tasks)
-        for i, w in enumerate(SWEEP):
-            r = reward_matrix(data.test, w, data.tau)
-            diff = r[rows, greedy_actions(module, data.test_embeddings, w)] - r[rows, knn.choose(data.test_embeddings, w).argmax(1)]
-            for t in data.test.task_names():
-                gaps.setdefault(t, np.zeros((args.draws, len(SWEEP))))[s, i] = diff[tasks == t].sum() / data.test.n * 1000
+        rows = np.arange(data.test.n)
+        knn_rewards = np.stack([reward_matrix(data.test, w, data.tau)[rows, knn.choose(data.test_embeddings, w).argmax(1)] for w in SWEEP])
+        diff = sweep_rewards(str(Path(args.runs) / f"seed-{s}"), data) - knn_rewards  # [preferences, prompts]
+        for t, share in per_task_shares(diff, np.asarray(data.test.tasks), data.test.task_names()).items():
+            gaps.setdefault(t, np.zeros((args.draws, len(SWEEP))))[s] = share
     total = sum(gaps.values())
     print(f"BaRP ({args.runs}) minus kNN per 1,000 validation prompts, mean of {args.draws} draws; columns w_q")
     print("| task | " + " | ".join(f"{w[0]:.1f}" for w in SWEEP) + " |\n|" + " --- |" * (len(SWEEP) + 1))
