@@ -5,7 +5,11 @@ prints each setting's sweep mean at the start, over the 16 evaluations from 250 
 4,000, with the paired per-seed difference (ensemble minus one policy).
 
     python docs/results/live_unseen_tasks/ensemble/paired.py fold1_single:fold1_ensemble fold2_oS:fold2_oSown3 fold3_oS:fold3_oSown3
+
+A label is a path relative to this folder without `.json`, so runs kept elsewhere pair with these
+(session 46: `--names shipped "critic pull ramped" fold1_single:../critic_warmup/fold1_ramp250 ...`).
 """
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,20 +26,27 @@ def sweep_means(label: str) -> np.ndarray:
 
 
 def main() -> None:
-    print("| fold | one policy: start / over the run / at 4,000 | ensemble | ensemble − one policy, over the run (seeds ahead) | at 4,000 |")
-    print("| --- | --- | --- | --- | --- |")
+    p = argparse.ArgumentParser()
+    p.add_argument("pairs", nargs="+", help="FIRST:SECOND labels of runs on the same fold, seeds and stream")
+    p.add_argument("--names", nargs=2, default=["one policy", "ensemble"], metavar=("FIRST", "SECOND"))
+    args = p.parse_args()
+    a, b = args.names
+    print(f"| fold | {a}: start / over the run / at 4,000 | {b} | {b} − {a}, over the run (seeds ahead) | at 4,000 | over 250-1,000 (the early dip) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     pooled = []
-    for pair in sys.argv[1:]:
-        single, ensemble = (sweep_means(x) for x in pair.split(":"))
-        run, last = ensemble[:, 1:].mean(1) - single[:, 1:].mean(1), ensemble[:, -1] - single[:, -1]
+    se = lambda d: d.std(ddof=1) / np.sqrt(len(d))  # noqa: E731
+    for pair in args.pairs:
+        first, second = (sweep_means(x) for x in pair.split(":"))
+        first = first[: len(second)]  # a second run on fewer seeds pairs with the first's same seeds
+        run, last = second[:, 1:].mean(1) - first[:, 1:].mean(1), second[:, -1] - first[:, -1]
+        early = second[:, 1:5].mean(1) - first[:, 1:5].mean(1)
         pooled.append(run)
-        se = lambda d: d.std(ddof=1) / np.sqrt(len(d))  # noqa: E731
-        print(f"| {pair.split(':')[0].split('_')[0]} | {single[:, 0].mean():.4f} / {single[:, 1:].mean():.4f} / {single[:, -1].mean():.4f} "
-              f"| {ensemble[:, 0].mean():.4f} / {ensemble[:, 1:].mean():.4f} / {ensemble[:, -1].mean():.4f} "
-              f"| {run.mean():+.4f} ± {se(run):.4f} ({(run > 0).sum()} of {len(run)}) | {last.mean():+.4f} ± {se(last):.4f} |")
+        print(f"| {Path(pair.split(':')[0]).name.split('_')[0]} | {first[:, 0].mean():.4f} / {first[:, 1:].mean():.4f} / {first[:, -1].mean():.4f} "
+              f"| {second[:, 0].mean():.4f} / {second[:, 1:].mean():.4f} / {second[:, -1].mean():.4f} "
+              f"| {run.mean():+.4f} ± {se(run):.4f} ({(run > 0).sum()} of {len(run)}) | {last.mean():+.4f} ± {se(last):.4f} "
+              f"| {early.mean():+.4f} ± {se(early):.4f} |")
     allruns = np.concatenate(pooled)
     print(f"pooled over the run: {allruns.mean():+.4f} ± {allruns.std(ddof=1) / np.sqrt(len(allruns)):.4f} ({(allruns > 0).sum()} of {len(allruns)} ahead)")
-
 
 if __name__ == "__main__":
     main()
