@@ -11,7 +11,6 @@ A label is a path relative to this folder without `.json`, so runs kept elsewher
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def sweep_means(label: str) -> np.ndarray:
-    """[seeds, evaluations] the greedy routing's sweep-mean reward on the evaluation half."""
+def sweep_means(label: str) -> dict[int, np.ndarray]:
+    """{seed: [evaluations]} the greedy routing's sweep-mean reward on the evaluation half."""
     runs = json.loads((HERE / f"{label}.json").read_text())["runs"]
-    return np.array([r["curve"] for r in runs]).mean(axis=2)
+    return {r["seed"]: np.asarray(r["curve"]).mean(axis=1) for r in runs}
 
 
 def main() -> None:
@@ -36,8 +35,9 @@ def main() -> None:
     pooled = []
     se = lambda d: d.std(ddof=1) / np.sqrt(len(d))  # noqa: E731
     for pair in args.pairs:
-        first, second = (sweep_means(x) for x in pair.split(":"))
-        first = first[: len(second)]  # a second run on fewer seeds pairs with the first's same seeds
+        runs = [sweep_means(x) for x in pair.split(":")]
+        seeds = sorted(set(runs[0]) & set(runs[1]))  # a run on fewer seeds pairs with the other's same seeds
+        first, second = (np.stack([r[s] for s in seeds]) for r in runs)
         run, last = second[:, 1:].mean(1) - first[:, 1:].mean(1), second[:, -1] - first[:, -1]
         early = second[:, 1:5].mean(1) - first[:, 1:5].mean(1)
         pooled.append(run)
@@ -47,6 +47,7 @@ def main() -> None:
               f"| {early.mean():+.4f} ± {se(early):.4f} |")
     allruns = np.concatenate(pooled)
     print(f"pooled over the run: {allruns.mean():+.4f} ± {allruns.std(ddof=1) / np.sqrt(len(allruns)):.4f} ({(allruns > 0).sum()} of {len(allruns)} ahead)")
+
 
 if __name__ == "__main__":
     main()
