@@ -46,7 +46,7 @@ def main() -> None:
               f"| {run.mean():+.4f} ± {se(run):.4f} ({(run > 0).sum()} of {len(run)}) | {last.mean():+.4f} ± {se(last):.4f} "
               f"| {early.mean():+.4f} ± {se(early):.4f} |")
     allruns = np.concatenate(pooled)
-    print(f"pooled over the run: {allruns.mean():+.4f} ± {allruns.std(ddof=1) / np.sqrt(len(allruns)):.4f} ({(allruns > 0).sum()} of {len(allruns)} ahead)")
+    print(f"pooled over the run: {allruns.mean():+.4f} ± {se(allruns):.4f} ({(allruns > 0).sum()} of {len(allruns)} ahead)")
 
 
 if __name__ == "__main__":
