@@ -92,6 +92,16 @@ class TrainerSettings:
     # started, last forgot a changed world or was offered another model set (0: constant). Fast while
     # the world is new, then steady (bench/live_unseen_tasks.py: docs/results/live_unseen_tasks).
     replay_decay: float = 250.0
+    # > 0: the loss also pulls toward the checkpoint's own distribution, weighted
+    # anchor_weight * anchor_fade / (anchor_fade + n), until the live critic's greedy choice beats the
+    # checkpoint by anchor_gate_z standard errors on rewards it had not yet trained on (at least
+    # anchor_gate_min of them), a forget, a new model set or an operator's checkpoint
+    # (serve/checkpoint_anchor.py). A safer start on tasks near the checkpoint's, a slower one where
+    # it is confidently wrong: 0 (off) by default.
+    anchor_weight: float = 0.0
+    anchor_fade: float = 250.0
+    anchor_gate_z: float = 2.0
+    anchor_gate_min: int = 32
     max_steps_per_update: int = 64
     max_busy_fraction: float = 1.0  # share of one core the background trainer may keep busy (1: no limit)
     minibatch_size: int = 256
@@ -104,14 +114,15 @@ class TrainerSettings:
 
     def validate(self) -> None:
         for name in ("lr", "importance_weight_clip", "critic_temperature", "window", "replay_ratio",
-                     "max_steps_per_update",
+                     "max_steps_per_update", "anchor_fade", "anchor_gate_min",
                      "minibatch_size", "min_batch", "max_wait_s", "poll_s"):
             _pos(f"trainer.{name}", getattr(self, name))
         if isinstance(self.max_busy_fraction, bool) or not isinstance(self.max_busy_fraction, (int, float)) \
                 or not 0 < self.max_busy_fraction <= 1:
             raise SettingsError(f"trainer.max_busy_fraction: must be in (0, 1], got {self.max_busy_fraction!r}")
         for name in ("entropy_coeff", "baseline_coeff", "critic_kl_coeff", "recent_window", "num_learners",
-                     "num_gpus_per_learner", "drift_z", "drift_min_drop", "replay_decay"):
+                     "num_gpus_per_learner", "drift_z", "drift_min_drop", "replay_decay", "anchor_weight",
+                     "anchor_gate_z"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise SettingsError(f"trainer.{name}: must be a number >= 0, got {v!r}")

@@ -10,6 +10,9 @@ a per-model critic (doubly robust) and importance weights pi/mu clipped at
 steps is what makes a few thousand rewards enough; the bounded window is what lets the policy
 forget a world that has changed.
 
+Opt-in (`trainer.anchor_weight`), a fading pull toward the checkpoint, dropped on evidence, holds
+routing near it while rewards are few (`serve/checkpoint_anchor.py`).
+
 Safe rollout (`serve/rollout_gate.py`): a candidate is published only if its off-policy estimate on
 held-back rewards is not clearly worse than the serving weights' and the latest published versions'.
 
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 from barp_ray.policy import RoutingPolicy, load_policy_state, policy_state
+from serve.checkpoint_anchor import CheckpointAnchor
 from serve.feedback_store import RewardReader, decode_vector
 from serve.reward_drift import drop_cut
 from serve.rollout_gate import HeldBack, RolloutGate
@@ -106,6 +110,9 @@ class ContinuousTrainer:
         self.index = {m: i for i, m in enumerate(self.models)}
         self.serving = policy.module  # the weights replicas serve now (inference copy)
         self.learner_group, self.scratch = self._build(policy.module)  # scratch: the gate's copy of the learner's module
+        self._learner_weights()  # the checkpoint's policy (and a fresh critic) in scratch
+        self.anchor = CheckpointAnchor(copy.deepcopy(self.scratch), self.t.anchor_weight, self.t.anchor_fade,
+                                       self.t.anchor_gate_z, self.t.anchor_gate_min)
         self.offset = 0
         self.version = 0
         self.published_version = 0
@@ -119,6 +126,7 @@ class ContinuousTrainer:
         self.window: deque[dict] = deque(maxlen=self.t.window)
         self.eval_window: deque[dict] = deque(maxlen=self.rollout.eval_window)
         self._resume()
+        self._learner_weights()  # scratch holds the learner as it is before each update: the anchor's gate reads its critic
         self.snapshot = (self.published_version, _numpy(policy_state(self.serving)))
         # (version, inference module) of the latest publications, newest last; the gate's yardsticks.
         self.references: deque[tuple[int, Any]] = deque([(self.published_version, copy.deepcopy(self.serving))],
@@ -180,6 +188,7 @@ class ContinuousTrainer:
                 self.boost_left = int(p.get("boost_left", 0))
                 # states saved before the rename (stop 34) call this count "settled"
                 self.rewards_since_change = int(p.get("rewards_since_change", p.get("settled", 0)))
+                self.anchor.restore(p.get("anchor"))
         published = latest_published(self.t.state_dir)
         if published is not None:
             self.published_version = published[0]
@@ -202,7 +211,7 @@ class ContinuousTrainer:
                                                     "refused": self.refused, "drift": self.drift,
                                                     "boost_left": self.boost_left,
                                                     "rewards_since_change": self.rewards_since_change,
-                                                    "time": time.time()}))
+                                                    "anchor": self.anchor.state(), "time": time.time()}))
 
         self.state.save(STATE, self.version, write)
 
@@ -228,11 +237,12 @@ class ContinuousTrainer:
         windows but are not trained on while it is away."""
         from ray.rllib.core import DEFAULT_MODULE_ID
 
-        for module in (self.serving, self.scratch, *(m for _, m in self.references)):
+        for module in (self.serving, self.scratch, self.anchor.module, *(m for _, m in self.references)):
             offer.apply(module)
         self.learner_group.foreach_learner(lambda learner: offer.apply(learner.module[DEFAULT_MODULE_ID].unwrapped()))
         if tuple(offer.models) != self.models:
             self.rewards_since_change = 0  # a new model set is a changed world: learn fast again (trainer.replay_decay)
+            self._end_anchor("new model set")
         self.models = tuple(offer.models)
         self.index = {m: i for i, m in enumerate(self.models)}
 
@@ -313,6 +323,8 @@ class ContinuousTrainer:
         stats: dict[str, float] = {}
         steps = self.steps_for(trainable) if trainable else 0
         self.rewards_since_change += trainable
+        if self.anchor.active and trainable:
+            self._judge_anchor(trainable)
         if steps:
             stats = self._update(steps)
         self.offset = int(fresh[-1]["id"])
@@ -352,6 +364,7 @@ class ContinuousTrainer:
         self.drift.update(forgotten=len(scored) - len(after), kept=len(self.window))
         self.boost_left = self.settings.exploration.after_forget_rewards
         self.rewards_since_change = 0
+        self._end_anchor("forget")
         return True
 
     def exploration_epsilon(self) -> float:
@@ -375,6 +388,37 @@ class ContinuousTrainer:
         if self.t.replay_decay > 0:
             ratio *= self.t.replay_decay / (self.t.replay_decay + self.rewards_since_change)
         return int(min(self.t.max_steps_per_update, max(1, np.ceil(new * ratio / self.t.minibatch_size))))
+
+    def _judge_anchor(self, new: int) -> None:
+        """The newest `new` trainable rewards, judged by the critic as it was before it sees them
+        (scratch holds the learner's weights of the last update)."""
+        rows = self._offered(self.window)[-new:]
+        if not rows:
+            return
+        obs = self._obs_tensors(rows)
+        self.anchor.judge(obs, np.asarray([r["action"] for r in rows]), np.asarray([r["mu"] for r in rows]),
+                          np.asarray([r["reward"] for r in rows]), self.scratch.critic_values(obs).numpy().astype(np.float64),
+                          np.stack([r["allowed_mask"] for r in rows]))
+        if not self.anchor.active:
+            self._restart_optimizer()
+
+    def _end_anchor(self, reason: str) -> None:
+        if self.anchor.end(reason):
+            self._restart_optimizer()
+
+    def _restart_optimizer(self) -> None:
+        """Adam's moments start afresh when the anchor's pull ends. Its gradients filled the
+        second moments, which decay over ~1,000 steps (beta2 0.999), so the steps after it ended
+        stayed small: in bench/live_loop.py's synthetic world, 8 seeds, the gap closed after the
+        shift (long after the pull ended) was 0.65 against 0.78 without an anchor, and 0.73 with
+        the moments restarted."""
+        from ray.rllib.core import DEFAULT_MODULE_ID
+
+        def clear(learner) -> None:
+            for _, optimizer in learner.get_optimizers_for_module(DEFAULT_MODULE_ID):
+                optimizer.state.clear()
+
+        self.learner_group.foreach_learner(clear)
 
     def _update(self, steps: int) -> dict[str, float]:
         from ray.rllib.core import DEFAULT_MODULE_ID
@@ -402,6 +446,11 @@ class ContinuousTrainer:
             Columns.ACTION_LOGP: np.asarray([r["logp"] for r in pick], dtype=np.float32),
             Columns.REWARDS: np.asarray([r["reward"] for r in pick], dtype=np.float32),
         }
+        if self.anchor.active:
+            from barp_ray.training.learner import ANCHOR_PROBS, ANCHOR_WEIGHT
+
+            columns[ANCHOR_PROBS] = self.anchor.probs(self._obs_tensors(rows))[idx].astype(np.float32)
+            columns[ANCHOR_WEIGHT] = np.full(len(pick), self.anchor.coefficient(self.rewards_since_change), dtype=np.float32)
         batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(columns)}, env_steps=len(pick))
         results = self.learner_group.update(batch=batch, minibatch_size=m, num_epochs=1, shuffle_batch_per_epoch=False)
         out = results[0][DEFAULT_MODULE_ID] if isinstance(results, list) else results[DEFAULT_MODULE_ID]
@@ -446,6 +495,7 @@ class ContinuousTrainer:
             bad = bad or sorted(set(theirs) - set(mine))
             raise ValueError(f"path: incompatible network (mismatched tensors {bad[:3]})")
         self._adopt(self.learner_group, theirs)
+        self._end_anchor("operator checkpoint")
         self.version += 1
         self.references.clear()  # the operator's weights are the new yardstick, not what they replaced
         self._publish({k: theirs[k].clone() for k in mine}, {"through_id": self.offset, "checkpoint": path})
@@ -464,5 +514,6 @@ class ContinuousTrainer:
             "last_estimate": self.last_estimate, "last_refused": self.refused, "last_drift": self.drift,
             "exploration": {"epsilon": self.exploration_epsilon(), "boost_rewards_left": self.boost_left},
             "rewards_since_change": self.rewards_since_change,
+            "anchor": self.anchor.status(self.rewards_since_change),
             "last_published": self.published[-1] if self.published else None,
         }

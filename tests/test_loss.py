@@ -71,6 +71,30 @@ def test_a_model_the_logged_decision_could_not_choose_gets_no_probability_and_no
     assert logits.grad[::2, 2].abs().sum() == 0 and logits.grad[1::2, 2].abs().sum() > 0
 
 
+def test_the_checkpoint_anchor_pulls_each_row_by_its_own_weight_toward_the_anchor_within_the_allowed_models():
+    """Continuous training's anchor (`anchor_probs`, `anchor_weight`): a row weighted 0 feels nothing of
+    it; a weighted row's logits move toward the anchor's distribution, renormalised over the models the
+    row allowed (an anchor sure of an excluded model pulls toward the others, never NaN)."""
+    settings = LossSettings(baseline="critic", entropy_coeff=0.0, critic_kl_coeff=1.0, normalize_advantages=False)
+    critic = torch.tensor([[0.1, 0.9, 0.1]] * 4)  # the critic wants model 1
+    anchor = torch.tensor([[0.9, 0.05, 0.05]] * 3 + [[0.0, 0.1, 0.9]])  # the checkpoint wanted model 0 (row 3: model 2)
+    allowed = torch.ones(4, 3, dtype=torch.bool)
+    allowed[3, 2] = False
+    grads = []
+    for weight in (None, torch.tensor([0.0, 3.0, 3.0, 3.0])):
+        logits = torch.zeros(4, 3, requires_grad=True)
+        loss, _ = barp_loss(logits, torch.ones(4, dtype=torch.long), torch.full((4,), 0.9), settings, baseline=critic,
+                            allowed=allowed, anchor_probs=None if weight is None else anchor, anchor_weight=weight)
+        loss.backward()
+        grads.append(logits.grad)
+    plain, anchored = grads
+    assert torch.equal(plain[0], anchored[0])  # weight 0: untouched
+    assert -plain[1, 0] < 0 < -anchored[1, 0]  # the critic alone pushes model 0 down; the anchor holds it up
+    assert torch.isfinite(anchored).all() and anchored[3, 2] == 0  # the excluded model: no gradient
+    # row 3's anchor over its allowed models 0 and 1 is (0, 1): model 1 rises more, model 0 falls more
+    assert -anchored[3, 1] > -plain[3, 1] and -anchored[3, 0] < -plain[3, 0]
+
+
 def test_per_preference_advantage_scale_divides_each_band_by_its_own_spread():
     from barp_ray.training.learner import advantage_scale
 

@@ -452,6 +452,58 @@ def test_missing_feedback_is_retired_and_late_feedback_gets_410(live):
     assert after["log"]["pending"] <= before["log"]["pending"] + 2
 
 
+def test_the_checkpoint_anchor_holds_routing_on_thin_evidence_and_lets_go_on_strong(checkpoint, tmp_path):
+    """`trainer.anchor_weight`: while the rewards say nothing (every model a coin flip), the anchored
+    learner stays nearer the checkpoint's routing than the plain one; once they clearly favour the
+    model the checkpoint likes least, judged before the critic trains on them, the gate ends the pull
+    for good, and a restarted trainer keeps it ended."""
+    import torch
+
+    from serve.trainer import ContinuousTrainer
+
+    runs = {}
+    for weight in (0.0, 3.0):
+        root = tmp_path / f"anchor{weight:g}"
+        settings, policy, store, trainer, contexts = _trainer_on(
+            checkpoint, root, rollout={"enabled": False}, trainer={"anchor_weight": weight, "anchor_gate_z": 3.0})
+        obs = (torch.from_numpy(np.stack(contexts)), torch.tensor([[1.0, 0.0]] * len(contexts)))
+        start = policy.module.action_probabilities(*obs).numpy()
+        coin = np.random.default_rng(2)
+        _log_uniform_rounds(store, contexts, 96, lambda rid, a: coin.random() < 0.5, len(MODELS), np.random.default_rng(0))
+        trainer.train_once()
+        moved = np.abs(trainer.scratch.action_probabilities(*obs).numpy() - start).sum(1).mean()
+        runs[weight] = (settings, store, trainer, contexts, start, moved)
+    assert runs[3.0][2].anchor.active and runs[3.0][2].status()["anchor"]["coefficient"] > 2
+    assert not runs[0.0][2].anchor.active and runs[0.0][2].status()["anchor"]["ended"] == "off"
+    assert runs[3.0][5] < 0.5 * runs[0.0][5], (runs[3.0][5], runs[0.0][5])  # total variation from the checkpoint
+    for weight in (0.0, 3.0):
+        runs[weight][2].close()
+
+    settings, store, trainer, contexts, start, _ = runs[3.0]
+    trainer = ContinuousTrainer(settings)
+    assert trainer.anchor.active and trainer.anchor.judged > 0  # resumed, not restarted
+    best = int(start.mean(0).argmin())
+    rng, coin = np.random.default_rng(1), np.random.default_rng(3)
+    for _ in range(12):  # the mean score stays ~0.5 (no fall to forget on): the best model 1, the others 0.4
+        _log_uniform_rounds(store, contexts, 64, lambda rid, a: a == best or coin.random() < 0.4, len(MODELS), rng)
+        trainer.train_once()
+        if not trainer.anchor.active:
+            break
+    anchor = trainer.status()["anchor"]
+    assert anchor["ended"] == "evidence" and anchor["coefficient"] == 0 and anchor["gain"] > 3 * anchor["gain_se"], anchor
+    # Adam's moments restarted when the pull ended: its step count is this update's steps, not the run's
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    adam_steps = trainer.learner_group.foreach_learner(lambda learner: max(
+        int(state["step"]) for _, opt in learner.get_optimizers_for_module(DEFAULT_MODULE_ID) for state in opt.state.values()))
+    adam_steps = [getattr(x, "get", lambda: x)() for x in adam_steps]
+    assert adam_steps == [trainer.updates[-1]["steps"]] and sum(u["steps"] for u in trainer.updates) > adam_steps[0], adam_steps
+    trainer.close()
+    again = ContinuousTrainer(settings)
+    assert again.status()["anchor"] == anchor
+    again.close()
+
+
 def test_a_new_model_set_restarts_the_falling_replay_ratio(tmp_path_factory, tmp_path):
     """`trainer.replay_decay`: the rewards-since-a-change count that slows learning per reward grows
     with training, is kept when only prices change, and restarts when another model set is offered

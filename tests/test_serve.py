@@ -325,6 +325,8 @@ def test_settings_errors_name_the_field():
     for args, field in [
         ({"weights_poll_s": 0}, "weights_poll_s"),
         ({"trainer": {"min_batch": -1}}, "trainer.min_batch"),
+        ({"trainer": {"anchor_weight": -1}}, "trainer.anchor_weight"),
+        ({"trainer": {"anchor_fade": 0}}, "trainer.anchor_fade"),
         ({"exploration": {"epsilon": 1.5}}, "exploration.epsilon"),
         ({"feedback": {"on_missing": "ignore"}}, "feedback.on_missing"),
         ({"rollout": {"margin": -1}}, "rollout.margin"),

@@ -29,6 +29,11 @@ from ray.rllib.utils.typing import ModuleID, TensorType
 
 from barp_ray.rl_module import ALLOWED, BASELINE, CRITIC_QUALITY, CRITIC_TARGET, MEMBER_OUTPUTS, MEMBER_ROWS
 
+# Optional batch columns of continuous training's checkpoint anchor (`serve/checkpoint_anchor.py`):
+# [B, K] the checkpoint's distribution and [B] each row's weight of the pull toward it.
+ANCHOR_PROBS = "anchor_probs"
+ANCHOR_WEIGHT = "anchor_weight"
+
 # The logit given to a model a decision could not choose: finite, so excluded terms are exact
 # zeros (p = 0 times a finite log p), never NaN.
 EXCLUDED = -1e9
@@ -114,10 +119,15 @@ def barp_loss(
     preference: torch.Tensor | None = None,
     critic_quality: torch.Tensor | None = None,
     critic_target: torch.Tensor | None = None,
+    anchor_probs: torch.Tensor | None = None,
+    anchor_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`allowed` ([B, K], nonzero = could be chosen): the models each logged decision chose among
     (a request's `candidates`). pi is then the softmax over those, the distribution its logged
-    propensity mu came from, so pi/mu compares like with like; excluded models get no gradient."""
+    propensity mu came from, so pi/mu compares like with like; excluded models get no gradient.
+
+    `anchor_probs` / `anchor_weight` ([B, K] / [B]): a cross-entropy toward another policy's
+    distribution on each row, weighted per row (continuous training's pull toward the checkpoint)."""
     if allowed is not None:
         allowed = allowed.bool()
         logits = logits.masked_fill(~allowed, EXCLUDED)
@@ -175,6 +185,10 @@ def barp_loss(
     loss = policy_loss - settings.entropy_coeff * entropy + settings.baseline_coeff * baseline_loss
     if settings.entropy_floor > 0 and preference is not None:
         loss = loss + band_entropy_shortfall(row_entropy, preference, settings.entropy_floor)
+    if anchor_probs is not None and anchor_weight is not None:
+        target = anchor_probs.float() if allowed is None else anchor_probs.float() * allowed
+        target = target / target.sum(-1, keepdim=True).clamp(min=1e-12)
+        loss = loss - torch.mean(anchor_weight.float() * (target * logp_all).sum(-1))
     stats = {
         "policy_loss": policy_loss.detach(),
         "entropy": entropy.detach(),
@@ -251,6 +265,8 @@ class BaRPTorchLearner(TorchLearner):
                 preference=take(batch[Columns.OBS]["preference"]),
                 critic_quality=out.get(CRITIC_QUALITY),
                 critic_target=out.get(CRITIC_TARGET),
+                anchor_probs=take(batch.get(ANCHOR_PROBS)),
+                anchor_weight=take(batch.get(ANCHOR_WEIGHT)),
             ))
         loss = torch.stack([x for x, _ in losses]).sum()
         stats = {k: torch.stack([st[k] for _, st in losses]).mean() for k in losses[0][1]}
