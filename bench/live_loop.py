@@ -148,6 +148,7 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
         return (world.score_of(eval_topics, probs.argmax(1)) - u) / (o - u)
 
     phases, t0, updates, refused, streak, longest = {}, time.time(), 0, 0, 0, 0
+    anchor_ended = None  # trainer.anchor_weight: when and why its pull ended (rounds from the start)
     for phase in ("new world", "after shift"):
         if phase == "after shift":
             world.shift()
@@ -162,6 +163,8 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
                 phase_forgets += row["forgot"]
                 streak = 0 if row["published"] else streak + 1
                 longest = max(longest, streak)
+                if anchor_ended is None and service.trainer.anchor.ended not in (None, "off"):
+                    anchor_ended = {"round": i + 1 + (rounds if phase == "after shift" else 0), "why": service.trainer.anchor.ended}
             if (i + 1) % EVAL_EVERY == 0:
                 curve.append(greedy_gap())
         u = world.uniform_score(prompt_topics)
@@ -173,7 +176,7 @@ def one_run(checkpoint: str, embeddings: dict, seed: int, cadence: int, rounds: 
                          "served_gap_closed": (float(np.mean(served_scores)) - u) / (o - u), "forgets": phase_forgets}
     service.close()
     return {"seed": seed, "cadence": cadence, "phases": phases, "updates": updates, "refused": refused,
-            "longest_refusal_streak": longest, "forgets": sum(p["forgets"] for p in phases.values()),
+            "longest_refusal_streak": longest, "forgets": sum(p["forgets"] for p in phases.values()), "anchor_ended": anchor_ended,
             "seconds": time.time() - t0}
 
 
@@ -281,7 +284,9 @@ def main() -> None:
             runs.append(r)
             print(f"rewards/update {cadence:4d} seed {seed}: " + "  ".join(
                 f"{ph}: {' '.join(f'{c:+.2f}' for c in v['curve'])}" for ph, v in r["phases"].items())
-                + f"  [{r['seconds']:.0f}s, {r['refused']}/{r['updates']} refused, {r.get('forgets', 0)} forgets]", flush=True)
+                + f"  [{r['seconds']:.0f}s, {r['refused']}/{r['updates']} refused, {r.get('forgets', 0)} forgets"
+                + (f", anchor ended at {r['anchor_ended']['round']} ({r['anchor_ended']['why']})" if r.get('anchor_ended') else "")
+                + "]", flush=True)
     summary = summarize(runs)
     result = {"label": args.label, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "render")},
               "goal_gap_closed": GOAL, "summary": summary, "runs": runs}

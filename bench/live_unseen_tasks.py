@@ -28,6 +28,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,12 @@ def single_model_rewards(pick_on, score_on, tau: float) -> np.ndarray:
                        for q in SWEEP])
 
 
+def seed_of(checkpoint: str, index: int) -> int:
+    """The stream's seed: N for a folder named seed-N (how the ablations save them), else the run's index."""
+    match = re.fullmatch(r"seed-(\d+)", Path(checkpoint).name)
+    return int(match.group(1)) if match else index
+
+
 def one_run(checkpoint: str, data, seed: int, rounds: int, eval_every: int, cadence: int, keep: float,
             overrides: list[str]) -> dict:
     service = InProcessService(checkpoint, overrides, seed, {"decision_shrinkage": keep})
@@ -71,6 +78,7 @@ def one_run(checkpoint: str, data, seed: int, rounds: int, eval_every: int, cade
     eval_table, eval_x = data.test.subset(eval_rows), data.test_embeddings[eval_rows]
     curve, at = [sweep_rewards(service.served, eval_table, eval_x, data.tau)], [0]
     served_reward, updates, refused, forgets, t0 = [], 0, 0, 0, time.time()
+    anchor_ended_at = None  # the round whose update ended trainer.anchor_weight's pull (None: never, or off)
     passes = int(np.ceil(rounds / len(stream_rows)))
     stream = np.concatenate([rng.permutation(stream_rows) for _ in range(passes)])[:rounds]
     for i, row in enumerate(stream):
@@ -83,6 +91,8 @@ def one_run(checkpoint: str, data, seed: int, rounds: int, eval_every: int, cade
             updates += 1
             refused += not update["published"]
             forgets += update["forgot"]
+            if anchor_ended_at is None and service.trainer.anchor.ended not in (None, "off"):
+                anchor_ended_at = {"round": i + 1, "why": service.trainer.anchor.ended}
         if (i + 1) % eval_every == 0:
             curve.append(sweep_rewards(service.served, eval_table, eval_x, data.tau))
             at.append(i + 1)
@@ -90,7 +100,7 @@ def one_run(checkpoint: str, data, seed: int, rounds: int, eval_every: int, cade
     return {"seed": seed, "checkpoint": checkpoint, "rounds": at, "curve": np.asarray(curve).tolist(),
             "best_single_hindsight": single_model_rewards(eval_table, eval_table, data.tau).tolist(),
             "best_single_on_train": single_model_rewards(data.train, eval_table, data.tau).tolist(),
-            "served_reward_mean": float(np.mean(served_reward)), "passes_over_stream": rounds / len(stream_rows),
+            "served_reward_mean": float(np.mean(served_reward)), "anchor_ended": anchor_ended_at, "passes_over_stream": rounds / len(stream_rows),
             "stream_prompts": int(len(stream_rows)), "eval_prompts": int(len(eval_rows)),
             "updates": updates, "refused": refused, "forgets": forgets, "seconds": time.time() - t0}
 
@@ -156,7 +166,9 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="a validation config whose held-out prompts are unseen tasks")
-    p.add_argument("--checkpoints", required=True, help="glob: checkpoints trained on that config's train split, one per seed")
+    p.add_argument("--checkpoints", required=True, nargs="+",
+                   help="globs: checkpoints trained on that config's train split, one per seed; a folder named "
+                        "seed-N streams and splits as seed N, so seeds 6-11 are the same runs as in a 0-11 sweep")
     p.add_argument("--rounds", type=int, default=4000)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--cadence", type=int, default=16, help="rewards between two trainer updates (16: an idle machine)")
@@ -178,9 +190,9 @@ def main() -> None:
     from barp_ray.data.prepare import prepare
     from barp_ray.data.table import DataError
 
-    ckpts = sorted(glob.glob(args.checkpoints))
+    ckpts = sorted({c for pattern in args.checkpoints for c in glob.glob(pattern)}, key=lambda c: (seed_of(c, -1), c))
     if not ckpts:
-        sys.exit(f"error: --checkpoints: no directory matches {args.checkpoints!r}")
+        sys.exit(f"error: --checkpoints: no directory matches {' '.join(args.checkpoints)!r}")
     data = prepare(load_config(args.config), progress=False)
     if args.task is not None:
         try:
@@ -191,12 +203,15 @@ def main() -> None:
             sys.exit(f"error: --task: {args.task!r} has {len(keep)} held-out prompt; streaming and scoring need two halves")
         data = dataclasses.replace(data, test=data.test.subset(keep), test_embeddings=data.test_embeddings[keep])
     runs = []
-    for seed, ckpt in enumerate(ckpts):
+    for index, ckpt in enumerate(ckpts):
+        seed = seed_of(ckpt, index)
         r = one_run(ckpt, data, seed, args.rounds, args.eval_every, args.cadence, args.keep, args.set)
         runs.append(r)
         hind = np.asarray(r["best_single_hindsight"])
         print(f"seed {seed}: sweep minus hindsight single " + " ".join(f"{(np.asarray(c) - hind).mean():+.4f}" for c in r["curve"])
-              + f"  [{r['seconds']:.0f}s, {r['refused']}/{r['updates']} refused, {r['forgets']} forgets]", flush=True)
+              + f"  [{r['seconds']:.0f}s, {r['refused']}/{r['updates']} refused, {r['forgets']} forgets"
+              + (f", anchor ended at {r['anchor_ended']['round']} ({r['anchor_ended']['why']})" if r["anchor_ended"] else "")
+              + "]", flush=True)
     summary = summarize(runs)
     result = {"label": args.label, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "render")},
               "summary": summary, "runs": runs, "command": " ".join(sys.argv)}

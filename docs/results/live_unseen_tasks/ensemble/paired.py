@@ -7,7 +7,8 @@ prints each setting's sweep mean at the start, over the 16 evaluations from 250 
     python docs/results/live_unseen_tasks/ensemble/paired.py fold1_single:fold1_ensemble fold2_oS:fold2_oSown3 fold3_oS:fold3_oSown3
 
 A label is a path relative to this folder without `.json`, so runs kept elsewhere pair with these
-(session 46: `--names shipped "critic pull ramped" fold1_single:../critic_warmup/fold1_ramp250 ...`).
+(session 46: `--names shipped "critic pull ramped" fold1_single:../critic_warmup/fold1_ramp250 ...`),
+and `A+B` joins the runs of two files.
 """
 import argparse
 import json
@@ -19,8 +20,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def sweep_means(label: str) -> dict[int, np.ndarray]:
-    """{seed: [evaluations]} the greedy routing's sweep-mean reward on the evaluation half."""
-    runs = json.loads((HERE / f"{label}.json").read_text())["runs"]
+    """{seed: [evaluations]} the greedy routing's sweep-mean reward on the evaluation half; a label
+    A+B reads the runs of both files (seeds 0-5 in one, 6-11 in another, session 47)."""
+    runs = [r for part in label.split("+") for r in json.loads((HERE / f"{part}.json").read_text())["runs"]]
     return {r["seed"]: np.asarray(r["curve"]).mean(axis=1) for r in runs}
 
 
