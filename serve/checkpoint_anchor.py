@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve.exploration import dr_terms
+
 # pi / mu is clipped here in the gate's doubly robust differences: mu >= epsilon / K keeps it
 # bounded anyway, and a greedy policy's weight is 0 or 1 / mu.
 GATE_WEIGHT_CLIP = 10.0
@@ -40,7 +42,8 @@ GATE_WEIGHT_CLIP = 10.0
 
 class CheckpointAnchor:
     def __init__(self, module, weight: float, fade: float, gate_z: float, gate_min: int) -> None:
-        """`module`: a frozen copy of the learner's module as the service started (eval mode)."""
+        """`module`: a frozen copy of the learner's module as the service started (eval mode); None
+        when the anchor is off (weight 0)."""
         self.module, self.weight, self.fade = module, weight, fade
         self.gate_z, self.gate_min = gate_z, gate_min
         self.active = weight > 0
@@ -72,12 +75,9 @@ class CheckpointAnchor:
         anchor = np.where(allowed, self.probs(obs), 0.0)
         anchor = anchor / anchor.sum(1, keepdims=True).clip(min=1e-12)
         q = np.where(allowed, q, 0.0)
-        residual = rewards - q[rows, actions]
-
-        def value(policy: np.ndarray) -> np.ndarray:
-            return (policy * q).sum(1) + np.minimum(policy[rows, actions] / logged, GATE_WEIGHT_CLIP) * residual
-
-        d = value(greedy) - value(anchor)
+        ones = np.ones(len(actions))
+        d = (dr_terms(greedy, q, actions, logged, rewards, ones, self_normalise=False, weight_clip=GATE_WEIGHT_CLIP)
+             - dr_terms(anchor, q, actions, logged, rewards, ones, self_normalise=False, weight_clip=GATE_WEIGHT_CLIP))
         self.judged += len(d)
         self.total += float(d.sum())
         self.total_sq += float((d**2).sum())

@@ -67,14 +67,18 @@ def recency_weights(n: int, half_life: float) -> np.ndarray:
 
 
 def dr_terms(target_probs: np.ndarray, q_values: np.ndarray, actions: np.ndarray, logged_probs: np.ndarray,
-             rewards: np.ndarray, record_weights: np.ndarray, self_normalise: bool = True) -> np.ndarray:
+             rewards: np.ndarray, record_weights: np.ndarray, self_normalise: bool = True,
+             weight_clip: float | None = None) -> np.ndarray:
     """Per-record values whose weighted mean is the doubly robust estimate (to first order for the
     self-normalised one: its correction is linearised, rho_i / mean(rho) times the residual's
     deviation from the weighted mean residual). The gate pairs them record by record to put a
-    standard error on candidate minus serving."""
+    standard error on candidate minus serving; the checkpoint anchor's gate sums them
+    (`weight_clip` caps rho there)."""
     n = np.arange(len(actions))
     w = np.asarray(record_weights, dtype=np.float64)
     rho = target_probs[n, actions] / np.clip(logged_probs, 1e-12, None)
+    if weight_clip is not None:
+        rho = np.minimum(rho, weight_clip)
     residual = rewards - q_values[n, actions]
     direct = (target_probs * q_values).sum(-1)
     if not self_normalise:

@@ -110,9 +110,7 @@ class ContinuousTrainer:
         self.index = {m: i for i, m in enumerate(self.models)}
         self.serving = policy.module  # the weights replicas serve now (inference copy)
         self.learner_group, self.scratch = self._build(policy.module)  # scratch: the gate's copy of the learner's module
-        self._learner_weights()  # the checkpoint's policy (and a fresh critic) in scratch
-        self.anchor = CheckpointAnchor(copy.deepcopy(self.scratch), self.t.anchor_weight, self.t.anchor_fade,
-                                       self.t.anchor_gate_z, self.t.anchor_gate_min)
+        self.anchor = self._anchor_on_checkpoint()
         self.offset = 0
         self.version = 0
         self.published_version = 0
@@ -126,7 +124,8 @@ class ContinuousTrainer:
         self.window: deque[dict] = deque(maxlen=self.t.window)
         self.eval_window: deque[dict] = deque(maxlen=self.rollout.eval_window)
         self._resume()
-        self._learner_weights()  # scratch holds the learner as it is before each update: the anchor's gate reads its critic
+        if self.anchor.active:
+            self._learner_weights()  # scratch holds the learner as it is before each update: the anchor's gate reads its critic
         self.snapshot = (self.published_version, _numpy(policy_state(self.serving)))
         # (version, inference module) of the latest publications, newest last; the gate's yardsticks.
         self.references: deque[tuple[int, Any]] = deque([(self.published_version, copy.deepcopy(self.serving))],
@@ -154,6 +153,16 @@ class ContinuousTrainer:
         scratch = config.get_rl_module_spec().build()
         scratch.eval()  # the gate's copy: no model-id dropout when it scores held-back records
         return group, scratch
+
+    def _anchor_on_checkpoint(self) -> CheckpointAnchor:
+        """The anchor, holding a frozen copy of the learner as the checkpoint started it (with the
+        anchor off, none: no copy and no weights fetched at start-up)."""
+        module = None
+        if self.t.anchor_weight > 0:
+            self._learner_weights()  # the checkpoint's policy (and a fresh critic) in scratch
+            module = copy.deepcopy(self.scratch)
+        return CheckpointAnchor(module, self.t.anchor_weight, self.t.anchor_fade, self.t.anchor_gate_z,
+                                self.t.anchor_gate_min)
 
     @staticmethod
     def _adopt(group, weights: dict) -> None:
@@ -237,7 +246,8 @@ class ContinuousTrainer:
         windows but are not trained on while it is away."""
         from ray.rllib.core import DEFAULT_MODULE_ID
 
-        for module in (self.serving, self.scratch, self.anchor.module, *(m for _, m in self.references)):
+        anchored = [] if self.anchor.module is None else [self.anchor.module]
+        for module in (self.serving, self.scratch, *anchored, *(m for _, m in self.references)):
             offer.apply(module)
         self.learner_group.foreach_learner(lambda learner: offer.apply(learner.module[DEFAULT_MODULE_ID].unwrapped()))
         if tuple(offer.models) != self.models:
