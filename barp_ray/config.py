@@ -93,9 +93,12 @@ class EncoderConfig:
     model: str = "packaged"  # packaged copy of all-MiniLM-L6-v2, a local path, or a hub name (online)
     cache_dir: str | None = None  # default: $BARP_CACHE_DIR or ~/.cache/barp-ray
     batch_size: int = 64
+    text_stats: bool = False  # also read six text statistics of the prompt (length, lines, digits, code, ...)
 
     def validate(self) -> None:
         _positive("encoder.batch_size", self.batch_size)
+        if not isinstance(self.text_stats, bool):
+            raise ConfigError(f"encoder.text_stats: must be true or false, got {self.text_stats!r}")
 
 
 @dataclass

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from barp_ray.prompt_stats import NAMES as TEXT_STATS, text_stats
+
 META_FILE = "barp_meta.json"
 RL_MODULE_PATH = Path("learner_group") / "learner" / "rl_module" / "default_policy"
 
@@ -88,6 +90,9 @@ class RoutingPolicy:
             if list(meta.get("model_features") or []) != list(FEATURES):
                 raise CheckpointError(f"{root}: model_features: the checkpoint describes models by "
                                       f"{meta.get('model_features')}, this version by {list(FEATURES)}")
+        stats = list(meta.get("text_stats") or [])
+        if stats and stats != list(TEXT_STATS):
+            raise CheckpointError(f"{root}: text_stats: the checkpoint reads {stats}, this version computes {list(TEXT_STATS)}")
         if module.action_space.n != len(models):
             raise CheckpointError(f"{root}: module has {module.action_space.n} actions but metadata lists {len(models)} models")
         return cls(module=module, models=models, tau=float(meta["tau"]), encoder=meta["encoder"], meta=meta)
@@ -97,6 +102,28 @@ class RoutingPolicy:
         A refused list (CardError, ValueError naming the field) leaves the current one in place."""
         self.module.offer(cards)
         self.models = tuple(self.module.offered)
+
+    @property
+    def reading(self) -> dict:
+        """How this policy turns a prompt into its input. Contexts logged for one policy can train
+        another only if the two read alike."""
+        return {"encoder": self.encoder, "text_stats": list(self.meta.get("text_stats") or [])}
+
+    @property
+    def text_stats(self) -> bool:
+        """Whether this policy reads the prompt's text statistics after h(x) (`encoder.text_stats`)."""
+        return bool(self.reading["text_stats"])
+
+    def observe(self, prompts: Sequence[str], stats: np.ndarray | None = None) -> np.ndarray:
+        """[B, D] what the policy reads of each prompt: h(x) from the training encoder, then the text
+        statistics if it was trained with them. `stats`: already computed (the serving ingress does,
+        on the prompt before truncation), else computed here from `prompts`."""
+        from barp_ray.encoder import encode
+
+        h = encode(list(prompts), self.encoder)
+        if not self.text_stats:
+            return h
+        return np.hstack([h, text_stats(prompts) if stats is None else np.asarray(stats, dtype=np.float32)])
 
     def probabilities(self, embeddings: np.ndarray, preferences: np.ndarray) -> np.ndarray:
         """[B, K] routing distribution for B (embedding, preference) pairs."""
@@ -109,8 +136,6 @@ class RoutingPolicy:
         return self.module.action_probabilities(e, w).numpy()
 
     def route(self, prompts: Sequence[str], preference: Sequence[float]) -> list[str]:
-        """Greedy model choice per prompt; encodes with the same frozen encoder used in training."""
-        from barp_ray.encoder import encode
-
-        probs = self.probabilities(encode(list(prompts), self.encoder), np.asarray(preference, dtype=np.float32))
+        """Greedy model choice per prompt; reads prompts as training did (`observe`)."""
+        probs = self.probabilities(self.observe(prompts), np.asarray(preference, dtype=np.float32))
         return [self.models[i] for i in probs.argmax(-1)]

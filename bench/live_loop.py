@@ -268,7 +268,6 @@ def main() -> None:
         print(table(result["summary"], result["settings"]["rounds"]))
         return
     from barp_ray.data.shifting_world import ShiftingWorld
-    from barp_ray.encoder import encode
     from barp_ray.policy import CheckpointError, RoutingPolicy
 
     try:
@@ -276,7 +275,7 @@ def main() -> None:
     except CheckpointError as e:
         sys.exit(f"error: checkpoint: {e} (train one first: python -m barp_ray.train)")
     texts = ShiftingWorld(models=list(policy.models), prices={}, topics=args.topics).all_prompts()
-    embeddings = dict(zip(texts, encode(texts, policy.encoder)))
+    embeddings = dict(zip(texts, policy.observe(texts)))
     runs = []
     for cadence in args.cadences:
         for seed in args.seeds:

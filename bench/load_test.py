@@ -126,7 +126,7 @@ def cpu_per_route(before: dict[str, float], after: dict[str, float], routes: int
 
 def in_process_forward(checkpoint: str):
     """The bare encoder + policy forward on this process's torch threads: what the goals compare with."""
-    from barp_ray.encoder import encode, load_encoder
+    from barp_ray.encoder import load_encoder
     from barp_ray.policy import RoutingPolicy
 
     policy = RoutingPolicy.load(checkpoint)
@@ -134,7 +134,7 @@ def in_process_forward(checkpoint: str):
     preference = np.asarray([0.8, 0.2], dtype=np.float32)
 
     def forward(batch: list[str]) -> None:
-        policy.probabilities(encode(batch, policy.encoder), preference)
+        policy.probabilities(policy.observe(batch), preference)
 
     return forward
 

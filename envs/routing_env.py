@@ -20,7 +20,7 @@ from envs.reward import reward
 class BanditData:
     """What the simulator needs from a routing table: cached prompt embeddings plus the hidden outcomes."""
 
-    embeddings: np.ndarray  # [N, D] float32, unit-norm (MiniLM normalises)
+    embeddings: np.ndarray  # [N, D] float32: unit-norm h(x) (MiniLM normalises), then any text statistics
     scores: np.ndarray  # [N, K] float32
     costs: np.ndarray  # [N, K] float64 dollars
     models: tuple[str, ...]
@@ -89,10 +89,10 @@ class BanditRounds:
         return reward(q, c, preference[:, 0], preference[:, 1], self.tau).astype(np.float32)
 
 
-def observation_space(dim: int) -> gym.spaces.Dict:
+def observation_space(dim: int, bound: float = 1.0) -> gym.spaces.Dict:
     return gym.spaces.Dict(
         {
-            "embedding": gym.spaces.Box(-1.0, 1.0, shape=(dim,), dtype=np.float32),
+            "embedding": gym.spaces.Box(-bound, bound, shape=(dim,), dtype=np.float32),
             "preference": gym.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32),
         }
     )
@@ -137,7 +137,9 @@ class RoutingBanditEnv(gym.Env):
             seed=config.get("seed"),
         )
         self.models = data.models
-        self.observation_space = observation_space(data.embeddings.shape[1])
+        # h(x) is unit-norm; text statistics after it (encoder.text_stats) reach a few units
+        bound = max(1.0, float(np.ceil(np.abs(data.embeddings).max()))) if data.embeddings.size else 1.0
+        self.observation_space = observation_space(data.embeddings.shape[1], bound)
         self.action_space = gym.spaces.Discrete(len(data.models))
         self._row: np.ndarray | None = None
         self._obs: dict[str, np.ndarray] | None = None

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from barp_ray.policy import read_meta
+from barp_ray.prompt_stats import text_stats
 from serve.guard import GuardError, PromptLimiter, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
@@ -439,7 +440,9 @@ class RouterAPI:
             unknown = sorted(set(req.candidates) - set(self.models))
             if unknown:
                 return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
-        item = {"prompt": prompt, "preference": [wq, wc], "mode": req.mode, "candidates": req.candidates}
+        # The text statistics read the whole prompt, as training did; the encoder reads the cut one.
+        item = {"prompt": prompt, "text_stats": text_stats([req.prompt])[0].tolist(), "preference": [wq, wc],
+                "mode": req.mode, "candidates": req.candidates}
         try:
             out = await (self.local.route(item) if self.local is not None else _call_with_retry(self.router.route, item))
         except (RayActorError, ActorUnavailableError):

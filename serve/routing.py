@@ -155,13 +155,13 @@ class Router:
 
     def decide(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
         """(answers, decisions to record) for a batch, under one offer and one policy version."""
-        from barp_ray.encoder import encode
         from serve.exploration import exploring_distribution
         from serve.feedback_store import encode_vector, new_request_id
 
         policy, prices, version, epsilon = self.policy, self.prices, self.version, self.epsilon
         models = list(policy.models)
-        emb = encode([it["prompt"] for it in items], policy.encoder)
+        stats = [it.get("text_stats") for it in items]
+        emb = policy.observe([it["prompt"] for it in items], None if None in stats else stats)
         probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
         e = self.settings.exploration
         out, decisions = [], []

@@ -109,6 +109,7 @@ class ContinuousTrainer:
         self.models = policy.models
         self.index = {m: i for i, m in enumerate(self.models)}
         self.serving = policy.module  # the weights replicas serve now (inference copy)
+        self.reading = policy.reading  # the logged contexts were made this way; a new checkpoint must read alike
         self.learner_group, self.scratch = self._build(policy.module)  # scratch: the gate's copy of the learner's module
         self.anchor = self._anchor_on_checkpoint()
         self.offset = 0
@@ -499,6 +500,9 @@ class ContinuousTrainer:
             raise ValueError(f"path: {e}") from None
         if candidate.models != self.models:
             raise ValueError(f"path: checkpoint routes {list(candidate.models)}, this service routes {list(self.models)}")
+        if candidate.reading != self.reading:
+            raise ValueError(f"path: checkpoint reads prompts as {candidate.reading}, this service as {self.reading}: "
+                             f"the logged contexts would not fit it")
         mine, theirs = policy_state(self.serving), policy_state(candidate.module)
         bad = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
         if bad or set(theirs) - set(mine):

@@ -68,6 +68,7 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"training": {"lr": "1e-4x"}}, "training.lr"),
         ({"policy": {"head": "cost"}}, "policy.head"),
         ({"policy": {"quality_gate": "yes"}}, "policy.quality_gate"),
+        ({"encoder": {"text_stats": "yes"}}, "encoder.text_stats"),
         ({"policy": {"cost_scale": 0}}, "policy.cost_scale"),
         ({"training": {"learning_rate": 0.1}}, "training"),
         ({"trainig": {}}, "trainig"),

@@ -3,6 +3,7 @@ sentence-transformers gives, and token counts must be the prompt's own tokens.""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from barp_ray.encoder import PACKAGED, SentenceEncoder, _LibraryEncoder, count_tokens, load_encoder, resolve_encoder_path
 
@@ -65,3 +66,19 @@ def test_no_prompt_has_more_wordpiece_tokens_than_utf8_bytes():
         assert len(tokenizer.encode(text, add_special_tokens=False).ids) <= n_bytes, repr(text)
     short = PromptLimiter(LimitSettings(max_prompt_tokens=8, long_prompt="reject"), PACKAGED)
     assert short.apply("8 bytes!") == "8 bytes!"  # at the limit in bytes: not counted, not refused
+
+
+def test_text_statistics_describe_how_a_prompt_is_put_and_stay_of_order_one():
+    from barp_ray.prompt_stats import NAMES, text_stats
+
+    choice = "Which planet is largest?\n(A) Mars\n(B) Jupiter\nC) Venus\nD. Earth"
+    code = "def f(x):\n    return [i * 2 for i in range(x)]"
+    s = text_stats(["", choice, code, "x" * 1_000_000])
+    col = NAMES.index
+    assert s.shape == (4, len(NAMES)) and s.dtype == np.float32 and np.isfinite(s).all()
+    assert s[0].tolist() == [-4.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # the empty prompt
+    assert s[1, col("log_choice_lines")] == pytest.approx(np.log1p(4))  # "(A)", "(B)", "C)", "D."
+    assert s[1, col("log_question_marks")] == pytest.approx(np.log1p(1))
+    assert s[2, col("code_share")] > 1 > s[1, col("code_share")]
+    assert s[2, col("digit_share")] > 0 == s[1, col("digit_share")]
+    assert -4 <= s.min() and s.max() < 6  # a megabyte of text is still a few units: inputs stay of order one

@@ -206,6 +206,19 @@ def test_full_information_routers_solve_the_toy(make):
         assert router.k in (1, 5, 25) and set(router.validation) == {1, 5, 25}
 
 
+def test_knn_finds_neighbours_by_the_embedding_alone_when_text_statistics_follow_it():
+    """Cosine neighbours need unit-norm rows; statistics of a few units appended would outweigh h(x)."""
+    emb, scores, costs = toy()
+    test_emb = toy(300, seed=1)[0]
+    rng = np.random.default_rng(0)
+    stats, test_stats = 3 * rng.standard_normal((len(emb), 6)), 3 * rng.standard_normal((len(test_emb), 6))
+    plain = KNNRouter((5, 25)).fit(TrainView.build(emb, scores, costs, TAU, 0.2, seed=0), PREFS)
+    wide = KNNRouter((5, 25), dims=emb.shape[1]).fit(
+        TrainView.build(np.hstack([emb, stats]), scores, costs, TAU, 0.2, seed=0), PREFS)
+    np.testing.assert_array_equal(wide.predict_scores(np.hstack([test_emb, test_stats])), plain.predict_scores(test_emb))
+    assert wide.k == plain.k
+
+
 def test_best_label_router_refuses_an_untrained_preference():
     emb, scores, costs = toy(200)
     router = BestLabelRouter(MLPSettings(hidden=8, max_epochs=2)).fit(TrainView.build(emb, scores, costs, TAU, 0.2, 0), [(1.0, 0.0)])

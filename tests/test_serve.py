@@ -27,7 +27,9 @@ from http_client import TOKEN, Client, free_port as _free_port, stored_reward_id
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A deliberately under-trained checkpoint (2 iterations) so feedback has room to improve it."""
+    """A deliberately under-trained checkpoint (2 iterations) so feedback has room to improve it. It reads
+    the prompts' text statistics too (`encoder.text_stats`), so every test here serves and trains through
+    them; tests/test_colocated.py serves a checkpoint without."""
     from conftest import start_local_ray
 
     start_local_ray()
@@ -36,7 +38,7 @@ def world(tmp_path_factory):
     cfg = apply_overrides(
         load_config(None),
         ["data.synthetic_prompts=1200", "training.iterations=2", "training.rounds_per_iteration=256",
-         "training.lr=0.0001", f"output.checkpoint_dir={root / 'ckpt'}"],
+         "training.lr=0.0001", "encoder.text_stats=true", f"output.checkpoint_dir={root / 'ckpt'}"],
     )
     res = train(cfg, progress=False)
     train_t, test_t = split_tables(cfg.data)
@@ -686,17 +688,63 @@ def test_size_limits(client):
     assert st == 413
 
 
+def test_text_statistics_read_the_whole_prompt_even_when_the_encoder_reads_a_cut_one(client, world, tmp_path):
+    """Training computed them on whole prompts; a prompt over the token limit is cut for the encoder, and
+    statistics of the cut text would tell the policy a long passage was a short one."""
+    import json
+    import shutil
+
+    from barp_ray.encoder import encode
+    from barp_ray.policy import CheckpointError, RoutingPolicy, read_meta
+    from barp_ray.prompt_stats import NAMES, text_stats
+    from serve.feedback_store import RewardReader, decode_vector
+
+    meta = read_meta(world["checkpoint"])
+    assert meta["text_stats"] == list(NAMES) and meta["embedding_dim"] == 384 + len(NAMES)
+    prompt = "Which number is prime?\n" + "\n".join(f"({c}) {n}" for c, n in zip("ABCD", (21, 33, 37, 51))) + \
+        "\n" + " ".join(["word"] * 300)
+    st, r = client.post("/v1/route", {"prompt": prompt, "preference": 0.5})
+    assert st == 200, r
+    st, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": 1.0, "cost": 0.001})
+    assert st == 200 and f["accepted"], f
+    reader = RewardReader(world["root"] / "log")
+    rows = [row for row in reader.after(0, 1_000_000) if row["request_id"] == r["request_id"]]
+    reader.close()
+    seen = decode_vector(rows[0]["embedding"])
+    whole, cut = text_stats([prompt])[0], text_stats([prompt[:300]])[0]
+    assert np.allclose(seen[-len(NAMES):], whole, atol=1e-6) and not np.allclose(whole, cut)
+    assert whole[NAMES.index("log_choice_lines")] > 1  # four "(A)"-style option lines
+
+    policy = RoutingPolicy.load(world["checkpoint"])  # the library reads prompts the same way
+    x = policy.observe(["What is 2 + 2?", prompt])
+    assert x.shape == (2, meta["embedding_dim"])
+    assert np.allclose(x[:, :384], encode(["What is 2 + 2?", prompt], policy.encoder), atol=1e-6)
+    assert np.allclose(x[1, 384:], whole)
+    bad = tmp_path / "other_stats"
+    shutil.copytree(world["checkpoint"], bad)
+    (bad / "barp_meta.json").write_text(json.dumps({**meta, "text_stats": ["log_chars", "emoji_share"]}))
+    with pytest.raises(CheckpointError, match="text_stats: the checkpoint reads"):
+        RoutingPolicy.load(bad)
+
+
 def test_bad_checkpoint_is_refused_and_old_weights_stay(client, world, tmp_path):
     st, before = client.get("/v1/stats")
     st, err = client.post("/v1/admin/load_checkpoint", {"path": str(tmp_path)})
     assert st == 422 and "not a barp-ray checkpoint" in err["error"]
-    broken = tmp_path / "broken"
+    import json
     import shutil
 
+    broken = tmp_path / "broken"
     shutil.copytree(world["checkpoint"], broken)
     (broken / "learner_group" / "learner" / "rl_module" / "default_policy" / "module_state.pkl").write_bytes(b"garbage")
     st, err = client.post("/v1/admin/load_checkpoint", {"path": str(broken)})
     assert st == 422 and "cannot load checkpoint" in err["error"]
+    blind = tmp_path / "blind"  # same network, but it would read prompts without the text statistics
+    shutil.copytree(world["checkpoint"], blind)
+    meta = json.loads((blind / "barp_meta.json").read_text())
+    (blind / "barp_meta.json").write_text(json.dumps({**meta, "text_stats": []}))
+    st, err = client.post("/v1/admin/load_checkpoint", {"path": str(blind)})
+    assert st == 422 and "text_stats" in err["error"], err
     st, after = client.get("/v1/stats")
     assert after["trainer"]["version"] == before["trainer"]["version"]
     st, r = client.post("/v1/route", {"prompt": "still serving?", "preference": 0.5})

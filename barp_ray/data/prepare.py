@@ -17,9 +17,10 @@ from barp_ray.data.table import DataError, RoutingTable
 class PreparedData:
     train: RoutingTable
     test: RoutingTable
-    train_embeddings: np.ndarray
+    train_embeddings: np.ndarray  # what the policy reads of each prompt: h(x), then its text statistics if on
     test_embeddings: np.ndarray
     tau: float
+    sentence_dim: int  # the leading columns that are h(x): neighbour searches compare those alone
 
 
 def load_table(data_cfg, encoder_name: str = "packaged", part: str = "all") -> RoutingTable:
@@ -88,10 +89,12 @@ def prepare(cfg, progress: bool = False) -> PreparedData:
     train, test = split_tables(cfg.data, cfg.encoder.model)
     kw = dict(name=cfg.encoder.model, cache_dir=cfg.encoder.cache_dir, batch_size=cfg.encoder.batch_size, progress=progress)
     tau = auto_tau(train) if cfg.env.tau == "auto" else float(cfg.env.tau)
-    return PreparedData(
-        train=train,
-        test=test,
-        train_embeddings=cached_embeddings(list(train.prompts), **kw),
-        test_embeddings=cached_embeddings(list(test.prompts), **kw),
-        tau=tau,
-    )
+    train_e, test_e = cached_embeddings(list(train.prompts), **kw), cached_embeddings(list(test.prompts), **kw)
+    sentence_dim = train_e.shape[1]
+    if cfg.encoder.text_stats:
+        from barp_ray.prompt_stats import text_stats
+
+        train_e = np.hstack([train_e, text_stats(train.prompts)])
+        test_e = np.hstack([test_e, text_stats(test.prompts)])
+    return PreparedData(train=train, test=test, train_embeddings=train_e, test_embeddings=test_e, tau=tau,
+                        sentence_dim=sentence_dim)

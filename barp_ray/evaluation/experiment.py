@@ -145,7 +145,7 @@ def fit_offline(data, eval_cfg: EvalConfig, prefs, seed: int, progress: bool) ->
     settings = MLPSettings(
         hidden=eval_cfg.mlp_hidden, lr=eval_cfg.mlp_lr, max_epochs=eval_cfg.mlp_max_epochs, patience=eval_cfg.mlp_patience
     )
-    knn = KNNRouter(eval_cfg.knn_k).fit(view, prefs)
+    knn = KNNRouter(eval_cfg.knn_k, dims=data.sentence_dim).fit(view, prefs)
     knn.name = "kNN"  # the chosen k varies by seed; it is recorded in the run's details
     return [
         knn,

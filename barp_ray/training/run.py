@@ -19,6 +19,7 @@ import numpy as np
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from barp_ray.config import PRICE_HEADS, ConfigError, TrainConfig  # noqa: E402
+from barp_ray.prompt_stats import NAMES as TEXT_STATS  # noqa: E402
 
 ENV_NAME = "barp-routing"
 
@@ -313,6 +314,7 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
         **({"model_features": list(FEATURES)} if cfg.policy.head == "model_conditioned" else {}),
         "tau": data.tau,
         "encoder": cfg.encoder.model,
+        "text_stats": list(TEXT_STATS) if cfg.encoder.text_stats else [],
         "embedding_dim": int(data.train_embeddings.shape[1]),
         "cost_note": data.train.cost_note,
         "config": cfg.to_dict(),

@@ -87,14 +87,16 @@ class KNNRouter(Router):
     name = "kNN"
     family = FULL_INFO
 
-    def __init__(self, candidates=(5, 10, 20, 50, 100)):
+    def __init__(self, candidates=(5, 10, 20, 50, 100), dims: int | None = None):
         self.candidates = tuple(int(k) for k in candidates)
+        self.dims = dims  # compare the first `dims` columns (h(x) alone when text statistics follow it)
         self.k: int | None = None
         self.validation: dict[int, float] = {}
         self._memo = _MemoPredictions()
 
     def fit(self, view: TrainView, preferences) -> "KNNRouter":
-        fit_e, val_e = view.embeddings[view.fit_index], view.embeddings[view.val_index]
+        e = view.embeddings[:, : self.dims]
+        fit_e, val_e = e[view.fit_index], e[view.val_index]
         cost_hat = normalized_cost(view.costs[view.fit_index], view.tau).mean(axis=0)
         val_rows = np.arange(len(view.val_index))
         for k in self.candidates:
@@ -109,12 +111,12 @@ class KNNRouter(Router):
             )
         self.k = max(self.validation, key=self.validation.get)
         self.name = f"kNN (k={self.k})"
-        self._index, self._scores = view.embeddings, view.scores  # refit on all of train
+        self._index, self._scores = e, view.scores  # refit on all of train
         self._cost_hat = view.mean_normalized_cost()
         return self
 
     def predict_scores(self, embeddings: np.ndarray) -> np.ndarray:
-        return self._memo.get(embeddings, lambda e: knn_mean(e, self._index, self._scores, self.k))
+        return self._memo.get(embeddings, lambda e: knn_mean(e[:, : self.dims], self._index, self._scores, self.k))
 
     def choose(self, embeddings, preference):
         return argmax_choice(predicted_reward(self.predict_scores(embeddings), self._cost_hat, preference))

@@ -55,8 +55,11 @@ class MeanOf:
 
 
 def ensemble_actions(modules: list, embeddings: np.ndarray, preference) -> np.ndarray:
-    """One module's greedy choice, or for several the argmax of their mean probabilities."""
-    return greedy_actions(modules[0] if len(modules) == 1 else MeanOf(modules), embeddings, preference)
+    """One module's greedy choice, or for several the argmax of their mean probabilities. Each reads the
+    leading columns it was trained on: h(x) alone, or h(x) and the text statistics that follow it when the
+    draw was prepared with `--set encoder.text_stats=true`."""
+    width = modules[0].observation_space["embedding"].shape[0]
+    return greedy_actions(modules[0] if len(modules) == 1 else MeanOf(modules), embeddings[:, :width], preference)
 
 
 def main() -> None:
@@ -65,7 +68,8 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("names", nargs="+", help="the reference variant first")
     p.add_argument("--set", action="append", default=[], help="score under this override too, e.g. env.tau=0.0005 "
-                   "for variants trained with it (a fixed cost cap changes every reward)")
+                   "for variants trained with it (a fixed cost cap changes every reward), or encoder.text_stats=true "
+                   "to compare variants with and without them (each reads its own columns)")
     args = p.parse_args()
     config, out, names = args.config, args.out, args.names
     seeds, per = [], {n: [] for n in names}
