@@ -4,8 +4,10 @@ MiniLM's embedding is a unit-length mean over at most 256 tokens, so it keeps wh
 about and loses how it is put: a one-line multiple-choice question and a 1,500-character passage
 on the same subject embed alike, and so do code and prose about code. Those are what decide which
 models answer well (on LLMRouter's mmlu the short form and the long one favour different models).
-The statistics give the policy that back for a few microseconds a prompt; on twelve validation
-draws they bought one policy +0.0017 ± 0.0007 sweep reward (`docs/results/preference_range_val`).
+The statistics give the policy that back for a few microseconds a prompt. On twelve validation
+draws they bought one policy +0.0017 ± 0.0007 sweep reward, as much as the three-member ensemble; they
+add nothing to the ensemble and lose on tasks the policy never saw (a prompt's form is its task's
+signature), so they are off by default (`docs/results/preference_range_val`, session 48).
 
 They are computed on the prompt as the client sent it, before any truncation for the encoder, and
 scaled to be of order 1 like the rest of the network's inputs. The list is part of a checkpoint's
