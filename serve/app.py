@@ -395,6 +395,8 @@ class RouterAPI:
         self.tau = float(meta["tau"])
         self.local = None if router is not None else await _colocated_router(settings, self.tau, log, trainer)
         self.limiter = PromptLimiter(settings.limits, meta["encoder"])
+        # An operator's checkpoint must read prompts alike (ContinuousTrainer.load_checkpoint), so this holds.
+        self.reads_text_stats = bool(meta.get("text_stats"))
         from serve.upstream import UpstreamPool
 
         self.upstreams = UpstreamPool(settings)
@@ -440,9 +442,9 @@ class RouterAPI:
             unknown = sorted(set(req.candidates) - set(self.models))
             if unknown:
                 return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
-        # The text statistics read the whole prompt, as training did; the encoder reads the cut one.
-        item = {"prompt": prompt, "text_stats": text_stats([req.prompt])[0].tolist(), "preference": [wq, wc],
-                "mode": req.mode, "candidates": req.candidates}
+        item = {"prompt": prompt, "preference": [wq, wc], "mode": req.mode, "candidates": req.candidates}
+        if self.reads_text_stats:  # of the whole prompt, as training read it; the encoder reads the cut one
+            item["text_stats"] = text_stats([req.prompt])[0].tolist()
         try:
             out = await (self.local.route(item) if self.local is not None else _call_with_retry(self.router.route, item))
         except (RayActorError, ActorUnavailableError):
