@@ -148,6 +148,10 @@ class PolicyConfig:
     # the average training prompt's decision head output (1: off; training rollouts are never shrunk)
     decision_shrinkage: float = 1.0
     decision_shrinkage_gate: str = "none"  # cost: the pull above is scaled by w_c (none at w_q = 1)
+    # > 1: the routing decision (serving, evaluation) charges each model's known price this many times what
+    # training did (price heads). On tasks the policy never saw the price is a fact and the score a guess
+    # from other tasks, so the decision trusts the learned quality less against it (1: off; rollouts never)
+    decision_cost_multiplier: float = 1.0
 
     def validate(self) -> None:
         _one_of("policy.head", self.head, POLICY_HEADS)
@@ -163,6 +167,12 @@ class PolicyConfig:
                               "model_conditioned scores model cards")
         if self.decision_shrinkage_gate != "none" and self.decision_shrinkage >= 1.0:
             raise ConfigError("policy.decision_shrinkage_gate: gates a shrinkage; set policy.decision_shrinkage < 1")
+        m = self.decision_cost_multiplier
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 < m <= 1000.0:
+            raise ConfigError(f"policy.decision_cost_multiplier: must be a number in (0, 1000] (1: off), got {m!r}")
+        if self.decision_cost_multiplier != 1.0 and self.head not in PRICE_HEADS:
+            raise ConfigError(f"policy.decision_cost_multiplier: scales the known price term of the {' and '.join(PRICE_HEADS)} "
+                              f"heads; head {self.head!r} has none")
         _positive("policy.cost_scale", self.cost_scale)
         if not isinstance(self.quality_gate, bool):
             raise ConfigError(f"policy.quality_gate: must be true or false, got {self.quality_gate!r}")
@@ -458,8 +468,11 @@ def with_head(train_cfg: TrainConfig, head: str) -> TrainConfig:
     critic reads the cost-aware head's costs, so another head gets the reward-shaped critic; the
     model-conditioned head scores model cards with its own towers, so it trains one policy (with
     a single policy's share of the rounds) without the fixed-K heads' critic dropout or shrinkage,
-    hidden dropout, FiLM or decision shrinkage."""
+    hidden dropout, FiLM or decision shrinkage; a head without a known price term decides without the
+    decision cost multiplier."""
     sets = [f"policy.head={head}"]
+    if head not in PRICE_HEADS:  # no known price term to charge
+        sets.append("policy.decision_cost_multiplier=1.0")
     if train_cfg.training.critic_form == "known_cost" and head != "cost_aware":
         sets.append("training.critic_form=reward")
     if head == "model_conditioned":

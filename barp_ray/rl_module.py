@@ -143,6 +143,10 @@ class BaRPRLModule(TorchRLModule):
     the average prompt's choice is the prior to fall back toward. With decision_shrinkage_gate
     "cost" the kept share is 1 - (1 - k) * w_c: no pull at w_q = 1, where nothing is paid.
 
+    decision_cost_multiplier m > 1 (inference only, the price heads) decides with the known price
+    term charged m times: the learned quality is trusted 1/m as much against a price that is a fact.
+    On tasks the policy never saw that is the risk-averse decision (chosen on task-held-out folds).
+
     members E > 1 holds E such modules (`_setup_members`) and routes by the mean of their
     distributions; MEMBER_OUTPUTS carries each one's training forward for its own loss.
     """
@@ -189,6 +193,7 @@ class BaRPRLModule(TorchRLModule):
             # Not in the state dict, like the prices: a fact of the training set, not a weight.
             self.register_buffer("reference_embedding", torch.as_tensor(reference, dtype=torch.float32), persistent=False)
         self.set_decision_shrinkage(float(cfg.get("decision_shrinkage", 1.0)), str(cfg.get("decision_shrinkage_gate", "none")))
+        self.set_decision_cost_multiplier(float(cfg.get("decision_cost_multiplier", 1.0)))
         if self.head == "model_conditioned":
             self._setup_model_conditioned(cfg, emb_dim, pref_hidden, head_hidden, k)
             return
@@ -341,11 +346,12 @@ class BaRPRLModule(TorchRLModule):
         if self.head == "model_conditioned":
             models = self._model_inputs(len(z), drop=False) if models is None else models
             return self._pair(out, self.model_tower(models)) - self._price_term(w, batch[Columns.OBS])
+        charge = self.decision_cost_multiplier if deciding else 1.0
         if self.head == "price_aware":
-            return out - self._price_term(w, batch[Columns.OBS])
+            return out - charge * self._price_term(w, batch[Columns.OBS])
         if self.head == "cost_aware":
             gate = w[:, :1] if self.quality_gate else 1.0
-            return gate * out - self._price_term(w, batch[Columns.OBS])
+            return gate * out - charge * self._price_term(w, batch[Columns.OBS])
         u, v = out.chunk(2, dim=-1)
         return w[:, :1] * u + w[:, 1:] * v
 
@@ -377,6 +383,20 @@ class BaRPRLModule(TorchRLModule):
             raise ValueError("decision_shrinkage: this checkpoint has no reference_embedding (the mean training h(x)); "
                              "retrain it with this version")
         self.decision_shrinkage, self.decision_shrinkage_gate = float(keep), gate
+
+    def set_decision_cost_multiplier(self, multiplier: float) -> None:
+        """How many times its training price the routing decision charges each model (1: off); a
+        decision-time setting like the shrinkage, so serving may change it live."""
+        if self.members is not None:
+            for m in self.members:
+                m.set_decision_cost_multiplier(multiplier)
+            return
+        if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not 0.0 < multiplier <= 1000.0:
+            raise ValueError(f"decision_cost_multiplier: need a number in (0, 1000] (1: off), got {multiplier!r}")
+        if multiplier != 1.0 and self.head not in PRICE_HEADS:
+            raise ValueError(f"decision_cost_multiplier: scales the known price term of the {' and '.join(PRICE_HEADS)} "
+                             f"heads; head {self.head!r} has none")
+        self.decision_cost_multiplier = float(multiplier)
 
     def set_prices(self, prices: list[float]) -> None:
         """Today's blended $/Mtok per model (price_aware, cost_aware heads): routing follows at once."""

@@ -231,7 +231,7 @@ class LimitSettings:
 
 TOPOLOGIES = ("colocated", "split")
 # What `user_config` may set live, and the deployments that take it in each topology.
-LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate")
+LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate", "decision_cost_multiplier")
 LIVE_OFFER_DEPLOYMENTS = {"colocated": ("RouterAPI", "TrainerDeployment"),
                           "split": ("RouterModel", "RouterAPI", "TrainerDeployment")}
 
@@ -359,6 +359,8 @@ class Offer:
     sizes: dict[str, float]
     # How the decision reads each prompt (`policy.decision_shrinkage`, its gate): the checkpoint's unless set live.
     decision_shrinkage: tuple[float, str] = (1.0, "none")
+    # How many times its training price the decision charges each model (`policy.decision_cost_multiplier`).
+    decision_cost_multiplier: float = 1.0
 
     def cards(self) -> list:
         from barp_ray.model_cards import cards_for
@@ -380,6 +382,7 @@ class Offer:
         elif module.head in PRICE_HEADS and self.blended():
             module.set_prices(self.blended())
         module.set_decision_shrinkage(*self.decision_shrinkage)
+        module.set_decision_cost_multiplier(self.decision_cost_multiplier)
 
 
 def live_offer(user_config: Any, meta: dict) -> Offer:
@@ -396,10 +399,10 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
     unknown = sorted(set(config) - set(LIVE_KEYS))
     if unknown:
         raise SettingsError(f"user_config: unknown key(s) {unknown}; known: {list(LIVE_KEYS)}")
-    shrinkage = live_decision_shrinkage(config, meta)
+    shrinkage, charge = live_decision_shrinkage(config, meta), live_decision_cost_multiplier(config, meta)
     if config.get("models") is None:
         prices = live_prices(config.get("prices"), meta)
-        return Offer(tuple(meta["models"]), {m: p for m, p in prices.items() if p}, dict(meta.get("sizes") or {}), shrinkage)
+        return Offer(tuple(meta["models"]), {m: p for m, p in prices.items() if p}, dict(meta.get("sizes") or {}), shrinkage, charge)
     if config.get("prices"):
         raise SettingsError("prices: give each model's price inside `models` when `models` is set, not both")
     head = checkpoint_head(meta)
@@ -412,7 +415,7 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
         raise SettingsError(str(e)) from None
     return Offer(tuple(c.name for c in cards),
                  {c.name: {"input_per_mtok": float(c.input_per_mtok), "output_per_mtok": float(c.output_per_mtok)} for c in cards},
-                 {c.name: float(c.size_b) for c in cards if c.size_b}, shrinkage)
+                 {c.name: float(c.size_b) for c in cards if c.size_b}, shrinkage, charge)
 
 
 def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str]:
@@ -433,6 +436,21 @@ def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str]:
     if keep < 1.0 and checkpoint_head(meta) == "model_conditioned":
         raise SettingsError("decision_shrinkage: a model_conditioned checkpoint scores model cards; it applies to the other heads")
     return float(keep), gate or "none"
+
+
+def live_decision_cost_multiplier(config: dict, meta: dict) -> float:
+    """`decision_cost_multiplier` set live: how many times its training price the decision charges each
+    model (price heads). Like the shrinkage, a serving setting that training does not read: e.g. raised
+    while traffic from tasks the policy never saw comes in. Unset, the checkpoint's own."""
+    m = config.get("decision_cost_multiplier")
+    if m is None:
+        return float(checkpoint_policy(meta).get("decision_cost_multiplier", 1.0))
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 < m <= 1000.0:
+        raise SettingsError(f"decision_cost_multiplier: must be a number in (0, 1000] (1: off), got {m!r}")
+    if m != 1.0 and checkpoint_head(meta) not in PRICE_HEADS:
+        raise SettingsError(f"decision_cost_multiplier: scales the known price term of the {' and '.join(PRICE_HEADS)} heads; "
+                            f"this checkpoint's head is {checkpoint_head(meta)!r}")
+    return float(m)
 
 
 def live_prices(overrides: Any, meta: dict) -> dict[str, dict[str, float]]:

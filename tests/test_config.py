@@ -56,6 +56,9 @@ def test_embedded_default_and_shipped_configs_load(tmp_path, monkeypatch):
         ({"policy": {"decision_shrinkage": 0.5, "head": "model_conditioned"}}, "policy.decision_shrinkage"),
         ({"policy": {"decision_shrinkage_gate": "price", "decision_shrinkage": 0.5}}, "policy.decision_shrinkage_gate"),
         ({"policy": {"decision_shrinkage_gate": "cost"}}, "policy.decision_shrinkage_gate"),  # nothing to gate at k = 1
+        ({"policy": {"decision_cost_multiplier": 0}}, "policy.decision_cost_multiplier"),
+        ({"policy": {"decision_cost_multiplier": "high"}}, "policy.decision_cost_multiplier"),
+        ({"policy": {"decision_cost_multiplier": 2, "head": "concat"}}, "policy.decision_cost_multiplier"),
         ({"training": {"entropy_coeff": -0.1}}, "training.entropy_coeff"),
         ({"training": {"validation_fraction": 0.8}}, "training.validation_fraction"),
         ({"training": {"validation_fraction": "some"}}, "training.validation_fraction"),

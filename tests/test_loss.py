@@ -431,6 +431,38 @@ def test_decision_shrinkage_pulls_the_routing_decision_toward_the_average_prompt
         _module(head="model_conditioned", model_cards=_cards(*TRAINED), decision_shrinkage=0.5, reference_embedding=reference)
 
 
+def test_decision_cost_multiplier_charges_the_known_price_more_in_the_decision_but_not_the_rollouts():
+    import pytest
+    from ray.rllib.core.columns import Columns
+
+    batch = _batch(64)
+    w = batch[Columns.OBS]["preference"]
+    for head, extra in (("cost_aware", {"model_costs": [0.1, 0.3, 0.6, 1.0]}), ("price_aware", {})):
+        spec = dict(head=head, model_prices=[0.1, 0.3, 0.6, 1.0], **extra)
+        plain = _module(**spec)
+        charged = _module(**spec, decision_cost_multiplier=3.0)
+        charged.load_state_dict(plain.state_dict())
+        with torch.no_grad():
+            raw = plain.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
+            price = plain._price_term(w, batch[Columns.OBS])
+            decided = charged.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
+            # the price term, and only it, counts three times; at w_q = 1 nothing is paid, so nothing moves
+            assert torch.allclose(decided, raw - 2.0 * price, atol=1e-5), head
+            assert not torch.allclose(decided, raw, atol=1e-3), head
+            # the rollouts (and so the loss's behaviour log-probs) read the policy as trained
+            assert torch.allclose(charged.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS],
+                                  plain.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS], atol=1e-6), head
+            cheapest_first = charged.action_probabilities(batch[Columns.OBS]["embedding"], w)[:, 0].mean()
+            assert cheapest_first > plain.action_probabilities(batch[Columns.OBS]["embedding"], w)[:, 0].mean(), head
+    charged.set_decision_cost_multiplier(1.0)  # live, back to the trained decision
+    with torch.no_grad():
+        assert torch.allclose(charged.forward_inference(batch)[Columns.ACTION_DIST_INPUTS], raw, atol=1e-6)
+    with pytest.raises(ValueError, match=r"decision_cost_multiplier: need a number in \(0, 1000\]"):
+        charged.set_decision_cost_multiplier(0.0)
+    with pytest.raises(ValueError, match="decision_cost_multiplier: scales the known price term"):
+        _module(head="concat", decision_cost_multiplier=2.0)
+
+
 def _cards(*specs):
     from barp_ray.model_cards import ModelCard
 

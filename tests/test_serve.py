@@ -433,6 +433,42 @@ def test_decision_shrinkage_is_a_live_setting_checked_by_name_and_applied_to_the
         app_builder({"checkpoint": world["checkpoint"], "auth": {"disabled": True}, "decision_shrinkage": 2})
 
 
+def test_decision_cost_multiplier_is_a_live_setting_checked_by_name_and_applied_to_the_served_policy(world, tmp_path):
+    """The price-charging multiplier of the decision (`policy.decision_cost_multiplier`) is a serving
+    setting like the shrinkage: set live, it moves routing toward the cheaper models at once; removed,
+    the checkpoint's own returns. It needs a price head, so a small cost_aware checkpoint is trained here."""
+    import torch
+
+    from barp_ray.policy import RoutingPolicy, read_meta
+    from serve.app import app_builder
+    from serve.settings import SettingsError, live_offer
+
+    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=600", "training.iterations=1", "training.rounds_per_iteration=256",
+                                              "policy.head=cost_aware", f"output.checkpoint_dir={tmp_path / 'ckpt'}"])
+    checkpoint = train(cfg, progress=False).checkpoint
+    meta = read_meta(checkpoint)
+    module = RoutingPolicy.load(checkpoint).module
+    e = torch.nn.functional.normalize(torch.randn(64, meta["embedding_dim"]), dim=-1)
+    w = torch.tensor([[0.6, 0.4]]).expand(64, 2)
+    assert live_offer({}, meta).decision_cost_multiplier == 1.0  # not set: the checkpoint's own (off here)
+    before = module.action_probabilities(e, w)
+    live_offer({"decision_cost_multiplier": 50}, meta).apply(module)
+    after = module.action_probabilities(e, w)
+    cost = module._known_cost({}) if module.head == "cost_aware" else module.log_price
+    assert float((after * cost).sum(-1).mean()) < float((before * cost).sum(-1).mean())  # the expected price falls
+    live_offer({}, meta).apply(module)  # the key removed: back to the checkpoint's own
+    assert torch.allclose(module.action_probabilities(e, w), before)
+    ood = {**meta, "config": {"policy": {"head": "cost_aware", "decision_cost_multiplier": 3.0}}}
+    assert live_offer({}, ood).decision_cost_multiplier == 3.0
+    for config in ({"decision_cost_multiplier": 0}, {"decision_cost_multiplier": "x"}, {"decision_cost_multiplier": True}):
+        with pytest.raises(SettingsError, match="decision_cost_multiplier: must be a number"):
+            live_offer(config, meta)
+    with pytest.raises(SettingsError, match="decision_cost_multiplier: scales the known price term"):
+        live_offer({"decision_cost_multiplier": 2}, read_meta(world["checkpoint"]))  # the world's concat head has none
+    with pytest.raises(SettingsError, match="decision_cost_multiplier: must be a number"):
+        app_builder({"checkpoint": checkpoint, "auth": {"disabled": True}, "decision_cost_multiplier": -1})
+
+
 def test_a_missing_provider_key_fails_the_deploy(world):
     import os
 

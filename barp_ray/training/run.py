@@ -131,6 +131,8 @@ def build_algo_config(cfg: TrainConfig, data_ref, tau: float, cards: list | None
                     **({"reference_embedding": list(reference)} if shrinkable else {}),
                     **({"decision_shrinkage": cfg.policy.decision_shrinkage,
                         "decision_shrinkage_gate": cfg.policy.decision_shrinkage_gate} if cfg.policy.decision_shrinkage < 1.0 else {}),
+                    **({"decision_cost_multiplier": cfg.policy.decision_cost_multiplier}
+                       if cfg.policy.decision_cost_multiplier != 1.0 else {}),
                     **({"model_cards": [c.as_dict() for c in cards], "model_id_dim": cfg.policy.model_id_dim,
                         "model_id_dropout": cfg.policy.model_id_dropout} if cfg.policy.head == "model_conditioned" else {}),
                 },

@@ -1,0 +1,78 @@
+"""A decision-time cost multiplier out of distribution: route by the cost-aware head's logits with the
+known cost term scaled by m (logits - (m - 1) w_c s c_bar), on the three task-held-out folds, on top
+of the shipped decision shrinkage (k = 0.5). A measurement.
+
+Why: on a task it never saw, the price of a model is known and its score is a guess from other tasks.
+`best_label_choices.py` shows the policy moving most fold-1 prompts at w_q 0.7-0.9 to the model that
+is best on the training tasks by a thin margin (0.374 vs 0.361 at w_q 0.7), and that model is the
+worst of the three cheap ones on the unseen tasks. Charging the price more (m > 1) is the risk-averse
+decision when the quality term is uncertain and the cost is not. In distribution one global m was
+flat (`decision_cost_multiplier.py`, session 39). m is chosen on two folds and read on the third.
+
+    python docs/results/preference_range_val/ood_cost_multiplier.py OUT.json   # ~2 min (36 checkpoints)
+"""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from ray.rllib.core.columns import Columns  # noqa: E402
+
+from paired_sweep import draws  # noqa: E402  (this folder)
+
+from barp_ray.scoring import score_actions  # noqa: E402
+from barp_ray.training.early_stopping import SWEEP  # noqa: E402
+
+FOLDS = {1: "configs/llmrouter_ood_val.yaml", 2: "configs/llmrouter_ood_val_fold2.yaml", 3: "configs/llmrouter_ood_val_fold3.yaml"}
+MULTIPLIERS = [1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 50.0]
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    reward: dict[str, dict[float, list]] = {}
+    for fold, config in FOLDS.items():
+        name = f"oS_fold{fold}"
+        per = {m: [] for m in MULTIPLIERS}
+        for seed, data, modules in draws([name], ROOT / config):
+            module = modules[name]  # decides with its saved shrinkage (k = 0.5)
+            x = torch.from_numpy(np.ascontiguousarray(data.test_embeddings))
+            cost_term = (torch.nn.functional.softplus(module.price_scale) * module._known_cost({})).detach()
+            rows = {m: [] for m in MULTIPLIERS}
+            for w in SWEEP:
+                obs = {"embedding": x, "preference": torch.tensor(w, dtype=torch.float32).expand(len(x), 2)}
+                with torch.no_grad():
+                    logits = module._forward({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+                for m in MULTIPLIERS:
+                    rows[m].append(score_actions(data.test, (logits - (m - 1) * w[1] * cost_term).argmax(-1).numpy(), w, data.tau).reward)
+            for m in MULTIPLIERS:
+                per[m].append(rows[m])
+        reward[str(fold)] = {str(m): per[m] for m in MULTIPLIERS}
+    sweep = {f: {m: np.asarray(reward[f][str(m)]).mean(1) for m in MULTIPLIERS} for f in reward}
+    print("| m | fold 1 | fold 2 | fold 3 | mean over folds |")
+    print("| --- | --- | --- | --- | --- |")
+    for m in MULTIPLIERS:
+        cells = []
+        for f in reward:
+            d = sweep[f][m] - sweep[f][1.0]
+            cells.append(f"{sweep[f][m].mean():.4f} ({d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}, {(d > 0).sum()}/{len(d)})")
+        print(f"| {m:g} | " + " | ".join(cells) + f" | {np.mean([sweep[f][m].mean() for f in reward]):.4f} |")
+    lofo = {}
+    for held in reward:
+        others = [f for f in reward if f != held]
+        m = max(MULTIPLIERS, key=lambda v: np.mean([sweep[f][v].mean() for f in others]))
+        d = sweep[held][m] - sweep[held][1.0]
+        lofo[held] = {"m": m, "gain": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))), "ahead": int((d > 0).sum())}
+        print(f"held-out fold {held}: m chosen on the others {m:g}, gain there {d.mean():+.4f} ± {lofo[held]['se']:.4f} ({(d > 0).sum()}/{len(d)})")
+    out.write_text(json.dumps({"multipliers": MULTIPLIERS, "per_seed_reward": reward, "leave_one_fold_out": lofo,
+                               "per_w_q": {f: {str(m): np.asarray(reward[f][str(m)]).mean(0).round(4).tolist() for m in MULTIPLIERS}
+                                           for f in reward}}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
