@@ -10,6 +10,7 @@ decision when the quality term is uncertain and the cost is not. In distribution
 flat (`decision_cost_multiplier.py`, session 39). m is chosen on two folds and read on the third.
 
     python docs/results/preference_range_val/ood_cost_multiplier.py OUT.json   # ~2 min (36 checkpoints)
+    python docs/results/preference_range_val/ood_cost_multiplier.py OUT.json --shrinkage 0.25,0.5,0.75,1   # k and m together
 """
 import json
 import sys
@@ -33,7 +34,16 @@ MULTIPLIERS = [1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 50.0]
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("out", type=Path)
+    p.add_argument("--shrinkage", default="", help="also score these decision shrinkages k (comma-separated); "
+                   "without it each checkpoint decides with its saved k (0.5)")
+    args = p.parse_args()
+    if args.shrinkage:
+        return joint(args.out, [float(k) for k in args.shrinkage.split(",")])
+    out = args.out
     reward: dict[str, dict[float, list]] = {}
     for fold, config in FOLDS.items():
         name = f"oS_fold{fold}"
@@ -71,6 +81,48 @@ def main() -> None:
     out.write_text(json.dumps({"multipliers": MULTIPLIERS, "per_seed_reward": reward, "leave_one_fold_out": lofo,
                                "per_w_q": {f: {str(m): np.asarray(reward[f][str(m)]).mean(0).round(4).tolist() for m in MULTIPLIERS}
                                            for f in reward}}, indent=1))
+    print(f"wrote {out}")
+
+
+def joint(out: Path, ks: list[float]) -> None:
+    """Every (k, m) pair on every fold's checkpoints; (k, m) chosen on two folds, read on the third."""
+    grid = [(k, m) for k in ks for m in (1.0, 2.0, 3.0, 5.0)]
+    sweep: dict[str, dict[tuple, np.ndarray]] = {}
+    for fold, config in FOLDS.items():
+        name = f"oS_fold{fold}"
+        per = {g: [] for g in grid}
+        for seed, data, modules in draws([name], ROOT / config):
+            module = modules[name]
+            x = torch.from_numpy(np.ascontiguousarray(data.test_embeddings))
+            cost_term = (torch.nn.functional.softplus(module.price_scale) * module._known_cost({})).detach()
+            for k in ks:
+                module.set_decision_shrinkage(k)
+                rows = {m: [] for _, m in grid if _ == k}
+                for w in SWEEP:
+                    obs = {"embedding": x, "preference": torch.tensor(w, dtype=torch.float32).expand(len(x), 2)}
+                    with torch.no_grad():
+                        logits = module._forward({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+                    for m in rows:
+                        rows[m].append(score_actions(data.test, (logits - (m - 1) * w[1] * cost_term).argmax(-1).numpy(), w, data.tau).reward)
+                for m, r in rows.items():
+                    per[(k, m)].append(np.mean(r))
+        sweep[str(fold)] = {g: np.asarray(v) for g, v in per.items()}
+    shipped = (0.5, 3.0)
+    print("| k, m | fold 1 | fold 2 | fold 3 | mean over folds |")
+    print("| --- | --- | --- | --- | --- |")
+    for g in grid:
+        print(f"| {g[0]:g}, {g[1]:g} | " + " | ".join(f"{sweep[f][g].mean():.4f}" for f in sweep)
+              + f" | {np.mean([sweep[f][g].mean() for f in sweep]):.4f} |")
+    lofo = {}
+    for held in sweep:
+        others = [f for f in sweep if f != held]
+        g = max(grid, key=lambda v: np.mean([sweep[f][v].mean() for f in others]))
+        d = sweep[held][g] - sweep[held][shipped]
+        lofo[held] = {"k_m": list(g), "minus_shipped": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
+        print(f"held-out fold {held}: (k, m) chosen on the others {g}, minus the shipped (0.5, 3) there {d.mean():+.4f} ± {lofo[held]['se']:.4f}")
+    out.write_text(json.dumps({"grid": [list(g) for g in grid], "leave_one_fold_out": lofo,
+                               "per_seed_sweep": {f: {f"{g[0]:g},{g[1]:g}": v.tolist() for g, v in per.items()}
+                                                  for f, per in sweep.items()}}, indent=1))
     print(f"wrote {out}")
 
 
