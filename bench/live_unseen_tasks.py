@@ -1,7 +1,7 @@
 """Tasks the router never trained on, served live: does feedback lift it to the best single model at every preference?
 
     python bench/live_unseen_tasks.py --config configs/llmrouter_ood_val.yaml \
-        --checkpoints 'runs/ablation/dshrink0/seed-*' [--rounds 4000] [--keep 0.5] [--out docs/results/live_unseen_tasks]
+        --checkpoints 'runs/ablation/dshrink0/seed-*' [--rounds 4000] [--keep 0.5] [--cost-multiplier 3] [--out docs/results/live_unseen_tasks]
 
 Offline, on unseen tasks, no router (BaRP or a full-information one) reaches the best single model
 *on those tasks* at every preference (docs/results/preference_range_val, three task-held-out folds):
@@ -68,8 +68,8 @@ def seed_of(checkpoint: str, index: int) -> int:
 
 
 def one_run(checkpoint: str, data, seed: int, rounds: int, eval_every: int, cadence: int, keep: float,
-            overrides: list[str]) -> dict:
-    service = InProcessService(checkpoint, overrides, seed, {"decision_shrinkage": keep})
+            overrides: list[str], cost_multiplier: float = 1.0) -> dict:
+    service = InProcessService(checkpoint, overrides, seed, {"decision_shrinkage": keep, "decision_cost_multiplier": cost_multiplier})
     if list(service.policy.models) != list(data.test.models):
         raise SystemExit(f"{checkpoint}: models {list(service.policy.models)} differ from the config's {list(data.test.models)}")
     rng = np.random.default_rng([seed, 7])
@@ -173,6 +173,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--cadence", type=int, default=16, help="rewards between two trainer updates (16: an idle machine)")
     p.add_argument("--keep", type=float, default=0.5, help="decision shrinkage served (the OOD config's 0.5; 1: off)")
+    p.add_argument("--cost-multiplier", type=float, default=3.0,
+                   help="decision cost multiplier served (the OOD config's 3 since session 49; 1: off)")
     p.add_argument("--set", action="append", default=[], help="serve app args override, e.g. trainer.lr=0.002")
     p.add_argument("--task", help="stream and score only this task's held-out prompts")
     p.add_argument("--label", default="shipped")
@@ -186,6 +188,8 @@ def main() -> None:
         return
     if not 0.0 <= args.keep <= 1.0:
         sys.exit(f"error: --keep: a decision shrinkage in [0, 1], got {args.keep}")
+    if not 0.0 < args.cost_multiplier <= 1000.0:
+        sys.exit(f"error: --cost-multiplier: a number in (0, 1000], got {args.cost_multiplier}")
     from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
     from barp_ray.data.table import DataError
@@ -205,7 +209,7 @@ def main() -> None:
     runs = []
     for index, ckpt in enumerate(ckpts):
         seed = seed_of(ckpt, index)
-        r = one_run(ckpt, data, seed, args.rounds, args.eval_every, args.cadence, args.keep, args.set)
+        r = one_run(ckpt, data, seed, args.rounds, args.eval_every, args.cadence, args.keep, args.set, args.cost_multiplier)
         runs.append(r)
         hind = np.asarray(r["best_single_hindsight"])
         print(f"seed {seed}: sweep minus hindsight single " + " ".join(f"{(np.asarray(c) - hind).mean():+.4f}" for c in r["curve"])
