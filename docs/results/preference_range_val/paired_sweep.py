@@ -51,15 +51,18 @@ class MeanOf:
         self.modules = modules
 
     def action_probabilities(self, embedding, preference):
-        return torch.stack([m.action_probabilities(embedding, preference) for m in self.modules]).mean(0)
+        """Each module reads the leading columns it was trained on (with or without the text statistics)."""
+        return torch.stack([m.action_probabilities(embedding[:, :m.observation_space["embedding"].shape[0]], preference)
+                            for m in self.modules]).mean(0)
 
 
 def ensemble_actions(modules: list, embeddings: np.ndarray, preference) -> np.ndarray:
     """One module's greedy choice, or for several the argmax of their mean probabilities. Each reads the
     leading columns it was trained on: h(x) alone, or h(x) and the text statistics that follow it when the
     draw was prepared with `--set encoder.text_stats=true`."""
-    width = modules[0].observation_space["embedding"].shape[0]
-    return greedy_actions(modules[0] if len(modules) == 1 else MeanOf(modules), embeddings[:, :width], preference)
+    if len(modules) > 1:
+        return greedy_actions(MeanOf(modules), embeddings, preference)
+    return greedy_actions(modules[0], embeddings[:, :modules[0].observation_space["embedding"].shape[0]], preference)
 
 
 def main() -> None:
