@@ -26,7 +26,8 @@ from barp_ray.evaluation.baselines.full_info import BestLabelRouter, TrainView  
 from barp_ray.policy import RoutingPolicy  # noqa: E402
 from barp_ray.scoring import reward_matrix  # noqa: E402
 
-FOLDS = {1: "configs/llmrouter_ood_val.yaml", 2: "configs/llmrouter_ood_val_fold2.yaml", 3: "configs/llmrouter_ood_val_fold3.yaml"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ood_folds import FOLDS  # noqa: E402  (this folder)
 
 
 def main() -> None:

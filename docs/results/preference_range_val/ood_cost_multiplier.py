@@ -1,5 +1,5 @@
-"""A decision-time cost multiplier out of distribution: route by the cost-aware head's logits with the
-known cost term scaled by m (logits - (m - 1) w_c s c_bar), on the three task-held-out folds, on top
+"""A decision-time cost multiplier out of distribution: route as the cost-aware head decides with
+`policy.decision_cost_multiplier` m (its known cost term charged m times), on the three task-held-out folds, on top
 of the shipped decision shrinkage (k = 0.5). A measurement.
 
 Why: on a task it never saw, the price of a model is known and its score is a guess from other tasks.
@@ -21,16 +21,22 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from ray.rllib.core.columns import Columns  # noqa: E402
 
-from paired_sweep import draws  # noqa: E402  (this folder)
-
-from barp_ray.scoring import score_actions  # noqa: E402
 from barp_ray.training.early_stopping import SWEEP  # noqa: E402
 
-FOLDS = {1: "configs/llmrouter_ood_val.yaml", 2: "configs/llmrouter_ood_val_fold2.yaml", 3: "configs/llmrouter_ood_val_fold3.yaml"}
+from ood_folds import FOLDS, fold_checkpoints, sweep_rewards  # noqa: E402  (this folder)
+
 MULTIPLIERS = [1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 50.0]
+
+
+def charged_rewards(module, data, multipliers) -> dict[float, list[float]]:
+    """Per m, the greedy reward at each w of the sweep as the module decides with decision_cost_multiplier m."""
+    out = {}
+    for m in multipliers:
+        module.set_decision_cost_multiplier(m)
+        out[m] = sweep_rewards(module, data)
+    module.set_decision_cost_multiplier(1.0)
+    return out
 
 
 def main() -> None:
@@ -44,24 +50,10 @@ def main() -> None:
     if args.shrinkage:
         return joint(args.out, [float(k) for k in args.shrinkage.split(",")])
     out = args.out
-    reward: dict[str, dict[float, list]] = {}
-    for fold, config in FOLDS.items():
-        name = f"oS_fold{fold}"
-        per = {m: [] for m in MULTIPLIERS}
-        for seed, data, modules in draws([name], ROOT / config):
-            module = modules[name]  # decides with its saved shrinkage (k = 0.5)
-            x = torch.from_numpy(np.ascontiguousarray(data.test_embeddings))
-            cost_term = (torch.nn.functional.softplus(module.price_scale) * module._known_cost({})).detach()
-            rows = {m: [] for m in MULTIPLIERS}
-            for w in SWEEP:
-                obs = {"embedding": x, "preference": torch.tensor(w, dtype=torch.float32).expand(len(x), 2)}
-                with torch.no_grad():
-                    logits = module._forward({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
-                for m in MULTIPLIERS:
-                    rows[m].append(score_actions(data.test, (logits - (m - 1) * w[1] * cost_term).argmax(-1).numpy(), w, data.tau).reward)
-            for m in MULTIPLIERS:
-                per[m].append(rows[m])
-        reward[str(fold)] = {str(m): per[m] for m in MULTIPLIERS}
+    reward = {str(f): {str(m): [] for m in MULTIPLIERS} for f in FOLDS}
+    for fold, _, data, module in fold_checkpoints("oS"):
+        for m, r in charged_rewards(module, data, MULTIPLIERS).items():  # with its saved shrinkage (k = 0.5)
+            reward[str(fold)][str(m)].append(r)
     sweep = {f: {m: np.asarray(reward[f][str(m)]).mean(1) for m in MULTIPLIERS} for f in reward}
     print("| m | fold 1 | fold 2 | fold 3 | mean over folds |")
     print("| --- | --- | --- | --- | --- |")
@@ -87,26 +79,13 @@ def main() -> None:
 def joint(out: Path, ks: list[float]) -> None:
     """Every (k, m) pair on every fold's checkpoints; (k, m) chosen on two folds, read on the third."""
     grid = [(k, m) for k in ks for m in (1.0, 2.0, 3.0, 5.0)]
-    sweep: dict[str, dict[tuple, np.ndarray]] = {}
-    for fold, config in FOLDS.items():
-        name = f"oS_fold{fold}"
-        per = {g: [] for g in grid}
-        for seed, data, modules in draws([name], ROOT / config):
-            module = modules[name]
-            x = torch.from_numpy(np.ascontiguousarray(data.test_embeddings))
-            cost_term = (torch.nn.functional.softplus(module.price_scale) * module._known_cost({})).detach()
-            for k in ks:
-                module.set_decision_shrinkage(k)
-                rows = {m: [] for _, m in grid if _ == k}
-                for w in SWEEP:
-                    obs = {"embedding": x, "preference": torch.tensor(w, dtype=torch.float32).expand(len(x), 2)}
-                    with torch.no_grad():
-                        logits = module._forward({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
-                    for m in rows:
-                        rows[m].append(score_actions(data.test, (logits - (m - 1) * w[1] * cost_term).argmax(-1).numpy(), w, data.tau).reward)
-                for m, r in rows.items():
-                    per[(k, m)].append(np.mean(r))
-        sweep[str(fold)] = {g: np.asarray(v) for g, v in per.items()}
+    per: dict[str, dict[tuple, list]] = {str(f): {g: [] for g in grid} for f in FOLDS}
+    for fold, _, data, module in fold_checkpoints("oS"):
+        for k in ks:
+            module.set_decision_shrinkage(k)
+            for m, r in charged_rewards(module, data, sorted({m for kk, m in grid if kk == k})).items():
+                per[str(fold)][(k, m)].append(np.mean(r))
+    sweep = {f: {g: np.asarray(v) for g, v in rows.items()} for f, rows in per.items()}
     shipped = (0.5, 3.0)
     print("| k, m | fold 1 | fold 2 | fold 3 | mean over folds |")
     print("| --- | --- | --- | --- | --- |")

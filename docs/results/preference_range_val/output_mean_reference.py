@@ -25,11 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from barp_ray.scoring import score_actions  # noqa: E402
 from barp_ray.training.early_stopping import SWEEP  # noqa: E402
-from paired_sweep import draws  # noqa: E402
+from ood_folds import fold_checkpoints, sweep_rewards  # noqa: E402  (this folder)
 
-FOLDS = {1: "configs/llmrouter_ood_val.yaml", 2: "configs/llmrouter_ood_val_fold2.yaml", 3: "configs/llmrouter_ood_val_fold3.yaml"}
 KS = (0.0, 0.25, 0.5, 0.75)
 
 
@@ -51,28 +49,18 @@ def main() -> None:
     p.add_argument("--variant", default="oS", help="checkpoints runs/ablation/<variant>_fold<n>/seed-*")
     args = p.parse_args()
     result = {"variant": args.variant, "ks": KS, "preferences": [list(w) for w in SWEEP], "reward": {}}
-    for fold, config in FOLDS.items():
-        name = f"{args.variant}_fold{fold}"
-        rows = {}
-        for seed, data, modules in draws([name], ROOT / config):
-            m = modules[name]
-            x = torch.from_numpy(np.ascontiguousarray(data.test_embeddings))
-            train = torch.from_numpy(np.ascontiguousarray(data.train_embeddings, dtype=np.float32))
-            shipped = m._shrunk_toward_reference
-            per = {}
-            for ref_name, fn in (("mean embedding", shipped), ("mean output", output_mean_shrinkage(m, train))):
-                m._shrunk_toward_reference = fn
-                for k in KS:
-                    m.set_decision_shrinkage(k)
-                    per[f"{ref_name}, k={k:g}"] = []
-                    for w in SWEEP:
-                        with torch.no_grad():
-                            a = m.action_probabilities(x, torch.tensor(w, dtype=torch.float32).expand(len(x), 2)).argmax(-1)
-                        per[f"{ref_name}, k={k:g}"].append(score_actions(data.test, a.numpy(), w, data.tau).reward)
-            m._shrunk_toward_reference = shipped
-            rows[seed] = per
-            print(f"fold {fold} seed {seed} scored", flush=True)
-        result["reward"][str(fold)] = rows
+    for fold, seed, data, m in fold_checkpoints(args.variant):
+        train = torch.from_numpy(np.ascontiguousarray(data.train_embeddings, dtype=np.float32))
+        shipped = m._shrunk_toward_reference
+        per = {}
+        for ref_name, fn in (("mean embedding", shipped), ("mean output", output_mean_shrinkage(m, train))):
+            m._shrunk_toward_reference = fn
+            for k in KS:
+                m.set_decision_shrinkage(k)
+                per[f"{ref_name}, k={k:g}"] = sweep_rewards(m, data)
+        m._shrunk_toward_reference = shipped
+        result["reward"].setdefault(str(fold), {})[seed] = per
+        print(f"fold {fold} seed {seed} scored", flush=True)
     names = list(next(iter(result["reward"]["1"].values())))
     print("| rule | fold 1 | fold 2 | fold 3 | mean over folds | minus shipped (k = 0.5, mean embedding), per fold ± se |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -29,37 +29,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-FOLDS = {1: "configs/llmrouter_ood_val.yaml", 2: "configs/llmrouter_ood_val_fold2.yaml", 3: "configs/llmrouter_ood_val_fold3.yaml"}
+from ood_folds import FOLDS  # noqa: E402  (this folder)
+
 GRID = [round(0.1 * i, 1) for i in range(11)]
 
 
 def score_grid(variant: str) -> dict:
     """reward[fold][seed][k][w]: each fold's checkpoints runs/ablation/<variant>_fold<n>/seed-s."""
-    import torch
-
-    from barp_ray.scoring import score_actions
     from barp_ray.training.early_stopping import SWEEP
-    from paired_sweep import draws
+    from ood_folds import fold_checkpoints, sweep_rewards
 
-    out = {}
-    for fold, config in FOLDS.items():
-        name = f"{variant}_fold{fold}"
-        per_seed = {}
-        for seed, data, modules in draws([name], ROOT / config):
-            m = modules[name]
-            x = torch.from_numpy(np.ascontiguousarray(data.test_embeddings))
-            table = []
-            for k in GRID:
-                m.set_decision_shrinkage(k)
-                row = []
-                for w in SWEEP:
-                    with torch.no_grad():
-                        actions = m.action_probabilities(x, torch.tensor(w, dtype=torch.float32).expand(len(x), 2)).argmax(-1)
-                    row.append(score_actions(data.test, actions.numpy(), w, data.tau).reward)
-                table.append(row)
-            per_seed[seed] = table
-            print(f"fold {fold} seed {seed} scored", flush=True)
-        out[str(fold)] = per_seed
+    out: dict[str, dict] = {str(f): {} for f in FOLDS}
+    for fold, seed, data, m in fold_checkpoints(variant):
+        table = []
+        for k in GRID:
+            m.set_decision_shrinkage(k)
+            table.append(sweep_rewards(m, data))
+        out[str(fold)][seed] = table
+        print(f"fold {fold} seed {seed} scored", flush=True)
     return {"variant": variant, "grid": GRID, "preferences": [list(w) for w in SWEEP], "reward": out}
 
 
