@@ -167,12 +167,8 @@ class PolicyConfig:
                               "model_conditioned scores model cards")
         if self.decision_shrinkage_gate != "none" and self.decision_shrinkage >= 1.0:
             raise ConfigError("policy.decision_shrinkage_gate: gates a shrinkage; set policy.decision_shrinkage < 1")
-        m = self.decision_cost_multiplier
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 < m <= 1000.0:
-            raise ConfigError(f"policy.decision_cost_multiplier: must be a number in (0, 1000] (1: off), got {m!r}")
-        if self.decision_cost_multiplier != 1.0 and self.head not in PRICE_HEADS:
-            raise ConfigError(f"policy.decision_cost_multiplier: scales the known price term of the {' and '.join(PRICE_HEADS)} "
-                              f"heads; head {self.head!r} has none")
+        if why := cost_multiplier_problem(self.decision_cost_multiplier, self.head):
+            raise ConfigError(f"policy.decision_cost_multiplier: {why}")
         _positive("policy.cost_scale", self.cost_scale)
         if not isinstance(self.quality_gate, bool):
             raise ConfigError(f"policy.quality_gate: must be true or false, got {self.quality_gate!r}")
@@ -436,6 +432,16 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return value
     expected = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"{name}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def cost_multiplier_problem(m, head: str) -> str | None:
+    """Why m cannot be the decision cost multiplier of a policy with this head (None: it can). One
+    rule for the config, the module and serving's live setting."""
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 < m <= 1000.0:
+        return f"must be a number in (0, 1000] (1: off), got {m!r}"
+    if m != 1.0 and head not in PRICE_HEADS:
+        return f"scales the known price term of the {' and '.join(PRICE_HEADS)} heads; head {head!r} has none"
+    return None
 
 
 def _positive(name: str, v) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from barp_ray.config import CONDITIONINGS, MEMBER_DATA, POLICY_HEADS as HEADS, PRICE_HEADS, SHRINKAGE_GATES
+from barp_ray.config import CONDITIONINGS, MEMBER_DATA, POLICY_HEADS as HEADS, PRICE_HEADS, SHRINKAGE_GATES, cost_multiplier_problem
 
 BASELINE = "baseline"
 # The reward-shaped critics' per-model quality q(x, .) alone, for the loss's shrinkage of it.
@@ -391,11 +391,8 @@ class BaRPRLModule(TorchRLModule):
             for m in self.members:
                 m.set_decision_cost_multiplier(multiplier)
             return
-        if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not 0.0 < multiplier <= 1000.0:
-            raise ValueError(f"decision_cost_multiplier: need a number in (0, 1000] (1: off), got {multiplier!r}")
-        if multiplier != 1.0 and self.head not in PRICE_HEADS:
-            raise ValueError(f"decision_cost_multiplier: scales the known price term of the {' and '.join(PRICE_HEADS)} "
-                             f"heads; head {self.head!r} has none")
+        if why := cost_multiplier_problem(multiplier, self.head):
+            raise ValueError(f"decision_cost_multiplier: {why}")
         self.decision_cost_multiplier = float(multiplier)
 
     def set_prices(self, prices: list[float]) -> None:

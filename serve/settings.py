@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from barp_ray.config import PRICE_HEADS, SHRINKAGE_GATES
+from barp_ray.config import PRICE_HEADS, SHRINKAGE_GATES, cost_multiplier_problem
 from barp_ray.storage import is_uri
 
 
@@ -445,11 +445,8 @@ def live_decision_cost_multiplier(config: dict, meta: dict) -> float:
     m = config.get("decision_cost_multiplier")
     if m is None:
         return float(checkpoint_policy(meta).get("decision_cost_multiplier", 1.0))
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 < m <= 1000.0:
-        raise SettingsError(f"decision_cost_multiplier: must be a number in (0, 1000] (1: off), got {m!r}")
-    if m != 1.0 and checkpoint_head(meta) not in PRICE_HEADS:
-        raise SettingsError(f"decision_cost_multiplier: scales the known price term of the {' and '.join(PRICE_HEADS)} heads; "
-                            f"this checkpoint's head is {checkpoint_head(meta)!r}")
+    if why := cost_multiplier_problem(m, checkpoint_head(meta)):
+        raise SettingsError(f"decision_cost_multiplier: {why}")
     return float(m)
 
 

@@ -457,7 +457,7 @@ def test_decision_cost_multiplier_charges_the_known_price_more_in_the_decision_b
     charged.set_decision_cost_multiplier(1.0)  # live, back to the trained decision
     with torch.no_grad():
         assert torch.allclose(charged.forward_inference(batch)[Columns.ACTION_DIST_INPUTS], raw, atol=1e-6)
-    with pytest.raises(ValueError, match=r"decision_cost_multiplier: need a number in \(0, 1000\]"):
+    with pytest.raises(ValueError, match=r"decision_cost_multiplier: must be a number in \(0, 1000\]"):
         charged.set_decision_cost_multiplier(0.0)
     with pytest.raises(ValueError, match="decision_cost_multiplier: scales the known price term"):
         _module(head="concat", decision_cost_multiplier=2.0)
