@@ -37,8 +37,7 @@ from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorB
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
                            RouteResponse)
 from serve.routing import take_offer
-from serve.settings import (LIVE_KEYS, ServeSettings, SettingsError, live_decision_cost_multiplier, live_decision_shrinkage,
-                            live_offer, settings_from_args)
+from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_offer, settings_from_args
 
 logger = logging.getLogger("ray.serve")
 
@@ -391,8 +390,7 @@ class RouterAPI:
         meta = self.meta = read_meta(settings.checkpoint)
         self.models: list[str] = list(meta["models"])  # what is offered now: set by reconfigure
         self.prices: dict = meta.get("prices", {})
-        self.decision_shrinkage = live_decision_shrinkage({}, meta)  # the checkpoint's own until reconfigure
-        self.decision_cost_multiplier = live_decision_cost_multiplier({}, meta)
+        self.offer = live_offer({}, meta)  # the decision's shrinkage and price multiplier: the checkpoint's until reconfigure
         self.offer_taken, self.offer_error = False, None
         self.tau = float(meta["tau"])
         self.local = None if router is not None else await _colocated_router(settings, self.tau, log, trainer)
@@ -422,8 +420,7 @@ class RouterAPI:
 
         def apply(offer) -> None:
             self.models, self.prices = list(offer.models), offer.prices
-            self.decision_shrinkage = offer.decision_shrinkage
-            self.decision_cost_multiplier = offer.decision_cost_multiplier
+            self.offer = offer
             self.chat_models = [m for m in self.models if m in self.settings.upstreams]
             STATE.update(models=self.models, chat_models=self.chat_models)  # the OpenAPI enums follow the offer
 
@@ -500,8 +497,8 @@ class RouterAPI:
         except Exception as e:  # noqa: BLE001
             trainer = {"error": type(e).__name__}
         return {"log": counts, "trainer": trainer,
-                "offer": {"models": self.models, "decision_shrinkage": list(self.decision_shrinkage),
-                          "decision_cost_multiplier": self.decision_cost_multiplier, "refused": self.offer_error}}
+                "offer": {"models": self.models, "decision_shrinkage": list(self.offer.decision_shrinkage),
+                          "decision_cost_multiplier": self.offer.decision_cost_multiplier, "refused": self.offer_error}}
 
     @api.post("/v1/admin/train", responses=errors())
     async def train_now(self) -> dict:

@@ -118,6 +118,7 @@ def test_offered_models_and_prices_change_in_place_with_no_failed_request(mc_wor
             assert "models.broken.output_per_mtok: missing" in stats["offer"]["refused"], stats
             assert list(offered()) == list(changed) and "error" not in stats["trainer"], stats
             assert stats["offer"]["decision_shrinkage"] == [1.0, "none"], stats  # the checkpoint's own: off
+            assert stats["offer"]["decision_cost_multiplier"] == 1.0, stats  # likewise
         finally:
             stop.set()
             loader.join()
