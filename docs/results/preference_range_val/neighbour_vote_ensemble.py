@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
+from neighbour_vote import log_probs  # noqa: E402  (this folder: session 34's rule, one policy)
 from paired_sweep import draws  # noqa: E402  (this folder)
 
 from barp_ray.evaluation.baselines.full_info import KNNRouter, TrainView  # noqa: E402
@@ -27,12 +27,6 @@ from barp_ray.training.early_stopping import SWEEP  # noqa: E402
 
 NEIGHBOURS = (10, 20, 50)
 OWN = (0.0, 0.25, 0.5, 0.75)
-
-
-def log_probs(module, x: np.ndarray, w: tuple[float, float]) -> np.ndarray:
-    pref = torch.tensor(w, dtype=torch.float32).expand(len(x), 2)
-    with torch.no_grad():
-        return torch.log(module.action_probabilities(torch.from_numpy(x), pref).clamp_min(1e-30)).numpy()
 
 
 def main() -> None:
