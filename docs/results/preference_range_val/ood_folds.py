@@ -1,6 +1,6 @@
 """The three task-held-out validation folds and their checkpoints, shared by the out-of-distribution
 decision-rule measurements of session 49 (`shrinkage_by_preference.py`, `output_mean_reference.py`,
-`ood_cost_multiplier.py`, `best_label_choices.py`)."""
+`ood_cost_multiplier.py`, `best_label_choices.py`), and session 50's `task_bagging_ood.py`."""
 from pathlib import Path
 from typing import Iterator
 

@@ -21,14 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from ood_folds import FOLDS  # noqa: E402  (this folder)
+from ood_folds import FOLDS, sweep_rewards  # noqa: E402  (this folder)
 from paired_sweep import ROOT, MeanOf, draws  # noqa: E402
 
 from barp_ray.config import apply_overrides, load_config  # noqa: E402
 from barp_ray.data import load_records, write_records  # noqa: E402
 from barp_ray.data.prepare import prepare  # noqa: E402
-from barp_ray.scoring import greedy_actions, score_actions  # noqa: E402
-from barp_ray.training.early_stopping import SWEEP  # noqa: E402
 from barp_ray.training.run import train  # noqa: E402
 
 S = ("training.baseline=critic,training.critic_kl_coeff=1,training.critic_form=known_cost,policy.head=cost_aware,"
@@ -78,19 +76,13 @@ def run_scoring(out: Path) -> None:
     for fold, config in FOLDS.items():
         _, tau, tasks = fold_setup(fold)
         names = [f"oBase_fold{fold}", f"oBag_fold{fold}"]
-        per = {"single": [], "ensemble": [], "task bag": []}
+        full, bagged = [], []  # per seed: a full-data policy, a member without one task
         for _, data, modules in draws(names, ROOT / config, sets=[f"env.tau={float(tau)!r}"]):
-            per["single"].append((modules[names[0]], data))
-            per["ensemble"].append(modules[names[0]])
-            per["task bag"].append(modules[names[1]])
-        data = per["single"][0][1]
-
-        def sweep(router) -> list[float]:
-            return [score_actions(data.test, greedy_actions(router, data.test_embeddings, w), w, data.tau).reward for w in SWEEP]
-
-        singles = np.asarray([sweep(m) for m, _ in per["single"]])
-        ens = np.asarray([sweep(MeanOf([per["ensemble"][s] for s in g])) for g in GROUPS])
-        bags = np.asarray([sweep(MeanOf([per["task bag"][s] for s in g])) for g in GROUPS])
+            full.append(modules[names[0]])
+            bagged.append(modules[names[1]])
+        singles = np.asarray([sweep_rewards(m, data) for m in full])  # the fold's split is the same for every seed
+        ens = np.asarray([sweep_rewards(MeanOf([full[s] for s in g]), data) for g in GROUPS])
+        bags = np.asarray([sweep_rewards(MeanOf([bagged[s] for s in g]), data) for g in GROUPS])
         diff = bags.mean(1) - ens.mean(1)
         all_diff += diff.tolist()
         mixing = ens.mean(1) - np.asarray([singles[g].mean() for g in GROUPS])  # a mixture minus its own seeds' mean
