@@ -386,18 +386,42 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 def _overridden(raw: dict, overrides: list[str]) -> dict:
-    sections = {f.name for f in dataclasses.fields(TrainConfig)}
+    sections = {f.name: f.default_factory().__class__ for f in dataclasses.fields(TrainConfig)}
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"override {item!r}: expected section.field=value")
         key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
+        section, name, *inner = key.split(".")
         if section not in sections:
             raise ConfigError(f"override {item!r}: unknown section {section!r}")
         if not isinstance(raw.get(section) or {}, dict):
             raise ConfigError(f"{section}: must be a mapping, got {type(raw[section]).__name__}")
-        raw[section] = {**(raw.get(section) or {}), name: yaml.safe_load(value)}
+        body = dict(raw.get(section) or {})
+        body[name] = _nested_set(body[name] if name in body else _field_default(sections[section], name),
+                                 inner, yaml.safe_load(value), f"{section}.{name}")
+        raw[section] = body
     return raw
+
+
+def _field_default(section_cls: type, name: str) -> Any:
+    """A field's default, so `env.preference.alpha=...` edits the default mapping when the file
+    leaves the field out (an unknown name is left for the section's own check to name)."""
+    for f in dataclasses.fields(section_cls):
+        if f.name == name:
+            return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return None
+
+
+def _nested_set(current: Any, path: list[str], value: Any, where: str) -> Any:
+    """`value` at `path` inside a mapping field (`env.preference.kind=dirichlet` keeps the rest of
+    `env.preference`); an empty path replaces the field whole."""
+    if not path:
+        return value
+    if current is None:
+        current = {}
+    if not isinstance(current, dict):
+        raise ConfigError(f"{where}: is not a mapping ({current!r}), so {where}.{path[0]} cannot be set; set {where} whole")
+    return {**current, path[0]: _nested_set(current.get(path[0]), path[1:], value, f"{where}.{path[0]}")}
 
 
 def _build_section(cls: type, raw: Any, section: str):

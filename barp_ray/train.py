@@ -15,7 +15,7 @@ from barp_ray.data.table import DataError
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="barp-train", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="YAML training config (default: the embedded synthetic world)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field; a key inside a mapping field by its path: env.preference.kind=dirichlet")
     p.add_argument("--checkpoint-dir", help="shorthand for --set output.checkpoint_dir=...")
     p.add_argument("--no-progress", action="store_true", help="plain log lines only, no progress bar")
     return p.parse_args(argv)

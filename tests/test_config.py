@@ -121,6 +121,21 @@ def test_overrides_parse_yaml_values():
         apply_overrides(cfg, ["training.lr=-3"])
 
 
+
+def test_a_dotted_override_edits_one_key_of_a_mapping_field(tmp_path):
+    """`env.preference` is a mapping: `--set env.preference.kind=dirichlet` must keep its other keys
+    (it was refused as an unknown field `preference.kind`), and a key below a scalar names the field."""
+    cfg = apply_overrides(load_config(None), ["env.preference.kind=dirichlet", "env.preference.alpha=[0.5, 0.3]"])
+    assert cfg.env.preference == {"kind": "dirichlet", "alpha": [0.5, 0.3]}
+    with pytest.raises(ConfigError, match=r"env\.preference\.kind must be one of"):
+        apply_overrides(cfg, ["env.preference.kind=zzz"])
+    with pytest.raises(ConfigError, match=r"training\.lr: is not a mapping"):
+        apply_overrides(cfg, ["training.lr.x=1"])
+    file = tmp_path / "no_preference.yaml"
+    file.write_text("training:\n  iterations: 3\n")  # the field left out: the dotted key edits its default
+    loaded = load_config(file, ["env.preference.alpha=[2, 2]"])
+    assert loaded.env.preference == {"kind": "uniform", "alpha": [2, 2]} and loaded.training.iterations == 3
+
 def _cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "barp_ray.train", *args], capture_output=True, text=True, cwd=ROOT, timeout=120

@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-config", help="YAML with an 'eval:' section (default: built-in EvalConfig values)")
     p.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-        help="override a training field (training.lr=...) or an eval field (eval.seeds=...)",
+        help="override a training field (training.lr=..., env.preference.kind=...) or an eval field (eval.seeds=...)",
     )
     p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
                    help="evaluate this trained BaRP checkpoint instead of training (repeat: one per seed)")
