@@ -59,6 +59,9 @@ class DataConfig:
         _one_of("data.split", self.split, SPLITS)
         if self.source != "synthetic" and not self.path:
             raise ConfigError(f"data.path: required for data.source={self.source!r}")
+        if self.source == "synthetic" and self.path:  # else a forgotten data.source trains on the synthetic world, silently
+            raise ConfigError(f"data.path: {self.path!r} is set but data.source is 'synthetic', which reads no file; "
+                              f"set data.source to one of {[s for s in SOURCES if s != 'synthetic']}")
         if self.path and self.source != "synthetic" and not _path_exists(self.path):
             raise ConfigError(f"data.path: {self.path!r} does not exist")
         _positive("data.synthetic_prompts", self.synthetic_prompts)

@@ -160,6 +160,12 @@ def test_cli_invalid_yaml_and_missing_file(tmp_path):
     assert out.returncode == 2 and "not found" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_data_path_without_a_source_that_reads_it_is_refused():
+    """The default source is the synthetic world; `--set data.path=my.jsonl` alone trained on it."""
+    with pytest.raises(ConfigError, match=r"data\.path: .* data\.source is 'synthetic'"):
+        apply_overrides(load_config(None), ["data.path=routes.jsonl"])
+
+
 def test_cli_bad_override_names_field():
     out = _cli("--set", "scale.num_learners=-2")
     assert out.returncode == 2
