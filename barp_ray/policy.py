@@ -135,7 +135,29 @@ class RoutingPolicy:
             w = w.expand(len(e), 2)
         return self.module.action_probabilities(e, w).numpy()
 
-    def route(self, prompts: Sequence[str], preference: Sequence[float]) -> list[str]:
-        """Greedy model choice per prompt; reads prompts as training did (`observe`)."""
-        probs = self.probabilities(self.observe(prompts), np.asarray(preference, dtype=np.float32))
+    def route(self, prompts: Sequence[str], preference: Sequence[float] | float) -> list[str]:
+        """Greedy model choice per prompt; reads prompts as training did (`observe`). `preference`:
+        one [w_q, w_c] pair for all, one pair per prompt, or a knob k meaning (k, 1 - k), as over HTTP."""
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompts: expected a list of strings (wrap a single prompt in a list), got {prompts!r:.80}")
+        w = route_preferences(preference, len(prompts))
+        probs = self.probabilities(self.observe(prompts), w)
         return [self.models[i] for i in probs.argmax(-1)]
+
+
+def route_preferences(preference, n: int) -> np.ndarray:
+    """[n, 2] checked preferences from what `route` accepts. A pair off the simplex is refused, not
+    renormalised: [2, 3] is more likely a slip than a wish for (0.4, 0.6)."""
+    from envs.preference import check_simplex
+
+    if isinstance(preference, (int, float, np.number)) and not isinstance(preference, bool):
+        k = float(preference)
+        if not 0.0 <= k <= 1.0:
+            raise ValueError(f"preference: a single knob must be a number in [0, 1], got {preference!r}")
+        return np.tile(np.float32([k, 1.0 - k]), (n, 1))
+    w = np.asarray(preference, dtype=object)
+    if w.ndim == 2:
+        if len(w) != n:
+            raise ValueError(f"preference: {len(w)} pairs for {n} prompts")
+        return np.float32([check_simplex(row, f"preference[{i}]") for i, row in enumerate(w)]).reshape(n, 2)
+    return np.tile(np.float32(check_simplex(preference)), (n, 1))

@@ -97,6 +97,25 @@ def test_route_prompts_with_the_real_encoder(trained, monkeypatch):
     policy = RoutingPolicy.load(ckpt.name)  # a relative path, as users type it
     out = policy.route(["What is 12345 + 67890?", "Write a haiku about rain."], [0.8, 0.2])
     assert len(out) == 2 and set(out) <= set(policy.models)
+    prompts = ["What is 12345 + 67890?", "Write a haiku about rain."]
+    assert policy.route(prompts, 0.8) == out  # the knob k means (k, 1 - k), as over HTTP
+    assert policy.route(prompts, [[0.8, 0.2], [0.8, 0.2]]) == out
+
+
+@pytest.mark.parametrize("prompts, preference, error", [
+    ("What is 2 + 2?", [0.8, 0.2], "prompts: expected a list of strings"),  # a str is not a list of prompts
+    ([None], [0.8, 0.2], "prompts: expected a list of strings"),
+    (["a"], [2, 3], "preference: weights must be >= 0 and sum to 1"),
+    (["a"], 1.5, "preference: a single knob must be a number in"),
+    (["a", "b"], [[0.5, 0.5]], "preference: 1 pairs for 2 prompts"),
+    (["a"], [0.5, 0.5, 0.0], "preference: expected two numbers"),
+])
+def test_route_refuses_bad_input_naming_the_argument(trained, prompts, preference, error):
+    """It routed a bare string as one prompt per character, an off-simplex pair unnormalised, and a
+    knob into a torch shape error."""
+    policy = RoutingPolicy.load(trained[1].checkpoint)
+    with pytest.raises((TypeError, ValueError), match=error):
+        policy.route(prompts, preference)
 
 
 def test_bad_checkpoint_paths(tmp_path):
