@@ -1,4 +1,5 @@
 """Real RLlib training on the embedded synthetic world (small), real encoder, real Ray."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,49 @@ def test_route_refuses_bad_input_naming_the_argument(trained, prompts, preferenc
     policy = RoutingPolicy.load(trained[1].checkpoint)
     with pytest.raises((TypeError, ValueError), match=error):
         policy.route(prompts, preference)
+
+
+def _barp_route(*args, stdin: str = ""):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "barp_ray.cli", "route", *args], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_barp_route_routes_arguments_stdin_and_jsonl_as_the_policy_does(trained):
+    """The command-line router reads a checkpoint alone (no cluster) and answers as `route` does."""
+    ckpt = trained[1].checkpoint
+    policy = RoutingPolicy.load(ckpt)
+    prompts = ["What is 12345 + 67890?", "Write a haiku about rain."]
+    out = _barp_route(ckpt, *prompts, "--preference", "0.3,0.7")
+    assert out.returncode == 0 and out.stdout.split() == policy.route(prompts, [0.3, 0.7]), out.stderr
+    assert "Traceback" not in out.stderr and "Deprecation" not in out.stderr
+    out = _barp_route(ckpt, "--preference", "1", stdin=prompts[0] + "\n\n" + prompts[1] + "\n")  # a blank line is no prompt
+    assert out.stdout.split() == policy.route(prompts, 1.0)
+    lines = "".join(json.dumps(r) + "\n" for r in [{"prompt": prompts[0], "preference": [0.0, 1.0]}, {"prompt": prompts[1]}])
+    out = _barp_route(ckpt, "--jsonl", "--json", stdin=lines)
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["model"] for r in records] == [policy.route(prompts[:1], 0.0)[0], policy.route(prompts[1:], [0.8, 0.2])[0]]
+    assert all(set(r["probabilities"]) == set(policy.models) and abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in records)
+
+
+@pytest.mark.parametrize("args, stdin, error", [
+    (["x", "--preference", "2,3"], "", "--preference: weights must be >= 0 and sum to 1"),
+    (["x", "--preference", "abc"], "", "--preference: expected WQ,WC or one knob K"),
+    (["--jsonl"], '{"prompt": "x"}\nnot json\n', "line 2: not JSON"),
+    (["--jsonl"], '{"prompt": "x", "preference": [3, 1]}\n', "line 1: preference: weights must be"),
+    (["--jsonl"], '{"text": "x"}\n', "line 1: prompt: expected a record with a string 'prompt'"),
+])
+def test_barp_route_refuses_bad_input_in_one_line(trained, args, stdin, error):
+    out = _barp_route(trained[1].checkpoint, *args, stdin=stdin)
+    assert out.returncode == 2 and out.stderr.startswith(f"barp route: error: {error}"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_barp_route_names_a_missing_checkpoint(tmp_path):
+    out = _barp_route(str(tmp_path / "nope"), "x")
+    assert out.returncode == 2 and "not a barp-ray checkpoint" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_bad_checkpoint_paths(tmp_path):
