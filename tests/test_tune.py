@@ -1,5 +1,6 @@
 """`barp tune`: a real Ray Tune grid of real (tiny) BaRP trainings on the synthetic world."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +11,10 @@ TINY = ["--set", "data.synthetic_prompts=300", "--set", "training.iterations=4",
 
 
 def test_a_grid_of_settings_and_seeds_runs_as_tune_trials_and_ranks_by_the_held_out_sweep(ray_local, tmp_path, capsys):
+    from barp_ray.config import load_config
     from barp_ray.data.prepare import prepare
     from barp_ray.policy import RoutingPolicy
     from barp_ray.scoring import greedy_actions, score_actions
-    from barp_ray.config import load_config
 
     rc = barp_tune.main([*TINY, "--grid", "training.lr=[1e-5, 0.03]", "--seeds", "2", "--out", str(tmp_path)])
     assert rc == 0
@@ -26,7 +27,7 @@ def test_a_grid_of_settings_and_seeds_runs_as_tune_trials_and_ranks_by_the_held_
     # each trial trained what it says and its sweep is the checkpoint's own held-out score
     data = prepare(load_config(None, ["data.synthetic_prompts=300"]))
     for t in saved["trials"]:
-        meta = json.loads((__import__("pathlib").Path(t["checkpoint_dir"]) / "barp_meta.json").read_text())
+        meta = json.loads((Path(t["checkpoint_dir"]) / "barp_meta.json").read_text())
         assert (meta["config"]["training"]["lr"], meta["config"]["training"]["seed"]) == (t["setting"]["training.lr"], t["seed"])
         module = RoutingPolicy.load(t["checkpoint_dir"]).module
         w = (0.3, 0.7)
@@ -47,3 +48,17 @@ def test_bad_input_fails_in_one_line_before_any_trial(args, error, capsys, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith("barp tune: error: ") and error in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "tune.json").exists()
+
+
+def test_a_trial_reserves_its_env_runners_and_learners(ray_local, tmp_path):
+    """A trial with an env runner gets a placement group holding it, and trains there (a trial that
+    reserved 1 CPU and then asked for a runner would wait forever on a full cluster)."""
+    from barp_ray.config import load_config
+
+    base = load_config(None).to_dict()
+    bundles = barp_tune.trial_resources({"base": base, "setting": {"scale.num_env_runners": 2,
+                                                                     "scale.num_cpus_per_env_runner": 0.5}}, 1.0).bundles
+    assert bundles == [{"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 0.5}]
+    rc = barp_tune.main([*TINY, "--set", "training.iterations=2", "--grid", "scale.num_env_runners=[1]", "--seeds", "1",
+                         "--out", str(tmp_path)])
+    assert rc == 0 and json.loads((tmp_path / "tune.json").read_text())["trials"][0]["setting"] == {"scale.num_env_runners": 1}

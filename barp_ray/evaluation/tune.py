@@ -120,6 +120,20 @@ def _from_dict(raw: dict) -> TrainConfig:
     return from_dict(raw, where="tune base config")
 
 
+def trial_resources(trial: dict, cpus: float):
+    """One placement group per trial: its driver, and the env runners and learners its config starts
+    (as RLlib's own Tune resource request does), so a full cluster queues trials instead of starving
+    a started one of its runners."""
+    from ray import tune
+
+    scale = apply_overrides(_from_dict(trial["base"]), setting_overrides(trial["setting"])).scale
+    gpu = scale.num_gpus_per_learner
+    bundles = [{"CPU": cpus, **({"GPU": gpu} if gpu and scale.num_learners == 0 else {})}]
+    bundles += [{"CPU": scale.num_cpus_per_env_runner, **scale.custom_resources_per_env_runner}] * scale.num_env_runners
+    bundles += [{"CPU": 1, **({"GPU": gpu} if gpu else {})}] * scale.num_learners
+    return tune.PlacementGroupFactory(bundles, strategy="PACK")
+
+
 def rank(trials: list[dict]) -> list[dict]:
     """Per setting: the sweep mean over its seeds, the standard error, the per-w_q means; best first."""
     groups: dict[str, list[dict]] = {}
@@ -200,7 +214,7 @@ def tune_grid(base: TrainConfig, settings: list[dict], seeds: int, cpus: float, 
     space = {"trial": tune.grid_search([{"base": base.to_dict(), "setting": s, "seed": seed}
                                         for s in settings for seed in range(seeds)])}
     tuner = tune.Tuner(
-        tune.with_resources(lambda config: run_trial(config["trial"]), {"cpu": cpus}),
+        tune.with_resources(lambda config: run_trial(config["trial"]), lambda config: trial_resources(config["trial"], cpus)),
         param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent or None),
         run_config=tune.RunConfig(name="trials", storage_path=str(out), verbose=0),
