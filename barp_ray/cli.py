@@ -13,6 +13,7 @@ COMMANDS = {
     "eval": ("barp_ray.evaluation.cli", "evaluate BaRP against baselines; write tables, plots and JSON"),
     "tune": ("barp_ray.evaluation.tune", "a grid of training settings x seeds as Ray Tune trials, ranked on a validation split"),
     "route": ("barp_ray.route_cli", "route prompts with a checkpoint, no cluster or Serve (arguments, stdin lines or JSONL)"),
+    "calibrate": ("serve.budget", "the preference that spends a dollar budget per 1,000 routes on a sample of the traffic"),
     "import-feedback": ("serve.feedback_import", "move an old JSONL feedback log into the configured feedback store"),
 }
 

@@ -1,0 +1,182 @@
+"""`barp calibrate CHECKPOINT --budget D --prompts FILE`: the preference that spends D dollars per 1,000 routes.
+
+Operators budget in dollars; the policy reads a weight w = (w_q, w_c). On a sample of the traffic
+this scans w_q from 0 to 1, estimates the spend of routing the sample at each, and picks the largest
+w_q (the most weight on quality) whose spend fits the budget. The scan, not a bisection: a learned
+policy's spend need not fall monotonically with w_c.
+
+The spend estimate prices each (prompt, model) as training did for LLMRouter: the prompt's WordPiece
+token count times the model's input price, plus an assumed answer length times its output price,
+with the checkpoint's prices. `--mode explore` (the default) prices the service's exploring policy,
+mu = (1 - epsilon) pi^(1/temperature) + epsilon / K (`serve/exploration.py`, the serving defaults
+unless given), which spends more than greedy routing when a pricey model is among the models. The estimate is the policy's routing on the sample,
+not the bill: answer lengths vary, so check `/v1/stats` and the feedback costs once it is live.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve.exploration import exploring_distribution
+from serve.settings import ExplorationSettings, SettingsError
+
+PROG = "barp calibrate"
+GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
+
+
+class InputError(ValueError):
+    """Bad input, reported in one line naming what is wrong."""
+
+
+@dataclass
+class SpendPoint:
+    w_q: float
+    dollars_per_1k: float
+    shares: dict[str, float]  # expected share of routes per model
+
+
+def route_costs(policy, prompts: list[str], output_tokens: int) -> np.ndarray:
+    """[N, K] dollars per route: input tokens x input price + assumed output tokens x output price."""
+    from barp_ray.encoder import count_tokens
+
+    prices = policy.meta["prices"]
+    in_price = np.array([prices[m]["input_per_mtok"] for m in policy.models]) / 1e6
+    out_price = np.array([prices[m]["output_per_mtok"] for m in policy.models]) / 1e6
+    tokens = count_tokens(prompts, policy.encoder).astype(np.float64)
+    return tokens[:, None] * in_price[None, :] + output_tokens * out_price[None, :]
+
+
+def spend_curve(policy, prompts: list[str], costs: np.ndarray, exploration: ExplorationSettings | None) -> list[SpendPoint]:
+    """Expected dollars per 1,000 routes at every w_q of the grid; exploration None: greedy routing."""
+    h = policy.observe(prompts)
+    curve = []
+    for wq in GRID:
+        w = np.tile(np.float32([wq, 1.0 - wq]), (len(prompts), 1))
+        probs = policy.probabilities(h, w)
+        if exploration is None:
+            choice = np.eye(len(policy.models))[probs.argmax(-1)]
+        else:
+            choice = exploring_distribution(probs, exploration.epsilon, exploration.temperature)
+        shares = choice.mean(0)
+        curve.append(SpendPoint(float(wq), float(1000 * (choice * costs).sum(1).mean()),
+                                {m: float(s) for m, s in zip(policy.models, shares)}))
+    return curve
+
+
+def within_budget(curve: list[SpendPoint], budget: float) -> SpendPoint | None:
+    fits = [p for p in curve if p.dollars_per_1k <= budget]
+    return max(fits, key=lambda p: p.w_q) if fits else None
+
+
+def read_prompts(path: str) -> list[str]:
+    """One prompt per line, or JSONL records with a string 'prompt' (a feedback or traffic export)."""
+    try:
+        lines = [line for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
+    except OSError as e:
+        raise InputError(f"--prompts: cannot read {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"--prompts: {path!r} is not UTF-8 text") from None
+    if not lines:
+        raise InputError(f"--prompts: {path!r} holds no prompts")
+    if not lines[0].lstrip().startswith("{"):
+        return lines
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--prompts: line {n}: not JSON: {e.msg}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise InputError(f"--prompts: line {n}: expected a record with a string 'prompt'")
+        prompts.append(record["prompt"])
+    return prompts
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a checkpoint directory or storage URI (what `barp train` wrote)")
+    p.add_argument("--budget", type=float, required=True, metavar="DOLLARS", help="target spend in dollars per 1,000 routes")
+    p.add_argument("--prompts", required=True, metavar="FILE", help="a sample of the traffic: one prompt per line, or JSONL with 'prompt'")
+    p.add_argument("--output-tokens", type=int, metavar="N",
+                   help="assumed answer length in tokens (default: the checkpoint's data.output_tokens, if one number)")
+    p.add_argument("--mode", choices=("greedy", "explore"), default="explore",
+                   help="price the serving policy's exploration too (default) or greedy routing only")
+    p.add_argument("--epsilon", type=float, default=ExplorationSettings.epsilon,
+                   help=f"exploration floor with --mode explore (default: the serving default, {ExplorationSettings.epsilon})")
+    p.add_argument("--temperature", type=float, default=ExplorationSettings.temperature,
+                   help=f"exploration temperature with --mode explore (default: {ExplorationSettings.temperature})")
+    p.add_argument("--json", metavar="FILE", help="also write the whole scan here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return _calibrate(args)
+    except InputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    if not (np.isfinite(args.budget) and args.budget > 0):
+        raise InputError(f"--budget: must be a positive number of dollars per 1,000 routes, got {args.budget}")
+    exploration = None
+    if args.mode == "explore":
+        exploration = ExplorationSettings(epsilon=args.epsilon, temperature=args.temperature)
+        try:
+            exploration.validate()
+        except SettingsError as e:
+            raise InputError("--" + str(e).removeprefix("exploration.")) from None
+    if args.output_tokens is not None and args.output_tokens < 0:
+        raise InputError(f"--output-tokens: must be >= 0, got {args.output_tokens}")
+    prompts = read_prompts(args.prompts)
+
+    from barp_ray.policy import CheckpointError, RoutingPolicy
+
+    logging.getLogger("ray._common.deprecation").setLevel(logging.ERROR)  # RLlib's notices to its own API's users
+    try:
+        policy = RoutingPolicy.load(args.checkpoint)
+    except CheckpointError as e:
+        raise InputError(str(e)) from None
+    output_tokens = args.output_tokens
+    if output_tokens is None:
+        output_tokens = policy.meta.get("config", {}).get("data", {}).get("output_tokens")
+        if not isinstance(output_tokens, int) or isinstance(output_tokens, bool):
+            raise InputError("--output-tokens: required: the checkpoint's data.output_tokens is not one number")
+    missing = [m for m in policy.models if m not in policy.meta.get("prices", {})]
+    if missing:
+        raise InputError(f"{args.checkpoint}: no prices for model(s) {missing} in the checkpoint")
+
+    costs = route_costs(policy, prompts, output_tokens)
+    curve = spend_curve(policy, prompts, costs, exploration)
+    pick = within_budget(curve, args.budget)
+    print(f"{len(prompts)} prompts, {args.mode} routing"
+          + (f" (epsilon {args.epsilon}, temperature {args.temperature})" if exploration else "")
+          + f", {output_tokens} output tokens assumed; checkpoint prices")
+    print("  w_q   $/1k routes   most routed")
+    for p in curve[::10]:
+        top = max(p.shares, key=p.shares.get)
+        print(f"  {p.w_q:.1f}   {p.dollars_per_1k:11.4f}   {top} {p.shares[top]:.0%}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"budget_per_1k": args.budget, "mode": args.mode,
+                       "exploration": vars(exploration) if exploration else None,
+                       "output_tokens": output_tokens, "prompts": len(prompts), "pick": vars(pick) if pick else None,
+                       "scan": [vars(p) for p in curve]}, f, indent=2)
+    if pick is None:
+        print(f"\nno preference fits ${args.budget:g} per 1,000 routes: the cheapest routing (w_q = 0) spends "
+              f"${curve[0].dollars_per_1k:.4f}")
+        return 1
+    print(f"\npreference: [{pick.w_q:.2f}, {1 - pick.w_q:.2f}]  spends ${pick.dollars_per_1k:.4f} per 1,000 routes "
+          f"(budget ${args.budget:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
