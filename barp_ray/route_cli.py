@@ -31,15 +31,15 @@ def parse_preference(text: str) -> list[float] | float:
     return parts[0] if len(parts) == 1 else parts
 
 
-def read_requests(lines: Iterable[str], jsonl: bool, default) -> tuple[list[str], list]:
-    """Prompts and one preference each. Blank lines are skipped, so a trailing newline is no prompt."""
-    prompts, preferences = [], []
+def prompt_records(lines: Iterable[str], jsonl: bool) -> list[tuple[int, dict]]:
+    """(line number, {"prompt": ..., ...}) per non-blank line: a plain line is its own prompt, a JSONL
+    line a record with a string "prompt". Blank lines are skipped, so a trailing newline is no prompt."""
+    records = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         if not jsonl:
-            prompts.append(line.rstrip("\n"))
-            preferences.append(default)
+            records.append((n, {"prompt": line.rstrip("\n")}))
             continue
         try:
             record = json.loads(line)
@@ -47,9 +47,26 @@ def read_requests(lines: Iterable[str], jsonl: bool, default) -> tuple[list[str]
             raise InputError(f"line {n}: not JSON: {e.msg}") from None
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
             raise InputError(f"line {n}: prompt: expected a record with a string 'prompt'")
-        prompts.append(record["prompt"])
-        preferences.append(checked_preference(record.get("preference", default), f"line {n}: preference"))
-    return prompts, preferences
+        records.append((n, record))
+    return records
+
+
+def read_requests(lines: Iterable[str], jsonl: bool, default) -> tuple[list[str], list]:
+    """Prompts and one checked preference each (a record's own, else `default`)."""
+    records = prompt_records(lines, jsonl)
+    return ([r["prompt"] for _, r in records],
+            [checked_preference(r.get("preference", default), f"line {n}: preference") for n, r in records])
+
+
+def load_policy(checkpoint: str):
+    """The checkpoint's RoutingPolicy, or an InputError naming what is wrong with it."""
+    from barp_ray.policy import CheckpointError, RoutingPolicy
+
+    logging.getLogger("ray._common.deprecation").setLevel(logging.ERROR)  # RLlib's notices to its own API's users, not ours
+    try:
+        return RoutingPolicy.load(checkpoint)
+    except CheckpointError as e:
+        raise InputError(str(e)) from None
 
 
 def checked_preference(preference, field: str):
@@ -85,13 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _route(checkpoint: str, prompts: list[str], preferences: list, as_json: bool) -> int:
     """`preferences`: checked [w_q, w_c] rows, one per prompt (bad input is refused before a model loads)."""
-    from barp_ray.policy import CheckpointError, RoutingPolicy
-
-    logging.getLogger("ray._common.deprecation").setLevel(logging.ERROR)  # RLlib's notices to its own API's users, not ours
-    try:
-        policy = RoutingPolicy.load(checkpoint)
-    except CheckpointError as e:
-        raise InputError(str(e)) from None
+    policy = load_policy(checkpoint)
     if not prompts:
         return 0
     probs = policy.probabilities(policy.observe(prompts), np.asarray(preferences, dtype=np.float32))

@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from barp_ray.route_cli import InputError, load_policy, prompt_records
 from serve.exploration import exploring_distribution
 from serve.settings import ExplorationSettings, SettingsError
 
 PROG = "barp calibrate"
 GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
-
-
-class InputError(ValueError):
-    """Bad input, reported in one line naming what is wrong."""
 
 
 @dataclass
@@ -76,24 +73,18 @@ def within_budget(curve: list[SpendPoint], budget: float) -> SpendPoint | None:
 def read_prompts(path: str) -> list[str]:
     """One prompt per line, or JSONL records with a string 'prompt' (a feedback or traffic export)."""
     try:
-        lines = [line for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise InputError(f"--prompts: cannot read {path!r}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise InputError(f"--prompts: {path!r} is not UTF-8 text") from None
-    if not lines:
+    first = next((line for line in lines if line.strip()), "")
+    try:
+        prompts = [r["prompt"] for _, r in prompt_records(lines, jsonl=first.lstrip().startswith("{"))]
+    except InputError as e:
+        raise InputError(f"--prompts: {e}") from None
+    if not prompts:
         raise InputError(f"--prompts: {path!r} holds no prompts")
-    if not lines[0].lstrip().startswith("{"):
-        return lines
-    prompts = []
-    for n, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--prompts: line {n}: not JSON: {e.msg}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise InputError(f"--prompts: line {n}: expected a record with a string 'prompt'")
-        prompts.append(record["prompt"])
     return prompts
 
 
@@ -137,13 +128,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise InputError(f"--output-tokens: must be >= 0, got {args.output_tokens}")
     prompts = read_prompts(args.prompts)
 
-    from barp_ray.policy import CheckpointError, RoutingPolicy
-
-    logging.getLogger("ray._common.deprecation").setLevel(logging.ERROR)  # RLlib's notices to its own API's users
-    try:
-        policy = RoutingPolicy.load(args.checkpoint)
-    except CheckpointError as e:
-        raise InputError(str(e)) from None
+    policy = load_policy(args.checkpoint)
     output_tokens = args.output_tokens
     if output_tokens is None:
         output_tokens = policy.meta.get("config", {}).get("data", {}).get("output_tokens")

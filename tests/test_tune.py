@@ -16,7 +16,7 @@ def test_a_grid_of_settings_and_seeds_runs_as_tune_trials_and_ranks_by_the_held_
     from barp_ray.policy import RoutingPolicy
     from barp_ray.scoring import greedy_actions, score_actions
 
-    rc = barp_tune.main([*TINY, "--grid", "training.lr=[1e-5, 0.03]", "--seeds", "2", "--out", str(tmp_path)])
+    rc = barp_tune.main([*TINY, "--grid", "training.lr=[1e-5, 0.03]", "--seeds", "2", "--vary-split", "--out", str(tmp_path)])
     assert rc == 0
     saved = json.loads((tmp_path / "tune.json").read_text())
     assert saved["failed_trials"] == 0 and len(saved["trials"]) == 4
@@ -24,11 +24,12 @@ def test_a_grid_of_settings_and_seeds_runs_as_tune_trials_and_ranks_by_the_held_
     ranked = saved["ranked"]
     assert len(ranked) == 2 and ranked[0]["sweep_reward"] >= ranked[1]["sweep_reward"] and ranked[0]["se"] is not None
     assert "| training.lr=" in capsys.readouterr().out and (tmp_path / "tune.md").is_file()
-    # each trial trained what it says and its sweep is the checkpoint's own held-out score
-    data = prepare(load_config(None, ["data.synthetic_prompts=300"]))
+    # each trial trained what it says, on its seed's own split, and its sweep is the checkpoint's held-out score there
     for t in saved["trials"]:
         meta = json.loads((Path(t["checkpoint_dir"]) / "barp_meta.json").read_text())
-        assert (meta["config"]["training"]["lr"], meta["config"]["training"]["seed"]) == (t["setting"]["training.lr"], t["seed"])
+        trained = meta["config"]["training"]["lr"], meta["config"]["training"]["seed"], meta["config"]["data"]["seed"]
+        assert trained == (t["setting"]["training.lr"], t["seed"], t["seed"])
+        data = prepare(load_config(None, ["data.synthetic_prompts=300", f"data.seed={t['seed']}"]))
         module = RoutingPolicy.load(t["checkpoint_dir"]).module
         w = (0.3, 0.7)
         again = score_actions(data.test, greedy_actions(module, data.test_embeddings, w), w, data.tau).reward

@@ -4,7 +4,8 @@
         --grid training.lr=[5e-4,1e-3] --seeds 3 --out results/tune-entropy
 
 Every trial trains BaRP with its settings and seed and scores greedy routing on the config's
-held-out split at the 11-point preference sweep (w_q = 0, 0.1, ..., 1). Settings are ranked by the
+held-out split at the 11-point preference sweep (w_q = 0, 0.1, ..., 1); with `--vary-split` each
+seed also draws its own held-out prompts. Settings are ranked by the
 sweep mean over seeds, with its standard error, since one seed cannot separate settings a few
 thousandths apart. A config that holds out LLMRouter's own test file (`data.split: provided`) is
 refused: choices are made on validation (`configs/llmrouter_val*.yaml`), never on test.
@@ -28,7 +29,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from barp_ray.config import ConfigError, TrainConfig, apply_overrides, load_config  # noqa: E402
+from barp_ray.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config  # noqa: E402
 
 PROG = "barp tune"
 SWEEP = [(round(q, 1), round(1.0 - q, 1)) for q in np.linspace(0.0, 1.0, 11)]
@@ -100,9 +101,13 @@ def run_trial(trial: dict) -> None:
     from barp_ray.scoring import greedy_actions, score_actions
     from barp_ray.training.run import train
 
-    cfg = apply_overrides(_from_dict(trial["base"]), [*setting_overrides(trial["setting"]), f"training.seed={trial['seed']}",
-        f"output.checkpoint_dir={Path(tune.get_context().get_trial_dir()) / 'checkpoint'}"])
-    result = train(cfg, progress=False, out=open(os.devnull, "w"))
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    cfg = apply_overrides(from_dict(trial["base"], where="tune base config"),
+                          [*setting_overrides(trial["setting"]), f"training.seed={trial['seed']}",
+                           *([f"data.seed={trial['seed']}"] if trial["vary_split"] else []),
+                           f"output.checkpoint_dir={trial_dir / 'checkpoint'}"])
+    with open(os.devnull, "w") as quiet:
+        result = train(cfg, progress=False, out=quiet)
     for row in result.history[:-1]:
         tune.report({"iteration": row["iteration"], "train_reward": row["train_reward"], "entropy": row["entropy"]})
     data = prepare(cfg)
@@ -114,19 +119,13 @@ def run_trial(trial: dict) -> None:
                  "checkpoint_dir": result.checkpoint})
 
 
-def _from_dict(raw: dict) -> TrainConfig:
-    from barp_ray.config import from_dict
-
-    return from_dict(raw, where="tune base config")
-
-
 def trial_resources(trial: dict, cpus: float):
     """One placement group per trial: its driver, and the env runners and learners its config starts
     (as RLlib's own Tune resource request does), so a full cluster queues trials instead of starving
     a started one of its runners."""
     from ray import tune
 
-    scale = apply_overrides(_from_dict(trial["base"]), setting_overrides(trial["setting"])).scale
+    scale = apply_overrides(from_dict(trial["base"], where="tune base config"), setting_overrides(trial["setting"])).scale
     gpu = scale.num_gpus_per_learner
     bundles = [{"CPU": cpus, **({"GPU": gpu} if gpu and scale.num_learners == 0 else {})}]
     bundles += [{"CPU": scale.num_cpus_per_env_runner, **scale.custom_resources_per_env_runner}] * scale.num_env_runners
@@ -168,6 +167,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="values to try for one field (repeat: the grid is every combination)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field in every trial")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per setting (default 3)")
+    p.add_argument("--vary-split", action="store_true",
+                   help="each seed also draws its own held-out prompts (data.seed = the seed): one draw of a few "
+                        "hundred prompts can flatter a setting, several average that out")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves for each trial (default 1)")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default 0: as many as the CPUs allow)")
     p.add_argument("--out", default="results/tune", help="folder for tune.json, tune.md and Tune's own trial folders")
@@ -191,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    trials = tune_grid(base, settings, args.seeds, args.cpus_per_trial, args.max_concurrent, out)
+    trials = tune_grid(base, settings, args.seeds, args.vary_split, args.cpus_per_trial, args.max_concurrent, out)
     rows = rank(trials)
     failed = len(settings) * args.seeds - len(trials)
     (out / "tune.json").write_text(json.dumps({"config": args.config, "sets": args.set, "grid": args.grid,
+                                               "vary_split": args.vary_split,
                                                "sweep": [w[0] for w in SWEEP], "ranked": rows, "trials": trials,
                                                "failed_trials": failed}, indent=2))
     md = table(rows)
@@ -204,14 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def tune_grid(base: TrainConfig, settings: list[dict], seeds: int, cpus: float, concurrent: int, out: Path) -> list[dict]:
+def tune_grid(base: TrainConfig, settings: list[dict], seeds: int, vary_split: bool, cpus: float, concurrent: int,
+              out: Path) -> list[dict]:
     """Runs the trials with Ray Tune; returns one record per finished trial."""
     import ray
     from ray import tune
 
     if not ray.is_initialized():  # trials' own logs stay in Tune's folders; the table is this command's output
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    space = {"trial": tune.grid_search([{"base": base.to_dict(), "setting": s, "seed": seed}
+    space = {"trial": tune.grid_search([{"base": base.to_dict(), "setting": s, "seed": seed, "vary_split": vary_split}
                                         for s in settings for seed in range(seeds)])}
     tuner = tune.Tuner(
         tune.with_resources(lambda config: run_trial(config["trial"]), lambda config: trial_resources(config["trial"], cpus)),
