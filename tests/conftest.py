@@ -47,6 +47,17 @@ def start_local_ray() -> None:
                  log_to_driver=False)
 
 
+def train_small(root, *sets: str) -> str:
+    """A checkpoint of the synthetic world, 600 prompts, trained for real on the session's Ray:
+    what the tests that serve or read a policy start from (`sets`: more --set overrides)."""
+    from barp_ray.config import apply_overrides, load_config
+    from barp_ray.training.run import train
+
+    start_local_ray()
+    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=600", *sets, f"output.checkpoint_dir={root / 'ckpt'}"])
+    return train(cfg, progress=False).checkpoint
+
+
 @pytest.fixture
 def ray_local():
     """The session's Ray instance; (re)started lazily because the job-submit test needs its own head node."""

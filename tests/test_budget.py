@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 
-from barp_ray.config import apply_overrides, load_config
 from serve import budget
 
 PROMPTS = ["What is 12345 + 67890?", "Write a haiku about rain.", "Prove that there are infinitely many primes.",
@@ -13,15 +12,9 @@ PROMPTS = ["What is 12345 + 67890?", "Write a haiku about rain.", "Prove that th
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from conftest import start_local_ray
+    from conftest import train_small
 
-    from barp_ray.training.run import train
-
-    start_local_ray()
-    out = tmp_path_factory.mktemp("budget")
-    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=600", "training.iterations=15",
-                                              "training.rounds_per_iteration=2048", f"output.checkpoint_dir={out / 'ckpt'}"])
-    return train(cfg, progress=False).checkpoint
+    return train_small(tmp_path_factory.mktemp("budget"), "training.iterations=15", "training.rounds_per_iteration=2048")
 
 
 @pytest.fixture

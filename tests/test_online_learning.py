@@ -20,13 +20,9 @@ from http_client import TOKEN, Client, free_port, wait_for
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from conftest import start_local_ray
+    from conftest import train_small
 
-    start_local_ray()
-    root = tmp_path_factory.mktemp("online")
-    cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=600", "training.iterations=20",
-                                              "training.rounds_per_iteration=512", f"output.checkpoint_dir={root / 'ckpt'}"])
-    return train(cfg, progress=False).checkpoint
+    return train_small(tmp_path_factory.mktemp("online"), "training.iterations=20", "training.rounds_per_iteration=512")
 
 
 def _settings(checkpoint, root, **sections):
