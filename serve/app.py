@@ -19,6 +19,7 @@ Deploy: `serve run configs/serve.yaml` / `serve deploy configs/serve.yaml`, or f
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -442,7 +443,9 @@ class RouterAPI:
             unknown = sorted(set(req.candidates) - set(self.models))
             if unknown:
                 return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
-        item = {"prompt": prompt, "preference": [wq, wc], "mode": req.mode, "candidates": req.candidates}
+        # No preference sent: the router gives it the live budget's weight, or the API's default.
+        preference = [wq, wc] if "preference" in req.model_fields_set else None
+        item = {"prompt": prompt, "preference": preference, "mode": req.mode, "candidates": req.candidates}
         if self.reads_text_stats:  # of the whole prompt, as training read it; the encoder reads the cut one
             item["text_stats"] = text_stats([req.prompt])[0].tolist()
         try:
@@ -463,6 +466,7 @@ class RouterAPI:
             mode=mode,
             policy_version=out["policy_version"],
             replica=out["replica"],
+            preference=out["preference"],
         )
 
     @api.post("/v1/feedback", response_model=FeedbackResponse, responses=errors(404, 409, 410, 422, 503))
@@ -496,9 +500,14 @@ class RouterAPI:
             trainer = await self.trainer.status.remote()
         except Exception as e:  # noqa: BLE001
             trainer = {"error": type(e).__name__}
+        budget = self.offer.budget
+        # The paced weight is each router replica's own: this one's (colocated), or one router's (split).
+        router = self.local.info() if self.local is not None else await self.router.info.remote()
         return {"log": counts, "trainer": trainer,
                 "offer": {"models": self.models, "decision_shrinkage": list(self.offer.decision_shrinkage),
-                          "decision_cost_multiplier": self.offer.decision_cost_multiplier, "refused": self.offer_error}}
+                          "decision_cost_multiplier": self.offer.decision_cost_multiplier,
+                          "budget": dataclasses.asdict(budget) if budget else None, "refused": self.offer_error},
+                "pacing": {"replica": router["replica"], **(router["pacing"] or {})} if router["pacing"] else None}
 
     @api.post("/v1/admin/train", responses=errors())
     async def train_now(self) -> dict:

@@ -37,31 +37,30 @@ class SpendPoint:
     shares: dict[str, float]  # expected share of routes per model
 
 
-def route_costs(policy, prompts: list[str], output_tokens: int) -> np.ndarray:
-    """[N, K] dollars per route: input tokens x input price + assumed output tokens x output price."""
-    from barp_ray.encoder import count_tokens
-
-    prices = policy.meta["prices"]
-    in_price = np.array([prices[m]["input_per_mtok"] for m in policy.models]) / 1e6
-    out_price = np.array([prices[m]["output_per_mtok"] for m in policy.models]) / 1e6
-    tokens = count_tokens(prompts, policy.encoder).astype(np.float64)
-    return tokens[:, None] * in_price[None, :] + output_tokens * out_price[None, :]
+def route_costs(prices: dict, models, tokens: np.ndarray, output_tokens: int) -> np.ndarray:
+    """[N, K] dollars per route: each prompt's input tokens x input price + the assumed answer length
+    x output price, per model, with prices in $ per million tokens."""
+    in_price = np.array([prices[m]["input_per_mtok"] for m in models]) / 1e6
+    out_price = np.array([prices[m]["output_per_mtok"] for m in models]) / 1e6
+    return np.asarray(tokens, dtype=np.float64)[:, None] * in_price[None, :] + output_tokens * out_price[None, :]
 
 
-def spend_curve(policy, prompts: list[str], costs: np.ndarray, exploration: ExplorationSettings | None) -> list[SpendPoint]:
-    """Expected dollars per 1,000 routes at every w_q of the grid; exploration None: greedy routing."""
-    h = policy.observe(prompts)
+def spend_curve(policy, h: np.ndarray, costs: np.ndarray, exploration: ExplorationSettings | None, grid=GRID,
+                masks: np.ndarray | None = None, greedy: np.ndarray | None = None) -> list[SpendPoint]:
+    """Expected dollars per 1,000 routes of these prompts (`h`: what the policy reads of them) at every
+    w_q of the grid, routed as the service routes: by the exploring policy over each row's allowed
+    models (`masks`), or by its argmax (exploration None, or the rows `greedy` marks)."""
+    n, k = costs.shape
+    masks = np.ones((n, k), dtype=bool) if masks is None else masks
+    greedy = np.full(n, exploration is None) if greedy is None else greedy | (exploration is None)
     curve = []
-    for wq in GRID:
-        w = np.tile(np.float32([wq, 1.0 - wq]), (len(prompts), 1))
-        probs = policy.probabilities(h, w)
-        if exploration is None:
-            choice = np.eye(len(policy.models))[probs.argmax(-1)]
-        else:
-            choice = exploring_distribution(probs, exploration.epsilon, exploration.temperature)
-        shares = choice.mean(0)
+    for wq in grid:
+        probs = policy.probabilities(h, np.tile(np.float32([wq, 1.0 - wq]), (n, 1)))
+        argmax = np.eye(k)[exploring_distribution(probs, 0.0, 1.0, masks).argmax(-1)]
+        choice = argmax if exploration is None else np.where(
+            greedy[:, None], argmax, exploring_distribution(probs, exploration.epsilon, exploration.temperature, masks))
         curve.append(SpendPoint(float(wq), float(1000 * (choice * costs).sum(1).mean()),
-                                {m: float(s) for m, s in zip(policy.models, shares)}))
+                                {m: float(x) for m, x in zip(policy.models, choice.mean(0))}))
     return curve
 
 
@@ -138,8 +137,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     if missing:
         raise InputError(f"{args.checkpoint}: no prices for model(s) {missing} in the checkpoint")
 
-    costs = route_costs(policy, prompts, output_tokens)
-    curve = spend_curve(policy, prompts, costs, exploration)
+    from barp_ray.encoder import count_tokens
+
+    costs = route_costs(policy.meta["prices"], policy.models, count_tokens(prompts, policy.encoder), output_tokens)
+    curve = spend_curve(policy, policy.observe(prompts), costs, exploration)
     pick = within_budget(curve, args.budget)
     print(f"{len(prompts)} prompts, {args.mode} routing"
           + (f" (epsilon {args.epsilon}, temperature {args.temperature})" if exploration else "")

@@ -64,13 +64,22 @@ class FeedbackMetrics:
 
 
 class ReplicaMetrics:
-    """Router replica: the policy version it serves now."""
+    """Router replica: the policy version it serves now, and where a live budget has put its paced weight."""
 
     def __init__(self) -> None:
         self.version = metrics.Gauge("barp_policy_version", description="policy version this router replica serves")
+        self.paced_weight = metrics.Gauge("barp_budget_quality_weight",
+                                          description="w_q given to routes without a preference, chosen to fit the live budget")
+        self.paced_spend = metrics.Gauge("barp_budget_estimated_dollars_per_1k",
+                                         description="estimated dollars per 1,000 paced routes at that weight, on the replica's recent ones")
 
     def serving(self, version: int) -> None:
         self.version.set(version)
+
+    def pacing(self, w_q: float, estimate: float | None) -> None:
+        self.paced_weight.set(w_q)
+        if estimate is not None:
+            self.paced_spend.set(estimate)
 
 
 class TrainerMetrics:

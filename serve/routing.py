@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from typing import Awaitable, Callable
 import numpy as np
 from ray import serve
 
+from serve.pacing import DEFAULT_PREFERENCE, BudgetPacer, PacedRoute
 from serve.settings import ServeSettings, live_offer
 
 logger = logging.getLogger("ray.serve")
@@ -98,6 +100,9 @@ class Router:
                 self.policy = RoutingPolicy.load(settings.checkpoint)
         self.started_version = self.version
         self.prices: list[float] | None = None  # blended $/Mtok per offered model: reconfigure sets them
+        self.offer_prices: dict = {}  # the offer's {model: {input_per_mtok, output_per_mtok}}, for the budget's estimate
+        self.pacer: BudgetPacer | None = None  # set by a live `budget`: the weight for routes without a preference
+        self._scan_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-scan")
         self.offer_taken = False
         self.metrics = ReplicaMetrics()
         self.metrics.serving(self.version)
@@ -118,6 +123,13 @@ class Router:
             offer.apply(fresh.module)
             fresh.models = offer.models
             self.policy, self.prices = fresh, offer.blended()  # prices are recorded with each decision
+            self.offer_prices = offer.prices
+            if offer.budget is None:
+                self.pacer = None
+            elif self.pacer is None:
+                self.pacer = BudgetPacer(offer.budget, offer.models)
+            else:
+                self.pacer.retarget(offer.budget, offer.models)
 
         # Checked here too: a `user_config` edited in the Serve config file skips app_builder.
         if take_offer(user_config, self.policy.meta, first=not self.offer_taken, apply=apply)[0] is not None:
@@ -158,14 +170,19 @@ class Router:
         from serve.exploration import exploring_distribution
         from serve.feedback_store import encode_vector, new_request_id
 
-        policy, prices, version, epsilon = self.policy, self.prices, self.version, self.epsilon
+        policy, prices, version, epsilon, pacer = self.policy, self.prices, self.version, self.epsilon, self.pacer
         models = list(policy.models)
+        paced = [it["preference"] is None for it in items]  # the client left the trade-off to the service
+        if any(paced):
+            w = pacer.preference() if pacer is not None else list(DEFAULT_PREFERENCE)
+            items = [{**it, "preference": w} if p else it for it, p in zip(items, paced)]
         stats = [it.get("text_stats") for it in items]
         emb = policy.observe([it["prompt"] for it in items], None if None in stats else stats)
         probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
         e = self.settings.exploration
         out, decisions = [], []
-        for it, x, p in zip(items, emb, probs):
+        to_pace = []  # (item index, its mask, greedy) of the paced routes that were routed
+        for i, (it, x, p) in enumerate(zip(items, emb, probs)):
             mask = None
             if it.get("candidates") is not None:
                 mask = [m in it["candidates"] for m in models]
@@ -189,7 +206,17 @@ class Router:
                               "models": models, "prices": prices,  # the offer it was made under
                               "candidates": None if mask is None else [m for m, ok in zip(models, mask) if ok]})
             out.append({"request_id": request_id, "model": models[a], "probabilities": dict(zip(models, served.tolist())),
-                        "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica})
+                        "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica,
+                        "preference": list(it["preference"])})
+            if pacer is not None and paced[i]:
+                to_pace.append((i, mask, it["mode"] == "greedy"))
+        if to_pace:
+            from barp_ray.encoder import count_tokens
+
+            tokens = count_tokens([items[i]["prompt"] for i, _, _ in to_pace], policy.encoder)
+            for (i, mask, greedy), n in zip(to_pace, tokens):
+                allowed = np.ones(len(models), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+                pacer.observe(PacedRoute(emb[i], int(n), allowed, greedy))
         return out, decisions
 
     # Two batches in flight: one computes while the other waits for its decisions to be written.
@@ -202,12 +229,36 @@ class Router:
         else:
             out, decisions = await asyncio.get_running_loop().run_in_executor(
                 self._batch_thread, self._compute, items, self._threads)
+        self._maybe_rescan()
         if decisions:
             try:
                 await self.write(decisions)
             except DecisionWriteError:
                 return [{"error": "feedback log: unavailable, the decision was not recorded; retry shortly"}] * len(items)
         return out
+
+    def _maybe_rescan(self) -> None:
+        """Start the budget's scan in its own thread when due; routing goes on with the current weight."""
+        pacer = self.pacer
+        if pacer is None or not pacer.due():
+            return
+        pacer.scanning = True
+        policy, prices = self.policy, self.offer_prices
+        exploration = dataclasses.replace(self.settings.exploration, epsilon=self.epsilon)
+
+        def scan() -> None:
+            try:
+                import torch
+
+                torch.set_num_threads(1)  # per thread: the scan must not take the cores routing uses
+                pacer.rescan(policy, prices, exploration)
+                self.metrics.pacing(pacer.w_q, pacer.estimate)
+            except Exception:  # noqa: BLE001 - a failed scan keeps the current weight; routing goes on
+                logger.exception("budget scan failed; the paced weight stays %.2f", pacer.w_q)
+            finally:
+                pacer.scanning = False
+
+        self._scan_pool.submit(scan)
 
     async def route(self, item: dict) -> dict:
         # Wait for company only when there is some: a route that finds the replica empty (one client,
@@ -221,4 +272,4 @@ class Router:
 
     def info(self) -> dict:
         return {"replica": self.replica, "policy_version": self.version, "started_version": self.started_version,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "pacing": self.pacer.state() if self.pacer is not None else None}

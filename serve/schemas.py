@@ -41,7 +41,8 @@ PreferenceInput = Annotated[
                   custom_error_message="expected {quality, cost}, a [w_q, w_c] pair, or one number k in [0, 1] meaning (k, 1 - k)"),
 ]
 
-PREFERENCE_HELP = "{quality, cost} weights or a [w_q, w_c] pair (normalised to sum to 1), or one knob k in [0,1] meaning (k, 1-k)"
+PREFERENCE_HELP = ("{quality, cost} weights or a [w_q, w_c] pair (normalised to sum to 1), or one knob k in [0,1] meaning "
+                   "(k, 1-k); omitted: the weight the live budget sets (user_config `budget`), else 0.8")
 
 
 class RouteRequest(BaseModel):
@@ -91,6 +92,8 @@ class RouteResponse(BaseModel):
     mode: Literal["explore", "greedy"]
     policy_version: int
     replica: str
+    preference: list[float] = Field(..., description="[w_q, w_c] the route was made at: the request's, or, when it sent "
+                                                     "none, the live budget's paced weight (else the default)")
 
 
 class FeedbackRequest(BaseModel):

@@ -5,6 +5,7 @@ Errors are one line naming the field, like the training config, so `serve run` f
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,7 @@ class LimitSettings:
 
 TOPOLOGIES = ("colocated", "split")
 # What `user_config` may set live, and the deployments that take it in each topology.
-LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate", "decision_cost_multiplier")
+LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate", "decision_cost_multiplier", "budget")
 LIVE_OFFER_DEPLOYMENTS = {"colocated": ("RouterAPI", "TrainerDeployment"),
                           "split": ("RouterModel", "RouterAPI", "TrainerDeployment")}
 
@@ -361,6 +362,8 @@ class Offer:
     decision_shrinkage: tuple[float, str] = (1.0, "none")
     # How many times its training price the decision charges each model (`policy.decision_cost_multiplier`).
     decision_cost_multiplier: float = 1.0
+    # The spend target for routes that leave the preference to the service (None: they get the default).
+    budget: Budget | None = None
 
     def cards(self) -> list:
         from barp_ray.model_cards import cards_for
@@ -402,7 +405,8 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
     shrinkage, charge = live_decision_shrinkage(config, meta), live_decision_cost_multiplier(config, meta)
     if config.get("models") is None:
         prices = live_prices(config.get("prices"), meta)
-        return Offer(tuple(meta["models"]), {m: p for m, p in prices.items() if p}, dict(meta.get("sizes") or {}), shrinkage, charge)
+        return Offer(tuple(meta["models"]), {m: p for m, p in prices.items() if p}, dict(meta.get("sizes") or {}), shrinkage, charge,
+                     live_budget(config, meta, prices))
     if config.get("prices"):
         raise SettingsError("prices: give each model's price inside `models` when `models` is set, not both")
     head = checkpoint_head(meta)
@@ -413,9 +417,9 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
         cards = parse_cards(config["models"], "models")
     except CardError as e:
         raise SettingsError(str(e)) from None
-    return Offer(tuple(c.name for c in cards),
-                 {c.name: {"input_per_mtok": float(c.input_per_mtok), "output_per_mtok": float(c.output_per_mtok)} for c in cards},
-                 {c.name: float(c.size_b) for c in cards if c.size_b}, shrinkage, charge)
+    prices = {c.name: {"input_per_mtok": float(c.input_per_mtok), "output_per_mtok": float(c.output_per_mtok)} for c in cards}
+    return Offer(tuple(c.name for c in cards), prices, {c.name: float(c.size_b) for c in cards if c.size_b}, shrinkage, charge,
+                 live_budget(config, meta, prices))
 
 
 def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str]:
@@ -436,6 +440,47 @@ def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str]:
     if keep < 1.0 and checkpoint_head(meta) == "model_conditioned":
         raise SettingsError("decision_shrinkage: a model_conditioned checkpoint scores model cards; it applies to the other heads")
     return float(keep), gate or "none"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A spend target for the routes that send no preference: each router replica picks the largest
+    quality weight whose estimated spend on its own recent such routes fits (`serve/pacing.py`)."""
+
+    dollars_per_1k: float  # estimated dollars per 1,000 paced routes
+    output_tokens: int  # the answer length the estimate assumes (input tokens are counted)
+    window: int = 512  # the recent paced routes the weight is chosen on
+    every: int = 64  # paced routes between two choices
+
+
+BUDGET_FIELDS = ("dollars_per_1k", "output_tokens", "window", "every")
+
+
+def live_budget(config: dict, meta: dict, prices: dict) -> Budget | None:
+    """`budget` set live: {dollars_per_1k, output_tokens?, window?, every?}. The estimate prices every
+    offered model, so each needs a price; `output_tokens` defaults to the checkpoint's answer length."""
+    raw = config.get("budget")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or "dollars_per_1k" not in raw:
+        raise SettingsError(f"budget: must be a mapping with dollars_per_1k (and optional output_tokens, window, every), got {raw!r}")
+    unknown = sorted(set(raw) - set(BUDGET_FIELDS))
+    if unknown:
+        raise SettingsError(f"budget: unknown key(s) {unknown}; known: {list(BUDGET_FIELDS)}")
+    dollars = raw["dollars_per_1k"]
+    if isinstance(dollars, bool) or not isinstance(dollars, (int, float)) or not math.isfinite(dollars) or dollars <= 0:
+        raise SettingsError(f"budget.dollars_per_1k: must be a positive number of dollars per 1,000 routes, got {dollars!r}")
+    trained = ((meta.get("config") or {}).get("data") or {}).get("output_tokens")
+    out = raw.get("output_tokens", trained if isinstance(trained, int) and not isinstance(trained, bool) else None)
+    if out is None:
+        raise SettingsError("budget.output_tokens: required, since the checkpoint's answer length is not one number")
+    for name, value, low in (("output_tokens", out, 0), ("window", raw.get("window", 512), 1), ("every", raw.get("every", 64), 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SettingsError(f"budget.{name}: must be an integer >= {low}, got {value!r}")
+    unpriced = sorted(m for m, p in prices.items() if not p)
+    if unpriced:
+        raise SettingsError(f"budget: needs a price for every offered model; none for {unpriced}")
+    return Budget(float(dollars), out, raw.get("window", 512), raw.get("every", 64))
 
 
 def live_decision_cost_multiplier(config: dict, meta: dict) -> float:

@@ -164,12 +164,12 @@ def test_a_lone_route_does_not_wait_for_company(client):
 def test_route_response_shape(client, world):
     st, r = client.post("/v1/route", {"prompt": "What is the capital city of Kenya?", "preference": {"quality": 0.8, "cost": 0.2}})
     assert st == 200
-    assert set(r) == {"request_id", "model", "probabilities", "propensity", "mode", "policy_version", "replica"}
-    assert r["model"] in world["train"].models
+    assert set(r) == {"request_id", "model", "probabilities", "propensity", "mode", "policy_version", "replica", "preference"}
+    assert r["model"] in world["train"].models and r["preference"] == [0.8, 0.2]  # normalised, as routed
     assert math.isclose(sum(r["probabilities"].values()), 1.0, abs_tol=1e-5)
     st, r = client.post("/v1/route", {"prompt": "Write a Go function that reverses a linked list.", "preference": 0.3,
                                       "candidates": ["tiny-1b", "chat-8b"]})
-    assert st == 200 and r["model"] in ("tiny-1b", "chat-8b")
+    assert st == 200 and r["model"] in ("tiny-1b", "chat-8b") and r["preference"] == [0.3, 0.7]
     assert sum(v for k, v in r["probabilities"].items() if k not in ("tiny-1b", "chat-8b")) == 0
     st, models = client.get("/v1/models")
     assert st == 200 and {m["id"] for m in models["models"]} >= set(world["train"].models) | {"barp-auto"}

@@ -1,0 +1,84 @@
+"""Budget pacing: the quality weight for routes that send no preference, chosen to fit a spend target.
+
+An operator sets `budget: {dollars_per_1k: ...}` live; clients that want the service's trade-off
+omit `preference`. Each router replica keeps its own recent such routes (what the policy read of
+the prompt, its input token count, the models it allowed, explore or greedy) and every `every` of
+them re-runs `barp calibrate`'s scan on that window, in a thread of its own: the largest w_q whose
+estimated spend fits. One rule, offline and live; no controller gain to tune, and a change in the
+traffic's mix moves the weight within one window. Replicas need no shared state: each one's routes
+fit the budget, so all of them do. The estimate is the routing priced at the offer's prices with an
+assumed answer length, not the bill (the feedback's costs are).
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve.budget import route_costs, spend_curve, within_budget
+from serve.settings import Budget, ExplorationSettings
+
+GRID = np.round(np.linspace(0.0, 1.0, 51), 2)  # 0.02 apart: a scan of 512 routes is 51 small forwards
+DEFAULT_PREFERENCE = (0.8, 0.2)  # what a route without a preference gets while no budget is set (the API's default)
+
+
+@dataclass
+class PacedRoute:
+    x: np.ndarray  # what the policy read of the prompt
+    tokens: int
+    mask: np.ndarray  # the models it allowed, over the offer's order at the time
+    greedy: bool
+
+
+class BudgetPacer:
+    def __init__(self, budget: Budget, models: tuple[str, ...]):
+        self.budget, self.models = budget, models
+        self.w_q = DEFAULT_PREFERENCE[0]  # until the first scan: the API's default
+        self.estimate: float | None = None  # estimated $ per 1,000 paced routes at w_q, on the last window
+        self.scans = 0
+        self.scanning = False
+        self._window: deque[PacedRoute] = deque(maxlen=budget.window)
+        self._since = 0
+        self._lock = threading.Lock()
+
+    def retarget(self, budget: Budget, models: tuple[str, ...]) -> None:
+        """A new live budget (or offer): scan at the next route. Routes logged under another model set
+        cannot be priced over this one, so a changed set starts the window afresh."""
+        with self._lock:
+            if models != self.models:
+                self._window.clear()
+            self._window = deque(self._window, maxlen=budget.window)
+            self.budget, self.models = budget, models
+            self._since = budget.every
+
+    def preference(self) -> list[float]:
+        return [self.w_q, round(1.0 - self.w_q, 6)]
+
+    def observe(self, route: PacedRoute) -> None:
+        with self._lock:
+            self._window.append(route)
+            self._since += 1
+
+    def due(self) -> bool:
+        return not self.scanning and self._since >= self.budget.every and len(self._window) > 0
+
+    def rescan(self, policy, prices: dict, exploration: ExplorationSettings) -> None:
+        """Choose w_q on the window as it is now (the routes keep coming while this runs)."""
+        with self._lock:
+            rows, budget, models = list(self._window), self.budget, self.models
+            self._since = 0
+        if not rows or tuple(policy.models) != models:
+            return
+        costs = route_costs(prices, models, np.array([r.tokens for r in rows]), budget.output_tokens)
+        curve = spend_curve(policy, np.stack([r.x for r in rows]), costs, exploration, GRID,
+                            masks=np.stack([r.mask for r in rows]), greedy=np.array([r.greedy for r in rows]))
+        pick = within_budget(curve, budget.dollars_per_1k) or curve[0]  # none fits: the cheapest routing
+        self.w_q, self.estimate = pick.w_q, pick.dollars_per_1k
+        self.scans += 1
+
+    def state(self) -> dict:
+        return {"dollars_per_1k": self.budget.dollars_per_1k, "output_tokens": self.budget.output_tokens,
+                "preference": self.preference(), "estimated_dollars_per_1k": self.estimate,
+                "window": len(self._window), "scans": self.scans}

@@ -1,0 +1,155 @@
+"""A live dollar budget for routes that send no preference (`serve/pacing.py`), over real HTTP.
+
+The app is deployed declaratively and the budget edited in the deployments' `user_config`, as an
+operator would; the weight the service picks is checked against `barp calibrate`'s scan of the
+same prompts, so the two must agree exactly.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from http_client import TOKEN, Client, free_port
+from serve.settings import LIVE_OFFER_DEPLOYMENTS, SettingsError, live_budget
+
+PROMPTS = ["write a sql query that joins two tables", "a sonnet about the sea", "prove that sqrt(2) is irrational",
+           "summarise this contract clause", "fix this python stack trace", "plan a three day trip to Rome"]
+META = {"config": {"data": {"output_tokens": 256}}, "models": ["a", "b"]}
+PRICED = {"a": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, "b": {"input_per_mtok": 3.0, "output_per_mtok": 9.0}}
+
+
+@pytest.mark.parametrize("raw, error", [
+    ({"output_tokens": 10}, "budget: must be a mapping with dollars_per_1k"),
+    ({"dollars_per_1k": -1}, "budget.dollars_per_1k: must be a positive number"),
+    ({"dollars_per_1k": float("inf")}, "budget.dollars_per_1k: must be a positive number"),
+    ({"dollars_per_1k": 1, "window": 0}, "budget.window: must be an integer >= 1"),
+    ({"dollars_per_1k": 1, "every": 2.5}, "budget.every: must be an integer >= 1"),
+    ({"dollars_per_1k": 1, "speed": 3}, "budget: unknown key(s) ['speed']"),
+])
+def test_a_bad_budget_is_refused_naming_the_field(raw, error):
+    with pytest.raises(SettingsError) as e:
+        live_budget({"budget": raw}, META, PRICED)
+    assert str(e.value).startswith(error), e.value
+
+
+def test_a_budget_needs_every_price_and_an_answer_length():
+    ok = live_budget({"budget": {"dollars_per_1k": 2}}, META, PRICED)
+    assert (ok.dollars_per_1k, ok.output_tokens, ok.window, ok.every) == (2.0, 256, 512, 64)
+    with pytest.raises(SettingsError, match=r"none for \['b'\]"):
+        live_budget({"budget": {"dollars_per_1k": 2}}, META, {**PRICED, "b": {}})
+    per_task = {"config": {"data": {"output_tokens": {"default": 256}}}}
+    with pytest.raises(SettingsError, match="budget.output_tokens: required"):
+        live_budget({"budget": {"dollars_per_1k": 2}}, per_task, PRICED)
+    assert live_budget({"budget": {"dollars_per_1k": 2, "output_tokens": 100}}, per_task, PRICED).output_tokens == 100
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from conftest import train_small
+
+    root = tmp_path_factory.mktemp("pacing")
+    (root / "token").write_text(TOKEN + "\n")
+    return {"root": root, "checkpoint": train_small(root, "training.iterations=30", "training.rounds_per_iteration=2048")}
+
+
+def offline_pick(checkpoint: str, budget: float) -> tuple[float, float]:
+    """What `barp calibrate`'s scan picks for PROMPTS at the service's exploration, on the pacer's grid."""
+    from barp_ray.encoder import count_tokens
+    from barp_ray.policy import RoutingPolicy
+    from serve.budget import route_costs, spend_curve, within_budget
+    from serve.pacing import GRID
+    from serve.settings import ExplorationSettings
+
+    policy = RoutingPolicy.load(checkpoint)
+    costs = route_costs(policy.meta["prices"], policy.models, count_tokens(PROMPTS, policy.encoder), 256)
+    curve = spend_curve(policy, policy.observe(PROMPTS), costs, ExplorationSettings(), GRID)
+    if budget is None:
+        return curve
+    pick = within_budget(curve, budget)
+    return pick.w_q, pick.dollars_per_1k
+
+
+def test_routes_without_a_preference_are_paced_to_the_live_budget(world):
+    """The paced weight is the largest w_q whose estimated spend on the replica's recent paced routes
+    fits the budget (exactly calibrate's pick for the same prompts); a route that sends a preference
+    keeps it; a higher budget edited in place raises the weight; removing it restores the default."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    root, port = world["root"], free_port()
+    curve = offline_pick(world["checkpoint"], None)
+    spends = np.array([p.dollars_per_1k for p in curve])
+    assert spends[-1] > 1.2 * spends[0], spends  # quality costs more on this world: a budget has something to choose
+    low = float(spends[0] + 0.3 * (spends[-1] - spends[0]))
+    high = float(spends[0] + 0.8 * (spends[-1] - spends[0]))
+    args = {"checkpoint": world["checkpoint"], "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")},
+            "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "trainer": {"state_dir": str(root / "trainer"), "enabled": False}}
+    http = {"host": "127.0.0.1", "port": port}
+    serve.start(http_options=http)
+    client = Client(port)
+
+    def deploy(budget):
+        live = [{"name": n, "user_config": {"budget": budget}} for n in LIVE_OFFER_DEPLOYMENTS["colocated"]]
+        config = {"http_options": http, "applications": [{"name": "barp", "route_prefix": "/", "import_path": "serve.app:app_builder",
+                                                          "args": args, "deployments": live}]}
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+
+    def stats():
+        st, body = client.get("/v1/stats")
+        return body if st == 200 else {}
+
+    def paced_round() -> list[dict]:
+        """Each prompt 8 times, no preference: one window's worth (window 48), two scans (every 24)."""
+        out = []
+        for _ in range(8):
+            for p in PROMPTS:
+                st, r = client.post("/v1/route", {"prompt": p})
+                assert st == 200, r
+                out.append(r)
+        return out
+
+    def settled(budget_value) -> dict:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            paced_round()
+            s = stats()
+            pacing = s.get("pacing") or {}
+            if pacing.get("dollars_per_1k") == budget_value and pacing.get("scans", 0) >= 2 and pacing.get("window") == 48:
+                time.sleep(0.5)  # the scan runs in its own thread; let the last one land
+                return stats()
+        raise AssertionError(f"pacing never settled at {budget_value}: {stats()}")
+
+    try:
+        deploy({"dollars_per_1k": low, "window": 48, "every": 24})
+        deadline = time.time() + 120
+        while client.get("/healthz")[0] != 200 or not stats():
+            assert time.time() < deadline, "the app never came up"
+            time.sleep(0.5)
+        s = settled(low)
+        want_wq, want_spend = offline_pick(world["checkpoint"], low)
+        assert s["offer"]["budget"]["dollars_per_1k"] == low and s["pacing"]["preference"][0] == want_wq, (s, want_wq)
+        assert s["pacing"]["estimated_dollars_per_1k"] == pytest.approx(want_spend, rel=1e-6) and want_spend <= low
+        assert 0.0 < want_wq < 1.0  # the budget binds somewhere inside the range
+        routes = paced_round()
+        assert all(r["preference"] == [want_wq, pytest.approx(1 - want_wq)] for r in routes[-6:]), routes[-1]
+        st, r = client.post("/v1/route", {"prompt": PROMPTS[0], "preference": [1.0, 0.0]})
+        assert st == 200 and r["preference"] == [1.0, 0.0], r  # a client's own trade-off is never paced
+
+        deploy({"dollars_per_1k": high, "window": 48, "every": 24})  # in place: the same replica, a new target
+        s = settled(high)
+        assert s["pacing"]["preference"][0] == offline_pick(world["checkpoint"], high)[0] > want_wq, s
+
+        deploy(None)  # the budget removed: routes without a preference get the API's default again
+        deadline = time.time() + 60
+        while stats().get("pacing") is not None:
+            assert time.time() < deadline, stats()
+            time.sleep(0.5)
+        time.sleep(1.0)
+        st, r = client.post("/v1/route", {"prompt": PROMPTS[1]})
+        assert st == 200 and r["preference"] == [0.8, 0.2], r
+    finally:
+        serve.shutdown()
