@@ -167,11 +167,17 @@ def encode(texts: Sequence[str], name: str = PACKAGED, batch_size: int = 64, dev
     return np.asarray(load_encoder(name, device).encode(list(texts), batch_size), dtype=np.float32)
 
 
+@lru_cache(maxsize=4)
+def _counting_tokenizer(path: str):
+    """One per encoder and process: reading tokenizer.json costs ~12 ms, and serving prices routes one by one."""
+    return load_tokenizer(path)
+
+
 def count_tokens(texts: Sequence[str], name: str = PACKAGED) -> np.ndarray:
     """Real tokenizer counts (the encoder's WordPiece, no truncation) for pricing prompts."""
     path = Path(resolve_encoder_path(name))
     if (path / "tokenizer.json").is_file():
-        encodings = load_tokenizer(path).encode_batch(list(texts), add_special_tokens=False)
+        encodings = _counting_tokenizer(str(path)).encode_batch(list(texts), add_special_tokens=False)
         return np.asarray([len(e.ids) for e in encodings], dtype=np.int64)
     ids = load_encoder(name, "cpu").tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
     return np.asarray([len(x) for x in ids], dtype=np.int64)

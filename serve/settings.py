@@ -450,7 +450,7 @@ class Budget:
     dollars_per_1k: float  # estimated dollars per 1,000 paced routes
     output_tokens: int  # the answer length the estimate assumes (input tokens are counted)
     window: int = 512  # the recent paced routes the weight is chosen on
-    every: int = 64  # paced routes between two choices
+    every: int = 128  # paced routes between two choices (a scan of 512 routes: ~70 ms of one core here)
 
 
 BUDGET_FIELDS = ("dollars_per_1k", "output_tokens", "window", "every")
@@ -474,13 +474,13 @@ def live_budget(config: dict, meta: dict, prices: dict) -> Budget | None:
     out = raw.get("output_tokens", trained if isinstance(trained, int) and not isinstance(trained, bool) else None)
     if out is None:
         raise SettingsError("budget.output_tokens: required, since the checkpoint's answer length is not one number")
-    for name, value, low in (("output_tokens", out, 0), ("window", raw.get("window", 512), 1), ("every", raw.get("every", 64), 1)):
+    for name, value, low in (("output_tokens", out, 0), ("window", raw.get("window", 512), 1), ("every", raw.get("every", 128), 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SettingsError(f"budget.{name}: must be an integer >= {low}, got {value!r}")
     unpriced = sorted(m for m, p in prices.items() if not p)
     if unpriced:
         raise SettingsError(f"budget: needs a price for every offered model; none for {unpriced}")
-    return Budget(float(dollars), out, raw.get("window", 512), raw.get("every", 64))
+    return Budget(float(dollars), out, raw.get("window", 512), raw.get("every", 128))
 
 
 def live_decision_cost_multiplier(config: dict, meta: dict) -> float:

@@ -36,7 +36,7 @@ def test_a_bad_budget_is_refused_naming_the_field(raw, error):
 
 def test_a_budget_needs_every_price_and_an_answer_length():
     ok = live_budget({"budget": {"dollars_per_1k": 2}}, META, PRICED)
-    assert (ok.dollars_per_1k, ok.output_tokens, ok.window, ok.every) == (2.0, 256, 512, 64)
+    assert (ok.dollars_per_1k, ok.output_tokens, ok.window, ok.every) == (2.0, 256, 512, 128)
     with pytest.raises(SettingsError, match=r"none for \['b'\]"):
         live_budget({"budget": {"dollars_per_1k": 2}}, META, {**PRICED, "b": {}})
     per_task = {"config": {"data": {"output_tokens": {"default": 256}}}}
