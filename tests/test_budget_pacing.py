@@ -71,7 +71,8 @@ def offline_pick(checkpoint: str, budget: float) -> tuple[float, float]:
     return pick.w_q, pick.dollars_per_1k
 
 
-def test_routes_without_a_preference_are_paced_to_the_live_budget(world):
+@pytest.mark.parametrize("topology", ["colocated", "split"])
+def test_routes_without_a_preference_are_paced_to_the_live_budget(world, topology):
     """The paced weight is the largest w_q whose estimated spend on the replica's recent paced routes
     fits the budget (exactly calibrate's pick for the same prompts); a route that sends a preference
     keeps it; a higher budget edited in place raises the weight; removing it restores the default."""
@@ -86,14 +87,14 @@ def test_routes_without_a_preference_are_paced_to_the_live_budget(world):
     low = float(spends[0] + 0.3 * (spends[-1] - spends[0]))
     high = float(spends[0] + 0.8 * (spends[-1] - spends[0]))
     args = {"checkpoint": world["checkpoint"], "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")},
-            "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "topology": topology, "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
             "trainer": {"state_dir": str(root / "trainer"), "enabled": False}}
     http = {"host": "127.0.0.1", "port": port}
     serve.start(http_options=http)
     client = Client(port)
 
     def deploy(budget):
-        live = [{"name": n, "user_config": {"budget": budget}} for n in LIVE_OFFER_DEPLOYMENTS["colocated"]]
+        live = [{"name": n, "user_config": {"budget": budget}} for n in LIVE_OFFER_DEPLOYMENTS[topology]]
         config = {"http_options": http, "applications": [{"name": "barp", "route_prefix": "/", "import_path": "serve.app:app_builder",
                                                           "args": args, "deployments": live}]}
         _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
