@@ -54,7 +54,8 @@ async def _route(api, req: ChatCompletionRequest, prompt: str) -> dict[str, Any]
     routed = await api.route(route_req)
     if not isinstance(routed, RouteResponse):
         return routed  # an error response, already shaped
-    return {"request_id": routed.request_id, "model": routed.model, "policy_version": routed.policy_version}
+    return {"request_id": routed.request_id, "model": routed.model, "policy_version": routed.policy_version,
+            "preference": routed.preference}
 
 
 async def forward_chat(api, req: ChatCompletionRequest):

@@ -153,6 +153,7 @@ class BarpInfo(BaseModel):
     request_id: str = Field(..., description="post feedback against this id")
     model: str
     policy_version: int
+    preference: list[float] = Field(..., description="[w_q, w_c] the route was made at (none sent: the live budget's weight, else the default)")
 
 
 class ChatCompletionResponse(BaseModel):
