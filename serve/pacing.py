@@ -21,6 +21,7 @@ from serve.budget import route_costs, spend_curve, within_budget
 from serve.settings import Budget, ExplorationSettings
 
 GRID = np.round(np.linspace(0.0, 1.0, 51), 2)  # 0.02 apart: a scan of 512 routes is 51 small forwards
+FIRST_SCAN = 16  # paced routes before a new budget's first choice
 DEFAULT_PREFERENCE = (0.8, 0.2)  # what a route without a preference gets while no budget is set (the API's default)
 
 
@@ -58,11 +59,17 @@ class BudgetPacer:
 
     def observe(self, route: PacedRoute) -> None:
         with self._lock:
+            if len(route.mask) != len(self.models):  # routed under the model set before a change
+                return
             self._window.append(route)
             self._since += 1
 
     def due(self) -> bool:
-        return not self.scanning and self._since >= self.budget.every and len(self._window) > 0
+        """Every `every` paced routes; the first time as soon as FIRST_SCAN are in, so a new budget
+        does not spend at the default weight for a whole interval."""
+        if self.scanning or not self._window:
+            return False
+        return self._since >= self.budget.every or (self.scans == 0 and len(self._window) >= min(FIRST_SCAN, self.budget.every))
 
     def rescan(self, policy, prices: dict, exploration: ExplorationSettings) -> None:
         """Choose w_q on the window as it is now (the routes keep coming while this runs)."""

@@ -114,12 +114,16 @@ def test_routes_without_a_preference_are_paced_to_the_live_budget(world, topolog
         return out
 
     def settled(budget_value) -> dict:
-        deadline = time.time() + 120
+        """Paced rounds until two scans have run on a full window under this budget: any 48 routes in a
+        row hold each prompt 8 times, so from then on the window is PROMPTS' mix exactly."""
+        deadline, first = time.time() + 120, None
         while time.time() < deadline:
             paced_round()
-            s = stats()
-            pacing = s.get("pacing") or {}
-            if pacing.get("dollars_per_1k") == budget_value and pacing.get("scans", 0) >= 2 and pacing.get("window") == 48:
+            pacing = stats().get("pacing") or {}
+            if pacing.get("dollars_per_1k") != budget_value:
+                continue
+            first = pacing["scans"] if first is None else first
+            if pacing["scans"] >= first + 2 and pacing["window"] == 48:
                 time.sleep(0.5)  # the scan runs in its own thread; let the last one land
                 return stats()
         raise AssertionError(f"pacing never settled at {budget_value}: {stats()}")
@@ -154,3 +158,26 @@ def test_routes_without_a_preference_are_paced_to_the_live_budget(world, topolog
         assert st == 200 and r["preference"] == [0.8, 0.2], r
     finally:
         serve.shutdown()
+
+
+def test_the_pacer_scans_early_once_then_every_interval_and_skips_routes_of_an_old_model_set(world):
+    from barp_ray.policy import RoutingPolicy
+    from serve.pacing import FIRST_SCAN, BudgetPacer, PacedRoute
+    from serve.settings import Budget, ExplorationSettings
+
+    policy = RoutingPolicy.load(world["checkpoint"])
+    h, k = policy.observe(PROMPTS), len(policy.models)
+    pacer = BudgetPacer(Budget(1e9, 256, window=100, every=40), policy.models)
+    route = [PacedRoute(h[i % len(PROMPTS)], 10, np.ones(k, dtype=bool), False) for i in range(200)]
+    for r in route[:FIRST_SCAN - 1]:
+        pacer.observe(r)
+    assert not pacer.due()
+    pacer.observe(route[FIRST_SCAN])
+    assert pacer.due()
+    pacer.rescan(policy, policy.meta["prices"], ExplorationSettings())
+    assert pacer.preference() == [1.0, 0.0] and pacer.scans == 1  # an unlimited budget buys the most quality
+    for r in route[:39]:
+        pacer.observe(r)
+    assert not pacer.due()
+    pacer.observe(PacedRoute(h[0], 10, np.ones(k + 1, dtype=bool), False))  # one more model: routed before a change
+    assert not pacer.due() and pacer.state()["window"] == FIRST_SCAN + 39
