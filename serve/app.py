@@ -175,14 +175,16 @@ class TrainerDeployment:
 
     def get_weights(self, have_version: int, replica: str | None = None, loaded_at: float | None = None):
         """Replicas poll here: (newest version, its weights if newer than theirs else None, the epsilon
-        to explore with now). Each poll also reports which version the replica serves and since when."""
+        to explore with now, each model's recent mean bill). Each poll also reports which version the
+        replica serves and since when."""
         if replica is not None:
             r = self.replicas.setdefault(replica, {"history": []})
             if r.get("version") != have_version:
                 r["history"] = (r["history"] + [(have_version, loaded_at or time.time())])[-64:]
             r.update(version=have_version, loaded_at=loaded_at, seen=time.time())
         version, weights = self.trainer.snapshot
-        return (version, None if version <= have_version else weights, self.trainer.exploration_epsilon())
+        return (version, None if version <= have_version else weights, self.trainer.exploration_epsilon(),
+                self.trainer.billed_costs())
 
     def _live_replicas(self) -> dict[str, dict]:
         horizon = max(5.0, 5 * self.settings.weights_poll_s)

@@ -225,9 +225,9 @@ class RewardReader:
 
     def _rows(self, where: str, args: tuple) -> list[dict[str, Any]]:
         with self.db.lock:
-            rows = self.db.execute(f"SELECT id, request_id, time, score, reward, defaulted, body FROM rewards {where}", args)
-        return [{**json.loads(body), "id": int(i), "request_id": rid, "feedback_time": t, "score": q, "reward": r,
-                 "defaulted": bool(d)} for i, rid, t, q, r, d, body in rows]
+            rows = self.db.execute(f"SELECT id, request_id, time, score, cost, reward, defaulted, body FROM rewards {where}", args)
+        return [{**json.loads(body), "id": int(i), "request_id": rid, "feedback_time": t, "score": q, "cost": c, "reward": r,
+                 "defaulted": bool(d)} for i, rid, t, q, c, r, d, body in rows]
 
     def close(self) -> None:
         self.db.close()

@@ -6,8 +6,10 @@ the prompt, its input token count, the models it allowed, explore or greedy) and
 them re-runs `barp calibrate`'s scan on that window, in a thread of its own: the largest w_q whose
 estimated spend fits. One rule, offline and live; no controller gain to tune, and a change in the
 traffic's mix moves the weight within one window. Replicas need no shared state: each one's routes
-fit the budget, so all of them do. The estimate is the routing priced at the offer's prices with an
-assumed answer length, not the bill (the feedback's costs are).
+fit the budget, so all of them do. A route is priced at the offer's prices with an assumed answer
+length, except, with `price_by: bill` (the default), a model whose recent feedback the trainer has
+seen at least 20 times: that one at its mean billed cost, since answer lengths are what an
+estimate gets wrong (bench/budget_pacing.py).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class BudgetPacer:
         self.estimate: float | None = None  # estimated $ per 1,000 paced routes at w_q, on the last window
         self.scans = 0
         self.scanning = False
+        self.billed: list[str] = []  # the models the last scan priced at their bills
         self._window: deque[PacedRoute] = deque(maxlen=budget.window)
         self._since = 0
         self._lock = threading.Lock()
@@ -71,14 +74,19 @@ class BudgetPacer:
             return False
         return self._since >= self.budget.every or (self.scans == 0 and len(self._window) >= min(FIRST_SCAN, self.budget.every))
 
-    def rescan(self, policy, prices: dict, exploration: ExplorationSettings) -> None:
-        """Choose w_q on the window as it is now (the routes keep coming while this runs)."""
+    def rescan(self, policy, prices: dict, exploration: ExplorationSettings, bills: dict[str, float] | None = None) -> None:
+        """Choose w_q on the window as it is now (the routes keep coming while this runs). `bills`:
+        models' recent mean billed dollars per route, which replace the estimate with `price_by: bill`."""
         with self._lock:
             rows, budget, models = list(self._window), self.budget, self.models
             self._since = 0
         if not rows or tuple(policy.models) != models:
             return
         costs = route_costs(prices, models, np.array([r.tokens for r in rows]), budget.output_tokens)
+        billed = sorted(m for m in (bills or {}) if m in models) if budget.price_by == "bill" else []
+        for m in billed:  # what the answers cost, whatever their length: the estimate assumes one
+            costs[:, models.index(m)] = bills[m]
+        self.billed = billed
         curve = spend_curve(policy, np.stack([r.x for r in rows]), costs, exploration, GRID,
                             masks=np.stack([r.mask for r in rows]), greedy=np.array([r.greedy for r in rows]))
         pick = within_budget(curve, budget.dollars_per_1k) or curve[0]  # none fits: the cheapest routing
@@ -87,5 +95,5 @@ class BudgetPacer:
 
     def state(self) -> dict:
         return {"dollars_per_1k": self.budget.dollars_per_1k, "output_tokens": self.budget.output_tokens,
-                "preference": self.preference(), "estimated_dollars_per_1k": self.estimate,
-                "window": len(self._window), "scans": self.scans}
+                "price_by": self.budget.price_by, "preference": self.preference(), "estimated_dollars_per_1k": self.estimate,
+                "priced_by_bill": self.billed, "window": len(self._window), "scans": self.scans}

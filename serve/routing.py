@@ -101,6 +101,7 @@ class Router:
         self.started_version = self.version
         self.prices: list[float] | None = None  # blended $/Mtok per offered model: reconfigure sets them
         self.offer_prices: dict = {}  # the offer's {model: {input_per_mtok, output_per_mtok}}, for the budget's estimate
+        self.bills: dict[str, float] = {}  # each model's recent mean billed cost, from the trainer's feedback
         self.pacer: BudgetPacer | None = None  # set by a live `budget`: the weight for routes without a preference
         self._scan_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-scan")
         self.offer_taken = False
@@ -140,8 +141,8 @@ class Router:
 
         while True:
             try:
-                version, weights, self.epsilon = await self.trainer.get_weights.remote(self.version, self.replica,
-                                                                                      self.loaded_at)
+                version, weights, self.epsilon, self.bills = await self.trainer.get_weights.remote(
+                    self.version, self.replica, self.loaded_at)
                 if weights is not None:
                     fresh = copy.deepcopy(self.policy)  # a failed load must not leave half-new weights
                     load_policy_state(fresh.module, weights)  # the offered models and prices stay
@@ -243,7 +244,7 @@ class Router:
         if pacer is None or not pacer.due():
             return
         pacer.scanning = True
-        policy, prices = self.policy, self.offer_prices
+        policy, prices, bills = self.policy, self.offer_prices, self.bills
         exploration = dataclasses.replace(self.settings.exploration, epsilon=self.epsilon)
 
         def scan() -> None:
@@ -251,7 +252,7 @@ class Router:
                 import torch
 
                 torch.set_num_threads(1)  # per thread: the scan must not take the cores routing uses
-                pacer.rescan(policy, prices, exploration)
+                pacer.rescan(policy, prices, exploration, bills)
                 self.metrics.pacing(pacer.w_q, pacer.estimate)
             except Exception:  # noqa: BLE001 - a failed scan keeps the current weight; routing goes on
                 logger.exception("budget scan failed; the paced weight stays %.2f", pacer.w_q)

@@ -451,9 +451,12 @@ class Budget:
     output_tokens: int  # the answer length the estimate assumes (input tokens are counted)
     window: int = 512  # the recent paced routes the weight is chosen on
     every: int = 128  # paced routes between two choices (a scan of 512 routes: ~70 ms of one core here)
+    # bill: a model with enough recent feedback is priced at its mean billed cost (the trainer's), the
+    # others by the estimate; estimate: always input tokens x price + output_tokens x price
+    price_by: str = "bill"
 
 
-BUDGET_FIELDS = ("dollars_per_1k", "output_tokens", "window", "every")
+BUDGET_FIELDS = ("dollars_per_1k", "output_tokens", "window", "every", "price_by")
 
 
 def live_budget(config: dict, meta: dict, prices: dict) -> Budget | None:
@@ -477,10 +480,13 @@ def live_budget(config: dict, meta: dict, prices: dict) -> Budget | None:
     for name, value, low in (("output_tokens", out, 0), ("window", raw.get("window", 512), 1), ("every", raw.get("every", 128), 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SettingsError(f"budget.{name}: must be an integer >= {low}, got {value!r}")
+    price_by = raw.get("price_by", "bill")
+    if price_by not in ("bill", "estimate"):
+        raise SettingsError(f"budget.price_by: must be 'bill' or 'estimate', got {price_by!r}")
     unpriced = sorted(m for m, p in prices.items() if not p)
     if unpriced:
         raise SettingsError(f"budget: needs a price for every offered model; none for {unpriced}")
-    return Budget(float(dollars), out, raw.get("window", 512), raw.get("every", 128))
+    return Budget(float(dollars), out, raw.get("window", 512), raw.get("every", 128), price_by)
 
 
 def live_decision_cost_multiplier(config: dict, meta: dict) -> float:

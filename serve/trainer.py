@@ -49,6 +49,7 @@ STATE = "state"
 PUBLISHED = "published"
 PROGRESS = "progress.json"
 READ_LIMIT = 8192
+BILL_WINDOW, BILL_MIN = 256, 20  # per model: the newest bills kept, and the fewest a mean is given from
 
 
 def latest_published(state_dir: str) -> tuple[int, dict[str, torch.Tensor]] | None:
@@ -124,6 +125,7 @@ class ContinuousTrainer:
         self.published: deque[dict] = deque(maxlen=64)  # recent publications, for delay reports
         self.window: deque[dict] = deque(maxlen=self.t.window)
         self.eval_window: deque[dict] = deque(maxlen=self.rollout.eval_window)
+        self.bills: dict[str, deque[float]] = {}  # each model's newest billed costs, for a live budget's pacing
         self._resume()
         if self.anchor.active:
             self._learner_weights()  # scratch holds the learner as it is before each update: the anchor's gate reads its critic
@@ -329,6 +331,9 @@ class ContinuousTrainer:
         if not self._ready(fresh):
             return None
         trainable = sum(self._file(r) for r in fresh)
+        for r in fresh:
+            if not r["defaulted"] and r.get("cost") is not None:
+                self.bills.setdefault(r["model"], deque(maxlen=BILL_WINDOW)).append(float(r["cost"]))
         self.boost_left = max(0, self.boost_left - len(fresh))
         forgot = self._forget_a_changed_world()
         stats: dict[str, float] = {}
@@ -377,6 +382,12 @@ class ContinuousTrainer:
         self.rewards_since_change = 0
         self._end_anchor("forget")
         return True
+
+    def billed_costs(self) -> dict[str, float]:
+        """Mean billed dollars per route of each model with at least BILL_MIN recent feedbacks: what a
+        live budget prices routes at in place of its token estimate (`serve/pacing.py`). The
+        exploration floor keeps every offered model's bills coming."""
+        return {m: float(np.mean(d)) for m, d in self.bills.items() if len(d) >= BILL_MIN}
 
     def exploration_epsilon(self) -> float:
         """The epsilon routes should explore with now: raised for a while after a forget, because

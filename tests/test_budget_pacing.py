@@ -181,3 +181,58 @@ def test_the_pacer_scans_early_once_then_every_interval_and_skips_routes_of_an_o
     assert not pacer.due()
     pacer.observe(PacedRoute(h[0], 10, np.ones(k + 1, dtype=bool), False))  # one more model: routed before a change
     assert not pacer.due() and pacer.state()["window"] == FIRST_SCAN + 39
+
+
+def test_models_with_enough_feedback_are_priced_at_their_bills(world):
+    from barp_ray.policy import RoutingPolicy
+    from serve.pacing import BudgetPacer, PacedRoute
+    from serve.settings import Budget, ExplorationSettings
+
+    policy = RoutingPolicy.load(world["checkpoint"])
+    h, k = policy.observe(PROMPTS), len(policy.models)
+    pacer = BudgetPacer(Budget(5.0, 256), policy.models)
+    for i in range(48):
+        pacer.observe(PacedRoute(h[i % len(PROMPTS)], 10, np.ones(k, dtype=bool), False))
+    same = {m: 0.001 for m in policy.models}  # $1 per 1,000 routes, whichever model: no trade-off to make
+    pacer.rescan(policy, policy.meta["prices"], ExplorationSettings(), same)
+    assert pacer.preference() == [1.0, 0.0] and pacer.estimate == pytest.approx(1.0) and pacer.billed == sorted(same)
+    dear = {m: 0.01 for m in policy.models}  # $10 per 1,000 against a $5 budget: nothing fits, the cheapest routing
+    pacer.rescan(policy, policy.meta["prices"], ExplorationSettings(), dear)
+    assert pacer.w_q == 0.0 and pacer.estimate == pytest.approx(10.0)
+    estimate_only = BudgetPacer(Budget(5.0, 256, price_by="estimate"), policy.models)
+    for i in range(48):
+        estimate_only.observe(PacedRoute(h[i % len(PROMPTS)], 10, np.ones(k, dtype=bool), False))
+    estimate_only.rescan(policy, policy.meta["prices"], ExplorationSettings(), dear)
+    assert estimate_only.billed == [] and estimate_only.estimate != pytest.approx(10.0)
+
+
+def test_the_trainer_passes_live_bills_to_the_routers_pacing(world):
+    """Feedback's costs reach the replicas' pacing through the trainer's weight poll: routes explore
+    uniformly here (epsilon 1), so every model soon has 20 bills, and at $10 per 1,000 against a $5
+    budget nothing fits."""
+    from ray import serve
+
+    from serve.app import app_builder
+
+    root, port = world["root"], free_port()
+    args = {"checkpoint": world["checkpoint"], "log_dir": str(root / "log-bills"), "auth": {"token_file": str(root / "token")},
+            "router_autoscaling": {"min_replicas": 1, "max_replicas": 1}, "exploration": {"epsilon": 1.0},
+            "trainer": {"state_dir": str(root / "trainer-bills"), "min_batch": 8}, "budget": {"dollars_per_1k": 5.0, "every": 16}}
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    client = Client(port)
+    try:
+        serve.run(app_builder(args), name="barp", route_prefix="/")
+        deadline = time.time() + 180
+        while True:
+            for p in PROMPTS * 4:
+                st, r = client.post("/v1/route", {"prompt": p})
+                assert st == 200, r
+                st, fb = client.post("/v1/feedback", {"request_id": r["request_id"], "score": 0.5, "cost": 0.01})
+                assert st == 200, fb
+            pacing = client.get("/v1/stats")[1]["pacing"]
+            if len(pacing["priced_by_bill"]) == 6 and pacing["estimated_dollars_per_1k"] == pytest.approx(10.0):
+                break
+            assert time.time() < deadline, pacing
+        assert pacing["preference"] == [0.0, 1.0], pacing
+    finally:
+        serve.shutdown()
