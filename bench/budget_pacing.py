@@ -6,19 +6,26 @@ The embedded synthetic world's held-out prompts, in two phases of `--routes` rou
 from three tasks, then from the other three. Every route sends no preference; the service's
 `BudgetPacer` (`serve/pacing.py`, the class the router replicas run, with the serving defaults:
 window 512, a scan every 128 routes, exploration epsilon 0.1) sets its weight, and the model is
-drawn from the exploring policy. Beside it, the same routes at one fixed weight: `barp calibrate`'s
-pick on 300 prompts of phase 1, what an operator would set by hand before going live. The budget is
-the middle of phase 1's spend range. Per block of 250 routes it records the weight, the pacer's
-estimate (WordPiece input tokens and 256 answer tokens at the checkpoint's prices), the bill (the
-world's own cost of the model drawn: its per-task answer lengths) and the mean score.
+drawn from the exploring policy. Three runs of the same routes:
+- fixed: one weight, `barp calibrate`'s pick on 300 prompts of phase 1 (what an operator would set
+  by hand before going live);
+- paced, estimate: the pacer pricing routes by WordPiece input tokens and 256 answer tokens at the
+  checkpoint's prices (`price_by: estimate`);
+- paced, bill: the same, but each model with 20+ of the newest 256 bills priced at their mean
+  (`price_by: bill`, the default; every route's bill is fed back at once, as the trainer would).
+The budget is the middle of phase 1's estimated spend range. Per block of 250 routes it records the
+weight, the estimate, the bill (the world's own cost of the model drawn: per-task answer lengths)
+and the mean score.
 Prints a table, writes docs/results/budget_pacing/budget_pacing.json and .png.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+from collections import deque
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -49,6 +56,7 @@ def main() -> None:
     from serve.exploration import exploring_distribution
     from serve.pacing import BudgetPacer, PacedRoute
     from serve.settings import Budget, ExplorationSettings
+    from serve.trainer import BILL_MIN, BILL_WINDOW
 
     torch.set_num_threads(1)
     if not (Path(args.checkpoint) / "barp_meta.json").is_file():
@@ -74,6 +82,7 @@ def main() -> None:
 
     def serve_traffic(pacer: BudgetPacer | None) -> list[dict]:
         rows, draws = [], np.random.default_rng(args.seed + 1)
+        bills = {m: deque(maxlen=BILL_WINDOW) for m in policy.models}
         for i in traffic:
             wq = pacer.w_q if pacer is not None else fixed_wq
             probs = policy.probabilities(h_all[i:i + 1], np.float32([[wq, 1.0 - wq]]))
@@ -81,13 +90,17 @@ def main() -> None:
             a = int(draws.choice(len(served), p=served / served.sum()))
             rows.append({"w_q": wq, "estimate": float(served @ estimate_all[i]), "bill": float(test.costs[i, a]),
                          "score": float(test.scores[i, a])})
+            bills[policy.models[a]].append(float(test.costs[i, a]))
             if pacer is not None:
                 pacer.observe(PacedRoute(h_all[i], int(tokens_all[i]), np.ones(len(policy.models), dtype=bool), False))
                 if pacer.due():
-                    pacer.rescan(policy, prices, exploration)
+                    pacer.rescan(policy, prices, exploration,
+                                 {m: float(np.mean(d)) for m, d in bills.items() if len(d) >= BILL_MIN})
         return rows
 
-    runs = {"paced": serve_traffic(BudgetPacer(budget, policy.models)), "fixed": serve_traffic(None)}
+    runs = {"fixed": serve_traffic(None),
+            "paced, estimate": serve_traffic(BudgetPacer(dataclasses.replace(budget, price_by="estimate"), policy.models)),
+            "paced, bill": serve_traffic(BudgetPacer(budget, policy.models))}
     blocks = {}
     for name, rows in runs.items():
         blocks[name] = [{"routes": (b + 1) * BLOCK, "phase": 1 + int(b * BLOCK >= args.routes),
@@ -101,7 +114,7 @@ def main() -> None:
         return float(np.mean(vals))
 
     # the pacer's first block of a phase still routes by the weight the previous mix set
-    summary = {name: {f"phase {ph}": {k: phase_mean(name, ph, k, skip=1 if name == "paced" else 0)
+    summary = {name: {f"phase {ph}": {k: phase_mean(name, ph, k, skip=0 if name == "fixed" else 1)
                                      for k in ("w_q", "estimate", "bill", "score")} for ph in (1, 2)} for name in runs}
     print(f"budget ${budget.dollars_per_1k:.3f} per 1,000 routes (estimated); fixed weight w_q = {fixed_wq:.2f} "
           f"(calibrated on 300 phase-1 prompts); {args.routes} routes per phase; phase 1 {PHASES[0]}, phase 2 {PHASES[1]}")
@@ -111,7 +124,7 @@ def main() -> None:
         for ph in (1, 2):
             s = summary[name][f"phase {ph}"]
             print(f"| {name} | {ph} | {s['w_q']:.2f} | {s['estimate']:.3f} | {s['bill']:.3f} | {s['score']:.3f} |")
-    print("(paced: each phase without its first block of 250 routes, the time a window takes to fill with the new mix)")
+    print("(paced: each phase without its first block of 250 routes, while the window fills with the new mix)")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +143,7 @@ def plot(blocks: dict, budget: float, routes: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for name, style in (("paced", "-"), ("fixed", "--")):
+    for name, style in (("paced, bill", "-"), ("paced, estimate", "-."), ("fixed", "--")):
         x = [b["routes"] for b in blocks[name]]
         top.plot(x, [b["estimate"] for b in blocks[name]], style, label=f"{name}: estimated")
         top.plot(x, [b["bill"] for b in blocks[name]], style, alpha=0.5, label=f"{name}: billed")
