@@ -70,8 +70,8 @@ class ReplicaMetrics:
         self.version = metrics.Gauge("barp_policy_version", description="policy version this router replica serves")
         self.paced_weight = metrics.Gauge("barp_budget_quality_weight",
                                           description="w_q given to routes without a preference, chosen to fit the live budget")
-        self.paced_spend = metrics.Gauge("barp_budget_estimated_dollars_per_1k",
-                                         description="estimated dollars per 1,000 paced routes at that weight, on the replica's recent ones")
+        self.paced_spend = metrics.Gauge("barp_budget_estimated_spend_dollars",
+                                         description="estimated dollars per 1,000 paced routes at that weight, on the replica's recent ones (bills where known)")
 
     def serving(self, version: int) -> None:
         self.version.set(version)
