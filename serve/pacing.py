@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve.budget import route_costs, spend_curve, within_budget
+from serve.schemas import DEFAULT_KNOB
 from serve.settings import Budget, ExplorationSettings
 
 GRID = np.round(np.linspace(0.0, 1.0, 51), 2)  # 0.02 apart: a scan of 512 routes is 51 small forwards
 FIRST_SCAN = 16  # paced routes before a new budget's first choice
-DEFAULT_PREFERENCE = (0.8, 0.2)  # what a route without a preference gets while no budget is set (the API's default)
+DEFAULT_PREFERENCE = (DEFAULT_KNOB, round(1.0 - DEFAULT_KNOB, 6))  # a route without a preference, while no budget is set
 
 
 @dataclass

@@ -41,6 +41,7 @@ PreferenceInput = Annotated[
                   custom_error_message="expected {quality, cost}, a [w_q, w_c] pair, or one number k in [0, 1] meaning (k, 1 - k)"),
 ]
 
+DEFAULT_KNOB = 0.8  # a route that sends no preference, while no live budget is set: (0.8, 0.2)
 PREFERENCE_HELP = ("{quality, cost} weights or a [w_q, w_c] pair (normalised to sum to 1), or one knob k in [0,1] meaning "
                    "(k, 1-k); omitted: the weight the live budget sets (user_config `budget`), else 0.8")
 
@@ -48,7 +49,7 @@ PREFERENCE_HELP = ("{quality, cost} weights or a [w_q, w_c] pair (normalised to 
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(..., min_length=1, description="the user's prompt")
-    preference: PreferenceInput = Field(0.8, description=PREFERENCE_HELP)
+    preference: PreferenceInput = Field(DEFAULT_KNOB, description=PREFERENCE_HELP)
     mode: Literal["explore", "greedy", "sample"] = Field(
         "explore",
         description=(
@@ -118,7 +119,7 @@ class RouteOptions(BaseModel):
     """`barp` in a chat request: how barp-auto routes it (the prompt is the last user message)."""
 
     model_config = ConfigDict(extra="forbid")
-    preference: PreferenceInput = Field(0.8, description=PREFERENCE_HELP)
+    preference: PreferenceInput = Field(DEFAULT_KNOB, description=PREFERENCE_HELP)
     mode: Literal["explore", "greedy", "sample"] = "explore"
     candidates: Optional[list[str]] = Field(None, min_length=1, description="restrict routing to these models")
 
