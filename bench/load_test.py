@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from serve.ray_env import HIGH_THROUGHPUT  # noqa: E402
 
+ROUTE_PREFERENCE = {"preference": 0.8}  # emptied by --budget: routes then leave the trade-off to the pacer
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -64,7 +66,7 @@ async def closed_loop(url: str, prompts: list[str], concurrency: int, seconds: f
         i = k
         while time.perf_counter() < stop_at and sent < max_requests:
             sent += 1
-            body = {"prompt": prompts[i % len(prompts)], "preference": 0.8}
+            body = {"prompt": prompts[i % len(prompts)], **ROUTE_PREFERENCE}
             t0 = time.perf_counter()
             try:
                 async with session.post(url, json=body) as resp:
@@ -176,7 +178,7 @@ async def side_by_side(url: str, forward, prompts: list[str], blocks: int, size:
                 block_bare.append(time.perf_counter() - t0)
             for prompt in batch:
                 t0 = time.perf_counter()
-                async with session.post(url, json={"prompt": prompt, "preference": 0.8}) as resp:
+                async with session.post(url, json={"prompt": prompt, **ROUTE_PREFERENCE}) as resp:
                     await resp.read()
                 if resp.status == 200:
                     block_served.append(time.perf_counter() - t0)
@@ -196,7 +198,7 @@ async def side_by_side(url: str, forward, prompts: list[str], blocks: int, size:
 
 
 def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscaling: dict, batch_wait_s: float | None,
-           topology: str, lone_route_threads: int):
+           topology: str, lone_route_threads: int, budget: float | None = None):
     from ray import serve
 
     from serve.app import app_builder
@@ -208,6 +210,7 @@ def deploy(checkpoint: str, workdir: Path, port: int, max_batch: int, autoscalin
         **({} if batch_wait_s is None else {"batch_wait_timeout_s": batch_wait_s}),
         "router_autoscaling": autoscaling, "trainer": {"enabled": False, "state_dir": str(workdir / "trainer")},
         "auth": {"disabled": True},  # local benchmark: routing is open anyway, nothing posts feedback
+        **({} if budget is None else {"budget": {"dollars_per_1k": budget}}),
     })
     serve.run(app, name="barp", route_prefix="/")
 
@@ -280,7 +283,14 @@ def main() -> int:
     p.add_argument("--block", type=int, default=20,
                    help="prompts per block when the sequential client alternates with the bare forward (1: every "
                         "other request; then each side pays for the other's idle torch threads, see docs/results/serve_load)")
+    p.add_argument("--budget", type=float, metavar="DOLLARS",
+                   help="deploy with a live budget ($ per 1,000 routes) and send routes without a preference, so every "
+                        "route is paced (serve/pacing.py); without it routes send w_q 0.8")
     args = p.parse_args()
+    if args.budget is not None:
+        if not args.budget > 0:
+            p.error("--budget: must be > 0 dollars per 1,000 routes")
+        ROUTE_PREFERENCE.clear()
     if args.block < 1:
         p.error("--block: must be at least 1")
     os.environ.update(INGRESS[args.ingress])  # read by the controller and replicas Ray starts below
@@ -315,6 +325,7 @@ def main() -> int:
         checkpoint = train(apply_overrides(cfg, ["training.iterations=60", f"output.checkpoint_dir={out / 'ckpt'}"]),
                            progress=False).checkpoint
     results: dict = {"machine": {"cpus": os.cpu_count()}, "checkpoint": checkpoint, "ingress": args.ingress, "batch_wait_s": args.batch_wait_s,
+                     "budget_per_1k": args.budget,
                      "topology": args.topology, "lone_route_threads": args.lone_route_threads,
                      "environment": {**INGRESS[args.ingress], **ray_env}}
 
@@ -337,7 +348,8 @@ def main() -> int:
     fixed = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
     results["fixed_one_replica"] = {}
     for bs in (1, 32):
-        deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed, args.batch_wait_s, args.topology, args.lone_route_threads)
+        deploy(checkpoint, scratch / f"bs{bs}", port, bs, fixed, args.batch_wait_s, args.topology, args.lone_route_threads,
+               args.budget)
         if args.ingress == "direct":
             url = f"http://127.0.0.1:{ingress_port()}/v1/route"
         asyncio.run(closed_loop(url, prompts, 8, 3, 10_000))  # warm-up
@@ -381,7 +393,8 @@ def main() -> int:
     # autoscaling under a ramp
     ramp_scaling = {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 4,
                     "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 0.5, "look_back_period_s": 2}
-    deploy(checkpoint, scratch / "auto", port, 32, ramp_scaling, args.batch_wait_s, args.topology, args.lone_route_threads)
+    deploy(checkpoint, scratch / "auto", port, 32, ramp_scaling, args.batch_wait_s, args.topology, args.lone_route_threads,
+           args.budget)
     routers = "RouterAPI" if args.topology == "colocated" else "RouterModel"
     if args.ingress == "direct":
         url = f"http://127.0.0.1:{ingress_port()}/v1/route"
