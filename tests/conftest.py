@@ -58,6 +58,32 @@ def train_small(root, *sets: str) -> str:
     return train(cfg, progress=False).checkpoint
 
 
+def declarative_app(checkpoint: str, root, topology: str, port: int):
+    """(args, deploy) for a one-router-replica app with the trainer off, on 127.0.0.1:`port` (Serve
+    started here). `deploy(user_config)` (re)deploys it from a declarative config, as `serve deploy`
+    or a RayService does, with `user_config` on every deployment that takes the live offer (None:
+    none); an edited one is Serve's in-place update of the running replicas."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.settings import LIVE_OFFER_DEPLOYMENTS
+
+    args = {"checkpoint": checkpoint, "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")},
+            "topology": topology, "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "trainer": {"state_dir": str(root / "trainer"), "enabled": False}}
+    http = {"host": "127.0.0.1", "port": port}
+    serve.start(http_options=http)
+
+    def deploy(user_config: dict | None) -> None:
+        live = [{"name": n, "user_config": user_config} for n in LIVE_OFFER_DEPLOYMENTS[topology]] if user_config is not None else []
+        config = {"http_options": http, "applications": [{"name": "barp", "route_prefix": "/", "import_path": "serve.app:app_builder",
+                                                          "args": args, "deployments": live}]}
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+
+    return args, deploy
+
+
 @pytest.fixture
 def ray_local():
     """The session's Ray instance; (re)started lazily because the job-submit test needs its own head node."""

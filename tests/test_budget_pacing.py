@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from http_client import TOKEN, Client, free_port
-from serve.settings import LIVE_OFFER_DEPLOYMENTS, SettingsError, live_budget
+from serve.settings import SettingsError, live_budget
 
 PROMPTS = ["write a sql query that joins two tables", "a sonnet about the sea", "prove that sqrt(2) is irrational",
            "summarise this contract clause", "fix this python stack trace", "plan a three day trip to Rome"]
@@ -76,9 +76,8 @@ def test_routes_without_a_preference_are_paced_to_the_live_budget(world, topolog
     """The paced weight is the largest w_q whose estimated spend on the replica's recent paced routes
     fits the budget (exactly calibrate's pick for the same prompts); a route that sends a preference
     keeps it; a higher budget edited in place raises the weight; removing it restores the default."""
+    from conftest import declarative_app
     from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
 
     root, port = world["root"], free_port()
     curve = offline_pick(world["checkpoint"], None)
@@ -86,18 +85,11 @@ def test_routes_without_a_preference_are_paced_to_the_live_budget(world, topolog
     assert spends[-1] > 1.2 * spends[0], spends  # quality costs more on this world: a budget has something to choose
     low = float(spends[0] + 0.3 * (spends[-1] - spends[0]))
     high = float(spends[0] + 0.8 * (spends[-1] - spends[0]))
-    args = {"checkpoint": world["checkpoint"], "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")},
-            "topology": topology, "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
-            "trainer": {"state_dir": str(root / "trainer"), "enabled": False}}
-    http = {"host": "127.0.0.1", "port": port}
-    serve.start(http_options=http)
+    _, deploy_live = declarative_app(world["checkpoint"], root, topology, port)
     client = Client(port)
 
     def deploy(budget):
-        live = [{"name": n, "user_config": {"budget": budget}} for n in LIVE_OFFER_DEPLOYMENTS[topology]]
-        config = {"http_options": http, "applications": [{"name": "barp", "route_prefix": "/", "import_path": "serve.app:app_builder",
-                                                          "args": args, "deployments": live}]}
-        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+        deploy_live({"budget": budget})
 
     def stats():
         st, body = client.get("/v1/stats")

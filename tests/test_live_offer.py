@@ -15,7 +15,6 @@ import pytest
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.training.run import train
 from http_client import TOKEN, Client, free_port
-from serve.settings import LIVE_OFFER_DEPLOYMENTS
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +36,8 @@ def test_offered_models_and_prices_change_in_place_with_no_failed_request(mc_wor
     client keeps routing: no failed request, the same replica throughout (reconfigured, not
     replaced), a doubled price lowers that model's share at once (no training step), and a bad
     list is refused naming the field while the current offer keeps serving."""
+    from conftest import declarative_app
     from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
 
     from barp_ray.policy import read_meta
     from serve.app import app_builder
@@ -48,18 +46,11 @@ def test_offered_models_and_prices_change_in_place_with_no_failed_request(mc_wor
     root, port = mc_world["root"], free_port()
     meta = read_meta(mc_world["checkpoint"])
     offer = {m: dict(meta["prices"][m]) for m in meta["models"]}
-    args = {"checkpoint": mc_world["checkpoint"], "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")},
-            "topology": topology, "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
-            "trainer": {"state_dir": str(root / "trainer"), "enabled": False}}
-    http = {"host": "127.0.0.1", "port": port}
-    serve.start(http_options=http)
+    args, deploy_live = declarative_app(mc_world["checkpoint"], root, topology, port)
     client = Client(port)
 
     def deploy(models=None):
-        live = [{"name": n, "user_config": {"models": models}} for n in LIVE_OFFER_DEPLOYMENTS[topology]] if models is not None else []
-        config = {"http_options": http, "applications": [{"name": "barp", "route_prefix": "/", "import_path": "serve.app:app_builder",
-                                                          "args": args, "deployments": live}]}
-        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+        deploy_live(None if models is None else {"models": models})
 
     def offered():
         st, body = client.get("/v1/models")
