@@ -56,7 +56,7 @@ def main() -> None:
     from serve.exploration import exploring_distribution
     from serve.pacing import BudgetPacer, PacedRoute
     from serve.settings import Budget, ExplorationSettings
-    from serve.trainer import BILL_MIN, BILL_WINDOW
+    from serve.trainer import BILL_WINDOW, mean_bills
 
     torch.set_num_threads(1)
     if not (Path(args.checkpoint) / "barp_meta.json").is_file():
@@ -94,8 +94,7 @@ def main() -> None:
             if pacer is not None:
                 pacer.observe(PacedRoute(h_all[i], int(tokens_all[i]), np.ones(len(policy.models), dtype=bool), False))
                 if pacer.due():
-                    pacer.rescan(policy, prices, exploration,
-                                 {m: float(np.mean(d)) for m, d in bills.items() if len(d) >= BILL_MIN})
+                    pacer.rescan(policy, prices, exploration, mean_bills(bills))
         return rows
 
     runs = {"fixed": serve_traffic(None),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from barp_ray.data.llmrouter import token_costs
 from barp_ray.route_cli import InputError, load_policy, prompt_records
 from serve.exploration import exploring_distribution
 from serve.settings import ExplorationSettings, SettingsError
@@ -38,11 +39,9 @@ class SpendPoint:
 
 
 def route_costs(prices: dict, models, tokens: np.ndarray, output_tokens: int) -> np.ndarray:
-    """[N, K] dollars per route: each prompt's input tokens x input price + the assumed answer length
-    x output price, per model, with prices in $ per million tokens."""
-    in_price = np.array([prices[m]["input_per_mtok"] for m in models]) / 1e6
-    out_price = np.array([prices[m]["output_per_mtok"] for m in models]) / 1e6
-    return np.asarray(tokens, dtype=np.float64)[:, None] * in_price[None, :] + output_tokens * out_price[None, :]
+    """[N, K] dollars per route: LLMRouter's pricing rule with the assumed answer length for every prompt."""
+    return token_costs(tokens, output_tokens, [prices[m]["input_per_mtok"] for m in models],
+                       [prices[m]["output_per_mtok"] for m in models])
 
 
 def spend_curve(policy, h: np.ndarray, costs: np.ndarray, exploration: ExplorationSettings | None, grid=GRID,
@@ -52,7 +51,7 @@ def spend_curve(policy, h: np.ndarray, costs: np.ndarray, exploration: Explorati
     models (`masks`), or by its argmax (exploration None, or the rows `greedy` marks)."""
     n, k = costs.shape
     masks = np.ones((n, k), dtype=bool) if masks is None else masks
-    greedy = np.full(n, exploration is None) if greedy is None else greedy | (exploration is None)
+    greedy = np.zeros(n, dtype=bool) if greedy is None else greedy  # read only when exploring
     curve = []
     for wq in grid:
         probs = policy.probabilities(h, np.tile(np.float32([wq, 1.0 - wq]), (n, 1)))

@@ -477,16 +477,17 @@ def live_budget(config: dict, meta: dict, prices: dict) -> Budget | None:
     out = raw.get("output_tokens", trained if isinstance(trained, int) and not isinstance(trained, bool) else None)
     if out is None:
         raise SettingsError("budget.output_tokens: required, since the checkpoint's answer length is not one number")
-    for name, value, low in (("output_tokens", out, 0), ("window", raw.get("window", 512), 1), ("every", raw.get("every", 128), 1)):
+    budget = Budget(float(dollars), out, **{k: raw[k] for k in ("window", "every", "price_by") if k in raw})
+    for name, low in (("output_tokens", 0), ("window", 1), ("every", 1)):
+        value = getattr(budget, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SettingsError(f"budget.{name}: must be an integer >= {low}, got {value!r}")
-    price_by = raw.get("price_by", "bill")
-    if price_by not in ("bill", "estimate"):
-        raise SettingsError(f"budget.price_by: must be 'bill' or 'estimate', got {price_by!r}")
+    if budget.price_by not in ("bill", "estimate"):
+        raise SettingsError(f"budget.price_by: must be 'bill' or 'estimate', got {budget.price_by!r}")
     unpriced = sorted(m for m, p in prices.items() if not p)
     if unpriced:
         raise SettingsError(f"budget: needs a price for every offered model; none for {unpriced}")
-    return Budget(float(dollars), out, raw.get("window", 512), raw.get("every", 128), price_by)
+    return budget
 
 
 def live_decision_cost_multiplier(config: dict, meta: dict) -> float:

@@ -52,6 +52,11 @@ READ_LIMIT = 8192
 BILL_WINDOW, BILL_MIN = 256, 20  # per model: the newest bills kept, and the fewest a mean is given from
 
 
+def mean_bills(bills: dict[str, deque]) -> dict[str, float]:
+    """Mean billed dollars per route of each model with at least BILL_MIN of its newest bills."""
+    return {m: float(np.mean(d)) for m, d in bills.items() if len(d) >= BILL_MIN}
+
+
 def latest_published(state_dir: str) -> tuple[int, dict[str, torch.Tensor]] | None:
     """The last published (version, inference weights), read from the state store."""
     with tempfile.TemporaryDirectory(prefix="barp-published-") as tmp:
@@ -384,10 +389,9 @@ class ContinuousTrainer:
         return True
 
     def billed_costs(self) -> dict[str, float]:
-        """Mean billed dollars per route of each model with at least BILL_MIN recent feedbacks: what a
-        live budget prices routes at in place of its token estimate (`serve/pacing.py`). The
+        """What a live budget prices routes at in place of its token estimate (`serve/pacing.py`). The
         exploration floor keeps every offered model's bills coming."""
-        return {m: float(np.mean(d)) for m, d in self.bills.items() if len(d) >= BILL_MIN}
+        return mean_bills(self.bills)
 
     def exploration_epsilon(self) -> float:
         """The epsilon routes should explore with now: raised for a while after a forget, because

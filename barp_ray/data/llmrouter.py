@@ -91,10 +91,8 @@ def load_llmrouter(
     out_per_prompt, out_desc = _output_lengths(output_tokens, tasks, root)
     from barp_ray.encoder import count_tokens, encoder_id  # lazy: the tokenizer and torch
 
-    in_tokens = count_tokens(questions, encoder).astype(np.float64)
-    in_price = np.asarray([prices[m].input_per_mtok for m in models]) / 1e6
-    out_price = np.asarray([prices[m].output_per_mtok for m in models]) / 1e6
-    costs = in_tokens[:, None] * in_price[None, :] + out_per_prompt[:, None] * out_price[None, :]
+    costs = token_costs(count_tokens(questions, encoder), out_per_prompt,
+                        [prices[m].input_per_mtok for m in models], [prices[m].output_per_mtok for m in models])
     scores = np.asarray([[row[m] for m in models] for row in score_rows], dtype=np.float64)
 
     note = (
@@ -114,6 +112,17 @@ def load_llmrouter(
         source=f"{root} (llmrouter, split={split})",
         cost_note=note,
     )
+
+
+def token_costs(in_tokens, out_tokens, input_per_mtok, output_per_mtok) -> np.ndarray:
+    """[N, K] dollars per query: input tokens x input price + output tokens x output price, prices in $
+    per million tokens. How LLMRouter's logs are priced here, and how serving estimates a route's cost
+    (`serve/budget.py`), so the two agree."""
+    in_price = np.asarray(input_per_mtok, dtype=np.float64) / 1e6
+    out_price = np.asarray(output_per_mtok, dtype=np.float64) / 1e6
+    in_tokens = np.asarray(in_tokens, dtype=np.float64)
+    out_tokens = np.broadcast_to(np.asarray(out_tokens, dtype=np.float64), in_tokens.shape)
+    return in_tokens[:, None] * in_price[None, :] + out_tokens[:, None] * out_price[None, :]
 
 
 def _require(path: Path) -> Path:

@@ -30,9 +30,10 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from barp_ray.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config  # noqa: E402
+from barp_ray.evaluation.experiment import preference_grid  # noqa: E402
 
 PROG = "barp tune"
-SWEEP = [(round(q, 1), round(1.0 - q, 1)) for q in np.linspace(0.0, 1.0, 11)]
+SWEEP = preference_grid(11, (0.0, 1.0))  # barp eval's 11-point sweep (its default is on the grid)
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list]]:
@@ -97,7 +98,6 @@ def run_trial(trial: dict) -> None:
     """One Tune trial: train with its overrides and seed, report per-iteration curves, then the sweep."""
     from ray import tune
 
-    from barp_ray.data.prepare import prepare
     from barp_ray.scoring import greedy_actions, score_actions
     from barp_ray.training.run import train
 
@@ -110,7 +110,7 @@ def run_trial(trial: dict) -> None:
         result = train(cfg, progress=False, out=quiet)
     for row in result.history[:-1]:
         tune.report({"iteration": row["iteration"], "train_reward": row["train_reward"], "entropy": row["entropy"]})
-    data = prepare(cfg)
+    data = result.data
     by_wq = {str(w[0]): score_actions(data.test, greedy_actions(result.module, data.test_embeddings, w), w, data.tau).reward
              for w in SWEEP}
     last = result.history[-1]

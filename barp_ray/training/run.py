@@ -31,6 +31,7 @@ class TrainResult:
     evaluation: dict
     seconds: float
     module: object = None  # the trained RLModule, in memory (for callers that continue with it)
+    data: object = None  # the PreparedData it trained and was scored on (for callers that score it further)
 
 
 def model_cards(cfg: TrainConfig, table) -> list | None:
@@ -337,4 +338,4 @@ def train(cfg: TrainConfig, progress: bool = True, out=sys.stdout) -> TrainResul
         if isinstance(s, dict):
             print(f"  {name:<40s} {s['reward']:+.4f}  {s['quality']:.4f}  ${s['cost']:.6f}", file=out)
     print(f"checkpoint: {where}  ({seconds:.0f}s)", file=out, flush=True)
-    return TrainResult(checkpoint=where, history=history, evaluation=evaluation, seconds=seconds, module=module)
+    return TrainResult(checkpoint=where, history=history, evaluation=evaluation, seconds=seconds, module=module, data=data)
