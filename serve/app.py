@@ -89,6 +89,9 @@ class FeedbackLogDeployment:
         self.metrics.accepted(record, time.time())
         return {"ok": True, "record": record}
 
+    async def withdraw_decisions(self, request_ids: list[str]) -> int:
+        return await asyncio.to_thread(self.store.withdraw_decisions, request_ids)
+
     def retire_now(self, now: float | None = None) -> int:
         return self.store.retire_expired(now)
 
@@ -407,6 +410,10 @@ class RouterAPI:
         from serve.metrics import RouteMetrics
 
         self.metrics = RouteMetrics()
+        from serve.upstream_health import UpstreamHealth
+
+        f = settings.failover
+        self.upstream_health = UpstreamHealth(f.failures_to_open, f.cooldown_s, on_change=self.metrics.breaker)
         from serve.guard import STATE
 
         STATE.update(
@@ -471,6 +478,14 @@ class RouterAPI:
             preference=out["preference"],
         )
 
+    async def withdraw(self, request_id: str) -> None:
+        """Take back a decision whose model's provider failed (serve/openai_proxy.py). If the log
+        cannot be reached, the decision is retired at its wait time as any unanswered one is."""
+        try:
+            await _call_with_retry(self.log.withdraw_decisions, [request_id])
+        except Exception as e:  # noqa: BLE001 - the client's answer matters more than this bookkeeping
+            logger.warning("withdrawing a failed chat route failed: %s", type(e).__name__)
+
     @api.post("/v1/feedback", response_model=FeedbackResponse, responses=errors(404, 409, 410, 422, 503))
     async def feedback(self, req: FeedbackRequest):
         from ray.exceptions import ActorUnavailableError, RayActorError
@@ -509,7 +524,9 @@ class RouterAPI:
                 "offer": {"models": self.models, "decision_shrinkage": list(self.offer.decision_shrinkage),
                           "decision_cost_multiplier": self.offer.decision_cost_multiplier,
                           "budget": dataclasses.asdict(budget) if budget else None, "refused": self.offer_error},
-                "pacing": {"replica": router["replica"], **(router["pacing"] or {})} if router["pacing"] else None}
+                "pacing": {"replica": router["replica"], **(router["pacing"] or {})} if router["pacing"] else None,
+                # this ingress replica's breakers (each replica keeps its own): models whose provider failed here
+                "upstreams": self.upstream_health.snapshot()}
 
     @api.post("/v1/admin/train", responses=errors())
     async def train_now(self) -> dict:

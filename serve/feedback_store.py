@@ -5,7 +5,7 @@ is durable before its 2xx goes out, a decision's is not forced to disk on its ow
 does not pay an fsync per request. Two tables:
   decisions  one row per routed request still waiting for feedback (request_id is the primary
              key); a decision leaves this table when its feedback arrives or when the reward
-             wait time runs out, so the table holds the last `wait_s` of traffic, not all of it.
+             wait time runs out (or it is withdrawn: its provider failed and the request went elsewhere), so the table holds the last `wait_s` of traffic, not all of it.
   rewards    one row per joined outcome, with a monotonically increasing `id`: the continuous
              trainer reads `id > offset` and checkpoints `offset` with its weights, so "which
              rewards were used" is one integer. `request_id` is UNIQUE: the database itself refuses
@@ -150,6 +150,20 @@ class FeedbackStore:
         self.db.execute("DELETE FROM decisions WHERE request_id = ?", (request_id,))
         return {**record, "id": int(new_id)}
 
+    def withdraw_decisions(self, request_ids: list[str]) -> int:
+        """Remove pending decisions that will never have an outcome to rate (their model's provider
+        failed and the request went to another model): neither dropped nor defaulted later, so a
+        provider outage never teaches the policy that the model was bad for the prompt. Feedback
+        for a withdrawn id is then an unknown request (404). Returns how many were pending."""
+        with self.db.transaction(durable=False):
+            gone = 0
+            for rid in request_ids:
+                gone += len(self.db.execute("DELETE FROM decisions WHERE request_id = ? RETURNING request_id", (rid,)))
+            if gone:
+                self.db.execute("INSERT INTO counters (name, value) VALUES ('withdrawn', ?) "
+                                "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (gone,))
+        return gone
+
     def retire_expired(self, now: float | None = None) -> int:
         """Close every decision older than the wait time: default reward, or dropped. Returns how many."""
         cutoff = (time.time() if now is None else now) - self.wait_s
@@ -198,7 +212,8 @@ class FeedbackStore:
             (rewards, last), = self.db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM rewards")
             retired = dict(self.db.execute("SELECT name, value FROM counters"))
         return {"pending": pending, "rewards": rewards, "last_id": last,
-                "dropped": retired.get("dropped", 0), "defaulted": retired.get("defaulted", 0)}
+                "dropped": retired.get("dropped", 0), "defaulted": retired.get("defaulted", 0),
+                "withdrawn": retired.get("withdrawn", 0)}
 
     def close(self) -> None:
         self.db.close()

@@ -26,10 +26,29 @@ class RouteMetrics:
             description="routes whose model is not the policy's first choice (exploration); share = this / barp_routes_total",
             tag_keys=("model",))
 
+        self.upstream_failures = metrics.Counter(
+            "barp_upstream_failures_total", description="chat requests a model's provider failed, by model and the status given for it",
+            tag_keys=("model", "status"))
+        self.failovers = metrics.Counter(
+            "barp_chat_failovers_total", description="barp-auto chat requests routed again after this model's provider failed",
+            tag_keys=("model",))
+        self.left_out = metrics.Gauge(
+            "barp_upstream_left_out", description="1 while this ingress replica leaves the model out of barp-auto (its breaker is open)",
+            tag_keys=("model",))
+
     def route(self, model: str, mode: str, probabilities: dict[str, float]) -> None:
         self.routes.inc(1, tags={"model": model, "mode": mode})
         if model != max(probabilities, key=probabilities.get):
             self.explored.inc(1, tags={"model": model})
+
+    def upstream_failed(self, model: str, status: int) -> None:
+        self.upstream_failures.inc(1, tags={"model": model, "status": str(status)})
+
+    def failed_over(self, model: str) -> None:
+        self.failovers.inc(1, tags={"model": model})
+
+    def breaker(self, model: str, left_out: bool) -> None:
+        self.left_out.set(1.0 if left_out else 0.0, tags={"model": model})
 
 
 class FeedbackMetrics:

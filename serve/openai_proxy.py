@@ -2,7 +2,9 @@
 
 The last user message is the prompt the router sees; the request goes unchanged (but for
 `model` and `barp`) to the chosen model's upstream, and the answer comes back with a `barp`
-field carrying the request_id to post feedback against. With `stream: true` the upstream's
+field carrying the request_id to post feedback against. When the chosen model's provider fails
+before answering, barp-auto routes the request again among the models not yet tried
+(`failover:` in the serve config), and `barp.failed_over` lists what failed. With `stream: true` the upstream's
 server-sent events pass through as they arrive; the request_id is in the `x-barp-request-id`
 header and in the first chunk's `barp` field, so a streaming client can reward the answer too.
 """
@@ -38,13 +40,7 @@ def _prompt_of(req: ChatCompletionRequest) -> str:
     raise ChatProxyError(422, "messages: no user message with text content")
 
 
-async def _route(api, req: ChatCompletionRequest, prompt: str) -> dict[str, Any] | JSONResponse:
-    """Route among the models this service can forward to: picking one without an upstream would
-    only turn the client's request into a 502."""
-    options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
-    if not api.chat_models:
-        raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
-    options["candidates"] = options.get("candidates") or api.chat_models
+async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any] | JSONResponse:
     try:
         route_req = RouteRequest(prompt=prompt, **options)
     except ValidationError as e:
@@ -69,39 +65,85 @@ async def forward_chat(api, req: ChatCompletionRequest):
     unreachable = sorted(set(wanted) - set(api.settings.upstreams))
     if unreachable:
         raise ChatProxyError(422, f"barp.candidates: no upstream for {unreachable}; chat can use {api.chat_models}")
-    barp_info: dict[str, Any] = {}
+    payload = req.model_dump(exclude_unset=True, exclude={"barp"})
     if model == AUTO:
-        routed = await _route(api, req, prompt)
+        return await _auto(api, req, prompt, payload)
+    try:  # a model the client named: its answer or its failure, no other model
+        return await _answer(api, req, model, {**payload, "model": model}, {})
+    except UpstreamError as e:
+        raise ChatProxyError(e.status, str(e)) from None
+
+
+async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str, Any]):
+    """Route among the models this service can forward to (one without an upstream would only turn
+    the request into a 502), skipping those whose breaker is open; when the chosen provider fails,
+    withdraw that decision and route again among the models not yet tried (`failover.attempts`)."""
+    if not api.chat_models:
+        raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
+    options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
+    allowed = options.get("candidates") or api.chat_models
+    failed: list[dict[str, Any]] = []
+    while True:
+        left = [m for m in allowed if all(m != f["model"] for f in failed)]
+        routed = await _route(api, {**options, "candidates": api.upstream_health.offered(left)}, prompt)
         if isinstance(routed, JSONResponse):
             return routed
-        barp_info, model = routed, routed["model"]
-    payload = req.model_dump(exclude_unset=True, exclude={"barp"})
-    payload["model"] = model
+        if failed:
+            routed["failed_over"] = failed
+        model = routed["model"]
+        try:
+            return await _answer(api, req, model, {**payload, "model": model}, routed)
+        except UpstreamError as e:
+            await api.withdraw(routed["request_id"])  # no answer to rate: neither dropped nor defaulted later
+            failed.append({"model": model, "status": e.status, "error": str(e)})
+            if len(failed) >= api.settings.failover.attempts or len(left) == 1:
+                tried = ", ".join(f"{f['model']} ({f['status']})" for f in failed)
+                raise ChatProxyError(e.status, str(e) if len(failed) == 1 else f"{e}; models tried in turn: {tried}") from None
+            api.metrics.failed_over(model)
+            # The next choice keeps this request's trade-off (a paced one is not paced twice).
+            options["preference"] = routed["preference"]
+
+
+async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str, Any], barp_info: dict[str, Any]):
+    """The upstream's answer as the client will get it; its failures as UpstreamError, recorded in the
+    model's breaker. A 429 is the provider limiting this service's key, not the client: a failure."""
+    def failure(e: UpstreamError) -> UpstreamError:
+        api.upstream_health.failed(model, str(e))
+        api.metrics.upstream_failed(model, e.status)
+        return e
+
     try:
         resp = await api.upstreams.open(model, payload, stream=req.stream)
     except UpstreamError as e:
-        raise ChatProxyError(e.status, str(e)) from None
+        raise failure(e) from None
+    if resp.status == 429:
+        resp.release()
+        raise failure(UpstreamError(429, f"upstream {model!r} is rate-limiting this service (HTTP 429)"))
     headers = {REQUEST_ID_HEADER: barp_info["request_id"]} if barp_info else {}
     if req.stream and resp.status == 200:
-        return StreamingResponse(_relay(resp, model, barp_info), media_type="text/event-stream",
+        api.upstream_health.answered(model)
+        return StreamingResponse(_relay(resp, model, barp_info, failure), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
         data = await resp.json(content_type=None)
     except (ValueError, UnicodeDecodeError):
-        raise ChatProxyError(502, f"upstream {model!r} returned non-JSON (HTTP {resp.status})") from None
+        raise failure(UpstreamError(502, f"upstream {model!r} returned non-JSON (HTTP {resp.status})")) from None
     except TimeoutError:
-        raise ChatProxyError(504, f"upstream {model!r} did not finish its answer in time") from None
+        raise failure(UpstreamError(504, f"upstream {model!r} did not finish its answer in time")) from None
     finally:
         resp.release()
+    api.upstream_health.answered(model)  # a 4xx about the request still shows the provider is up
     if isinstance(data, dict) and barp_info and resp.status == 200:
         data["barp"] = barp_info
     return JSONResponse(status_code=resp.status, content=data, headers=headers)
 
 
-async def _relay(resp, model: str, barp_info: dict[str, Any]):
+async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure):
     """The upstream's SSE lines, the first data chunk with `barp` added. When the client goes away
     Starlette cancels this generator and `finally` closes the upstream connection, so the provider
-    stops generating (and billing) too."""
+    stops generating (and billing) too. A failure after the first byte cannot fail over (the client
+    has the status line and maybe part of an answer); it is told in the stream and counted against
+    the model's breaker."""
     first = bool(barp_info)
     try:
         async for line in resp.content:
@@ -115,9 +157,11 @@ async def _relay(resp, model: str, barp_info: dict[str, Any]):
                     pass
             yield line
     except TimeoutError:
+        on_failure(UpstreamError(504, f"upstream {model!r} stopped sending"))
         error = {"error": {"message": f"upstream {model!r} stopped sending", "type": "upstream_timeout", "code": 504}}
         yield b"data: " + json.dumps(error).encode() + b"\n\n"
     except Exception as e:  # noqa: BLE001 - the status line is gone; say it in the stream
+        on_failure(UpstreamError(502, f"upstream {model!r} failed mid-stream: {type(e).__name__}"))
         error = {"error": {"message": f"upstream {model!r} failed mid-stream: {type(e).__name__}", "type": "upstream_error",
                            "code": 502}}
         yield b"data: " + json.dumps(error).encode() + b"\n\n"

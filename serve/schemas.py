@@ -150,11 +150,19 @@ class ChatCompletionRequest(BaseModel):
     barp: Optional[RouteOptions] = None
 
 
+class FailedUpstream(BaseModel):
+    model: str
+    status: int = Field(..., description="what this failure alone would have answered: 502, 504 or 429")
+    error: str
+
+
 class BarpInfo(BaseModel):
     request_id: str = Field(..., description="post feedback against this id")
     model: str
     policy_version: int
     preference: list[float] = Field(..., description="[w_q, w_c] the route was made at (none sent: the live budget's weight, else the default)")
+    failed_over: Optional[list[FailedUpstream]] = Field(
+        None, description="models whose provider failed on this request before `model` answered, in turn (absent when none did)")
 
 
 class ChatCompletionResponse(BaseModel):

@@ -230,6 +230,26 @@ class LimitSettings:
             raise SettingsError(f"limits.long_prompt: must be 'truncate' or 'reject', got {self.long_prompt!r}")
 
 
+@dataclass
+class FailoverSettings:
+    """barp-auto chat when the chosen model's provider fails (unreachable, 5xx, a refused key, 429,
+    no answer in time, a 200 that is not JSON): the failed route is withdrawn from the feedback store
+    and the request is routed again among the models not yet tried, up to `attempts` models in all.
+    A model that failed `failures_to_open` times in a row is left out of barp-auto's candidates for
+    `cooldown_s` (serve/upstream_health.py says why per ingress replica)."""
+
+    attempts: int = 2  # models tried per barp-auto chat request, the first included; 1: no failover
+    failures_to_open: int = 3
+    cooldown_s: float = 30.0
+
+    def validate(self) -> None:
+        for name in ("attempts", "failures_to_open"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SettingsError(f"failover.{name}: must be an integer >= 1, got {v!r}")
+        _pos("failover.cooldown_s", self.cooldown_s)
+
+
 TOPOLOGIES = ("colocated", "split")
 # What `user_config` may set live, and the deployments that take it in each topology.
 LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate", "decision_cost_multiplier", "budget")
@@ -253,6 +273,7 @@ class ServeSettings:
     upstream_timeout_s: float = 60.0  # whole answer; for a stream, the longest wait between two chunks
     upstream_connect_timeout_s: float = 5.0
     upstream_retries: int = 2  # connection failures only: the upstream never saw the request
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
     # The routers' autoscaling (RouterAPI colocated, RouterModel split) for Python deployments; in YAML, `deployments:` overrides it.
     router_autoscaling: dict = field(
         default_factory=lambda: {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
@@ -282,7 +303,7 @@ class ServeSettings:
         _pos("upstream_connect_timeout_s", self.upstream_connect_timeout_s)
         if isinstance(self.upstream_retries, bool) or not isinstance(self.upstream_retries, int) or self.upstream_retries < 0:
             raise SettingsError(f"upstream_retries: must be an integer >= 0, got {self.upstream_retries!r}")
-        for section in (self.exploration, self.feedback, self.trainer, self.rollout):
+        for section in (self.exploration, self.feedback, self.trainer, self.rollout, self.failover):
             section.validate()
         self.auth.validate()
         self.limits.validate()
@@ -310,7 +331,8 @@ def settings_from_args(args: dict[str, Any] | None) -> ServeSettings:
     _check_keys("args", args, ServeSettings)
     nested = {}
     sections = (("exploration", ExplorationSettings), ("feedback", FeedbackSettings), ("trainer", TrainerSettings),
-                ("rollout", RolloutSettings), ("auth", AuthSettings), ("limits", LimitSettings))
+                ("rollout", RolloutSettings), ("auth", AuthSettings), ("limits", LimitSettings),
+                ("failover", FailoverSettings))
     for name, cls in sections:
         raw = args.pop(name, None) or {}
         if not isinstance(raw, dict):

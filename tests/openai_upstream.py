@@ -5,7 +5,9 @@ as JSON or, with `stream: true`, as server-sent chunks ending in `data: [DONE]`;
 per model so tests can check where traffic went. With `api_key` set it answers 401 to any other
 key. The last user message steers it: containing "upstream-fail" it answers 500, "upstream-hang"
 it waits 30 s before answering, "upstream-slow" it streams 100 chunks 0.1 s apart and records in
-`disconnects` when the reader went away before the end.
+`disconnects` when the reader went away before the end. `failing` maps a model to the HTTP status
+its requests get instead of an answer (a provider outage, or 429 for a rate limit; 0: the connection
+is closed without an answer).
 """
 from __future__ import annotations
 
@@ -42,6 +44,13 @@ class _Handler(BaseHTTPRequestHandler):
         server.calls[model] += 1
         server.bodies.append(body)
         text = str((body.get("messages") or [{}])[-1].get("content", ""))
+        if model in server.failing:
+            if server.failing[model] == 0:  # hang up without a status line
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            self._json(server.failing[model], {"error": {"message": f"{model} is failing"}})
+            return
         if "upstream-fail" in text:
             self._json(500, {"error": {"message": "internal error"}})
             return
@@ -88,6 +97,7 @@ class Upstream:
         self.server.api_key = api_key
         self.server.seen_auth, self.server.bodies, self.server.disconnects = [], [], []
         self.server.completed_streams = 0
+        self.server.failing = {}
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -98,6 +108,10 @@ class Upstream:
     @property
     def calls(self) -> Counter:
         return self.server.calls
+
+    @property
+    def failing(self) -> dict[str, int]:
+        return self.server.failing
 
     def close(self) -> None:
         self.server.shutdown()

@@ -34,7 +34,7 @@ def test_feedback_joins_once_and_leaves_the_pending_table(feedback_db):
     assert store.counts()["pending"] == 1
     rec = store.record_feedback(d["request_id"], 1.0, 0.005)
     assert rec["reward"] == pytest.approx(0.5 * 1.0 - 0.5 * 0.5) and rec["id"] == 1
-    assert store.counts() == {"pending": 0, "rewards": 1, "last_id": 1, "dropped": 0, "defaulted": 0}
+    assert store.counts() == {"pending": 0, "rewards": 1, "last_id": 1, "dropped": 0, "defaulted": 0, "withdrawn": 0}
     with pytest.raises(DuplicateFeedback):
         store.record_feedback(d["request_id"], 1.0, 0.005)
     # the service's own retry after a crash replays the committed answer instead
@@ -88,6 +88,24 @@ def test_expired_decisions_are_retired_and_late_feedback_changes_nothing(feedbac
         assert rows == []
     assert store.counts() == counts  # the late feedback wrote nothing
     store.record_feedback(fresh["request_id"], 1.0, 0.0)  # the fresh one is still open
+
+
+@pytest.mark.parametrize("on_missing", ["drop", "default"])
+def test_a_withdrawn_decision_is_never_rewarded_nor_retired(feedback_db, on_missing):
+    """A chat route whose provider failed (serve/openai_proxy.py): no outcome will ever come for it."""
+    store = FeedbackStore(feedback_db(), tau=TAU, wait_s=60, on_missing=on_missing)
+    old, kept = decision(), decision(now=time.time() - 120)
+    store.record_decisions([old, kept])
+    assert store.withdraw_decisions([old["request_id"], new_request_id()]) == 1  # an id never pending is no error
+    assert store.withdraw_decisions([old["request_id"]]) == 0
+    with pytest.raises(UnknownRequest):
+        store.record_feedback(old["request_id"], 1.0, 0.0)
+    assert store.retire_expired() == 1  # only the other one
+    counts = store.counts()
+    assert counts["withdrawn"] == 1 and counts["pending"] == 0
+    assert counts["rewards"] == (1 if on_missing == "default" else 0)
+    assert [r["request_id"] for r in RewardReader(feedback_db()).after(0, 10)] == \
+        ([kept["request_id"]] if on_missing == "default" else [])
 
 
 def test_pending_table_is_bounded_by_the_wait_time(feedback_db):

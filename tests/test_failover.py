@@ -1,0 +1,200 @@
+"""barp-auto chat when a provider fails: failover to another model, and a breaker per model.
+
+Over real HTTP on 127.0.0.1: the service (colocated, one replica) forwards to a local
+OpenAI-compatible server whose models can be made to fail (`tests/openai_upstream.py`). The unit tests of `UpstreamHealth` drive its clock by
+hand so cooldowns need no sleeping.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from http_client import TOKEN, Client, free_port
+from serve.settings import SettingsError, settings_from_args
+from serve.upstream_health import UpstreamHealth
+
+CHECKPOINT_SETS = ("training.iterations=2", "training.rounds_per_iteration=256")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_breaker_opens_after_failures_in_a_row_and_closes_on_an_answer():
+    clock, changes = Clock(), []
+    h = UpstreamHealth(failures_to_open=2, cooldown_s=10, clock=clock, on_change=lambda m, out: changes.append((m, out)))
+    h.failed("a", "x")
+    h.answered("a")  # an answer in between: the count starts again
+    h.failed("a", "x")
+    assert h.offered(["a", "b"]) == ["a", "b"] and h.state("a") == "closed"
+    h.failed("a", "HTTP 500")
+    assert h.state("a") == "open" and h.offered(["a", "b"]) == ["b"] and changes == [("a", True)]
+    assert h.offered(["a"]) == ["a"]  # advice only: a request whose every candidate is out still goes somewhere
+    snap = h.snapshot()["a"]
+    assert snap["failures"] == 3 and snap["failures_in_a_row"] == 2 and snap["last_error"] == "HTTP 500"
+    assert snap["reopens_in_s"] == 10
+    clock.now = 10
+    assert h.state("a") == "half_open" and h.offered(["a", "b"]) == ["a", "b"]
+    h.failed("a", "again")  # a failed trial: a new cooldown from now
+    assert h.state("a") == "open" and h.snapshot()["a"]["reopens_in_s"] == 10 and changes == [("a", True)]
+    clock.now = 20
+    h.answered("a")
+    assert h.state("a") == "closed" and changes == [("a", True), ("a", False)]
+
+
+@pytest.mark.parametrize("raw, error", [
+    ({"attempts": 0}, "failover.attempts: must be an integer >= 1"),
+    ({"failures_to_open": 1.5}, "failover.failures_to_open: must be an integer >= 1"),
+    ({"cooldown_s": 0}, "failover.cooldown_s: must be a number > 0"),
+    ({"retry": 2}, "failover: unknown field(s) ['retry']"),
+])
+def test_bad_failover_settings_are_refused_naming_the_field(raw, error):
+    with pytest.raises(SettingsError) as e:
+        settings_from_args({"failover": raw})
+    assert str(e.value).startswith(error), e.value
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from ray import serve
+
+    from conftest import train_small
+    from openai_upstream import Upstream
+    from serve.app import app_builder
+
+    root = tmp_path_factory.mktemp("failover")
+    (root / "token").write_text(TOKEN + "\n")
+    checkpoint = train_small(root, *CHECKPOINT_SETS)
+    upstream = Upstream()
+    upstreams = {m: upstream.base_url for m in ("tiny-1b", "chat-8b", "code-15b", "math-15b", "general-70b", "frontier-400b")}
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app_builder({
+        "checkpoint": checkpoint, "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")},
+        "topology": "colocated", "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
+        "trainer": {"state_dir": str(root / "trainer"), "enabled": False},
+        "upstreams": upstreams, "upstream_retries": 0, "upstream_timeout_s": 5,
+        "failover": {"attempts": 2, "failures_to_open": 2, "cooldown_s": 2},
+    }), name="barp", route_prefix="/")
+    yield Client(port), upstream
+    serve.shutdown()
+    upstream.close()
+
+
+def _chat(client, candidates, **extra):
+    body = {"model": "barp-auto", "messages": [{"role": "user", "content": "Sum the first ten primes."}],
+            "barp": {"candidates": candidates, "mode": "greedy", "preference": 0.7}, **extra}
+    return client.post("/v1/chat/completions", body)
+
+
+def _first_choice(client, candidates) -> str:
+    """The model greedy routing picks for _chat's prompt among `candidates` (the same policy answers both)."""
+    st, r = client.post("/v1/route", {"prompt": "Sum the first ten primes.", "candidates": candidates, "mode": "greedy",
+                                      "preference": 0.7})
+    assert st == 200, r
+    return r["model"]
+
+
+def _log(client) -> dict:
+    st, stats = client.get("/v1/stats")
+    assert st == 200, stats
+    return stats
+
+
+def test_a_failing_provider_fails_over_and_its_route_is_withdrawn(service):
+    client, upstream = service
+    pair = ["tiny-1b", "chat-8b"]
+    first = _first_choice(client, pair)
+    other = next(m for m in pair if m != first)
+    upstream.failing[first] = 500
+    try:
+        before = _log(client)["log"]
+        calls = upstream.calls.copy()
+        st, r = _chat(client, pair)
+        assert st == 200, r
+        assert r["barp"]["model"] == other and r["choices"][0]["message"]["content"] == f"answer from {other}"
+        (failed,) = r["barp"]["failed_over"]
+        assert failed["model"] == first and failed["status"] == 502 and "HTTP 500" in failed["error"]
+        assert upstream.calls[first] == calls[first] + 1 and upstream.calls[other] == calls[other] + 1
+        st, f = client.post("/v1/feedback", {"request_id": r["barp"]["request_id"], "score": 1.0, "cost": 0.001})
+        assert st == 200, f
+        after = _log(client)["log"]
+        # two routes were recorded: the failed one withdrawn, the answered one rewarded; nothing left pending
+        assert after["withdrawn"] == before["withdrawn"] + 1 and after["pending"] == before["pending"]
+        assert after["rewards"] == before["rewards"] + 1
+
+        # a second failure in a row opens its breaker: the next request is not sent to it at all
+        assert _chat(client, pair)[0] == 200
+        assert _log(client)["upstreams"][first]["state"] == "open"
+        calls = upstream.calls.copy()
+        st, r = _chat(client, pair)
+        assert st == 200 and r["barp"]["model"] == other and "failed_over" not in r["barp"], r
+        assert upstream.calls[first] == calls[first]
+        # the provider recovers; after the cooldown the model is offered again, and its answer closes the breaker
+        del upstream.failing[first]
+        time.sleep(2.2)
+        assert _log(client)["upstreams"][first]["state"] == "half_open"
+        st, r = _chat(client, pair)
+        assert st == 200 and r["barp"]["model"] == first, r
+        assert _log(client)["upstreams"][first]["state"] == "closed"
+    finally:
+        upstream.failing.pop(first, None)
+
+
+def test_a_rate_limit_or_a_hang_up_fails_over_streaming_too(service):
+    import http.client
+
+    client, upstream = service
+    pair = ["code-15b", "math-15b"]
+    first = _first_choice(client, pair)
+    other = next(m for m in pair if m != first)
+    upstream.failing[first] = 429
+    try:
+        st, r = _chat(client, pair)
+        assert st == 200 and r["barp"]["model"] == other and r["barp"]["failed_over"][0]["status"] == 429, r
+        # the provider hangs up, on a stream: the failover happens before the status line, so the
+        # client gets one clean stream, the other model's
+        upstream.failing[first] = 0
+        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps({
+            "model": "barp-auto", "stream": True, "messages": [{"role": "user", "content": "Sum the first ten primes."}],
+            "barp": {"candidates": pair, "mode": "greedy", "preference": 0.7}}),
+            {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        conn.close()
+    finally:
+        upstream.failing.pop(first, None)
+    assert resp.status == 200, body
+    chunks = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: {")]
+    info = chunks[0]["barp"]
+    assert resp.getheader("x-barp-request-id") == info["request_id"] and info["model"] == other
+    assert info["failed_over"][0]["model"] == first and info["failed_over"][0]["status"] == 502
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == f"answer from {other}"
+    assert body.rstrip().endswith("data: [DONE]")
+
+
+def test_when_every_attempt_fails_the_client_is_told_each_and_a_named_model_never_fails_over(service):
+    client, upstream = service
+    pair = ["tiny-1b", "general-70b"]
+    for m in pair:
+        upstream.failing[m] = 503
+    try:
+        before = _log(client)["log"]
+        st, r = _chat(client, pair)
+        assert st == 502 and "models tried in turn" in r["error"], r
+        assert all(f"{m} (502)" in r["error"] for m in pair), r
+        assert _log(client)["log"]["withdrawn"] == before["withdrawn"] + 2
+        calls = upstream.calls.copy()
+        st, r = client.post("/v1/chat/completions", {"model": "tiny-1b", "messages": [{"role": "user", "content": "hi"}]})
+        assert st == 502 and "HTTP 503" in r["error"], r
+        assert sum(upstream.calls.values()) == sum(calls.values()) + 1
+    finally:
+        for m in pair:
+            upstream.failing.pop(m, None)
