@@ -93,12 +93,12 @@ def _chat(client, candidates, **extra):
     return client.post("/v1/chat/completions", body)
 
 
-def _first_choice(client, candidates) -> str:
-    """The model greedy routing picks for _chat's prompt among `candidates` (the same policy answers both)."""
-    st, r = client.post("/v1/route", {"prompt": "Sum the first ten primes.", "candidates": candidates, "mode": "greedy",
+def _first_and_other(client, pair) -> tuple[str, str]:
+    """The model greedy routing picks for _chat's prompt of the two (the same policy answers both), and the other."""
+    st, r = client.post("/v1/route", {"prompt": "Sum the first ten primes.", "candidates": pair, "mode": "greedy",
                                       "preference": 0.7})
     assert st == 200, r
-    return r["model"]
+    return r["model"], next(m for m in pair if m != r["model"])
 
 
 def _log(client) -> dict:
@@ -110,8 +110,7 @@ def _log(client) -> dict:
 def test_a_failing_provider_fails_over_and_its_route_is_withdrawn(service):
     client, upstream = service
     pair = ["tiny-1b", "chat-8b"]
-    first = _first_choice(client, pair)
-    other = next(m for m in pair if m != first)
+    first, other = _first_and_other(client, pair)
     upstream.failing[first] = 500
     try:
         before = _log(client)["log"]
@@ -152,8 +151,7 @@ def test_a_rate_limit_or_a_hang_up_fails_over_streaming_too(service):
 
     client, upstream = service
     pair = ["code-15b", "math-15b"]
-    first = _first_choice(client, pair)
-    other = next(m for m in pair if m != first)
+    first, other = _first_and_other(client, pair)
     upstream.failing[first] = 429
     try:
         st, r = _chat(client, pair)
