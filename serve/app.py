@@ -78,13 +78,16 @@ class FeedbackLogDeployment:
     async def record_decisions(self, decisions: list[dict]) -> None:
         await self.store.record_decisions_async(decisions)
 
-    async def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict:
+    async def note_answer_cost(self, request_id: str, cost: float) -> bool:
+        return await asyncio.to_thread(self.store.note_answer_cost, request_id, cost)
+
+    async def record_feedback(self, request_id: str, score: float, cost: float | None, replay: bool = False) -> dict:
         from serve.feedback_store import FeedbackError
 
         try:
             record = await asyncio.to_thread(self.store.record_feedback, request_id, score, cost, replay)
         except FeedbackError as e:
-            self.metrics.rejected(e.status)
+            self.metrics.rejected(e.reason)
             return {"ok": False, "status": e.status, "error": str(e)}
         self.metrics.accepted(record, time.time())
         return {"ok": True, "record": record}
@@ -485,6 +488,14 @@ class RouterAPI:
             await _call_with_retry(self.log.withdraw_decisions, [request_id])
         except Exception as e:  # noqa: BLE001 - the client's answer matters more than this bookkeeping
             logger.warning("withdrawing a failed chat route failed: %s", type(e).__name__)
+
+    async def note_answer_cost(self, request_id: str, cost: float) -> None:
+        """Keep a chat answer's price with its decision, so feedback may give the score alone. If the
+        log cannot be reached, that feedback must carry the cost, as any other does."""
+        try:
+            await _call_with_retry(self.log.note_answer_cost, request_id, cost)
+        except Exception as e:  # noqa: BLE001 - the answer matters more than this convenience
+            logger.warning("keeping a chat answer's cost failed: %s", type(e).__name__)
 
     @api.post("/v1/feedback", response_model=FeedbackResponse, responses=errors(404, 409, 410, 422, 503))
     async def feedback(self, req: FeedbackRequest):

@@ -36,19 +36,26 @@ def _database(where: "str | Path | SQLiteDatabase | PostgresDatabase") -> "SQLit
 
 
 class FeedbackError(ValueError):
-    status = 400
+    status, reason = 400, "invalid"
 
 
 class UnknownRequest(FeedbackError):
-    status = 404
+    status, reason = 404, "unknown_request"
 
 
 class DuplicateFeedback(FeedbackError):
-    status = 409
+    status, reason = 409, "duplicate"
 
 
 class ExpiredRequest(FeedbackError):
-    status = 410
+    status, reason = 410, "expired"
+
+
+class MissingCost(FeedbackError):
+    """A schema-valid feedback that this request's state cannot complete (no priced answer): 409,
+    as a conflict with the resource, not 422, which the schema promises only for invalid bodies."""
+
+    status, reason = 409, "missing_cost"
 
 
 def encode_vector(v: np.ndarray) -> str:
@@ -112,16 +119,28 @@ class FeedbackStore:
         if not self.record_decisions_if_free(decisions):
             await asyncio.to_thread(self.record_decisions, decisions)
 
-    def record_feedback(self, request_id: str, score: float, cost: float, replay: bool = False) -> dict[str, Any]:
+    def note_answer_cost(self, request_id: str, cost: float) -> bool:
+        """Keep what the service priced a pending decision's answer at (its provider's token usage
+        at the offer's prices), so its feedback may leave the cost out. False: not pending."""
+        with self.db.transaction(durable=False):
+            rows = self.db.execute("SELECT body FROM decisions WHERE request_id = ?", (request_id,))
+            if not rows:
+                return False
+            body = {**json.loads(rows[0][0]), "answer_cost": float(cost)}
+            self.db.execute("UPDATE decisions SET body = ? WHERE request_id = ?", (json.dumps(body, separators=(",", ":")), request_id))
+        return True
+
+    def record_feedback(self, request_id: str, score: float, cost: float | None, replay: bool = False) -> dict[str, Any]:
         """Join feedback to its pending decision and persist it; raises, writing nothing, on bad input.
 
-        `replay=True` marks the service's own retry after a crash: if the first attempt was already
-        committed with the same values, that result is returned instead of a duplicate error.
+        `cost=None` takes the answer's cost the service priced (`note_answer_cost`). `replay=True`
+        marks the service's own retry after a crash: if the first attempt was already committed with
+        the same values, that result is returned instead of a duplicate error.
         """
         with self.db.transaction(durable=True):
-            return self._join(request_id, float(score), float(cost), replay)
+            return self._join(request_id, float(score), None if cost is None else float(cost), replay)
 
-    def _join(self, request_id: str, score: float, cost: float, replay: bool) -> dict[str, Any]:
+    def _join(self, request_id: str, score: float, cost: float | None, replay: bool) -> dict[str, Any]:
         rows = self.db.execute("SELECT body FROM decisions WHERE request_id = ?", (request_id,))
         row = rows[0] if rows else None
         if row is None:
@@ -132,8 +151,8 @@ class FeedbackStore:
                 raise ExpiredRequest(f"request_id: feedback for {request_id!r} came after the reward wait time "
                                      f"({self.wait_s:g} s); the decision was closed with the default reward")
             if done is not None:
-                if replay and done[1] == score and done[2] == cost:
-                    return {"request_id": request_id, "id": done[0], "score": score, "cost": cost, "reward": done[3]}
+                if replay and done[1] == score and (cost is None or done[2] == cost):
+                    return {"request_id": request_id, "id": done[0], "score": score, "cost": done[2], "reward": done[3]}
                 raise DuplicateFeedback(f"request_id: feedback for {request_id!r} was already recorded")
             t = routed_at(request_id)
             if t is not None and time.time() - t > self.wait_s:
@@ -141,6 +160,11 @@ class FeedbackStore:
                                      f"({self.wait_s:g} s); the decision was retired and this feedback changes nothing")
             raise UnknownRequest(f"request_id: unknown request {request_id!r}")
         decision = json.loads(row[0])
+        if cost is None:
+            cost = decision.get("answer_cost")
+            if cost is None:
+                raise MissingCost(f"cost: required for {request_id!r}; the service priced no answer for it (only chat "
+                                  "answers whose provider reported token usage, for a model with prices, are priced)")
         w = decision["preference"]
         r = float(reward(score, cost, w[0], w[1], self.tau))
         record = {**decision, "score": score, "cost": cost, "reward": r}

@@ -77,8 +77,7 @@ class FeedbackMetrics:
             self._sums[i] += new[i] - old[i]
             gauge.set(self._sums[i] / n)
 
-    def rejected(self, status: int) -> None:
-        reason = {404: "unknown_request", 409: "duplicate", 410: "expired"}.get(status, f"http_{status}")
+    def rejected(self, reason: str) -> None:
         self.feedback.inc(1, tags={"outcome": reason})
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from barp_ray.data.llmrouter import token_costs
 from serve.schemas import ChatCompletionRequest, RouteRequest, RouteResponse
 from serve.upstream import UpstreamError
 
@@ -104,6 +105,19 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
             options["preference"] = routed["preference"]
 
 
+def answer_cost(usage: Any, price: dict | None) -> float | None:
+    """Dollars an answer cost: the provider's reported token usage at the served prices (the same
+    rule that priced the training data). None when either is missing or malformed."""
+    if not isinstance(usage, dict) or not price:
+        return None
+    tokens = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+    per_mtok = (price.get("input_per_mtok"), price.get("output_per_mtok"))
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens) \
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in per_mtok):
+        return None
+    return float(token_costs([tokens[0]], tokens[1], [per_mtok[0]], [per_mtok[1]])[0, 0])
+
+
 async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str, Any], barp_info: dict[str, Any]):
     """The upstream's answer as the client will get it; its failures as UpstreamError, recorded in the
     model's breaker. A 429 is the provider limiting this service's key, not the client: a failure."""
@@ -120,9 +134,16 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
         resp.release()
         raise failure(UpstreamError(429, f"upstream {model!r} is rate-limiting this service (HTTP 429)"))
     headers = {REQUEST_ID_HEADER: barp_info["request_id"]} if barp_info else {}
+    async def priced(usage: Any) -> float | None:
+        """Price a routed answer and keep the price with its decision, so feedback may omit the cost."""
+        cost = answer_cost(usage, api.prices.get(model)) if barp_info else None
+        if cost is not None:
+            await api.note_answer_cost(barp_info["request_id"], cost)
+        return cost
+
     if req.stream and resp.status == 200:
         api.upstream_health.answered(model)
-        return StreamingResponse(_relay(resp, model, barp_info, failure), media_type="text/event-stream",
+        return StreamingResponse(_relay(resp, model, barp_info, failure, priced), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
         data = await resp.json(content_type=None)
@@ -134,19 +155,29 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
         resp.release()
     api.upstream_health.answered(model)  # a 4xx about the request still shows the provider is up
     if isinstance(data, dict) and barp_info and resp.status == 200:
-        data["barp"] = barp_info
+        cost = await priced(data.get("usage"))
+        data["barp"] = barp_info if cost is None else {**barp_info, "cost": cost}
     return JSONResponse(status_code=resp.status, content=data, headers=headers)
 
 
-async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure):
+async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced):
     """The upstream's SSE lines, the first data chunk with `barp` added. When the client goes away
     Starlette cancels this generator and `finally` closes the upstream connection, so the provider
     stops generating (and billing) too. A failure after the first byte cannot fail over (the client
     has the status line and maybe part of an answer); it is told in the stream and counted against
-    the model's breaker."""
+    the model's breaker. A chunk with token usage (the client asked for
+    `stream_options.include_usage`) is priced, and the price kept, before it is passed on, so
+    feedback sent once the stream ends may omit the cost."""
     first = bool(barp_info)
     try:
         async for line in resp.content:
+            if barp_info and b'"usage"' in line and line.startswith(b"data: {"):
+                try:
+                    usage = json.loads(line[6:]).get("usage")
+                except ValueError:
+                    usage = None
+                if usage:
+                    await priced(usage)
             if first and line.startswith(b"data: {"):
                 try:
                     chunk = json.loads(line[6:])

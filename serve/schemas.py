@@ -101,7 +101,8 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request_id: str = Field(..., min_length=1, max_length=128)
     score: float = Field(..., ge=0.0, le=1.0, strict=True, allow_inf_nan=False, description="task score q of the answer")
-    cost: float = Field(..., ge=0.0, strict=True, allow_inf_nan=False, description="dollars the call cost")
+    cost: Optional[float] = Field(None, ge=0.0, strict=True, allow_inf_nan=False,
+                                  description="dollars the call cost; may be left out for a chat answer the service priced (its `barp.cost`)")
 
 
 class FeedbackResponse(BaseModel):
@@ -161,6 +162,9 @@ class BarpInfo(BaseModel):
     model: str
     policy_version: int
     preference: list[float] = Field(..., description="[w_q, w_c] the route was made at (none sent: the live budget's weight, else the default)")
+    cost: Optional[float] = Field(
+        None, description="dollars this answer cost at the served prices, from the provider's token usage (absent without usage or prices; "
+                          "streamed: not in the first chunk, but kept for feedback when the stream reports usage)")
     failed_over: Optional[list[FailedUpstream]] = Field(
         None, description="models whose provider failed on this request before `model` answered, in turn (absent when none did)")
 

@@ -5,7 +5,8 @@ as JSON or, with `stream: true`, as server-sent chunks ending in `data: [DONE]`;
 per model so tests can check where traffic went. With `api_key` set it answers 401 to any other
 key. The last user message steers it: containing "upstream-fail" it answers 500, "upstream-hang"
 it waits 30 s before answering, "upstream-slow" it streams 100 chunks 0.1 s apart and records in
-`disconnects` when the reader went away before the end. `failing` maps a model to the HTTP status
+`disconnects` when the reader went away before the end. Answers report token usage (a stream only
+with `stream_options.include_usage`). `failing` maps a model to the HTTP status
 its requests get instead of an answer (a provider outage, or 429 for a rate limit; 0: the connection
 is closed without an answer).
 """
@@ -57,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
         if "upstream-hang" in text:
             time.sleep(30)
         if body.get("stream"):
-            self._stream(model, slow="upstream-slow" in text)
+            self._stream(model, slow="upstream-slow" in text, usage=bool((body.get("stream_options") or {}).get("include_usage")))
             return
         self._json(200, {
             "id": f"chatcmpl-{server.calls.total()}", "object": "chat.completion", "created": int(time.time()),
@@ -67,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
         })
 
-    def _stream(self, model: str, slow: bool) -> None:
+    def _stream(self, model: str, slow: bool, usage: bool) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()  # HTTP/1.0: the body ends when the connection closes
@@ -82,7 +83,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if slow:
                     time.sleep(0.1)
             end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-            self.wfile.write(b"data: " + json.dumps(end).encode() + b"\n\ndata: [DONE]\n\n")
+            self.wfile.write(b"data: " + json.dumps(end).encode() + b"\n\n")
+            if usage:  # OpenAI's stream_options.include_usage: one more chunk, no choices
+                tail = {**base, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}}
+                self.wfile.write(b"data: " + json.dumps(tail).encode() + b"\n\n")
+            self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
             self.server.completed_streams += 1
         except (BrokenPipeError, ConnectionResetError):

@@ -108,6 +108,22 @@ def test_a_withdrawn_decision_is_never_rewarded_nor_retired(feedback_db, on_miss
         ([kept["request_id"]] if on_missing == "default" else [])
 
 
+def test_feedback_may_leave_out_a_cost_the_service_priced(feedback_db):
+    from serve.feedback_store import MissingCost
+
+    store = FeedbackStore(feedback_db(), tau=TAU)
+    priced, unpriced = decision(), decision()
+    store.record_decisions([priced, unpriced])
+    assert store.note_answer_cost(priced["request_id"], 0.004) and not store.note_answer_cost(new_request_id(), 0.1)
+    rec = store.record_feedback(priced["request_id"], 1.0, None)
+    assert rec["cost"] == 0.004 and rec["reward"] == pytest.approx(0.5 * 1.0 - 0.5 * 0.4)
+    assert store.record_feedback(priced["request_id"], 1.0, None, replay=True)["id"] == rec["id"]
+    with pytest.raises(MissingCost, match="cost: required"):
+        store.record_feedback(unpriced["request_id"], 1.0, None)
+    assert store.counts()["pending"] == 1  # the refused one is still waiting for a cost
+    assert store.record_feedback(unpriced["request_id"], 1.0, 0.002)["cost"] == 0.002
+
+
 def test_pending_table_is_bounded_by_the_wait_time(feedback_db):
     store = FeedbackStore(feedback_db(), tau=TAU, wait_s=10)
     now = time.time()

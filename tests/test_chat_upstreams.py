@@ -1,4 +1,5 @@
-"""barp-auto chat when a provider fails: failover to another model, and a breaker per model.
+"""barp-auto chat against providers: failover to another model when one fails, a breaker per
+model, and answers priced from the provider's token usage so feedback may give the score alone.
 
 Over real HTTP on 127.0.0.1: the service (colocated, one replica) forwards to a local
 OpenAI-compatible server whose models can be made to fail (`tests/openai_upstream.py`). The unit tests of `UpstreamHealth` drive its clock by
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,7 +84,9 @@ def service(tmp_path_factory):
         "upstreams": upstreams, "upstream_retries": 0, "upstream_timeout_s": 5,
         "failover": {"attempts": 2, "failures_to_open": 2, "cooldown_s": 2},
     }), name="barp", route_prefix="/")
-    yield Client(port), upstream
+    client = Client(port)
+    client.meta = json.loads((Path(checkpoint) / "barp_meta.json").read_text())  # the served prices and tau
+    yield client, upstream
     serve.shutdown()
     upstream.close()
 
@@ -196,3 +200,46 @@ def test_when_every_attempt_fails_the_client_is_told_each_and_a_named_model_neve
     finally:
         for m in pair:
             upstream.failing.pop(m, None)
+
+
+def test_a_chat_answer_is_priced_from_its_usage_so_feedback_may_give_the_score_alone(service):
+    import http.client
+
+    from envs.reward import reward
+
+    client, upstream = service
+    meta = client.meta
+    price = meta["prices"]
+    st, r = _chat(client, ["chat-8b", "code-15b"])
+    assert st == 200, r
+    model, usage = r["barp"]["model"], r["usage"]
+    expected = (usage["prompt_tokens"] * price[model]["input_per_mtok"] + usage["completion_tokens"] * price[model]["output_per_mtok"]) / 1e6
+    assert r["barp"]["cost"] == pytest.approx(expected, rel=1e-12)
+    st, f = client.post("/v1/feedback", {"request_id": r["barp"]["request_id"], "score": 0.75})
+    assert st == 200, f
+    w = r["barp"]["preference"]
+    assert f["reward"] == pytest.approx(reward(0.75, expected, w[0], w[1], meta["tau"]))
+
+    def stream(include_usage: bool) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+        body = {"model": "barp-auto", "stream": True, "messages": [{"role": "user", "content": "Sum the first ten primes."}],
+                "barp": {"candidates": ["chat-8b", "code-15b"], "preference": 0.7}}
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+        conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                     {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+        resp = conn.getresponse()
+        rid, text = resp.getheader("x-barp-request-id"), resp.read().decode()
+        conn.close()
+        assert resp.status == 200 and text.rstrip().endswith("data: [DONE]"), text
+        return rid
+
+    # streamed with usage: priced as the usage chunk passes, so feedback right after [DONE] finds it
+    st, f = client.post("/v1/feedback", {"request_id": stream(True), "score": 1.0})
+    assert st == 200, f
+    # without usage, or a /v1/route decision (the client called the provider itself): the cost is needed
+    for rid in (stream(False), client.post("/v1/route", {"prompt": "hello", "preference": 0.5})[1]["request_id"]):
+        st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0})
+        assert st == 409 and f["error"].startswith("cost: required"), f
+        st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0, "cost": 0.002})  # nothing was written
+        assert st == 200, f
