@@ -14,6 +14,7 @@ COMMANDS = {
     "tune": ("barp_ray.evaluation.tune", "a grid of training settings x seeds as Ray Tune trials, ranked on a validation split"),
     "route": ("barp_ray.route_cli", "route prompts with a checkpoint, no cluster or Serve (arguments, stdin lines or JSONL)"),
     "calibrate": ("serve.budget", "the preference that spends a dollar budget per 1,000 routes on a sample of the traffic"),
+    "ope": ("serve.offpolicy_eval", "estimate what checkpoints would earn on the service's logged traffic, before loading one"),
     "import-feedback": ("serve.feedback_import", "move an old JSONL feedback log into the configured feedback store"),
 }
 

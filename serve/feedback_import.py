@@ -40,22 +40,6 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
     return out, torn
 
 
-def serve_settings(config: str, overrides: list[str]):
-    import yaml
-
-    from serve.settings import settings_from_args
-
-    args = yaml.safe_load(Path(config).read_text())["applications"][0]["args"]
-    for item in overrides:
-        key, value = item.split("=", 1)
-        section, _, name = key.partition(".")
-        if name:
-            args.setdefault(section, {})[name] = yaml.safe_load(value)
-        else:
-            args[section] = yaml.safe_load(value)
-    return settings_from_args(args).absolute()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="barp import-feedback", description=__doc__.splitlines()[0])
     p.add_argument("old_log_dir", help="directory holding decisions.jsonl and rewards.jsonl")
@@ -64,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from serve.feedback_db import DatabaseError, open_database
     from serve.feedback_store import FeedbackStore
-    from serve.settings import SettingsError
+    from serve.settings import SettingsError, settings_from_config
 
     old = Path(args.old_log_dir)
     try:
@@ -72,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ImportError_(f"old_log_dir: no {OLD_REWARDS} or {OLD_DECISIONS} in {old}")
         rewards, torn_r = read_jsonl(old / OLD_REWARDS)
         decisions, torn_d = read_jsonl(old / OLD_DECISIONS)
-        settings = serve_settings(args.config, args.set)
+        settings = settings_from_config(args.config, args.set)
         store = FeedbackStore(open_database(settings), tau=float("nan"))  # imported rewards come computed
         counts = store.import_records(rewards, decisions)
         store.close()

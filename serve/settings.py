@@ -346,6 +346,27 @@ def settings_from_args(args: dict[str, Any] | None) -> ServeSettings:
     return s.validate()
 
 
+def settings_from_config(config: str, overrides: list[str]) -> ServeSettings:
+    """The app's settings from a serve config file (its first application's `args`), with
+    `section.field=value` overrides, for the command-line tools that read the service's store."""
+    import yaml
+
+    try:
+        args = yaml.safe_load(Path(config).read_text())["applications"][0]["args"]
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as e:
+        raise SettingsError(f"--config: cannot read a serve config's application args from {config!r} ({type(e).__name__})") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SettingsError(f"--set: expected section.field=value, got {item!r}")
+        section, _, name = key.partition(".")
+        if name:
+            args.setdefault(section, {})[name] = yaml.safe_load(value)
+        else:
+            args[section] = yaml.safe_load(value)
+    return settings_from_args(args).absolute()
+
+
 def _check_keys(where: str, raw: dict, cls: type) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)

@@ -40,7 +40,8 @@ import torch
 
 from barp_ray.policy import RoutingPolicy, load_policy_state, policy_state
 from serve.checkpoint_anchor import CheckpointAnchor
-from serve.feedback_store import RewardReader, decode_vector
+from serve.feedback_store import RewardReader
+from serve.logged_rounds import head_log_prices, logged_row, observations, offered_rows
 from serve.reward_drift import drop_cut
 from serve.rollout_gate import HeldBack, RolloutGate
 from serve.state_store import StateStore
@@ -75,24 +76,6 @@ def _numpy(weights: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 class CheckpointNotFound(ValueError):
     """`load_checkpoint` was given a path with nothing there (404, not 422: nothing to judge)."""
-
-
-def offer_of(decision: dict) -> dict:
-    """What a logged decision carries into training: `allowed`, the request's `candidates` (None:
-    it did not narrow the choice) and `prices` {name: blended $/Mtok} it was made under ({} if none).
-
-    Candidates and prices are part of a round's context: the request allowed only those models,
-    and its cost was paid at those prices, so the policy is scored under both. The model set
-    offered then is not: the policy being trained is today's, over today's models, and the DR
-    estimate of it on an old round (the critic's value of every model offered now, plus the
-    importance-weighted correction pi_now(a) / mu_then(a)) stays unbiased where mu covered a.
-    Masking old rounds to their old set instead would drop that view on every round logged before
-    a model was offered (in the one run tried, `bench/new_model_online.py --quality 0.7`, the
-    newcomer first held >= 80 % of its topic after 1,000 rounds with the mask, 750 without)."""
-    models, prices = decision.get("models"), decision.get("prices")
-    candidates = decision.get("candidates")
-    return {"allowed": None if candidates is None else frozenset(candidates),
-            "prices": dict(zip(models, prices)) if models and prices else {}}
 
 
 def held_back(request_id: str, fraction: float) -> bool:
@@ -265,60 +248,16 @@ class ContinuousTrainer:
         self.index = {m: i for i, m in enumerate(self.models)}
 
     def _offered(self, rows: list[dict]) -> list[dict]:
-        """Rows whose model is offered now, with its current index as the action, and each round's
-        context beyond (x, w), over today's models (`offer_of` says why these two): `allowed_mask`
-        (the request's candidates; all of today's models if it named none) and `log_price` (the
-        prices it was made under; a model it did not price at today's)."""
-        today = self._log_prices()
-        out = []
-        for r in rows:
-            if r["model"] not in self.index:
-                continue
-            allowed = r["allowed"]
-            row = {**r, "action": self.index[r["model"]],
-                   "allowed_mask": np.asarray([allowed is None or m in allowed for m in self.models])}
-            if today is not None:
-                then = r["prices"]
-                row["log_price"] = np.asarray([np.log(then[m]) if m in then else p for m, p in zip(self.models, today)],
-                                              dtype=np.float32)
-            out.append(row)
-        return out
-
-    def _log_prices(self) -> np.ndarray | None:
-        """Today's log price per offered model; None for a head whose logits read no prices (it has none)."""
-        log_price = getattr(self.serving, "log_price", None)
-        return None if log_price is None else log_price.detach().cpu().numpy()
-
-    @classmethod
-    def _obs_tensors(cls, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in cls._obs(rows).items()}
+        return offered_rows(rows, self.models, head_log_prices(self.serving))
 
     @staticmethod
-    def _obs(rows: list[dict]) -> dict[str, np.ndarray]:
-        """The observation columns of logged rows, with the candidates and prices each was made under."""
-        from barp_ray.rl_module import ALLOWED, LOG_PRICE
-
-        obs = {"embedding": np.stack([r["embedding"] for r in rows]),
-               "preference": np.stack([r["preference"] for r in rows]),
-               ALLOWED: np.stack([r["allowed_mask"] for r in rows]).astype(np.float32)}
-        if rows and "log_price" in rows[0]:
-            obs[LOG_PRICE] = np.stack([r["log_price"] for r in rows])
-        return obs
+    def _obs_tensors(rows: list[dict]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in observations(rows).items()}
 
     # -- training ----------------------------------------------------------------------------
     def _file(self, record: dict) -> bool:
         """Into the replay or the held-back window; True if it will be trained on now."""
-        row = {
-            "id": int(record["id"]),
-            "embedding": decode_vector(record["embedding"]),
-            "preference": np.asarray(record["preference"], dtype=np.float32),
-            "model": record["model"],
-            "logp": float(np.log(max(float(record["behaviour_prob"]), 1e-6))),
-            "mu": float(record["behaviour_prob"]),
-            "reward": float(record["reward"]),
-            "score": None if record.get("defaulted") or record.get("score") is None else float(record["score"]),
-            **offer_of(record),
-        }
+        row = logged_row(record)
         if held_back(record["request_id"], self.rollout.holdout_fraction):
             self.eval_window.append(row)
             return False
@@ -467,7 +406,7 @@ class ContinuousTrainer:
         idx = np.concatenate(chosen)
         pick = [rows[i] for i in idx]
         columns = {
-            Columns.OBS: self._obs(pick),
+            Columns.OBS: observations(pick),
             Columns.ACTIONS: np.asarray([r["action"] for r in pick]),
             Columns.ACTION_LOGP: np.asarray([r["logp"] for r in pick], dtype=np.float32),
             Columns.REWARDS: np.asarray([r["reward"] for r in pick], dtype=np.float32),

@@ -216,7 +216,8 @@ def test_import_of_an_old_jsonl_log_keeps_order_skips_repeats_and_torn_lines(tmp
     import json
 
     from serve.feedback_db import PostgresDatabase, open_database
-    from serve.feedback_import import main as import_feedback, serve_settings
+    from serve.feedback_import import main as import_feedback
+    from serve.settings import settings_from_config
 
     old = tmp_path / "old"
     old.mkdir()
@@ -232,7 +233,7 @@ def test_import_of_an_old_jsonl_log_keeps_order_skips_repeats_and_torn_lines(tmp
     assert "imported 3 rewards and 2 pending decisions; skipped 0 already in the store and 1 torn" in capsys.readouterr().out
     assert import_feedback([str(old), "--config", "configs/serve.yaml", *sets]) == 0  # a re-run adds nothing
     assert "imported 0 rewards and 0 pending decisions; skipped 5" in capsys.readouterr().out
-    settings = serve_settings("configs/serve.yaml", [s for s in sets if s != "--set"])
+    settings = settings_from_config("configs/serve.yaml", [s for s in sets if s != "--set"])
     db = open_database(settings)
     assert isinstance(db, PostgresDatabase) == (backend == "postgresql")
     store = FeedbackStore(db, tau=TAU)

@@ -1,0 +1,150 @@
+"""`barp ope CHECKPOINT [CHECKPOINT ...]`: what each checkpoint would have earned on the service's
+own traffic, estimated from the feedback store before it serves a single request.
+
+Why: `/v1/admin/load_checkpoint` publishes an operator's weights without the trainer's gate (it
+is their call), and an offline score on a benchmark says little about this service's prompts,
+preferences and prices. The store holds every rewarded round with the exact probability the
+served model was drawn with, so another policy's value on the same rounds is estimable without
+serving it: doubly robust with the checkpoint's own critic where it has one (unbiased whatever
+the critic's errors; the critic only narrows the interval), else self-normalised IPS.
+
+Only exploring rounds count: a greedy route was logged with probability 1 and says nothing about
+the models it did not pick. Each estimate has a 95 % interval and, paired round by round, its
+difference from what the service earned on those rounds. `--as greedy` scores the checkpoint's
+first choice; by default it is scored as the service would serve it, with its exploration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+Z95 = 1.959964
+
+
+class OpeError(ValueError):
+    """A one-line problem with the inputs, naming the argument."""
+
+
+@dataclass
+class Estimate:
+    policy: str
+    estimator: str  # dr (with the checkpoint's critic) or snips
+    rounds: int  # exploring rounds among its models
+    value: float
+    half_width: float  # of the 95 % interval
+    vs_served: float  # minus what the service earned on the same rounds
+    vs_served_half_width: float
+    agreement: float  # mean probability it gives the model that was served
+    effective_rounds: float  # Kish's effective sample size of the importance weights
+
+
+def exploring_rows(settings, last: int) -> tuple[list[dict], int]:
+    """The newest `last` rewarded rounds that were drawn from an exploring distribution, oldest
+    first, and how many greedy ones were left out."""
+    from serve.feedback_db import open_database
+    from serve.feedback_store import RewardReader
+    from serve.logged_rounds import logged_row
+
+    reader = RewardReader(open_database(settings))
+    try:
+        records = reader.up_to(2**62, last)
+    finally:
+        reader.close()
+    rows = [logged_row(r) for r in records]
+    kept = [r for r in rows if r["mode"] != "greedy" and r["mu"] < 1.0]
+    return kept, len(rows) - len(kept)
+
+
+def estimate(name: str, policy, rows: list[dict], greedy: bool, epsilon: float, temperature: float) -> Estimate:
+    import torch
+
+    from barp_ray.rl_module import ALLOWED, LOG_PRICE
+    from serve.exploration import dr_terms, dr_value, exploring_distribution, weighted_mean_se
+    from serve.logged_rounds import head_log_prices, observations, offered_rows
+
+    offered = offered_rows(rows, policy.models, head_log_prices(policy.module))
+    if not offered:
+        raise OpeError(f"{name}: no logged round served one of its models {list(policy.models)}")
+    width = policy.module.observation_space["embedding"].shape[0]
+    if offered[0]["embedding"].shape[0] != width:
+        raise OpeError(f"{name}: reads {width}-wide contexts, the logged rounds hold "
+                       f"{offered[0]['embedding'].shape[0]}-wide ones (another encoder or text_stats setting)")
+    obs = {k: torch.from_numpy(v) for k, v in observations(offered).items()}
+    with torch.no_grad():
+        probs = policy.module.action_probabilities(obs["embedding"], obs["preference"], obs.get(LOG_PRICE)).numpy()
+        q = policy.module.critic_values(obs).numpy().astype(np.float64) if policy.module.model_config.get("critic") else None
+    allowed = obs[ALLOWED].numpy() > 0
+    target = exploring_distribution(probs, 0.0 if greedy else epsilon, temperature, allowed)
+    if greedy:
+        target = np.eye(target.shape[1])[target.argmax(1)]
+    actions = np.asarray([r["action"] for r in offered])
+    logged = np.asarray([r["mu"] for r in offered])
+    rewards = np.asarray([r["reward"] for r in offered], dtype=np.float64)
+    estimator = "dr" if q is not None and q.ndim == 2 else "snips"
+    q = q if estimator == "dr" else np.zeros_like(target)
+    ones = np.ones(len(actions))
+    terms = dr_terms(target, q, actions, logged, rewards, ones)
+    rho = target[np.arange(len(actions)), actions] / logged
+    return Estimate(
+        policy=name, estimator=estimator, rounds=len(actions),
+        value=dr_value(target, q, actions, logged, rewards, ones),
+        half_width=Z95 * weighted_mean_se(terms, ones),
+        vs_served=float(np.mean(terms - rewards)), vs_served_half_width=Z95 * weighted_mean_se(terms - rewards, ones),
+        agreement=float(np.mean(target[np.arange(len(actions)), actions])),
+        effective_rounds=float(rho.sum() ** 2 / max(np.sum(rho**2), 1e-12)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="barp ope", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoints", nargs="+", help="checkpoint directories or storage URIs to judge")
+    p.add_argument("--config", default="configs/serve.yaml", help="serve config naming the feedback store")
+    p.add_argument("--set", action="append", default=[], help="override an app arg, e.g. feedback.database=postgresql")
+    p.add_argument("--last", type=int, default=5000, help="judge on the newest this many rewarded rounds")
+    p.add_argument("--as", dest="as_", choices=("served", "greedy"), default="served",
+                   help="served: with the service's exploration (what replicas would draw from); greedy: the first choice")
+    p.add_argument("--json", action="store_true", help="print the estimates as JSON")
+    args = p.parse_args(argv)
+    from barp_ray.policy import CheckpointError, RoutingPolicy
+    from serve.feedback_db import DatabaseError
+    from serve.settings import SettingsError, settings_from_config
+
+    try:
+        if args.last < 1:
+            raise OpeError(f"--last: must be >= 1, got {args.last}")
+        settings = settings_from_config(args.config, args.set)
+        rows, greedy_rows = exploring_rows(settings, args.last)
+        if not rows:
+            raise OpeError(f"feedback store: no rewarded exploring rounds among the newest {args.last} "
+                           f"({greedy_rows} greedy ones say nothing about other models)")
+        served = float(np.mean([r["reward"] for r in rows]))
+        e = settings.exploration
+        results = []
+        for path in args.checkpoints:
+            try:
+                policy = RoutingPolicy.load(path)
+            except CheckpointError as err:
+                raise OpeError(f"checkpoint: {err}") from None
+            results.append(estimate(path, policy, rows, args.as_ == "greedy", e.epsilon, e.temperature))
+    except (OpeError, SettingsError, DatabaseError, OSError) as err:
+        print(f"barp ope: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"rounds": len(rows), "greedy_rounds_left_out": greedy_rows, "served_mean_reward": served,
+                          "as": args.as_, "estimates": [asdict(r) for r in results]}, indent=1))
+        return 0
+    print(f"{len(rows)} exploring rounds judged ({greedy_rows} greedy ones left out); the service earned "
+          f"{served:+.4f} a round on them. Each checkpoint {'greedy' if args.as_ == 'greedy' else 'as served'}, ±95 %:")
+    print(f"{'checkpoint':<40} {'estimate':>18} {'vs served':>18} {'agrees':>7} {'eff. n':>8} {'est.':>5}")
+    for r in results:
+        print(f"{r.policy[-40:]:<40} {r.value:+.4f} ± {r.half_width:.4f} {r.vs_served:+.4f} ± {r.vs_served_half_width:.4f}"
+              f" {r.agreement:>7.2f} {r.effective_rounds:>8.0f} {r.estimator:>5}"
+              + ("" if r.rounds == len(rows) else f"  ({r.rounds} rounds served one of its models)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""`barp ope`: checkpoints judged on a feedback store's logged rounds, against the truth.
+
+The store is filled as the service fills it (FeedbackStore decisions, then feedback) with rounds
+logged by a uniformly exploring policy on the synthetic world, whose full-information table then
+gives each checkpoint's true value on exactly those rounds: what the estimate must find.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from http_client import TOKEN
+
+ROUNDS, GREEDY_ROUNDS = 1500, 40
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    from barp_ray.config import apply_overrides, load_config
+    from barp_ray.data.prepare import split_tables
+    from barp_ray.policy import RoutingPolicy
+    from conftest import train_small
+    from envs.reward import reward
+    from serve.feedback_store import FeedbackStore, encode_vector, new_request_id
+
+    root = tmp_path_factory.mktemp("ope")
+    critic = ("training.baseline=critic", "training.critic_kl_coeff=1", "training.rounds_per_iteration=1024")
+    strong = train_small(root / "strong", "training.iterations=40", *critic)
+    weak = train_small(root / "weak", "training.iterations=1", *critic)
+    policy = RoutingPolicy.load(strong)
+    table, _ = split_tables(apply_overrides(load_config(None), ["data.synthetic_prompts=600"]).data)
+    assert tuple(table.models) == policy.models
+    h = policy.observe(list(table.prompts))
+    rng = np.random.default_rng(7)
+    k = len(table.models)
+    prompts = rng.integers(0, len(table.prompts), ROUNDS + GREEDY_ROUNDS)
+    w_q = rng.uniform(0, 1, ROUNDS + GREEDY_ROUNDS)
+    actions = rng.integers(0, k, ROUNDS + GREEDY_ROUNDS)
+    store = FeedbackStore(root / "log", tau=policy.tau)
+    for n, (i, wq, a) in enumerate(zip(prompts, w_q, actions)):
+        greedy = n >= ROUNDS  # logged with probability 1: they must be left out
+        d = {"request_id": new_request_id(), "time": 0.0, "embedding": encode_vector(h[i]), "preference": [float(wq), 1 - float(wq)],
+             "model": table.models[a], "behaviour_prob": 1.0 if greedy else 1.0 / k, "mode": "greedy" if greedy else "explore",
+             "policy_version": 0, "models": list(table.models), "prices": None, "candidates": None}
+        store.record_decision(d)
+        store.record_feedback(d["request_id"], float(table.scores[i, a]), float(table.costs[i, a]))
+    store.close()
+    # every model's true reward on each exploring round, from the full-information table
+    i, wq = prompts[:ROUNDS], w_q[:ROUNDS]
+    truth = np.stack([reward(table.scores[i, a], table.costs[i, a], wq, 1 - wq, policy.tau) for a in range(k)], 1)
+    (root / "token").write_text(TOKEN + "\n")
+    config = root / "serve.yaml"
+    config.write_text(yaml.safe_dump({"applications": [{"name": "barp", "import_path": "serve.app:app_builder", "args": {
+        "checkpoint": strong, "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")}}}]}))
+    return {"strong": strong, "weak": weak, "h": h[i], "wq": wq, "truth": truth, "config": str(config)}
+
+
+def _true_value(checkpoint: str, logged: dict, greedy: bool, epsilon: float = 0.1) -> float:
+    """The checkpoint's exact expected reward on the logged rounds: its distribution times the table."""
+    from barp_ray.policy import RoutingPolicy
+    from serve.exploration import exploring_distribution
+
+    p = RoutingPolicy.load(checkpoint).probabilities(logged["h"], np.stack([logged["wq"], 1 - logged["wq"]], 1))
+    dist = np.eye(p.shape[1])[p.argmax(1)] if greedy else exploring_distribution(p, epsilon)
+    return float(np.mean((dist * logged["truth"]).sum(1)))
+
+
+@pytest.mark.parametrize("as_", ["served", "greedy"])
+def test_each_estimate_covers_the_true_value_and_ranks_the_checkpoints(logged, capsys, as_):
+    from serve.offpolicy_eval import main
+
+    assert main([logged["strong"], logged["weak"], "--config", logged["config"], "--as", as_, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rounds"] == ROUNDS and out["greedy_rounds_left_out"] == GREEDY_ROUNDS
+    assert out["served_mean_reward"] == pytest.approx(float(np.mean(logged["truth"].mean(1))), abs=0.05)
+    strong, weak = out["estimates"]
+    truths = []
+    for est, path in ((strong, logged["strong"]), (weak, logged["weak"])):
+        truth = _true_value(path, logged, greedy=as_ == "greedy")
+        truths.append(truth)
+        assert est["estimator"] == "dr" and est["rounds"] == ROUNDS
+        assert abs(est["value"] - truth) <= est["half_width"], (as_, path, est, truth)
+        assert est["half_width"] < 0.05
+        assert est["vs_served"] == pytest.approx(est["value"] - out["served_mean_reward"], abs=1e-9)
+    assert truths[0] - truths[1] > 0.05  # the trained one is truly better here, and the estimates say so
+    assert strong["value"] - weak["value"] > 0.05
+
+
+def test_a_readable_table_and_one_line_errors(logged, capsys, tmp_path):
+    from serve.offpolicy_eval import main
+
+    assert main([logged["strong"], "--config", logged["config"], "--last", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "260 exploring rounds judged (40 greedy ones left out)" in out and logged["strong"][-40:] in out
+    assert main([str(tmp_path), "--config", logged["config"]]) == 2
+    assert capsys.readouterr().err.startswith("barp ope: error: checkpoint: ")
+    assert main([logged["strong"], "--config", logged["config"], "--last", "40"]) == 2  # only greedy rounds there
+    assert "no rewarded exploring rounds among the newest 40" in capsys.readouterr().err
+    assert main([logged["strong"], "--config", logged["config"], "--set", "feedback.database=oracle"]) == 2
+    assert "feedback.database" in capsys.readouterr().err
