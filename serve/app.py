@@ -88,7 +88,7 @@ class FeedbackLogDeployment:
             record = await asyncio.to_thread(self.store.record_feedback, request_id, score, cost, replay)
         except FeedbackError as e:
             self.metrics.rejected(e.reason)
-            return {"ok": False, "status": e.status, "error": str(e)}
+            return {"ok": False, "status": e.status, "reason": e.reason, "error": str(e)}
         self.metrics.accepted(record, time.time())
         return {"ok": True, "record": record}
 
@@ -417,6 +417,9 @@ class RouterAPI:
 
         f = settings.failover
         self.upstream_health = UpstreamHealth(f.failures_to_open, f.cooldown_s, on_change=self.metrics.breaker)
+        from serve.judge import Judge
+
+        self.judge = Judge(settings.judge, self.upstreams, self._judged_feedback, self.metrics.judged)
         from serve.guard import STATE
 
         STATE.update(
@@ -488,6 +491,17 @@ class RouterAPI:
             await _call_with_retry(self.log.withdraw_decisions, [request_id])
         except Exception as e:  # noqa: BLE001 - the client's answer matters more than this bookkeeping
             logger.warning("withdrawing a failed chat route failed: %s", type(e).__name__)
+
+    async def _judged_feedback(self, request_id: str, score: float) -> str:
+        """The judge's grade as the request's feedback, at the cost the service priced."""
+        try:
+            res = await _call_with_retry(self.log.record_feedback, request_id, score, None)
+        except Exception as e:  # noqa: BLE001 - a lost grade is an unanswered request, nothing worse
+            logger.warning("posting a judged score failed: %s", type(e).__name__)
+            return "refused"
+        if res["ok"]:
+            return "scored"
+        return "client_first" if res.get("reason") == "duplicate" else "refused"
 
     async def note_answer_cost(self, request_id: str, cost: float) -> None:
         """Keep a chat answer's price with its decision, so feedback may give the score alone. If the

@@ -32,6 +32,9 @@ class RouteMetrics:
         self.failovers = metrics.Counter(
             "barp_chat_failovers_total", description="barp-auto chat requests routed again after this model's provider failed",
             tag_keys=("model",))
+        self.judge = metrics.Counter(
+            "barp_judge_total", description="chat answers handed to the LLM judge, by outcome (scored, client_first, "
+            "refused, unparsed, judge_failed, busy)", tag_keys=("outcome",))
         self.left_out = metrics.Gauge(
             "barp_upstream_left_out", description="1 while this ingress replica leaves the model out of barp-auto (its breaker is open)",
             tag_keys=("model",))
@@ -40,6 +43,9 @@ class RouteMetrics:
         self.routes.inc(1, tags={"model": model, "mode": mode})
         if model != max(probabilities, key=probabilities.get):
             self.explored.inc(1, tags={"model": model})
+
+    def judged(self, outcome: str) -> None:
+        self.judge.inc(1, tags={"outcome": outcome})
 
     def upstream_failed(self, model: str, status: int) -> None:
         self.upstream_failures.inc(1, tags={"model": model, "status": str(status)})

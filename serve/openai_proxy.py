@@ -93,7 +93,7 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
             routed["failed_over"] = failed
         model = routed["model"]
         try:
-            return await _answer(api, req, model, {**payload, "model": model}, routed)
+            return await _answer(api, req, model, {**payload, "model": model}, routed, prompt)
         except UpstreamError as e:
             await api.withdraw(routed["request_id"])  # no answer to rate: neither dropped nor defaulted later
             failed.append({"model": model, "status": e.status, "error": str(e)})
@@ -118,7 +118,16 @@ def answer_cost(usage: Any, price: dict | None) -> float | None:
     return float(token_costs([tokens[0]], tokens[1], [per_mtok[0]], [per_mtok[1]])[0, 0])
 
 
-async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str, Any], barp_info: dict[str, Any]):
+def _answer_text(data: dict) -> str:
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return content if isinstance(content, str) else ""
+
+
+async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str, Any], barp_info: dict[str, Any],
+                  prompt: str = ""):
     """The upstream's answer as the client will get it; its failures as UpstreamError, recorded in the
     model's breaker. A 429 is the provider limiting this service's key, not the client: a failure."""
     def failure(e: UpstreamError) -> UpstreamError:
@@ -141,9 +150,14 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
             await api.note_answer_cost(barp_info["request_id"], cost)
         return cost
 
+    def judged(answer: str, cost: float | None) -> bool:
+        """Hand a priced answer to the judge (`serve/judge.py`) if this one is to be graded."""
+        return bool(barp_info and cost is not None and answer and api.judge.wanted()
+                    and api.judge.submit(barp_info["request_id"], prompt, answer))
+
     if req.stream and resp.status == 200:
         api.upstream_health.answered(model)
-        return StreamingResponse(_relay(resp, model, barp_info, failure, priced), media_type="text/event-stream",
+        return StreamingResponse(_relay(resp, model, barp_info, failure, priced, judged), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
         data = await resp.json(content_type=None)
@@ -157,36 +171,42 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     if isinstance(data, dict) and barp_info and resp.status == 200:
         cost = await priced(data.get("usage"))
         data["barp"] = barp_info if cost is None else {**barp_info, "cost": cost}
+        if judged(_answer_text(data), cost):
+            data["barp"]["judged"] = True
     return JSONResponse(status_code=resp.status, content=data, headers=headers)
 
 
-async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced):
+async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced, judged):
     """The upstream's SSE lines, the first data chunk with `barp` added. When the client goes away
     Starlette cancels this generator and `finally` closes the upstream connection, so the provider
     stops generating (and billing) too. A failure after the first byte cannot fail over (the client
     has the status line and maybe part of an answer); it is told in the stream and counted against
     the model's breaker. A chunk with token usage (the client asked for
     `stream_options.include_usage`) is priced, and the price kept, before it is passed on, so
-    feedback sent once the stream ends may omit the cost."""
+    feedback sent once the stream ends may omit the cost. A priced stream that ends well may be
+    graded by the judge, on the text its chunks carried."""
     first = bool(barp_info)
+    cost, text, room = None, [], 65536  # room: characters of the answer still kept for the judge
     try:
         async for line in resp.content:
-            if barp_info and b'"usage"' in line and line.startswith(b"data: {"):
-                try:
-                    usage = json.loads(line[6:]).get("usage")
-                except ValueError:
-                    usage = None
-                if usage:
-                    await priced(usage)
-            if first and line.startswith(b"data: {"):
+            if barp_info and line.startswith(b"data: {"):
                 try:
                     chunk = json.loads(line[6:])
-                    chunk["barp"] = barp_info
-                    line = b"data: " + json.dumps(chunk).encode() + b"\n"
-                    first = False
                 except ValueError:
-                    pass
+                    chunk = None
+                chunk = chunk if isinstance(chunk, dict) else {}
+                if chunk.get("usage"):
+                    cost = await priced(chunk["usage"])
+                for choice in chunk.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
+                    if isinstance(piece, str) and room > 0:
+                        text.append(piece[:room])
+                        room -= len(piece)
+                if first and chunk:
+                    line = b"data: " + json.dumps({**chunk, "barp": barp_info}).encode() + b"\n"
+                    first = False
             yield line
+        judged("".join(text), cost)
     except TimeoutError:
         on_failure(UpstreamError(504, f"upstream {model!r} stopped sending"))
         error = {"error": {"message": f"upstream {model!r} stopped sending", "type": "upstream_timeout", "code": 504}}

@@ -165,6 +165,8 @@ class BarpInfo(BaseModel):
     cost: Optional[float] = Field(
         None, description="dollars this answer cost at the served prices, from the provider's token usage (absent without usage or prices; "
                           "streamed: not in the first chunk, but kept for feedback when the stream reports usage)")
+    judged: Optional[bool] = Field(
+        None, description="true: the service's judge will grade this answer and post its score (feedback of your own counts if it comes first)")
     failed_over: Optional[list[FailedUpstream]] = Field(
         None, description="models whose provider failed on this request before `model` answered, in turn (absent when none did)")
 

@@ -250,6 +250,36 @@ class FailoverSettings:
         _pos("failover.cooldown_s", self.cooldown_s)
 
 
+JUDGE_INSTRUCTIONS = ("You grade an AI assistant's answer to a user's request. Judge correctness first, then "
+                      "helpfulness and concision. Reply with one integer from 0 (wrong or useless) to 10 (fully "
+                      "correct and helpful), and nothing else.")
+
+
+@dataclass
+class JudgeSettings:
+    """Feedback without a client: a `share` of barp-auto's chat answers graded by `model` (any model
+    under `upstreams`), the grade / 10 posted as the answer's score (serve/judge.py says what it
+    sees and when not to use it). Off while `model` is unset."""
+
+    model: str | None = None
+    share: float = 1.0
+    max_concurrent: int = 8  # gradings in flight per ingress replica; an answer beyond them is not graded
+    max_answer_chars: int = 8000  # the answer is cut to this for the judge
+    instructions: str = JUDGE_INSTRUCTIONS
+
+    def validate(self, upstreams: dict) -> None:
+        if self.model is not None and self.model not in upstreams:
+            raise SettingsError(f"judge.model: needs an entry under upstreams, got {self.model!r}; upstreams: {sorted(upstreams)}")
+        if isinstance(self.share, bool) or not isinstance(self.share, (int, float)) or not 0 < self.share <= 1:
+            raise SettingsError(f"judge.share: must be a number in (0, 1], got {self.share!r}")
+        for name in ("max_concurrent", "max_answer_chars"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SettingsError(f"judge.{name}: must be an integer >= 1, got {v!r}")
+        if not isinstance(self.instructions, str) or not self.instructions.strip():
+            raise SettingsError("judge.instructions: must be a non-empty string")
+
+
 TOPOLOGIES = ("colocated", "split")
 # What `user_config` may set live, and the deployments that take it in each topology.
 LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate", "decision_cost_multiplier", "budget")
@@ -274,6 +304,7 @@ class ServeSettings:
     upstream_connect_timeout_s: float = 5.0
     upstream_retries: int = 2  # connection failures only: the upstream never saw the request
     failover: FailoverSettings = field(default_factory=FailoverSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
     # The routers' autoscaling (RouterAPI colocated, RouterModel split) for Python deployments; in YAML, `deployments:` overrides it.
     router_autoscaling: dict = field(
         default_factory=lambda: {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
@@ -305,6 +336,7 @@ class ServeSettings:
             raise SettingsError(f"upstream_retries: must be an integer >= 0, got {self.upstream_retries!r}")
         for section in (self.exploration, self.feedback, self.trainer, self.rollout, self.failover):
             section.validate()
+        self.judge.validate(self.upstreams)
         self.auth.validate()
         self.limits.validate()
         return self
@@ -332,7 +364,7 @@ def settings_from_args(args: dict[str, Any] | None) -> ServeSettings:
     nested = {}
     sections = (("exploration", ExplorationSettings), ("feedback", FeedbackSettings), ("trainer", TrainerSettings),
                 ("rollout", RolloutSettings), ("auth", AuthSettings), ("limits", LimitSettings),
-                ("failover", FailoverSettings))
+                ("failover", FailoverSettings), ("judge", JudgeSettings))
     for name, cls in sections:
         raw = args.pop(name, None) or {}
         if not isinstance(raw, dict):

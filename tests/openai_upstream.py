@@ -8,7 +8,7 @@ it waits 30 s before answering, "upstream-slow" it streams 100 chunks 0.1 s apar
 `disconnects` when the reader went away before the end. Answers report token usage (a stream only
 with `stream_options.include_usage`). `failing` maps a model to the HTTP status
 its requests get instead of an answer (a provider outage, or 429 for a rate limit; 0: the connection
-is closed without an answer).
+is closed without an answer). The model named "judge" answers `judge_reply` (a grader's reply).
 """
 from __future__ import annotations
 
@@ -60,11 +60,12 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             self._stream(model, slow="upstream-slow" in text, usage=bool((body.get("stream_options") or {}).get("include_usage")))
             return
+        content = server.judge_reply if model == "judge" else f"answer from {model}"
         self._json(200, {
             "id": f"chatcmpl-{server.calls.total()}", "object": "chat.completion", "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": f"answer from {model}"}}],
+                         "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
         })
 
@@ -103,6 +104,7 @@ class Upstream:
         self.server.seen_auth, self.server.bodies, self.server.disconnects = [], [], []
         self.server.completed_streams = 0
         self.server.failing = {}
+        self.server.judge_reply = "I cannot grade this."
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -117,6 +119,10 @@ class Upstream:
     @property
     def failing(self) -> dict[str, int]:
         return self.server.failing
+
+    @property
+    def bodies(self) -> list[dict]:
+        return self.server.bodies
 
     def close(self) -> None:
         self.server.shutdown()

@@ -74,7 +74,7 @@ def service(tmp_path_factory):
     (root / "token").write_text(TOKEN + "\n")
     checkpoint = train_small(root, *CHECKPOINT_SETS)
     upstream = Upstream()
-    upstreams = {m: upstream.base_url for m in ("tiny-1b", "chat-8b", "code-15b", "math-15b", "general-70b", "frontier-400b")}
+    upstreams = {m: upstream.base_url for m in ("tiny-1b", "chat-8b", "code-15b", "math-15b", "general-70b", "frontier-400b", "judge")}
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app_builder({
@@ -83,9 +83,11 @@ def service(tmp_path_factory):
         "trainer": {"state_dir": str(root / "trainer"), "enabled": False},
         "upstreams": upstreams, "upstream_retries": 0, "upstream_timeout_s": 5,
         "failover": {"attempts": 2, "failures_to_open": 2, "cooldown_s": 2},
+        "judge": {"model": "judge"},  # its reply is no grade unless a test sets one: then nothing is posted
     }), name="barp", route_prefix="/")
     client = Client(port)
     client.meta = json.loads((Path(checkpoint) / "barp_meta.json").read_text())  # the served prices and tau
+    client.log_dir = root / "log"
     yield client, upstream
     serve.shutdown()
     upstream.close()
@@ -196,7 +198,7 @@ def test_when_every_attempt_fails_the_client_is_told_each_and_a_named_model_neve
         calls = upstream.calls.copy()
         st, r = client.post("/v1/chat/completions", {"model": "tiny-1b", "messages": [{"role": "user", "content": "hi"}]})
         assert st == 502 and "HTTP 503" in r["error"], r
-        assert sum(upstream.calls.values()) == sum(calls.values()) + 1
+        assert {m: c - calls[m] for m, c in upstream.calls.items() if c != calls[m]} == {"tiny-1b": 1}
     finally:
         for m in pair:
             upstream.failing.pop(m, None)
@@ -243,3 +245,62 @@ def test_a_chat_answer_is_priced_from_its_usage_so_feedback_may_give_the_score_a
         assert st == 409 and f["error"].startswith("cost: required"), f
         st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0, "cost": 0.002})  # nothing was written
         assert st == 200, f
+
+
+def _reward_of(log_dir, request_id: str, wait_s: float = 15.0) -> dict | None:
+    from serve.feedback_store import RewardReader
+
+    reader = RewardReader(log_dir)
+    deadline = time.time() + wait_s
+    try:
+        while time.time() < deadline:
+            found = [r for r in reader.after(0, 1_000_000) if r["request_id"] == request_id]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        return None
+    finally:
+        reader.close()
+
+
+def test_the_judge_grades_priced_answers_as_their_feedback(service):
+    import http.client
+
+    client, upstream = service
+    upstream.server.judge_reply = "8"
+    try:
+        st, r = _chat(client, ["chat-8b", "math-15b"])
+        assert st == 200 and r["barp"]["judged"] is True, r
+        rec = _reward_of(client.log_dir, r["barp"]["request_id"])
+        assert rec is not None and rec["score"] == 0.8 and rec["cost"] == pytest.approx(r["barp"]["cost"]), rec
+        graded = [b for b in upstream.bodies if b["model"] == "judge"][-1]
+        assert "Sum the first ten primes." in graded["messages"][-1]["content"]
+        assert f"answer from {r['barp']['model']}" in graded["messages"][-1]["content"]
+        # the first feedback wins: the client's own, after the judge's, is a duplicate
+        st, f = client.post("/v1/feedback", {"request_id": r["barp"]["request_id"], "score": 0.1})
+        assert st == 409 and "already recorded" in f["error"], f
+        # a stream that reports usage is graded on the text its chunks carried
+        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps({
+            "model": "barp-auto", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "Sum the first ten primes."}], "barp": {"preference": 0.7}}),
+            {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+        resp = conn.getresponse()
+        rid, _ = resp.getheader("x-barp-request-id"), resp.read()
+        conn.close()
+        rec = _reward_of(client.log_dir, rid)
+        assert rec is not None and rec["score"] == 0.8, rec
+        assert [b for b in upstream.bodies if b["model"] == "judge"][-1]["messages"][-1]["content"].endswith(
+            f"answer from {rec['model']}")
+        # a reply with no grade posts nothing: the client's feedback is then the one taken
+        upstream.server.judge_reply = "It depends."
+        graders = upstream.calls["judge"]
+        st, r = _chat(client, ["chat-8b", "math-15b"])
+        deadline = time.time() + 15
+        while upstream.calls["judge"] == graders and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        st, f = client.post("/v1/feedback", {"request_id": r["barp"]["request_id"], "score": 0.3})
+        assert st == 200, f
+    finally:
+        upstream.server.judge_reply = "I cannot grade this."

@@ -1,0 +1,88 @@
+"""Feedback without a client: an LLM judge grades a share of barp-auto's chat answers.
+
+Why: the live loop learns only from feedback, and most deployments have no score of their own to
+send. With `judge.model` set, each ingress replica asks that model (any entry under `upstreams`)
+to grade a `judge.share` of the answers it relayed, 0-10, and posts grade / 10 as the answer's
+score, with the cost the service priced the answer at (its usage at the served prices) as the
+cost, so the reward is the training formula's. The judge's own bill is not charged to the routed
+model. An answer that could not be priced is not graded: a reward needs a cost.
+
+What the judge sees: the prompt the router read (the last user message, not the whole
+conversation) and the answer, cut to `judge.max_answer_chars`. The router then learns the judge's
+taste, biases included (judges favour long answers and their own family): use a judge you trust
+on your tasks, or scores from your users. The first feedback for a request wins: a client that
+posts its own score before the judge keeps it, and the judge's is dropped.
+
+Grading runs in the background of the ingress replica (at most `judge.max_concurrent` at once;
+an answer beyond that is not graded). A replica that stops mid-grading loses that grade; the
+decision then retires at the reward wait time as any unanswered one does.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from typing import Any, Awaitable, Callable
+
+from serve.settings import JudgeSettings
+from serve.upstream import UpstreamError
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def parse_grade(text: Any) -> float | None:
+    """The first number in the judge's reply as a score in [0, 1]; None if there is none in 0-10."""
+    if not isinstance(text, str):
+        return None
+    m = _NUMBER.search(text)
+    if m is None:
+        return None
+    grade = float(m.group())
+    return grade / 10 if 0 <= grade <= 10 else None
+
+
+class Judge:
+    """`post(request_id, score)` records the score as feedback (the cost is the priced one) and
+    returns the outcome for the metric: scored, client_first, or refused."""
+
+    def __init__(self, settings: JudgeSettings, upstreams, post: Callable[[str, float], Awaitable[str]],
+                 count: Callable[[str], None], rng: random.Random | None = None):
+        self.settings, self.upstreams, self.post, self.count = settings, upstreams, post, count
+        self.rng = rng or random.Random()
+        self._slots = asyncio.Semaphore(settings.max_concurrent) if settings.model else None
+        self._tasks: set[asyncio.Task] = set()  # referenced until done, or the loop may drop them
+
+    def wanted(self) -> bool:
+        return self.settings.model is not None and self.rng.random() < self.settings.share
+
+    def submit(self, request_id: str, prompt: str, answer: str) -> bool:
+        """Grade in the background; False (not graded) when every slot is busy."""
+        if self._slots is None or self._slots.locked():
+            self.count("busy")
+            return False
+        task = asyncio.get_running_loop().create_task(self._grade(request_id, prompt, answer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _grade(self, request_id: str, prompt: str, answer: str) -> None:
+        s = self.settings
+        async with self._slots:
+            payload = {"model": s.model, "temperature": 0, "max_tokens": 8, "messages": [
+                {"role": "system", "content": s.instructions},
+                {"role": "user", "content": f"Request:\n{prompt}\n\nAnswer:\n{answer[:s.max_answer_chars]}"}]}
+            try:
+                resp = await self.upstreams.open(s.model, payload, stream=False)
+                try:
+                    data = await resp.json(content_type=None)
+                finally:
+                    resp.release()
+                reply = data["choices"][0]["message"]["content"] if resp.status == 200 else None
+            except (UpstreamError, ValueError, KeyError, IndexError, TypeError, TimeoutError):
+                self.count("judge_failed")
+                return
+            score = parse_grade(reply)
+            if score is None:
+                self.count("unparsed" if resp.status == 200 else "judge_failed")
+                return
+            self.count(await self.post(request_id, score))
