@@ -222,18 +222,20 @@ class TrainerDeployment:
                 "rollout_delay_s": {"last": d[-1] if d else None, "max_recent": max(d) if d else None,
                                     "median_recent": float(np.median(d)) if d else None, "versions": len(d)}}
 
-    async def load_checkpoint(self, path: str) -> dict:
-        """Publish a checkpoint's weights as the next version; a bad one is refused, old weights stay."""
+    async def load_checkpoint(self, path: str, mode: str = "publish") -> dict:
+        """Publish (or judge) a checkpoint's weights as the next version; a bad one is refused, old weights stay."""
         async with self._lock:
-            from serve.trainer import CheckpointNotFound
+            from serve.trainer import CheckpointNotFound, GateRefused
 
             try:
-                version = await asyncio.to_thread(self.trainer.load_checkpoint, path)
+                res = await asyncio.to_thread(self.trainer.load_checkpoint, path, mode)
             except CheckpointNotFound as e:
                 return {"ok": False, "status": 404, "error": str(e)}
+            except GateRefused as e:
+                return {"ok": False, "status": 409, "error": str(e)}
             except ValueError as e:
                 return {"ok": False, "status": 422, "error": str(e)}
-        return {"ok": True, "version": version}
+        return {"ok": True, **res}
 
     def pid(self) -> int:
         import os
@@ -558,14 +560,15 @@ class RouterAPI:
         rows = await self.trainer.train_now.remote()
         return {"updates": rows}
 
-    @api.post("/v1/admin/load_checkpoint", response_model=LoadCheckpointResponse, responses=errors(404, 422))
+    @api.post("/v1/admin/load_checkpoint", response_model=LoadCheckpointResponse, responses=errors(404, 409, 422))
     async def load_checkpoint(self, req: LoadCheckpointRequest):
         """Publish a checkpoint's weights now: 404 if nothing is at the path, 422 if it is not a
-        checkpoint this service can serve (the old weights stay)."""
-        res = await self.trainer.load_checkpoint.remote(req.path)
+        checkpoint this service can serve, 409 if `gated` and the gate refuses it or has too few
+        held-back rewards to judge (the old weights stay)."""
+        res = await self.trainer.load_checkpoint.remote(req.path, req.mode)
         if not res["ok"]:
             return _error(res["status"], res["error"])
-        return LoadCheckpointResponse(policy_version=res["version"])
+        return LoadCheckpointResponse(policy_version=res["version"], published=res["published"], estimate=res["estimate"])
 
     @api.get("/v1/admin/processes")
     async def processes(self) -> dict:

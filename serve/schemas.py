@@ -181,7 +181,12 @@ class ChatCompletionResponse(BaseModel):
 class LoadCheckpointRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(..., min_length=1, description="checkpoint directory or storage URI (file://, s3://, gs://)")
+    mode: Literal["publish", "gated", "dry_run"] = Field(
+        "publish", description="publish: now, no gate; gated: only if the rollout gate does not find it worse on the held-back "
+                               "rewards (409 if it does, or if too few are held back); dry_run: judge it so, never publish")
 
 
 class LoadCheckpointResponse(BaseModel):
-    policy_version: int
+    policy_version: int = Field(..., description="the version served now (the checkpoint's, if published)")
+    published: bool = True
+    estimate: Optional[dict] = Field(None, description="the rollout gate's off-policy estimates (gated and dry_run)")

@@ -78,6 +78,15 @@ class CheckpointNotFound(ValueError):
     """`load_checkpoint` was given a path with nothing there (404, not 422: nothing to judge)."""
 
 
+class GateRefused(ValueError):
+    """A gated or dry-run `load_checkpoint` that the held-back evidence cannot support (409): too
+    few held-back rewards to judge, or (gated) a checkpoint estimated worse than the weights served."""
+
+    def __init__(self, message: str, estimate: dict | None = None):
+        super().__init__(message)
+        self.estimate = estimate
+
+
 def held_back(request_id: str, fraction: float) -> bool:
     return zlib.crc32(request_id.encode()) % 10_000 < fraction * 10_000
 
@@ -428,16 +437,15 @@ class ContinuousTrainer:
         rows = self._offered(self.eval_window)
         if not self.rollout.enabled or len(rows) < self.rollout.min_eval:
             return {"publish": True, "estimate": {}}
-        obs = self._obs_tensors(rows)
-        held = HeldBack(obs=obs, actions=np.asarray([r["action"] for r in rows]),
-                        logged=np.asarray([r["mu"] for r in rows]), rewards=np.asarray([r["reward"] for r in rows]),
-                        q=self.scratch.critic_values(obs).numpy().astype(np.float64))
-        decision = self.gate.judge(self.scratch, list(self.references), held, self.exploration_epsilon())
+        decision = self.gate.judge(self.scratch, list(self.references), self._held_back(rows), self.exploration_epsilon())
         self.last_estimate = {"version": self.version, **decision["estimate"]}
         return decision
 
-    def load_checkpoint(self, path: str) -> int:
-        """An operator's checkpoint becomes the next published version (no gate: it is their call)."""
+    def load_checkpoint(self, path: str, mode: str = "publish") -> dict[str, Any]:
+        """An operator's checkpoint becomes the next published version. `publish`: no gate, it is
+        their call. `gated`: only if the safe-rollout gate, on the held-back rewards, does not find
+        it worse than the weights served (and the latest published versions); `dry_run`: judged so,
+        never published. {"published", "version", "estimate"}; GateRefused when it cannot or may not."""
         from barp_ray.policy import CheckpointError
         from barp_ray.storage import filesystem
 
@@ -462,13 +470,43 @@ class ContinuousTrainer:
         if bad or set(theirs) - set(mine):
             bad = bad or sorted(set(theirs) - set(mine))
             raise ValueError(f"path: incompatible network (mismatched tensors {bad[:3]})")
+        estimate = None
+        if mode != "publish":
+            judged = copy.deepcopy(self.serving)  # today's offer and prices, the checkpoint's policy
+            load_policy_state(judged, theirs)
+            decision = self._judge(judged)
+            estimate = decision["estimate"]
+            if mode == "dry_run":
+                return {"published": False, "version": self.published_version, "estimate": estimate}
+            if not decision["publish"]:
+                worse = estimate["against"]
+                raise GateRefused(f"path: refused by the rollout gate: estimated {estimate['candidate']:+.4f} against "
+                                  f"{worse['estimate']:+.4f} for version {worse['version']} (difference se "
+                                  f"{worse['difference_se']:.4f}, margin {estimate['margin']:g}) on {estimate['n']} "
+                                  f"held-back rewards", estimate)
         self._adopt(self.learner_group, theirs)
         self._end_anchor("operator checkpoint")
         self.version += 1
         self.references.clear()  # the operator's weights are the new yardstick, not what they replaced
         self._publish({k: theirs[k].clone() for k in mine}, {"through_id": self.offset, "checkpoint": path})
         self._save()
-        return self.version
+        return {"published": True, "version": self.version, "estimate": estimate}
+
+    def _judge(self, module) -> dict[str, Any]:
+        """`module` against the serving weights and the latest published versions on the held-back
+        rewards, with the learner's critic (which never trained on them)."""
+        rows = self._offered(self.eval_window)
+        if len(rows) < self.rollout.min_eval:
+            raise GateRefused(f"path: {len(rows)} held-back rewards so far; judging a checkpoint needs "
+                              f"rollout.min_eval ({self.rollout.min_eval})")
+        self._learner_weights()
+        return self.gate.judge(module, list(self.references), self._held_back(rows), self.exploration_epsilon())
+
+    def _held_back(self, rows: list[dict]) -> HeldBack:
+        obs = self._obs_tensors(rows)
+        return HeldBack(obs=obs, actions=np.asarray([r["action"] for r in rows]),
+                        logged=np.asarray([r["mu"] for r in rows]), rewards=np.asarray([r["reward"] for r in rows]),
+                        q=self.scratch.critic_values(obs).numpy().astype(np.float64))
 
     def close(self) -> None:
         """Stop learner actors (num_learners > 0) and close the store connection."""

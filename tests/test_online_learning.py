@@ -550,3 +550,42 @@ def test_the_live_loop_benchmark_runs_the_service_loop_end_to_end(checkpoint, tm
     redraw = subprocess.run([sys.executable, str(root / "bench" / "live_loop.py"), "--render", str(tmp_path / "smoke.json")],
                             capture_output=True, text=True, timeout=300, cwd=root)
     assert redraw.returncode == 0 and "| 16 | new world |" in redraw.stdout, redraw.stderr[-2000:]
+
+
+def test_an_operator_checkpoint_can_be_judged_on_held_back_rewards_before_it_is_published(checkpoint, tmp_path):
+    """`load_checkpoint` in `dry_run` and `gated` modes: judged on the held-back rewards against the
+    weights served, a nearly untrained checkpoint is refused and nothing changes, a better one is
+    published. With too few held-back rewards there is nothing to judge on."""
+    from conftest import train_small
+    from serve.trainer import GateRefused, held_back
+
+    weak = train_small(tmp_path / "weak", "training.iterations=1", "training.rounds_per_iteration=64")
+    settings, policy, store, trainer, contexts = _trainer_on(
+        checkpoint, tmp_path, rollout={"holdout_fraction": 0.5, "min_eval": 40, "half_life": 0})
+    k = len(MODELS)
+    with pytest.raises(GateRefused, match="0 held-back rewards so far"):
+        trainer.load_checkpoint(weak, "gated")
+    served = policy.probabilities(contexts, np.tile([1.0, 0.0], (len(contexts), 1))).mean(0)
+    good = int(np.argmax(served))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        _log_uniform_rounds(store, contexts, 120, lambda rid, a: a == good, k, rng)
+        trainer.train_once()
+    version = trainer.status()["published_version"]
+    dry = trainer.load_checkpoint(weak, "dry_run")
+    assert dry["published"] is False and dry["version"] == version
+    est = dry["estimate"]
+    assert est["n"] == sum(held_back(r["request_id"], 0.5) for r in trainer.reader.after(0, 10_000)) >= 40
+    start = trainer.load_checkpoint(checkpoint, "dry_run")["estimate"]  # the checkpoint the service started from
+    learned = est["against"]["estimate"]  # what the trainer has learned since: every round rewards `good`
+    assert est["candidate"] + 0.1 < start["candidate"] < learned - 0.1, (est, start)
+    # an operator's margin between the two: the weak checkpoint is refused, the starting one is not
+    trainer.rollout.margin = (2 * learned - est["candidate"] - start["candidate"]) / 2
+    with pytest.raises(GateRefused, match="refused by the rollout gate") as refused:
+        trainer.load_checkpoint(weak, "gated")
+    assert refused.value.estimate["candidate"] == pytest.approx(est["candidate"])
+    assert trainer.status()["published_version"] == version
+    ok = trainer.load_checkpoint(checkpoint, "gated")
+    assert ok["published"] is True and ok["version"] == trainer.status()["published_version"] > version, ok
+    trainer.close()
+    store.close()

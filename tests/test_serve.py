@@ -787,9 +787,14 @@ def test_bad_checkpoint_is_refused_and_old_weights_stay(client, world, tmp_path)
     assert after["trainer"]["version"] == before["trainer"]["version"]
     st, r = client.post("/v1/route", {"prompt": "still serving?", "preference": 0.5})
     assert st == 200 and r["policy_version"] == before["trainer"]["version"]
+    # a dry run judges on the held-back rewards (if there are enough yet) and publishes nothing
+    st, dry = client.post("/v1/admin/load_checkpoint", {"path": world["checkpoint"], "mode": "dry_run"})
+    assert (st == 200 and dry["published"] is False and dry["estimate"]["n"] > 0) or \
+        (st == 409 and "held-back rewards so far" in dry["error"]), dry
+    assert client.get("/v1/stats")[1]["trainer"]["version"] == before["trainer"]["version"]
     # a good checkpoint is adopted as the next version
     st, ok = client.post("/v1/admin/load_checkpoint", {"path": world["checkpoint"]})
-    assert st == 200 and ok["policy_version"] == before["trainer"]["version"] + 1
+    assert st == 200 and ok["policy_version"] == before["trainer"]["version"] + 1 and ok["published"] is True
 
 
 def test_missing_token_source_fails_at_deploy(world, monkeypatch):
