@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"rounds": len(rows), "greedy_rounds_left_out": greedy_rows, "served_mean_reward": served,
                           "as": args.as_, "estimates": [asdict(r) for r in results]}, indent=1))
         return 0
-    print(f"{len(rows)} exploring rounds judged ({greedy_rows} greedy ones left out); the service earned "
+    print(f"{len(rows)} exploring rounds judged ({greedy_rows} greedy left out); the service earned "
           f"{served:+.4f} a round on them. Each checkpoint {'greedy' if args.as_ == 'greedy' else 'as served'}, ±95 %:")
-    print(f"{'checkpoint':<40} {'estimate':>18} {'vs served':>18} {'agrees':>7} {'eff. n':>8} {'est.':>5}")
+    print(f"{'checkpoint':<40} {'estimate':>16} {'vs served':>16} {'agrees':>7} {'eff. n':>8} {'est.':>5}")
     for r in results:
         print(f"{r.policy[-40:]:<40} {r.value:+.4f} ± {r.half_width:.4f} {r.vs_served:+.4f} ± {r.vs_served_half_width:.4f}"
               f" {r.agreement:>7.2f} {r.effective_rounds:>8.0f} {r.estimator:>5}"

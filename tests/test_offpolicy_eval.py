@@ -94,7 +94,7 @@ def test_a_readable_table_and_one_line_errors(logged, capsys, tmp_path):
 
     assert main([logged["strong"], "--config", logged["config"], "--last", "300"]) == 0
     out = capsys.readouterr().out
-    assert "260 exploring rounds judged (40 greedy ones left out)" in out and logged["strong"][-40:] in out
+    assert "260 exploring rounds judged (40 greedy left out)" in out and logged["strong"][-40:] in out
     assert main([str(tmp_path), "--config", logged["config"]]) == 2
     assert capsys.readouterr().err.startswith("barp ope: error: checkpoint: ")
     assert main([logged["strong"], "--config", logged["config"], "--last", "40"]) == 2  # only greedy rounds there
