@@ -119,3 +119,74 @@ def test_the_grafana_dashboard_queries_only_metrics_the_service_exports():
     plain = {m for m in queried if not any(m.endswith(s) for s in ("_bucket", "_count", "_sum"))}
     assert queried and (plain | histograms) <= exported, (plain | histograms) - exported
     assert exported <= plain | histograms, exported - (plain | histograms)  # every metric has a panel
+
+
+def _exported_metrics() -> dict[str, set[str]]:
+    """Each metric serve/metrics.py exports (with Ray's `ray_` prefix) and the labels it carries:
+    its tag keys, the ones Serve adds, and `le` for a histogram."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "serve" / "metrics.py").read_text()
+    out = {}
+    for kind, body in re.findall(r"metrics\.(Counter|Gauge|Histogram)\((.*?)\)\n", text, re.S):
+        name = re.search(r'"(barp_[a-z_]+)"', body).group(1)
+        tags = re.search(r"tag_keys=\(([^)]*)\)", body)
+        labels = set(re.findall(r'"(\w+)"', tags.group(1))) if tags else set()
+        labels |= {"deployment", "replica", "application", "SessionName", "instance", "job"}
+        if kind == "Histogram":
+            for suffix in ("_bucket", "_count", "_sum"):
+                out[f"ray_{name}{suffix}"] = labels | {"le"}
+        else:
+            out[f"ray_{name}"] = labels
+    return out
+
+
+def _selectors_and_groupings(node):
+    """(metric name, labels its matchers name) of every selector, and (labels grouped by, the
+    metric names below) of every aggregation, in a parsed PromQL expression."""
+    import promql_parser as pp
+
+    selectors, groupings = [], []
+
+    def names(n) -> set[str]:
+        if isinstance(n, pp.VectorSelector):
+            return {n.name}
+        return set().union(*(names(c) for c in children(n))) if children(n) else set()
+
+    def children(n) -> list:
+        kids = [getattr(n, a) for a in ("lhs", "rhs", "expr", "vector_selector", "param") if getattr(n, a, None) is not None]
+        return kids + list(getattr(n, "args", None) or [])
+
+    def walk(n) -> None:
+        if isinstance(n, pp.VectorSelector):
+            selectors.append((n.name, {m.name for m in n.matchers.matchers}))
+        if isinstance(n, pp.AggregateExpr) and n.modifier is not None:
+            groupings.append((set(n.modifier.labels), names(n)))
+        for c in children(n):
+            walk(c)
+
+    walk(node)
+    return selectors, groupings
+
+
+def test_the_alert_rules_parse_and_read_only_exported_metrics_and_labels():
+    import promql_parser
+
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "barp-alerts.yaml").read_text())
+    exported = _exported_metrics()
+    seen = set()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert rule["alert"].startswith("Barp") and rule["alert"] not in seen
+            seen.add(rule["alert"])
+            assert rule["labels"]["severity"] in ("info", "warning", "critical")
+            assert rule["annotations"]["summary"] and rule["annotations"]["action"]
+            selectors, groupings = _selectors_and_groupings(promql_parser.parse(rule["expr"]))
+            assert selectors, rule["alert"]
+            for name, labels in selectors:
+                assert name in exported, (rule["alert"], name)
+                assert labels <= exported[name] | {"__name__"}, (rule["alert"], name, labels - exported[name])
+            for labels, names in groupings:
+                assert all(labels <= exported[n] for n in names), (rule["alert"], labels, names)
+            if "$labels." in str(rule["annotations"]):  # a summary naming a label needs it kept by the expression
+                assert groupings and all("model" in g for g, _ in groupings), rule["alert"]
