@@ -15,6 +15,7 @@ COMMANDS = {
     "route": ("barp_ray.route_cli", "route prompts with a checkpoint, no cluster or Serve (arguments, stdin lines or JSONL)"),
     "calibrate": ("serve.budget", "the preference that spends a dollar budget per 1,000 routes on a sample of the traffic"),
     "ope": ("serve.offpolicy_eval", "estimate what checkpoints would earn on the service's logged traffic, before loading one"),
+    "replay": ("serve.log_replay", "train a checkpoint on the service's logged rewards as if it had been served; write it"),
     "import-feedback": ("serve.feedback_import", "move an old JSONL feedback log into the configured feedback store"),
 }
 

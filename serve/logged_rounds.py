@@ -7,11 +7,18 @@ train on them.
 """
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
 
 from serve.feedback_store import decode_vector
+
+
+def held_back(request_id: str, fraction: float) -> bool:
+    """Whether a round is in the held-back share `fraction` of all rounds: a fixed function of its
+    request id, so the trainer's gate, `barp replay` and `barp ope` split the same rounds alike."""
+    return zlib.crc32(request_id.encode()) % 10_000 < fraction * 10_000
 
 
 def offer_of(decision: dict) -> dict:

@@ -8,7 +8,8 @@ served model was drawn with, so another policy's value on the same rounds is est
 serving it: doubly robust with the checkpoint's own critic where it has one (unbiased whatever
 the critic's errors; the critic only narrows the interval), else self-normalised IPS.
 
-Only exploring rounds count: a greedy route was logged with probability 1 and says nothing about
+With `--holdout F`, only the share F of rounds that `barp replay --holdout F` never trained on
+is read (the newest `--last` rounds first, then that share of them). Only exploring rounds count: a greedy route was logged with probability 1 and says nothing about
 the models it did not pick. Each estimate has a 95 % interval and, paired round by round, its
 difference from what the service earned on those rounds. `--as greedy` scores the checkpoint's
 first choice; by default it is scored as the service would serve it, with its exploration.
@@ -42,18 +43,20 @@ class Estimate:
     effective_rounds: float  # Kish's effective sample size of the importance weights
 
 
-def exploring_rows(settings, last: int) -> tuple[list[dict], int]:
+def exploring_rows(settings, last: int, holdout: float | None = None) -> tuple[list[dict], int]:
     """The newest `last` rewarded rounds that were drawn from an exploring distribution, oldest
-    first, and how many greedy ones were left out."""
+    first (only those in the `holdout` share, if given), and how many greedy ones were left out."""
     from serve.feedback_db import open_database
     from serve.feedback_store import RewardReader
-    from serve.logged_rounds import logged_row
+    from serve.logged_rounds import held_back, logged_row
 
     reader = RewardReader(open_database(settings))
     try:
         records = reader.up_to(2**62, last)
     finally:
         reader.close()
+    if holdout is not None:
+        records = [r for r in records if held_back(r["request_id"], holdout)]
     rows = [logged_row(r) for r in records]
     kept = [r for r in rows if r["mode"] != "greedy" and r["mu"] < 1.0]
     return kept, len(rows) - len(kept)
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--last", type=int, default=5000, help="judge on the newest this many rewarded rounds")
     p.add_argument("--as", dest="as_", choices=("served", "greedy"), default="served",
                    help="served: with the service's exploration (what replicas would draw from); greedy: the first choice")
+    p.add_argument("--holdout", type=float, default=None,
+                   help="judge only on the rounds `barp replay --holdout` with this share never trained on")
     p.add_argument("--json", action="store_true", help="print the estimates as JSON")
     args = p.parse_args(argv)
     from barp_ray.policy import CheckpointError, RoutingPolicy
@@ -115,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.last < 1:
             raise OpeError(f"--last: must be >= 1, got {args.last}")
+        if args.holdout is not None and not 0 < args.holdout < 1:
+            raise OpeError(f"--holdout: must be in (0, 1), got {args.holdout}")
         settings = settings_from_config(args.config, args.set)
-        rows, greedy_rows = exploring_rows(settings, args.last)
+        rows, greedy_rows = exploring_rows(settings, args.last, args.holdout)
         if not rows:
             raise OpeError(f"feedback store: no rewarded exploring rounds among the newest {args.last} "
                            f"({greedy_rows} greedy ones say nothing about other models)")

@@ -30,7 +30,6 @@ import copy
 import json
 import tempfile
 import time
-import zlib
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ import torch
 from barp_ray.policy import RoutingPolicy, load_policy_state, policy_state
 from serve.checkpoint_anchor import CheckpointAnchor
 from serve.feedback_store import RewardReader
-from serve.logged_rounds import head_log_prices, logged_row, observations, offered_rows
+from serve.logged_rounds import head_log_prices, held_back, logged_row, observations, offered_rows
 from serve.reward_drift import drop_cut
 from serve.rollout_gate import HeldBack, RolloutGate
 from serve.state_store import StateStore
@@ -85,10 +84,6 @@ class GateRefused(ValueError):
     def __init__(self, message: str, estimate: dict | None = None):
         super().__init__(message)
         self.estimate = estimate
-
-
-def held_back(request_id: str, fraction: float) -> bool:
-    return zlib.crc32(request_id.encode()) % 10_000 < fraction * 10_000
 
 
 class ContinuousTrainer:
@@ -278,9 +273,9 @@ class ContinuousTrainer:
             return False
         return len(fresh) >= self.t.min_batch or time.time() - fresh[0]["feedback_time"] >= self.t.max_wait_s
 
-    def train_once(self) -> dict[str, Any] | None:
-        """One update if enough new feedback arrived; None otherwise."""
-        fresh = self.reader.after(self.offset, READ_LIMIT)
+    def train_once(self, limit: int = READ_LIMIT) -> dict[str, Any] | None:
+        """One update if enough new feedback arrived (at most `limit` rewards of it); None otherwise."""
+        fresh = self.reader.after(self.offset, limit)
         if not self._ready(fresh):
             return None
         trainable = sum(self._file(r) for r in fresh)

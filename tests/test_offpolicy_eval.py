@@ -40,12 +40,14 @@ def logged(tmp_path_factory):
     w_q = rng.uniform(0, 1, ROUNDS + GREEDY_ROUNDS)
     actions = rng.integers(0, k, ROUNDS + GREEDY_ROUNDS)
     store = FeedbackStore(root / "log", tau=policy.tau)
+    ids = []
     for n, (i, wq, a) in enumerate(zip(prompts, w_q, actions)):
         greedy = n >= ROUNDS  # logged with probability 1: they must be left out
         d = {"request_id": new_request_id(), "time": 0.0, "embedding": encode_vector(h[i]), "preference": [float(wq), 1 - float(wq)],
              "model": table.models[a], "behaviour_prob": 1.0 if greedy else 1.0 / k, "mode": "greedy" if greedy else "explore",
              "policy_version": 0, "models": list(table.models), "prices": None, "candidates": None}
         store.record_decision(d)
+        ids.append(d["request_id"])
         store.record_feedback(d["request_id"], float(table.scores[i, a]), float(table.costs[i, a]))
     store.close()
     # every model's true reward on each exploring round, from the full-information table
@@ -55,17 +57,18 @@ def logged(tmp_path_factory):
     config = root / "serve.yaml"
     config.write_text(yaml.safe_dump({"applications": [{"name": "barp", "import_path": "serve.app:app_builder", "args": {
         "checkpoint": strong, "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")}}}]}))
-    return {"strong": strong, "weak": weak, "h": h[i], "wq": wq, "truth": truth, "config": str(config)}
+    return {"strong": strong, "weak": weak, "h": h[i], "wq": wq, "truth": truth, "config": str(config), "ids": ids[:ROUNDS]}
 
 
-def _true_value(checkpoint: str, logged: dict, greedy: bool, epsilon: float = 0.1) -> float:
+def _true_value(checkpoint: str, logged: dict, greedy: bool, epsilon: float = 0.1, rounds=slice(None)) -> float:
     """The checkpoint's exact expected reward on the logged rounds: its distribution times the table."""
     from barp_ray.policy import RoutingPolicy
     from serve.exploration import exploring_distribution
 
-    p = RoutingPolicy.load(checkpoint).probabilities(logged["h"], np.stack([logged["wq"], 1 - logged["wq"]], 1))
+    h, wq = logged["h"][rounds], logged["wq"][rounds]
+    p = RoutingPolicy.load(checkpoint).probabilities(h, np.stack([wq, 1 - wq], 1))
     dist = np.eye(p.shape[1])[p.argmax(1)] if greedy else exploring_distribution(p, epsilon)
-    return float(np.mean((dist * logged["truth"]).sum(1)))
+    return float(np.mean((dist * logged["truth"][rounds]).sum(1)))
 
 
 @pytest.mark.parametrize("as_", ["served", "greedy"])
@@ -101,3 +104,34 @@ def test_a_readable_table_and_one_line_errors(logged, capsys, tmp_path):
     assert "no rewarded exploring rounds among the newest 40" in capsys.readouterr().err
     assert main([logged["strong"], "--config", logged["config"], "--set", "feedback.database=oracle"]) == 2
     assert "feedback.database" in capsys.readouterr().err
+
+
+def test_replay_trains_a_checkpoint_on_the_log_and_ope_judges_it_on_rounds_it_never_saw(logged, capsys, tmp_path):
+    """The workflow the README gives: `barp replay` a weak checkpoint over the logged rewards with a
+    held-out share, `barp ope --holdout` the result against it on that share, the truth agreeing."""
+    from serve.log_replay import main as replay
+    from serve.logged_rounds import held_back
+    from serve.offpolicy_eval import main as ope
+
+    out = tmp_path / "replayed"
+    assert replay([logged["weak"], "--out", str(out), "--config", logged["config"], "--holdout", "0.3", "--batch", "128"]) == 0
+    said = capsys.readouterr().out
+    assert f"wrote {out}" in said and "--holdout 0.3" in said
+    meta = json.loads((out / "barp_meta.json").read_text())
+    assert meta["replayed"]["holdout"] == 0.3 and meta["replayed"]["through_id"] == ROUNDS + GREEDY_ROUNDS
+    assert ope([str(out), logged["weak"], "--config", logged["config"], "--holdout", "0.3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    held = np.asarray([held_back(i, 0.3) for i in logged["ids"]])
+    assert report["rounds"] == held.sum() and 300 < held.sum() < 600
+    replayed, weak = report["estimates"]
+    assert replayed["estimator"] == "dr"  # the replayed checkpoint carries the learner's critic
+    truths = [_true_value(c, logged, greedy=False, rounds=held) for c in (str(out), logged["weak"])]
+    assert truths[0] > truths[1] + 0.05, truths  # it learned from the log
+    for est, truth in zip((replayed, weak), truths):
+        assert abs(est["value"] - truth) <= est["half_width"], (est, truth)
+    assert replayed["value"] > weak["value"] + 0.05
+    # one-line refusals
+    assert replay([logged["weak"], "--out", str(out), "--config", logged["config"]]) == 2
+    assert "--out: " in capsys.readouterr().err
+    assert replay([str(tmp_path / "none"), "--out", str(tmp_path / "x"), "--config", logged["config"]]) == 2
+    assert capsys.readouterr().err.startswith("barp replay: error: checkpoint: ") and not (tmp_path / "x").exists()
