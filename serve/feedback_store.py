@@ -4,8 +4,9 @@ In SQLite (one machine) or PostgreSQL (a cluster; `serve/feedback_db.py`); a fee
 is durable before its 2xx goes out, a decision's is not forced to disk on its own, so routing
 does not pay an fsync per request. Two tables:
   decisions  one row per routed request still waiting for feedback (request_id is the primary
-             key); a decision leaves this table when its feedback arrives or when the reward
-             wait time runs out (or it is withdrawn: its provider failed and the request went elsewhere), so the table holds the last `wait_s` of traffic, not all of it.
+             key); a decision leaves this table when its feedback arrives, when the reward wait
+             time runs out, or when it is withdrawn (its provider failed and the request went
+             elsewhere), so the table holds the last `wait_s` of traffic, not all of it.
   rewards    one row per joined outcome, with a monotonically increasing `id`: the continuous
              trainer reads `id > offset` and checkpoints `offset` with its weights, so "which
              rewards were used" is one integer. `request_id` is UNIQUE: the database itself refuses

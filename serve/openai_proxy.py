@@ -143,6 +143,7 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
         resp.release()
         raise failure(UpstreamError(429, f"upstream {model!r} is rate-limiting this service (HTTP 429)"))
     headers = {REQUEST_ID_HEADER: barp_info["request_id"]} if barp_info else {}
+
     async def priced(usage: Any) -> float | None:
         """Price a routed answer and keep the price with its decision, so feedback may omit the cost."""
         cost = answer_cost(usage, api.prices.get(model)) if barp_info else None
@@ -198,7 +199,8 @@ async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced
                 if chunk.get("usage"):
                     cost = await priced(chunk["usage"])
                 for choice in chunk.get("choices") or []:
-                    piece = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
+                    delta = choice.get("delta") if isinstance(choice, dict) else None
+                    piece = delta.get("content") if isinstance(delta, dict) else None
                     if isinstance(piece, str) and room > 0:
                         text.append(piece[:room])
                         room -= len(piece)
