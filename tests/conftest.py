@@ -9,6 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
 def _serve_as_shipped() -> None:
     """Every Ray this session starts (ray.init, `ray start`) serves the way the project ships:
     HAProxy ingress + Serve's throughput-optimised mode (serve/ray_env.py). An ingress replica
@@ -21,7 +24,7 @@ def _serve_as_shipped() -> None:
 
     serve_as_shipped()
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
-    for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+    for k in HAPROXY_PORTS:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ.setdefault(k, str(s.getsockname()[1]))
@@ -56,6 +59,31 @@ def train_small(root, *sets: str) -> str:
     start_local_ray()
     cfg = apply_overrides(load_config(None), ["data.synthetic_prompts=600", *sets, f"output.checkpoint_dir={root / 'ckpt'}"])
     return train(cfg, progress=False).checkpoint
+
+
+def stop_serve(timeout_s: float = 15.0) -> None:
+    """`serve.shutdown()`, then no HAProxy of the app may outlive it. One did in a CI run (Ray 2.60):
+    the next app's HAProxy could not bind the session's stats port, and every later Serve test in
+    the session failed with connection refused. So wait for the session's HAProxy stats and
+    metrics ports to be released, and stop whatever still listens on them after `timeout_s`."""
+    import contextlib
+    import time
+
+    import psutil
+    from ray import serve
+
+    serve.shutdown()
+    ports = {int(os.environ[k]) for k in HAPROXY_PORTS}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        holders = {c.pid for c in psutil.net_connections("tcp")
+                   if c.status == psutil.CONN_LISTEN and c.laddr.port in ports and c.pid}
+        if not holders or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for pid in holders:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
 
 
 def declarative_app(checkpoint: str, root, topology: str, port: int):

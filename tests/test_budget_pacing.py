@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from http_client import TOKEN, Client, free_port
+from conftest import stop_serve  # noqa: E402
 from serve.settings import SettingsError, live_budget
 
 PROMPTS = ["write a sql query that joins two tables", "a sonnet about the sea", "prove that sqrt(2) is irrational",
@@ -149,7 +150,7 @@ def test_routes_without_a_preference_are_paced_to_the_live_budget(world, topolog
         st, r = client.post("/v1/route", {"prompt": PROMPTS[1]})
         assert st == 200 and r["preference"] == [0.8, 0.2], r
     finally:
-        serve.shutdown()
+        stop_serve()
 
 
 def test_the_pacer_scans_early_once_then_every_interval_and_skips_routes_of_an_old_model_set(world):
@@ -227,4 +228,4 @@ def test_the_trainer_passes_live_bills_to_the_routers_pacing(world):
             assert time.time() < deadline, pacing
         assert pacing["preference"] == [0.0, 1.0], pacing
     finally:
-        serve.shutdown()
+        stop_serve()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from http_client import TOKEN, Client, free_port
+from conftest import stop_serve  # noqa: E402
 from serve.settings import SettingsError, settings_from_args
 from serve.upstream_health import UpstreamHealth
 
@@ -89,7 +90,7 @@ def service(tmp_path_factory):
     client.meta = json.loads((Path(checkpoint) / "barp_meta.json").read_text())  # the served prices and tau
     client.log_dir = root / "log"
     yield client, upstream
-    serve.shutdown()
+    stop_serve()
     upstream.close()
 
 

@@ -13,6 +13,7 @@ from barp_ray.config import apply_overrides, load_config
 from barp_ray.data.prepare import split_tables
 from barp_ray.training.run import train
 from http_client import TOKEN, Client, feedback_rounds, free_port, load_kill_load, stored_reward_ids
+from conftest import stop_serve  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -53,7 +54,7 @@ def colo(request, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app_builder(args), name="barp", route_prefix="/")
     yield {"client": Client(port), "store": store, "table": split_tables(cfg.data)[0]}
-    serve.shutdown()
+    stop_serve()
 
 
 def test_no_router_deployment_and_every_ingress_replica_routes(colo):

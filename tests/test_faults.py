@@ -17,6 +17,7 @@ from barp_ray.config import apply_overrides, load_config
 from barp_ray.data.prepare import split_tables
 from barp_ray.training.run import train
 from http_client import TOKEN, Client, feedback_rounds, free_port, load_kill_load, stored_reward_ids
+from conftest import stop_serve  # noqa: E402
 from openai_upstream import Upstream
 
 
@@ -51,7 +52,7 @@ def svc(tmp_path_factory):
         return Client(port)
 
     yield {"client": deploy(), "deploy": deploy, "root": root, "table": table}
-    serve.shutdown()
+    stop_serve()
     upstream.close()
 
 

@@ -15,6 +15,7 @@ import pytest
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.training.run import train
 from http_client import TOKEN, Client, free_port
+from conftest import stop_serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -120,4 +121,4 @@ def test_offered_models_and_prices_change_in_place_with_no_failed_request(mc_wor
             with pytest.raises(SettingsError, match=field.replace(".", r"\.")):
                 app_builder({**args, "models": bad})  # in `args`: refused before anything is deployed
     finally:
-        serve.shutdown()
+        stop_serve()

@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import stop_serve
+
 from barp_ray.config import apply_overrides, load_config
 
 MB = 1024**2
@@ -123,7 +125,7 @@ def test_colocated_routing_on_sqlite_refuses_an_ingress_replica_off_the_feedback
         message = app.deployments["RouterAPI"].message
         assert "topology: colocated with feedback.database sqlite" in message and "postgresql" in message, message
     finally:
-        serve.shutdown()
+        stop_serve()
 
 
 @pytest.mark.drill
@@ -196,7 +198,7 @@ def test_serving_survives_losing_the_node_with_the_store_client_and_the_trainer(
         stats = client.get("/v1/stats")[1]
         where_after = {n: set(_actor_nodes(n).values()) for n in ("TrainerDeployment", "FeedbackLogDeployment")}
     finally:
-        serve.shutdown()
+        stop_serve()
     route_failures = [f for f in failures if f[0] == "route"]
     print(f"node loss: {accepted_before} feedback accepted before, {len(accepted) - accepted_before} after "
           f"(recovered in {recovered_s:.0f}s); failed routes {len(route_failures)}, failed feedback "

@@ -16,6 +16,7 @@ import pytest
 from barp_ray.config import apply_overrides, load_config
 from barp_ray.training.run import train
 from http_client import TOKEN, Client, free_port, wait_for
+from conftest import stop_serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -365,7 +366,7 @@ def test_the_service_on_postgresql_keeps_every_accepted_feedback_once_and_learns
         assert stats["log"]["rewards"] == len(accepted) == 80, stats["log"]
         assert stats["trainer"]["offset"] == stats["log"]["last_id"] and stats["trainer"]["version"] >= 1, stats["trainer"]
     finally:
-        serve.shutdown()
+        stop_serve()
     stored = RewardReader(PostgresDatabase(postgres_url, "test")).request_ids()
     assert sorted(stored) == sorted(accepted) and len(set(stored)) == len(stored)
     secret = postgres_url.split("?")[-1]  # the socket directory, the part unique to this server
@@ -381,7 +382,7 @@ def live(checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("live")
     client = _deploy(checkpoint, root, free_port(), exploration={"epsilon": 0.1}, feedback={"wait_s": 4, "retire_every_s": 0.5})
     yield client
-    serve.shutdown()
+    stop_serve()
 
 
 def test_the_service_adapts_to_a_new_world_and_again_after_a_shift(live, checkpoint):

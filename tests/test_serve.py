@@ -23,6 +23,7 @@ UPSTREAM_KEY = "sk-upstream-" + "fedcba9876543210"
 
 
 from http_client import TOKEN, Client, free_port as _free_port, stored_reward_ids  # noqa: E402
+from conftest import stop_serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def client(world):
 
     c = deploy(world, _free_port())
     yield c
-    serve.shutdown()
+    stop_serve()
 
 
 def simulate_rounds(client, table, rows, mode="sample"):
