@@ -36,7 +36,7 @@ from barp_ray.prompt_stats import text_stats
 from serve.guard import GuardError, PromptLimiter, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
-                           RouteResponse)
+                           RouteResponse, WithdrawRequest, WithdrawResponse)
 from serve.routing import take_offer
 from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_offer, settings_from_args
 
@@ -94,6 +94,15 @@ class FeedbackLogDeployment:
 
     async def withdraw_decisions(self, request_ids: list[str]) -> int:
         return await asyncio.to_thread(self.store.withdraw_decisions, request_ids)
+
+    async def withdraw(self, request_id: str) -> dict:
+        from serve.feedback_store import FeedbackError
+
+        try:
+            await asyncio.to_thread(self.store.withdraw, request_id)
+        except FeedbackError as e:
+            return {"ok": False, "status": e.status, "error": str(e)}
+        return {"ok": True}
 
     def retire_now(self, now: float | None = None) -> int:
         return self.store.retire_expired(now)
@@ -527,6 +536,20 @@ class RouterAPI:
         if not res["ok"]:
             return _error(res["status"], res["error"])
         return FeedbackResponse(request_id=req.request_id, reward=res["record"]["reward"], sequence=res["record"]["id"])
+
+    @api.post("/v1/feedback/withdraw", response_model=WithdrawResponse, responses=errors(404, 409, 410, 422, 503))
+    async def withdraw_route(self, req: WithdrawRequest):
+        """No answer to rate for a routed request (the client called the model's provider itself and
+        it failed): the decision is taken back, never trained on, as chat failover does."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        try:
+            res = await _call_with_retry(self.log.withdraw, req.request_id)
+        except (RayActorError, ActorUnavailableError):
+            return _error(503, "feedback log: unavailable, nothing was withdrawn; retry shortly")
+        if not res["ok"]:
+            return _error(res["status"], res["error"])
+        return WithdrawResponse(request_id=req.request_id)
 
     @api.get("/v1/models")
     async def models(self) -> dict:

@@ -148,18 +148,9 @@ class FeedbackStore:
             found = self.db.execute("SELECT id, score, cost, reward, defaulted FROM rewards WHERE request_id = ?",
                                     (request_id,))
             done = found[0] if found else None
-            if done is not None and done[4]:
-                raise ExpiredRequest(f"request_id: feedback for {request_id!r} came after the reward wait time "
-                                     f"({self.wait_s:g} s); the decision was closed with the default reward")
-            if done is not None:
-                if replay and done[1] == score and (cost is None or done[2] == cost):
-                    return {"request_id": request_id, "id": done[0], "score": score, "cost": done[2], "reward": done[3]}
-                raise DuplicateFeedback(f"request_id: feedback for {request_id!r} was already recorded")
-            t = routed_at(request_id)
-            if t is not None and time.time() - t > self.wait_s:
-                raise ExpiredRequest(f"request_id: feedback for {request_id!r} came after the reward wait time "
-                                     f"({self.wait_s:g} s); the decision was retired and this feedback changes nothing")
-            raise UnknownRequest(f"request_id: unknown request {request_id!r}")
+            if done is not None and not done[4] and replay and done[1] == score and (cost is None or done[2] == cost):
+                return {"request_id": request_id, "id": done[0], "score": score, "cost": done[2], "reward": done[3]}
+            self._not_pending(request_id, done)
         decision = json.loads(row[0])
         if cost is None:
             cost = decision.get("answer_cost")
@@ -181,13 +172,41 @@ class FeedbackStore:
         provider outage never teaches the policy that the model was bad for the prompt. Feedback
         for a withdrawn id is then an unknown request (404). Returns how many were pending."""
         with self.db.transaction(durable=False):
-            gone = 0
-            for rid in request_ids:
-                gone += len(self.db.execute("DELETE FROM decisions WHERE request_id = ? RETURNING request_id", (rid,)))
-            if gone:
-                self.db.execute("INSERT INTO counters (name, value) VALUES ('withdrawn', ?) "
-                                "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (gone,))
+            return self._delete_pending(request_ids)
+
+    def _delete_pending(self, request_ids: list[str]) -> int:
+        gone = 0
+        for rid in request_ids:
+            gone += len(self.db.execute("DELETE FROM decisions WHERE request_id = ? RETURNING request_id", (rid,)))
+        if gone:
+            self.db.execute("INSERT INTO counters (name, value) VALUES ('withdrawn', ?) "
+                            "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (gone,))
         return gone
+
+    def _not_pending(self, request_id: str, done: tuple | None) -> None:
+        """Raise the error for feedback (or a withdrawal) on a request that is not pending; `done`:
+        its row in rewards, if any."""
+        if done is not None and done[4]:
+            raise ExpiredRequest(f"request_id: feedback for {request_id!r} came after the reward wait time "
+                                 f"({self.wait_s:g} s); the decision was closed with the default reward")
+        if done is not None:
+            raise DuplicateFeedback(f"request_id: feedback for {request_id!r} was already recorded")
+        t = routed_at(request_id)
+        if t is not None and time.time() - t > self.wait_s:
+            raise ExpiredRequest(f"request_id: feedback for {request_id!r} came after the reward wait time "
+                                 f"({self.wait_s:g} s); the decision was retired and this feedback changes nothing")
+        raise UnknownRequest(f"request_id: unknown request {request_id!r} (or already withdrawn)")
+
+    def withdraw(self, request_id: str) -> None:
+        """A client's word that a routed request got no answer to rate (it called the provider
+        itself, and that failed): the decision is withdrawn as `withdraw_decisions` does, durably;
+        refused as feedback would be when the request is not pending."""
+        with self.db.transaction(durable=True):
+            if self._delete_pending([request_id]):
+                return
+            found = self.db.execute("SELECT id, score, cost, reward, defaulted FROM rewards WHERE request_id = ?",
+                                    (request_id,))
+            self._not_pending(request_id, found[0] if found else None)
 
     def retire_expired(self, now: float | None = None) -> int:
         """Close every decision older than the wait time: default reward, or dropped. Returns how many."""

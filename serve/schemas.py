@@ -105,6 +105,16 @@ class FeedbackRequest(BaseModel):
                                   description="dollars the call cost; may be left out for a chat answer the service priced (its `barp.cost`)")
 
 
+class WithdrawRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(..., min_length=1, max_length=128)
+
+
+class WithdrawResponse(BaseModel):
+    request_id: str
+    withdrawn: bool = True
+
+
 class FeedbackResponse(BaseModel):
     request_id: str
     reward: float

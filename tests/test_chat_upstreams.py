@@ -305,3 +305,21 @@ def test_the_judge_grades_priced_answers_as_their_feedback(service):
         assert st == 200, f
     finally:
         upstream.server.judge_reply = "I cannot grade this."
+
+
+def test_a_route_only_client_withdraws_a_route_whose_provider_failed(service):
+    """The /v1/route counterpart of chat failover: a client that calls providers itself says a
+    routed request got no answer, and the decision is never trained on."""
+    client, _ = service
+    st, r = client.post("/v1/route", {"prompt": "Sum the first ten primes.", "preference": 0.5})
+    assert st == 200, r
+    assert Client(client.port, token=None).post("/v1/feedback/withdraw", {"request_id": r["request_id"]})[0] == 401
+    before = _log(client)["log"]
+    st, w = client.post("/v1/feedback/withdraw", {"request_id": r["request_id"]})
+    assert st == 200 and w == {"request_id": r["request_id"], "withdrawn": True}, w
+    after = _log(client)["log"]
+    assert after["withdrawn"] == before["withdrawn"] + 1 and after["pending"] == before["pending"] - 1
+    st, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": 1.0, "cost": 0.001})
+    assert st == 404 and "already withdrawn" in f["error"], f
+    st, w = client.post("/v1/feedback/withdraw", {"request_id": r["request_id"]})
+    assert st == 404, w

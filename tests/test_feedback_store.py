@@ -108,6 +108,27 @@ def test_a_withdrawn_decision_is_never_rewarded_nor_retired(feedback_db, on_miss
         ([kept["request_id"]] if on_missing == "default" else [])
 
 
+def test_a_client_withdraws_a_route_it_got_no_answer_for(feedback_db):
+    store = FeedbackStore(feedback_db(), tau=TAU, wait_s=60)
+    pending, rewarded = decision(), decision()
+    store.record_decisions([pending, rewarded])
+    store.record_feedback(rewarded["request_id"], 1.0, 0.001)
+    store.withdraw(pending["request_id"])
+    assert store.counts()["withdrawn"] == 1 and store.counts()["pending"] == 0
+    with pytest.raises(UnknownRequest, match="already withdrawn"):
+        store.withdraw(pending["request_id"])
+    with pytest.raises(UnknownRequest):
+        store.record_feedback(pending["request_id"], 1.0, 0.0)
+    with pytest.raises(DuplicateFeedback):  # it has its outcome already: nothing to take back
+        store.withdraw(rewarded["request_id"])
+    late = decision(now=time.time() - 120)
+    store.record_decision(late)
+    store.retire_expired()
+    with pytest.raises(ExpiredRequest):
+        store.withdraw(late["request_id"])
+    assert store.counts()["withdrawn"] == 1
+
+
 def test_feedback_may_leave_out_a_cost_the_service_priced(feedback_db):
     from serve.feedback_store import MissingCost
 
