@@ -41,6 +41,10 @@ class Estimate:
     vs_served_half_width: float
     agreement: float  # mean probability it gives the model that was served
     effective_rounds: float  # Kish's effective sample size of the importance weights
+    bands: list[dict] | None = None  # the same per w_q band (`--by-preference`)
+
+
+BANDS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def exploring_rows(settings, last: int, holdout: float | None = None) -> tuple[list[dict], int]:
@@ -62,7 +66,8 @@ def exploring_rows(settings, last: int, holdout: float | None = None) -> tuple[l
     return kept, len(rows) - len(kept)
 
 
-def estimate(name: str, policy, rows: list[dict], greedy: bool, epsilon: float, temperature: float) -> Estimate:
+def estimate(name: str, policy, rows: list[dict], greedy: bool, epsilon: float, temperature: float,
+             by_preference: bool = False) -> Estimate:
     import torch
 
     from barp_ray.rl_module import ALLOWED, LOG_PRICE
@@ -89,16 +94,27 @@ def estimate(name: str, policy, rows: list[dict], greedy: bool, epsilon: float, 
     rewards = np.asarray([r["reward"] for r in offered], dtype=np.float64)
     estimator = "dr" if q is not None and q.ndim == 2 else "snips"
     q = q if estimator == "dr" else np.zeros_like(target)
-    ones = np.ones(len(actions))
-    terms = dr_terms(target, q, actions, logged, rewards, ones)
-    rho = target[np.arange(len(actions)), actions] / logged
-    return Estimate(
-        policy=name, estimator=estimator, rounds=len(actions),
-        value=dr_value(target, q, actions, logged, rewards, ones),
-        half_width=Z95 * weighted_mean_se(terms, ones),
-        vs_served=float(np.mean(terms - rewards)), vs_served_half_width=Z95 * weighted_mean_se(terms - rewards, ones),
-        agreement=float(np.mean(target[np.arange(len(actions)), actions])),
-        effective_rounds=float(rho.sum() ** 2 / max(np.sum(rho**2), 1e-12)))
+
+    def summary(keep: np.ndarray) -> dict:
+        t, a, mu, r, qq = target[keep], actions[keep], logged[keep], rewards[keep], q[keep]
+        ones = np.ones(len(a))
+        terms = dr_terms(t, qq, a, mu, r, ones)
+        chosen = t[np.arange(len(a)), a]
+        rho = chosen / mu
+        return {"rounds": int(keep.sum()), "value": dr_value(t, qq, a, mu, r, ones),
+                "half_width": Z95 * weighted_mean_se(terms, ones), "vs_served": float(np.mean(terms - r)),
+                "vs_served_half_width": Z95 * weighted_mean_se(terms - r, ones), "agreement": float(np.mean(chosen)),
+                "effective_rounds": float(rho.sum() ** 2 / max(np.sum(rho**2), 1e-12))}
+
+    bands = None
+    if by_preference:
+        w_q = obs["preference"].numpy()[:, 0]
+        bands = []
+        for lo, hi in zip(BANDS[:-1], BANDS[1:]):
+            keep = (w_q >= lo) & ((w_q < hi) if hi < 1 else (w_q <= hi))
+            if keep.sum() >= 2:
+                bands.append({"w_q": [lo, hi], **summary(keep)})
+    return Estimate(policy=name, estimator=estimator, **summary(np.ones(len(actions), dtype=bool)), bands=bands)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="served: with the service's exploration (what replicas would draw from); greedy: the first choice")
     p.add_argument("--holdout", type=float, default=None,
                    help="judge only on the rounds `barp replay --holdout` with this share never trained on")
+    p.add_argument("--by-preference", action="store_true",
+                   help="also estimate each checkpoint per w_q band (0-0.2, ..., 0.8-1): where along the trade-off it wins")
     p.add_argument("--json", action="store_true", help="print the estimates as JSON")
     args = p.parse_args(argv)
     from barp_ray.policy import CheckpointError, RoutingPolicy
@@ -135,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 policy = RoutingPolicy.load(path)
             except CheckpointError as err:
                 raise OpeError(f"checkpoint: {err}") from None
-            results.append(estimate(path, policy, rows, args.as_ == "greedy", e.epsilon, e.temperature))
+            results.append(estimate(path, policy, rows, args.as_ == "greedy", e.epsilon, e.temperature, args.by_preference))
     except (OpeError, SettingsError, DatabaseError, OSError) as err:
         print(f"barp ope: error: {err}", file=sys.stderr)
         return 2
@@ -150,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.policy[-40:]:<40} {r.value:+.4f} ± {r.half_width:.4f} {r.vs_served:+.4f} ± {r.vs_served_half_width:.4f}"
               f" {r.agreement:>7.2f} {r.effective_rounds:>8.0f} {r.estimator:>5}"
               + ("" if r.rounds == len(rows) else f"  ({r.rounds} rounds served one of its models)"))
+        for b in r.bands or []:
+            band = f"  w_q {b['w_q'][0]:.1f}-{b['w_q'][1]:.1f} ({b['rounds']} rounds)"
+            print(f"{band:<40} {b['value']:+.4f} ± {b['half_width']:.4f} {b['vs_served']:+.4f} ± {b['vs_served_half_width']:.4f}"
+                  f" {b['agreement']:>7.2f} {b['effective_rounds']:>8.0f}")
     return 0
 
 

@@ -135,3 +135,23 @@ def test_replay_trains_a_checkpoint_on_the_log_and_ope_judges_it_on_rounds_it_ne
     assert "--out: " in capsys.readouterr().err
     assert replay([str(tmp_path / "none"), "--out", str(tmp_path / "x"), "--config", logged["config"]]) == 2
     assert capsys.readouterr().err.startswith("barp replay: error: checkpoint: ") and not (tmp_path / "x").exists()
+
+
+def test_estimates_per_preference_band_cover_each_bands_truth(logged, capsys):
+    from serve.offpolicy_eval import main
+
+    assert main([logged["strong"], logged["weak"], "--config", logged["config"], "--by-preference", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for est, path in zip(out["estimates"], (logged["strong"], logged["weak"])):
+        bands = est["bands"]
+        assert [b["w_q"] for b in bands] == [[0.0, 0.2], [0.2, 0.4], [0.4, 0.6], [0.6, 0.8], [0.8, 1.0]]
+        assert sum(b["rounds"] for b in bands) == ROUNDS
+        covered = 0
+        for b in bands:
+            lo, hi = b["w_q"]
+            keep = (logged["wq"] >= lo) & ((logged["wq"] < hi) if hi < 1 else (logged["wq"] <= hi))
+            assert b["rounds"] == keep.sum()
+            covered += abs(b["value"] - _true_value(path, logged, greedy=False, rounds=keep)) <= b["half_width"]
+        assert covered >= 4, (path, bands)
+    assert main([logged["strong"], "--config", logged["config"], "--by-preference"]) == 0
+    assert "  w_q 0.8-1.0 (" in capsys.readouterr().out
