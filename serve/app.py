@@ -95,6 +95,9 @@ class FeedbackLogDeployment:
     async def withdraw_decisions(self, request_ids: list[str]) -> int:
         return await asyncio.to_thread(self.store.withdraw_decisions, request_ids)
 
+    async def is_pending(self, request_id: str) -> bool:
+        return await asyncio.to_thread(self.store.is_pending, request_id)
+
     async def withdraw(self, request_id: str) -> dict:
         from serve.feedback_store import FeedbackError
 
@@ -430,7 +433,7 @@ class RouterAPI:
         self.upstream_health = UpstreamHealth(f.failures_to_open, f.cooldown_s, on_change=self.metrics.breaker)
         from serve.judge import Judge
 
-        self.judge = Judge(settings.judge, self.upstreams, self._judged_feedback, self.metrics.judged)
+        self.judge = Judge(settings.judge, self.upstreams, self._judged_feedback, self.metrics.judged, self._still_pending)
         from serve.guard import STATE
 
         STATE.update(
@@ -502,6 +505,14 @@ class RouterAPI:
             await _call_with_retry(self.log.withdraw_decisions, [request_id])
         except Exception as e:  # noqa: BLE001 - the client's answer matters more than this bookkeeping
             logger.warning("withdrawing a failed chat route failed: %s", type(e).__name__)
+
+    async def _still_pending(self, request_id: str) -> bool:
+        """Whether the request still waits for feedback (the judge's `defer_s` check); if the log
+        cannot say, the judge goes ahead (a duplicate is refused by the store anyway)."""
+        try:
+            return await _call_with_retry(self.log.is_pending, request_id)
+        except Exception:  # noqa: BLE001
+            return True
 
     async def _judged_feedback(self, request_id: str, score: float) -> str:
         """The judge's grade as the request's feedback, at the cost the service priced."""

@@ -166,6 +166,10 @@ class FeedbackStore:
         self.db.execute("DELETE FROM decisions WHERE request_id = ?", (request_id,))
         return {**record, "id": int(new_id)}
 
+    def is_pending(self, request_id: str) -> bool:
+        with self.db.lock:
+            return bool(self.db.execute("SELECT 1 FROM decisions WHERE request_id = ?", (request_id,)))
+
     def withdraw_decisions(self, request_ids: list[str]) -> int:
         """Remove pending decisions that will never have an outcome to rate (their model's provider
         failed and the request went to another model): neither dropped nor defaulted later, so a

@@ -10,11 +10,12 @@ model. An answer that could not be priced is not graded: a reward needs a cost.
 What the judge sees: the prompt the router read (the last user message, not the whole
 conversation) and the answer, cut to `judge.max_answer_chars`. The router then learns the judge's
 taste, biases included (judges favour long answers and their own family): use a judge you trust
-on your tasks, or scores from your users. The first feedback for a request wins: a client that
-posts its own score before the judge keeps it, and the judge's is dropped.
+on your tasks, or scores from your users. The first feedback for a request wins. To mix in your
+users' own scores where they give one, set `judge.defer_s`: the judge waits that long, and an
+answer whose feedback has arrived meanwhile is not graded (nor paid for).
 
 Grading runs in the background of the ingress replica (at most `judge.max_concurrent` at once;
-an answer beyond that is not graded). A replica that stops mid-grading loses that grade; the
+an answer that finds every slot busy when its turn comes is not graded). A replica that stops mid-grading loses that grade; the
 decision then retires at the reward wait time as any unanswered one does.
 """
 from __future__ import annotations
@@ -43,11 +44,13 @@ def parse_grade(text: Any) -> float | None:
 
 class Judge:
     """`post(request_id, score)` records the score as feedback (the cost is the priced one) and
-    returns the outcome for the metric: scored, client_first, or refused."""
+    returns the outcome for the metric: scored, client_first, or refused. `pending(request_id)`:
+    whether the request still waits for feedback (read after `defer_s`)."""
 
     def __init__(self, settings: JudgeSettings, upstreams, post: Callable[[str, float], Awaitable[str]],
-                 count: Callable[[str], None], rng: random.Random | None = None):
-        self.settings, self.upstreams, self.post, self.count = settings, upstreams, post, count
+                 count: Callable[[str], None], pending: Callable[[str], Awaitable[bool]] | None = None,
+                 rng: random.Random | None = None):
+        self.settings, self.upstreams, self.post, self.count, self.pending = settings, upstreams, post, count, pending
         self.rng = rng or random.Random()
         self._slots = asyncio.Semaphore(settings.max_concurrent) if settings.model else None
         self._tasks: set[asyncio.Task] = set()  # referenced until done, or the loop may drop them
@@ -56,9 +59,8 @@ class Judge:
         return self.settings.model is not None and self.rng.random() < self.settings.share
 
     def submit(self, request_id: str, prompt: str, answer: str) -> bool:
-        """Grade in the background; False (not graded) when every slot is busy."""
-        if self._slots is None or self._slots.locked():
-            self.count("busy")
+        """Grade in the background (after `defer_s`); False when no judge is configured."""
+        if self._slots is None:
             return False
         task = asyncio.get_running_loop().create_task(self._grade(request_id, prompt, answer))
         self._tasks.add(task)
@@ -67,6 +69,14 @@ class Judge:
 
     async def _grade(self, request_id: str, prompt: str, answer: str) -> None:
         s = self.settings
+        if s.defer_s > 0:
+            await asyncio.sleep(s.defer_s)
+            if self.pending is not None and not await self.pending(request_id):
+                self.count("client_first")
+                return
+        if self._slots.locked():
+            self.count("busy")
+            return
         async with self._slots:
             payload = {"model": s.model, "temperature": 0, "max_tokens": 8, "messages": [
                 {"role": "system", "content": s.instructions},

@@ -176,7 +176,7 @@ class BarpInfo(BaseModel):
         None, description="dollars this answer cost at the served prices, from the provider's token usage (absent without usage or prices; "
                           "streamed: not in the first chunk, but kept for feedback when the stream reports usage)")
     judged: Optional[bool] = Field(
-        None, description="true: the service's judge will grade this answer and post its score (feedback of your own counts if it comes first)")
+        None, description="true: handed to the service's judge, which grades it after judge.defer_s unless your own feedback came first")
     failed_over: Optional[list[FailedUpstream]] = Field(
         None, description="models whose provider failed on this request before `model` answered, in turn (absent when none did)")
 

@@ -266,6 +266,9 @@ class JudgeSettings:
     max_concurrent: int = 8  # gradings in flight per ingress replica; an answer beyond them is not graded
     max_answer_chars: int = 8000  # the answer is cut to this for the judge
     instructions: str = JUDGE_INSTRUCTIONS
+    # Seconds to wait before grading: a client's own score that arrives first is kept and the judge
+    # is not called. 0: grade at once (then a client's later score is a duplicate).
+    defer_s: float = 0.0
 
     def validate(self, upstreams: dict) -> None:
         if self.model is not None and self.model not in upstreams:
@@ -278,6 +281,8 @@ class JudgeSettings:
                 raise SettingsError(f"judge.{name}: must be an integer >= 1, got {v!r}")
         if not isinstance(self.instructions, str) or not self.instructions.strip():
             raise SettingsError("judge.instructions: must be a non-empty string")
+        if isinstance(self.defer_s, bool) or not isinstance(self.defer_s, (int, float)) or not 0 <= self.defer_s <= 3600:
+            raise SettingsError(f"judge.defer_s: must be a number of seconds in [0, 3600], got {self.defer_s!r}")
 
 
 TOPOLOGIES = ("colocated", "split")

@@ -56,10 +56,14 @@ def test_a_breaker_opens_after_failures_in_a_row_and_closes_on_an_answer():
     ({"failures_to_open": 1.5}, "failover.failures_to_open: must be an integer >= 1"),
     ({"cooldown_s": 0}, "failover.cooldown_s: must be a number > 0"),
     ({"retry": 2}, "failover: unknown field(s) ['retry']"),
+    ({"judge": {"model": "gpt-judge"}}, "judge.model: needs an entry under upstreams"),
+    ({"judge": {"share": 0}}, "judge.share: must be a number in (0, 1]"),
+    ({"judge": {"defer_s": -1}}, "judge.defer_s: must be a number of seconds in [0, 3600]"),
+    ({"judge": {"max_concurrent": 0}}, "judge.max_concurrent: must be an integer >= 1"),
 ])
-def test_bad_failover_settings_are_refused_naming_the_field(raw, error):
+def test_bad_failover_and_judge_settings_are_refused_naming_the_field(raw, error):
     with pytest.raises(SettingsError) as e:
-        settings_from_args({"failover": raw})
+        settings_from_args(raw if "judge" in raw else {"failover": raw})
     assert str(e.value).startswith(error), e.value
 
 
@@ -84,7 +88,7 @@ def service(tmp_path_factory):
         "trainer": {"state_dir": str(root / "trainer"), "enabled": False},
         "upstreams": upstreams, "upstream_retries": 0, "upstream_timeout_s": 5,
         "failover": {"attempts": 2, "failures_to_open": 2, "cooldown_s": 2},
-        "judge": {"model": "judge"},  # its reply is no grade unless a test sets one: then nothing is posted
+        "judge": {"model": "judge", "defer_s": 0.5},  # its reply is no grade unless a test sets one: then nothing is posted
     }), name="barp", route_prefix="/")
     client = Client(port)
     client.meta = json.loads((Path(checkpoint) / "barp_meta.json").read_text())  # the served prices and tau
@@ -293,6 +297,13 @@ def test_the_judge_grades_priced_answers_as_their_feedback(service):
         assert rec is not None and rec["score"] == 0.8, rec
         assert [b for b in upstream.bodies if b["model"] == "judge"][-1]["messages"][-1]["content"].endswith(
             f"answer from {rec['model']}")
+        # a client's score within judge.defer_s is kept, and the judge is never called for that answer
+        graders = upstream.calls["judge"]
+        st, r = _chat(client, ["chat-8b", "math-15b"])
+        st, f = client.post("/v1/feedback", {"request_id": r["barp"]["request_id"], "score": 0.3})
+        assert st == 200 and r["barp"]["judged"] is True, f
+        time.sleep(1.5)
+        assert upstream.calls["judge"] == graders and _reward_of(client.log_dir, r["barp"]["request_id"])["score"] == 0.3
         # a reply with no grade posts nothing: the client's feedback is then the one taken
         upstream.server.judge_reply = "It depends."
         graders = upstream.calls["judge"]
