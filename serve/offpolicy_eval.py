@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 Z95 = 1.959964
+FEW = 30  # effective rounds below which an interval's normal approximation is not to be trusted
 
 
 class OpeError(ValueError):
@@ -164,14 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} exploring rounds judged ({greedy_rows} greedy left out); the service earned "
           f"{served:+.4f} a round on them. Each checkpoint {'greedy' if args.as_ == 'greedy' else 'as served'}, ±95 %:")
     print(f"{'checkpoint':<40} {'estimate':>16} {'vs served':>16} {'agrees':>7} {'eff. n':>8} {'est.':>5}")
+    few = False
     for r in results:
+        few |= r.effective_rounds < FEW
         print(f"{r.policy[-40:]:<40} {r.value:+.4f} ± {r.half_width:.4f} {r.vs_served:+.4f} ± {r.vs_served_half_width:.4f}"
-              f" {r.agreement:>7.2f} {r.effective_rounds:>8.0f} {r.estimator:>5}"
+              f" {r.agreement:>7.2f} {r.effective_rounds:>7.0f}{'*' if r.effective_rounds < FEW else ' '} {r.estimator:>5}"
               + ("" if r.rounds == len(rows) else f"  ({r.rounds} rounds served one of its models)"))
         for b in r.bands or []:
+            few |= b["effective_rounds"] < FEW
             band = f"  w_q {b['w_q'][0]:.1f}-{b['w_q'][1]:.1f} ({b['rounds']} rounds)"
             print(f"{band:<40} {b['value']:+.4f} ± {b['half_width']:.4f} {b['vs_served']:+.4f} ± {b['vs_served_half_width']:.4f}"
-                  f" {b['agreement']:>7.2f} {b['effective_rounds']:>8.0f}")
+                  f" {b['agreement']:>7.2f} {b['effective_rounds']:>7.0f}{'*' if b['effective_rounds'] < FEW else ''}")
+    if few:
+        print(f"* fewer than {FEW} effective rounds: the checkpoint rarely chose what was served there, so that interval "
+              "rests on a few rounds and may be far off; judge on more rounds (--last) or after more exploration")
     return 0
 
 
