@@ -118,9 +118,38 @@ def estimate(name: str, policy, rows: list[dict], greedy: bool, epsilon: float, 
     return Estimate(policy=name, estimator=estimator, **summary(np.ones(len(actions), dtype=bool)), bands=bands)
 
 
+def _load(path: str):
+    from barp_ray.policy import CheckpointError, RoutingPolicy
+
+    try:
+        return RoutingPolicy.load(path)
+    except CheckpointError as err:
+        raise OpeError(f"checkpoint: {err}") from None
+
+
+def published_policy(settings) -> tuple[str, object]:
+    """("published vN", policy): the service's checkpoint carrying the trainer's newest published
+    weights, what the router replicas serve now."""
+    from barp_ray.policy import load_policy_state
+    from serve.trainer import latest_published
+
+    found = latest_published(settings.trainer.state_dir)
+    if found is None:
+        raise OpeError(f"--published: no published weights under trainer.state_dir {settings.trainer.state_dir}")
+    version, weights = found
+    policy = _load(settings.checkpoint)
+    try:
+        load_policy_state(policy.module, weights)
+    except RuntimeError as err:
+        raise OpeError(f"--published: version {version} does not fit {settings.checkpoint}: {err}") from None
+    return f"published v{version}", policy
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="barp ope", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoints", nargs="+", help="checkpoint directories or storage URIs to judge")
+    p.add_argument("checkpoints", nargs="*", help="checkpoint directories or storage URIs to judge")
+    p.add_argument("--published", action="store_true",
+                   help="also judge the weights the service serves now: the trainer's newest published version")
     p.add_argument("--config", default="configs/serve.yaml", help="serve config naming the feedback store")
     p.add_argument("--set", action="append", default=[], help="override an app arg, e.g. feedback.database=postgresql")
     p.add_argument("--last", type=int, default=5000, help="judge on the newest this many rewarded rounds")
@@ -132,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="also estimate each checkpoint per w_q band (0-0.2, ..., 0.8-1): where along the trade-off it wins")
     p.add_argument("--json", action="store_true", help="print the estimates as JSON")
     args = p.parse_args(argv)
-    from barp_ray.policy import CheckpointError, RoutingPolicy
     from serve.feedback_db import DatabaseError
     from serve.settings import SettingsError, settings_from_config
 
@@ -149,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         served = float(np.mean([r["reward"] for r in rows]))
         e = settings.exploration
         results = []
-        for path in args.checkpoints:
-            try:
-                policy = RoutingPolicy.load(path)
-            except CheckpointError as err:
-                raise OpeError(f"checkpoint: {err}") from None
-            results.append(estimate(path, policy, rows, args.as_ == "greedy", e.epsilon, e.temperature, args.by_preference))
+        if not args.checkpoints and not args.published:
+            raise OpeError("checkpoints: name at least one, or --published")
+        policies = [(path, _load(path)) for path in args.checkpoints]
+        if args.published:
+            policies.append(published_policy(settings))
+        for name, policy in policies:
+            results.append(estimate(name, policy, rows, args.as_ == "greedy", e.epsilon, e.temperature, args.by_preference))
     except (OpeError, SettingsError, DatabaseError, OSError) as err:
         print(f"barp ope: error: {err}", file=sys.stderr)
         return 2

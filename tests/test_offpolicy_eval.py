@@ -155,3 +155,34 @@ def test_estimates_per_preference_band_cover_each_bands_truth(logged, capsys):
         assert covered >= 4, (path, bands)
     assert main([logged["strong"], "--config", logged["config"], "--by-preference"]) == 0
     assert "  w_q 0.8-1.0 (" in capsys.readouterr().out
+
+
+def test_the_weights_served_now_are_judged_with_published(logged, capsys, tmp_path):
+    """`--published`: the trainer's newest published version on the service's checkpoint, what the
+    replicas serve now, judged beside the checkpoints named."""
+    from barp_ray.policy import RoutingPolicy, load_policy_state
+    from serve.offpolicy_eval import main
+    from serve.settings import settings_from_config
+    from serve.trainer import ContinuousTrainer, latest_published
+
+    sets = ["--set", f"trainer.state_dir={tmp_path / 'trainer'}"]
+    assert main(["--published", "--config", logged["config"], *sets]) == 2
+    assert "--published: no published weights under trainer.state_dir" in capsys.readouterr().err
+    assert main(["--config", logged["config"]]) == 2
+    assert "checkpoints: name at least one, or --published" in capsys.readouterr().err
+    settings = settings_from_config(logged["config"], [f"trainer.state_dir={tmp_path / 'trainer'}", "rollout.enabled=false"])
+    trainer = ContinuousTrainer(settings)  # the service's trainer on its store, gate off: every update is published
+    while trainer.train_once(limit=512) is not None:
+        pass
+    trainer.close()
+    version, weights = latest_published(str(tmp_path / "trainer"))
+    assert main(["--published", "--config", logged["config"], *sets, "--json"]) == 0
+    (est,) = json.loads(capsys.readouterr().out)["estimates"]
+    assert est["policy"] == f"published v{version}" and version >= 3
+    served_now = RoutingPolicy.load(logged["strong"])
+    load_policy_state(served_now.module, weights)
+    from serve.exploration import exploring_distribution
+
+    p = served_now.probabilities(logged["h"], np.stack([logged["wq"], 1 - logged["wq"]], 1))
+    truth = float(np.mean((exploring_distribution(p, 0.1) * logged["truth"]).sum(1)))
+    assert abs(est["value"] - truth) <= est["half_width"], (est, truth)
