@@ -182,6 +182,13 @@ def database_url(feedback: Any) -> tuple[str, str]:
     return url, f"env {feedback.database_url_env}"
 
 
+def require_store(settings: Any) -> None:
+    """For tools that only read an existing store (`barp ope`, `barp replay`): a missing SQLite file
+    is an error naming where it was looked for, not a new empty store written there."""
+    if settings.feedback.database == "sqlite" and not (Path(settings.log_dir) / SQLITE_FILE).is_file():
+        raise DatabaseError(f"log_dir: no feedback store at {Path(settings.log_dir) / SQLITE_FILE}")
+
+
 def open_database(settings: Any) -> SQLiteDatabase | PostgresDatabase:
     """The store's database for ServeSettings: SQLite under `log_dir`, or PostgreSQL."""
     if settings.feedback.database == "postgresql":

@@ -29,12 +29,14 @@ class ReplayError(ValueError):
 def replay(settings, checkpoint: str, out: Path, batch: int, holdout: float, progress=print) -> dict:
     """Train `checkpoint` over every reward in the store `settings` names; write it to `out`."""
     from barp_ray.policy import META_FILE, RL_MODULE_PATH, CheckpointError, RoutingPolicy, read_meta
+    from serve.feedback_db import require_store
     from serve.trainer import ContinuousTrainer
 
     try:
         RoutingPolicy.load(checkpoint)
     except CheckpointError as e:
         raise ReplayError(f"checkpoint: {e}") from None
+    require_store(settings)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="barp-replay-") as state:
         s = dataclasses.replace(

@@ -51,10 +51,11 @@ BANDS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 def exploring_rows(settings, last: int, holdout: float | None = None) -> tuple[list[dict], int]:
     """The newest `last` rewarded rounds that were drawn from an exploring distribution, oldest
     first (only those in the `holdout` share, if given), and how many greedy ones were left out."""
-    from serve.feedback_db import open_database
+    from serve.feedback_db import open_database, require_store
     from serve.feedback_store import RewardReader
     from serve.logged_rounds import held_back, logged_row
 
+    require_store(settings)
     reader = RewardReader(open_database(settings))
     try:
         records = reader.up_to(2**62, last)

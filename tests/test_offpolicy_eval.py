@@ -104,6 +104,9 @@ def test_a_readable_table_and_one_line_errors(logged, capsys, tmp_path):
     assert "no rewarded exploring rounds among the newest 40" in capsys.readouterr().err
     assert main([logged["strong"], "--config", logged["config"], "--set", "feedback.database=oracle"]) == 2
     assert "feedback.database" in capsys.readouterr().err
+    # a read-only tool: a store that is not there is an error, and none is made
+    assert main([logged["strong"], "--config", logged["config"], "--set", f"log_dir={tmp_path / 'nowhere'}"]) == 2
+    assert "log_dir: no feedback store at" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
 
 
 def test_replay_trains_a_checkpoint_on_the_log_and_ope_judges_it_on_rounds_it_never_saw(logged, capsys, tmp_path):
