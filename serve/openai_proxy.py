@@ -135,6 +135,11 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
         api.metrics.upstream_failed(model, e.status)
         return e
 
+    # A routed stream whose client did not ask for usage gets it asked for, and hidden, if so configured.
+    hide_usage = bool(req.stream and barp_info and api.settings.upstream_stream_usage
+                      and not (payload.get("stream_options") or {}).get("include_usage"))
+    if hide_usage:
+        payload = {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
     try:
         resp = await api.upstreams.open(model, payload, stream=req.stream)
     except UpstreamError as e:
@@ -158,7 +163,7 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
 
     if req.stream and resp.status == 200:
         api.upstream_health.answered(model)
-        return StreamingResponse(_relay(resp, model, barp_info, failure, priced, judged), media_type="text/event-stream",
+        return StreamingResponse(_relay(resp, model, barp_info, failure, priced, judged, hide_usage), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
         data = await resp.json(content_type=None)
@@ -177,15 +182,17 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     return JSONResponse(status_code=resp.status, content=data, headers=headers)
 
 
-async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced, judged):
+async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced, judged, hide_usage: bool = False):
     """The upstream's SSE lines, the first data chunk with `barp` added. When the client goes away
     Starlette cancels this generator and `finally` closes the upstream connection, so the provider
     stops generating (and billing) too. A failure after the first byte cannot fail over (the client
     has the status line and maybe part of an answer); it is told in the stream and counted against
     the model's breaker. A chunk with token usage (the client asked for
     `stream_options.include_usage`) is priced, and the price kept, before it is passed on, so
-    feedback sent once the stream ends may omit the cost. A priced stream that ends well may be
-    graded by the judge, on the text its chunks carried."""
+    feedback sent once the stream ends may omit the cost. With `hide_usage` the service asked for
+    the usage itself: the usage-only chunk and the chunks' `usage` fields do not reach the client,
+    which then sees the stream it asked for. A priced stream that ends well may be graded by the
+    judge, on the text its chunks carried."""
     first = bool(barp_info)
     cost, text, room = None, [], 65536  # room: characters of the answer still kept for the judge
     try:
@@ -198,6 +205,11 @@ async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced
                 chunk = chunk if isinstance(chunk, dict) else {}
                 if chunk.get("usage"):
                     cost = await priced(chunk["usage"])
+                if hide_usage and "usage" in chunk:
+                    if chunk.get("choices") == []:
+                        continue  # the usage-only chunk the client did not ask for
+                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                    line = b"data: " + json.dumps(chunk).encode() + b"\n"
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") if isinstance(choice, dict) else None
                     piece = delta.get("content") if isinstance(delta, dict) else None

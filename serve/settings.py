@@ -308,6 +308,10 @@ class ServeSettings:
     upstream_timeout_s: float = 60.0  # whole answer; for a stream, the longest wait between two chunks
     upstream_connect_timeout_s: float = 5.0
     upstream_retries: int = 2  # connection failures only: the upstream never saw the request
+    # Ask providers for token usage on barp-auto streams (OpenAI's stream_options.include_usage) even
+    # when the client did not, and keep it from the client: every streamed answer is then priced (and
+    # can be judged). Off by default: a provider that does not know stream_options may refuse it.
+    upstream_stream_usage: bool = False
     failover: FailoverSettings = field(default_factory=FailoverSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     # The routers' autoscaling (RouterAPI colocated, RouterModel split) for Python deployments; in YAML, `deployments:` overrides it.
@@ -337,6 +341,8 @@ class ServeSettings:
             up.validate(name)
         _pos("upstream_timeout_s", self.upstream_timeout_s)
         _pos("upstream_connect_timeout_s", self.upstream_connect_timeout_s)
+        if not isinstance(self.upstream_stream_usage, bool):
+            raise SettingsError(f"upstream_stream_usage: must be true or false, got {self.upstream_stream_usage!r}")
         if isinstance(self.upstream_retries, bool) or not isinstance(self.upstream_retries, int) or self.upstream_retries < 0:
             raise SettingsError(f"upstream_retries: must be an integer >= 0, got {self.upstream_retries!r}")
         for section in (self.exploration, self.feedback, self.trainer, self.rollout, self.failover):

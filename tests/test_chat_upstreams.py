@@ -86,7 +86,7 @@ def service(tmp_path_factory):
         "checkpoint": checkpoint, "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")},
         "topology": "colocated", "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
         "trainer": {"state_dir": str(root / "trainer"), "enabled": False},
-        "upstreams": upstreams, "upstream_retries": 0, "upstream_timeout_s": 5,
+        "upstreams": upstreams, "upstream_retries": 0, "upstream_timeout_s": 5, "upstream_stream_usage": True,
         "failover": {"attempts": 2, "failures_to_open": 2, "cooldown_s": 2},
         "judge": {"model": "judge", "defer_s": 0.5},  # its reply is no grade unless a test sets one: then nothing is posted
     }), name="barp", route_prefix="/")
@@ -227,7 +227,7 @@ def test_a_chat_answer_is_priced_from_its_usage_so_feedback_may_give_the_score_a
     w = r["barp"]["preference"]
     assert f["reward"] == pytest.approx(reward(0.75, expected, w[0], w[1], meta["tau"]))
 
-    def stream(include_usage: bool) -> str:
+    def stream(include_usage: bool) -> tuple[str, list[dict]]:
         conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
         body = {"model": "barp-auto", "stream": True, "messages": [{"role": "user", "content": "Sum the first ten primes."}],
                 "barp": {"candidates": ["chat-8b", "code-15b"], "preference": 0.7}}
@@ -239,17 +239,25 @@ def test_a_chat_answer_is_priced_from_its_usage_so_feedback_may_give_the_score_a
         rid, text = resp.getheader("x-barp-request-id"), resp.read().decode()
         conn.close()
         assert resp.status == 200 and text.rstrip().endswith("data: [DONE]"), text
-        return rid
+        return rid, [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
 
     # streamed with usage: priced as the usage chunk passes, so feedback right after [DONE] finds it
-    st, f = client.post("/v1/feedback", {"request_id": stream(True), "score": 1.0})
+    rid, chunks = stream(True)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3  # the client asked: it sees it
+    st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0})
     assert st == 200, f
-    # without usage, or a /v1/route decision (the client called the provider itself): the cost is needed
-    for rid in (stream(False), client.post("/v1/route", {"prompt": "hello", "preference": 0.5})[1]["request_id"]):
-        st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0})
-        assert st == 409 and f["error"].startswith("cost: required"), f
-        st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0, "cost": 0.002})  # nothing was written
-        assert st == 200, f
+    # not asked for by the client: the service asks the provider (upstream_stream_usage) and hides it
+    rid, chunks = stream(False)
+    assert all("usage" not in c for c in chunks) and all(c["choices"] for c in chunks), chunks
+    assert [b for b in upstream.bodies if b.get("stream")][-1]["stream_options"] == {"include_usage": True}
+    st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0})
+    assert st == 200, f
+    # a /v1/route decision (the client called the provider itself): the cost is needed
+    rid = client.post("/v1/route", {"prompt": "hello", "preference": 0.5})[1]["request_id"]
+    st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0})
+    assert st == 409 and f["error"].startswith("cost: required"), f
+    st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0, "cost": 0.002})  # nothing was written
+    assert st == 200, f
 
 
 def _reward_of(log_dir, request_id: str, wait_s: float = 15.0) -> dict | None:
