@@ -7,6 +7,7 @@ hand so cooldowns need no sleeping.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -112,6 +113,17 @@ def _first_and_other(client, pair) -> tuple[str, str]:
     return r["model"], next(m for m in pair if m != r["model"])
 
 
+@contextlib.contextmanager
+def _first_choice_failing(client, upstream, pair, status: int):
+    """(the greedy pick of the two, the other), the pick's provider answering `status` in the block."""
+    first, other = _first_and_other(client, pair)
+    upstream.failing[first] = status
+    try:
+        yield first, other
+    finally:
+        upstream.failing.pop(first, None)
+
+
 def _log(client) -> dict:
     st, stats = client.get("/v1/stats")
     assert st == 200, stats
@@ -121,9 +133,7 @@ def _log(client) -> dict:
 def test_a_failing_provider_fails_over_and_its_route_is_withdrawn(service):
     client, upstream = service
     pair = ["tiny-1b", "chat-8b"]
-    first, other = _first_and_other(client, pair)
-    upstream.failing[first] = 500
-    try:
+    with _first_choice_failing(client, upstream, pair, 500) as (first, other):
         before = _log(client)["log"]
         calls = upstream.calls.copy()
         st, r = _chat(client, pair)
@@ -153,8 +163,6 @@ def test_a_failing_provider_fails_over_and_its_route_is_withdrawn(service):
         st, r = _chat(client, pair)
         assert st == 200 and r["barp"]["model"] == first, r
         assert _log(client)["upstreams"][first]["state"] == "closed"
-    finally:
-        upstream.failing.pop(first, None)
 
 
 def test_a_rate_limit_or_a_hang_up_fails_over_streaming_too(service):
@@ -162,9 +170,7 @@ def test_a_rate_limit_or_a_hang_up_fails_over_streaming_too(service):
 
     client, upstream = service
     pair = ["code-15b", "math-15b"]
-    first, other = _first_and_other(client, pair)
-    upstream.failing[first] = 429
-    try:
+    with _first_choice_failing(client, upstream, pair, 429) as (first, other):
         st, r = _chat(client, pair)
         assert st == 200 and r["barp"]["model"] == other and r["barp"]["failed_over"][0]["status"] == 429, r
         # the provider hangs up, on a stream: the failover happens before the status line, so the
@@ -178,8 +184,6 @@ def test_a_rate_limit_or_a_hang_up_fails_over_streaming_too(service):
         resp = conn.getresponse()
         body = resp.read().decode()
         conn.close()
-    finally:
-        upstream.failing.pop(first, None)
     assert resp.status == 200, body
     chunks = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: {")]
     info = chunks[0]["barp"]
