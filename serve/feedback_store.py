@@ -145,9 +145,7 @@ class FeedbackStore:
         rows = self.db.execute("SELECT body FROM decisions WHERE request_id = ?", (request_id,))
         row = rows[0] if rows else None
         if row is None:
-            found = self.db.execute("SELECT id, score, cost, reward, defaulted FROM rewards WHERE request_id = ?",
-                                    (request_id,))
-            done = found[0] if found else None
+            done = self._reward_row(request_id)
             if done is not None and not done[4] and replay and done[1] == score and (cost is None or done[2] == cost):
                 return {"request_id": request_id, "id": done[0], "score": score, "cost": done[2], "reward": done[3]}
             self._not_pending(request_id, done)
@@ -187,6 +185,11 @@ class FeedbackStore:
                             "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (gone,))
         return gone
 
+    def _reward_row(self, request_id: str) -> tuple | None:
+        """(id, score, cost, reward, defaulted) of the request's joined reward, if it has one."""
+        found = self.db.execute("SELECT id, score, cost, reward, defaulted FROM rewards WHERE request_id = ?", (request_id,))
+        return found[0] if found else None
+
     def _not_pending(self, request_id: str, done: tuple | None) -> None:
         """Raise the error for feedback (or a withdrawal) on a request that is not pending; `done`:
         its row in rewards, if any."""
@@ -208,9 +211,7 @@ class FeedbackStore:
         with self.db.transaction(durable=True):
             if self._delete_pending([request_id]):
                 return
-            found = self.db.execute("SELECT id, score, cost, reward, defaulted FROM rewards WHERE request_id = ?",
-                                    (request_id,))
-            self._not_pending(request_id, found[0] if found else None)
+            self._not_pending(request_id, self._reward_row(request_id))
 
     def retire_expired(self, now: float | None = None) -> int:
         """Close every decision older than the wait time: default reward, or dropped. Returns how many."""

@@ -68,13 +68,13 @@ def exploring_rows(settings, last: int, holdout: float | None = None) -> tuple[l
     return kept, len(rows) - len(kept)
 
 
-def estimate(name: str, policy, rows: list[dict], greedy: bool, epsilon: float, temperature: float,
-             by_preference: bool = False) -> Estimate:
+def estimate(name: str, policy, rows: list[dict], greedy: bool, settings, by_preference: bool = False) -> Estimate:
+    """`policy` on the logged `rows`, served as `settings` (the service's) would serve it, or greedy."""
     import torch
 
-    from barp_ray.rl_module import ALLOWED, LOG_PRICE
-    from serve.exploration import dr_terms, dr_value, exploring_distribution, weighted_mean_se
+    from serve.exploration import dr_terms, dr_value, weighted_mean_se
     from serve.logged_rounds import head_log_prices, observations, offered_rows
+    from serve.rollout_gate import RolloutGate
 
     offered = offered_rows(rows, policy.models, head_log_prices(policy.module))
     if not offered:
@@ -84,11 +84,10 @@ def estimate(name: str, policy, rows: list[dict], greedy: bool, epsilon: float, 
         raise OpeError(f"{name}: reads {width}-wide contexts, the logged rounds hold "
                        f"{offered[0]['embedding'].shape[0]}-wide ones (another encoder or text_stats setting)")
     obs = {k: torch.from_numpy(v) for k, v in observations(offered).items()}
+    gate = RolloutGate(settings.rollout, settings.exploration)  # its served distribution: what replicas would draw from
     with torch.no_grad():
-        probs = policy.module.action_probabilities(obs["embedding"], obs["preference"], obs.get(LOG_PRICE)).numpy()
+        target = gate.served_distribution(policy.module, obs, 0.0 if greedy else settings.exploration.epsilon)
         q = policy.module.critic_values(obs).numpy().astype(np.float64) if policy.module.model_config.get("critic") else None
-    allowed = obs[ALLOWED].numpy() > 0
-    target = exploring_distribution(probs, 0.0 if greedy else epsilon, temperature, allowed)
     if greedy:
         target = np.eye(target.shape[1])[target.argmax(1)]
     actions = np.asarray([r["action"] for r in offered])
@@ -176,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
             raise OpeError(f"feedback store: no rewarded exploring rounds among the newest {args.last} "
                            f"({greedy_rows} greedy ones say nothing about other models)")
         served = float(np.mean([r["reward"] for r in rows]))
-        e = settings.exploration
         results = []
         if not args.checkpoints and not args.published:
             raise OpeError("checkpoints: name at least one, or --published")
@@ -184,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.published:
             policies.append(published_policy(settings))
         for name, policy in policies:
-            results.append(estimate(name, policy, rows, args.as_ == "greedy", e.epsilon, e.temperature, args.by_preference))
+            results.append(estimate(name, policy, rows, args.as_ == "greedy", settings, args.by_preference))
     except (OpeError, SettingsError, DatabaseError, OSError) as err:
         print(f"barp ope: error: {err}", file=sys.stderr)
         return 2

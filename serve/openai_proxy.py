@@ -163,7 +163,9 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
 
     if req.stream and resp.status == 200:
         api.upstream_health.answered(model)
-        return StreamingResponse(_relay(resp, model, barp_info, failure, priced, judged, hide_usage), media_type="text/event-stream",
+        gather = bool(barp_info) and api.settings.judge.model is not None  # the answer's text, for the judge
+        return StreamingResponse(_relay(resp, model, barp_info, failure, priced, judged, hide_usage, gather),
+                                 media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
         data = await resp.json(content_type=None)
@@ -182,7 +184,8 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     return JSONResponse(status_code=resp.status, content=data, headers=headers)
 
 
-async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced, judged, hide_usage: bool = False):
+async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced, judged, hide_usage: bool = False,
+                 gather: bool = False):
     """The upstream's SSE lines, the first data chunk with `barp` added. When the client goes away
     Starlette cancels this generator and `finally` closes the upstream connection, so the provider
     stops generating (and billing) too. A failure after the first byte cannot fail over (the client
@@ -192,12 +195,14 @@ async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced
     feedback sent once the stream ends may omit the cost. With `hide_usage` the service asked for
     the usage itself: the usage-only chunk and the chunks' `usage` fields do not reach the client,
     which then sees the stream it asked for. A priced stream that ends well may be graded by the
-    judge, on the text its chunks carried."""
+    judge, on the text its chunks carried (`gather`: a judge is configured)."""
     first = bool(barp_info)
     cost, text, room = None, [], 65536  # room: characters of the answer still kept for the judge
     try:
         async for line in resp.content:
-            if barp_info and line.startswith(b"data: {"):
+            # Parsed only when something is read from it: the first chunk (it carries `barp`), usage,
+            # or the text the judge will grade; every other chunk passes through as it came.
+            if barp_info and line.startswith(b"data: {") and (first or gather or hide_usage or b'"usage"' in line):
                 try:
                     chunk = json.loads(line[6:])
                 except ValueError:

@@ -60,13 +60,15 @@ def logged(tmp_path_factory):
     return {"strong": strong, "weak": weak, "h": h[i], "wq": wq, "truth": truth, "config": str(config), "ids": ids[:ROUNDS]}
 
 
-def _true_value(checkpoint: str, logged: dict, greedy: bool, epsilon: float = 0.1, rounds=slice(None)) -> float:
-    """The checkpoint's exact expected reward on the logged rounds: its distribution times the table."""
+def _true_value(checkpoint, logged: dict, greedy: bool, epsilon: float = 0.1, rounds=slice(None)) -> float:
+    """The checkpoint's (a path, or a loaded policy) exact expected reward on the logged rounds: its
+    distribution times the table."""
     from barp_ray.policy import RoutingPolicy
     from serve.exploration import exploring_distribution
 
+    policy = RoutingPolicy.load(checkpoint) if isinstance(checkpoint, str) else checkpoint
     h, wq = logged["h"][rounds], logged["wq"][rounds]
-    p = RoutingPolicy.load(checkpoint).probabilities(h, np.stack([wq, 1 - wq], 1))
+    p = policy.probabilities(h, np.stack([wq, 1 - wq], 1))
     dist = np.eye(p.shape[1])[p.argmax(1)] if greedy else exploring_distribution(p, epsilon)
     return float(np.mean((dist * logged["truth"][rounds]).sum(1)))
 
@@ -184,8 +186,5 @@ def test_the_weights_served_now_are_judged_with_published(logged, capsys, tmp_pa
     assert est["policy"] == f"published v{version}" and version >= 3
     served_now = RoutingPolicy.load(logged["strong"])
     load_policy_state(served_now.module, weights)
-    from serve.exploration import exploring_distribution
-
-    p = served_now.probabilities(logged["h"], np.stack([logged["wq"], 1 - logged["wq"]], 1))
-    truth = float(np.mean((exploring_distribution(p, 0.1) * logged["truth"]).sum(1)))
+    truth = _true_value(served_now, logged, greedy=False)
     assert abs(est["value"] - truth) <= est["half_width"], (est, truth)
