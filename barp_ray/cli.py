@@ -16,7 +16,8 @@ COMMANDS = {
     "calibrate": ("serve.budget", "the preference that spends a dollar budget per 1,000 routes on a sample of the traffic"),
     "ope": ("serve.offpolicy_eval", "estimate what checkpoints would earn on the service's logged traffic, before loading one"),
     "replay": ("serve.log_replay", "train a checkpoint on the service's logged rewards as if it had been served; write it"),
-    "import-feedback": ("serve.feedback_import", "move an old JSONL feedback log into the configured feedback store"),
+    "import-feedback": ("serve.feedback_import", "bring a JSONL feedback log or a feedback archive into the configured store"),
+    "export-feedback": ("serve.feedback_export", "write every joined reward in the configured store to Parquet files (nothing deleted)"),
 }
 
 

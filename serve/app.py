@@ -63,7 +63,15 @@ class FeedbackLogDeployment:
         from serve.metrics import FeedbackMetrics
 
         self.metrics = FeedbackMetrics()
-        self._task = asyncio.get_running_loop().create_task(self._retire_loop())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._retire_loop())]
+        self.archive = None
+        if settings.retention.enabled:
+            from serve.feedback_archive import FeedbackArchive
+
+            r = settings.retention
+            self.archive = await asyncio.to_thread(FeedbackArchive, r.archive) if r.archive else None
+            self._tasks.append(loop.create_task(self._retention_loop()))
 
     async def _retire_loop(self) -> None:
         while True:
@@ -72,6 +80,25 @@ class FeedbackLogDeployment:
             except Exception:  # noqa: BLE001 - a failed sweep is retried on the next tick
                 logger.exception("retiring expired decisions failed")
             await asyncio.sleep(self.settings.feedback.retire_every_s)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.prune_now)
+            except Exception:  # noqa: BLE001 - nothing left the database; the next pass tries again
+                logger.exception("retention failed")
+            await asyncio.sleep(self.settings.retention.every_s)
+
+    def prune_now(self, now: float | None = None) -> int:
+        """One retention pass (`retention:`); how many rewards left the database."""
+        r = self.settings.retention
+        if not r.enabled:
+            return 0
+        max_age_s = r.max_age_days * 86400.0 if r.max_age_days is not None else None
+        gone = self.store.prune(r.keep_rewards, max_age_s, trained_only=self.settings.trainer.enabled,
+                                archive=self.archive, batch=r.batch, now=now)
+        self.metrics.pruned(gone, archived=self.archive is not None)
+        return gone
 
     # Database calls run in threads (a decision batch inline when SQLite is free: ~0.1 ms): the
     # replica's event loop stays free to answer Serve's probes.

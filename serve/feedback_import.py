@@ -1,5 +1,7 @@
-"""`barp import-feedback OLD_LOG_DIR [--config configs/serve.yaml]`: move a JSONL feedback log
-(decisions.jsonl + rewards.jsonl, the store before SQLite) into the configured feedback store.
+"""`barp import-feedback SOURCE [--config configs/serve.yaml]`: bring joined rewards into the
+configured feedback store, from a JSONL feedback log (decisions.jsonl + rewards.jsonl, the store
+before SQLite) or from a retention archive (`retention.archive`: Parquet files, a path or storage
+URI), e.g. to move a store from one machine's SQLite to a cluster's PostgreSQL.
 
 Rewards keep their file order, so the trainer reads them in the order they were accepted;
 decisions that never got feedback become pending and meet the reward wait time like any other.
@@ -13,6 +15,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from barp_ray.storage import is_uri
 
 OLD_DECISIONS, OLD_REWARDS = "decisions.jsonl", "rewards.jsonl"
 
@@ -40,27 +44,40 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
     return out, torn
 
 
+def archived_rewards(uri: str) -> list[dict]:
+    """An archive's rewards in id order, in the shape the JSONL log kept them (decision + outcome)."""
+    from serve.feedback_archive import FeedbackArchive
+
+    return [{**json.loads(body), "score": q, "cost": c, "reward": r, "defaulted": bool(d)}
+            for _, _, _, q, c, r, d, body in FeedbackArchive(uri).rows()]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="barp import-feedback", description=__doc__.splitlines()[0])
-    p.add_argument("old_log_dir", help="directory holding decisions.jsonl and rewards.jsonl")
+    p.add_argument("old_log_dir", metavar="source",
+                   help="directory holding decisions.jsonl and rewards.jsonl, or a retention archive (path or storage URI)")
     p.add_argument("--config", default="configs/serve.yaml", help="serve config naming the target store")
     p.add_argument("--set", action="append", default=[], help="override an app arg, e.g. feedback.database=postgresql")
     args = p.parse_args(argv)
+    from serve.feedback_archive import ArchiveError
     from serve.feedback_db import DatabaseError, open_database
     from serve.feedback_store import FeedbackStore
     from serve.settings import SettingsError, settings_from_config
 
     old = Path(args.old_log_dir)
     try:
-        if not (old / OLD_REWARDS).exists() and not (old / OLD_DECISIONS).exists():
-            raise ImportError_(f"old_log_dir: no {OLD_REWARDS} or {OLD_DECISIONS} in {old}")
-        rewards, torn_r = read_jsonl(old / OLD_REWARDS)
-        decisions, torn_d = read_jsonl(old / OLD_DECISIONS)
+        if is_uri(args.old_log_dir) or (old.is_dir() and any(old.glob("rewards-*.parquet"))):
+            rewards, decisions, torn_r, torn_d = archived_rewards(args.old_log_dir), [], 0, 0
+        elif not (old / OLD_REWARDS).exists() and not (old / OLD_DECISIONS).exists():
+            raise ImportError_(f"source: no {OLD_REWARDS} or {OLD_DECISIONS}, nor a retention archive's rewards-*.parquet, in {old}")
+        else:
+            rewards, torn_r = read_jsonl(old / OLD_REWARDS)
+            decisions, torn_d = read_jsonl(old / OLD_DECISIONS)
         settings = settings_from_config(args.config, args.set)
         store = FeedbackStore(open_database(settings), tau=float("nan"))  # imported rewards come computed
         counts = store.import_records(rewards, decisions)
         store.close()
-    except (ImportError_, SettingsError, DatabaseError, OSError, KeyError) as e:
+    except (ImportError_, ArchiveError, SettingsError, DatabaseError, OSError, KeyError) as e:
         print(f"barp import-feedback: error: {e}", file=sys.stderr)
         return 2
     print(f"imported {counts['rewards']} rewards and {counts['pending']} pending decisions; skipped "

@@ -10,7 +10,8 @@ does not pay an fsync per request. Two tables:
   rewards    one row per joined outcome, with a monotonically increasing `id`: the continuous
              trainer reads `id > offset` and checkpoints `offset` with its weights, so "which
              rewards were used" is one integer. `request_id` is UNIQUE: the database itself refuses
-             a second feedback for one request.
+             a second feedback for one request. With retention (`prune`) the oldest leave, never
+             one past the offset the trainer committed (`RewardReader.commit_offset`).
 A decision whose wait time ran out is retired: dropped, or closed with the configured default
 reward (the Personalizer convention). Request ids start with their routing time, so feedback
 for a retired decision is told apart from an unknown id and refused with 410 without keeping a
@@ -83,6 +84,19 @@ def routed_at(request_id: str) -> float | None:
 
 
 _INSERT_DECISION = "INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?)"
+REWARD_COLUMNS = "id, request_id, time, score, cost, reward, defaulted, body"  # a rewards row, as the archive keeps it too
+TRAINER_OFFSET = "trainer_offset"
+
+
+def _number(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def reward_record(row: tuple) -> dict[str, Any]:
+    """A rewards row (REWARD_COLUMNS, from the database or an archive file) as the trainer reads it."""
+    i, rid, t, q, c, r, d, body = row
+    return {**json.loads(body), "id": int(i), "request_id": rid, "feedback_time": t, "score": q, "cost": c, "reward": r,
+            "defaulted": bool(d)}
 
 
 def _decision_rows(decisions: list[dict[str, Any]]) -> list[tuple]:
@@ -238,12 +252,12 @@ class FeedbackStore:
         rewarded = {r["request_id"] for r in rewards}
         with self.db.transaction(durable=True):
             for r in rewards:
-                body = {k: v for k, v in r.items() if k not in ("score", "cost", "reward")}
+                body = {k: v for k, v in r.items() if k not in ("score", "cost", "reward", "defaulted")}
                 got = self.db.execute(
-                    "INSERT INTO rewards (request_id, time, score, cost, reward, defaulted, body) VALUES (?, ?, ?, ?, ?, 0, ?) "
+                    "INSERT INTO rewards (request_id, time, score, cost, reward, defaulted, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (request_id) DO NOTHING RETURNING id",
-                    (r["request_id"], float(r.get("time", time.time())), float(r["score"]), float(r["cost"]),
-                     float(r["reward"]), json.dumps(body, separators=(",", ":"))))
+                    (r["request_id"], float(r.get("time", time.time())), _number(r["score"]), _number(r["cost"]),
+                     float(r["reward"]), int(bool(r.get("defaulted"))), json.dumps(body, separators=(",", ":"))))
                 done["rewards" if got else "skipped"] += 1
             for d in decisions:
                 if d["request_id"] in rewarded or self.db.execute("SELECT 1 FROM rewards WHERE request_id = ?",
@@ -255,14 +269,56 @@ class FeedbackStore:
                 done["pending" if got else "skipped"] += 1
         return done
 
+    def prune(self, keep: int | None, max_age_s: float | None, trained_only: bool, archive=None, batch: int = 50_000,
+              now: float | None = None) -> int:
+        """Retention: remove the rewards that are not among the newest `keep` or are older than
+        `max_age_s`, none past the trainer's committed offset when `trained_only` (none at all before
+        it commits one). With an `archive` (serve/feedback_archive.py) each run of at most `batch`
+        rewards is written there whole before it leaves the database, so a crash between the two
+        leaves a copy, never a loss. Returns how many left."""
+        with self.db.lock:
+            (oldest, newest), = self.db.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM rewards")
+            offset = dict(self.db.execute("SELECT name, value FROM counters WHERE name = ?", (TRAINER_OFFSET,))).get(TRAINER_OFFSET)
+            aged = None
+            if max_age_s is not None:
+                (aged,), = self.db.execute("SELECT MAX(id) FROM rewards WHERE time < ?",
+                                           ((time.time() if now is None else now) - max_age_s,))
+        cut = max(newest - keep if keep is not None else 0, aged or 0)
+        if trained_only:
+            cut = min(cut, offset if offset is not None else 0)
+        if not newest or cut < oldest:
+            return 0
+        gone = 0
+        if archive is not None:
+            done = archive.finished_through(oldest)  # a file written before a crash took its rows out
+            if done is not None:
+                gone += self._delete_through(min(done, cut))
+        while True:
+            with self.db.lock:
+                rows = self.db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id <= ? ORDER BY id LIMIT ?", (cut, batch))
+            if not rows:
+                return gone
+            if archive is not None:
+                archive.write(rows)
+            gone += self._delete_through(rows[-1][0])
+
+    def _delete_through(self, last_id: int) -> int:
+        with self.db.transaction(durable=True):
+            n = len(self.db.execute("DELETE FROM rewards WHERE id <= ? RETURNING id", (last_id,)))
+            if n:
+                self.db.execute("INSERT INTO counters (name, value) VALUES ('pruned', ?) "
+                                "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (n,))
+        return n
+
     def counts(self) -> dict[str, int]:
         with self.db.lock:
             (pending,), = self.db.execute("SELECT COUNT(*) FROM decisions")
-            (rewards, last), = self.db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM rewards")
+            (rewards, first, last), = self.db.execute("SELECT COUNT(*), COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM rewards")
             retired = dict(self.db.execute("SELECT name, value FROM counters"))
-        return {"pending": pending, "rewards": rewards, "last_id": last,
+        return {"pending": pending, "rewards": rewards, "first_id": first, "last_id": last,
                 "dropped": retired.get("dropped", 0), "defaulted": retired.get("defaulted", 0),
-                "withdrawn": retired.get("withdrawn", 0)}
+                "withdrawn": retired.get("withdrawn", 0), "pruned": retired.get("pruned", 0),
+                "trainer_offset": retired.get(TRAINER_OFFSET)}
 
     def close(self) -> None:
         self.db.close()
@@ -287,11 +343,18 @@ class RewardReader:
         with self.db.lock:
             return [r[0] for r in self.db.execute("SELECT request_id FROM rewards ORDER BY id")]
 
+    def commit_offset(self, offset: int) -> None:
+        """The trainer's saved read position, kept in the store as a queue consumer commits its
+        offset: retention removes no reward past it. Set, not raised: a trainer that starts over
+        reads from the start, and retention must wait for it."""
+        with self.db.transaction(durable=False):
+            self.db.execute(f"INSERT INTO counters (name, value) VALUES ('{TRAINER_OFFSET}', ?) "
+                            "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (int(offset),))
+
     def _rows(self, where: str, args: tuple) -> list[dict[str, Any]]:
         with self.db.lock:
-            rows = self.db.execute(f"SELECT id, request_id, time, score, cost, reward, defaulted, body FROM rewards {where}", args)
-        return [{**json.loads(body), "id": int(i), "request_id": rid, "feedback_time": t, "score": q, "cost": c, "reward": r,
-                 "defaulted": bool(d)} for i, rid, t, q, c, r, d, body in rows]
+            rows = self.db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards {where}", args)
+        return [reward_record(row) for row in rows]
 
     def close(self) -> None:
         self.db.close()

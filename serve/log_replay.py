@@ -26,24 +26,25 @@ class ReplayError(ValueError):
     """A one-line problem with the inputs, naming the argument."""
 
 
-def replay(settings, checkpoint: str, out: Path, batch: int, holdout: float, progress=print) -> dict:
-    """Train `checkpoint` over every reward in the store `settings` names; write it to `out`."""
+def replay(settings, checkpoint: str, out: Path, batch: int, holdout: float, progress=print, archive: bool = False) -> dict:
+    """Train `checkpoint` over every reward in the store `settings` names (with `archive`, first those
+    retention moved to its archive); write it to `out`."""
     from barp_ray.policy import META_FILE, RL_MODULE_PATH, CheckpointError, RoutingPolicy, read_meta
-    from serve.feedback_db import require_store
+    from serve.feedback_archive import open_rewards
     from serve.trainer import ContinuousTrainer
 
     try:
         RoutingPolicy.load(checkpoint)
     except CheckpointError as e:
         raise ReplayError(f"checkpoint: {e}") from None
-    require_store(settings)
+    reader = open_rewards(settings, archive)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="barp-replay-") as state:
         s = dataclasses.replace(
             settings, checkpoint=checkpoint,
             trainer=dataclasses.replace(settings.trainer, state_dir=state, enabled=True, max_wait_s=0.0),  # a short last batch too
             rollout=dataclasses.replace(settings.rollout, enabled=False, holdout_fraction=holdout))
-        trainer = ContinuousTrainer(s)
+        trainer = ContinuousTrainer(s, reader=reader, commit_offsets=False)
         try:
             updates = forgets = 0
             while (row := trainer.train_once(limit=batch)) is not None:
@@ -57,7 +58,7 @@ def replay(settings, checkpoint: str, out: Path, batch: int, holdout: float, pro
             out.mkdir(parents=True, exist_ok=True)
             trainer.scratch.save_to_path(str(out / RL_MODULE_PATH))
             trainer_settings = {k: v for k, v in dataclasses.asdict(s.trainer).items() if k != "state_dir"}
-            summary = {"from": checkpoint, "through_id": trainer.offset, "updates": updates, "forgets": forgets,
+            summary = {"from": checkpoint, "through_id": trainer.offset, "archive": archive, "updates": updates, "forgets": forgets,
                        "holdout": holdout, "batch": batch, "trainer": trainer_settings,
                        "seconds": round(time.time() - started, 1)}
         finally:
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], help="override an app arg, e.g. trainer.lr=0.0005")
     p.add_argument("--batch", type=int, default=256, help="rewards per update, as the service would take them under load")
     p.add_argument("--holdout", type=float, default=0.2, help="share of rounds never trained on (judge on them: barp ope --holdout)")
+    p.add_argument("--archive", action="store_true", help="replay the rewards retention archived (retention.archive) first")
     args = p.parse_args(argv)
+    from serve.feedback_archive import ArchiveError
     from serve.feedback_db import DatabaseError
     from serve.settings import SettingsError, settings_from_config
 
@@ -89,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ReplayError(f"--out: {out} exists and is not an empty directory")
         settings = settings_from_config(args.config, args.set)
-        summary = replay(settings, args.checkpoint, out, args.batch, args.holdout)
-    except (ReplayError, SettingsError, DatabaseError, OSError) as e:
+        summary = replay(settings, args.checkpoint, out, args.batch, args.holdout, archive=args.archive)
+    except (ReplayError, ArchiveError, SettingsError, DatabaseError, OSError) as e:
         if out.exists() and not any(out.iterdir()):
             shutil.rmtree(out, ignore_errors=True)
         print(f"barp replay: error: {e}", file=sys.stderr)

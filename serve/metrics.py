@@ -68,9 +68,16 @@ class FeedbackMetrics:
         self.reward = metrics.Gauge("barp_reward_recent_mean", description=f"mean reward of the last {window} accepted feedbacks")
         self.score = metrics.Gauge("barp_score_recent_mean", description=f"mean task score of the last {window} accepted feedbacks")
         self.cost = metrics.Gauge("barp_cost_recent_mean_dollars", description=f"mean cost of the last {window} accepted feedbacks")
+        self.pruned_total = metrics.Counter(
+            "barp_feedback_pruned_total", description="joined rewards retention took out of the database, archived or deleted",
+            tag_keys=("archived",))
         self._window = window
         self._recent: deque[tuple[float, float, float]] = deque()
         self._sums = [0.0, 0.0, 0.0]  # running sums over _recent: O(1) per feedback
+
+    def pruned(self, n: int, archived: bool) -> None:
+        if n:
+            self.pruned_total.inc(n, tags={"archived": str(archived).lower()})
 
     def accepted(self, record: dict, now: float) -> None:
         self.feedback.inc(1, tags={"outcome": "accepted"})

@@ -48,15 +48,14 @@ class Estimate:
 BANDS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
-def exploring_rows(settings, last: int, holdout: float | None = None) -> tuple[list[dict], int]:
+def exploring_rows(settings, last: int, holdout: float | None = None, archive: bool = False) -> tuple[list[dict], int]:
     """The newest `last` rewarded rounds that were drawn from an exploring distribution, oldest
-    first (only those in the `holdout` share, if given), and how many greedy ones were left out."""
-    from serve.feedback_db import open_database, require_store
-    from serve.feedback_store import RewardReader
+    first (only those in the `holdout` share, if given), and how many greedy ones were left out.
+    With `archive`, rounds retention archived count too."""
+    from serve.feedback_archive import open_rewards
     from serve.logged_rounds import held_back, logged_row
 
-    require_store(settings)
-    reader = RewardReader(open_database(settings))
+    reader = open_rewards(settings, archive)
     try:
         records = reader.up_to(2**62, last)
     finally:
@@ -159,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="judge only on the rounds `barp replay --holdout` with this share never trained on")
     p.add_argument("--by-preference", action="store_true",
                    help="also estimate each checkpoint per w_q band (0-0.2, ..., 0.8-1): where along the trade-off it wins")
+    p.add_argument("--archive", action="store_true",
+                   help="count the rounds retention archived (retention.archive) too, when the database holds fewer than --last")
     p.add_argument("--json", action="store_true", help="print the estimates as JSON")
     args = p.parse_args(argv)
+    from serve.feedback_archive import ArchiveError
     from serve.feedback_db import DatabaseError
     from serve.settings import SettingsError, settings_from_config
 
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.holdout is not None and not 0 < args.holdout < 1:
             raise OpeError(f"--holdout: must be in (0, 1), got {args.holdout}")
         settings = settings_from_config(args.config, args.set)
-        rows, greedy_rows = exploring_rows(settings, args.last, args.holdout)
+        rows, greedy_rows = exploring_rows(settings, args.last, args.holdout, args.archive)
         if not rows:
             raise OpeError(f"feedback store: no rewarded exploring rounds among the newest {args.last} "
                            f"({greedy_rows} greedy ones say nothing about other models)")
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             policies.append(published_policy(settings))
         for name, policy in policies:
             results.append(estimate(name, policy, rows, args.as_ == "greedy", settings, args.by_preference))
-    except (OpeError, SettingsError, DatabaseError, OSError) as err:
+    except (OpeError, ArchiveError, SettingsError, DatabaseError, OSError) as err:
         print(f"barp ope: error: {err}", file=sys.stderr)
         return 2
     if args.json:

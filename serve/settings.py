@@ -285,6 +285,38 @@ class JudgeSettings:
             raise SettingsError(f"judge.defer_s: must be a number of seconds in [0, 3600], got {self.defer_s!r}")
 
 
+@dataclass
+class RetentionSettings:
+    """How long joined rewards stay in the feedback store's database. Off by default (all kept). A
+    reward leaves when it is not among the newest `keep_rewards` or is older than `max_age_days`,
+    and only once the trainer has saved its state past it (the trainer keeps its read position in
+    the store, as a queue consumer commits its offset), so training never misses one. With
+    `archive` (a path or storage URI) the rewards leaving are first written there as Parquet files,
+    which `barp replay`, `barp ope` and `barp import-feedback` read; without it they are deleted."""
+
+    keep_rewards: int | None = None
+    max_age_days: float | None = None
+    archive: str | None = None
+    every_s: float = 300.0
+    batch: int = 50_000  # the most rewards per archive file (and per delete)
+
+    def validate(self) -> None:
+        if self.keep_rewards is not None and (isinstance(self.keep_rewards, bool) or not isinstance(self.keep_rewards, int)
+                                              or self.keep_rewards < 1):
+            raise SettingsError(f"retention.keep_rewards: must be an integer >= 1 or null (keep all), got {self.keep_rewards!r}")
+        if self.max_age_days is not None:
+            _pos("retention.max_age_days", self.max_age_days)
+        if self.archive is not None and (not isinstance(self.archive, str) or not self.archive.strip()):
+            raise SettingsError(f"retention.archive: must be a path or storage URI, or null (delete), got {self.archive!r}")
+        _pos("retention.every_s", self.every_s)
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise SettingsError(f"retention.batch: must be an integer >= 1, got {self.batch!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep_rewards is not None or self.max_age_days is not None
+
+
 TOPOLOGIES = ("colocated", "split")
 # What `user_config` may set live, and the deployments that take it in each topology.
 LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate", "decision_cost_multiplier", "budget")
@@ -322,6 +354,7 @@ class ServeSettings:
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
 
@@ -345,8 +378,12 @@ class ServeSettings:
             raise SettingsError(f"upstream_stream_usage: must be true or false, got {self.upstream_stream_usage!r}")
         if isinstance(self.upstream_retries, bool) or not isinstance(self.upstream_retries, int) or self.upstream_retries < 0:
             raise SettingsError(f"upstream_retries: must be an integer >= 0, got {self.upstream_retries!r}")
-        for section in (self.exploration, self.feedback, self.trainer, self.rollout, self.failover):
+        for section in (self.exploration, self.feedback, self.trainer, self.rollout, self.failover, self.retention):
             section.validate()
+        refill = self.trainer.window + 4 * self.rollout.eval_window
+        if self.trainer.enabled and self.retention.keep_rewards is not None and self.retention.keep_rewards < refill:
+            raise SettingsError(f"retention.keep_rewards: must be at least trainer.window + 4 x rollout.eval_window = {refill} "
+                                f"(what the trainer reads back after a restart), got {self.retention.keep_rewards}")
         self.judge.validate(self.upstreams)
         self.auth.validate()
         self.limits.validate()
@@ -359,6 +396,8 @@ class ServeSettings:
         self.log_dir = str(Path(self.log_dir).expanduser().resolve())
         if not is_uri(self.trainer.state_dir):  # a URI (s3://, gs://, file://) is already absolute
             self.trainer.state_dir = str(Path(self.trainer.state_dir).expanduser().resolve())
+        if self.retention.archive and not is_uri(self.retention.archive):
+            self.retention.archive = str(Path(self.retention.archive).expanduser().resolve())
         if self.feedback.database_url_file:
             self.feedback.database_url_file = str(Path(self.feedback.database_url_file).expanduser().resolve())
         if self.auth.token_file:
@@ -375,7 +414,7 @@ def settings_from_args(args: dict[str, Any] | None) -> ServeSettings:
     nested = {}
     sections = (("exploration", ExplorationSettings), ("feedback", FeedbackSettings), ("trainer", TrainerSettings),
                 ("rollout", RolloutSettings), ("auth", AuthSettings), ("limits", LimitSettings),
-                ("failover", FailoverSettings), ("judge", JudgeSettings))
+                ("failover", FailoverSettings), ("judge", JudgeSettings), ("retention", RetentionSettings))
     for name, cls in sections:
         raw = args.pop(name, None) or {}
         if not isinstance(raw, dict):

@@ -87,9 +87,11 @@ class GateRefused(ValueError):
 
 
 class ContinuousTrainer:
-    def __init__(self, settings) -> None:
+    def __init__(self, settings, reader=None, commit_offsets: bool = True) -> None:
         """`settings` is the whole ServeSettings: checkpoint, feedback store, trainer, rollout and
-        exploration all matter here."""
+        exploration all matter here. `reader`: where the rewards come from (the store's by default;
+        `barp replay --archive` reads its archive first). `commit_offsets`: keep the saved read
+        position in the store, which retention reads (off for tools that only read the store)."""
         from serve.feedback_db import open_database
 
         checkpoint = settings.checkpoint
@@ -97,7 +99,8 @@ class ContinuousTrainer:
         self.t, self.rollout = settings.trainer, settings.rollout
         self.gate = RolloutGate(settings.rollout, settings.exploration)
         self.state = StateStore(self.t.state_dir)  # a path or a pyarrow.fs URI (s3://...)
-        self.reader = RewardReader(open_database(settings))
+        self.reader = reader if reader is not None else RewardReader(open_database(settings))
+        self.commit_offsets = commit_offsets
         policy = RoutingPolicy.load(checkpoint)
         self.models = policy.models
         self.index = {m: i for i, m in enumerate(self.models)}
@@ -303,6 +306,8 @@ class ContinuousTrainer:
         else:
             self.refused = {"version": self.version, "time": time.time(), **decision["estimate"]}
         self._save()
+        if self.commit_offsets:  # after the save: a reward retention may remove is one a restart need not read again
+            self.reader.commit_offset(self.offset)
         row = {"version": self.version, "offset": self.offset, "records": len(fresh), "published": decision["publish"],
                "steps": steps, "forgot": forgot,
                **stats}

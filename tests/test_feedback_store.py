@@ -34,7 +34,8 @@ def test_feedback_joins_once_and_leaves_the_pending_table(feedback_db):
     assert store.counts()["pending"] == 1
     rec = store.record_feedback(d["request_id"], 1.0, 0.005)
     assert rec["reward"] == pytest.approx(0.5 * 1.0 - 0.5 * 0.5) and rec["id"] == 1
-    assert store.counts() == {"pending": 0, "rewards": 1, "last_id": 1, "dropped": 0, "defaulted": 0, "withdrawn": 0}
+    assert store.counts() == {"pending": 0, "rewards": 1, "first_id": 1, "last_id": 1, "dropped": 0, "defaulted": 0, "withdrawn": 0,
+                              "pruned": 0, "trainer_offset": None}
     with pytest.raises(DuplicateFeedback):
         store.record_feedback(d["request_id"], 1.0, 0.005)
     # the service's own retry after a crash replays the committed answer instead
@@ -265,3 +266,92 @@ def test_import_of_an_old_jsonl_log_keeps_order_skips_repeats_and_torn_lines(tmp
     assert import_feedback([str(old), "--config", "configs/serve.yaml", *sets]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("barp import-feedback: error:") and "rewards.jsonl: line 1 is not JSON" in err and "\n" not in err
+
+
+def _rewarded(store, n, now=None):
+    ids = []
+    for _ in range(n):
+        d = decision(now=now)
+        store.record_decision(d)
+        ids.append(store.record_feedback(d["request_id"], 0.5, 0.001)["id"])
+    return ids
+
+
+def test_retention_keeps_the_newest_and_nothing_the_trainer_has_not_saved(feedback_db):
+    store, reader = FeedbackStore(feedback_db(), tau=TAU), RewardReader(feedback_db())
+    ids = _rewarded(store, 30)
+    assert store.prune(keep=10, max_age_s=None, trained_only=True) == 0  # the trainer has committed nothing yet
+    reader.commit_offset(ids[11])
+    assert store.prune(keep=10, max_age_s=None, trained_only=True) == 12  # not past the trainer, though 20 are beyond 10
+    assert store.counts()["first_id"] == ids[12] and store.counts()["pruned"] == 12
+    reader.commit_offset(ids[-1])
+    assert store.prune(keep=10, max_age_s=None, trained_only=True) == 8
+    assert [r["id"] for r in reader.after(0, 100)] == ids[20:]
+    # by age: every reward is older than an hour an hour from now, and the trainer has read them all
+    assert store.prune(keep=None, max_age_s=60, trained_only=True, now=time.time() + 3600) == 10
+    counts = store.counts()
+    assert (counts["rewards"], counts["pruned"], counts["trainer_offset"]) == (0, 30, ids[-1])
+    # the ids go on: a reward that arrives later is newer than any pruned one
+    assert _rewarded(store, 1)[0] > ids[-1]
+
+
+def test_archived_rewards_read_back_as_if_none_had_left(feedback_db, tmp_path):
+    from serve.feedback_archive import ArchivedThenStored, FeedbackArchive
+    from serve.feedback_store import REWARD_COLUMNS
+
+    store, reader = FeedbackStore(feedback_db(), tau=TAU), RewardReader(feedback_db())
+    ids = _rewarded(store, 25)
+    before = reader.after(0, 100)
+    reader.commit_offset(ids[-1])
+    archive = FeedbackArchive(str(tmp_path / "archive"))
+    assert store.prune(keep=5, max_age_s=None, trained_only=True, archive=archive, batch=4) == 20
+    assert [(a, b) for a, b, _ in archive.parts()] == [(ids[i], ids[i + 3]) for i in range(0, 20, 4)]
+    both = ArchivedThenStored(archive, reader)
+    assert both.after(0, 100) == before  # every field of every record, in order
+    assert both.after(ids[2], 6) == before[3:9]  # across a file's end
+    assert both.up_to(ids[-1], 8) == before[-8:] and both.up_to(ids[9], 3) == before[7:10]
+    # a crash after a file was written and before its rows left the database: read once, then finished
+    rows = store.db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id <= ? ORDER BY id", (ids[21],))
+    archive.write(rows)
+    assert both.after(0, 100) == before
+    assert store.prune(keep=2, max_age_s=None, trained_only=True, archive=archive, batch=4) == 3
+    assert [(a, b) for a, b, _ in archive.parts()][-2:] == [(ids[20], ids[21]), (ids[22], ids[22])]
+    assert both.after(0, 100) == before and store.counts()["pruned"] == 23
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_archive_and_an_export_move_into_another_store(tmp_path, backend, request, capsys):
+    """What retention archived from one machine's SQLite, and an export of what it kept, come into
+    a new store (the cluster's PostgreSQL) in order, defaulted rewards as defaulted; a re-run adds nothing."""
+    from serve.feedback_archive import FeedbackArchive
+    from serve.feedback_db import open_database
+    from serve.feedback_export import main as export_feedback
+    from serve.feedback_import import main as import_feedback
+    from serve.settings import settings_from_config
+
+    old = FeedbackStore(tmp_path / "old", tau=TAU, wait_s=60, on_missing="default", default_reward=-0.1)
+    _rewarded(old, 3)
+    old.record_decision(decision(now=time.time() - 120))
+    old.retire_expired()  # a defaulted reward, without score or cost, among the archived ones
+    _rewarded(old, 3)
+    before = RewardReader(tmp_path / "old").after(0, 100)
+    RewardReader(tmp_path / "old").commit_offset(before[-1]["id"])
+    assert old.prune(keep=3, max_age_s=None, trained_only=True, archive=FeedbackArchive(str(tmp_path / "archive")), batch=3) == 4
+    source = ["--config", "configs/serve.yaml", "--set", f"log_dir={tmp_path / 'old'}"]
+    assert export_feedback([str(tmp_path / "export"), *source, "--batch", "2"]) == 0
+    assert "exported 3 rewards in 2 file(s)" in capsys.readouterr().out
+    assert export_feedback([str(tmp_path / "export"), *source]) == 2
+    assert "already holds archive files" in capsys.readouterr().err
+    sets = ["--set", f"log_dir={tmp_path / 'new'}"]
+    if backend == "postgresql":
+        (tmp_path / "url").write_text(request.getfixturevalue("postgres_url"))
+        sets += ["--set", "feedback.database=postgresql", "--set", f"feedback.database_url_file={tmp_path / 'url'}"]
+    for place, n in (("archive", 4), ("export", 3)):
+        assert import_feedback([str(tmp_path / place), "--config", "configs/serve.yaml", *sets]) == 0
+        assert f"imported {n} rewards and 0 pending decisions; skipped 0" in capsys.readouterr().out
+    assert import_feedback([str(tmp_path / "archive"), "--config", "configs/serve.yaml", *sets]) == 0
+    assert "imported 0 rewards and 0 pending decisions; skipped 4" in capsys.readouterr().out
+    after = RewardReader(open_database(settings_from_config("configs/serve.yaml", [s for s in sets if s != "--set"]))).after(0, 100)
+    keep = ("request_id", "model", "preference", "embedding", "score", "cost", "reward", "defaulted")
+    assert [{k: r[k] for k in keep} for r in after] == [{k: r[k] for k in keep} for r in before]
+    assert after[3]["defaulted"] and after[3]["score"] is None

@@ -188,3 +188,48 @@ def test_the_weights_served_now_are_judged_with_published(logged, capsys, tmp_pa
     load_policy_state(served_now.module, weights)
     truth = _true_value(served_now, logged, greedy=False)
     assert abs(est["value"] - truth) <= est["half_width"], (est, truth)
+
+
+def test_rewards_retention_archived_are_replayed_and_judged_as_if_they_had_stayed(logged, capsys, tmp_path):
+    """A copy of the store whose oldest rewards retention moved to an archive: `--archive` reads
+    them back, so `barp ope` gives the same estimates and `barp replay` the same weights as on the
+    whole store; without it the tools see what the database still holds, and a config without an
+    archive refuses `--archive` in one line."""
+    import shutil
+
+    import torch
+
+    from barp_ray.policy import RoutingPolicy
+    from serve.feedback_archive import FeedbackArchive
+    from serve.feedback_store import FeedbackStore, RewardReader
+    from serve.log_replay import main as replay
+    from serve.offpolicy_eval import main as ope
+
+    config = yaml.safe_load(open(logged["config"]))["applications"][0]["args"]
+    shutil.copytree(config["log_dir"], tmp_path / "log")
+    RewardReader(tmp_path / "log").commit_offset(ROUNDS + GREEDY_ROUNDS)
+    store = FeedbackStore(tmp_path / "log", tau=0.01)
+    assert store.prune(keep=500, max_age_s=None, trained_only=True, archive=FeedbackArchive(str(tmp_path / "archive")), batch=400) == 1040
+    pruned = ["--set", f"log_dir={tmp_path / 'log'}", "--set", f"retention.archive={tmp_path / 'archive'}"]
+
+    def judged(*extra):
+        assert ope([logged["strong"], "--config", logged["config"], "--last", "2000", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    whole = judged()
+    assert judged(*pruned, "--archive") == whole
+    assert judged(*pruned)["rounds"] == 460  # the newest 500, 40 of them greedy
+    outs = {}
+    for name, extra in (("whole", []), ("archived", [*pruned, "--archive"])):
+        outs[name] = tmp_path / name
+        torch.manual_seed(0)  # the learner's own draws (dropout); the rounds and minibatches come from the log
+        assert replay([logged["weak"], "--out", str(outs[name]), "--config", logged["config"], "--batch", "512", *extra]) == 0
+        capsys.readouterr()
+    metas = [json.loads((outs[n] / "barp_meta.json").read_text())["replayed"] for n in ("whole", "archived")]
+    assert metas[0]["through_id"] == metas[1]["through_id"] == ROUNDS + GREEDY_ROUNDS and metas[0]["updates"] == metas[1]["updates"]
+    weights = [RoutingPolicy.load(str(outs[n])).module.state_dict() for n in ("whole", "archived")]
+    assert weights[0].keys() == weights[1].keys()
+    for key, value in weights[0].items():
+        assert torch.allclose(value, weights[1][key], atol=1e-6), key
+    assert ope([logged["strong"], "--config", logged["config"], "--archive"]) == 2
+    assert capsys.readouterr().err.strip() == "barp ope: error: --archive: the serve config sets no retention.archive"

@@ -337,18 +337,24 @@ def test_the_trainer_scores_each_logged_reward_under_the_offer_it_was_made_under
 
 def test_the_service_on_postgresql_keeps_every_accepted_feedback_once_and_learns_from_it(checkpoint, tmp_path, postgres_url):
     """The cluster backend end to end: the store and the trainer on a real PostgreSQL server, the
-    connection string from a secrets file, never in a setting or a log line."""
+    connection string from a secrets file, never in a setting or a log line. With retention on,
+    the rewards beyond the newest 64 leave the database for the archive once the trainer has saved
+    past them, and the two together still hold every accepted feedback once."""
     import glob
     from concurrent.futures import ThreadPoolExecutor
 
     from ray import serve
 
+    from serve.feedback_archive import ArchivedThenStored, FeedbackArchive
     from serve.feedback_db import PostgresDatabase
     from serve.feedback_store import RewardReader
 
     (tmp_path / "db-url").write_text(postgres_url + "\n")
+    archive = tmp_path / "archive"
     client = _deploy(checkpoint, tmp_path, free_port(), feedback={"database": "postgresql",
-                                                                   "database_url_file": str(tmp_path / "db-url")})
+                                                                   "database_url_file": str(tmp_path / "db-url")},
+                     trainer={"window": 32}, rollout={"eval_window": 8},
+                     retention={"keep_rewards": 64, "archive": str(archive), "every_s": 0.5, "batch": 10})
     try:
         def one(i):
             st, r = client.post("/v1/route", {"prompt": f"Write a SQL query number {i}.", "preference": 1.0})
@@ -362,13 +368,17 @@ def test_the_service_on_postgresql_keeps_every_accepted_feedback_once_and_learns
         assert st == 409, dup  # the database's UNIQUE constraint refuses a second feedback
         # the trainer reads PostgreSQL too: it catches up with the last id
         wait_for(lambda: (s := client.get("/v1/stats")[1])["trainer"]["offset"] == s["log"]["last_id"], 60)
+        wait_for(lambda: client.get("/v1/stats")[1]["log"]["pruned"] == 16, 30)  # 80 - 64, all trained on
         stats = client.get("/v1/stats")[1]
-        assert stats["log"]["rewards"] == len(accepted) == 80, stats["log"]
-        assert stats["trainer"]["offset"] == stats["log"]["last_id"] and stats["trainer"]["version"] >= 1, stats["trainer"]
+        assert stats["log"]["rewards"] == 64 and len(accepted) == 80, stats["log"]
+        assert stats["trainer"]["offset"] == stats["log"]["last_id"] == stats["log"]["trainer_offset"], stats
+        assert stats["trainer"]["version"] >= 1, stats["trainer"]
     finally:
         stop_serve()
-    stored = RewardReader(PostgresDatabase(postgres_url, "test")).request_ids()
+    stored = [r["request_id"] for r in ArchivedThenStored(FeedbackArchive(str(archive)),
+                                                          RewardReader(PostgresDatabase(postgres_url, "test"))).after(0, 1000)]
     assert sorted(stored) == sorted(accepted) and len(set(stored)) == len(stored)
+    assert len(list(archive.glob("rewards-*.parquet"))) == 2  # 16 rewards, at most 10 a file
     secret = postgres_url.split("?")[-1]  # the socket directory, the part unique to this server
     leaked = [p for p in glob.glob("/tmp/ray/session_latest/logs/**/*", recursive=True)
               if p.endswith((".log", ".out", ".err")) and secret in open(p, errors="replace").read()]

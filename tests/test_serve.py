@@ -346,6 +346,10 @@ def test_settings_errors_name_the_field():
         ({"limits": {"long_prompt": "shorten"}}, "limits.long_prompt"),
         ({"topology": "sidecar"}, "topology"),
         ({"lone_route_threads": 1.5}, "lone_route_threads"),
+        ({"retention": {"keep_rewards": 3000}}, "retention.keep_rewards: must be at least trainer.window"),  # < what a restart reads back
+        ({"retention": {"max_age_days": 0}}, "retention.max_age_days"),
+        ({"retention": {"archive": ""}}, "retention.archive"),
+        ({"retention": {"keep": 5}}, "retention"),
     ]:
         with pytest.raises(SettingsError, match=field.split(".")[-1]):
             settings_from_args(args)

@@ -4,7 +4,8 @@ and deploy/k8s/rayjob.yaml (the training entrypoint of `ray job submit`, with cl
     python deploy/k8s/render.py          # after editing configs/serve.yaml; a test fails until you do
 
 Only what must differ on Kubernetes is changed (`CLUSTER`): paths on the shared volume, the
-feedback store on PostgreSQL, secrets read from mounted files, HTTP on all interfaces in the pod.
+feedback store on PostgreSQL with retention to an archive, secrets read from mounted files, HTTP on all
+interfaces in the pod.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ CLUSTER_ARGS = {
     "log_dir": f"{SHARED}/serve/log",
     "feedback": {"database": "postgresql", "database_url_file": f"{SECRETS}/database-url"},
     "trainer": {"state_dir": f"{SHARED}/serve/trainer"},
+    # PostgreSQL keeps the newest million rewards; older ones move to Parquet on the shared volume
+    "retention": {"keep_rewards": 1_000_000, "archive": f"{SHARED}/serve/feedback-archive"},
     "auth": {"token_file": f"{SECRETS}/api-token"},
 }
 

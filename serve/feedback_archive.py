@@ -1,0 +1,141 @@
+"""Joined rewards that retention took out of the feedback store's database, kept as Parquet files
+under a path or storage URI (`pyarrow.fs`, as the trainer's state and the checkpoints), so that
+traffic older than the database holds can still be replayed (`barp replay --archive`), judged on
+(`barp ope --archive`) or brought into another store (`barp import-feedback`).
+
+    <archive>/rewards-0000000000000001-0000000000050000.parquet   the rewards with ids 1..50000
+
+Each file holds one run of reward ids, in the database's columns, and is named by its first and
+last id. It is written under a temporary name and moved into place, so a file with a final name is
+whole. The store deletes a run's rows only after its file is there; a crash in between leaves a
+file whose rows are still in the database, and the next pass deletes them (`finished_through`)
+instead of writing them twice. Readers take the archive's rows below the database's oldest id, so
+a row in both is read once.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from barp_ray.storage import filesystem
+from serve.feedback_store import RewardReader, reward_record
+
+_PART = re.compile(r"^rewards-(\d{16})-(\d{16})\.parquet$")
+SCHEMA = pa.schema([("id", pa.int64()), ("request_id", pa.string()), ("time", pa.float64()), ("score", pa.float64()),
+                    ("cost", pa.float64()), ("reward", pa.float64()), ("defaulted", pa.int8()), ("body", pa.string())])
+
+
+class ArchiveError(ValueError):
+    """A one-line problem with an archive, naming it."""
+
+
+class FeedbackArchive:
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fs, self.root = filesystem(uri)
+        self.fs.create_dir(self.root, recursive=True)
+        self._cached: tuple[str, list[tuple]] | None = None  # the last part read: replay reads one part many times
+
+    def parts(self) -> list[tuple[int, int, str]]:
+        """(first id, last id, path) of every whole file, oldest first."""
+        found = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)):
+            m = _PART.match(info.base_name)
+            if m and info.type == pafs.FileType.File:
+                found.append((int(m.group(1)), int(m.group(2)), info.path))
+        return sorted(found)
+
+    def finished_through(self, first_id: int) -> int | None:
+        """The last id of a file that starts at `first_id` (its rows were archived, the delete did not happen)."""
+        return next((last for first, last, _ in self.parts() if first == first_id), None)
+
+    def write(self, rows: list[tuple]) -> None:
+        """One run of rewards rows (REWARD_COLUMNS order, ascending ids) as one file."""
+        columns = list(zip(*rows))
+        table = pa.table([pa.array(col, type=f.type) for col, f in zip(columns, SCHEMA)], schema=SCHEMA)
+        name = f"rewards-{rows[0][0]:016d}-{rows[-1][0]:016d}.parquet"
+        tmp = f"{self.root.rstrip('/')}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        with self.fs.open_output_stream(tmp) as out:
+            pq.write_table(table, out)
+        self.fs.move(tmp, f"{self.root.rstrip('/')}/{name}")
+
+    def _read(self, path: str) -> list[tuple]:
+        if self._cached is None or self._cached[0] != path:
+            try:
+                with self.fs.open_input_file(path) as f:
+                    table = pq.read_table(f, schema=SCHEMA)
+            except (OSError, pa.ArrowInvalid) as e:
+                raise ArchiveError(f"retention.archive: cannot read {path} ({type(e).__name__})") from None
+            self._cached = (path, list(zip(*(table.column(f.name).to_pylist() for f in SCHEMA))))
+        return self._cached[1]
+
+    def rows(self, after: int = 0, below: int | None = None) -> Iterator[tuple]:
+        """Rows with after < id < below, in id order, each id once."""
+        last = after
+        for first, final, path in self.parts():
+            if final <= last or (below is not None and first >= below):
+                continue
+            for row in self._read(path):
+                if row[0] > last and (below is None or row[0] < below):
+                    last = row[0]
+                    yield row
+
+
+    def newest(self, below: int, limit: int) -> list[tuple]:
+        """The newest `limit` rows with id < below, in id order."""
+        taken: list[tuple] = []
+        for first, _, path in reversed(self.parts()):
+            if first >= below:
+                continue
+            rows = [r for r in self._read(path) if r[0] < below and (not taken or r[0] < taken[0][0])]
+            taken = rows[max(0, len(rows) - (limit - len(taken))):] + taken
+            if len(taken) >= limit:
+                break
+        return taken
+
+
+class ArchivedThenStored:
+    """A `RewardReader` over the archive and then the database: the rewards as if none had left."""
+
+    def __init__(self, archive: FeedbackArchive, reader: RewardReader):
+        self.archive, self.reader = archive, reader
+
+    def _stored_from(self) -> int | None:
+        """The database's oldest reward id (None: it holds none): the archive is read below it."""
+        first = self.reader.after(0, 1)
+        return first[0]["id"] if first else None
+
+    def after(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        out = []
+        for row in self.archive.rows(after=offset, below=self._stored_from()):
+            out.append(reward_record(row))
+            if len(out) == limit:
+                return out
+        return out + self.reader.after(out[-1]["id"] if out else offset, limit - len(out))
+
+    def up_to(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        stored = self.reader.up_to(offset, limit)
+        if len(stored) == limit:
+            return stored
+        below = min(offset + 1, stored[0]["id"] if stored else (self._stored_from() or offset + 1))
+        return [reward_record(r) for r in self.archive.newest(below, limit - len(stored))] + stored
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def open_rewards(settings, with_archive: bool) -> RewardReader | ArchivedThenStored:
+    """The rewards a read-only tool reads: the store's database, and before it the archive that
+    `retention.archive` names (`--archive`)."""
+    from serve.feedback_db import open_database, require_store
+
+    require_store(settings)
+    if with_archive and not settings.retention.archive:
+        raise ArchiveError("--archive: the serve config sets no retention.archive")
+    reader = RewardReader(open_database(settings))
+    return ArchivedThenStored(FeedbackArchive(settings.retention.archive), reader) if with_archive else reader
