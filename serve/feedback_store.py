@@ -273,9 +273,10 @@ class FeedbackStore:
               now: float | None = None) -> int:
         """Retention: remove the rewards that are not among the newest `keep` or are older than
         `max_age_s`, none past the trainer's committed offset when `trained_only` (none at all before
-        it commits one). With an `archive` (serve/feedback_archive.py) each run of at most `batch`
-        rewards is written there whole before it leaves the database, so a crash between the two
-        leaves a copy, never a loss. Returns how many left."""
+        it commits one). With an `archive` (serve/feedback_archive.py) each run of `batch` rewards is
+        written there whole before it leaves the database, so a crash between the two leaves a copy,
+        never a loss; a shorter run waits for more unless its rewards are past `max_age_s` (an
+        archive of many small files is slow to read). Returns how many left."""
         with self.db.lock:
             (oldest, newest), = self.db.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM rewards")
             offset = dict(self.db.execute("SELECT name, value FROM counters WHERE name = ?", (TRAINER_OFFSET,))).get(TRAINER_OFFSET)
@@ -283,9 +284,9 @@ class FeedbackStore:
             if max_age_s is not None:
                 (aged,), = self.db.execute("SELECT MAX(id) FROM rewards WHERE time < ?",
                                            ((time.time() if now is None else now) - max_age_s,))
-        cut = max(newest - keep if keep is not None else 0, aged or 0)
+        cut, forced = max(newest - keep if keep is not None else 0, aged or 0), aged or 0
         if trained_only:
-            cut = min(cut, offset if offset is not None else 0)
+            cut, forced = min(cut, offset or 0), min(forced, offset or 0)
         if not newest or cut < oldest:
             return 0
         gone = 0
@@ -296,6 +297,8 @@ class FeedbackStore:
         while True:
             with self.db.lock:
                 rows = self.db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id <= ? ORDER BY id LIMIT ?", (cut, batch))
+            if archive is not None and len(rows) < batch:
+                rows = [r for r in rows if r[0] <= forced]
             if not rows:
                 return gone
             if archive is not None:

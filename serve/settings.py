@@ -298,7 +298,7 @@ class RetentionSettings:
     max_age_days: float | None = None
     archive: str | None = None
     every_s: float = 300.0
-    batch: int = 50_000  # the most rewards per archive file (and per delete)
+    batch: int = 50_000  # rewards per archive file (fewer only for those past max_age_days), and the most per delete
 
     def validate(self) -> None:
         if self.keep_rewards is not None and (isinstance(self.keep_rewards, bool) or not isinstance(self.keep_rewards, int)

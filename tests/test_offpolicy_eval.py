@@ -209,7 +209,7 @@ def test_rewards_retention_archived_are_replayed_and_judged_as_if_they_had_staye
     shutil.copytree(config["log_dir"], tmp_path / "log")
     RewardReader(tmp_path / "log").commit_offset(ROUNDS + GREEDY_ROUNDS)
     store = FeedbackStore(tmp_path / "log", tau=0.01)
-    assert store.prune(keep=500, max_age_s=None, trained_only=True, archive=FeedbackArchive(str(tmp_path / "archive")), batch=400) == 1040
+    assert store.prune(keep=500, max_age_s=None, trained_only=True, archive=FeedbackArchive(str(tmp_path / "archive")), batch=520) == 1040
     pruned = ["--set", f"log_dir={tmp_path / 'log'}", "--set", f"retention.archive={tmp_path / 'archive'}"]
 
     def judged(*extra):

@@ -354,7 +354,7 @@ def test_the_service_on_postgresql_keeps_every_accepted_feedback_once_and_learns
     client = _deploy(checkpoint, tmp_path, free_port(), feedback={"database": "postgresql",
                                                                    "database_url_file": str(tmp_path / "db-url")},
                      trainer={"window": 32}, rollout={"eval_window": 8},
-                     retention={"keep_rewards": 64, "archive": str(archive), "every_s": 0.5, "batch": 10})
+                     retention={"keep_rewards": 64, "archive": str(archive), "every_s": 0.5, "batch": 8})
     try:
         def one(i):
             st, r = client.post("/v1/route", {"prompt": f"Write a SQL query number {i}.", "preference": 1.0})
@@ -378,7 +378,7 @@ def test_the_service_on_postgresql_keeps_every_accepted_feedback_once_and_learns
     stored = [r["request_id"] for r in ArchivedThenStored(FeedbackArchive(str(archive)),
                                                           RewardReader(PostgresDatabase(postgres_url, "test"))).after(0, 1000)]
     assert sorted(stored) == sorted(accepted) and len(set(stored)) == len(stored)
-    assert len(list(archive.glob("rewards-*.parquet"))) == 2  # 16 rewards, at most 10 a file
+    assert len(list(archive.glob("rewards-*.parquet"))) == 2  # 16 rewards, 8 a file
     secret = postgres_url.split("?")[-1]  # the socket directory, the part unique to this server
     leaked = [p for p in glob.glob("/tmp/ray/session_latest/logs/**/*", recursive=True)
               if p.endswith((".log", ".out", ".err")) and secret in open(p, errors="replace").read()]
