@@ -458,6 +458,10 @@ class RouterAPI:
 
         f = settings.failover
         self.upstream_health = UpstreamHealth(f.failures_to_open, f.cooldown_s, on_change=self.metrics.breaker)
+        from serve.upstream_latency import UpstreamLatency
+
+        lat = settings.latency
+        self.upstream_latency = UpstreamLatency(lat.window, lat.quantile, lat.min_samples)
         from serve.judge import Judge
 
         self.judge = Judge(settings.judge, self.upstreams, self._judged_feedback, self.metrics.judged, self._still_pending)
@@ -614,7 +618,9 @@ class RouterAPI:
                           "budget": dataclasses.asdict(budget) if budget else None, "refused": self.offer_error},
                 "pacing": {"replica": router["replica"], **(router["pacing"] or {})} if router["pacing"] else None,
                 # this ingress replica's breakers (each replica keeps its own): models whose provider failed here
-                "upstreams": self.upstream_health.snapshot()}
+                "upstreams": self.upstream_health.snapshot(),
+                # ... and how fast each provider answered here (a chat request's barp.max_latency_s reads it)
+                "upstream_latency": self.upstream_latency.snapshot()}
 
     @api.post("/v1/admin/train", responses=errors())
     async def train_now(self) -> dict:

@@ -13,6 +13,7 @@ from collections import deque
 from ray.serve import metrics
 
 DELAY_BOUNDARIES = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
+LATENCY_BOUNDARIES = [0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64]
 
 
 class RouteMetrics:
@@ -35,6 +36,9 @@ class RouteMetrics:
         self.judge = metrics.Counter(
             "barp_judge_total", description="chat answers handed to the LLM judge, by outcome (scored, client_first, "
             "refused, unparsed, judge_failed, busy)", tag_keys=("outcome",))
+        self.latency = metrics.Histogram(
+            "barp_upstream_latency_seconds", description="chat answers' wait by model: to a stream's first chunk (first_token) "
+            "and to the whole answer (answer)", boundaries=LATENCY_BOUNDARIES, tag_keys=("model", "kind"))
         self.left_out = metrics.Gauge(
             "barp_upstream_left_out", description="1 while this ingress replica leaves the model out of barp-auto (its breaker is open)",
             tag_keys=("model",))
@@ -43,6 +47,9 @@ class RouteMetrics:
         self.routes.inc(1, tags={"model": model, "mode": mode})
         if model != max(probabilities, key=probabilities.get):
             self.explored.inc(1, tags={"model": model})
+
+    def timed(self, model: str, kind: str, seconds: float) -> None:
+        self.latency.observe(seconds, tags={"model": model, "kind": kind})
 
     def judged(self, outcome: str) -> None:
         self.judge.inc(1, tags={"outcome": outcome})

@@ -11,6 +11,7 @@ header and in the first chunk's `barp` field, so a streaming client can reward t
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -82,13 +83,19 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
     if not api.chat_models:
         raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
+    limit = options.pop("max_latency_s", None)
     allowed = options.get("candidates") or api.chat_models
     failed: list[dict[str, Any]] = []
     while True:
         left = [m for m in allowed if all(m != f["model"] for f in failed)]
-        routed = await _route(api, {**options, "candidates": api.upstream_health.offered(left)}, prompt)
+        offered, met = api.upstream_health.offered(left), True
+        if limit is not None:  # what a stream's user waits for is its first chunk; a JSON caller, the whole answer
+            offered, met = api.upstream_latency.within(offered, "first_token" if req.stream else "answer", limit)
+        routed = await _route(api, {**options, "candidates": offered}, prompt)
         if isinstance(routed, JSONResponse):
             return routed
+        if not met:
+            routed["latency_unmet"] = True
         if failed:
             routed["failed_over"] = failed
         model = routed["model"]
@@ -140,6 +147,14 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
                       and not (payload.get("stream_options") or {}).get("include_usage"))
     if hide_usage:
         payload = {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
+    started = time.monotonic()
+
+    def timed(kind: str) -> None:
+        """How long this answer's provider took (serve/upstream_latency.py), from the request on."""
+        seconds = time.monotonic() - started
+        api.upstream_latency.observe(model, kind, seconds)
+        api.metrics.timed(model, kind, seconds)
+
     try:
         resp = await api.upstreams.open(model, payload, stream=req.stream)
     except UpstreamError as e:
@@ -164,7 +179,7 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     if req.stream and resp.status == 200:
         api.upstream_health.answered(model)
         gather = bool(barp_info) and api.settings.judge.model is not None  # the answer's text, for the judge
-        return StreamingResponse(_relay(resp, model, barp_info, failure, priced, judged, hide_usage, gather),
+        return StreamingResponse(_relay(resp, model, barp_info, failure, priced, judged, timed, hide_usage, gather),
                                  media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
@@ -176,6 +191,8 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     finally:
         resp.release()
     api.upstream_health.answered(model)  # a 4xx about the request still shows the provider is up
+    if resp.status == 200:
+        timed("answer")
     if isinstance(data, dict) and barp_info and resp.status == 200:
         cost = await priced(data.get("usage"))
         data["barp"] = barp_info if cost is None else {**barp_info, "cost": cost}
@@ -184,7 +201,7 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     return JSONResponse(status_code=resp.status, content=data, headers=headers)
 
 
-async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced, judged, hide_usage: bool = False,
+async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced, judged, timed, hide_usage: bool = False,
                  gather: bool = False):
     """The upstream's SSE lines, the first data chunk with `barp` added. When the client goes away
     Starlette cancels this generator and `finally` closes the upstream connection, so the provider
@@ -195,11 +212,15 @@ async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced
     feedback sent once the stream ends may omit the cost. With `hide_usage` the service asked for
     the usage itself: the usage-only chunk and the chunks' `usage` fields do not reach the client,
     which then sees the stream it asked for. A priced stream that ends well may be graded by the
-    judge, on the text its chunks carried (`gather`: a judge is configured)."""
-    first = bool(barp_info)
+    judge, on the text its chunks carried (`gather`: a judge is configured). The waits for the first
+    chunk and for the end are `timed`."""
+    first, waiting = bool(barp_info), True
     cost, text, room = None, [], 65536  # room: characters of the answer still kept for the judge
     try:
         async for line in resp.content:
+            if waiting and line.startswith(b"data:"):
+                timed("first_token")
+                waiting = False
             # Parsed only when something is read from it: the first chunk (it carries `barp`), usage,
             # or the text the judge will grade; every other chunk passes through as it came.
             if barp_info and line.startswith(b"data: {") and (first or gather or hide_usage or b'"usage"' in line):
@@ -225,6 +246,7 @@ async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced
                     line = b"data: " + json.dumps({**chunk, "barp": barp_info}).encode() + b"\n"
                     first = False
             yield line
+        timed("answer")
         judged("".join(text), cost)
     except TimeoutError:
         on_failure(UpstreamError(504, f"upstream {model!r} stopped sending"))

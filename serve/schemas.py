@@ -133,6 +133,9 @@ class RouteOptions(BaseModel):
     preference: PreferenceInput = Field(DEFAULT_KNOB, description=PREFERENCE_HELP)
     mode: Literal["explore", "greedy", "sample"] = "explore"
     candidates: Optional[list[str]] = Field(None, min_length=1, description="restrict routing to these models")
+    max_latency_s: Optional[float] = Field(
+        None, gt=0, le=600, description="leave out models whose recent answers here took longer (a stream: to its first chunk; "
+                                        "else: the whole answer); if none is fast enough, the fastest answers")
 
 
 class ChatMessage(BaseModel):
@@ -179,6 +182,8 @@ class BarpInfo(BaseModel):
         None, description="true: handed to the service's judge, which grades it after judge.defer_s unless your own feedback came first")
     failed_over: Optional[list[FailedUpstream]] = Field(
         None, description="models whose provider failed on this request before `model` answered, in turn (absent when none did)")
+    latency_unmet: Optional[bool] = Field(
+        None, description="true: no candidate's recent latency met barp.max_latency_s, so the fastest was used (absent otherwise)")
 
 
 class ChatCompletionResponse(BaseModel):

@@ -250,6 +250,27 @@ class FailoverSettings:
         _pos("failover.cooldown_s", self.cooldown_s)
 
 
+@dataclass
+class LatencySettings:
+    """How each ingress replica judges a provider's speed for a chat request's `barp.max_latency_s`
+    (serve/upstream_latency.py): the `quantile` of its last `window` timed answers, once it has
+    `min_samples` of them."""
+
+    window: int = 100
+    quantile: float = 0.9
+    min_samples: int = 5
+
+    def validate(self) -> None:
+        for name in ("window", "min_samples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SettingsError(f"latency.{name}: must be an integer >= 1, got {v!r}")
+        if isinstance(self.quantile, bool) or not isinstance(self.quantile, (int, float)) or not 0 < self.quantile <= 1:
+            raise SettingsError(f"latency.quantile: must be a number in (0, 1], got {self.quantile!r}")
+        if self.min_samples > self.window:
+            raise SettingsError(f"latency.min_samples: must be at most latency.window ({self.window}), got {self.min_samples}")
+
+
 JUDGE_INSTRUCTIONS = ("You grade an AI assistant's answer to a user's request. Judge correctness first, then "
                       "helpfulness and concision. Reply with one integer from 0 (wrong or useless) to 10 (fully "
                       "correct and helpful), and nothing else.")
@@ -345,6 +366,7 @@ class ServeSettings:
     # can be judged). Off by default: a provider that does not know stream_options may refuse it.
     upstream_stream_usage: bool = False
     failover: FailoverSettings = field(default_factory=FailoverSettings)
+    latency: LatencySettings = field(default_factory=LatencySettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     # The routers' autoscaling (RouterAPI colocated, RouterModel split) for Python deployments; in YAML, `deployments:` overrides it.
     router_autoscaling: dict = field(
@@ -378,7 +400,7 @@ class ServeSettings:
             raise SettingsError(f"upstream_stream_usage: must be true or false, got {self.upstream_stream_usage!r}")
         if isinstance(self.upstream_retries, bool) or not isinstance(self.upstream_retries, int) or self.upstream_retries < 0:
             raise SettingsError(f"upstream_retries: must be an integer >= 0, got {self.upstream_retries!r}")
-        for section in (self.exploration, self.feedback, self.trainer, self.rollout, self.failover, self.retention):
+        for section in (self.exploration, self.feedback, self.trainer, self.rollout, self.failover, self.latency, self.retention):
             section.validate()
         refill = self.trainer.window + 4 * self.rollout.eval_window
         if self.trainer.enabled and self.retention.keep_rewards is not None and self.retention.keep_rewards < refill:
@@ -414,7 +436,8 @@ def settings_from_args(args: dict[str, Any] | None) -> ServeSettings:
     nested = {}
     sections = (("exploration", ExplorationSettings), ("feedback", FeedbackSettings), ("trainer", TrainerSettings),
                 ("rollout", RolloutSettings), ("auth", AuthSettings), ("limits", LimitSettings),
-                ("failover", FailoverSettings), ("judge", JudgeSettings), ("retention", RetentionSettings))
+                ("failover", FailoverSettings), ("latency", LatencySettings), ("judge", JudgeSettings),
+                ("retention", RetentionSettings))
     for name, cls in sections:
         raw = args.pop(name, None) or {}
         if not isinstance(raw, dict):

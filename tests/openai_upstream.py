@@ -9,6 +9,7 @@ it waits 30 s before answering, "upstream-slow" it streams 100 chunks 0.1 s apar
 with `stream_options.include_usage`). `failing` maps a model to the HTTP status
 its requests get instead of an answer (a provider outage, or 429 for a rate limit; 0: the connection
 is closed without an answer). The model named "judge" answers `judge_reply` (a grader's reply).
+`delays` maps a model to seconds it waits before its answer (a stream: before its first chunk).
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if "upstream-hang" in text:
             time.sleep(30)
+        time.sleep(server.delays.get(model, 0.0))
         if body.get("stream"):
             self._stream(model, slow="upstream-slow" in text, usage=bool((body.get("stream_options") or {}).get("include_usage")))
             return
@@ -104,6 +106,7 @@ class Upstream:
         self.server.seen_auth, self.server.bodies, self.server.disconnects = [], [], []
         self.server.completed_streams = 0
         self.server.failing = {}
+        self.server.delays = {}
         self.server.judge_reply = "I cannot grade this."
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -119,6 +122,10 @@ class Upstream:
     @property
     def failing(self) -> dict[str, int]:
         return self.server.failing
+
+    @property
+    def delays(self) -> dict[str, float]:
+        return self.server.delays
 
     @property
     def bodies(self) -> list[dict]:

@@ -52,6 +52,24 @@ def test_a_breaker_opens_after_failures_in_a_row_and_closes_on_an_answer():
     assert h.state("a") == "closed" and changes == [("a", True), ("a", False)]
 
 
+def test_a_latency_limit_keeps_the_fast_and_the_untimed_and_else_the_fastest_alone():
+    from serve.upstream_latency import UpstreamLatency
+
+    lat = UpstreamLatency(window=4, quantile=0.5, min_samples=2)
+    for seconds in (0.1, 0.2, 9.0):  # one slow answer among fast ones
+        lat.observe("fast", "answer", seconds)
+    lat.observe("slow", "answer", 3.0)
+    assert lat.within(["fast", "slow"], "answer", 1.0) == (["fast", "slow"], True)  # slow: one answer, not judged yet
+    lat.observe("slow", "answer", 5.0)
+    assert lat.estimate("fast", "answer") == pytest.approx(0.2) and lat.estimate("slow", "answer") == pytest.approx(4.0)
+    assert lat.within(["fast", "slow"], "answer", 1.0) == (["fast"], True)
+    assert lat.within(["fast", "slow"], "answer", 0.05) == (["fast"], False)  # none meets it: the fastest, and said
+    assert lat.within(["fast", "slow"], "first_token", 0.05) == (["fast", "slow"], True)  # the other wait is untimed
+    for seconds in (0.1, 0.1, 0.1, 0.1):
+        lat.observe("fast", "answer", seconds)  # the window forgets the slow answer
+    assert lat.snapshot()["fast"]["answer"] == {"n": 4, "p50_s": 0.1} and lat.estimate("fast", "answer") == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize("raw, error", [
     ({"attempts": 0}, "failover.attempts: must be an integer >= 1"),
     ({"failures_to_open": 1.5}, "failover.failures_to_open: must be an integer >= 1"),
@@ -61,10 +79,12 @@ def test_a_breaker_opens_after_failures_in_a_row_and_closes_on_an_answer():
     ({"judge": {"share": 0}}, "judge.share: must be a number in (0, 1]"),
     ({"judge": {"defer_s": -1}}, "judge.defer_s: must be a number of seconds in [0, 3600]"),
     ({"judge": {"max_concurrent": 0}}, "judge.max_concurrent: must be an integer >= 1"),
+    ({"latency": {"quantile": 0}}, "latency.quantile: must be a number in (0, 1]"),
+    ({"latency": {"window": 5, "min_samples": 6}}, "latency.min_samples: must be at most latency.window"),
 ])
-def test_bad_failover_and_judge_settings_are_refused_naming_the_field(raw, error):
+def test_bad_failover_judge_and_latency_settings_are_refused_naming_the_field(raw, error):
     with pytest.raises(SettingsError) as e:
-        settings_from_args(raw if "judge" in raw else {"failover": raw})
+        settings_from_args(raw if {"judge", "latency"} & set(raw) else {"failover": raw})
     assert str(e.value).startswith(error), e.value
 
 
@@ -89,6 +109,7 @@ def service(tmp_path_factory):
         "trainer": {"state_dir": str(root / "trainer"), "enabled": False},
         "upstreams": upstreams, "upstream_retries": 0, "upstream_timeout_s": 5, "upstream_stream_usage": True,
         "failover": {"attempts": 2, "failures_to_open": 2, "cooldown_s": 2},
+        "latency": {"window": 10, "min_samples": 3},
         "judge": {"model": "judge", "defer_s": 0.5},  # its reply is no grade unless a test sets one: then nothing is posted
     }), name="barp", route_prefix="/")
     client = Client(port)
@@ -346,3 +367,52 @@ def test_a_route_only_client_withdraws_a_route_whose_provider_failed(service):
     assert st == 404 and "already withdrawn" in f["error"], f
     st, w = client.post("/v1/feedback/withdraw", {"request_id": r["request_id"]})
     assert st == 404, w
+
+
+def test_a_latency_limit_routes_around_a_slow_provider_and_says_when_none_is_fast_enough(service):
+    """A provider that takes 0.5 s: once this ingress replica has timed three of its answers, a
+    request with barp.max_latency_s 0.3 goes to the other model, a JSON request by the whole answer
+    and a stream by its first chunk; with a limit no one meets, the fastest answers and the answer
+    says so. The decision keeps the narrowed candidates, as the trainer must see them."""
+    import http.client
+
+    client, upstream = service
+    pair = ["general-70b", "frontier-400b"]
+    first, other = _first_and_other(client, pair)
+    prompt = [{"role": "user", "content": "Sum the first ten primes."}]
+
+    def post(body):
+        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps({"messages": prompt, **body}),
+                     {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+        resp = conn.getresponse()
+        text = resp.read().decode()
+        conn.close()
+        assert resp.status == 200, text
+        return json.loads(text) if not body.get("stream") else [json.loads(x[6:]) for x in text.splitlines() if x.startswith("data: {")][0]
+
+    def auto(limit, stream=False):
+        return post({"model": "barp-auto", "stream": stream,
+                     "barp": {"candidates": pair, "mode": "greedy", "preference": 0.7, "max_latency_s": limit}})["barp"]
+
+    upstream.delays[first] = 0.5
+    try:
+        assert auto(0.3)["model"] == first  # neither is timed yet: the limit cannot leave one out
+        for model in pair:
+            for stream in (False, True):
+                for _ in range(3):
+                    post({"model": model, "stream": stream})
+        waits = _log(client)["upstream_latency"]
+        assert waits[first]["answer"]["p90_s"] >= 0.5 and waits[first]["first_token"]["p90_s"] >= 0.5, waits
+        assert waits[other]["answer"]["p90_s"] < 0.3 and waits[other]["first_token"]["n"] == 3, waits
+        assert auto(None)["model"] == first  # no limit: the policy's pick, slow or not
+        json_route, stream_route = auto(0.3), auto(0.3, stream=True)
+        assert json_route["model"] == other and "latency_unmet" not in json_route, json_route
+        assert stream_route["model"] == other and "latency_unmet" not in stream_route, stream_route
+        unmet = auto(0.001)
+        assert unmet["model"] == other and unmet["latency_unmet"] is True, unmet
+    finally:
+        upstream.delays.pop(first, None)
+    st, f = client.post("/v1/feedback", {"request_id": json_route["request_id"], "score": 1.0})  # priced by the service
+    assert st == 200, f
+    assert _reward_of(client.log_dir, json_route["request_id"])["candidates"] == [other]
