@@ -33,7 +33,7 @@ from ray import serve
 
 from barp_ray.policy import read_meta
 from barp_ray.prompt_stats import text_stats
-from serve.guard import GuardError, PromptLimiter, load_token
+from serve.guard import GuardError, PromptLimiter, load_admin_token, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
                            RouteResponse, WithdrawRequest, WithdrawResponse)
@@ -469,6 +469,7 @@ class RouterAPI:
 
         STATE.update(
             token=load_token(settings.auth),
+            admin_token=load_admin_token(settings.auth),
             require_for_route=settings.auth.require_for_route,
             require_for_chat=settings.auth.require_for_chat,
             models=self.models,
@@ -622,12 +623,12 @@ class RouterAPI:
                 # ... and how fast each provider answered here (a chat request's barp.max_latency_s reads it)
                 "upstream_latency": self.upstream_latency.snapshot()}
 
-    @api.post("/v1/admin/train", responses=errors())
+    @api.post("/v1/admin/train", responses=errors(403))
     async def train_now(self) -> dict:
         rows = await self.trainer.train_now.remote()
         return {"updates": rows}
 
-    @api.post("/v1/admin/load_checkpoint", response_model=LoadCheckpointResponse, responses=errors(404, 409, 422))
+    @api.post("/v1/admin/load_checkpoint", response_model=LoadCheckpointResponse, responses=errors(403, 404, 409, 422))
     async def load_checkpoint(self, req: LoadCheckpointRequest):
         """Publish a checkpoint's weights now: 404 if nothing is at the path, 422 if it is not a
         checkpoint this service can serve, 409 if `gated` and the gate refuses it or has too few
@@ -637,7 +638,7 @@ class RouterAPI:
             return _error(res["status"], res["error"])
         return LoadCheckpointResponse(policy_version=res["version"], published=res["published"], estimate=res["estimate"])
 
-    @api.get("/v1/admin/processes")
+    @api.get("/v1/admin/processes", responses={s: {"model": ErrorBody} for s in (401, 403)})
     async def processes(self) -> dict:
         """PIDs of the serving processes, for fault drills (tests kill them on purpose)."""
         import os
@@ -693,6 +694,7 @@ def app_builder(args: dict[str, Any] | None = None):
     live_offer(live, meta)  # refused here, before anything is deployed
     try:
         load_token(settings.auth)
+        load_admin_token(settings.auth)
     except GuardError as e:
         raise SettingsError(str(e)) from None
     from serve.upstream import UpstreamError, auth_headers

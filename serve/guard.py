@@ -26,15 +26,29 @@ def load_token(auth: AuthSettings) -> str | None:
     """None only when auth is explicitly disabled; a configured-but-empty source is an error."""
     if auth.disabled:
         return None
-    if auth.token_file:
-        path = Path(auth.token_file)
+    return _read_token(auth.token_file, auth.token_env, "auth.token")
+
+
+def load_admin_token(auth: AuthSettings) -> str | None:
+    """The token /v1/admin/* needs when one is configured (None: the API token opens them too)."""
+    if auth.disabled or not (auth.admin_token_file or auth.admin_token_env):
+        return None
+    token = _read_token(auth.admin_token_file, auth.admin_token_env, "auth.admin_token")
+    if token == load_token(auth):
+        raise GuardError(500, "auth.admin_token: must differ from the API token, or it guards nothing")
+    return token
+
+
+def _read_token(file: str | None, env: str | None, name: str) -> str:
+    if file:
+        path = Path(file)
         if not path.is_file():
-            raise GuardError(500, f"auth.token_file: {path} not found")
+            raise GuardError(500, f"{name}_file: {path} not found")
         token = path.read_text().splitlines()[0].strip() if path.read_text().strip() else ""
-        source = f"auth.token_file ({path})"
+        source = f"{name}_file ({path})"
     else:
-        token = os.environ.get(auth.token_env or "", "").strip()
-        source = f"auth.token_env (${auth.token_env})"
+        token = os.environ.get(env or "", "").strip()
+        source = f"{name}_env (${env})"
     if len(token) < 16:
         raise GuardError(500, f"{source}: no token, or shorter than 16 characters")
     return token
@@ -80,7 +94,24 @@ class PromptLimiter:
 
 
 ALWAYS_PROTECTED = ("/v1/feedback", "/v1/admin/", "/v1/stats")
+ADMIN_PATH = "/v1/admin/"
 ROUTE_PATH, CHAT_PATH = "/v1/route", "/v1/chat/completions"
+
+
+def _check(header: str | None, admin: bool) -> None:
+    """The API token opens every protected path unless an admin token is configured: then the admin
+    paths need it (the API token gets a 403 there, not a 401: it is valid, just not enough), and it
+    opens the other paths too."""
+    admin_token = STATE.get("admin_token")
+    if admin_token is None:
+        return check_bearer(header, STATE["token"])
+    try:
+        return check_bearer(header, admin_token)
+    except GuardError:
+        check_bearer(header, STATE["token"])  # raises 401 unless it is the API token
+        if admin:
+            raise GuardError(403, "authorization: the API token cannot use /v1/admin/; send the admin token "
+                                  "(auth.admin_token_env or auth.admin_token_file)") from None
 
 
 class GuardMiddleware:
@@ -105,7 +136,7 @@ class GuardMiddleware:
                      or (STATE["require_for_chat"] and path.startswith(CHAT_PATH)))
         if protected:
             try:
-                check_bearer(headers.get("authorization"), STATE["token"])
+                _check(headers.get("authorization"), admin=path.startswith(ADMIN_PATH))
             except GuardError as e:
                 return await _refuse(scope, receive, send, e.status, str(e), {"WWW-Authenticate": "Bearer"})
         if scope["method"] not in ("POST", "PUT", "PATCH"):

@@ -175,6 +175,10 @@ class AuthSettings:
 
     token_env: str | None = "BARP_API_TOKEN"  # environment variable holding the token
     token_file: str | None = None  # or a secrets file (first line); wins over token_env
+    # A second token for /v1/admin/* (publishing weights, training now): when either is set, only it
+    # opens those, and the API token clients hold gets a 403 there. Unset: the API token does both.
+    admin_token_env: str | None = None
+    admin_token_file: str | None = None
     require_for_route: bool = False  # /v1/route too
     # /v1/chat/completions spends money on the upstream models: open only behind your own gateway.
     require_for_chat: bool = True
@@ -424,6 +428,8 @@ class ServeSettings:
             self.feedback.database_url_file = str(Path(self.feedback.database_url_file).expanduser().resolve())
         if self.auth.token_file:
             self.auth.token_file = str(Path(self.auth.token_file).expanduser().resolve())
+        if self.auth.admin_token_file:
+            self.auth.admin_token_file = str(Path(self.auth.admin_token_file).expanduser().resolve())
         for up in self.upstreams.values():
             if up.api_key_file:
                 up.api_key_file = str(Path(up.api_key_file).expanduser().resolve())

@@ -20,6 +20,7 @@ from serve.settings import SettingsError, settings_from_args
 from serve.upstream_health import UpstreamHealth
 
 CHECKPOINT_SETS = ("training.iterations=2", "training.rounds_per_iteration=256")
+ADMIN_TOKEN = "admin-token-" + "fedcba9876543210"
 
 
 class Clock:
@@ -98,13 +99,15 @@ def service(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("failover")
     (root / "token").write_text(TOKEN + "\n")
+    (root / "admin-token").write_text(ADMIN_TOKEN + "\n")
     checkpoint = train_small(root, *CHECKPOINT_SETS)
     upstream = Upstream()
     upstreams = {m: upstream.base_url for m in ("tiny-1b", "chat-8b", "code-15b", "math-15b", "general-70b", "frontier-400b", "judge")}
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app_builder({
-        "checkpoint": checkpoint, "log_dir": str(root / "log"), "auth": {"token_file": str(root / "token")},
+        "checkpoint": checkpoint, "log_dir": str(root / "log"),
+        "auth": {"token_file": str(root / "token"), "admin_token_file": str(root / "admin-token")},
         "topology": "colocated", "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
         "trainer": {"state_dir": str(root / "trainer"), "enabled": False},
         "upstreams": upstreams, "upstream_retries": 0, "upstream_timeout_s": 5, "upstream_stream_usage": True,
@@ -115,6 +118,7 @@ def service(tmp_path_factory):
     client = Client(port)
     client.meta = json.loads((Path(checkpoint) / "barp_meta.json").read_text())  # the served prices and tau
     client.log_dir = root / "log"
+    client.checkpoint = checkpoint
     yield client, upstream
     stop_serve()
     upstream.close()
@@ -416,3 +420,30 @@ def test_a_latency_limit_routes_around_a_slow_provider_and_says_when_none_is_fas
     st, f = client.post("/v1/feedback", {"request_id": json_route["request_id"], "score": 1.0})  # priced by the service
     assert st == 200, f
     assert _reward_of(client.log_dir, json_route["request_id"])["candidates"] == [other]
+
+
+def test_an_admin_token_keeps_clients_out_of_the_admin_endpoints(service, tmp_path, monkeypatch):
+    """With auth.admin_token_file set, the API token that clients hold posts feedback and reads
+    stats but gets a 403 naming the setting on /v1/admin/*; the admin token opens both; any other
+    token is a 401. An admin token equal to the API token fails the deploy, naming the field."""
+    client, _ = service
+    admin = Client(client.port, token=ADMIN_TOKEN)
+    for path, body in (("/v1/admin/train", None), ("/v1/admin/load_checkpoint", {"path": str(tmp_path / "none")})):
+        st, r = client.post(path, body)
+        assert st == 403 and r["error"].startswith("authorization: the API token cannot use /v1/admin/") \
+            and "auth.admin_token_file" in r["error"], r
+    st, r = client.get("/v1/admin/processes")
+    assert st == 403, r
+    st, r = admin.post("/v1/admin/load_checkpoint", {"path": str(tmp_path / "none")})
+    assert st == 404, r  # past the guard: nothing at the path
+    st, r = admin.post("/v1/admin/train")
+    assert st == 200 and "updates" in r, r
+    assert admin.get("/v1/stats")[0] == 200 and client.get("/v1/stats")[0] == 200
+    st, r = Client(client.port, token="not-a-token-" + "0123456789").post("/v1/admin/train")
+    assert st == 401 and r["error"] == "authorization: invalid bearer token", r
+    from serve.app import app_builder
+
+    monkeypatch.setenv("BARP_TEST_ADMIN", TOKEN)
+    with pytest.raises(SettingsError, match="auth.admin_token: must differ from the API token"):
+        app_builder({"checkpoint": client.checkpoint,
+                     "auth": {"token_file": str(client.log_dir.parent / "token"), "admin_token_env": "BARP_TEST_ADMIN"}})

@@ -71,10 +71,10 @@ def test_every_container_has_resources_and_every_secret_and_volume_exists(name):
     if doc["kind"] == "RayService":
         args = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"][0]["args"]
         secret = shared[("Secret", "barp-secrets")]["stringData"]
-        for path in (args["auth"]["token_file"], args["feedback"]["database_url_file"]):
+        for path in (args["auth"]["token_file"], args["auth"]["admin_token_file"], args["feedback"]["database_url_file"]):
             directory, key = path.rsplit("/", 1)
             assert directory == mounts["secrets"] and key in secret, path  # a file the Secret mount provides
-        for path in (args["checkpoint"], args["log_dir"], args["trainer"]["state_dir"]):
+        for path in (args["checkpoint"], args["log_dir"], args["trainer"]["state_dir"], args["retention"]["archive"]):
             assert path.startswith(mounts["shared"] + "/"), path  # on the shared volume, not a pod's disk
 
 

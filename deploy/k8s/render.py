@@ -29,7 +29,7 @@ CLUSTER_ARGS = {
     "trainer": {"state_dir": f"{SHARED}/serve/trainer"},
     # PostgreSQL keeps the newest million rewards; older ones move to Parquet on the shared volume
     "retention": {"keep_rewards": 1_000_000, "archive": f"{SHARED}/serve/feedback-archive"},
-    "auth": {"token_file": f"{SECRETS}/api-token"},
+    "auth": {"token_file": f"{SECRETS}/api-token", "admin_token_file": f"{SECRETS}/admin-token"},
 }
 
 HEAD_RESOURCES = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
