@@ -7,16 +7,17 @@ traffic older than the database holds can still be replayed (`barp replay --arch
 
 Each file holds one run of reward ids, in the database's columns, and is named by its first and
 last id. It is written under a temporary name and moved into place, so a file with a final name is
-whole. The store deletes a run's rows only after its file is there; a crash in between leaves a
-file whose rows are still in the database, and the next pass deletes them (`finished_through`)
-instead of writing them twice. Readers take the archive's rows below the database's oldest id, so
-a row in both is read once.
+whole. The store deletes a run's rows only after its file is there (in short transactions, so
+feedback commits do not wait on one long delete); a crash in between leaves a file whose rows,
+or the last of them, are still in the database, and the next pass deletes them
+(`finished_through`) instead of writing them twice. Readers take the archive's rows below the
+database's oldest id, so a row in both is read once.
 """
 from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -50,18 +51,19 @@ class FeedbackArchive:
                 found.append((int(m.group(1)), int(m.group(2)), info.path))
         return sorted(found)
 
-    def finished_through(self, first_id: int) -> int | None:
-        """The last id of a file that starts at `first_id` (its rows were archived, the delete did not happen)."""
-        return next((last for first, last, _ in self.parts() if first == first_id), None)
+    def finished_through(self, oldest_id: int) -> int | None:
+        """The last id of a file holding `oldest_id`, the database's oldest: its rows were archived and
+        a crash stopped their deletion (before it began, or between two of its transactions)."""
+        return next((last for first, last, _ in self.parts() if first <= oldest_id <= last), None)
 
-    def write(self, rows: list[tuple]) -> None:
-        """One run of rewards rows (REWARD_COLUMNS order, ascending ids) as one file."""
-        columns = list(zip(*rows))
-        table = pa.table([pa.array(col, type=f.type) for col, f in zip(columns, SCHEMA)], schema=SCHEMA)
-        name = f"rewards-{rows[0][0]:016d}-{rows[-1][0]:016d}.parquet"
+    def write(self, chunks: Iterable[list[tuple]], first_id: int, last_id: int) -> None:
+        """One run of rewards rows, ids first_id..last_id (REWARD_COLUMNS order, ascending), given in
+        chunks, as one file: each chunk a row group, so the run is never all in memory."""
+        name = f"rewards-{first_id:016d}-{last_id:016d}.parquet"
         tmp = f"{self.root.rstrip('/')}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-        with self.fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out)
+        with self.fs.open_output_stream(tmp) as out, pq.ParquetWriter(out, SCHEMA) as writer:
+            for rows in chunks:
+                writer.write_table(pa.table([pa.array(col, type=f.type) for col, f in zip(zip(*rows), SCHEMA)], schema=SCHEMA))
         self.fs.move(tmp, f"{self.root.rstrip('/')}/{name}")
 
     def _read(self, path: str) -> list[tuple]:

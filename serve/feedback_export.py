@@ -30,7 +30,7 @@ def export(settings, dest: str, batch: int) -> tuple[int, int]:
                 rows = db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id > ? ORDER BY id LIMIT ?", (last, batch))
             if not rows:
                 return written, files
-            archive.write(rows)
+            archive.write([rows], rows[0][0], rows[-1][0])
             written, files, last = written + len(rows), files + 1, rows[-1][0]
     finally:
         db.close()

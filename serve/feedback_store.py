@@ -86,6 +86,9 @@ def routed_at(request_id: str) -> float | None:
 _INSERT_DECISION = "INSERT INTO decisions (request_id, time, body) VALUES (?, ?, ?)"
 REWARD_COLUMNS = "id, request_id, time, score, cost, reward, defaulted, body"  # a rewards row, as the archive keeps it too
 TRAINER_OFFSET = "trainer_offset"
+# Retention's reads and deletes, a few MB and a few ms each: feedback commits never wait long behind a pass
+# (bench/retention.py: one 50,000-row read and delete held a feedback write ~0.8 s).
+READ_CHUNK, DELETE_CHUNK = 2000, 2000
 
 
 def _number(v: Any) -> float | None:
@@ -291,27 +294,48 @@ class FeedbackStore:
             return 0
         gone = 0
         if archive is not None:
-            done = archive.finished_through(oldest)  # a file written before a crash took its rows out
+            done = archive.finished_through(oldest)  # a file written before a crash took (all) its rows out
             if done is not None:
-                gone += self._delete_through(min(done, cut))
+                gone += self._delete_ids(self._ids_through(min(done, cut), None))
         while True:
-            with self.db.lock:
-                rows = self.db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id <= ? ORDER BY id LIMIT ?", (cut, batch))
-            if archive is not None and len(rows) < batch:
-                rows = [r for r in rows if r[0] <= forced]
-            if not rows:
+            ids = self._ids_through(cut, batch)
+            if archive is not None and len(ids) < batch:
+                ids = [i for i in ids if i <= forced]
+            if not ids:
                 return gone
             if archive is not None:
-                archive.write(rows)
-            gone += self._delete_through(rows[-1][0])
+                archive.write(self._rows_between(ids[0], ids[-1]), ids[0], ids[-1])
+            gone += self._delete_ids(ids)
 
-    def _delete_through(self, last_id: int) -> int:
-        with self.db.transaction(durable=True):
-            n = len(self.db.execute("DELETE FROM rewards WHERE id <= ? RETURNING id", (last_id,)))
-            if n:
-                self.db.execute("INSERT INTO counters (name, value) VALUES ('pruned', ?) "
-                                "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (n,))
-        return n
+    def _ids_through(self, last_id: int, limit: int | None) -> list[int]:
+        with self.db.lock:
+            return [i for i, in self.db.execute("SELECT id FROM rewards WHERE id <= ? ORDER BY id LIMIT ?",
+                                                (last_id, limit if limit is not None else 2**62))]
+
+    def _rows_between(self, first_id: int, last_id: int):
+        """The rows first_id..last_id, READ_CHUNK at a time: no long hold of the connection (or of
+        the interpreter, in the feedback log's process) while a run is archived."""
+        after = first_id - 1
+        while after < last_id:
+            with self.db.lock:
+                rows = self.db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                                       (after, last_id, READ_CHUNK))
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
+
+    def _delete_ids(self, ids: list[int]) -> int:
+        """Delete these (ascending, the oldest in the table) in short transactions, counting them."""
+        gone = 0
+        for i in range(0, len(ids), DELETE_CHUNK):
+            with self.db.transaction(durable=True):
+                n = len(self.db.execute("DELETE FROM rewards WHERE id <= ? RETURNING id", (ids[min(i + DELETE_CHUNK, len(ids)) - 1],)))
+                if n:
+                    self.db.execute("INSERT INTO counters (name, value) VALUES ('pruned', ?) "
+                                    "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (n,))
+            gone += n
+        return gone
 
     def counts(self) -> dict[str, int]:
         with self.db.lock:

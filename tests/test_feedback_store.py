@@ -312,13 +312,33 @@ def test_archived_rewards_read_back_as_if_none_had_left(feedback_db, tmp_path):
     assert both.up_to(ids[-1], 8) == before[-8:] and both.up_to(ids[9], 3) == before[7:10]
     # a crash after a file was written and before its rows left the database: read once, then finished
     rows = store.db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id <= ? ORDER BY id", (ids[21],))
-    archive.write(rows)
+    archive.write([rows], rows[0][0], rows[-1][0])
     assert both.after(0, 100) == before
     assert store.prune(keep=2, max_age_s=None, trained_only=True, archive=archive, batch=4) == 2
     assert [(a, b) for a, b, _ in archive.parts()][-1] == (ids[20], ids[21])  # ids[22] waits for a whole file ...
     assert store.prune(keep=2, max_age_s=60, trained_only=True, archive=archive, batch=4, now=time.time() + 3600) == 3
     assert [(a, b) for a, b, _ in archive.parts()][-1] == (ids[22], ids[24])  # ... unless max_age makes it leave
     assert both.after(0, 100) == before and store.counts()["pruned"] == 25
+
+
+def test_a_pass_cut_short_between_its_deletes_is_finished_not_archived_twice(feedback_db, tmp_path):
+    """Retention deletes an archived run in short transactions; a crash after some of them leaves
+    the run's file and its last rows in the database: the next pass deletes those rows."""
+    from serve.feedback_archive import ArchivedThenStored, FeedbackArchive
+    from serve.feedback_store import REWARD_COLUMNS
+
+    store, reader = FeedbackStore(feedback_db(), tau=TAU), RewardReader(feedback_db())
+    ids = _rewarded(store, 10)
+    before = reader.after(0, 100)
+    reader.commit_offset(ids[-1])
+    archive = FeedbackArchive(str(tmp_path / "archive"))
+    rows = store.db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id <= ? ORDER BY id", (ids[5],))
+    archive.write([rows[:4], rows[4:]], ids[0], ids[5])  # two row groups
+    with store.db.transaction(durable=True):
+        store.db.execute("DELETE FROM rewards WHERE id <= ?", (ids[2],))  # the first of the run's deletes, then the crash
+    assert store.prune(keep=2, max_age_s=None, trained_only=True, archive=archive, batch=6) == 3
+    assert [(a, b) for a, b, _ in archive.parts()] == [(ids[0], ids[5])]  # ids[6..7] wait for a whole file
+    assert ArchivedThenStored(archive, reader).after(0, 100) == before and store.counts()["first_id"] == ids[6]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
