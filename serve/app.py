@@ -33,7 +33,7 @@ from ray import serve
 
 from barp_ray.policy import read_meta
 from barp_ray.prompt_stats import text_stats
-from serve.guard import GuardError, PromptLimiter, load_admin_token, load_token
+from serve.guard import GuardError, PromptLimiter, load_admin_token, load_clients, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
                            RouteResponse, WithdrawRequest, WithdrawResponse)
@@ -108,11 +108,12 @@ class FeedbackLogDeployment:
     async def note_answer_cost(self, request_id: str, cost: float) -> bool:
         return await asyncio.to_thread(self.store.note_answer_cost, request_id, cost)
 
-    async def record_feedback(self, request_id: str, score: float, cost: float | None, replay: bool = False) -> dict:
+    async def record_feedback(self, request_id: str, score: float, cost: float | None, replay: bool = False,
+                              client: str | None = None) -> dict:
         from serve.feedback_store import FeedbackError
 
         try:
-            record = await asyncio.to_thread(self.store.record_feedback, request_id, score, cost, replay)
+            record = await asyncio.to_thread(self.store.record_feedback, request_id, score, cost, replay, client)
         except FeedbackError as e:
             self.metrics.rejected(e.reason)
             return {"ok": False, "status": e.status, "reason": e.reason, "error": str(e)}
@@ -125,11 +126,11 @@ class FeedbackLogDeployment:
     async def is_pending(self, request_id: str) -> bool:
         return await asyncio.to_thread(self.store.is_pending, request_id)
 
-    async def withdraw(self, request_id: str) -> dict:
+    async def withdraw(self, request_id: str, client: str | None = None) -> dict:
         from serve.feedback_store import FeedbackError
 
         try:
-            await asyncio.to_thread(self.store.withdraw, request_id)
+            await asyncio.to_thread(self.store.withdraw, request_id, client)
         except FeedbackError as e:
             return {"ok": False, "status": e.status, "error": str(e)}
         return {"ok": True}
@@ -467,9 +468,11 @@ class RouterAPI:
         self.judge = Judge(settings.judge, self.upstreams, self._judged_feedback, self.metrics.judged, self._still_pending)
         from serve.guard import STATE
 
+        self.clients = load_clients(settings.auth, self.models)
         STATE.update(
             token=load_token(settings.auth),
             admin_token=load_admin_token(settings.auth),
+            clients=self.clients,
             require_for_route=settings.auth.require_for_route,
             require_for_chat=settings.auth.require_for_chat,
             models=self.models,
@@ -491,7 +494,7 @@ class RouterAPI:
         if self.local is not None:
             self.local.reconfigure(user_config)
 
-    @api.post("/v1/route", response_model=RouteResponse, responses=errors(422, 503))
+    @api.post("/v1/route", response_model=RouteResponse, responses=errors(403, 422, 503))
     async def route(self, req: RouteRequest):
         from ray.exceptions import ActorUnavailableError, RayActorError
 
@@ -504,9 +507,20 @@ class RouterAPI:
             unknown = sorted(set(req.candidates) - set(self.models))
             if unknown:
                 return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
-        # No preference sent: the router gives it the live budget's weight, or the API's default.
+        # No preference sent: a named client's own default, else the live budget's weight, else the API's.
         preference = [wq, wc] if "preference" in req.model_fields_set else None
-        item = {"prompt": prompt, "preference": preference, "mode": req.mode, "candidates": req.candidates}
+        from serve.guard import CLIENT
+
+        candidates, client = req.candidates, CLIENT.get()
+        if client is not None:
+            preference = preference or (list(client.preference) if client.preference else None)
+            if client.candidates is not None:
+                barred = sorted(set(candidates or ()) - set(client.candidates))
+                if barred:
+                    return _error(403, f"candidates: client {client.name!r} may not use {barred}; its models: {list(client.candidates)}")
+                candidates = candidates or list(client.candidates)
+        item = {"prompt": prompt, "preference": preference, "mode": req.mode, "candidates": candidates,
+                "client": client and client.name}
         if self.reads_text_stats:  # of the whole prompt, as training read it; the encoder reads the cut one
             item["text_stats"] = text_stats([req.prompt])[0].tolist()
         try:
@@ -518,7 +532,7 @@ class RouterAPI:
         # The replica's own offer, not this ingress's: during a live change the two may differ.
         request_id, model, probabilities = out["request_id"], out["model"], out["probabilities"]
         mode = "greedy" if req.mode == "greedy" else "explore"
-        self.metrics.route(model, mode, probabilities)
+        self.metrics.route(model, mode, probabilities, client and client.name)
         return RouteResponse(
             request_id=request_id,
             model=model,
@@ -569,10 +583,14 @@ class RouterAPI:
     async def feedback(self, req: FeedbackRequest):
         from ray.exceptions import ActorUnavailableError, RayActorError
 
+        from serve.guard import CLIENT
+
+        client = CLIENT.get()
         try:
             # After a crash mid-call the first attempt may already be on disk: retries replay, not duplicate.
             res = await _call_with_retry(
-                self.log.record_feedback, req.request_id, req.score, req.cost, retry_kwargs={"replay": True}
+                self.log.record_feedback, req.request_id, req.score, req.cost, client=client and client.name,
+                retry_kwargs={"replay": True}
             )
         except (RayActorError, ActorUnavailableError):
             return _error(503, "feedback log: unavailable, nothing was recorded; retry shortly")
@@ -587,7 +605,10 @@ class RouterAPI:
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         try:
-            res = await _call_with_retry(self.log.withdraw, req.request_id)
+            from serve.guard import CLIENT
+
+            client = CLIENT.get()
+            res = await _call_with_retry(self.log.withdraw, req.request_id, client and client.name)
         except (RayActorError, ActorUnavailableError):
             return _error(503, "feedback log: unavailable, nothing was withdrawn; retry shortly")
         if not res["ok"]:
@@ -621,7 +642,8 @@ class RouterAPI:
                 # this ingress replica's breakers (each replica keeps its own): models whose provider failed here
                 "upstreams": self.upstream_health.snapshot(),
                 # ... and how fast each provider answered here (a chat request's barp.max_latency_s reads it)
-                "upstream_latency": self.upstream_latency.snapshot()}
+                "upstream_latency": self.upstream_latency.snapshot(),
+                "clients": {c.name: c.public() for c in self.clients.values()}}
 
     @api.post("/v1/admin/train", responses=errors(403))
     async def train_now(self) -> dict:
@@ -668,7 +690,7 @@ class RouterAPI:
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse,
               responses={200: {"content": {"text/event-stream": {}},
                                "description": "the completion (JSON), or with stream: true server-sent chunks"},
-                         **errors(404, 422, 429, 502, 503, 504)})
+                         **errors(403, 404, 422, 429, 502, 503, 504)})
     async def chat(self, req: ChatCompletionRequest):
         """OpenAI chat completions; model barp-auto routes. 4xx the upstream answered pass through."""
         from serve.openai_proxy import ChatProxyError, forward_chat
@@ -695,6 +717,7 @@ def app_builder(args: dict[str, Any] | None = None):
     try:
         load_token(settings.auth)
         load_admin_token(settings.auth)
+        load_clients(settings.auth, list(meta["models"]))
     except GuardError as e:
         raise SettingsError(str(e)) from None
     from serve.upstream import UpstreamError, auth_headers

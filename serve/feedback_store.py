@@ -148,25 +148,29 @@ class FeedbackStore:
             self.db.execute("UPDATE decisions SET body = ? WHERE request_id = ?", (json.dumps(body, separators=(",", ":")), request_id))
         return True
 
-    def record_feedback(self, request_id: str, score: float, cost: float | None, replay: bool = False) -> dict[str, Any]:
+    def record_feedback(self, request_id: str, score: float, cost: float | None, replay: bool = False,
+                        client: str | None = None) -> dict[str, Any]:
         """Join feedback to its pending decision and persist it; raises, writing nothing, on bad input.
 
         `cost=None` takes the answer's cost the service priced (`note_answer_cost`). `replay=True`
         marks the service's own retry after a crash: if the first attempt was already committed with
-        the same values, that result is returned instead of a duplicate error.
+        the same values, that result is returned instead of a duplicate error. `client`: a named
+        client may rate only its own routes; another's is an unknown request to it.
         """
         with self.db.transaction(durable=True):
-            return self._join(request_id, float(score), None if cost is None else float(cost), replay)
+            return self._join(request_id, float(score), None if cost is None else float(cost), replay, client)
 
-    def _join(self, request_id: str, score: float, cost: float | None, replay: bool) -> dict[str, Any]:
+    def _join(self, request_id: str, score: float, cost: float | None, replay: bool, client: str | None) -> dict[str, Any]:
         rows = self.db.execute("SELECT body FROM decisions WHERE request_id = ?", (request_id,))
         row = rows[0] if rows else None
         if row is None:
-            done = self._reward_row(request_id)
+            done = self._reward_row(request_id, client)
             if done is not None and not done[4] and replay and done[1] == score and (cost is None or done[2] == cost):
                 return {"request_id": request_id, "id": done[0], "score": score, "cost": done[2], "reward": done[3]}
             self._not_pending(request_id, done)
         decision = json.loads(row[0])
+        if client is not None and decision.get("client") != client:
+            raise UnknownRequest(f"request_id: unknown request {request_id!r} (or already withdrawn)")
         if cost is None:
             cost = decision.get("answer_cost")
             if cost is None:
@@ -202,10 +206,13 @@ class FeedbackStore:
                             "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (gone,))
         return gone
 
-    def _reward_row(self, request_id: str) -> tuple | None:
-        """(id, score, cost, reward, defaulted) of the request's joined reward, if it has one."""
-        found = self.db.execute("SELECT id, score, cost, reward, defaulted FROM rewards WHERE request_id = ?", (request_id,))
-        return found[0] if found else None
+    def _reward_row(self, request_id: str, client: str | None = None) -> tuple | None:
+        """(id, score, cost, reward, defaulted) of the request's joined reward, if it has one (and,
+        with `client`, if that client routed it: another's reward is none of its business)."""
+        found = self.db.execute("SELECT id, score, cost, reward, defaulted, body FROM rewards WHERE request_id = ?", (request_id,))
+        if not found or (client is not None and json.loads(found[0][5]).get("client") != client):
+            return None
+        return found[0][:5]
 
     def _not_pending(self, request_id: str, done: tuple | None) -> None:
         """Raise the error for feedback (or a withdrawal) on a request that is not pending; `done`:
@@ -221,14 +228,15 @@ class FeedbackStore:
                                  f"({self.wait_s:g} s); the decision was retired and this feedback changes nothing")
         raise UnknownRequest(f"request_id: unknown request {request_id!r} (or already withdrawn)")
 
-    def withdraw(self, request_id: str) -> None:
+    def withdraw(self, request_id: str, client: str | None = None) -> None:
         """A client's word that a routed request got no answer to rate (it called the provider
         itself, and that failed): the decision is withdrawn as `withdraw_decisions` does, durably;
-        refused as feedback would be when the request is not pending."""
+        refused as feedback would be when the request is not pending (or, to a named client, not its own)."""
         with self.db.transaction(durable=True):
-            if self._delete_pending([request_id]):
+            rows = self.db.execute("SELECT body FROM decisions WHERE request_id = ?", (request_id,))
+            if rows and (client is None or json.loads(rows[0][0]).get("client") == client) and self._delete_pending([request_id]):
                 return
-            self._not_pending(request_id, self._reward_row(request_id))
+            self._not_pending(request_id, self._reward_row(request_id, client))
 
     def retire_expired(self, now: float | None = None) -> int:
         """Close every decision older than the wait time: default reward, or dropped. Returns how many."""

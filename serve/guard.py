@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 from serve.settings import AuthSettings, LimitSettings
@@ -37,6 +40,73 @@ def load_admin_token(auth: AuthSettings) -> str | None:
     if token == load_token(auth):
         raise GuardError(500, "auth.admin_token: must differ from the API token, or it guards nothing")
     return token
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """A named client (`auth.clients_file`): what its routes are logged under, the preference they
+    get when they send none, and the models they may be routed to (None: all)."""
+
+    name: str
+    preference: tuple[float, float] | None = None
+    candidates: tuple[str, ...] | None = None
+
+    def public(self) -> dict:
+        return {"preference": list(self.preference) if self.preference else None,
+                "candidates": list(self.candidates) if self.candidates else None}
+
+
+# The named client the current request came from (None: the API or admin token, or no token), set by
+# GuardMiddleware for the request's task: the handlers read it without a parameter in the schema.
+CLIENT: ContextVar[ClientSpec | None] = ContextVar("barp_client", default=None)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def load_clients(auth: AuthSettings, models: list[str]) -> dict[str, ClientSpec]:
+    """token -> client, from `auth.clients_file`; a one-line error naming the client and field."""
+    import yaml
+
+    from serve.schemas import RouteRequest
+
+    if auth.disabled or not auth.clients_file:
+        return {}
+    path = Path(auth.clients_file)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise GuardError(500, f"auth.clients_file: cannot read {path} ({type(e).__name__})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise GuardError(500, f"auth.clients_file: {path} must map client names to {{token, preference?, candidates?}}")
+    reserved = {load_token(auth), load_admin_token(auth)}
+    out: dict[str, ClientSpec] = {}
+    for name, entry in raw.items():
+        where = f"auth.clients_file: {name}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise GuardError(500, f"{where}: a client name is letters, digits, '_', '.' or '-' (at most 64)")
+        if not isinstance(entry, dict) or set(entry) - {"token", "preference", "candidates"}:
+            raise GuardError(500, f"{where}: must be a mapping with token and optional preference, candidates")
+        token = entry.get("token")
+        if not isinstance(token, str) or len(token.strip()) < 16:
+            raise GuardError(500, f"{where}.token: no token, or shorter than 16 characters")
+        token = token.strip()
+        if token in out or token in reserved:
+            raise GuardError(500, f"{where}.token: used by another client or by the API or admin token")
+        preference = None
+        if entry.get("preference") is not None:
+            try:
+                preference = RouteRequest(prompt="x", preference=entry["preference"]).weights()
+            except ValueError:
+                raise GuardError(500, f"{where}.preference: a knob in [0, 1], a [w_q, w_c] pair or {{quality, cost}}") from None
+        candidates = entry.get("candidates")
+        if candidates is not None:
+            if not isinstance(candidates, list) or not candidates or not all(isinstance(m, str) for m in candidates):
+                raise GuardError(500, f"{where}.candidates: a non-empty list of model names")
+            unknown = sorted(set(candidates) - set(models))
+            if unknown:
+                raise GuardError(500, f"{where}.candidates: unknown model(s) {unknown}; known: {models}")
+            candidates = tuple(candidates)
+        out[token] = ClientSpec(name, preference, candidates)
+    return out
 
 
 def _read_token(file: str | None, env: str | None, name: str) -> str:
@@ -95,23 +165,39 @@ class PromptLimiter:
 
 ALWAYS_PROTECTED = ("/v1/feedback", "/v1/admin/", "/v1/stats")
 ADMIN_PATH = "/v1/admin/"
+OPERATOR_PATHS = (ADMIN_PATH, "/v1/stats")  # not for a named client's token
 ROUTE_PATH, CHAT_PATH = "/v1/route", "/v1/chat/completions"
 
 
-def _check(header: str | None, admin: bool) -> None:
-    """The API token opens every protected path unless an admin token is configured: then the admin
-    paths need it (the API token gets a 403 there, not a 401: it is valid, just not enough), and it
-    opens the other paths too."""
+def _bearer(header: str | None) -> str | None:
+    scheme, _, value = (header or "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _check(header: str | None, admin: bool, operator: bool) -> ClientSpec | None:
+    """Who may pass, and as which named client. The API token opens every protected path unless an
+    admin token is configured: then the admin paths need it (the API token gets a 403 there, not a
+    401: it is valid, just not enough), and it opens the other paths too. A named client's token
+    opens what is not `operator` only (stats and admin are the operator's): routing, chat, feedback."""
+    value = _bearer(header)
+    client = next((c for t, c in STATE.get("clients", {}).items() if value and hmac.compare_digest(value.encode(), t.encode())), None)
+    if client is not None:
+        if operator:
+            raise GuardError(403, f"authorization: client {client.name!r} cannot use this path; the operator's "
+                                  "API or admin token can")
+        return client
     admin_token = STATE.get("admin_token")
     if admin_token is None:
-        return check_bearer(header, STATE["token"])
+        check_bearer(header, STATE["token"])
+        return None
     try:
-        return check_bearer(header, admin_token)
+        check_bearer(header, admin_token)
     except GuardError:
         check_bearer(header, STATE["token"])  # raises 401 unless it is the API token
         if admin:
             raise GuardError(403, "authorization: the API token cannot use /v1/admin/; send the admin token "
                                   "(auth.admin_token_env or auth.admin_token_file)") from None
+    return None
 
 
 class GuardMiddleware:
@@ -134,9 +220,13 @@ class GuardMiddleware:
         path = scope["path"]
         protected = (path.startswith(ALWAYS_PROTECTED) or (STATE["require_for_route"] and path.startswith(ROUTE_PATH))
                      or (STATE["require_for_chat"] and path.startswith(CHAT_PATH)))
-        if protected:
+        # An open path (a route without require_for_route) with a token still says who sent it; a
+        # wrong token there is refused rather than ignored, so a misconfigured client finds out.
+        CLIENT.set(None)
+        if protected or (STATE.get("clients") and "authorization" in headers):
             try:
-                _check(headers.get("authorization"), admin=path.startswith(ADMIN_PATH))
+                CLIENT.set(_check(headers.get("authorization"), admin=path.startswith(ADMIN_PATH),
+                                  operator=path.startswith(OPERATOR_PATHS)))
             except GuardError as e:
                 return await _refuse(scope, receive, send, e.status, str(e), {"WWW-Authenticate": "Bearer"})
         if scope["method"] not in ("POST", "PUT", "PATCH"):

@@ -27,6 +27,9 @@ class RouteMetrics:
             description="routes whose model is not the policy's first choice (exploration); share = this / barp_routes_total",
             tag_keys=("model",))
 
+        self.client_routes = metrics.Counter(
+            "barp_client_routes_total", description="routes answered for each named client (auth.clients_file), by chosen model",
+            tag_keys=("client", "model"))
         self.upstream_failures = metrics.Counter(
             "barp_upstream_failures_total", description="chat requests a model's provider failed, by model and the status given for it",
             tag_keys=("model", "status"))
@@ -43,8 +46,10 @@ class RouteMetrics:
             "barp_upstream_left_out", description="1 while this ingress replica leaves the model out of barp-auto (its breaker is open)",
             tag_keys=("model",))
 
-    def route(self, model: str, mode: str, probabilities: dict[str, float]) -> None:
+    def route(self, model: str, mode: str, probabilities: dict[str, float], client: str | None = None) -> None:
         self.routes.inc(1, tags={"model": model, "mode": mode})
+        if client is not None:
+            self.client_routes.inc(1, tags={"client": client, "model": model})
         if model != max(probabilities, key=probabilities.get):
             self.explored.inc(1, tags={"model": model})
 
@@ -75,6 +80,9 @@ class FeedbackMetrics:
         self.reward = metrics.Gauge("barp_reward_recent_mean", description=f"mean reward of the last {window} accepted feedbacks")
         self.score = metrics.Gauge("barp_score_recent_mean", description=f"mean task score of the last {window} accepted feedbacks")
         self.cost = metrics.Gauge("barp_cost_recent_mean_dollars", description=f"mean cost of the last {window} accepted feedbacks")
+        self.client_spend = metrics.Counter(
+            "barp_client_spend_dollars_total", description="dollars of accepted feedback's answers, per named client",
+            tag_keys=("client",))
         self.pruned_total = metrics.Counter(
             "barp_feedback_pruned_total", description="joined rewards retention took out of the database, archived or deleted",
             tag_keys=("archived",))
@@ -88,7 +96,9 @@ class FeedbackMetrics:
 
     def accepted(self, record: dict, now: float) -> None:
         self.feedback.inc(1, tags={"outcome": "accepted"})
-        self.delay.observe(max(0.0, now - float(record["time"])))
+        if record.get("client") is not None and float(record["cost"]) > 0:
+            self.client_spend.inc(float(record["cost"]), tags={"client": record["client"]})
+        self.delay.observe(max(0.0, now - float(record.get("time", now))))  # a replayed write's record has no time
         new = (float(record["reward"]), float(record["score"]), float(record["cost"]))
         self._recent.append(new)
         old = self._recent.popleft() if len(self._recent) > self._window else (0.0, 0.0, 0.0)

@@ -67,6 +67,14 @@ async def forward_chat(api, req: ChatCompletionRequest):
     unreachable = sorted(set(wanted) - set(api.settings.upstreams))
     if unreachable:
         raise ChatProxyError(422, f"barp.candidates: no upstream for {unreachable}; chat can use {api.chat_models}")
+    from serve.guard import CLIENT
+
+    client = CLIENT.get()
+    if client is not None and client.candidates is not None:  # a named client stays within its models
+        barred = sorted({*wanted, *([] if model == AUTO else [model])} - set(client.candidates))
+        if barred:
+            raise ChatProxyError(403, f"{'barp.candidates' if wanted else 'model'}: client {client.name!r} may not use {barred}; "
+                                      f"its models: {list(client.candidates)}")
     payload = req.model_dump(exclude_unset=True, exclude={"barp"})
     if model == AUTO:
         return await _auto(api, req, prompt, payload)
@@ -82,9 +90,17 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
     withdraw that decision and route again among the models not yet tried (`failover.attempts`)."""
     if not api.chat_models:
         raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
+    from serve.guard import CLIENT
+
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
     limit = options.pop("max_latency_s", None)
     allowed = options.get("candidates") or api.chat_models
+    client = CLIENT.get()
+    if client is not None and client.candidates is not None:
+        allowed = [m for m in allowed if m in client.candidates]
+        if not allowed:
+            raise ChatProxyError(403, f"model: client {client.name!r} may use none of the models chat can reach "
+                                      f"({api.chat_models}); its models: {list(client.candidates)}")
     failed: list[dict[str, Any]] = []
     while True:
         left = [m for m in allowed if all(m != f["model"] for f in failed)]

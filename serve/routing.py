@@ -205,7 +205,8 @@ class Router:
                               "preference": list(it["preference"]), "model": models[a],
                               "behaviour_prob": float(served[a]), "mode": it["mode"], "policy_version": version,
                               "models": models, "prices": prices,  # the offer it was made under
-                              "candidates": None if mask is None else [m for m, ok in zip(models, mask) if ok]})
+                              "candidates": None if mask is None else [m for m, ok in zip(models, mask) if ok],
+                              "client": it.get("client")})  # the named client it was routed for (auth.clients_file)
             out.append({"request_id": request_id, "model": models[a], "probabilities": dict(zip(models, served.tolist())),
                         "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica,
                         "preference": list(it["preference"])})

@@ -179,6 +179,10 @@ class AuthSettings:
     # opens those, and the API token clients hold gets a 403 there. Unset: the API token does both.
     admin_token_env: str | None = None
     admin_token_file: str | None = None
+    # Named clients (teams, apps), a YAML secrets file: {name: {token, preference?, candidates?}}. A
+    # client's token opens routing, chat and feedback (not stats or admin); its routes are logged under
+    # its name, take its default preference and stay within its models; it rates only its own routes.
+    clients_file: str | None = None
     require_for_route: bool = False  # /v1/route too
     # /v1/chat/completions spends money on the upstream models: open only behind your own gateway.
     require_for_chat: bool = True
@@ -430,6 +434,8 @@ class ServeSettings:
             self.auth.token_file = str(Path(self.auth.token_file).expanduser().resolve())
         if self.auth.admin_token_file:
             self.auth.admin_token_file = str(Path(self.auth.admin_token_file).expanduser().resolve())
+        if self.auth.clients_file:
+            self.auth.clients_file = str(Path(self.auth.clients_file).expanduser().resolve())
         for up in self.upstreams.values():
             if up.api_key_file:
                 up.api_key_file = str(Path(up.api_key_file).expanduser().resolve())

@@ -21,6 +21,8 @@ from serve.upstream_health import UpstreamHealth
 
 CHECKPOINT_SETS = ("training.iterations=2", "training.rounds_per_iteration=256")
 ADMIN_TOKEN = "admin-token-" + "fedcba9876543210"
+CLIENTS = {"search": {"token": "search-app-" + "0123456789abcdef", "preference": 0.95, "candidates": ["general-70b", "frontier-400b"]},
+           "support": {"token": "support-app-" + "0123456789abcdef", "preference": [0.2, 0.8]}}
 
 
 class Clock:
@@ -100,6 +102,7 @@ def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("failover")
     (root / "token").write_text(TOKEN + "\n")
     (root / "admin-token").write_text(ADMIN_TOKEN + "\n")
+    (root / "clients.yaml").write_text(json.dumps(CLIENTS))
     checkpoint = train_small(root, *CHECKPOINT_SETS)
     upstream = Upstream()
     upstreams = {m: upstream.base_url for m in ("tiny-1b", "chat-8b", "code-15b", "math-15b", "general-70b", "frontier-400b", "judge")}
@@ -107,7 +110,8 @@ def service(tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app_builder({
         "checkpoint": checkpoint, "log_dir": str(root / "log"),
-        "auth": {"token_file": str(root / "token"), "admin_token_file": str(root / "admin-token")},
+        "auth": {"token_file": str(root / "token"), "admin_token_file": str(root / "admin-token"),
+                 "clients_file": str(root / "clients.yaml")},
         "topology": "colocated", "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
         "trainer": {"state_dir": str(root / "trainer"), "enabled": False},
         "upstreams": upstreams, "upstream_retries": 0, "upstream_timeout_s": 5, "upstream_stream_usage": True,
@@ -447,3 +451,66 @@ def test_an_admin_token_keeps_clients_out_of_the_admin_endpoints(service, tmp_pa
     with pytest.raises(SettingsError, match="auth.admin_token: must differ from the API token"):
         app_builder({"checkpoint": client.checkpoint,
                      "auth": {"token_file": str(client.log_dir.parent / "token"), "admin_token_env": "BARP_TEST_ADMIN"}})
+
+
+def test_named_clients_get_their_defaults_stay_in_their_models_and_rate_only_their_own_routes(service):
+    """auth.clients_file: each client's token routes with its default preference and within its
+    models, is logged under its name, may rate and withdraw only its own routes, and cannot read
+    the operator's stats; a wrong token on the open route path is refused, not ignored."""
+    client, _ = service
+    search, support = (Client(client.port, token=CLIENTS[n]["token"]) for n in ("search", "support"))
+    prompt = {"prompt": "Prove that there are infinitely many primes."}
+    st, r = search.post("/v1/route", prompt)
+    assert st == 200 and r["preference"] == pytest.approx([0.95, 0.05]) and r["model"] in CLIENTS["search"]["candidates"], r
+    assert {m for m, p in r["probabilities"].items() if p > 0} <= set(CLIENTS["search"]["candidates"]), r
+    st, e = search.post("/v1/route", {**prompt, "candidates": ["tiny-1b", "general-70b"]})
+    assert st == 403 and e["error"] == ("candidates: client 'search' may not use ['tiny-1b']; "
+                                         "its models: ['general-70b', 'frontier-400b']"), e
+    st, mine = support.post("/v1/route", {**prompt, "preference": 0.5})
+    assert st == 200 and mine["preference"] == pytest.approx([0.5, 0.5]), mine  # what a request sends wins
+    # another client's route is an unknown request to it; its own, or the operator's token, may rate it
+    for who, rid in ((support, r["request_id"]), (search, mine["request_id"])):
+        st, e = who.post("/v1/feedback", {"request_id": rid, "score": 1.0, "cost": 0.001})
+        assert st == 404 and "unknown request" in e["error"], e
+        st, e = who.post("/v1/feedback/withdraw", {"request_id": rid})
+        assert st == 404, e
+    assert search.post("/v1/feedback", {"request_id": r["request_id"], "score": 1.0, "cost": 0.001})[0] == 200
+    assert client.post("/v1/feedback", {"request_id": mine["request_id"], "score": 0.5, "cost": 0.001})[0] == 200
+    assert _reward_of(client.log_dir, r["request_id"])["client"] == "search"
+    assert _reward_of(client.log_dir, mine["request_id"])["client"] == "support"
+    # chat: barp-auto within the client's models; naming another is refused
+    st, c = search.post("/v1/chat/completions", {"model": "barp-auto", "messages": [{"role": "user", "content": "Hi"}]})
+    assert st == 200 and c["barp"]["model"] in CLIENTS["search"]["candidates"] and c["barp"]["preference"] == pytest.approx([0.95, 0.05]), c
+    st, e = search.post("/v1/chat/completions", {"model": "tiny-1b", "messages": [{"role": "user", "content": "Hi"}]})
+    assert st == 403 and e["error"].startswith("model: client 'search' may not use ['tiny-1b']"), e
+    # the operator's paths
+    st, e = search.get("/v1/stats")
+    assert st == 403 and "client 'search' cannot use this path" in e["error"], e
+    assert search.post("/v1/admin/train")[0] == 403
+    stats = _log(client)
+    assert stats["clients"] == {"search": {"preference": [0.95, pytest.approx(0.05)], "candidates": CLIENTS["search"]["candidates"]},
+                                "support": {"preference": [0.2, 0.8], "candidates": None}}, stats["clients"]
+    assert CLIENTS["search"]["token"] not in json.dumps(stats)
+    st, e = Client(client.port, token="not-a-token-" + "0123456789").post("/v1/route", prompt)
+    assert st == 401, e
+    assert Client(client.port, token=None).post("/v1/route", prompt)[0] == 200  # no token on the open path: anonymous
+
+
+@pytest.mark.parametrize("entry, error", [
+    ({"a": {"token": "short"}}, "auth.clients_file: a.token: no token, or shorter than 16 characters"),
+    ({"a": {"token": TOKEN}}, "auth.clients_file: a.token: used by another client or by the API or admin token"),
+    ({"a": {"token": "x" * 16}, "b": {"token": "x" * 16}}, "auth.clients_file: b.token: used by another client"),
+    ({"a": {"token": "x" * 16, "candidates": ["gpt-9"]}}, "auth.clients_file: a.candidates: unknown model(s) ['gpt-9']"),
+    ({"a": {"token": "x" * 16, "preference": 2}}, "auth.clients_file: a.preference: a knob in [0, 1]"),
+    ({"a b": {"token": "x" * 16}}, "auth.clients_file: a b: a client name is"),
+    ({"a": {"token": "x" * 16, "budget": 1}}, "auth.clients_file: a: must be a mapping with token"),
+])
+def test_a_bad_clients_file_is_refused_naming_the_client_and_field(tmp_path, monkeypatch, entry, error):
+    from serve.guard import GuardError, load_clients
+
+    monkeypatch.setenv("BARP_TEST_TOKEN", TOKEN)
+    (tmp_path / "clients.yaml").write_text(json.dumps(entry))
+    auth = settings_from_args({"auth": {"token_env": "BARP_TEST_TOKEN", "clients_file": str(tmp_path / "clients.yaml")}}).auth
+    with pytest.raises(GuardError) as e:
+        load_clients(auth, ["m1", "m2"])
+    assert str(e.value).startswith(error), e.value
