@@ -828,3 +828,36 @@ def test_a_checkpoint_under_a_storage_uri_is_accepted_at_deploy(world, tmp_path)
     with pytest.raises(SettingsError, match="not a barp-ray checkpoint"):
         app_builder({"checkpoint": f"file://{tmp_path / 'bucket' / 'no-such-run'}", "auth": auth})
 
+
+
+def test_the_python_client_routes_rates_and_withdraws_when_the_block_fails(client):
+    """barp_ray.client against the live app: a decision rated in a `with` block; one whose block
+    raises (the provider failed) is withdrawn, so later feedback for it is refused; refusals come
+    back as RouterError with the service's message; an unreachable service too, after retries."""
+    from barp_ray.client import RouterClient, RouterError
+
+    router = RouterClient(f"http://127.0.0.1:{client.port}", token=TOKEN)
+    with router.route("What is 2 + 2?", preference=[0.9, 0.1], mode="greedy") as d:
+        out = d.feedback(score=1.0, cost=0.0001)
+    tau = client.get("/v1/models")[1]["tau"]
+    assert d.done == "feedback" and out["request_id"] == d.request_id and out["reward"] == pytest.approx(0.9 - 0.1 * min(0.0001 / tau, 1))
+    assert d.preference == pytest.approx([0.9, 0.1]) and d.propensity == 1.0 and d.mode == "greedy"
+
+    class ProviderDown(Exception):
+        pass
+
+    with pytest.raises(ProviderDown):
+        with router.route("What is 3 + 3?") as failed:
+            raise ProviderDown
+    assert failed.done == "withdrawn"
+    st, r = client.post("/v1/feedback", {"request_id": failed.request_id, "score": 1.0, "cost": 0.0})
+    assert st == 404 and "withdrawn" in r["error"], r
+    with pytest.raises(RouterError) as e:
+        router.route("x", preference=1.5)
+    assert e.value.status == 422 and e.value.message.startswith("preference"), e.value
+    with pytest.raises(RouterError) as e:
+        RouterClient(f"http://127.0.0.1:{client.port}", token="not-a-token-0123456789").route("x").feedback(1.0, 0.0)
+    assert e.value.status == 401, e.value
+    with pytest.raises(RouterError) as e:
+        RouterClient(f"http://127.0.0.1:{_free_port()}", retries=1, backoff_s=0.01).route("x")
+    assert e.value.status == 0 and "no answer" in e.value.message
