@@ -291,11 +291,14 @@ class FeedbackStore:
         with self.db.lock:
             (oldest, newest), = self.db.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM rewards")
             offset = dict(self.db.execute("SELECT name, value FROM counters WHERE name = ?", (TRAINER_OFFSET,))).get(TRAINER_OFFSET)
-            aged = None
+            aged = beyond = None
             if max_age_s is not None:
                 (aged,), = self.db.execute("SELECT MAX(id) FROM rewards WHERE time < ?",
                                            ((time.time() if now is None else now) - max_age_s,))
-        cut, forced = max(newest - keep if keep is not None else 0, aged or 0), aged or 0
+            if keep is not None:  # the newest id not among the newest `keep` (ids may have gaps)
+                found = self.db.execute("SELECT id FROM rewards ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,))
+                beyond = found[0][0] if found else None
+        cut, forced = max(beyond or 0, aged or 0), aged or 0
         if trained_only:
             cut, forced = min(cut, offset or 0), min(forced, offset or 0)
         if not newest or cut < oldest:
