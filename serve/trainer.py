@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import tempfile
 import time
 from collections import deque
@@ -44,6 +45,8 @@ from serve.logged_rounds import head_log_prices, held_back, logged_row, observat
 from serve.reward_drift import drop_cut
 from serve.rollout_gate import HeldBack, RolloutGate
 from serve.state_store import StateStore
+
+logger = logging.getLogger(__name__)
 
 STATE = "state"
 PUBLISHED = "published"
@@ -307,7 +310,10 @@ class ContinuousTrainer:
             self.refused = {"version": self.version, "time": time.time(), **decision["estimate"]}
         self._save()
         if self.commit_offsets:  # after the save: a reward retention may remove is one a restart need not read again
-            self.reader.commit_offset(self.offset)
+            try:
+                self.reader.commit_offset(self.offset)
+            except Exception as e:  # noqa: BLE001 - the update stands; retention only waits for the next commit
+                logger.warning("committing the trainer's read position failed (%s); retention waits for the next", type(e).__name__)
         row = {"version": self.version, "offset": self.offset, "records": len(fresh), "published": decision["publish"],
                "steps": steps, "forgot": forgot,
                **stats}
