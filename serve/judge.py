@@ -7,8 +7,9 @@ score, with the cost the service priced the answer at (its usage at the served p
 cost, so the reward is the training formula's. The judge's own bill is not charged to the routed
 model. An answer that could not be priced is not graded: a reward needs a cost.
 
-What the judge sees: the prompt the router read (the last user message, not the whole
-conversation) and the answer, cut to `judge.max_answer_chars`. The router then learns the judge's
+What the judge sees: the prompt the router read (the last user message), the conversation before
+it (its newest `judge.max_answer_chars` characters, so a follow-up is graded in context) and the
+answer, cut to `judge.max_answer_chars`. The router then learns the judge's
 taste, biases included (judges favour long answers and their own family): use a judge you trust
 on your tasks, or scores from your users. The first feedback for a request wins. To mix in your
 users' own scores where they give one, set `judge.defer_s`: the judge waits that long, and an
@@ -58,16 +59,17 @@ class Judge:
     def wanted(self) -> bool:
         return self.settings.model is not None and self.rng.random() < self.settings.share
 
-    def submit(self, request_id: str, prompt: str, answer: str) -> bool:
-        """Grade in the background (after `defer_s`); False when no judge is configured."""
+    def submit(self, request_id: str, prompt: str, answer: str, earlier: str = "") -> bool:
+        """Grade in the background (after `defer_s`); False when no judge is configured. `earlier`:
+        the conversation before the prompt, if any."""
         if self._slots is None:
             return False
-        task = asyncio.get_running_loop().create_task(self._grade(request_id, prompt, answer))
+        task = asyncio.get_running_loop().create_task(self._grade(request_id, prompt, answer, earlier))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _grade(self, request_id: str, prompt: str, answer: str) -> None:
+    async def _grade(self, request_id: str, prompt: str, answer: str, earlier: str = "") -> None:
         s = self.settings
         if s.defer_s > 0:
             await asyncio.sleep(s.defer_s)
@@ -80,7 +82,8 @@ class Judge:
         async with self._slots:
             payload = {"model": s.model, "temperature": 0, "max_tokens": 8, "messages": [
                 {"role": "system", "content": s.instructions},
-                {"role": "user", "content": f"Request:\n{prompt}\n\nAnswer:\n{answer[:s.max_answer_chars]}"}]}
+                {"role": "user", "content": (f"Conversation before the request:\n{earlier[-s.max_answer_chars:]}\n\n" if earlier else "")
+                 + f"Request:\n{prompt}\n\nAnswer:\n{answer[:s.max_answer_chars]}"}]}
             try:
                 resp = await self.upstreams.open(s.model, payload, stream=False)
                 try:

@@ -42,6 +42,20 @@ def _prompt_of(req: ChatCompletionRequest) -> str:
     raise ChatProxyError(422, "messages: no user message with text content")
 
 
+def _earlier_turns(req: ChatCompletionRequest) -> str:
+    """The conversation before the last user message, one `role: text` line per message, for the
+    judge: an answer to a follow-up is graded in its context."""
+    last = max(i for i, m in enumerate(req.messages) if m.role == "user")
+    lines = []
+    for msg in req.messages[:last]:
+        content = msg.content
+        if isinstance(content, list):
+            content = "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        if isinstance(content, str) and content.strip():
+            lines.append(f"{msg.role}: {content}")
+    return "\n".join(lines)
+
+
 async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any] | JSONResponse:
     try:
         route_req = RouteRequest(prompt=prompt, **options)
@@ -190,7 +204,7 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     def judged(answer: str, cost: float | None) -> bool:
         """Hand a priced answer to the judge (`serve/judge.py`) if this one is to be graded."""
         return bool(barp_info and cost is not None and answer and api.judge.wanted()
-                    and api.judge.submit(barp_info["request_id"], prompt, answer))
+                    and api.judge.submit(barp_info["request_id"], prompt, answer, _earlier_turns(req)))
 
     if req.stream and resp.status == 200:
         api.upstream_health.answered(model)

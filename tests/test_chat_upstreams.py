@@ -322,6 +322,15 @@ def test_the_judge_grades_priced_answers_as_their_feedback(service):
         graded = [b for b in upstream.bodies if b["model"] == "judge"][-1]
         assert "Sum the first ten primes." in graded["messages"][-1]["content"]
         assert f"answer from {r['barp']['model']}" in graded["messages"][-1]["content"]
+        assert "Conversation before" not in graded["messages"][-1]["content"]  # a first turn has none
+        # a follow-up is graded in its conversation
+        st, r = client.post("/v1/chat/completions", {"model": "barp-auto", "barp": {"preference": 0.7}, "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Pick a prime below 10."},
+            {"role": "assistant", "content": "7"}, {"role": "user", "content": "Now square it."}]})
+        assert st == 200 and _reward_of(client.log_dir, r["barp"]["request_id"])["score"] == 0.8, r
+        graded = [b for b in upstream.bodies if b["model"] == "judge"][-1]["messages"][-1]["content"]
+        assert graded.startswith("Conversation before the request:\nsystem: Be brief.\nuser: Pick a prime below 10.\n"
+                                 "assistant: 7\n\nRequest:\nNow square it.\n\nAnswer:\n"), graded
         # the first feedback wins: the client's own, after the judge's, is a duplicate
         st, f = client.post("/v1/feedback", {"request_id": r["barp"]["request_id"], "score": 0.1})
         assert st == 409 and "already recorded" in f["error"], f
