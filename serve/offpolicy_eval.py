@@ -17,6 +17,7 @@ first choice; by default it is scored as the service would serve it, with its ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -117,6 +118,44 @@ def estimate(name: str, policy, rows: list[dict], greedy: bool, settings, by_pre
     return Estimate(policy=name, estimator=estimator, **summary(np.ones(len(actions), dtype=bool)), bands=bands)
 
 
+DECISION_KEYS = ("shrinkage", "gate", "cost_multiplier")
+
+
+def decision_spec(text: str) -> dict:
+    """`--decision shrinkage=0.5,gate=cost,cost_multiplier=3`: the live offer's decision settings
+    (`decision_shrinkage`, its gate, `decision_cost_multiplier`) to judge a checkpoint under."""
+    spec: dict = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or key not in DECISION_KEYS:
+            raise OpeError(f"--decision: expected key=value pairs of {list(DECISION_KEYS)}, got {text!r}")
+        try:
+            spec[key] = value if key == "gate" else float(value)
+        except ValueError:
+            raise OpeError(f"--decision: {key} must be a number, got {value!r}") from None
+    return spec
+
+
+@contextlib.contextmanager
+def deciding(policy, spec: dict, text: str):
+    """The policy with `spec`'s decision settings for the block, as a live offer would set them."""
+    module = policy.module
+    first = module.members[0] if module.members is not None else module
+    before = (first.decision_shrinkage, first.decision_shrinkage_gate, first.decision_cost_multiplier)
+    try:
+        try:
+            if "shrinkage" in spec or "gate" in spec:
+                module.set_decision_shrinkage(spec.get("shrinkage", before[0]), spec.get("gate", before[1]))
+            if "cost_multiplier" in spec:
+                module.set_decision_cost_multiplier(spec["cost_multiplier"])
+        except ValueError as e:
+            raise OpeError(f"--decision {text}: {e}") from None
+        yield policy
+    finally:
+        module.set_decision_shrinkage(before[0], before[1])
+        module.set_decision_cost_multiplier(before[2])
+
+
 def _load(path: str):
     from barp_ray.policy import CheckpointError, RoutingPolicy
 
@@ -158,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="judge only on the rounds `barp replay --holdout` with this share never trained on")
     p.add_argument("--by-preference", action="store_true",
                    help="also estimate each checkpoint per w_q band (0-0.2, ..., 0.8-1): where along the trade-off it wins")
+    p.add_argument("--decision", action="append", default=[], metavar="SPEC",
+                   help="also judge each checkpoint under these live decision settings, e.g. shrinkage=0.5 or "
+                        "cost_multiplier=3 or shrinkage=0.5,gate=cost (repeat for several)")
     p.add_argument("--archive", action="store_true",
                    help="count the rounds retention archived (retention.archive) too, when the database holds fewer than --last")
     p.add_argument("--json", action="store_true", help="print the estimates as JSON")
@@ -183,8 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         policies = [(path, _load(path)) for path in args.checkpoints]
         if args.published:
             policies.append(published_policy(settings))
+        variants = [(text, decision_spec(text)) for text in args.decision]
         for name, policy in policies:
             results.append(estimate(name, policy, rows, args.as_ == "greedy", settings, args.by_preference))
+            for text, spec in variants:
+                with deciding(policy, spec, text):
+                    results.append(estimate(f"{name} [{text}]", policy, rows, args.as_ == "greedy", settings, args.by_preference))
     except (OpeError, ArchiveError, SettingsError, DatabaseError, OSError) as err:
         print(f"barp ope: error: {err}", file=sys.stderr)
         return 2

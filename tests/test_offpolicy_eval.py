@@ -233,3 +233,38 @@ def test_rewards_retention_archived_are_replayed_and_judged_as_if_they_had_staye
         assert torch.allclose(value, weights[1][key], atol=1e-6), key
     assert ope([logged["strong"], "--config", logged["config"], "--archive"]) == 2
     assert capsys.readouterr().err.strip() == "barp ope: error: --archive: the serve config sets no retention.archive"
+
+
+def test_a_checkpoint_is_judged_under_live_decision_settings(logged, capsys):
+    """`--decision`: each checkpoint also under the settings a live offer can set (decision
+    shrinkage, its gate, the price multiplier), each estimate covering that setting's true value;
+    the checkpoint's own settings come back after; a setting its head cannot take is one line."""
+    from barp_ray.policy import RoutingPolicy
+    from serve.offpolicy_eval import main
+
+    assert main([logged["strong"], "--config", logged["config"], "--decision", "shrinkage=0",
+                 "--decision", "shrinkage=0.5,gate=cost", "--json"]) == 0
+    estimates = json.loads(capsys.readouterr().out)["estimates"]
+    assert [e["policy"] for e in estimates] == [logged["strong"], f"{logged['strong']} [shrinkage=0]",
+                                                f"{logged['strong']} [shrinkage=0.5,gate=cost]"]
+    truths = []
+    for est, (k, gate) in zip(estimates, [(1.0, "none"), (0.0, "none"), (0.5, "cost")]):
+        policy = RoutingPolicy.load(logged["strong"])
+        policy.module.set_decision_shrinkage(k, gate)
+        truths.append(_true_value(policy, logged, greedy=False))
+        assert abs(est["value"] - truths[-1]) <= est["half_width"], (est, truths[-1])
+    assert truths[0] > truths[1] + 0.02, truths  # the setting was applied: every prompt read as the average one routes worse
+    from serve.offpolicy_eval import OpeError, deciding
+
+    policy = RoutingPolicy.load(logged["strong"])
+    with deciding(policy, {"shrinkage": 0.25, "gate": "cost"}, "x"):
+        assert (policy.module.decision_shrinkage, policy.module.decision_shrinkage_gate) == (0.25, "cost")
+    assert (policy.module.decision_shrinkage, policy.module.decision_shrinkage_gate) == (1.0, "none")
+    with pytest.raises(OpeError), deciding(policy, {"shrinkage": 2.0}, "shrinkage=2"):
+        pass
+    assert policy.module.decision_shrinkage == 1.0
+    assert main([logged["strong"], "--config", logged["config"], "--decision", "cost_multiplier=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("barp ope: error: --decision cost_multiplier=3: decision_cost_multiplier:") and "\n" not in err, err
+    assert main([logged["strong"], "--config", logged["config"], "--decision", "temperature=2"]) == 2
+    assert "--decision: expected key=value pairs of ['shrinkage', 'gate', 'cost_multiplier']" in capsys.readouterr().err
