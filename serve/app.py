@@ -507,13 +507,15 @@ class RouterAPI:
             unknown = sorted(set(req.candidates) - set(self.models))
             if unknown:
                 return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
-        # No preference sent: a named client's own default, else the live budget's weight, else the API's.
+        # No preference sent: a named client's own live budget, else its default preference, else the live
+        # budget's weight, else the API's.
         preference = [wq, wc] if "preference" in req.model_fields_set else None
         from serve.guard import CLIENT
 
         candidates, client = req.candidates, CLIENT.get()
         if client is not None:
-            preference = preference or (list(client.preference) if client.preference else None)
+            if client.name not in self.offer.client_budgets:  # a client's live budget paces it instead
+                preference = preference or (list(client.preference) if client.preference else None)
             if client.candidates is not None:
                 barred = sorted(set(candidates or ()) - set(client.candidates))
                 if barred:
@@ -637,8 +639,11 @@ class RouterAPI:
         return {"log": counts, "trainer": trainer,
                 "offer": {"models": self.models, "decision_shrinkage": list(self.offer.decision_shrinkage),
                           "decision_cost_multiplier": self.offer.decision_cost_multiplier,
-                          "budget": dataclasses.asdict(budget) if budget else None, "refused": self.offer_error},
+                          "budget": dataclasses.asdict(budget) if budget else None,
+                          "client_budgets": {n: dataclasses.asdict(b) for n, b in self.offer.client_budgets.items()},
+                          "refused": self.offer_error},
                 "pacing": {"replica": router["replica"], **(router["pacing"] or {})} if router["pacing"] else None,
+                "client_pacing": router.get("client_pacing") or {},
                 # this ingress replica's breakers (each replica keeps its own): models whose provider failed here
                 "upstreams": self.upstream_health.snapshot(),
                 # ... and how fast each provider answered here (a chat request's barp.max_latency_s reads it)

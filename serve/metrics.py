@@ -117,17 +117,21 @@ class ReplicaMetrics:
     def __init__(self) -> None:
         self.version = metrics.Gauge("barp_policy_version", description="policy version this router replica serves")
         self.paced_weight = metrics.Gauge("barp_budget_quality_weight",
-                                          description="w_q given to routes without a preference, chosen to fit the live budget")
+                                          description="w_q given to routes without a preference, chosen to fit the live budget "
+                                                      "(client: a named client's own budget; empty: the live budget)",
+                                          tag_keys=("client",))
         self.paced_spend = metrics.Gauge("barp_budget_estimated_spend_dollars",
-                                         description="estimated dollars per 1,000 paced routes at that weight, on the replica's recent ones (bills where known)")
+                                         description="estimated dollars per 1,000 paced routes at that weight, on the replica's recent ones (bills where known)",
+                                         tag_keys=("client",))
 
     def serving(self, version: int) -> None:
         self.version.set(version)
 
-    def pacing(self, w_q: float, estimate: float | None) -> None:
-        self.paced_weight.set(w_q)
+    def pacing(self, w_q: float, estimate: float | None, client: str = "") -> None:
+        """`client`: a named client's own budget ("" for the live budget everyone else's routes follow)."""
+        self.paced_weight.set(w_q, tags={"client": client})
         if estimate is not None:
-            self.paced_spend.set(estimate)
+            self.paced_spend.set(estimate, tags={"client": client})
 
 
 class TrainerMetrics:

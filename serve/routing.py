@@ -50,6 +50,16 @@ def take_offer(user_config: dict | None, meta: dict, first: bool, apply=None):
         return None, str(e)
 
 
+def _paced(pacer: BudgetPacer | None, budget, models: tuple[str, ...]) -> BudgetPacer | None:
+    """The pacer for a live budget: none without one, the same one retargeted, or a new one."""
+    if budget is None:
+        return None
+    if pacer is None:
+        return BudgetPacer(budget, models)
+    pacer.retarget(budget, models)
+    return pacer
+
+
 class Router:
     """Must be built inside a Serve replica (it reads the replica's id and CPUs, and starts polling
     the trainer for published weights on the running event loop)."""
@@ -103,6 +113,7 @@ class Router:
         self.offer_prices: dict = {}  # the offer's {model: {input_per_mtok, output_per_mtok}}, for the budget's estimate
         self.bills: dict[str, float] = {}  # each model's recent mean billed cost, from the trainer's feedback
         self.pacer: BudgetPacer | None = None  # set by a live `budget`: the weight for routes without a preference
+        self.client_pacers: dict[str, BudgetPacer] = {}  # live `client_budgets`: a named client's own
         self._scan_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-scan")
         self.offer_taken = False
         self.metrics = ReplicaMetrics()
@@ -125,12 +136,9 @@ class Router:
             fresh.models = offer.models
             self.policy, self.prices = fresh, offer.blended()  # prices are recorded with each decision
             self.offer_prices = offer.prices
-            if offer.budget is None:
-                self.pacer = None
-            elif self.pacer is None:
-                self.pacer = BudgetPacer(offer.budget, offer.models)
-            else:
-                self.pacer.retarget(offer.budget, offer.models)
+            self.pacer = _paced(self.pacer, offer.budget, offer.models)
+            self.client_pacers = {name: _paced(self.client_pacers.get(name), budget, offer.models)
+                                  for name, budget in offer.client_budgets.items()}
 
         # Checked here too: a `user_config` edited in the Serve config file skips app_builder.
         if take_offer(user_config, self.policy.meta, first=not self.offer_taken, apply=apply)[0] is not None:
@@ -171,12 +179,14 @@ class Router:
         from serve.exploration import exploring_distribution
         from serve.feedback_store import encode_vector, new_request_id
 
-        policy, prices, version, epsilon, pacer = self.policy, self.prices, self.version, self.epsilon, self.pacer
+        policy, prices, version, epsilon = self.policy, self.prices, self.version, self.epsilon
         models = list(policy.models)
-        paced = [it["preference"] is None for it in items]  # the client left the trade-off to the service
+        # The client left the trade-off to the service: its named client's budget paces it, else the live budget.
+        pacers = [(self.client_pacers.get(it.get("client")) or self.pacer) if it["preference"] is None else None for it in items]
+        paced = [it["preference"] is None for it in items]
         if any(paced):
-            w = pacer.preference() if pacer is not None else list(DEFAULT_PREFERENCE)
-            items = [{**it, "preference": w} if p else it for it, p in zip(items, paced)]
+            items = [{**it, "preference": pacer.preference() if pacer is not None else list(DEFAULT_PREFERENCE)} if p else it
+                     for it, p, pacer in zip(items, paced, pacers)]
         stats = [it.get("text_stats") for it in items]
         emb = policy.observe([it["prompt"] for it in items], None if None in stats else stats)
         probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
@@ -210,7 +220,7 @@ class Router:
             out.append({"request_id": request_id, "model": models[a], "probabilities": dict(zip(models, served.tolist())),
                         "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica,
                         "preference": list(it["preference"])})
-            if pacer is not None and paced[i]:
+            if pacers[i] is not None:
                 to_pace.append((i, mask, it["mode"] == "greedy"))
         if to_pace:
             from barp_ray.encoder import count_tokens
@@ -218,7 +228,7 @@ class Router:
             tokens = count_tokens([items[i]["prompt"] for i, _, _ in to_pace], policy.encoder)
             for (i, mask, greedy), n in zip(to_pace, tokens):
                 allowed = np.ones(len(models), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-                pacer.observe(PacedRoute(emb[i], int(n), allowed, greedy))
+                pacers[i].observe(PacedRoute(emb[i], int(n), allowed, greedy))
         return out, decisions
 
     # Two batches in flight: one computes while the other waits for its decisions to be written.
@@ -240,27 +250,27 @@ class Router:
         return out
 
     def _maybe_rescan(self) -> None:
-        """Start the budget's scan in its own thread when due; routing goes on with the current weight."""
-        pacer = self.pacer
-        if pacer is None or not pacer.due():
-            return
-        pacer.scanning = True
-        policy, prices, bills = self.policy, self.offer_prices, self.bills
-        exploration = dataclasses.replace(self.settings.exploration, epsilon=self.epsilon)
+        """Start each due budget's scan in the scan thread; routing goes on with the current weights."""
+        for client, pacer in [("", self.pacer), *self.client_pacers.items()]:
+            if pacer is None or not pacer.due():
+                continue
+            pacer.scanning = True
+            policy, prices, bills = self.policy, self.offer_prices, self.bills
+            exploration = dataclasses.replace(self.settings.exploration, epsilon=self.epsilon)
 
-        def scan() -> None:
-            try:
-                import torch
+            def scan(pacer=pacer, client=client, policy=policy, prices=prices, bills=bills, exploration=exploration) -> None:
+                try:
+                    import torch
 
-                torch.set_num_threads(1)  # per thread: the scan must not take the cores routing uses
-                pacer.rescan(policy, prices, exploration, bills)
-                self.metrics.pacing(pacer.w_q, pacer.estimate)
-            except Exception:  # noqa: BLE001 - a failed scan keeps the current weight; routing goes on
-                logger.exception("budget scan failed; the paced weight stays %.2f", pacer.w_q)
-            finally:
-                pacer.scanning = False
+                    torch.set_num_threads(1)  # per thread: the scan must not take the cores routing uses
+                    pacer.rescan(policy, prices, exploration, bills)
+                    self.metrics.pacing(pacer.w_q, pacer.estimate, client)
+                except Exception:  # noqa: BLE001 - a failed scan keeps the current weight; routing goes on
+                    logger.exception("budget scan failed; the paced weight stays %.2f", pacer.w_q)
+                finally:
+                    pacer.scanning = False
 
-        self._scan_pool.submit(scan)
+            self._scan_pool.submit(scan)
 
     async def route(self, item: dict) -> dict:
         # Wait for company only when there is some: a route that finds the replica empty (one client,
@@ -274,4 +284,5 @@ class Router:
 
     def info(self) -> dict:
         return {"replica": self.replica, "policy_version": self.version, "started_version": self.started_version,
-                "pid": os.getpid(), "pacing": self.pacer.state() if self.pacer is not None else None}
+                "pid": os.getpid(), "pacing": self.pacer.state() if self.pacer is not None else None,
+                "client_pacing": {name: p.state() for name, p in self.client_pacers.items()}}

@@ -348,7 +348,8 @@ class RetentionSettings:
 
 TOPOLOGIES = ("colocated", "split")
 # What `user_config` may set live, and the deployments that take it in each topology.
-LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate", "decision_cost_multiplier", "budget")
+LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate", "decision_cost_multiplier", "budget",
+             "client_budgets")
 LIVE_OFFER_DEPLOYMENTS = {"colocated": ("RouterAPI", "TrainerDeployment"),
                           "split": ("RouterModel", "RouterAPI", "TrainerDeployment")}
 
@@ -524,6 +525,8 @@ class Offer:
     decision_cost_multiplier: float = 1.0
     # The spend target for routes that leave the preference to the service (None: they get the default).
     budget: Budget | None = None
+    # A named client's own spend target for its routes that leave the preference to the service.
+    client_budgets: dict = field(default_factory=dict)
 
     def cards(self) -> list:
         from barp_ray.model_cards import cards_for
@@ -566,7 +569,7 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
     if config.get("models") is None:
         prices = live_prices(config.get("prices"), meta)
         return Offer(tuple(meta["models"]), {m: p for m, p in prices.items() if p}, dict(meta.get("sizes") or {}), shrinkage, charge,
-                     live_budget(config, meta, prices))
+                     live_budget(config, meta, prices), live_client_budgets(config, meta, prices))
     if config.get("prices"):
         raise SettingsError("prices: give each model's price inside `models` when `models` is set, not both")
     head = checkpoint_head(meta)
@@ -579,7 +582,7 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
         raise SettingsError(str(e)) from None
     prices = {c.name: {"input_per_mtok": float(c.input_per_mtok), "output_per_mtok": float(c.output_per_mtok)} for c in cards}
     return Offer(tuple(c.name for c in cards), prices, {c.name: float(c.size_b) for c in cards if c.size_b}, shrinkage, charge,
-                 live_budget(config, meta, prices))
+                 live_budget(config, meta, prices), live_client_budgets(config, meta, prices))
 
 
 def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str]:
@@ -617,6 +620,25 @@ class Budget:
 
 
 BUDGET_FIELDS = ("dollars_per_1k", "output_tokens", "window", "every", "price_by")
+
+
+def live_client_budgets(config: dict, meta: dict, prices: dict) -> dict[str, Budget]:
+    """`client_budgets: {<client>: {dollars_per_1k, ...}}` set live: each named client's (auth.clients_file)
+    own budget for its routes that send no preference, as `budget` is for everyone else's."""
+    raw = config.get("client_budgets")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"client_budgets: must map client names to budgets, got {raw!r}")
+    out = {}
+    for name, budget in raw.items():
+        try:
+            out[str(name)] = live_budget({"budget": budget}, meta, prices)
+        except SettingsError as e:
+            raise SettingsError(str(e).replace("budget", f"client_budgets.{name}", 1)) from None
+        if out[str(name)] is None:
+            raise SettingsError(f"client_budgets.{name}: must be a mapping with dollars_per_1k")
+    return out
 
 
 def live_budget(config: dict, meta: dict, prices: dict) -> Budget | None:

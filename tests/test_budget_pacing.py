@@ -35,6 +35,18 @@ def test_a_bad_budget_is_refused_naming_the_field(raw, error):
     assert str(e.value).startswith(error), e.value
 
 
+def test_a_bad_client_budget_is_refused_naming_the_client_and_field():
+    from serve.settings import live_client_budgets
+
+    assert live_client_budgets({"client_budgets": {"a": {"dollars_per_1k": 2}}}, META, PRICED)["a"].dollars_per_1k == 2.0
+    for raw, error in [({"a": {"dollars_per_1k": -1}}, "client_budgets.a.dollars_per_1k: must be a positive number"),
+                       ({"a": {"every": 2}}, "client_budgets.a: must be a mapping with dollars_per_1k"),
+                       ([1], "client_budgets: must map client names to budgets")]:
+        with pytest.raises(SettingsError) as e:
+            live_client_budgets({"client_budgets": raw}, META, PRICED)
+        assert str(e.value).startswith(error), e.value
+
+
 def test_a_budget_needs_every_price_and_an_answer_length():
     ok = live_budget({"budget": {"dollars_per_1k": 2}}, META, PRICED)
     assert (ok.dollars_per_1k, ok.output_tokens, ok.window, ok.every) == (2.0, 256, 512, 128)
@@ -227,5 +239,65 @@ def test_the_trainer_passes_live_bills_to_the_routers_pacing(world):
                 break
             assert time.time() < deadline, pacing
         assert pacing["preference"] == [0.0, 1.0], pacing
+    finally:
+        stop_serve()
+
+
+def test_a_named_clients_own_budget_paces_its_routes_apart_from_everyone_elses(world, tmp_path):
+    """`client_budgets` (live): a named client's routes without a preference are paced by its own
+    budget, on its own recent routes, to calibrate's pick for its prompts, even over its default
+    preference; everyone else's (anonymous, or a client without one) by the live budget."""
+    import json
+
+    from conftest import declarative_app
+
+    root, port = world["root"], free_port()
+    curve = offline_pick(world["checkpoint"], None)
+    spends = np.array([p.dollars_per_1k for p in curve])
+    low = float(spends[0] + 0.3 * (spends[-1] - spends[0]))
+    high = float(spends[0] + 0.8 * (spends[-1] - spends[0]))
+    tokens = {"lean": "lean-app-" + "0123456789abcdef", "plain": "plain-app-" + "0123456789abcdef"}
+    (tmp_path / "clients.yaml").write_text(json.dumps({"lean": {"token": tokens["lean"], "preference": 0.99},
+                                                       "plain": {"token": tokens["plain"]}}))
+    args, deploy = declarative_app(world["checkpoint"], root, "colocated", port)
+    args["auth"]["clients_file"] = str(tmp_path / "clients.yaml")
+    anonymous, lean, plain = Client(port), Client(port, token=tokens["lean"]), Client(port, token=tokens["plain"])
+
+    def stats():
+        st, body = anonymous.get("/v1/stats")
+        return body if st == 200 else {}
+
+    try:
+        deploy({"budget": {"dollars_per_1k": high, "window": 48, "every": 24},
+                "client_budgets": {"lean": {"dollars_per_1k": low, "window": 48, "every": 24}}})
+        deadline = time.time() + 120
+        while anonymous.get("/healthz")[0] != 200 or not stats():
+            assert time.time() < deadline, "the app never came up"
+            time.sleep(0.5)
+        first, deadline = None, time.time() + 180
+        while True:
+            assert time.time() < deadline, stats()
+            for _ in range(8):  # each pacer's window: PROMPTS eight times, from its own routes only
+                for p in PROMPTS:
+                    assert lean.post("/v1/route", {"prompt": p})[0] == 200
+                    assert anonymous.post("/v1/route", {"prompt": p})[0] == 200
+            s = stats()
+            mine, everyone = s["client_pacing"].get("lean") or {}, s["pacing"] or {}
+            scans = (mine.get("scans", 0), everyone.get("scans", 0))
+            first = scans if first is None else first
+            if min(scans[0] - first[0], scans[1] - first[1]) >= 2 and mine["window"] == everyone["window"] == 48:
+                time.sleep(0.5)
+                s = stats()
+                break
+        assert s["offer"]["client_budgets"]["lean"]["dollars_per_1k"] == low
+        assert s["client_pacing"]["lean"]["preference"][0] == offline_pick(world["checkpoint"], low)[0], s["client_pacing"]
+        assert s["pacing"]["preference"][0] == offline_pick(world["checkpoint"], high)[0], s["pacing"]
+        assert s["client_pacing"]["lean"]["preference"][0] < s["pacing"]["preference"][0]
+        st, r = lean.post("/v1/route", {"prompt": PROMPTS[0]})
+        assert st == 200 and r["preference"] == s["client_pacing"]["lean"]["preference"], r  # its budget, not its 0.99
+        st, r = plain.post("/v1/route", {"prompt": PROMPTS[0]})
+        assert st == 200 and r["preference"] == s["pacing"]["preference"], r  # a client without a budget: the live one
+        st, r = lean.post("/v1/route", {"prompt": PROMPTS[0], "preference": 0.5})
+        assert st == 200 and r["preference"] == [0.5, 0.5], r  # a request's own trade-off is never paced
     finally:
         stop_serve()
