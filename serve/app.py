@@ -87,6 +87,7 @@ class FeedbackLogDeployment:
                 await asyncio.to_thread(self.prune_now)
             except Exception:  # noqa: BLE001 - nothing left the database; the next pass tries again
                 logger.exception("retention failed")
+                self.metrics.retention_failed()
             await asyncio.sleep(self.settings.retention.every_s)
 
     def prune_now(self, now: float | None = None) -> int:

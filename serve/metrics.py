@@ -83,12 +83,18 @@ class FeedbackMetrics:
         self.client_spend = metrics.Counter(
             "barp_client_spend_dollars_total", description="dollars of accepted feedback's answers, per named client",
             tag_keys=("client",))
+        self.retention_failures = metrics.Counter(
+            "barp_feedback_retention_failures_total", description="retention passes that failed (nothing left the database; "
+            "the next pass tries again): an unreachable archive, a database error")
         self.pruned_total = metrics.Counter(
             "barp_feedback_pruned_total", description="joined rewards retention took out of the database, archived or deleted",
             tag_keys=("archived",))
         self._window = window
         self._recent: deque[tuple[float, float, float]] = deque()
         self._sums = [0.0, 0.0, 0.0]  # running sums over _recent: O(1) per feedback
+
+    def retention_failed(self) -> None:
+        self.retention_failures.inc(1)
 
     def pruned(self, n: int, archived: bool) -> None:
         if n:

@@ -341,6 +341,22 @@ def test_a_pass_cut_short_between_its_deletes_is_finished_not_archived_twice(fee
     assert ArchivedThenStored(archive, reader).after(0, 100) == before and store.counts()["first_id"] == ids[6]
 
 
+def test_an_archive_that_cannot_be_written_takes_nothing_out_of_the_database(feedback_db, tmp_path):
+    import shutil
+
+    from serve.feedback_archive import FeedbackArchive
+
+    store, reader = FeedbackStore(feedback_db(), tau=TAU), RewardReader(feedback_db())
+    ids = _rewarded(store, 6)
+    reader.commit_offset(ids[-1])
+    archive = FeedbackArchive(str(tmp_path / "archive"))
+    shutil.rmtree(tmp_path / "archive")
+    (tmp_path / "archive").write_text("a file where the archive's directory was")  # the mount went away
+    with pytest.raises(OSError):
+        store.prune(keep=1, max_age_s=None, trained_only=True, archive=archive, batch=5)
+    assert [r["id"] for r in reader.after(0, 100)] == ids and store.counts()["pruned"] == 0
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_an_archive_and_an_export_move_into_another_store(tmp_path, backend, request, capsys):
     """What retention archived from one machine's SQLite, and an export of what it kept, come into
