@@ -16,24 +16,21 @@ def export(settings, dest: str, batch: int) -> tuple[int, int]:
     """(rewards written, files) from the store `settings` names into a new archive at `dest`."""
     from serve.feedback_archive import ArchiveError, FeedbackArchive
     from serve.feedback_db import open_database, require_store
-    from serve.feedback_store import REWARD_COLUMNS
+    from serve.feedback_store import FeedbackStore
 
     require_store(settings)
     archive = FeedbackArchive(dest)
     if archive.parts():
         raise ArchiveError(f"DEST: {dest} already holds archive files; export into an empty place")
-    db = open_database(settings)
+    store = FeedbackStore(open_database(settings), tau=float("nan"))  # read only: the rows as retention archives them
     written = files = last = 0
     try:
-        while True:
-            with db.lock:
-                rows = db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id > ? ORDER BY id LIMIT ?", (last, batch))
-            if not rows:
-                return written, files
-            archive.write([rows], rows[0][0], rows[-1][0])
-            written, files, last = written + len(rows), files + 1, rows[-1][0]
+        while ids := store.reward_ids(after=last, limit=batch):
+            archive.write(store.reward_rows(ids[0], ids[-1]), ids[0], ids[-1])
+            written, files, last = written + len(ids), files + 1, ids[-1]
+        return written, files
     finally:
-        db.close()
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:

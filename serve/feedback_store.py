@@ -307,23 +307,24 @@ class FeedbackStore:
         if archive is not None:
             done = archive.finished_through(oldest)  # a file written before a crash took (all) its rows out
             if done is not None:
-                gone += self._delete_ids(self._ids_through(min(done, cut), None))
+                gone += self._delete_ids(self.reward_ids(through=min(done, cut)))
         while True:
-            ids = self._ids_through(cut, batch)
+            ids = self.reward_ids(through=cut, limit=batch)
             if archive is not None and len(ids) < batch:
                 ids = [i for i in ids if i <= forced]
             if not ids:
                 return gone
             if archive is not None:
-                archive.write(self._rows_between(ids[0], ids[-1]), ids[0], ids[-1])
+                archive.write(self.reward_rows(ids[0], ids[-1]), ids[0], ids[-1])
             gone += self._delete_ids(ids)
 
-    def _ids_through(self, last_id: int, limit: int | None) -> list[int]:
+    def reward_ids(self, after: int = 0, through: int = 2**62, limit: int | None = None) -> list[int]:
+        """The ids of rewards with after < id <= through, ascending, at most `limit`."""
         with self.db.lock:
-            return [i for i, in self.db.execute("SELECT id FROM rewards WHERE id <= ? ORDER BY id LIMIT ?",
-                                                (last_id, limit if limit is not None else 2**62))]
+            return [i for i, in self.db.execute("SELECT id FROM rewards WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                                                (after, through, limit if limit is not None else 2**62))]
 
-    def _rows_between(self, first_id: int, last_id: int):
+    def reward_rows(self, first_id: int, last_id: int):
         """The rows first_id..last_id, READ_CHUNK at a time: no long hold of the connection (or of
         the interpreter, in the feedback log's process) while a run is archived."""
         after = first_id - 1
