@@ -620,7 +620,12 @@ class RouterAPI:
 
     @api.get("/v1/models")
     async def models(self) -> dict:
-        return {"models": [{"id": m, "price_per_mtok": self.prices.get(m) or None} for m in self.models] + [{"id": "barp-auto"}],
+        """The routable models (a named client sees its own), their prices, and barp-auto."""
+        from serve.guard import CLIENT
+
+        client = CLIENT.get()
+        mine = [m for m in self.models if client is None or client.candidates is None or m in client.candidates]
+        return {"models": [{"id": m, "price_per_mtok": self.prices.get(m) or None} for m in mine] + [{"id": "barp-auto"}],
                 "tau": self.tau}
 
     @api.get("/healthz")

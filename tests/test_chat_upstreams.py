@@ -492,6 +492,8 @@ def test_named_clients_get_their_defaults_stay_in_their_models_and_rate_only_the
     assert st == 200 and c["barp"]["model"] in CLIENTS["search"]["candidates"] and c["barp"]["preference"] == pytest.approx([0.95, 0.05]), c
     st, e = search.post("/v1/chat/completions", {"model": "tiny-1b", "messages": [{"role": "user", "content": "Hi"}]})
     assert st == 403 and e["error"].startswith("model: client 'search' may not use ['tiny-1b']"), e
+    assert [m["id"] for m in search.get("/v1/models")[1]["models"]] == [*CLIENTS["search"]["candidates"], "barp-auto"]
+    assert len(support.get("/v1/models")[1]["models"]) == len(client.meta["models"]) + 1
     # the operator's paths
     st, e = search.get("/v1/stats")
     assert st == 403 and "client 'search' cannot use this path" in e["error"], e
