@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from serve.routing import take_offer
 from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_offer, settings_from_args
 
 logger = logging.getLogger("ray.serve")
+CLIENTS_POLL_S = 2.0  # how often each ingress replica looks for an edited auth.clients_file
 
 
 # Internal deployments are called on every route, feedback and weight poll: one access-log line
@@ -469,7 +471,9 @@ class RouterAPI:
         self.judge = Judge(settings.judge, self.upstreams, self._judged_feedback, self.metrics.judged, self._still_pending)
         from serve.guard import STATE
 
-        self.clients = load_clients(settings.auth, self.models)
+        self.clients, self.clients_error = load_clients(settings.auth, self.models), None
+        if settings.auth.clients_file and not settings.auth.disabled:
+            self._clients_watch = asyncio.get_running_loop().create_task(self._watch_clients())
         STATE.update(
             token=load_token(settings.auth),
             admin_token=load_admin_token(settings.auth),
@@ -480,6 +484,37 @@ class RouterAPI:
             chat_models=self.chat_models,
             max_body_bytes=settings.limits.max_body_bytes,
         )
+
+    async def _watch_clients(self) -> None:
+        """Take an edited `auth.clients_file` (a team added, a token rotated) within CLIENTS_POLL_S,
+        with no restart; a file that does not validate is refused, logged and shown in /v1/stats,
+        and the clients before it stay."""
+        from serve.guard import STATE
+
+        path = Path(self.settings.auth.clients_file)
+
+        def stamp():
+            try:
+                st = path.stat()
+                return st.st_mtime_ns, st.st_size
+            except OSError:
+                return None
+
+        seen = stamp()
+        while True:
+            await asyncio.sleep(CLIENTS_POLL_S)
+            now = stamp()
+            if now == seen:
+                continue
+            seen = now
+            try:
+                clients = load_clients(self.settings.auth, self.models)
+            except GuardError as e:
+                self.clients_error = str(e)
+                logger.error("clients file refused, the clients before it stay: %s", e)
+                continue
+            self.clients, self.clients_error = clients, None
+            STATE.update(clients=clients)
 
     def reconfigure(self, user_config: dict) -> None:
         from serve.guard import STATE
@@ -654,7 +689,8 @@ class RouterAPI:
                 "upstreams": self.upstream_health.snapshot(),
                 # ... and how fast each provider answered here (a chat request's barp.max_latency_s reads it)
                 "upstream_latency": self.upstream_latency.snapshot(),
-                "clients": {c.name: c.public() for c in self.clients.values()}}
+                "clients": {c.name: c.public() for c in self.clients.values()},
+                "clients_refused": self.clients_error}
 
     @api.post("/v1/admin/train", responses=errors(403))
     async def train_now(self) -> dict:

@@ -507,6 +507,37 @@ def test_named_clients_get_their_defaults_stay_in_their_models_and_rate_only_the
     assert Client(client.port, token=None).post("/v1/route", prompt)[0] == 200  # no token on the open path: anonymous
 
 
+def test_an_edited_clients_file_is_taken_without_a_restart_and_a_broken_one_refused(service):
+    """A client added to auth.clients_file routes within a few seconds; a file that does not
+    validate is refused (shown in /v1/stats, naming the client and field) and the clients stay."""
+    client, _ = service
+    path = client.log_dir.parent / "clients.yaml"
+    original = path.read_text()
+    newcomer = Client(client.port, token="newcomer-app-" + "0123456789abcdef")
+    try:
+        path.write_text(json.dumps({**CLIENTS, "newcomer": {"token": newcomer.token, "candidates": ["chat-8b"]}}))
+        deadline = time.time() + 15
+        while newcomer.post("/v1/route", {"prompt": "Hello there"})[0] != 200:
+            assert time.time() < deadline, "the added client was never taken"
+            time.sleep(0.5)
+        st, r = newcomer.post("/v1/route", {"prompt": "Hello there"})
+        assert st == 200 and r["model"] == "chat-8b", r
+        path.write_text(json.dumps({**CLIENTS, "broken": {"token": "short"}}))
+        deadline = time.time() + 15
+        while not _log(client)["clients_refused"]:
+            assert time.time() < deadline, "the broken file was never noticed"
+            time.sleep(0.5)
+        assert _log(client)["clients_refused"].startswith("auth.clients_file: broken.token: no token")
+        assert newcomer.post("/v1/route", {"prompt": "Hello there"})[0] == 200  # the clients before it stay
+    finally:
+        path.write_text(original)
+    deadline = time.time() + 15
+    while newcomer.post("/v1/route", {"prompt": "Hello there"})[0] != 401:  # removed again: its token is refused
+        assert time.time() < deadline, "the removed client kept its access"
+        time.sleep(0.5)
+    assert _log(client)["clients_refused"] is None
+
+
 @pytest.mark.parametrize("entry, error", [
     ({"a": {"token": "short"}}, "auth.clients_file: a.token: no token, or shorter than 16 characters"),
     ({"a": {"token": TOKEN}}, "auth.clients_file: a.token: used by another client or by the API or admin token"),
