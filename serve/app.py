@@ -112,11 +112,11 @@ class FeedbackLogDeployment:
         return await asyncio.to_thread(self.store.note_answer_cost, request_id, cost)
 
     async def record_feedback(self, request_id: str, score: float, cost: float | None, replay: bool = False,
-                              client: str | None = None) -> dict:
+                              client: str | None = None, latency_s: float | None = None) -> dict:
         from serve.feedback_store import FeedbackError
 
         try:
-            record = await asyncio.to_thread(self.store.record_feedback, request_id, score, cost, replay, client)
+            record = await asyncio.to_thread(self.store.record_feedback, request_id, score, cost, replay, client, latency_s)
         except FeedbackError as e:
             self.metrics.rejected(e.reason)
             return {"ok": False, "status": e.status, "reason": e.reason, "error": str(e)}
@@ -233,7 +233,7 @@ class TrainerDeployment:
             r.update(version=have_version, loaded_at=loaded_at, seen=time.time())
         version, weights = self.trainer.snapshot
         return (version, None if version <= have_version else weights, self.trainer.exploration_epsilon(),
-                self.trainer.billed_costs())
+                self.trainer.billed_costs(), self.trainer.latency_estimates())
 
     def _live_replicas(self) -> dict[str, dict]:
         horizon = max(5.0, 5 * self.settings.weights_poll_s)
@@ -530,7 +530,7 @@ class RouterAPI:
         if self.local is not None:
             self.local.reconfigure(user_config)
 
-    @api.post("/v1/route", response_model=RouteResponse, responses=errors(403, 422, 503))
+    @api.post("/v1/route", response_model=RouteResponse, response_model_exclude_none=True, responses=errors(403, 422, 503))
     async def route(self, req: RouteRequest):
         from ray.exceptions import ActorUnavailableError, RayActorError
 
@@ -558,7 +558,7 @@ class RouterAPI:
                     return _error(403, f"candidates: client {client.name!r} may not use {barred}; its models: {list(client.candidates)}")
                 candidates = candidates or list(client.candidates)
         item = {"prompt": prompt, "preference": preference, "mode": req.mode, "candidates": candidates,
-                "client": client and client.name}
+                "client": client and client.name, "max_latency_s": req.max_latency_s}
         if self.reads_text_stats:  # of the whole prompt, as training read it; the encoder reads the cut one
             item["text_stats"] = text_stats([req.prompt])[0].tolist()
         try:
@@ -580,6 +580,7 @@ class RouterAPI:
             policy_version=out["policy_version"],
             replica=out["replica"],
             preference=out["preference"],
+            latency_unmet=out.get("latency_unmet"),
         )
 
     async def withdraw(self, request_id: str) -> None:
@@ -628,7 +629,7 @@ class RouterAPI:
             # After a crash mid-call the first attempt may already be on disk: retries replay, not duplicate.
             res = await _call_with_retry(
                 self.log.record_feedback, req.request_id, req.score, req.cost, client=client and client.name,
-                retry_kwargs={"replay": True}
+                latency_s=req.latency_s, retry_kwargs={"replay": True}
             )
         except (RayActorError, ActorUnavailableError):
             return _error(503, "feedback log: unavailable, nothing was recorded; retry shortly")

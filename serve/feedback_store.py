@@ -149,18 +149,20 @@ class FeedbackStore:
         return True
 
     def record_feedback(self, request_id: str, score: float, cost: float | None, replay: bool = False,
-                        client: str | None = None) -> dict[str, Any]:
+                        client: str | None = None, latency_s: float | None = None) -> dict[str, Any]:
         """Join feedback to its pending decision and persist it; raises, writing nothing, on bad input.
 
         `cost=None` takes the answer's cost the service priced (`note_answer_cost`). `replay=True`
         marks the service's own retry after a crash: if the first attempt was already committed with
         the same values, that result is returned instead of a duplicate error. `client`: a named
-        client may rate only its own routes; another's is an unknown request to it.
+        client may rate only its own routes; another's is an unknown request to it. `latency_s`: how
+        long the answer took, as the client measured it, kept with the reward (routes' latency limit).
         """
         with self.db.transaction(durable=True):
-            return self._join(request_id, float(score), None if cost is None else float(cost), replay, client)
+            return self._join(request_id, float(score), None if cost is None else float(cost), replay, client, latency_s)
 
-    def _join(self, request_id: str, score: float, cost: float | None, replay: bool, client: str | None) -> dict[str, Any]:
+    def _join(self, request_id: str, score: float, cost: float | None, replay: bool, client: str | None,
+              latency_s: float | None = None) -> dict[str, Any]:
         rows = self.db.execute("SELECT body FROM decisions WHERE request_id = ?", (request_id,))
         row = rows[0] if rows else None
         if row is None:
@@ -178,10 +180,14 @@ class FeedbackStore:
                                   "answers whose provider reported token usage, for a model with prices, are priced)")
         w = decision["preference"]
         r = float(reward(score, cost, w[0], w[1], self.tau))
+        body = row[0]
+        if latency_s is not None:
+            decision["latency_s"] = float(latency_s)
+            body = json.dumps(decision, separators=(",", ":"))
         record = {**decision, "score": score, "cost": cost, "reward": r}
         (new_id,), = self.db.execute(
             "INSERT INTO rewards (request_id, time, score, cost, reward, defaulted, body) VALUES (?, ?, ?, ?, ?, 0, ?) "
-            "RETURNING id", (request_id, time.time(), score, cost, r, row[0]))
+            "RETURNING id", (request_id, time.time(), score, cost, r, body))
         self.db.execute("DELETE FROM decisions WHERE request_id = ?", (request_id,))
         return {**record, "id": int(new_id)}
 

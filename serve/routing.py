@@ -19,6 +19,7 @@ import numpy as np
 from ray import serve
 
 from serve.pacing import DEFAULT_PREFERENCE, BudgetPacer, PacedRoute
+from serve.upstream_latency import within_limit
 from serve.settings import ServeSettings, live_offer
 
 logger = logging.getLogger("ray.serve")
@@ -112,6 +113,7 @@ class Router:
         self.prices: list[float] | None = None  # blended $/Mtok per offered model: reconfigure sets them
         self.offer_prices: dict = {}  # the offer's {model: {input_per_mtok, output_per_mtok}}, for the budget's estimate
         self.bills: dict[str, float] = {}  # each model's recent mean billed cost, from the trainer's feedback
+        self.latency: dict[str, float] = {}  # each model's recent reported latency (its quantile), from the trainer
         self.pacer: BudgetPacer | None = None  # set by a live `budget`: the weight for routes without a preference
         self.client_pacers: dict[str, BudgetPacer] = {}  # live `client_budgets`: a named client's own
         self._scan_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-scan")
@@ -149,7 +151,7 @@ class Router:
 
         while True:
             try:
-                version, weights, self.epsilon, self.bills = await self.trainer.get_weights.remote(
+                version, weights, self.epsilon, self.bills, self.latency = await self.trainer.get_weights.remote(
                     self.version, self.replica, self.loaded_at)
                 if weights is not None:
                     fresh = copy.deepcopy(self.policy)  # a failed load must not leave half-new weights
@@ -201,6 +203,11 @@ class Router:
                     out.append({"status": 422, "error": f"candidates: none of {sorted(it['candidates'])} is offered now; "
                                                         f"offered: {models}"})
                     continue
+            met = True
+            if it.get("max_latency_s") is not None and self.latency:  # a route's latency limit, by the reported latencies
+                allowed = [m for j, m in enumerate(models) if mask is None or mask[j]]
+                fast, met = within_limit({m: self.latency.get(m) for m in allowed}, it["max_latency_s"])
+                mask = [m in fast for m in models]
             if it["mode"] == "greedy":
                 served = exploring_distribution(p[None], 0.0, 1.0, mask)[0]
                 a = int(np.argmax(served))
@@ -219,7 +226,7 @@ class Router:
                               "client": it.get("client")})  # the named client it was routed for (auth.clients_file)
             out.append({"request_id": request_id, "model": models[a], "probabilities": dict(zip(models, served.tolist())),
                         "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica,
-                        "preference": list(it["preference"])})
+                        "preference": list(it["preference"]), **({} if met else {"latency_unmet": True})})
             if pacers[i] is not None:
                 to_pace.append((i, mask, it["mode"] == "greedy"))
         if to_pace:

@@ -61,6 +61,10 @@ class RouteRequest(BaseModel):
         ),
     )
     candidates: Optional[list[str]] = Field(None, min_length=1, description="restrict routing to these models")
+    max_latency_s: Optional[float] = Field(
+        None, gt=0, le=3600, description="leave out models whose recent answers took longer, by the latency_s clients "
+                                         "report with feedback (a model with too few reports is kept); if none is fast "
+                                         "enough, the fastest answers and latency_unmet is true")
 
     @field_validator("preference")
     @classmethod
@@ -95,6 +99,8 @@ class RouteResponse(BaseModel):
     replica: str
     preference: list[float] = Field(..., description="[w_q, w_c] the route was made at: the request's, or, when it sent "
                                                      "none, the live budget's paced weight (else the default)")
+    latency_unmet: Optional[bool] = Field(
+        None, description="true: no candidate's reported latency met max_latency_s, so the fastest was used (absent otherwise)")
 
 
 class FeedbackRequest(BaseModel):
@@ -103,6 +109,8 @@ class FeedbackRequest(BaseModel):
     score: float = Field(..., ge=0.0, le=1.0, strict=True, allow_inf_nan=False, description="task score q of the answer")
     cost: Optional[float] = Field(None, ge=0.0, strict=True, allow_inf_nan=False,
                                   description="dollars the call cost; may be left out for a chat answer the service priced (its `barp.cost`)")
+    latency_s: Optional[float] = Field(None, ge=0.0, le=3600, strict=True, allow_inf_nan=False,
+                                       description="seconds the model took to answer, as you measured it: routes' max_latency_s reads the recent ones")
 
 
 class WithdrawRequest(BaseModel):

@@ -124,6 +124,7 @@ class ContinuousTrainer:
         self.window: deque[dict] = deque(maxlen=self.t.window)
         self.eval_window: deque[dict] = deque(maxlen=self.rollout.eval_window)
         self.bills: dict[str, deque[float]] = {}  # each model's newest billed costs, for a live budget's pacing
+        self.latencies: dict[str, deque[float]] = {}  # each model's newest reported latencies, for routes' latency limit
         self._resume()
         if self.anchor.active:
             self._learner_weights()  # scratch holds the learner as it is before each update: the anchor's gate reads its critic
@@ -288,6 +289,8 @@ class ContinuousTrainer:
         for r in fresh:
             if not r["defaulted"] and r.get("cost") is not None:
                 self.bills.setdefault(r["model"], deque(maxlen=BILL_WINDOW)).append(float(r["cost"]))
+            if r.get("latency_s") is not None:
+                self.latencies.setdefault(r["model"], deque(maxlen=self.settings.latency.window)).append(float(r["latency_s"]))
         self.boost_left = max(0, self.boost_left - len(fresh))
         forgot = self._forget_a_changed_world()
         stats: dict[str, float] = {}
@@ -346,6 +349,12 @@ class ContinuousTrainer:
         """What a live budget prices routes at in place of its token estimate (`serve/pacing.py`). The
         exploration floor keeps every offered model's bills coming."""
         return mean_bills(self.bills)
+
+    def latency_estimates(self) -> dict[str, float]:
+        """Each model's recent `latency.quantile` of the latencies clients reported with feedback,
+        once it has `latency.min_samples` of them: what a route's `max_latency_s` is compared with."""
+        lat = self.settings.latency
+        return {m: float(np.quantile(v, lat.quantile)) for m, v in self.latencies.items() if len(v) >= lat.min_samples}
 
     def exploration_epsilon(self) -> float:
         """The epsilon routes should explore with now: raised for a while after a forget, because
@@ -522,6 +531,7 @@ class ContinuousTrainer:
     def status(self) -> dict[str, Any]:
         return {
             "version": self.version, "published_version": self.published_version, "offset": self.offset,
+            "reported_latency_s": {m: round(v, 4) for m, v in self.latency_estimates().items()},
             "updates": len(self.updates), "replay": len(self.window), "held_back": len(self.eval_window),
             "last_estimate": self.last_estimate, "last_refused": self.refused, "last_drift": self.drift,
             "exploration": {"epsilon": self.exploration_epsilon(), "boost_rewards_left": self.boost_left},

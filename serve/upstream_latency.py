@@ -24,6 +24,16 @@ import numpy as np
 KINDS = ("first_token", "answer")
 
 
+def within_limit(estimates: dict[str, float | None], limit_s: float) -> tuple[list[str], bool]:
+    """(the models a latency limit allows, whether any met it): the untimed (None) and those whose
+    estimate is within it; when none is, the fastest alone. Chat's per-replica timings and the
+    latencies clients report with feedback (for /v1/route) both decide this way."""
+    allowed = [m for m, e in estimates.items() if e is None or e <= limit_s]
+    if allowed:
+        return allowed, True
+    return [min(estimates, key=lambda m: estimates[m])], False
+
+
 class UpstreamLatency:
     def __init__(self, window: int = 100, quantile: float = 0.9, min_samples: int = 5):
         self.window, self.quantile, self.min_samples = window, quantile, min_samples
@@ -39,11 +49,7 @@ class UpstreamLatency:
 
     def within(self, models: list[str], kind: str, limit_s: float) -> tuple[list[str], bool]:
         """(the models a limit allows, whether any met it): the untimed and the fast enough; else the fastest alone."""
-        estimates = {m: self.estimate(m, kind) for m in models}
-        allowed = [m for m, e in estimates.items() if e is None or e <= limit_s]
-        if allowed:
-            return allowed, True
-        return [min(models, key=lambda m: estimates[m])], False
+        return within_limit({m: self.estimate(m, kind) for m in models}, limit_s)
 
     def snapshot(self) -> dict[str, dict]:
         """Per model and kind: answers timed here, median and `quantile` seconds."""

@@ -146,6 +146,17 @@ def test_feedback_may_leave_out_a_cost_the_service_priced(feedback_db):
     assert store.record_feedback(unpriced["request_id"], 1.0, 0.002)["cost"] == 0.002
 
 
+def test_a_reported_latency_is_kept_with_its_reward(feedback_db):
+    store = FeedbackStore(feedback_db(), tau=TAU)
+    timed, untimed = decision(), decision()
+    for d in (timed, untimed):
+        store.record_decision(d)
+    store.record_feedback(timed["request_id"], 1.0, 0.001, latency_s=1.5)
+    store.record_feedback(untimed["request_id"], 1.0, 0.001)
+    records = {r["request_id"]: r for r in RewardReader(feedback_db()).after(0, 10)}
+    assert records[timed["request_id"]]["latency_s"] == 1.5 and "latency_s" not in records[untimed["request_id"]]
+
+
 def test_pending_table_is_bounded_by_the_wait_time(feedback_db):
     store = FeedbackStore(feedback_db(), tau=TAU, wait_s=10)
     now = time.time()

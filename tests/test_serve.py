@@ -861,3 +861,35 @@ def test_the_python_client_routes_rates_and_withdraws_when_the_block_fails(clien
     with pytest.raises(RouterError) as e:
         RouterClient(f"http://127.0.0.1:{_free_port()}", retries=1, backoff_s=0.01).route("x")
     assert e.value.status == 0 and "no answer" in e.value.message
+
+
+def test_a_route_latency_limit_reads_the_latency_clients_report_with_feedback(client):
+    """Feedback may carry `latency_s` (the client's own measurement); the trainer keeps each model's
+    recent p90 and passes it to the routers with the weights; a route's `max_latency_s` then leaves
+    out the models reported slower (kept until they have min_samples reports), and with none fast
+    enough routes to the fastest, flagged. The decision keeps the narrowed candidates."""
+    st, models = client.get("/v1/models")
+    slow, fast = [m["id"] for m in models["models"]][:2]
+    for model, seconds in ((slow, 2.0), (fast, 0.1)):
+        for i in range(6):  # min_samples (5) reports each, and one more
+            st, r = client.post("/v1/route", {"prompt": f"Summarise report {i}.", "candidates": [model], "mode": "greedy"})
+            assert st == 200, r
+            st, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": 0.5, "cost": 0.0, "latency_s": seconds})
+            assert st == 200, f
+    deadline = time.time() + 60
+    while True:  # this app's trainer runs on demand: it takes the reports in; the router replicas poll them with the weights
+        assert client.post("/v1/admin/train")[0] == 200  # fewer than min_batch: taken once the oldest waited max_wait_s
+        st, r = client.post("/v1/route", {"prompt": "Summarise the report.", "candidates": [slow, fast], "mode": "greedy",
+                                          "max_latency_s": 1.0})
+        if st == 200 and all(client.post("/v1/route", {"prompt": "Summarise the report.", "candidates": [slow, fast],
+                                                       "max_latency_s": 1.0})[1]["model"] == fast for _ in range(10)):
+            break
+        assert time.time() < deadline, (r, client.get("/v1/stats")[1]["trainer"].get("reported_latency_s"))
+        time.sleep(0.5)
+    assert r["model"] == fast and r["probabilities"][slow] == 0.0 and "latency_unmet" not in r, r
+    reported = client.get("/v1/stats")[1]["trainer"]["reported_latency_s"]
+    assert reported[slow] == pytest.approx(2.0) and reported[fast] == pytest.approx(0.1), reported
+    st, r = client.post("/v1/route", {"prompt": "Summarise the report.", "candidates": [slow], "max_latency_s": 1.0})
+    assert st == 200 and r["model"] == slow and r["latency_unmet"] is True, r  # the only candidate, though too slow
+    st, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": 0.5, "cost": 0.0, "latency_s": -1})
+    assert st == 422 and f["error"].startswith("latency_s"), f
