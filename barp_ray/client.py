@@ -4,8 +4,9 @@
 
     router = RouterClient("http://127.0.0.1:8000", token=os.environ["BARP_API_TOKEN"])
     with router.route("Prove that there are infinitely many primes.", preference=0.7) as decision:
+        started = time.monotonic()
         answer, dollars = call_my_provider(decision.model, prompt)   # raises if the provider fails
-        decision.feedback(score=grade(answer), cost=dollars)
+        decision.feedback(score=grade(answer), cost=dollars, latency_s=time.monotonic() - started)
 
 Why a client: the loop that teaches the router has three calls, and the easy mistakes are in
 between them. A provider that fails leaves a decision with no answer to rate; left alone it
@@ -51,12 +52,15 @@ class Decision:
     preference: list[float]
     mode: str
     _client: "RouterClient" = field(repr=False)
+    latency_unmet: bool = False  # no candidate's reported latency met max_latency_s: the fastest was chosen
     done: str | None = None  # "feedback" or "withdrawn" once either was sent
 
-    def feedback(self, score: float, cost: float | None = None) -> dict[str, Any]:
-        """The answer's score in [0, 1] and what it cost in dollars; the service's answer (its
-        `reward`, or `{"duplicate": true}` when a retried post had already landed)."""
-        body = {"request_id": self.request_id, "score": score, **({} if cost is None else {"cost": cost})}
+    def feedback(self, score: float, cost: float | None = None, latency_s: float | None = None) -> dict[str, Any]:
+        """The answer's score in [0, 1], what it cost in dollars and (optional) how many seconds the
+        model took, which routes' `max_latency_s` reads; the service's answer (its `reward`, or
+        `{"duplicate": true}` when a retried post had already landed)."""
+        body = {"request_id": self.request_id, "score": score, **({} if cost is None else {"cost": cost}),
+                **({} if latency_s is None else {"latency_s": latency_s})}
         out = self._client._call("/v1/feedback", body, duplicate_ok=True)
         self.done = "feedback"
         return out
@@ -85,17 +89,17 @@ class RouterClient:
         self.retries, self.backoff_s = retries, backoff_s
 
     def route(self, prompt: str, preference: float | list[float] | dict[str, float] | None = None,
-              mode: str = "explore", candidates: list[str] | None = None) -> Decision:
+              mode: str = "explore", candidates: list[str] | None = None, max_latency_s: float | None = None) -> Decision:
         """A routing decision (`preference`: a knob k, [w_q, w_c] or {quality, cost}; None: the
-        service's default for this client). Use it as a context manager to withdraw it on failure."""
+        service's default for this client; `max_latency_s`: leave out models reported slower). Use
+        it as a context manager to withdraw it on failure."""
         body: dict[str, Any] = {"prompt": prompt, "mode": mode}
-        if preference is not None:
-            body["preference"] = preference
-        if candidates is not None:
-            body["candidates"] = candidates
+        for key, value in (("preference", preference), ("candidates", candidates), ("max_latency_s", max_latency_s)):
+            if value is not None:
+                body[key] = value
         r = self._call("/v1/route", body)
         return Decision(r["request_id"], r["model"], r["propensity"], r["probabilities"], r["policy_version"],
-                        r["preference"], r["mode"], self)
+                        r["preference"], r["mode"], self, latency_unmet=bool(r.get("latency_unmet")))
 
     def _call(self, path: str, body: dict, duplicate_ok: bool = False) -> dict[str, Any]:
         headers = {"content-type": "application/json"}

@@ -837,8 +837,8 @@ def test_the_python_client_routes_rates_and_withdraws_when_the_block_fails(clien
     from barp_ray.client import RouterClient, RouterError
 
     router = RouterClient(f"http://127.0.0.1:{client.port}", token=TOKEN)
-    with router.route("What is 2 + 2?", preference=[0.9, 0.1], mode="greedy") as d:
-        out = d.feedback(score=1.0, cost=0.0001)
+    with router.route("What is 2 + 2?", preference=[0.9, 0.1], mode="greedy", max_latency_s=30) as d:
+        out = d.feedback(score=1.0, cost=0.0001, latency_s=0.25)
     tau = client.get("/v1/models")[1]["tau"]
     assert d.done == "feedback" and out["request_id"] == d.request_id and out["reward"] == pytest.approx(0.9 - 0.1 * min(0.0001 / tau, 1))
     assert d.preference == pytest.approx([0.9, 0.1]) and d.propensity == 1.0 and d.mode == "greedy"
