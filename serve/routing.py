@@ -19,8 +19,8 @@ import numpy as np
 from ray import serve
 
 from serve.pacing import DEFAULT_PREFERENCE, BudgetPacer, PacedRoute
-from serve.upstream_latency import within_limit
 from serve.settings import ServeSettings, live_offer
+from serve.upstream_latency import within_limit
 
 logger = logging.getLogger("ray.serve")
 
