@@ -15,6 +15,7 @@ database's oldest id, so a row in both is read once.
 """
 from __future__ import annotations
 
+import bisect
 import re
 import uuid
 from typing import Any, Iterable, Iterator
@@ -40,7 +41,8 @@ class FeedbackArchive:
         self.uri = uri
         self.fs, self.root = filesystem(uri)
         self.fs.create_dir(self.root, recursive=True)
-        self._cached: tuple[str, list[tuple]] | None = None  # the last part read: replay reads one part many times
+        # The last part read, its rows and their ids: replay reads one part a batch at a time.
+        self._cached: tuple[str, list[tuple], list[int]] | None = None
 
     def parts(self) -> list[tuple[int, int, str]]:
         """(first id, last id, path) of every whole file, oldest first."""
@@ -66,27 +68,29 @@ class FeedbackArchive:
                 writer.write_table(pa.table([pa.array(col, type=f.type) for col, f in zip(zip(*rows), SCHEMA)], schema=SCHEMA))
         self.fs.move(tmp, f"{self.root.rstrip('/')}/{name}")
 
-    def _read(self, path: str) -> list[tuple]:
+    def _read(self, path: str) -> tuple[list[tuple], list[int]]:
+        """A part's rows (ascending ids) and their ids."""
         if self._cached is None or self._cached[0] != path:
             try:
                 with self.fs.open_input_file(path) as f:
                     table = pq.read_table(f, schema=SCHEMA)
             except (OSError, pa.ArrowInvalid) as e:
                 raise ArchiveError(f"retention.archive: cannot read {path} ({type(e).__name__})") from None
-            self._cached = (path, list(zip(*(table.column(f.name).to_pylist() for f in SCHEMA))))
-        return self._cached[1]
+            rows = list(zip(*(table.column(f.name).to_pylist() for f in SCHEMA)))
+            self._cached = (path, rows, [r[0] for r in rows])
+        return self._cached[1], self._cached[2]
 
     def rows(self, after: int = 0, below: int | None = None) -> Iterator[tuple]:
-        """Rows with after < id < below, in id order, each id once."""
+        """Rows with after < id < below, in id order, each id once (parts may overlap after a crash)."""
         last = after
         for first, final, path in self.parts():
             if final <= last or (below is not None and first >= below):
                 continue
-            for row in self._read(path):
-                if row[0] > last and (below is None or row[0] < below):
-                    last = row[0]
-                    yield row
-
+            rows, ids = self._read(path)
+            start, stop = bisect.bisect_right(ids, last), len(ids) if below is None else bisect.bisect_left(ids, below)
+            if start < stop:
+                yield from rows[start:stop]
+                last = ids[stop - 1]
 
     def newest(self, below: int, limit: int) -> list[tuple]:
         """The newest `limit` rows with id < below, in id order."""
@@ -94,8 +98,9 @@ class FeedbackArchive:
         for first, _, path in reversed(self.parts()):
             if first >= below:
                 continue
-            rows = [r for r in self._read(path) if r[0] < below and (not taken or r[0] < taken[0][0])]
-            taken = rows[max(0, len(rows) - (limit - len(taken))):] + taken
+            rows, ids = self._read(path)
+            stop = bisect.bisect_left(ids, min(below, taken[0][0]) if taken else below)
+            taken = rows[max(0, stop - (limit - len(taken))):stop] + taken
             if len(taken) >= limit:
                 break
         return taken

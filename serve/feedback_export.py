@@ -16,21 +16,21 @@ def export(settings, dest: str, batch: int) -> tuple[int, int]:
     """(rewards written, files) from the store `settings` names into a new archive at `dest`."""
     from serve.feedback_archive import ArchiveError, FeedbackArchive
     from serve.feedback_db import open_database, require_store
-    from serve.feedback_store import FeedbackStore
+    from serve.feedback_store import RewardReader
 
     require_store(settings)
     archive = FeedbackArchive(dest)
     if archive.parts():
         raise ArchiveError(f"DEST: {dest} already holds archive files; export into an empty place")
-    store = FeedbackStore(open_database(settings), tau=float("nan"))  # read only: the rows as retention archives them
+    reader = RewardReader(open_database(settings))  # read as retention reads a run to archive it
     written = files = last = 0
     try:
-        while ids := store.reward_ids(after=last, limit=batch):
-            archive.write(store.reward_rows(ids[0], ids[-1]), ids[0], ids[-1])
+        while ids := reader.reward_ids(after=last, limit=batch):
+            archive.write(reader.reward_rows(ids[0], ids[-1]), ids[0], ids[-1])
             written, files, last = written + len(ids), files + 1, ids[-1]
         return written, files
     finally:
-        store.close()
+        reader.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,6 +95,10 @@ def _number(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
+def _unknown(request_id: str) -> "UnknownRequest":
+    return UnknownRequest(f"request_id: unknown request {request_id!r} (or already withdrawn)")
+
+
 def reward_record(row: tuple) -> dict[str, Any]:
     """A rewards row (REWARD_COLUMNS, from the database or an archive file) as the trainer reads it."""
     i, rid, t, q, c, r, d, body = row
@@ -172,7 +176,7 @@ class FeedbackStore:
             self._not_pending(request_id, done)
         decision = json.loads(row[0])
         if client is not None and decision.get("client") != client:
-            raise UnknownRequest(f"request_id: unknown request {request_id!r} (or already withdrawn)")
+            raise _unknown(request_id)
         if cost is None:
             cost = decision.get("answer_cost")
             if cost is None:
@@ -207,10 +211,14 @@ class FeedbackStore:
         gone = 0
         for rid in request_ids:
             gone += len(self.db.execute("DELETE FROM decisions WHERE request_id = ? RETURNING request_id", (rid,)))
-        if gone:
-            self.db.execute("INSERT INTO counters (name, value) VALUES ('withdrawn', ?) "
-                            "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (gone,))
+        self._count("withdrawn", gone)
         return gone
+
+    def _count(self, name: str, n: int) -> None:
+        """Add `n` to a counter, inside the caller's transaction."""
+        if n:
+            self.db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                            "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (name, n))
 
     def _reward_row(self, request_id: str, client: str | None = None) -> tuple | None:
         """(id, score, cost, reward, defaulted) of the request's joined reward, if it has one (and,
@@ -232,7 +240,7 @@ class FeedbackStore:
         if t is not None and time.time() - t > self.wait_s:
             raise ExpiredRequest(f"request_id: feedback for {request_id!r} came after the reward wait time "
                                  f"({self.wait_s:g} s); the decision was retired and this feedback changes nothing")
-        raise UnknownRequest(f"request_id: unknown request {request_id!r} (or already withdrawn)")
+        raise _unknown(request_id)
 
     def withdraw(self, request_id: str, client: str | None = None) -> None:
         """A client's word that a routed request got no answer to rate (it called the provider
@@ -257,9 +265,7 @@ class FeedbackStore:
                     "VALUES (?, ?, NULL, NULL, ?, 1, ?) ON CONFLICT (request_id) DO NOTHING",
                     [(rid, time.time(), self.default_reward, body) for rid, body in rows])
             self.db.execute("DELETE FROM decisions WHERE time < ?", (cutoff,))
-            name = "defaulted" if self.on_missing == "default" else "dropped"
-            self.db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
-                             "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (name, len(rows)))
+            self._count("defaulted" if self.on_missing == "default" else "dropped", len(rows))
         return len(rows)
 
     def import_records(self, rewards: list[dict], decisions: list[dict]) -> dict[str, int]:
@@ -309,39 +315,20 @@ class FeedbackStore:
             cut, forced = min(cut, offset or 0), min(forced, offset or 0)
         if not newest or cut < oldest:
             return 0
-        gone = 0
+        gone, reader = 0, RewardReader(self.db)  # reads on this store's connection
         if archive is not None:
             done = archive.finished_through(oldest)  # a file written before a crash took (all) its rows out
             if done is not None:
-                gone += self._delete_ids(self.reward_ids(through=min(done, cut)))
+                gone += self._delete_ids(reader.reward_ids(through=min(done, cut)))
         while True:
-            ids = self.reward_ids(through=cut, limit=batch)
+            ids = reader.reward_ids(through=cut, limit=batch)
             if archive is not None and len(ids) < batch:
                 ids = [i for i in ids if i <= forced]
             if not ids:
                 return gone
             if archive is not None:
-                archive.write(self.reward_rows(ids[0], ids[-1]), ids[0], ids[-1])
+                archive.write(reader.reward_rows(ids[0], ids[-1]), ids[0], ids[-1])
             gone += self._delete_ids(ids)
-
-    def reward_ids(self, after: int = 0, through: int = 2**62, limit: int | None = None) -> list[int]:
-        """The ids of rewards with after < id <= through, ascending, at most `limit`."""
-        with self.db.lock:
-            return [i for i, in self.db.execute("SELECT id FROM rewards WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
-                                                (after, through, limit if limit is not None else 2**62))]
-
-    def reward_rows(self, first_id: int, last_id: int):
-        """The rows first_id..last_id, READ_CHUNK at a time: no long hold of the connection (or of
-        the interpreter, in the feedback log's process) while a run is archived."""
-        after = first_id - 1
-        while after < last_id:
-            with self.db.lock:
-                rows = self.db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
-                                       (after, last_id, READ_CHUNK))
-            if not rows:
-                return
-            yield rows
-            after = rows[-1][0]
 
     def _delete_ids(self, ids: list[int]) -> int:
         """Delete these (ascending, the oldest in the table) in short transactions, counting them."""
@@ -349,9 +336,7 @@ class FeedbackStore:
         for i in range(0, len(ids), DELETE_CHUNK):
             with self.db.transaction(durable=True):
                 n = len(self.db.execute("DELETE FROM rewards WHERE id <= ? RETURNING id", (ids[min(i + DELETE_CHUNK, len(ids)) - 1],)))
-                if n:
-                    self.db.execute("INSERT INTO counters (name, value) VALUES ('pruned', ?) "
-                                    "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (n,))
+                self._count("pruned", n)
             gone += n
         return gone
 
@@ -387,6 +372,25 @@ class RewardReader:
         """Every joined reward's request id, in stream order (audits and tests)."""
         with self.db.lock:
             return [r[0] for r in self.db.execute("SELECT request_id FROM rewards ORDER BY id")]
+
+    def reward_ids(self, after: int = 0, through: int = 2**62, limit: int | None = None) -> list[int]:
+        """The ids of rewards with after < id <= through, ascending, at most `limit`."""
+        with self.db.lock:
+            return [i for i, in self.db.execute("SELECT id FROM rewards WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                                                (after, through, limit if limit is not None else 2**62))]
+
+    def reward_rows(self, first_id: int, last_id: int):
+        """The rows first_id..last_id, READ_CHUNK at a time: no long hold of the connection (or of
+        the interpreter, in the feedback log's process) while a run is archived."""
+        after = first_id - 1
+        while after < last_id:
+            with self.db.lock:
+                rows = self.db.execute(f"SELECT {REWARD_COLUMNS} FROM rewards WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                                       (after, last_id, READ_CHUNK))
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
 
     def commit_offset(self, offset: int) -> None:
         """The trainer's saved read position, kept in the store as a queue consumer commits its
