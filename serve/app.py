@@ -552,11 +552,9 @@ class RouterAPI:
         if client is not None:
             if client.name not in self.offer.client_budgets:  # a client's live budget paces it instead
                 preference = preference or (list(client.preference) if client.preference else None)
-            if client.candidates is not None:
-                barred = sorted(set(candidates or ()) - set(client.candidates))
-                if barred:
-                    return _error(403, f"candidates: client {client.name!r} may not use {barred}; its models: {list(client.candidates)}")
-                candidates = candidates or list(client.candidates)
+            if refused := client.refusal("candidates", candidates or ()):
+                return _error(403, refused)
+            candidates = candidates or (list(client.candidates) if client.candidates is not None else None)
         item = {"prompt": prompt, "preference": preference, "mode": req.mode, "candidates": candidates,
                 "client": client and client.name, "max_latency_s": req.max_latency_s}
         if self.reads_text_stats:  # of the whole prompt, as training read it; the encoder reads the cut one

@@ -55,6 +55,11 @@ class ClientSpec:
         return {"preference": list(self.preference) if self.preference else None,
                 "candidates": list(self.candidates) if self.candidates else None}
 
+    def refusal(self, field: str, wanted) -> str | None:
+        """The 403's message when `wanted` names a model outside this client's, else None."""
+        barred = sorted(set(wanted) - set(self.candidates)) if self.candidates is not None else []
+        return f"{field}: client {self.name!r} may not use {barred}; its models: {list(self.candidates)}" if barred else None
+
 
 # The named client the current request came from (None: the API or admin token, or no token), set by
 # GuardMiddleware for the request's task: the handlers read it without a parameter in the schema.
@@ -129,10 +134,10 @@ def check_bearer(header: str | None, token: str | None) -> None:
         return
     if not header:
         raise GuardError(401, "authorization: missing bearer token (send 'Authorization: Bearer <token>')")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    value = _bearer(header)
+    if value is None:
         raise GuardError(401, "authorization: expected 'Bearer <token>'")
-    if not hmac.compare_digest(value.strip().encode(), token.encode()):
+    if not hmac.compare_digest(value.encode(), token.encode()):
         raise GuardError(401, "authorization: invalid bearer token")
 
 

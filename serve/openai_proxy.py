@@ -83,33 +83,29 @@ async def forward_chat(api, req: ChatCompletionRequest):
         raise ChatProxyError(422, f"barp.candidates: no upstream for {unreachable}; chat can use {api.chat_models}")
     from serve.guard import CLIENT
 
-    client = CLIENT.get()
-    if client is not None and client.candidates is not None:  # a named client stays within its models
-        barred = sorted({*wanted, *([] if model == AUTO else [model])} - set(client.candidates))
-        if barred:
-            raise ChatProxyError(403, f"{'barp.candidates' if wanted else 'model'}: client {client.name!r} may not use {barred}; "
-                                      f"its models: {list(client.candidates)}")
+    client = CLIENT.get()  # a named client stays within its models
+    if client is not None and (refused := client.refusal("barp.candidates" if wanted else "model",
+                                                         [*wanted, *([] if model == AUTO else [model])])):
+        raise ChatProxyError(403, refused)
     payload = req.model_dump(exclude_unset=True, exclude={"barp"})
     if model == AUTO:
-        return await _auto(api, req, prompt, payload)
+        return await _auto(api, req, prompt, payload, client)
     try:  # a model the client named: its answer or its failure, no other model
         return await _answer(api, req, model, {**payload, "model": model}, {})
     except UpstreamError as e:
         raise ChatProxyError(e.status, str(e)) from None
 
 
-async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str, Any]):
+async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str, Any], client=None):
     """Route among the models this service can forward to (one without an upstream would only turn
     the request into a 502), skipping those whose breaker is open; when the chosen provider fails,
-    withdraw that decision and route again among the models not yet tried (`failover.attempts`)."""
+    withdraw that decision and route again among the models not yet tried (`failover.attempts`).
+    `client`: the named client the request came from, which chooses among its own models only."""
     if not api.chat_models:
         raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
-    from serve.guard import CLIENT
-
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
     limit = options.pop("max_latency_s", None)
     allowed = options.get("candidates") or api.chat_models
-    client = CLIENT.get()
     if client is not None and client.candidates is not None:
         allowed = [m for m in allowed if m in client.candidates]
         if not allowed:

@@ -260,9 +260,10 @@ class FailoverSettings:
 
 @dataclass
 class LatencySettings:
-    """How each ingress replica judges a provider's speed for a chat request's `barp.max_latency_s`
-    (serve/upstream_latency.py): the `quantile` of its last `window` timed answers, once it has
-    `min_samples` of them."""
+    """How a model's speed is judged for a latency limit (serve/upstream_latency.py): the `quantile`
+    of its last `window` timed answers, once it has `min_samples` of them. Chat's `barp.max_latency_s`
+    reads each ingress replica's own timings; a route's `max_latency_s` the latencies clients report
+    with feedback, which the trainer keeps the same way."""
 
     window: int = 100
     quantile: float = 0.9

@@ -45,6 +45,9 @@ from serve.logged_rounds import head_log_prices, held_back, logged_row, observat
 from serve.reward_drift import drop_cut
 from serve.rollout_gate import HeldBack, RolloutGate
 from serve.state_store import StateStore
+from serve.upstream_latency import UpstreamLatency
+
+REPORTED = "reported"  # the latencies clients post with feedback (UpstreamLatency's kind for them)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class ContinuousTrainer:
         """`settings` is the whole ServeSettings: checkpoint, feedback store, trainer, rollout and
         exploration all matter here. `reader`: where the rewards come from (the store's by default;
         `barp replay --archive` reads its archive first). `commit_offsets`: keep the saved read
-        position in the store, which retention reads (off for tools that only read the store)."""
+        position in the store for retention, when it is on (off for tools that only read the store)."""
         from serve.feedback_db import open_database
 
         checkpoint = settings.checkpoint
@@ -103,7 +106,7 @@ class ContinuousTrainer:
         self.gate = RolloutGate(settings.rollout, settings.exploration)
         self.state = StateStore(self.t.state_dir)  # a path or a pyarrow.fs URI (s3://...)
         self.reader = reader if reader is not None else RewardReader(open_database(settings))
-        self.commit_offsets = commit_offsets
+        self.commit_offsets = commit_offsets and settings.retention.enabled  # only retention reads it
         policy = RoutingPolicy.load(checkpoint)
         self.models = policy.models
         self.index = {m: i for i, m in enumerate(self.models)}
@@ -124,7 +127,8 @@ class ContinuousTrainer:
         self.window: deque[dict] = deque(maxlen=self.t.window)
         self.eval_window: deque[dict] = deque(maxlen=self.rollout.eval_window)
         self.bills: dict[str, deque[float]] = {}  # each model's newest billed costs, for a live budget's pacing
-        self.latencies: dict[str, deque[float]] = {}  # each model's newest reported latencies, for routes' latency limit
+        lat = settings.latency  # each model's newest reported latencies, for routes' latency limit
+        self.latencies = UpstreamLatency(lat.window, lat.quantile, lat.min_samples)
         self._resume()
         if self.anchor.active:
             self._learner_weights()  # scratch holds the learner as it is before each update: the anchor's gate reads its critic
@@ -290,7 +294,7 @@ class ContinuousTrainer:
             if not r["defaulted"] and r.get("cost") is not None:
                 self.bills.setdefault(r["model"], deque(maxlen=BILL_WINDOW)).append(float(r["cost"]))
             if r.get("latency_s") is not None:
-                self.latencies.setdefault(r["model"], deque(maxlen=self.settings.latency.window)).append(float(r["latency_s"]))
+                self.latencies.observe(r["model"], REPORTED, r["latency_s"])
         self.boost_left = max(0, self.boost_left - len(fresh))
         forgot = self._forget_a_changed_world()
         stats: dict[str, float] = {}
@@ -353,8 +357,7 @@ class ContinuousTrainer:
     def latency_estimates(self) -> dict[str, float]:
         """Each model's recent `latency.quantile` of the latencies clients reported with feedback,
         once it has `latency.min_samples` of them: what a route's `max_latency_s` is compared with."""
-        lat = self.settings.latency
-        return {m: float(np.quantile(v, lat.quantile)) for m, v in self.latencies.items() if len(v) >= lat.min_samples}
+        return self.latencies.estimates(REPORTED)
 
     def exploration_epsilon(self) -> float:
         """The epsilon routes should explore with now: raised for a while after a forget, because

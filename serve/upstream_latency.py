@@ -51,6 +51,10 @@ class UpstreamLatency:
         """(the models a limit allows, whether any met it): the untimed and the fast enough; else the fastest alone."""
         return within_limit({m: self.estimate(m, kind) for m in models}, limit_s)
 
+    def estimates(self, kind: str) -> dict[str, float]:
+        """Every model's estimate of this wait that has one (`min_samples` timings)."""
+        return {m: e for (m, k) in self._seconds if k == kind and (e := self.estimate(m, kind)) is not None}
+
     def snapshot(self) -> dict[str, dict]:
         """Per model and kind: answers timed here, median and `quantile` seconds."""
         out: dict[str, dict] = {}
