@@ -48,8 +48,8 @@ def archived_rewards(uri: str) -> list[dict]:
     """An archive's rewards in id order, in the shape the JSONL log kept them (decision + outcome)."""
     from serve.feedback_archive import FeedbackArchive
 
-    return [{**json.loads(body), "score": q, "cost": c, "reward": r, "defaulted": bool(d)}
-            for _, _, _, q, c, r, d, body in FeedbackArchive(uri).rows()]
+    return [{**json.loads(body), "feedback_time": t, "score": q, "cost": c, "reward": r, "defaulted": bool(d)}
+            for _, _, t, q, c, r, d, body in FeedbackArchive(uri).rows()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -270,16 +270,19 @@ class FeedbackStore:
 
     def import_records(self, rewards: list[dict], decisions: list[dict]) -> dict[str, int]:
         """Bring in joined rewards (in order) and still-pending decisions from another log, in one
-        durable transaction; request ids already present are skipped."""
+        durable transaction; request ids already present are skipped. A reward keeps the time its
+        feedback came (`feedback_time`, which archives carry), else its decision's: retention's
+        max_age_days counts from it, so an import must not make old rewards young."""
         done = {"rewards": 0, "pending": 0, "skipped": 0}
         rewarded = {r["request_id"] for r in rewards}
         with self.db.transaction(durable=True):
             for r in rewards:
-                body = {k: v for k, v in r.items() if k not in ("score", "cost", "reward", "defaulted")}
+                body = {k: v for k, v in r.items() if k not in ("score", "cost", "reward", "defaulted", "feedback_time")}
+                when = r.get("feedback_time", r.get("time"))
                 got = self.db.execute(
                     "INSERT INTO rewards (request_id, time, score, cost, reward, defaulted, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (request_id) DO NOTHING RETURNING id",
-                    (r["request_id"], float(r.get("time", time.time())), _number(r["score"]), _number(r["cost"]),
+                    (r["request_id"], time.time() if when is None else float(when), _number(r["score"]), _number(r["cost"]),
                      float(r["reward"]), int(bool(r.get("defaulted"))), json.dumps(body, separators=(",", ":"))))
                 done["rewards" if got else "skipped"] += 1
             for d in decisions:

@@ -371,7 +371,8 @@ def test_an_archive_that_cannot_be_written_takes_nothing_out_of_the_database(fee
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_an_archive_and_an_export_move_into_another_store(tmp_path, backend, request, capsys):
     """What retention archived from one machine's SQLite, and an export of what it kept, come into
-    a new store (the cluster's PostgreSQL) in order, defaulted rewards as defaulted; a re-run adds nothing."""
+    a new store (the cluster's PostgreSQL) in order, defaulted rewards as defaulted, each with the time its
+    feedback came (retention's age counts from it); a re-run adds nothing."""
     from serve.feedback_archive import FeedbackArchive
     from serve.feedback_db import open_database
     from serve.feedback_export import main as export_feedback
@@ -401,6 +402,6 @@ def test_an_archive_and_an_export_move_into_another_store(tmp_path, backend, req
     assert import_feedback([str(tmp_path / "archive"), "--config", "configs/serve.yaml", *sets]) == 0
     assert "imported 0 rewards and 0 pending decisions; skipped 4" in capsys.readouterr().out
     after = RewardReader(open_database(settings_from_config("configs/serve.yaml", [s for s in sets if s != "--set"]))).after(0, 100)
-    keep = ("request_id", "model", "preference", "embedding", "score", "cost", "reward", "defaulted")
+    keep = ("request_id", "model", "preference", "embedding", "score", "cost", "reward", "defaulted", "feedback_time")
     assert [{k: r[k] for k in keep} for r in after] == [{k: r[k] for k in keep} for r in before]
     assert after[3]["defaulted"] and after[3]["score"] is None
