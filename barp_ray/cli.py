@@ -13,6 +13,7 @@ COMMANDS = {
     "eval": ("barp_ray.evaluation.cli", "evaluate BaRP against baselines; write tables, plots and JSON"),
     "tune": ("barp_ray.evaluation.tune", "a grid of training settings x seeds as Ray Tune trials, ranked on a validation split"),
     "route": ("barp_ray.route_cli", "route prompts with a checkpoint, no cluster or Serve (arguments, stdin lines or JSONL)"),
+    "route-dataset": ("barp_ray.dataset_routing", "route a dataset of prompts (Parquet or JSONL, any size) on a Ray cluster with Ray Data"),
     "calibrate": ("serve.budget", "the preference that spends a dollar budget per 1,000 routes on a sample of the traffic"),
     "ope": ("serve.offpolicy_eval", "estimate what checkpoints would earn on the service's logged traffic, before loading one"),
     "replay": ("serve.log_replay", "train a checkpoint on the service's logged rewards as if it had been served; write it"),

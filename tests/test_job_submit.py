@@ -87,7 +87,7 @@ def head_node(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_job_submit_trains_and_leaves_a_checkpoint(head_node, tmp_path):
+def test_job_submit_trains_a_checkpoint_and_routes_a_dataset_with_it(head_node, tmp_path):
     address, env = head_node
     ckpt = tmp_path / "ckpt"
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "BARP_CACHE_DIR": str(tmp_path / "cache")}}
@@ -99,16 +99,34 @@ def test_job_submit_trains_and_leaves_a_checkpoint(head_node, tmp_path):
         "--set", "training.rounds_per_iteration=1024", "--set", "scale.num_env_runners=1",
         "--checkpoint-dir", str(ckpt),
     ]
+    log = _submit(submit, env)
+    assert (ckpt / META_FILE).is_file()
+    policy = RoutingPolicy.load(ckpt)
+    assert len(policy.models) == 6
+    meta = json.loads((ckpt / META_FILE).read_text())
+    assert len(meta["history"]) == 5 and meta["history"][-1]["rounds"] >= 5 * 1024
+
+    # The cluster then routes a dataset with that checkpoint: Ray Data actors inside the job
+    prompts = ["What is 12345 + 67890?", "Write a haiku about rain.", "Prove that there are infinitely many primes."] * 4
+    (tmp_path / "traffic.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    log = _submit([*submit[:submit.index("--") + 1], "python", "-m", "barp_ray.cli", "route-dataset", str(ckpt),
+                   str(tmp_path / "traffic.jsonl"), str(tmp_path / "routed"), "--preference", "0.9"], env)
+    assert f"routed 12 of 12 rows to {tmp_path / 'routed'}" in log, log[-4000:]
+    import pyarrow.parquet as pq
+
+    routed = pq.read_table(tmp_path / "routed").to_pandas()
+    assert sorted(routed["prompt"]) == sorted(prompts)
+    assert list(routed["model"]) == policy.route(list(routed["prompt"]), 0.9)
+
+
+def _submit(command: list[str], env: dict) -> str:
+    """`ray job submit` until the job agent answers; the job must succeed. Returns its log."""
     for _ in range(5):  # the agent can still be starting even after `ray job list` answers
-        out = _run(submit, env, timeout=600)
+        out = _run(command, env, timeout=600)
         log = out.stdout + out.stderr
         if "No available agent" not in log:
             break
         time.sleep(5)
     assert out.returncode == 0, log[-4000:]
     assert "succeeded" in log.lower(), log[-4000:]
-    assert (ckpt / META_FILE).is_file()
-    policy = RoutingPolicy.load(ckpt)
-    assert len(policy.models) == 6
-    meta = json.loads((ckpt / META_FILE).read_text())
-    assert len(meta["history"]) == 5 and meta["history"][-1]["rounds"] >= 5 * 1024
+    return log
