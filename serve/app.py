@@ -449,6 +449,9 @@ class RouterAPI:
         self.tau = float(meta["tau"])
         self.local = None if router is not None else await _colocated_router(settings, self.tau, log, trainer)
         self.limiter = PromptLimiter(settings.limits, meta["encoder"])
+        # The answer length a route's max_cost prices when the request names none: the checkpoint's, if one number.
+        stated = ((meta.get("config") or {}).get("data") or {}).get("output_tokens")
+        self.answer_tokens = stated if isinstance(stated, int) and not isinstance(stated, bool) else None
         # An operator's checkpoint must read prompts alike (ContinuousTrainer.load_checkpoint), so this holds.
         self.reads_text_stats = bool(meta.get("text_stats"))
         from serve.upstream import UpstreamPool
@@ -557,6 +560,12 @@ class RouterAPI:
             candidates = candidates or (list(client.candidates) if client.candidates is not None else None)
         item = {"prompt": prompt, "preference": preference, "mode": req.mode, "candidates": candidates,
                 "client": client and client.name, "max_latency_s": req.max_latency_s}
+        if req.max_cost is not None:  # priced on the whole prompt, as its provider bills it, not the encoder's cut
+            output = req.output_tokens if req.output_tokens is not None else self.answer_tokens
+            if output is None:
+                return _error(422, "output_tokens: required with max_cost, since the checkpoint assumes no single answer length")
+            tokens = req.input_tokens if req.input_tokens is not None else self.limiter.count(req.prompt)
+            item.update(max_cost=req.max_cost, input_tokens=tokens, output_tokens=output)
         if self.reads_text_stats:  # of the whole prompt, as training read it; the encoder reads the cut one
             item["text_stats"] = text_stats([req.prompt])[0].tolist()
         try:
@@ -579,6 +588,7 @@ class RouterAPI:
             replica=out["replica"],
             preference=out["preference"],
             latency_unmet=out.get("latency_unmet"),
+            cost_unmet=out.get("cost_unmet"),
         )
 
     async def withdraw(self, request_id: str) -> None:

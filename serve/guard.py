@@ -150,6 +150,10 @@ class PromptLimiter:
         self.limits = limits
         self.tokenizer = load_tokenizer(resolve_encoder_path(encoder_name))  # unpadded, untruncated: true counts
 
+    def count(self, text: str) -> int:
+        """The text's tokens, whole (what a provider bills), by the router's tokenizer."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
     def apply(self, prompt: str, field: str = "prompt") -> str:
         n_bytes = len(prompt.encode("utf-8", "surrogatepass"))
         if n_bytes > self.limits.max_prompt_bytes:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from barp_ray.data.llmrouter import token_costs
-from serve.schemas import ChatCompletionRequest, RouteRequest, RouteResponse
+from serve.schemas import ChatCompletionRequest, ChatMessage, RouteRequest, RouteResponse
 from serve.upstream import UpstreamError
 
 AUTO = "barp-auto"
@@ -31,29 +31,31 @@ class ChatProxyError(Exception):
         self.status = status
 
 
+def _text_of(msg: ChatMessage) -> str | None:
+    """A message's text: its string content, or the text parts of multi-part content."""
+    content = msg.content
+    if isinstance(content, list):
+        content = "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return content if isinstance(content, str) else None
+
+
 def _prompt_of(req: ChatCompletionRequest) -> str:
     for msg in reversed(req.messages):
-        if msg.role == "user":
-            content = msg.content
-            if isinstance(content, list):  # multi-part content: keep the text parts
-                content = "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-            if isinstance(content, str) and content.strip():
-                return content
+        if msg.role == "user" and (text := _text_of(msg)) and text.strip():
+            return text
     raise ChatProxyError(422, "messages: no user message with text content")
+
+
+def _input_tokens(api, req: ChatCompletionRequest) -> int:
+    """What the provider bills as input: every message's text, counted by the router's tokenizer."""
+    return sum(api.limiter.count(text) for msg in req.messages if (text := _text_of(msg)))
 
 
 def _earlier_turns(req: ChatCompletionRequest) -> str:
     """The conversation before the last user message, one `role: text` line per message, for the
     judge: an answer to a follow-up is graded in its context."""
     last = max(i for i, m in enumerate(req.messages) if m.role == "user")
-    lines = []
-    for msg in req.messages[:last]:
-        content = msg.content
-        if isinstance(content, list):
-            content = "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-        if isinstance(content, str) and content.strip():
-            lines.append(f"{msg.role}: {content}")
-    return "\n".join(lines)
+    return "\n".join(f"{msg.role}: {text}" for msg in req.messages[:last] if (text := _text_of(msg)) and text.strip())
 
 
 async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any] | JSONResponse:
@@ -67,7 +69,7 @@ async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any] | 
     if not isinstance(routed, RouteResponse):
         return routed  # an error response, already shaped
     return {"request_id": routed.request_id, "model": routed.model, "policy_version": routed.policy_version,
-            "preference": routed.preference}
+            "preference": routed.preference, **({"cost_unmet": True} if routed.cost_unmet else {})}
 
 
 async def forward_chat(api, req: ChatCompletionRequest):
@@ -105,6 +107,11 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
     limit = options.pop("max_latency_s", None)
+    if options.get("max_cost") is not None:  # priced as the provider bills: every message, and the answer's cap if set
+        options["input_tokens"] = _input_tokens(api, req)
+        cap = payload.get("max_completion_tokens", payload.get("max_tokens"))
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
+            options["output_tokens"] = cap
     allowed = options.get("candidates") or api.chat_models
     if client is not None and client.candidates is not None:
         allowed = [m for m in allowed if m in client.candidates]

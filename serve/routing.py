@@ -20,7 +20,7 @@ from ray import serve
 
 from serve.pacing import DEFAULT_PREFERENCE, BudgetPacer, PacedRoute
 from serve.settings import ServeSettings, live_offer
-from serve.upstream_latency import within_limit
+from serve.request_limits import route_cost_estimates, within_limit
 
 logger = logging.getLogger("ray.serve")
 
@@ -182,6 +182,7 @@ class Router:
         from serve.feedback_store import encode_vector, new_request_id
 
         policy, prices, version, epsilon = self.policy, self.prices, self.version, self.epsilon
+        offer_prices = self.offer_prices  # swapped with the policy by reconfigure: one offer per batch
         models = list(policy.models)
         # The client left the trade-off to the service: its named client's budget paces it, else the live budget.
         pacers = [(self.client_pacers.get(it.get("client")) or self.pacer) if it["preference"] is None else None for it in items]
@@ -208,6 +209,12 @@ class Router:
                 allowed = [m for j, m in enumerate(models) if mask is None or mask[j]]
                 fast, met = within_limit({m: self.latency.get(m) for m in allowed}, it["max_latency_s"])
                 mask = [m in fast for m in models]
+            cost_met = True
+            if it.get("max_cost") is not None:  # a route's cost limit, by its estimate at the offer's prices
+                allowed = [m for j, m in enumerate(models) if mask is None or mask[j]]
+                cheap, cost_met = within_limit(route_cost_estimates(offer_prices, allowed, it["input_tokens"], it["output_tokens"]),
+                                               it["max_cost"], keep_unknown=False)
+                mask = [m in cheap for m in models]
             if it["mode"] == "greedy":
                 served = exploring_distribution(p[None], 0.0, 1.0, mask)[0]
                 a = int(np.argmax(served))
@@ -226,7 +233,8 @@ class Router:
                               "client": it.get("client")})  # the named client it was routed for (auth.clients_file)
             out.append({"request_id": request_id, "model": models[a], "probabilities": dict(zip(models, served.tolist())),
                         "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica,
-                        "preference": list(it["preference"]), **({} if met else {"latency_unmet": True})})
+                        "preference": list(it["preference"]), **({} if met else {"latency_unmet": True}),
+                        **({} if cost_met else {"cost_unmet": True})})
             if pacers[i] is not None:
                 to_pace.append((i, mask, it["mode"] == "greedy"))
         if to_pace:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
 
 
 class Preference(BaseModel):
@@ -41,6 +41,15 @@ PreferenceInput = Annotated[
                   custom_error_message="expected {quality, cost}, a [w_q, w_c] pair, or one number k in [0, 1] meaning (k, 1 - k)"),
 ]
 
+def _whole_number(v: Any) -> Any:
+    """JSON's integers, 3 or 3.0 (JSON Schema counts both), and nothing that only looks like one ("3", true)."""
+    if isinstance(v, (bool, str)):
+        raise ValueError("expected a whole number")
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+TokenCount = Annotated[int, Field(ge=0, le=10_000_000), BeforeValidator(_whole_number)]
+
 DEFAULT_KNOB = 0.8  # a route that sends no preference, while no live budget is set: (0.8, 0.2)
 PREFERENCE_HELP = ("{quality, cost} weights or a [w_q, w_c] pair (normalised to sum to 1), or one knob k in [0,1] meaning "
                    "(k, 1-k); omitted: the weight the live budget sets (user_config `budget`), else 0.8")
@@ -65,6 +74,17 @@ class RouteRequest(BaseModel):
         None, gt=0, le=3600, description="leave out models whose recent answers took longer, by the latency_s clients "
                                          "report with feedback (a model with too few reports is kept); if none is fast "
                                          "enough, the fastest answers and latency_unmet is true")
+    max_cost: Optional[float] = Field(
+        None, gt=0, le=1000, allow_inf_nan=False,
+        description="dollars this request may cost at most: leave out models whose estimate for it (input_tokens x input price "
+                    "+ output_tokens x output price, the served prices) is higher, and any model without a price; if none "
+                    "fits, the cheapest answers and cost_unmet is true")
+    input_tokens: Optional[TokenCount] = Field(
+        None, description="the tokens your request to the model will hold (a system prompt, context), "
+                                                "for max_cost; default: the prompt's count")
+    output_tokens: Optional[TokenCount] = Field(
+        None, description="the answer length max_cost prices (your max_tokens makes the estimate a bound); "
+                                                "default: the checkpoint's assumed answer length")
 
     @field_validator("preference")
     @classmethod
@@ -101,6 +121,8 @@ class RouteResponse(BaseModel):
                                                      "none, the live budget's paced weight (else the default)")
     latency_unmet: Optional[bool] = Field(
         None, description="true: no candidate's reported latency met max_latency_s, so the fastest was used (absent otherwise)")
+    cost_unmet: Optional[bool] = Field(
+        None, description="true: no candidate's estimated cost met max_cost, so the cheapest was used (absent otherwise)")
 
 
 class FeedbackRequest(BaseModel):
@@ -144,6 +166,11 @@ class RouteOptions(BaseModel):
     max_latency_s: Optional[float] = Field(
         None, gt=0, le=600, description="leave out models whose recent answers here took longer (a stream: to its first chunk; "
                                         "else: the whole answer); if none is fast enough, the fastest answers")
+    max_cost: Optional[float] = Field(
+        None, gt=0, le=1000, allow_inf_nan=False,
+        description="dollars this request may cost at most: leave out models whose estimate is higher (every message's tokens "
+                    "x input price + max_completion_tokens or max_tokens, else the checkpoint's assumed answer length, x output "
+                    "price), and any model without a price; if none fits, the cheapest answers")
 
 
 class ChatMessage(BaseModel):
@@ -192,6 +219,8 @@ class BarpInfo(BaseModel):
         None, description="models whose provider failed on this request before `model` answered, in turn (absent when none did)")
     latency_unmet: Optional[bool] = Field(
         None, description="true: no candidate's recent latency met barp.max_latency_s, so the fastest was used (absent otherwise)")
+    cost_unmet: Optional[bool] = Field(
+        None, description="true: no candidate's estimated cost met barp.max_cost, so the cheapest was used (absent otherwise)")
 
 
 class ChatCompletionResponse(BaseModel):

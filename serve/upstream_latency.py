@@ -21,17 +21,9 @@ from collections import deque
 
 import numpy as np
 
+from serve.request_limits import within_limit
+
 KINDS = ("first_token", "answer")
-
-
-def within_limit(estimates: dict[str, float | None], limit_s: float) -> tuple[list[str], bool]:
-    """(the models a latency limit allows, whether any met it): the untimed (None) and those whose
-    estimate is within it; when none is, the fastest alone. Chat's per-replica timings and the
-    latencies clients report with feedback (for /v1/route) both decide this way."""
-    allowed = [m for m, e in estimates.items() if e is None or e <= limit_s]
-    if allowed:
-        return allowed, True
-    return [min(estimates, key=lambda m: estimates[m])], False
 
 
 class UpstreamLatency:

@@ -436,6 +436,57 @@ def test_a_latency_limit_routes_around_a_slow_provider_and_says_when_none_is_fas
     assert _reward_of(client.log_dir, json_route["request_id"])["candidates"] == [other]
 
 
+def test_a_cost_limit_prices_every_message_and_the_answer_cap(service):
+    """barp.max_cost prices each model for this request as its provider bills it: every message's
+    tokens (a long system prompt included) x input price + max_tokens (else the checkpoint's answer
+    length) x output price. A model over the limit is left out; with none under it the cheapest
+    answers, flagged. The decision keeps the narrowed candidates."""
+    from barp_ray.encoder import count_tokens
+
+    client, _ = service
+    pair = ["general-70b", "frontier-400b"]
+    prices, encoder = client.meta["prices"], client.meta["encoder"]
+    system = "You are a careful assistant for a large accounting firm. " * 30
+    question = "Sum the first ten primes."
+    n_in = int(count_tokens([system], encoder)[0] + count_tokens([question], encoder)[0])
+
+    def dollars(model, n_out):
+        return (n_in * prices[model]["input_per_mtok"] + n_out * prices[model]["output_per_mtok"]) / 1e6
+
+    def auto(limit, **extra):
+        st, r = client.post("/v1/chat/completions", {
+            "model": "barp-auto", "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+            "barp": {"candidates": pair, "mode": "greedy", "preference": [1, 0], "max_cost": limit}, **extra})
+        assert st == 200, r
+        return r["barp"]
+
+    cheaper, dearer = sorted(pair, key=lambda m: dollars(m, 16))
+    # Between the two at max_tokens 16: the cheaper alone fits. The system prompt counts: on the question
+    # alone the dearer would fit too.
+    limit = (dollars(cheaper, 16) + dollars(dearer, 16)) / 2
+    question_only = (count_tokens([question], encoder)[0] * prices[dearer]["input_per_mtok"] + 16 * prices[dearer]["output_per_mtok"]) / 1e6
+    assert question_only < limit
+    r = auto(limit, max_tokens=16)
+    assert r["model"] == cheaper and "cost_unmet" not in r, r
+    assert _pending_decision(client.log_dir, r["request_id"])["candidates"] == [cheaper]
+    # Above both at max_tokens 16, below the dearer at the checkpoint's answer length (no cap sent)
+    answer = client.meta["config"]["data"]["output_tokens"]
+    between = (max(dollars(dearer, 16), dollars(cheaper, answer)) + dollars(dearer, answer)) / 2
+    assert dollars(dearer, 16) < between < dollars(dearer, answer) and dollars(cheaper, answer) < between
+    assert set(_pending_decision(client.log_dir, auto(between, max_tokens=16)["request_id"])["candidates"]) == set(pair)  # both fit
+    assert _pending_decision(client.log_dir, auto(between)["request_id"])["candidates"] == [cheaper]
+    r = auto(dollars(cheaper, 16) / 2, max_completion_tokens=16)
+    assert r["model"] == cheaper and r["cost_unmet"] is True, r
+
+
+def _pending_decision(log_dir, request_id: str) -> dict:
+    import sqlite3
+
+    with sqlite3.connect(log_dir / "feedback.sqlite3") as db:
+        (body,), = db.execute("SELECT body FROM decisions WHERE request_id = ?", (request_id,)).fetchall()
+    return json.loads(body)
+
+
 def test_an_admin_token_keeps_clients_out_of_the_admin_endpoints(service, tmp_path, monkeypatch):
     """With auth.admin_token_file set, the API token that clients hold posts feedback and reads
     stats but gets a 403 naming the setting on /v1/admin/*; the admin token opens both; any other

@@ -863,6 +863,55 @@ def test_the_python_client_routes_rates_and_withdraws_when_the_block_fails(clien
     assert e.value.status == 0 and "no answer" in e.value.message
 
 
+def test_a_route_cost_limit_leaves_out_the_models_its_estimate_prices_over_it(client, world):
+    """`max_cost` prices each model for this request (the whole prompt's tokens x input price + the
+    answer length x output price, at the served prices) and leaves out those over it; with none under
+    it the cheapest answers alone, flagged. The decision keeps the narrowed candidates, so feedback
+    on it trains as any restricted route does."""
+    from barp_ray.encoder import count_tokens
+    from barp_ray.policy import read_meta
+
+    prices = client.get("/v1/models")[1]["models"]
+    prices = {m["id"]: m["price_per_mtok"] for m in prices if m.get("price_per_mtok")}
+    meta = read_meta(world["checkpoint"])
+    prompt = "Summarise the quarterly report in three bullet points. " * 40  # longer than the encoder reads (256 tokens)
+    tokens = int(count_tokens([prompt], meta["encoder"])[0])
+    assert tokens > 256
+    answer = meta["config"]["data"]["output_tokens"]
+
+    def dollars(model, n_in=tokens, n_out=answer):
+        p = prices[model]
+        return (n_in * p["input_per_mtok"] + n_out * p["output_per_mtok"]) / 1e6
+
+    ranked = sorted(prices, key=dollars)
+    levels = sorted({dollars(m) for m in prices})
+    limit = (levels[1] + levels[2]) / 2  # the models at the two lowest prices fit
+    allowed = {m for m in prices if dollars(m) <= limit}
+    assert 1 < len(allowed) < len(prices) - 1
+    for _ in range(10):
+        st, r = client.post("/v1/route", {"prompt": prompt, "preference": [1, 0], "max_cost": limit})
+        assert st == 200 and r["model"] in allowed and "cost_unmet" not in r, r
+        assert {m for m, q in r["probabilities"].items() if q > 0} == allowed, r  # explored among the allowed alone
+    st, r = client.post("/v1/route", {"prompt": prompt, "max_cost": dollars(ranked[0]) / 2})
+    assert st == 200 and r["model"] == ranked[0] and r["propensity"] == 1.0 and r["cost_unmet"] is True, r
+    from barp_ray.client import RouterClient  # the Python client passes the limit and says when it was not met
+
+    d = RouterClient(f"http://127.0.0.1:{client.port}", token=TOKEN).route(prompt, max_cost=dollars(ranked[0]) / 2)
+    assert d.model == ranked[0] and d.cost_unmet and not d.latency_unmet
+    d.withdraw()
+    # the request's own token counts: nothing to pay, every model fits
+    st, r = client.post("/v1/route", {"prompt": prompt, "max_cost": dollars(ranked[0]) / 2, "input_tokens": 0, "output_tokens": 0})
+    assert st == 200 and "cost_unmet" not in r and all(q > 0 for q in r["probabilities"].values()), r
+    # the whole prompt is priced, not the encoder's cut: a limit between the cut's price and the whole's leaves the model out
+    cut = (dollars(ranked[0], n_in=256) + dollars(ranked[0])) / 2
+    st, r = client.post("/v1/route", {"prompt": prompt, "candidates": [ranked[0], ranked[-1]], "max_cost": cut})
+    assert st == 200 and r["cost_unmet"] is True, r
+    for body, field in (({"max_cost": 0}, "max_cost"), ({"max_cost": -1}, "max_cost"), ({"max_cost": 0.1, "output_tokens": -3}, "output_tokens"),
+                        ({"max_cost": "lots"}, "max_cost")):
+        st, e = client.post("/v1/route", {"prompt": prompt, **body})
+        assert st == 422 and e["error"].startswith(field), (body, e)
+
+
 def test_a_route_latency_limit_reads_the_latency_clients_report_with_feedback(client):
     """Feedback may carry `latency_s` (the client's own measurement); the trainer keeps each model's
     recent p90 and passes it to the routers with the weights; a route's `max_latency_s` then leaves

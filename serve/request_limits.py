@@ -1,0 +1,38 @@
+"""Which models a request's own limits leave barp-auto: `max_latency_s` and `max_cost`.
+
+Why per request: the policy weighs quality against cost on average, by the trade-off the request
+sends; a limit is a hard line the application draws for this one request (an interactive turn
+that must start within 2 s, a free-tier user whose question may cost at most $0.002). Both limits
+narrow the request's candidates, which the decision record keeps, so its propensity is over the
+models offered and the trainer masks the same ones: training stays unbiased.
+
+A limit compares an estimate per model. When no candidate meets it, the one nearest to it (the
+fastest, the cheapest) answers alone and the answer says so (`latency_unmet`, `cost_unmet`): a
+slow or dear answer rather than none. A model without an estimate is kept under a latency limit
+(a provider is only timed by being tried) and left out under a cost limit (an unpriced model could
+cost anything).
+"""
+from __future__ import annotations
+
+
+def within_limit(estimates: dict[str, float | None], limit: float, keep_unknown: bool = True) -> tuple[list[str], bool]:
+    """(the models the limit allows, whether any met it): those whose estimate is within it, and the
+    unknown (None) if `keep_unknown`; when none is, the one with the lowest estimate alone (all, if
+    none has an estimate)."""
+    allowed = [m for m, e in estimates.items() if (e is None and keep_unknown) or (e is not None and e <= limit)]
+    if allowed:
+        return allowed, True
+    known = {m: e for m, e in estimates.items() if e is not None}
+    return ([min(known, key=known.get)] if known else list(estimates)), False
+
+
+def route_cost_estimates(prices: dict, models: list[str], input_tokens: int, output_tokens: int) -> dict[str, float | None]:
+    """Dollars per model for one request, priced as training priced LLMRouter and as the budget
+    estimates (`token_costs`, the offer's $ per million tokens); None for a model the offer gives no price."""
+    from barp_ray.data.llmrouter import token_costs
+
+    priced = [m for m in models if prices.get(m)]
+    dollars = token_costs([input_tokens], output_tokens, [prices[m]["input_per_mtok"] for m in priced],
+                          [prices[m]["output_per_mtok"] for m in priced])[0] if priced else []
+    known = dict(zip(priced, (float(d) for d in dollars)))
+    return {m: known.get(m) for m in models}
