@@ -71,11 +71,11 @@ class RouteRequest(BaseModel):
     )
     candidates: Optional[list[str]] = Field(None, min_length=1, description="restrict routing to these models")
     max_latency_s: Optional[float] = Field(
-        None, gt=0, le=3600, description="leave out models whose recent answers took longer, by the latency_s clients "
+        None, gt=0, le=3600, strict=True, description="leave out models whose recent answers took longer, by the latency_s clients "
                                          "report with feedback (a model with too few reports is kept); if none is fast "
                                          "enough, the fastest answers and latency_unmet is true")
     max_cost: Optional[float] = Field(
-        None, gt=0, le=1000, allow_inf_nan=False,
+        None, gt=0, le=1000, strict=True, allow_inf_nan=False,
         description="dollars this request may cost at most: leave out models whose estimate for it (input_tokens x input price "
                     "+ output_tokens x output price, the served prices) is higher, and any model without a price; if none "
                     "fits, the cheapest answers and cost_unmet is true")
@@ -164,10 +164,10 @@ class RouteOptions(BaseModel):
     mode: Literal["explore", "greedy", "sample"] = "explore"
     candidates: Optional[list[str]] = Field(None, min_length=1, description="restrict routing to these models")
     max_latency_s: Optional[float] = Field(
-        None, gt=0, le=600, description="leave out models whose recent answers here took longer (a stream: to its first chunk; "
+        None, gt=0, le=600, strict=True, description="leave out models whose recent answers here took longer (a stream: to its first chunk; "
                                         "else: the whole answer); if none is fast enough, the fastest answers")
     max_cost: Optional[float] = Field(
-        None, gt=0, le=1000, allow_inf_nan=False,
+        None, gt=0, le=1000, strict=True, allow_inf_nan=False,
         description="dollars this request may cost at most: leave out models whose estimate is higher (every message's tokens "
                     "x input price + max_completion_tokens or max_tokens, else the checkpoint's assumed answer length, x output "
                     "price), and any model without a price; if none fits, the cheapest answers")

@@ -907,7 +907,8 @@ def test_a_route_cost_limit_leaves_out_the_models_its_estimate_prices_over_it(cl
     st, r = client.post("/v1/route", {"prompt": prompt, "candidates": [ranked[0], ranked[-1]], "max_cost": cut})
     assert st == 200 and r["cost_unmet"] is True, r
     for body, field in (({"max_cost": 0}, "max_cost"), ({"max_cost": -1}, "max_cost"), ({"max_cost": 0.1, "output_tokens": -3}, "output_tokens"),
-                        ({"max_cost": "lots"}, "max_cost")):
+                        ({"max_cost": "lots"}, "max_cost"), ({"max_cost": "0.1"}, "max_cost"), ({"max_latency_s": "2"}, "max_latency_s"),
+                        ({"max_cost": 0.1, "input_tokens": "40"}, "input_tokens"), ({"max_cost": 0.1, "output_tokens": 2.5}, "output_tokens")):
         st, e = client.post("/v1/route", {"prompt": prompt, **body})
         assert st == 422 and e["error"].startswith(field), (body, e)
 
