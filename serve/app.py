@@ -578,6 +578,9 @@ class RouterAPI:
         request_id, model, probabilities = out["request_id"], out["model"], out["probabilities"]
         mode = "greedy" if req.mode == "greedy" else "explore"
         self.metrics.route(model, mode, probabilities, client and client.name)
+        for limit in ("cost", "latency"):
+            if out.get(f"{limit}_unmet"):
+                self.metrics.limit_unmet(limit)
         return RouteResponse(
             request_id=request_id,
             model=model,

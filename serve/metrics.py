@@ -42,6 +42,9 @@ class RouteMetrics:
         self.latency = metrics.Histogram(
             "barp_upstream_latency_seconds", description="chat answers' wait by model: to a stream's first chunk (first_token) "
             "and to the whole answer (answer)", boundaries=LATENCY_BOUNDARIES, tag_keys=("model", "kind"))
+        self.limits_unmet = metrics.Counter(
+            "barp_route_limits_unmet_total", description="routes whose own limit (max_cost, max_latency_s) no candidate met, "
+            "so the cheapest or fastest answered: limit = cost | latency", tag_keys=("limit",))
         self.left_out = metrics.Gauge(
             "barp_upstream_left_out", description="1 while this ingress replica leaves the model out of barp-auto (its breaker is open)",
             tag_keys=("model",))
@@ -52,6 +55,9 @@ class RouteMetrics:
             self.client_routes.inc(1, tags={"client": client, "model": model})
         if model != max(probabilities, key=probabilities.get):
             self.explored.inc(1, tags={"model": model})
+
+    def limit_unmet(self, limit: str) -> None:
+        self.limits_unmet.inc(1, tags={"limit": limit})
 
     def timed(self, model: str, kind: str, seconds: float) -> None:
         self.latency.observe(seconds, tags={"model": model, "kind": kind})

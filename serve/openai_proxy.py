@@ -129,6 +129,7 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
             return routed
         if not met:
             routed["latency_unmet"] = True
+            api.metrics.limit_unmet("latency")
         if failed:
             routed["failed_over"] = failed
         model = routed["model"]
