@@ -6,6 +6,7 @@ no Ray cluster): the RLModule is restored from its own sub-checkpoint.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -60,17 +61,23 @@ class RoutingPolicy:
 
     @classmethod
     def load(cls, checkpoint_dir: str | Path) -> "RoutingPolicy":
-        from ray.rllib.core.rl_module.rl_module import RLModule
-
         from barp_ray.storage import is_uri, local_copy
 
-        if is_uri(checkpoint_dir):
-            try:
-                root = local_copy(str(checkpoint_dir))
-            except (OSError, ValueError) as e:  # pyarrow raises both for a bad or unreachable URI
-                raise CheckpointError(f"{checkpoint_dir}: cannot fetch checkpoint: {e}") from None
-        else:
-            root = Path(checkpoint_dir).expanduser().resolve()  # RLlib needs absolute paths
+        if not is_uri(checkpoint_dir):
+            return cls._load(Path(checkpoint_dir).expanduser().resolve())  # RLlib needs absolute paths
+        try:
+            root = local_copy(str(checkpoint_dir))
+        except (OSError, ValueError) as e:  # pyarrow raises both for a bad or unreachable URI
+            raise CheckpointError(f"{checkpoint_dir}: cannot fetch checkpoint: {e}") from None
+        try:
+            return cls._load(root)
+        finally:  # the weights are in memory now; a copy per load (every replica start, every actor) would fill the disk
+            shutil.rmtree(root, ignore_errors=True)
+
+    @classmethod
+    def _load(cls, root: Path) -> "RoutingPolicy":
+        from ray.rllib.core.rl_module.rl_module import RLModule
+
         meta_path = root / META_FILE
         if not meta_path.is_file():
             raise CheckpointError(f"{root}: not a barp-ray checkpoint (no {META_FILE})")

@@ -1,5 +1,7 @@
 """Real RLlib training on the embedded synthetic world (small), real encoder, real Ray."""
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +188,8 @@ def test_critic_variant_trains_through_rllib_and_checkpoints_under_a_storage_uri
     assert res.checkpoint == uri and (tmp_path / "bucket" / "run-1" / "barp_meta.json").is_file()
     policy = RoutingPolicy.load(uri)
     assert policy.module.model_config["critic_form"] == "reward"
+    fetched = hashlib.sha1(uri.encode()).hexdigest()[:12]  # local_copy's prefix for this URI's copies
+    assert not list((Path(os.environ["BARP_CACHE_DIR"]) / "checkpoints").glob(f"{fetched}-*"))  # gone once the weights were in memory
     mean_embedding = prepare(cfg).train_embeddings.mean(axis=0)
     assert np.allclose(policy.module.reference_embedding.numpy(), mean_embedding, atol=1e-6)
     with pytest.raises(CheckpointError, match="cannot fetch"):
