@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from barp_ray.policy import stated_answer_tokens
 from barp_ray.route_cli import InputError, checked_preference, load_policy, parse_preference
 
 PROG = "barp route-dataset"
@@ -43,18 +44,16 @@ class BatchRouter:
     """A Ray Data actor: loads the policy and encoder once, then routes batch after batch."""
 
     def __init__(self, request: RoutingRequest):
-        from barp_ray.encoder import count_tokens
-
         self.request = request
         self.policy = load_policy(request.checkpoint)
-        prices = self.policy.meta.get("prices") or {}
-        self.prices = [prices.get(m) for m in self.policy.models]
-        self.count_tokens = count_tokens
+        self.prices = self.policy.meta.get("prices") or {}
+        self.priced = all(self.prices.get(m) for m in self.policy.models)  # estimated_cost needs every model's price
 
     def __call__(self, batch: "pd.DataFrame") -> "pa.Table":
         import pyarrow as pa
 
-        from barp_ray.data.llmrouter import token_costs
+        from barp_ray.data.llmrouter import route_costs
+        from barp_ray.encoder import count_tokens
 
         req, policy = self.request, self.policy
         prompts = batch[req.prompt_column].tolist()
@@ -79,9 +78,8 @@ class BatchRouter:
             choice = probs.argmax(-1)
             model[ok] = [policy.models[c] for c in choice]
             probability[ok] = probs[np.arange(len(ok)), choice]
-            if all(p is not None for p in self.prices):
-                per_model = token_costs(self.count_tokens(chosen_prompts, policy.encoder), req.output_tokens,
-                                        [p["input_per_mtok"] for p in self.prices], [p["output_per_mtok"] for p in self.prices])
+            if self.priced:
+                per_model = route_costs(self.prices, policy.models, count_tokens(chosen_prompts, policy.encoder), req.output_tokens)
                 cost[ok] = per_model[np.arange(len(ok)), choice]
         # The source's preference column gives way to the pair each row was routed at: JSONL may mix knobs
         # and pairs in one column, which no Parquet column holds. Typed columns: a batch whose rows were
@@ -199,8 +197,8 @@ def _route_dataset(args: argparse.Namespace) -> int:
     policy = load_policy(args.checkpoint)  # a bad checkpoint fails here in one line, not in every actor
     output_tokens = args.output_tokens
     if output_tokens is None:
-        stated = policy.meta.get("config", {}).get("data", {}).get("output_tokens")
-        output_tokens = stated if isinstance(stated, int) and not isinstance(stated, bool) else 256
+        output_tokens = stated_answer_tokens(policy.meta)
+        output_tokens = 256 if output_tokens is None else output_tokens
     check_destination(args.dest)
     request = RoutingRequest(checkpoint=args.checkpoint, preference=preference, prompt_column=args.prompt_column,
                              preference_column=args.preference_column, output_tokens=output_tokens)

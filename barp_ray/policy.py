@@ -47,6 +47,13 @@ def read_meta(checkpoint_dir: str | Path) -> dict:
         return json.loads(f.read())
 
 
+def stated_answer_tokens(meta: dict) -> int | None:
+    """The answer length the checkpoint's costs assumed (`data.output_tokens`), if it is one number:
+    what cost estimates fall back to when a request or a command names none (None: a per-task map)."""
+    stated = ((meta.get("config") or {}).get("data") or {}).get("output_tokens")
+    return stated if isinstance(stated, int) and not isinstance(stated, bool) else None
+
+
 class CheckpointError(ValueError):
     """The path is not a usable barp-ray checkpoint; the message says why."""
 

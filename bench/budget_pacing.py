@@ -52,7 +52,8 @@ def main() -> None:
     from barp_ray.data.prepare import prepare
     from barp_ray.encoder import count_tokens
     from barp_ray.policy import RoutingPolicy
-    from serve.budget import route_costs, spend_curve, within_budget
+    from barp_ray.data.llmrouter import route_costs
+    from serve.budget import spend_curve, within_budget
     from serve.exploration import exploring_distribution
     from serve.pacing import BudgetPacer, PacedRoute
     from serve.settings import Budget, ExplorationSettings

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from barp_ray.policy import read_meta
+from barp_ray.policy import read_meta, stated_answer_tokens
 from barp_ray.prompt_stats import text_stats
 from serve.guard import GuardError, PromptLimiter, load_admin_token, load_clients, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
@@ -449,9 +449,7 @@ class RouterAPI:
         self.tau = float(meta["tau"])
         self.local = None if router is not None else await _colocated_router(settings, self.tau, log, trainer)
         self.limiter = PromptLimiter(settings.limits, meta["encoder"])
-        # The answer length a route's max_cost prices when the request names none: the checkpoint's, if one number.
-        stated = ((meta.get("config") or {}).get("data") or {}).get("output_tokens")
-        self.answer_tokens = stated if isinstance(stated, int) and not isinstance(stated, bool) else None
+        self.answer_tokens = stated_answer_tokens(meta)  # what a route's max_cost prices when the request names none
         # An operator's checkpoint must read prompts alike (ContinuousTrainer.load_checkpoint), so this holds.
         self.reads_text_stats = bool(meta.get("text_stats"))
         from serve.upstream import UpstreamPool

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from barp_ray.data.llmrouter import token_costs
+from barp_ray.data.llmrouter import route_costs
+from barp_ray.policy import stated_answer_tokens
 from barp_ray.route_cli import InputError, load_policy, prompt_records
 from serve.exploration import exploring_distribution
 from serve.settings import ExplorationSettings, SettingsError
@@ -36,12 +37,6 @@ class SpendPoint:
     w_q: float
     dollars_per_1k: float
     shares: dict[str, float]  # expected share of routes per model
-
-
-def route_costs(prices: dict, models, tokens: np.ndarray, output_tokens: int) -> np.ndarray:
-    """[N, K] dollars per route: LLMRouter's pricing rule with the assumed answer length for every prompt."""
-    return token_costs(tokens, output_tokens, [prices[m]["input_per_mtok"] for m in models],
-                       [prices[m]["output_per_mtok"] for m in models])
 
 
 def spend_curve(policy, h: np.ndarray, costs: np.ndarray, exploration: ExplorationSettings | None, grid=GRID,
@@ -129,8 +124,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     policy = load_policy(args.checkpoint)
     output_tokens = args.output_tokens
     if output_tokens is None:
-        output_tokens = policy.meta.get("config", {}).get("data", {}).get("output_tokens")
-        if not isinstance(output_tokens, int) or isinstance(output_tokens, bool):
+        output_tokens = stated_answer_tokens(policy.meta)
+        if output_tokens is None:
             raise InputError("--output-tokens: required: the checkpoint's data.output_tokens is not one number")
     missing = [m for m in policy.models if m not in policy.meta.get("prices", {})]
     if missing:

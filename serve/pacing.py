@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.budget import route_costs, spend_curve, within_budget
+from barp_ray.data.llmrouter import route_costs
+from serve.budget import spend_curve, within_budget
 from serve.schemas import DEFAULT_KNOB
 from serve.settings import Budget, ExplorationSettings
 

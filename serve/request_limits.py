@@ -26,13 +26,21 @@ def within_limit(estimates: dict[str, float | None], limit: float, keep_unknown:
     return ([min(known, key=known.get)] if known else list(estimates)), False
 
 
+def narrowed(models: list[str], mask: list[bool] | None, estimates_of, limit: float,
+             keep_unknown: bool = True) -> tuple[list[bool], bool]:
+    """(the candidate mask with the limit applied, whether any candidate met it): `estimates_of(allowed)`
+    gives each still-allowed model's estimate; `within_limit` decides."""
+    allowed = [m for j, m in enumerate(models) if mask is None or mask[j]]
+    kept, met = within_limit(estimates_of(allowed), limit, keep_unknown)
+    return [m in kept for m in models], met
+
+
 def route_cost_estimates(prices: dict, models: list[str], input_tokens: int, output_tokens: int) -> dict[str, float | None]:
     """Dollars per model for one request, priced as training priced LLMRouter and as the budget
-    estimates (`token_costs`, the offer's $ per million tokens); None for a model the offer gives no price."""
-    from barp_ray.data.llmrouter import token_costs
+    estimates (`route_costs`, the offer's $ per million tokens); None for a model the offer gives no price."""
+    from barp_ray.data.llmrouter import route_costs
 
     priced = [m for m in models if prices.get(m)]
-    dollars = token_costs([input_tokens], output_tokens, [prices[m]["input_per_mtok"] for m in priced],
-                          [prices[m]["output_per_mtok"] for m in priced])[0] if priced else []
+    dollars = route_costs(prices, priced, [input_tokens], output_tokens)[0] if priced else []
     known = dict(zip(priced, (float(d) for d in dollars)))
     return {m: known.get(m) for m in models}

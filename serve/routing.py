@@ -20,7 +20,7 @@ from ray import serve
 
 from serve.pacing import DEFAULT_PREFERENCE, BudgetPacer, PacedRoute
 from serve.settings import ServeSettings, live_offer
-from serve.request_limits import route_cost_estimates, within_limit
+from serve.request_limits import narrowed, route_cost_estimates
 
 logger = logging.getLogger("ray.serve")
 
@@ -204,17 +204,13 @@ class Router:
                     out.append({"status": 422, "error": f"candidates: none of {sorted(it['candidates'])} is offered now; "
                                                         f"offered: {models}"})
                     continue
-            met = True
+            met = cost_met = True
             if it.get("max_latency_s") is not None and self.latency:  # a route's latency limit, by the reported latencies
-                allowed = [m for j, m in enumerate(models) if mask is None or mask[j]]
-                fast, met = within_limit({m: self.latency.get(m) for m in allowed}, it["max_latency_s"])
-                mask = [m in fast for m in models]
-            cost_met = True
+                mask, met = narrowed(models, mask, lambda ms: {m: self.latency.get(m) for m in ms}, it["max_latency_s"])
             if it.get("max_cost") is not None:  # a route's cost limit, by its estimate at the offer's prices
-                allowed = [m for j, m in enumerate(models) if mask is None or mask[j]]
-                cheap, cost_met = within_limit(route_cost_estimates(offer_prices, allowed, it["input_tokens"], it["output_tokens"]),
-                                               it["max_cost"], keep_unknown=False)
-                mask = [m in cheap for m in models]
+                mask, cost_met = narrowed(
+                    models, mask, lambda ms: route_cost_estimates(offer_prices, ms, it["input_tokens"], it["output_tokens"]),
+                    it["max_cost"], keep_unknown=False)
             if it["mode"] == "greedy":
                 served = exploring_distribution(p[None], 0.0, 1.0, mask)[0]
                 a = int(np.argmax(served))

@@ -49,6 +49,7 @@ def _whole_number(v: Any) -> Any:
 
 
 TokenCount = Annotated[int, Field(ge=0, le=10_000_000), BeforeValidator(_whole_number)]
+CostLimit = Annotated[float, Field(gt=0, le=1000, strict=True, allow_inf_nan=False)]  # dollars, a route's or a chat's max_cost
 
 DEFAULT_KNOB = 0.8  # a route that sends no preference, while no live budget is set: (0.8, 0.2)
 PREFERENCE_HELP = ("{quality, cost} weights or a [w_q, w_c] pair (normalised to sum to 1), or one knob k in [0,1] meaning "
@@ -74,17 +75,16 @@ class RouteRequest(BaseModel):
         None, gt=0, le=3600, strict=True, description="leave out models whose recent answers took longer, by the latency_s clients "
                                          "report with feedback (a model with too few reports is kept); if none is fast "
                                          "enough, the fastest answers and latency_unmet is true")
-    max_cost: Optional[float] = Field(
-        None, gt=0, le=1000, strict=True, allow_inf_nan=False,
-        description="dollars this request may cost at most: leave out models whose estimate for it (input_tokens x input price "
+    max_cost: Optional[CostLimit] = Field(
+        None, description="dollars this request may cost at most: leave out models whose estimate for it (input_tokens x input price "
                     "+ output_tokens x output price, the served prices) is higher, and any model without a price; if none "
                     "fits, the cheapest answers and cost_unmet is true")
     input_tokens: Optional[TokenCount] = Field(
-        None, description="the tokens your request to the model will hold (a system prompt, context), "
-                                                "for max_cost; default: the prompt's count")
+        None, description="the tokens your request to the model will hold (a system prompt, context), for max_cost; "
+                          "default: the prompt's count")
     output_tokens: Optional[TokenCount] = Field(
         None, description="the answer length max_cost prices (your max_tokens makes the estimate a bound); "
-                                                "default: the checkpoint's assumed answer length")
+                          "default: the checkpoint's assumed answer length")
 
     @field_validator("preference")
     @classmethod
@@ -166,9 +166,8 @@ class RouteOptions(BaseModel):
     max_latency_s: Optional[float] = Field(
         None, gt=0, le=600, strict=True, description="leave out models whose recent answers here took longer (a stream: to its first chunk; "
                                         "else: the whole answer); if none is fast enough, the fastest answers")
-    max_cost: Optional[float] = Field(
-        None, gt=0, le=1000, strict=True, allow_inf_nan=False,
-        description="dollars this request may cost at most: leave out models whose estimate is higher (every message's tokens "
+    max_cost: Optional[CostLimit] = Field(
+        None, description="dollars this request may cost at most: leave out models whose estimate is higher (every message's tokens "
                     "x input price + max_completion_tokens or max_tokens, else the checkpoint's assumed answer length, x output "
                     "price), and any model without a price; if none fits, the cheapest answers")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from barp_ray.config import PRICE_HEADS, SHRINKAGE_GATES, cost_multiplier_problem
+from barp_ray.policy import stated_answer_tokens
 from barp_ray.storage import is_uri
 
 
@@ -656,8 +657,7 @@ def live_budget(config: dict, meta: dict, prices: dict) -> Budget | None:
     dollars = raw["dollars_per_1k"]
     if isinstance(dollars, bool) or not isinstance(dollars, (int, float)) or not math.isfinite(dollars) or dollars <= 0:
         raise SettingsError(f"budget.dollars_per_1k: must be a positive number of dollars per 1,000 routes, got {dollars!r}")
-    trained = ((meta.get("config") or {}).get("data") or {}).get("output_tokens")
-    out = raw.get("output_tokens", trained if isinstance(trained, int) and not isinstance(trained, bool) else None)
+    out = raw.get("output_tokens", stated_answer_tokens(meta))
     if out is None:
         raise SettingsError("budget.output_tokens: required, since the checkpoint's answer length is not one number")
     budget = Budget(float(dollars), out, **{k: raw[k] for k in ("window", "every", "price_by") if k in raw})

@@ -71,7 +71,8 @@ def offline_pick(checkpoint: str, budget: float) -> tuple[float, float]:
     """What `barp calibrate`'s scan picks for PROMPTS at the service's exploration, on the pacer's grid."""
     from barp_ray.encoder import count_tokens
     from barp_ray.policy import RoutingPolicy
-    from serve.budget import route_costs, spend_curve, within_budget
+    from barp_ray.data.llmrouter import route_costs
+    from serve.budget import spend_curve, within_budget
     from serve.pacing import GRID
     from serve.settings import ExplorationSettings
 

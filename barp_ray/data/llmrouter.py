@@ -125,6 +125,14 @@ def token_costs(in_tokens, out_tokens, input_per_mtok, output_per_mtok) -> np.nd
     return in_tokens[:, None] * in_price[None, :] + out_tokens[:, None] * out_price[None, :]
 
 
+def route_costs(prices: dict, models, tokens, output_tokens: int) -> np.ndarray:
+    """[N, K] dollars per route from a {model: {input_per_mtok, output_per_mtok}} mapping: the rule
+    above with the assumed answer length for every prompt (what calibrate, the live budget, a
+    route's cost limit and `barp route-dataset` estimate with)."""
+    return token_costs(tokens, output_tokens, [prices[m]["input_per_mtok"] for m in models],
+                       [prices[m]["output_per_mtok"] for m in models])
+
+
 def _require(path: Path) -> Path:
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected in an LLMRouter data directory)")
