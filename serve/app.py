@@ -484,6 +484,7 @@ class RouterAPI:
             models=self.models,
             chat_models=self.chat_models,
             max_body_bytes=settings.limits.max_body_bytes,
+            max_chat_body_bytes=settings.limits.max_chat_body_bytes,
         )
 
     async def _watch_clients(self) -> None:

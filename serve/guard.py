@@ -171,6 +171,18 @@ class PromptLimiter:
             )
         return prompt[: enc.offsets[self.limits.max_prompt_tokens - 1][1]]
 
+    def routing_text(self, text: str) -> str:
+        """The start of a text that travels whole elsewhere (a chat message goes to its provider), cut
+        to what the route limits let the router read: a long message is routed on its start, never refused."""
+        head = text.encode("utf-8", "surrogatepass")[: self.limits.max_prompt_bytes]
+        text = head.decode("utf-8", "ignore")  # a character split by the byte cut is dropped
+        if len(head) <= self.limits.max_prompt_tokens:
+            return text
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(enc.ids) <= self.limits.max_prompt_tokens:
+            return text
+        return text[: enc.offsets[self.limits.max_prompt_tokens - 1][1]]
+
 
 ALWAYS_PROTECTED = ("/v1/feedback", "/v1/admin/", "/v1/stats")
 ADMIN_PATH = "/v1/admin/"
@@ -221,12 +233,12 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not STATE:
             return await self.app(scope, receive, send)
-        limit = STATE["max_body_bytes"]
+        path = scope["path"]
+        limit = STATE["max_chat_body_bytes"] if path.startswith(CHAT_PATH) else STATE["max_body_bytes"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await _refuse(scope, receive, send, 413, f"body: larger than the limit of {limit} bytes")
-        path = scope["path"]
         protected = (path.startswith(ALWAYS_PROTECTED) or (STATE["require_for_route"] and path.startswith(ROUTE_PATH))
                      or (STATE["require_for_chat"] and path.startswith(CHAT_PATH)))
         # An open path (a route without require_for_route) with a token still says who sent it; a

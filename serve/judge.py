@@ -7,9 +7,10 @@ score, with the cost the service priced the answer at (its usage at the served p
 cost, so the reward is the training formula's. The judge's own bill is not charged to the routed
 model. An answer that could not be priced is not graded: a reward needs a cost.
 
-What the judge sees: the prompt the router read (the last user message), the conversation before
-it (its newest `judge.max_answer_chars` characters, so a follow-up is graded in context) and the
-answer, cut to `judge.max_answer_chars`. The router then learns the judge's
+What the judge sees: the request (the last user message; a longer one than `judge.max_answer_chars`
+as its start and its end, where a question after a long document usually is), the conversation
+before it (its newest `judge.max_answer_chars` characters, so a follow-up is graded in context) and
+the answer, cut to `judge.max_answer_chars`. The router then learns the judge's
 taste, biases included (judges favour long answers and their own family): use a judge you trust
 on your tasks, or scores from your users. The first feedback for a request wins. To mix in your
 users' own scores where they give one, set `judge.defer_s`: the judge waits that long, and an
@@ -83,7 +84,7 @@ class Judge:
             payload = {"model": s.model, "temperature": 0, "max_tokens": 8, "messages": [
                 {"role": "system", "content": s.instructions},
                 {"role": "user", "content": (f"Conversation before the request:\n{earlier[-s.max_answer_chars:]}\n\n" if earlier else "")
-                 + f"Request:\n{prompt}\n\nAnswer:\n{answer[:s.max_answer_chars]}"}]}
+                 + f"Request:\n{_ends(prompt, s.max_answer_chars)}\n\nAnswer:\n{answer[:s.max_answer_chars]}"}]}
             try:
                 resp = await self.upstreams.open(s.model, payload, stream=False)
                 try:
@@ -99,3 +100,11 @@ class Judge:
                 self.count("unparsed" if resp.status == 200 else "judge_failed")
                 return
             self.count(await self.post(request_id, score))
+
+
+def _ends(text: str, limit: int) -> str:
+    """A text cut to about `limit` characters by keeping its start and its end."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:]}"

@@ -1,6 +1,7 @@
 """OpenAI-compatible `POST /v1/chat/completions` with model `barp-auto`: route, then forward.
 
-The last user message is the prompt the router sees; the request goes unchanged (but for
+The last user message is the prompt the router sees (its start, if it is longer than a route's
+prompt may be: `limits:`); the request goes unchanged (but for
 `model` and `barp`) to the chosen model's upstream, and the answer comes back with a `barp`
 field carrying the request_id to post feedback against. When the chosen model's provider fails
 before answering, barp-auto routes the request again among the models not yet tried
@@ -112,19 +113,23 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         cap = payload.get("max_completion_tokens", payload.get("max_tokens"))
         if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
             options["output_tokens"] = cap
+        elif api.answer_tokens is None:
+            raise ChatProxyError(422, "barp.max_cost: needs max_completion_tokens or max_tokens, since the checkpoint "
+                                      "assumes no single answer length")
     allowed = options.get("candidates") or api.chat_models
     if client is not None and client.candidates is not None:
         allowed = [m for m in allowed if m in client.candidates]
         if not allowed:
             raise ChatProxyError(403, f"model: client {client.name!r} may use none of the models chat can reach "
                                       f"({api.chat_models}); its models: {list(client.candidates)}")
+    routing_text = api.limiter.routing_text(prompt)  # the provider gets every message whole
     failed: list[dict[str, Any]] = []
     while True:
         left = [m for m in allowed if all(m != f["model"] for f in failed)]
         offered, met = api.upstream_health.offered(left), True
         if limit is not None:  # what a stream's user waits for is its first chunk; a JSON caller, the whole answer
             offered, met = api.upstream_latency.within(offered, "first_token" if req.stream else "answer", limit)
-        routed = await _route(api, {**options, "candidates": offered}, prompt)
+        routed = await _route(api, {**options, "candidates": offered}, routing_text)
         if isinstance(routed, JSONResponse):
             return routed
         if not met:

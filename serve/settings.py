@@ -226,13 +226,19 @@ def _upstream(name: str, raw: Any) -> UpstreamSettings:
 
 @dataclass
 class LimitSettings:
+    """A route's body holds a prompt only the router reads, so it stays small; a chat body goes whole
+    to a provider (a long document, images as data URLs) and gets its own, larger limit. A chat's
+    last user message is cut for routing to what the route limits allow, never refused for its length."""
+
     max_body_bytes: int = 64 * 1024
+    max_chat_body_bytes: int = 8 * 1024 * 1024
     max_prompt_bytes: int = 32 * 1024
     max_prompt_tokens: int = 512  # MiniLM reads 256; longer prompts are cut or refused
     long_prompt: str = "truncate"  # truncate | reject
 
     def validate(self) -> None:
         _pos("limits.max_body_bytes", self.max_body_bytes)
+        _pos("limits.max_chat_body_bytes", self.max_chat_body_bytes)
         _pos("limits.max_prompt_bytes", self.max_prompt_bytes)
         _pos("limits.max_prompt_tokens", self.max_prompt_tokens)
         if self.long_prompt not in ("truncate", "reject"):

@@ -368,6 +368,39 @@ def test_the_judge_grades_priced_answers_as_their_feedback(service):
         upstream.server.judge_reply = "I cannot grade this."
 
 
+def test_a_long_document_goes_whole_to_its_provider_and_is_routed_on_its_start(service):
+    """A chat body is forwarded, so it has its own body limit (`limits.max_chat_body_bytes`, 8 MiB),
+    far above a route's (64 KiB): a 300 KB document in the last user message is routed on its start
+    and reaches the provider whole; the judge sees its start and its end. A route's limits stay."""
+    from serve.settings import LimitSettings
+
+    client, upstream = service
+    upstream.server.judge_reply = "7"
+    document = "".join(f"Clause {i}: the lessee keeps the premises in good repair. " for i in range(5000))
+    question = "Which clause covers repairs? Answer with its number."
+    text = document + "\n\n" + question
+    assert len(text.encode()) > 4 * LimitSettings().max_body_bytes
+    try:
+        st, r = client.post("/v1/chat/completions", {"model": "barp-auto", "messages": [{"role": "user", "content": text}],
+                                                      "barp": {"preference": 0.7, "candidates": ["chat-8b", "math-15b"]}})
+        assert st == 200, r
+        sent = next(b for b in reversed(upstream.bodies) if b["model"] == r["barp"]["model"])
+        assert sent["messages"][-1]["content"] == text
+        assert _reward_of(client.log_dir, r["barp"]["request_id"])["score"] == 0.7  # the judge graded it
+        graded = [b for b in upstream.bodies if b["model"] == "judge"][-1]["messages"][-1]["content"]
+        assert "Clause 0:" in graded and question in graded and "characters left out" in graded
+        assert len(graded) < 3 * 8000, len(graded)
+    finally:
+        upstream.server.judge_reply = "I cannot grade this."
+    # the same text as a route's prompt is refused: only the router reads it
+    st, r = client.post("/v1/route", {"prompt": text})
+    assert st == 413 and r["error"] == f"body: larger than the limit of {LimitSettings().max_body_bytes} bytes", r
+    # and a chat body above its own limit is refused, naming it
+    huge = {"model": "barp-auto", "messages": [{"role": "user", "content": "x" * LimitSettings().max_chat_body_bytes}]}
+    st, r = client.post("/v1/chat/completions", huge)
+    assert st == 413 and r["error"] == f"body: larger than the limit of {LimitSettings().max_chat_body_bytes} bytes", r
+
+
 def test_a_route_only_client_withdraws_a_route_whose_provider_failed(service):
     """The /v1/route counterpart of chat failover: a client that calls providers itself says a
     routed request got no answer, and the decision is never trained on."""

@@ -49,6 +49,21 @@ def test_the_prompt_limiter_counts_and_cuts_real_tokens():
         raise AssertionError("a 6-token prompt passed a 4-token limit")
 
 
+def test_a_text_that_travels_whole_is_cut_for_routing_never_refused():
+    """Chat's last user message goes whole to the provider; the router reads its start, cut to the
+    route limits in bytes (at a character, never inside one) and in tokens, whatever long_prompt says."""
+    from serve.guard import PromptLimiter
+    from serve.settings import LimitSettings
+
+    strict = PromptLimiter(LimitSettings(max_prompt_bytes=10, max_prompt_tokens=4, long_prompt="reject"), PACKAGED)
+    assert strict.routing_text("héé héé héé") == "héé hé"  # byte 10 is the first half of an é: it is dropped
+    assert strict.routing_text("one two three four five six") == "one two th"  # the byte cut first
+    loose = PromptLimiter(LimitSettings(max_prompt_tokens=4, long_prompt="reject"), PACKAGED)
+    assert loose.routing_text("one two three four five six") == "one two three four"
+    assert loose.routing_text("hello world") == "hello world"
+    assert loose.apply(loose.routing_text("word " * 50_000)) == "word word word word"  # what the route then takes
+
+
 def test_no_prompt_has_more_wordpiece_tokens_than_utf8_bytes():
     """The limiter skips counting prompts of at most max_prompt_tokens bytes; that is only sound while
     the tokenizer never makes more tokens than the prompt has bytes, over every script it may meet."""

@@ -344,6 +344,7 @@ def test_settings_errors_name_the_field():
         ({"bogus": 1}, "bogus"),
         ({"auth": {"token_env": None}}, "auth"),
         ({"limits": {"long_prompt": "shorten"}}, "limits.long_prompt"),
+        ({"limits": {"max_chat_body_bytes": 0}}, "limits.max_chat_body_bytes"),
         ({"topology": "sidecar"}, "topology"),
         ({"lone_route_threads": 1.5}, "lone_route_threads"),
         ({"retention": {"keep_rewards": 3000}}, "retention.keep_rewards: must be at least trainer.window"),  # < what a restart reads back
