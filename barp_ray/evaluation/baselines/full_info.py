@@ -7,7 +7,9 @@ advantaged comparison; tables label them "full information".
 All three see the train split only. Hyper-parameters (kNN's k, MLP early stopping) are chosen on
 a validation split carved from train (`TrainView.val_index`), never on the test prompts.
 Cost: the score is predicted per prompt, the cost is each model's *known mean normalised cost*
-on train, min(c/tau, 1) averaged over prompts (prices are public; bills barely vary per prompt).
+on train, min(c/tau, 1) averaged over prompts (prices are public). A prompt's own cost varies (sd ~35 %
+of the mean on LLMRouter), but charging it moves these routers' sweep reward by +0.0000 +- 0.0007
+(docs/results/preference_range_val/per_prompt_cost.py).
 """
 from __future__ import annotations
 
