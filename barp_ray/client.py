@@ -54,6 +54,7 @@ class Decision:
     _client: "RouterClient" = field(repr=False)
     latency_unmet: bool = False  # no candidate's reported latency met max_latency_s: the fastest was chosen
     cost_unmet: bool = False  # no candidate's estimated cost met max_cost: the cheapest was chosen
+    context_unmet: bool = False  # the request overflows every candidate's known context window: the largest was chosen
     done: str | None = None  # "feedback" or "withdrawn" once either was sent
 
     def feedback(self, score: float, cost: float | None = None, latency_s: float | None = None) -> dict[str, Any]:
@@ -95,7 +96,8 @@ class RouterClient:
         """A routing decision (`preference`: a knob k, [w_q, w_c] or {quality, cost}; None: the
         service's default for this client; `max_latency_s`: leave out models reported slower;
         `max_cost`: leave out models whose estimate for this request, `input_tokens` and
-        `output_tokens` if given, is dearer). Use it as a context manager to withdraw it on failure."""
+        `output_tokens` if given, is dearer; the same two counts are what the service's
+        `context_windows` must hold). Use it as a context manager to withdraw it on failure."""
         body: dict[str, Any] = {"prompt": prompt, "mode": mode}
         for key, value in (("preference", preference), ("candidates", candidates), ("max_latency_s", max_latency_s),
                            ("max_cost", max_cost), ("input_tokens", input_tokens), ("output_tokens", output_tokens)):
@@ -104,7 +106,7 @@ class RouterClient:
         r = self._call("/v1/route", body)
         return Decision(r["request_id"], r["model"], r["propensity"], r["probabilities"], r["policy_version"],
                         r["preference"], r["mode"], self, latency_unmet=bool(r.get("latency_unmet")),
-                        cost_unmet=bool(r.get("cost_unmet")))
+                        cost_unmet=bool(r.get("cost_unmet")), context_unmet=bool(r.get("context_unmet")))
 
     def _call(self, path: str, body: dict, duplicate_ok: bool = False) -> dict[str, Any]:
         headers = {"content-type": "application/json"}

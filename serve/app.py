@@ -559,12 +559,20 @@ class RouterAPI:
             candidates = candidates or (list(client.candidates) if client.candidates is not None else None)
         item = {"prompt": prompt, "preference": preference, "mode": req.mode, "candidates": candidates,
                 "client": client and client.name, "max_latency_s": req.max_latency_s}
-        if req.max_cost is not None:  # priced on the whole prompt, as its provider bills it, not the encoder's cut
+        # The request's input as its provider bills it (the whole prompt, or what the client says it sends),
+        # not the encoder's cut: counted only when a limit or a budget's estimate reads it.
+        tokens = req.input_tokens
+        if tokens is None and (req.max_cost is not None or self.offer.context_windows):
+            tokens = self.limiter.count(req.prompt)
+        if tokens is not None:
+            item["input_tokens"] = tokens
+        if self.offer.context_windows:  # what must fit a model's window: the input and the answer's cap, if any
+            item["context_tokens"] = tokens + (req.output_tokens or 0)
+        if req.max_cost is not None:
             output = req.output_tokens if req.output_tokens is not None else self.answer_tokens
             if output is None:
                 return _error(422, "output_tokens: required with max_cost, since the checkpoint assumes no single answer length")
-            tokens = req.input_tokens if req.input_tokens is not None else self.limiter.count(req.prompt)
-            item.update(max_cost=req.max_cost, input_tokens=tokens, output_tokens=output)
+            item.update(max_cost=req.max_cost, output_tokens=output)
         if self.reads_text_stats:  # of the whole prompt, as training read it; the encoder reads the cut one
             item["text_stats"] = text_stats([req.prompt])[0].tolist()
         try:
@@ -577,7 +585,7 @@ class RouterAPI:
         request_id, model, probabilities = out["request_id"], out["model"], out["probabilities"]
         mode = "greedy" if req.mode == "greedy" else "explore"
         self.metrics.route(model, mode, probabilities, client and client.name)
-        for limit in ("cost", "latency"):
+        for limit in ("cost", "latency", "context"):
             if out.get(f"{limit}_unmet"):
                 self.metrics.limit_unmet(limit)
         return RouteResponse(
@@ -591,6 +599,7 @@ class RouterAPI:
             preference=out["preference"],
             latency_unmet=out.get("latency_unmet"),
             cost_unmet=out.get("cost_unmet"),
+            context_unmet=out.get("context_unmet"),
         )
 
     async def withdraw(self, request_id: str) -> None:
@@ -671,7 +680,9 @@ class RouterAPI:
 
         client = CLIENT.get()
         mine = [m for m in self.models if client is None or client.candidates is None or m in client.candidates]
-        return {"models": [{"id": m, "price_per_mtok": self.prices.get(m) or None} for m in mine] + [{"id": "barp-auto"}],
+        windows = self.offer.context_windows
+        return {"models": [{"id": m, "price_per_mtok": self.prices.get(m) or None,
+                            **({"context_window": windows[m]} if m in windows else {})} for m in mine] + [{"id": "barp-auto"}],
                 "tau": self.tau}
 
     @api.get("/healthz")
@@ -693,6 +704,7 @@ class RouterAPI:
                           "decision_cost_multiplier": self.offer.decision_cost_multiplier,
                           "budget": dataclasses.asdict(budget) if budget else None,
                           "client_budgets": {n: dataclasses.asdict(b) for n, b in self.offer.client_budgets.items()},
+                          "context_windows": self.offer.context_windows,
                           "refused": self.offer_error},
                 "pacing": {"replica": router["replica"], **(router["pacing"] or {})} if router["pacing"] else None,
                 "client_pacing": router.get("client_pacing") or {},

@@ -44,7 +44,8 @@ class RouteMetrics:
             "and to the whole answer (answer)", boundaries=LATENCY_BOUNDARIES, tag_keys=("model", "kind"))
         self.limits_unmet = metrics.Counter(
             "barp_route_limits_unmet_total", description="routes whose own limit (max_cost, max_latency_s) no candidate met, "
-            "so the cheapest or fastest answered: limit = cost | latency", tag_keys=("limit",))
+            "so the cheapest or fastest answered, or too long for every candidate's context window, so the largest "
+            "answered: limit = cost | latency | context", tag_keys=("limit",))
         self.left_out = metrics.Gauge(
             "barp_upstream_left_out", description="1 while this ingress replica leaves the model out of barp-auto (its breaker is open)",
             tag_keys=("model",))

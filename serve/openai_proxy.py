@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from barp_ray.data.llmrouter import token_costs
-from serve.schemas import ChatCompletionRequest, ChatMessage, RouteRequest, RouteResponse
+from serve.schemas import MAX_TOKEN_COUNT, ChatCompletionRequest, ChatMessage, RouteRequest, RouteResponse
 from serve.upstream import UpstreamError
 
 AUTO = "barp-auto"
@@ -70,7 +70,8 @@ async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any] | 
     if not isinstance(routed, RouteResponse):
         return routed  # an error response, already shaped
     return {"request_id": routed.request_id, "model": routed.model, "policy_version": routed.policy_version,
-            "preference": routed.preference, **({"cost_unmet": True} if routed.cost_unmet else {})}
+            "preference": routed.preference, **({"cost_unmet": True} if routed.cost_unmet else {}),
+            **({"context_unmet": True} if routed.context_unmet else {})}
 
 
 async def forward_chat(api, req: ChatCompletionRequest):
@@ -108,12 +109,13 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
     limit = options.pop("max_latency_s", None)
-    if options.get("max_cost") is not None:  # priced as the provider bills: every message, and the answer's cap if set
-        options["input_tokens"] = _input_tokens(api, req)
+    if options.get("max_cost") is not None or api.offer.context_windows:
+        # as the provider bills and bounds the request: every message, and the answer's cap if set
+        options["input_tokens"] = min(_input_tokens(api, req), MAX_TOKEN_COUNT)
         cap = payload.get("max_completion_tokens", payload.get("max_tokens"))
         if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
-            options["output_tokens"] = cap
-        elif api.answer_tokens is None:
+            options["output_tokens"] = min(cap, MAX_TOKEN_COUNT)  # beyond it, larger than any window and any bill
+        elif options.get("max_cost") is not None and api.answer_tokens is None:
             raise ChatProxyError(422, "barp.max_cost: needs max_completion_tokens or max_tokens, since the checkpoint "
                                       "assumes no single answer length")
     allowed = options.get("candidates") or api.chat_models

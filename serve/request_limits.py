@@ -1,4 +1,5 @@
-"""Which models a request's own limits leave barp-auto: `max_latency_s` and `max_cost`.
+"""Which models a request's own limits leave barp-auto: `max_latency_s` and `max_cost`, and the
+models' context windows (`context_windows`, live), which a request's length must fit.
 
 Why per request: the policy weighs quality against cost on average, by the trade-off the request
 sends; a limit is a hard line the application draws for this one request (an interactive turn
@@ -11,6 +12,11 @@ fastest, the cheapest) answers alone and the answer says so (`latency_unmet`, `c
 slow or dear answer rather than none. A model without an estimate is kept under a latency limit
 (a provider is only timed by being tried) and left out under a cost limit (an unpriced model could
 cost anything).
+
+A context window is the model's limit, not the request's: a model whose window the request's tokens
+(its whole input as billed, plus the answer's cap if it sets one) overflow is left out, a model with
+no known window kept; when every window is too small, the largest takes it (`context_unmet`), and its
+provider decides. Tokens are counted by the router's tokenizer, a proxy for each provider's own.
 """
 from __future__ import annotations
 
@@ -44,3 +50,9 @@ def route_cost_estimates(prices: dict, models: list[str], input_tokens: int, out
     dollars = route_costs(prices, priced, [input_tokens], output_tokens)[0] if priced else []
     known = dict(zip(priced, (float(d) for d in dollars)))
     return {m: known.get(m) for m in models}
+
+
+def context_overflow(windows: dict[str, int], models: list[str], tokens: int) -> dict[str, float | None]:
+    """Tokens by which a request of `tokens` overflows each model's context window (<= 0: it fits);
+    None for a model with no known window."""
+    return {m: float(tokens - windows[m]) if m in windows else None for m in models}

@@ -20,7 +20,7 @@ from ray import serve
 
 from serve.pacing import DEFAULT_PREFERENCE, BudgetPacer, PacedRoute
 from serve.settings import ServeSettings, live_offer
-from serve.request_limits import narrowed, route_cost_estimates
+from serve.request_limits import context_overflow, narrowed, route_cost_estimates
 
 logger = logging.getLogger("ray.serve")
 
@@ -112,6 +112,7 @@ class Router:
         self.started_version = self.version
         self.prices: list[float] | None = None  # blended $/Mtok per offered model: reconfigure sets them
         self.offer_prices: dict = {}  # the offer's {model: {input_per_mtok, output_per_mtok}}, for the budget's estimate
+        self.context_windows: dict[str, int] = {}  # the offer's known context windows, in tokens
         self.bills: dict[str, float] = {}  # each model's recent mean billed cost, from the trainer's feedback
         self.latency: dict[str, float] = {}  # each model's recent reported latency (its quantile), from the trainer
         self.pacer: BudgetPacer | None = None  # set by a live `budget`: the weight for routes without a preference
@@ -137,7 +138,7 @@ class Router:
             offer.apply(fresh.module)
             fresh.models = offer.models
             self.policy, self.prices = fresh, offer.blended()  # prices are recorded with each decision
-            self.offer_prices = offer.prices
+            self.offer_prices, self.context_windows = offer.prices, offer.context_windows
             self.pacer = _paced(self.pacer, offer.budget, offer.models)
             self.client_pacers = {name: _paced(self.client_pacers.get(name), budget, offer.models)
                                   for name, budget in offer.client_budgets.items()}
@@ -182,7 +183,7 @@ class Router:
         from serve.feedback_store import encode_vector, new_request_id
 
         policy, prices, version, epsilon = self.policy, self.prices, self.version, self.epsilon
-        offer_prices = self.offer_prices  # swapped with the policy by reconfigure: one offer per batch
+        offer_prices, windows = self.offer_prices, self.context_windows  # swapped with the policy by reconfigure: one offer per batch
         models = list(policy.models)
         # The client left the trade-off to the service: its named client's budget paces it, else the live budget.
         pacers = [(self.client_pacers.get(it.get("client")) or self.pacer) if it["preference"] is None else None for it in items]
@@ -204,7 +205,9 @@ class Router:
                     out.append({"status": 422, "error": f"candidates: none of {sorted(it['candidates'])} is offered now; "
                                                         f"offered: {models}"})
                     continue
-            met = cost_met = True
+            met = cost_met = context_met = True
+            if it.get("context_tokens") is not None and windows:  # first: a model the request overflows cannot answer it
+                mask, context_met = narrowed(models, mask, lambda ms: context_overflow(windows, ms, it["context_tokens"]), 0.0)
             if it.get("max_latency_s") is not None and self.latency:  # a route's latency limit, by the reported latencies
                 mask, met = narrowed(models, mask, lambda ms: {m: self.latency.get(m) for m in ms}, it["max_latency_s"])
             if it.get("max_cost") is not None:  # a route's cost limit, by its estimate at the offer's prices
@@ -230,13 +233,15 @@ class Router:
             out.append({"request_id": request_id, "model": models[a], "probabilities": dict(zip(models, served.tolist())),
                         "behaviour_prob": float(served[a]), "policy_version": version, "replica": self.replica,
                         "preference": list(it["preference"]), **({} if met else {"latency_unmet": True}),
-                        **({} if cost_met else {"cost_unmet": True})})
+                        **({} if cost_met else {"cost_unmet": True}), **({} if context_met else {"context_unmet": True})})
             if pacers[i] is not None:
                 to_pace.append((i, mask, it["mode"] == "greedy"))
         if to_pace:
             from barp_ray.encoder import count_tokens
 
-            tokens = count_tokens([items[i]["prompt"] for i, _, _ in to_pace], policy.encoder)
+            counted = count_tokens([items[i]["prompt"] for i, _, _ in to_pace if items[i].get("input_tokens") is None], policy.encoder)
+            counted = iter(counted.tolist())  # a request that says its billed input (chat: every message) is priced by it
+            tokens = [items[i]["input_tokens"] if items[i].get("input_tokens") is not None else next(counted) for i, _, _ in to_pace]
             for (i, mask, greedy), n in zip(to_pace, tokens):
                 allowed = np.ones(len(models), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
                 pacers[i].observe(PacedRoute(emb[i], int(n), allowed, greedy))

@@ -48,7 +48,8 @@ def _whole_number(v: Any) -> Any:
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
-TokenCount = Annotated[int, Field(ge=0, le=10_000_000), BeforeValidator(_whole_number)]
+MAX_TOKEN_COUNT = 10_000_000
+TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKEN_COUNT), BeforeValidator(_whole_number)]
 CostLimit = Annotated[float, Field(gt=0, le=1000, strict=True, allow_inf_nan=False)]  # dollars, a route's or a chat's max_cost
 
 DEFAULT_KNOB = 0.8  # a route that sends no preference, while no live budget is set: (0.8, 0.2)
@@ -80,11 +81,11 @@ class RouteRequest(BaseModel):
                     "+ output_tokens x output price, the served prices) is higher, and any model without a price; if none "
                     "fits, the cheapest answers and cost_unmet is true")
     input_tokens: Optional[TokenCount] = Field(
-        None, description="the tokens your request to the model will hold (a system prompt, context), for max_cost; "
-                          "default: the prompt's count")
+        None, description="the tokens your request to the model will hold (a system prompt, context), for max_cost, "
+                          "the live budget and the models' context windows; default: the prompt's count")
     output_tokens: Optional[TokenCount] = Field(
-        None, description="the answer length max_cost prices (your max_tokens makes the estimate a bound); "
-                          "default: the checkpoint's assumed answer length")
+        None, description="the answer length max_cost prices (your max_tokens makes the estimate a bound; default: the "
+                          "checkpoint's assumed answer length), and the answer's cap a model's context window must also hold (default: 0)")
 
     @field_validator("preference")
     @classmethod
@@ -123,6 +124,9 @@ class RouteResponse(BaseModel):
         None, description="true: no candidate's reported latency met max_latency_s, so the fastest was used (absent otherwise)")
     cost_unmet: Optional[bool] = Field(
         None, description="true: no candidate's estimated cost met max_cost, so the cheapest was used (absent otherwise)")
+    context_unmet: Optional[bool] = Field(
+        None, description="true: the request's tokens overflow every candidate's known context window, so the model with the "
+                          "largest was used (absent otherwise)")
 
 
 class FeedbackRequest(BaseModel):
@@ -220,6 +224,9 @@ class BarpInfo(BaseModel):
         None, description="true: no candidate's recent latency met barp.max_latency_s, so the fastest was used (absent otherwise)")
     cost_unmet: Optional[bool] = Field(
         None, description="true: no candidate's estimated cost met barp.max_cost, so the cheapest was used (absent otherwise)")
+    context_unmet: Optional[bool] = Field(
+        None, description="true: the messages (and max_tokens) overflow every candidate's known context window, so the model "
+                          "with the largest was used (absent otherwise)")
 
 
 class ChatCompletionResponse(BaseModel):

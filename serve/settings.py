@@ -357,7 +357,7 @@ class RetentionSettings:
 TOPOLOGIES = ("colocated", "split")
 # What `user_config` may set live, and the deployments that take it in each topology.
 LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate", "decision_cost_multiplier", "budget",
-             "client_budgets")
+             "client_budgets", "context_windows")
 LIVE_OFFER_DEPLOYMENTS = {"colocated": ("RouterAPI", "TrainerDeployment"),
                           "split": ("RouterModel", "RouterAPI", "TrainerDeployment")}
 
@@ -535,6 +535,8 @@ class Offer:
     budget: Budget | None = None
     # A named client's own spend target for its routes that leave the preference to the service.
     client_budgets: dict = field(default_factory=dict)
+    # Each model's context window in tokens, where the operator gave one: a request that needs more is not sent there.
+    context_windows: dict = field(default_factory=dict)
 
     def cards(self) -> list:
         from barp_ray.model_cards import cards_for
@@ -577,7 +579,8 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
     if config.get("models") is None:
         prices = live_prices(config.get("prices"), meta)
         return Offer(tuple(meta["models"]), {m: p for m, p in prices.items() if p}, dict(meta.get("sizes") or {}), shrinkage, charge,
-                     live_budget(config, meta, prices), live_client_budgets(config, meta, prices))
+                     live_budget(config, meta, prices), live_client_budgets(config, meta, prices),
+                     live_context_windows(config, meta["models"]))
     if config.get("prices"):
         raise SettingsError("prices: give each model's price inside `models` when `models` is set, not both")
     head = checkpoint_head(meta)
@@ -590,7 +593,26 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
         raise SettingsError(str(e)) from None
     prices = {c.name: {"input_per_mtok": float(c.input_per_mtok), "output_per_mtok": float(c.output_per_mtok)} for c in cards}
     return Offer(tuple(c.name for c in cards), prices, {c.name: float(c.size_b) for c in cards if c.size_b}, shrinkage, charge,
-                 live_budget(config, meta, prices), live_client_budgets(config, meta, prices))
+                 live_budget(config, meta, prices), live_client_budgets(config, meta, prices),
+                 live_context_windows(config, [c.name for c in cards]))
+
+
+def live_context_windows(config: dict, models) -> dict[str, int]:
+    """`context_windows: {<model>: tokens}` set live: the most tokens (prompt and answer) each model
+    takes at its provider. A model left out has no known limit. Set live like prices, since models
+    and providers change while serving."""
+    raw = config.get("context_windows")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"context_windows: must map model names to token counts, got {raw!r}")
+    unknown = sorted(set(map(str, raw)) - set(models))
+    if unknown:
+        raise SettingsError(f"context_windows: unknown model(s) {unknown}; offered: {list(models)}")
+    for name, tokens in raw.items():
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise SettingsError(f"context_windows.{name}: must be a positive whole number of tokens, got {tokens!r}")
+    return {str(name): int(tokens) for name, tokens in raw.items()}
 
 
 def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str]:

@@ -25,6 +25,9 @@ CLIENTS = {"search": {"token": "search-app-" + "0123456789abcdef", "preference":
            "support": {"token": "support-app-" + "0123456789abcdef", "preference": [0.2, 0.8]}}
 
 
+WINDOWS = {"tiny-1b": 4096, "chat-8b": 8192, "general-70b": 131072}  # the other models' windows are not known
+
+
 class Clock:
     def __init__(self):
         self.now = 0.0
@@ -118,6 +121,7 @@ def service(tmp_path_factory):
         "failover": {"attempts": 2, "failures_to_open": 2, "cooldown_s": 2},
         "latency": {"window": 10, "min_samples": 3},
         "judge": {"model": "judge", "defer_s": 0.5},  # its reply is no grade unless a test sets one: then nothing is posted
+        "context_windows": WINDOWS,  # live (user_config), as prices are
     }), name="barp", route_prefix="/")
     client = Client(port)
     client.meta = json.loads((Path(checkpoint) / "barp_meta.json").read_text())  # the served prices and tau
@@ -399,6 +403,55 @@ def test_a_long_document_goes_whole_to_its_provider_and_is_routed_on_its_start(s
     huge = {"model": "barp-auto", "messages": [{"role": "user", "content": "x" * LimitSettings().max_chat_body_bytes}]}
     st, r = client.post("/v1/chat/completions", huge)
     assert st == 413 and r["error"] == f"body: larger than the limit of {LimitSettings().max_chat_body_bytes} bytes", r
+
+
+def test_a_request_longer_than_a_models_context_window_is_not_sent_there(service):
+    """`context_windows` (live): a request whose tokens (every message as billed, plus max_tokens if
+    sent; a route's input_tokens and output_tokens) overflow a model's window is not routed there,
+    even where cost alone would pick it; when every window is too small, the largest takes it, flagged.
+    The decision keeps the narrowed candidates, so training stays unbiased."""
+    client, _ = service
+    small, large = "chat-8b", "general-70b"
+    document = "".join(f"Clause {i}: the lessee keeps the premises in good repair. " for i in range(3000))
+
+    def auto(text, candidates, **extra):
+        st, r = client.post("/v1/chat/completions", {"model": "barp-auto", "messages": [{"role": "user", "content": text}],
+                                                      "barp": {"candidates": candidates, "mode": "greedy", "preference": [0, 1]}, **extra})
+        assert st == 200, r
+        return r["barp"], _pending_decision(client.log_dir, r["barp"]["request_id"])["candidates"]
+
+    barp, offered = auto(document + "\nWhich clause covers repairs?", [small, large])
+    assert barp["model"] == large and offered == [large] and "context_unmet" not in barp, barp
+    barp, offered = auto("Which clause covers repairs?", [small, large])
+    assert set(offered) == {small, large} and "context_unmet" not in barp
+    barp, offered = auto("Which clause covers repairs?", [small, large], max_tokens=WINDOWS[small])  # the answer's cap counts
+    assert barp["model"] == large and offered == [large]
+    barp, offered = auto(document, [small, "tiny-1b"])  # too long for both: the larger window, flagged
+    assert barp["model"] == small and offered == [small] and barp["context_unmet"] is True, barp
+    barp, offered = auto(document, [small, "math-15b"])  # a model with no known window is kept
+    assert offered == ["math-15b"] and "context_unmet" not in barp
+
+    def route(**body):
+        st, r = client.post("/v1/route", {"prompt": "Which clause covers repairs?", "mode": "greedy", "preference": [0, 1], **body})
+        assert st == 200, r
+        return r, _pending_decision(client.log_dir, r["request_id"])["candidates"]
+
+    r, offered = route(candidates=[small, large], input_tokens=100_000)
+    assert r["model"] == large and offered == [large] and "context_unmet" not in r
+    r, offered = route(candidates=[small, large], output_tokens=WINDOWS[small])
+    assert offered == [large]
+    r, offered = route(candidates=[small, large])
+    assert set(offered) == {small, large}
+    r, offered = route(candidates=[small, "tiny-1b"], input_tokens=100_000)
+    assert r["model"] == small and r["context_unmet"] is True, r
+    from barp_ray.client import RouterClient
+
+    d = RouterClient(f"http://127.0.0.1:{client.port}", TOKEN).route(
+        "Which clause covers repairs?", [0, 1], "greedy", [small, "tiny-1b"], input_tokens=100_000)
+    assert d.model == small and d.context_unmet and not d.cost_unmet
+    st, listed = client.get("/v1/models")
+    windows = {m["id"]: m.get("context_window") for m in listed["models"]}
+    assert windows[small] == WINDOWS[small] and windows["code-15b"] is None, listed
 
 
 def test_a_route_only_client_withdraws_a_route_whose_provider_failed(service):

@@ -382,6 +382,26 @@ def test_live_prices_are_checked_against_the_checkpoint_and_name_the_field():
         live_prices({"a": {"input_per_mtok": 1, "output_per_mtok": 1}}, {**meta, "config": {"policy": {"head": "concat"}}})
 
 
+def test_live_context_windows_name_offered_models_and_whole_token_counts():
+    from serve.settings import SettingsError, live_offer
+
+    meta = {"models": ["a", "b"], "prices": {"a": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+                                             "b": {"input_per_mtok": 5.0, "output_per_mtok": 5.0}},
+            "config": {"policy": {"head": "model_conditioned"}}}
+    assert live_offer({}, meta).context_windows == {}
+    assert live_offer({"context_windows": {"a": 8192}}, meta).context_windows == {"a": 8192}
+    new_model = {"models": {"b": {"input_per_mtok": 5, "output_per_mtok": 5}, "c": {"input_per_mtok": 1, "output_per_mtok": 1}}}
+    assert live_offer({**new_model, "context_windows": {"c": 4096}}, meta).context_windows == {"c": 4096}
+    for windows, field in [({"x": 10}, r"context_windows: unknown model\(s\) \['x'\]; offered: \['a', 'b'\]"),
+                           ({"a": 0}, r"context_windows\.a: must be a positive whole number"),
+                           ({"a": 8192.0}, r"context_windows\.a"), ({"a": True}, r"context_windows\.a"),
+                           ({"a": "8k"}, r"context_windows\.a"), ([8192], "context_windows: must map")]:
+        with pytest.raises(SettingsError, match=field):
+            live_offer({"context_windows": windows}, meta)
+    with pytest.raises(SettingsError, match=r"unknown model\(s\) \['a'\]"):  # a window for a model the live list dropped
+        live_offer({**new_model, "context_windows": {"a": 10}}, meta)
+
+
 def test_a_live_model_list_needs_a_model_conditioned_checkpoint_and_names_the_field():
     from serve.settings import SettingsError, live_offer
 
