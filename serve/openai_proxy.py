@@ -12,6 +12,7 @@ header and in the first chunk's `barp` field, so a streaming client can reward t
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -24,6 +25,29 @@ from serve.upstream import UpstreamError
 
 AUTO = "barp-auto"
 REQUEST_ID_HEADER = "x-barp-request-id"
+
+
+class ContextOverflow(UpstreamError):
+    """The provider refused the request as longer than its model's context window: another model may
+    take it, and the provider is healthy (its breaker is not charged)."""
+
+
+# OpenAI's code (Azure, Groq, DeepSeek answer it too) and the wordings of vLLM, TGI, llama.cpp's server,
+# Gemini's OpenAI endpoint, Mistral and Anthropic-style gateways.
+_OVERFLOW = re.compile(r"context[ _-]?(length|window|size)|maximum context|prompt is too long|too many (input )?tokens"
+                       r"|max_new_tokens`? must be <=|exceeds the maximum number of tokens", re.I)
+
+
+def _context_overflow(status: int, data: Any) -> str | None:
+    """The provider's message when a 400 / 413 / 422 says the request is too long for the model."""
+    if status not in (400, 413, 422) or not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    code, message = (error.get("code"), error.get("message")) if isinstance(error, dict) else (None, error)
+    message = message if isinstance(message, str) else (data.get("message") if isinstance(data.get("message"), str) else "")
+    if code == "context_length_exceeded" or _OVERFLOW.search(message or ""):
+        return message or str(code)
+    return None
 
 
 class ChatProxyError(Exception):
@@ -232,6 +256,9 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     finally:
         resp.release()
     api.upstream_health.answered(model)  # a 4xx about the request still shows the provider is up
+    if barp_info and (overflow := _context_overflow(resp.status, data)):  # a routed request: another model may fit it
+        raise ContextOverflow(resp.status, f"upstream {model!r} refused the request as longer than its context window: "
+                                           f"{overflow[:300]}")
     if resp.status == 200:
         timed("answer")
     if isinstance(data, dict) and barp_info and resp.status == 200:

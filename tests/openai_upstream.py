@@ -10,6 +10,8 @@ with `stream_options.include_usage`). `failing` maps a model to the HTTP status
 its requests get instead of an answer (a provider outage, or 429 for a rate limit; 0: the connection
 is closed without an answer). The model named "judge" answers `judge_reply` (a grader's reply).
 `delays` maps a model to seconds it waits before its answer (a stream: before its first chunk).
+`context_chars` maps a model to the most characters of message text it takes: a longer request gets
+the 400 OpenAI's API answers (code `context_length_exceeded`, vLLM's wording in the message).
 """
 from __future__ import annotations
 
@@ -52,6 +54,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(2)
                 return
             self._json(server.failing[model], {"error": {"message": f"{model} is failing"}})
+            return
+        window = server.context_chars.get(model)
+        length = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [])
+        if window is not None and length > window:
+            self._json(400, {"error": {"message": f"This model's maximum context length is {window} tokens. However, you "
+                                                  f"requested {length} tokens. Please reduce the length of the messages.",
+                                       "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
             return
         if "upstream-fail" in text:
             self._json(500, {"error": {"message": "internal error"}})
@@ -107,6 +116,7 @@ class Upstream:
         self.server.completed_streams = 0
         self.server.failing = {}
         self.server.delays = {}
+        self.server.context_chars = {}
         self.server.judge_reply = "I cannot grade this."
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -126,6 +136,10 @@ class Upstream:
     @property
     def delays(self) -> dict[str, float]:
         return self.server.delays
+
+    @property
+    def context_chars(self) -> dict[str, int]:
+        return self.server.context_chars
 
     @property
     def bodies(self) -> list[dict]:

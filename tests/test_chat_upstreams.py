@@ -94,6 +94,27 @@ def test_bad_failover_judge_and_latency_settings_are_refused_naming_the_field(ra
     assert str(e.value).startswith(error), e.value
 
 
+@pytest.mark.parametrize("status, body, overflow", [
+    (400, {"error": {"message": "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens.",
+                     "type": "invalid_request_error", "code": "context_length_exceeded"}}, True),  # OpenAI, vLLM
+    (400, {"error": {"message": "Please reduce the length of the messages or completion.", "code": "context_length_exceeded"}}, True),
+    (422, {"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens "
+                    "and 200 `max_new_tokens`", "error_type": "validation"}, True),  # TGI
+    (400, {"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
+                     "type": "exceed_context_size_error"}}, True),  # llama.cpp's server
+    (400, {"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"}}, True),
+    (400, [{"error": {"code": 400, "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."}}], False),  # a list: not read
+    (400, {"error": {"message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."}}, True),  # Gemini
+    (400, {"error": {"message": "Invalid value for 'temperature': must be at most 2.", "code": "invalid_value"}}, False),
+    (401, {"error": {"message": "maximum context length is 8192 tokens", "code": "context_length_exceeded"}}, False),
+    (400, {"error": None}, False),
+])
+def test_a_too_long_refusal_is_read_from_each_providers_wording(status, body, overflow):
+    from serve.openai_proxy import _context_overflow
+
+    assert bool(_context_overflow(status, body)) is overflow
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     from ray import serve
@@ -452,6 +473,36 @@ def test_a_request_longer_than_a_models_context_window_is_not_sent_there(service
     st, listed = client.get("/v1/models")
     windows = {m["id"]: m.get("context_window") for m in listed["models"]}
     assert windows[small] == WINDOWS[small] and windows["code-15b"] is None, listed
+
+
+def test_a_provider_refusing_a_request_as_too_long_for_its_model_fails_over_without_its_breaker(service):
+    """A 400 that says the request is longer than the model's context window (OpenAI's code
+    context_length_exceeded, vLLM's wording) is about this request and this model, not a failure of
+    the provider: barp-auto withdraws that route and tries another model, and the breaker is not
+    charged. When every model tried refuses, the client gets the 400 naming them."""
+    client, upstream = service
+    pair = ["code-15b", "math-15b"]  # no window configured: only the provider knows it
+    first, other = _first_and_other(client, pair)
+    charged = _log(client)["upstreams"].get(first, {}).get("failures", 0)
+    upstream.context_chars[first] = 10
+    try:
+        for _ in range(3):  # more than failures_to_open: a breaker charged for these would open
+            st, r = _chat(client, pair)
+            assert st == 200 and r["barp"]["model"] == other, r
+            (failed,) = r["barp"]["failed_over"]
+            assert failed["model"] == first and failed["status"] == 400 and "maximum context length" in failed["error"], failed
+        assert _log(client)["upstreams"].get(first, {}).get("failures", 0) == charged, _log(client)["upstreams"]
+        st, r = client.post("/v1/route", {"prompt": "Sum the first ten primes.", "candidates": pair, "mode": "greedy",
+                                          "preference": 0.7})
+        assert r["model"] == first  # still offered
+        upstream.context_chars[other] = 10
+        st, r = _chat(client, pair)
+        assert st == 400 and "longer than its context window" in r["error"] and f"{first} (400), {other} (400)" in r["error"], r
+        # a named model is the client's choice: the provider's own 400 passes through
+        st, r = client.post("/v1/chat/completions", {"model": first, "messages": [{"role": "user", "content": "Sum the first ten primes."}]})
+        assert st == 400 and r["error"]["code"] == "context_length_exceeded", r
+    finally:
+        upstream.context_chars.clear()
 
 
 def test_a_route_only_client_withdraws_a_route_whose_provider_failed(service):
