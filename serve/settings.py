@@ -199,16 +199,29 @@ class UpstreamSettings:
     """One model's OpenAI-compatible endpoint. The key is read by each ingress replica from its own
     environment or a secrets file (as the API token is), so it never travels in Serve's config."""
 
-    base_url: str
+    base_url: str  # may carry a query (Azure's ?api-version=...): it is kept after the /chat/completions path
     api_key_env: str | None = None  # environment variable holding the provider's key
     api_key_file: str | None = None  # or a secrets file (first line); wins over api_key_env
     api_key_header: str = "authorization"  # "authorization" sends "Bearer <key>"; any other header gets the bare key (e.g. api-key)
+    model: str | None = None  # the provider's id for this model (e.g. meta-llama/Llama-3.3-70B-Instruct-Turbo); default: the name routed
+    headers: dict = field(default_factory=dict)  # other fixed headers the provider asks for (not secrets: they sit in the config)
 
     def validate(self, name: str) -> None:
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
             raise SettingsError(f"upstreams.{name}: must be an http(s) base URL, got {self.base_url!r}")
         if not isinstance(self.api_key_header, str) or not self.api_key_header.strip():
             raise SettingsError(f"upstreams.{name}.api_key_header: must be a header name")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise SettingsError(f"upstreams.{name}.model: must be the provider's model id, got {self.model!r}")
+        if not isinstance(self.headers, dict):
+            raise SettingsError(f"upstreams.{name}.headers: must map header names to values, got {self.headers!r}")
+        for header, value in self.headers.items():
+            if not isinstance(header, str) or not header.strip() or not isinstance(value, str) \
+                    or any(c in header + value for c in "\r\n"):
+                raise SettingsError(f"upstreams.{name}.headers: {header!r}: must be a header name and a one-line text value")
+            if header.lower() in ("authorization", self.api_key_header.lower()):
+                raise SettingsError(f"upstreams.{name}.headers.{header}: the key's header; give the key with api_key_env or "
+                                    f"api_key_file, never in the config")
 
 
 def _upstream(name: str, raw: Any) -> UpstreamSettings:

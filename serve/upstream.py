@@ -52,7 +52,7 @@ def auth_headers(name: str, up: UpstreamSettings) -> dict[str, str]:
 class UpstreamPool:
     def __init__(self, settings: ServeSettings):
         self.settings = settings
-        self._headers = {name: auth_headers(name, up) for name, up in settings.upstreams.items()}
+        self._headers = {name: {**up.headers, **auth_headers(name, up)} for name, up in settings.upstreams.items()}
         self._session = None
 
     def _client(self):
@@ -66,7 +66,10 @@ class UpstreamPool:
         up = self.settings.upstreams.get(model)
         if up is None:
             raise UpstreamError(502, f"upstreams: no upstream configured for model {model!r}")
-        return up.base_url.rstrip("/") + "/chat/completions"
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(up.base_url)
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
 
     async def open(self, model: str, payload: dict[str, Any], stream: bool):
         """POST the chat request; the response is returned open (the caller reads and releases it).
@@ -79,6 +82,8 @@ class UpstreamPool:
         timeout = (aiohttp.ClientTimeout(total=None, connect=s.upstream_connect_timeout_s, sock_read=s.upstream_timeout_s)
                    if stream else aiohttp.ClientTimeout(total=s.upstream_timeout_s, connect=s.upstream_connect_timeout_s))
         url = self._url(model)
+        if provider_id := self.settings.upstreams[model].model:
+            payload = {**payload, "model": provider_id}
         for attempt in range(s.upstream_retries + 1):
             try:
                 resp = await self._client().post(url, json=payload, headers=self._headers[model], timeout=timeout)

@@ -10,7 +10,8 @@ with `stream_options.include_usage`). `failing` maps a model to the HTTP status
 its requests get instead of an answer (a provider outage, or 429 for a rate limit; 0: the connection
 is closed without an answer). The model named "judge" answers `judge_reply` (a grader's reply).
 `delays` maps a model to seconds it waits before its answer (a stream: before its first chunk).
-`context_chars` maps a model to the most characters of message text it takes: a longer request gets
+A model id "org/name" (a provider's own naming) is answered as "name"; `requests` keeps each POST's
+path and headers. `context_chars` maps a model to the most characters of message text it takes: a longer request gets
 the 400 OpenAI's API answers (code `context_length_exceeded`, vLLM's wording in the message).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -35,16 +37,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self):
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        if urlsplit(self.path).path.rstrip("/") != "/v1/chat/completions":
             self.send_error(404)
             return
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
         server = self.server
         server.seen_auth.append(self.headers.get("authorization"))
+        server.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
         if server.api_key is not None and self.headers.get("authorization") != f"Bearer {server.api_key}":
             self._json(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
             return
-        model = body.get("model", "?")
+        model = str(body.get("model", "?")).rsplit("/", 1)[-1]  # a provider's id "org/name" acts as "name"
         server.calls[model] += 1
         server.bodies.append(body)
         text = str((body.get("messages") or [{}])[-1].get("content", ""))
@@ -74,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
         content = server.judge_reply if model == "judge" else f"answer from {model}"
         self._json(200, {
             "id": f"chatcmpl-{server.calls.total()}", "object": "chat.completion", "created": int(time.time()),
-            "model": model,
+            "model": body.get("model"),  # the id it was asked for, as a provider answers
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
@@ -113,6 +116,7 @@ class Upstream:
         self.server.calls = Counter()
         self.server.api_key = api_key
         self.server.seen_auth, self.server.bodies, self.server.disconnects = [], [], []
+        self.server.requests = []  # (path with query, lower-cased headers) of every POST
         self.server.completed_streams = 0
         self.server.failing = {}
         self.server.delays = {}

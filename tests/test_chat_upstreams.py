@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ CLIENTS = {"search": {"token": "search-app-" + "0123456789abcdef", "preference":
            "support": {"token": "support-app-" + "0123456789abcdef", "preference": [0.2, 0.8]}}
 
 
+# frontier-400b's provider names it otherwise, wants a query on every URL (Azure's api-version) and a fixed header
+PROVIDER_NAMED = {"model": "acme/frontier-400b", "headers": {"X-Title": "barp-tests"}}
 WINDOWS = {"tiny-1b": 4096, "chat-8b": 8192, "general-70b": 131072}  # the other models' windows are not known
 
 
@@ -129,7 +132,9 @@ def service(tmp_path_factory):
     (root / "clients.yaml").write_text(json.dumps(CLIENTS))
     checkpoint = train_small(root, *CHECKPOINT_SETS)
     upstream = Upstream()
-    upstreams = {m: upstream.base_url for m in ("tiny-1b", "chat-8b", "code-15b", "math-15b", "general-70b", "frontier-400b", "judge")}
+    PROVIDER_NAMED["base_url"] = upstream.base_url + "?api-version=2024-10-21"
+    upstreams = {m: upstream.base_url for m in ("tiny-1b", "chat-8b", "code-15b", "math-15b", "general-70b", "judge")}
+    upstreams["frontier-400b"] = PROVIDER_NAMED
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app_builder({
@@ -503,6 +508,34 @@ def test_a_provider_refusing_a_request_as_too_long_for_its_model_fails_over_with
         assert st == 400 and r["error"]["code"] == "context_length_exceeded", r
     finally:
         upstream.context_chars.clear()
+
+
+def test_an_upstream_may_name_the_model_its_own_way_and_want_a_query_and_headers(service):
+    """`upstreams.<name>.model` is the provider's id for the model routed as <name>; a base_url's
+    query (Azure's api-version) stays after the /chat/completions path; `headers` go with every call."""
+    client, upstream = service
+    for body in ({"model": "barp-auto", "barp": {"candidates": ["frontier-400b"]}}, {"model": "frontier-400b"}):
+        st, r = client.post("/v1/chat/completions", {**body, "messages": [{"role": "user", "content": "Name a prime."}]})
+        assert st == 200 and r["model"] == PROVIDER_NAMED["model"], r
+        assert upstream.bodies[-1]["model"] == PROVIDER_NAMED["model"]
+        path, headers = upstream.server.requests[-1]
+        assert path == "/v1/chat/completions?api-version=2024-10-21" and headers["x-title"] == "barp-tests", (path, headers)
+    assert r.get("barp") is None and st == 200  # a named model: no routing
+    st, r = client.post("/v1/chat/completions", {"model": "barp-auto", "barp": {"candidates": ["frontier-400b"]},
+                                                  "messages": [{"role": "user", "content": "Name a prime."}]})
+    assert r["barp"]["model"] == "frontier-400b"  # the name routed (and rewarded), not the provider's id
+
+
+@pytest.mark.parametrize("entry, error", [
+    ({"base_url": "http://h", "model": ""}, "upstreams.m.model"),
+    ({"base_url": "http://h", "headers": {"Authorization": "Bearer x"}}, "upstreams.m.headers.Authorization: the key's header"),
+    ({"base_url": "http://h", "api_key_header": "api-key", "headers": {"API-Key": "x"}}, "upstreams.m.headers.API-Key"),
+    ({"base_url": "http://h", "headers": {"X-Title": "a\r\nb"}}, "upstreams.m.headers: 'X-Title'"),
+    ({"base_url": "http://h", "headers": ["X-Title"]}, "upstreams.m.headers: must map"),
+])
+def test_bad_upstream_naming_and_headers_are_refused_naming_the_field(entry, error):
+    with pytest.raises(SettingsError, match=re.escape(error)):
+        settings_from_args({"upstreams": {"m": entry}})
 
 
 def test_a_route_only_client_withdraws_a_route_whose_provider_failed(service):
