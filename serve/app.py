@@ -675,15 +675,17 @@ class RouterAPI:
 
     @api.get("/v1/models")
     async def models(self) -> dict:
-        """The routable models (a named client sees its own), their prices, and barp-auto."""
+        """The routable models (a named client sees its own), their prices and known context windows, and barp-auto."""
         from serve.guard import CLIENT
 
         client = CLIENT.get()
         mine = [m for m in self.models if client is None or client.candidates is None or m in client.candidates]
         windows = self.offer.context_windows
-        return {"models": [{"id": m, "price_per_mtok": self.prices.get(m) or None,
-                            **({"context_window": windows[m]} if m in windows else {})} for m in mine] + [{"id": "barp-auto"}],
-                "tau": self.tau}
+        listed = [{"id": m, "object": "model", "created": 0, "owned_by": "barp-ray", "price_per_mtok": self.prices.get(m) or None,
+                   **({"context_window": windows[m]} if m in windows else {})} for m in mine]
+        listed.append({"id": "barp-auto", "object": "model", "created": 0, "owned_by": "barp-ray"})
+        # OpenAI's list shape (`data`), which its clients and chat front-ends read, and `models` as before
+        return {"object": "list", "data": listed, "models": listed, "tau": self.tau}
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

@@ -556,6 +556,9 @@ def test_the_official_openai_client_streams_and_not_and_can_reward_either(client
     for rid in (done.barp["request_id"], request_id):
         st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0, "cost": 0.0001})
         assert st == 200, f
+    # the model list, as OpenAI clients and chat front-ends read it
+    listed = {m.id: m for m in oa.models.list()}
+    assert set(listed) == {*world["train"].models, "barp-auto"} and listed["barp-auto"].object == "model", listed
 
 
 def test_chat_needs_the_token_by_default_and_upstream_failures_are_clear(client, world):
