@@ -534,6 +534,11 @@ class RouterAPI:
 
     @api.post("/v1/route", response_model=RouteResponse, response_model_exclude_none=True, responses=errors(403, 422, 503))
     async def route(self, req: RouteRequest):
+        return await self.route_request(req)
+
+    async def route_request(self, req: RouteRequest, whole_prompt: str | None = None):
+        """A route; `whole_prompt`: the text the prompt was cut from, when it travels whole elsewhere
+        (chat's last user message): the text statistics read it, as training read whole prompts."""
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         try:
@@ -574,7 +579,7 @@ class RouterAPI:
                 return _error(422, "output_tokens: required with max_cost, since the checkpoint assumes no single answer length")
             item.update(max_cost=req.max_cost, output_tokens=output)
         if self.reads_text_stats:  # of the whole prompt, as training read it; the encoder reads the cut one
-            item["text_stats"] = text_stats([req.prompt])[0].tolist()
+            item["text_stats"] = text_stats([whole_prompt if whole_prompt is not None else req.prompt])[0].tolist()
         try:
             out = await (self.local.route(item) if self.local is not None else _call_with_retry(self.router.route, item))
         except (RayActorError, ActorUnavailableError):

@@ -85,12 +85,12 @@ def _earlier_turns(req: ChatCompletionRequest) -> str:
 
 async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any] | JSONResponse:
     try:
-        route_req = RouteRequest(prompt=prompt, **options)
+        route_req = RouteRequest(prompt=api.limiter.routing_text(prompt), **options)  # the provider gets it whole
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err.get("loc", ()))
         raise ChatProxyError(422, f"barp.{loc}: {err.get('msg')}") from None
-    routed = await api.route(route_req)
+    routed = await api.route_request(route_req, whole_prompt=prompt)
     if not isinstance(routed, RouteResponse):
         return routed  # an error response, already shaped
     return {"request_id": routed.request_id, "model": routed.model, "policy_version": routed.policy_version,
@@ -148,14 +148,13 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         if not allowed:
             raise ChatProxyError(403, f"model: client {client.name!r} may use none of the models chat can reach "
                                       f"({api.chat_models}); its models: {list(client.candidates)}")
-    routing_text = api.limiter.routing_text(prompt)  # the provider gets every message whole
     failed: list[dict[str, Any]] = []
     while True:
         left = [m for m in allowed if all(m != f["model"] for f in failed)]
         offered, met = api.upstream_health.offered(left), True
         if limit is not None:  # what a stream's user waits for is its first chunk; a JSON caller, the whole answer
             offered, met = api.upstream_latency.within(offered, "first_token" if req.stream else "answer", limit)
-        routed = await _route(api, {**options, "candidates": offered}, routing_text)
+        routed = await _route(api, {**options, "candidates": offered}, prompt)
         if isinstance(routed, JSONResponse):
             return routed
         if not met:

@@ -774,12 +774,19 @@ def test_text_statistics_read_the_whole_prompt_even_when_the_encoder_reads_a_cut
     assert st == 200, r
     st, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": 1.0, "cost": 0.001})
     assert st == 200 and f["accepted"], f
+    # chat's last user message, cut for the router, travels whole: its statistics are the whole one's too
+    st, c = client.post("/v1/chat/completions", {"model": "barp-auto", "messages": [{"role": "user", "content": prompt}],
+                                                  "barp": {"preference": 0.5, "candidates": list(world["upstreams"])}})
+    assert st == 200, c
+    st, f = client.post("/v1/feedback", {"request_id": c["barp"]["request_id"], "score": 1.0, "cost": 0.001})
+    assert st == 200 and f["accepted"], f
     reader = RewardReader(world["root"] / "log")
-    rows = [row for row in reader.after(0, 1_000_000) if row["request_id"] == r["request_id"]]
+    rows = {row["request_id"]: row for row in reader.after(0, 1_000_000)}
     reader.close()
-    seen = decode_vector(rows[0]["embedding"])
     whole, cut = text_stats([prompt])[0], text_stats([prompt[:300]])[0]
-    assert np.allclose(seen[-len(NAMES):], whole, atol=1e-6) and not np.allclose(whole, cut)
+    for rid in (r["request_id"], c["barp"]["request_id"]):
+        seen = decode_vector(rows[rid]["embedding"])
+        assert np.allclose(seen[-len(NAMES):], whole, atol=1e-6) and not np.allclose(whole, cut)
     assert whole[NAMES.index("log_choice_lines")] > 1  # four "(A)"-style option lines
 
     policy = RoutingPolicy.load(world["checkpoint"])  # the library reads prompts the same way
