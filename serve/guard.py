@@ -141,6 +141,10 @@ def check_bearer(header: str | None, token: str | None) -> None:
         raise GuardError(401, "authorization: invalid bearer token")
 
 
+COUNT_EXACT_CHARS = 64 * 1024  # characters counted exactly; a longer text is counted from samples
+SAMPLES = 64
+
+
 class PromptLimiter:
     """Byte and token limits on prompts; tokens counted with the router's own tokenizer."""
 
@@ -151,8 +155,17 @@ class PromptLimiter:
         self.tokenizer = load_tokenizer(resolve_encoder_path(encoder_name))  # unpadded, untruncated: true counts
 
     def count(self, text: str) -> int:
-        """The text's tokens, whole (what a provider bills), by the router's tokenizer."""
-        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        """The text's tokens, whole (what a provider bills), by the router's tokenizer. Above
+        COUNT_EXACT_CHARS the count is scaled up from SAMPLES evenly spread slices of the text: exact
+        counting runs at ~0.5 M tokens/s here, so an 8 MiB chat body would hold the replica for 6 s,
+        and the tokenizer is only a proxy for each provider's own anyway."""
+        if len(text) <= COUNT_EXACT_CHARS:
+            return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        width, step = COUNT_EXACT_CHARS // SAMPLES, len(text) / SAMPLES
+        starts = [int((i + 0.5) * step) - width // 2 for i in range(SAMPLES)]  # mid-stratum: no edge, no alignment with a period
+        slices = [text[a: a + width] for a in starts]
+        sampled = sum(len(e.ids) for e in self.tokenizer.encode_batch(slices, add_special_tokens=False))
+        return round(sampled * len(text) / (width * SAMPLES))
 
     def apply(self, prompt: str, field: str = "prompt") -> str:
         n_bytes = len(prompt.encode("utf-8", "surrogatepass"))

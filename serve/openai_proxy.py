@@ -72,8 +72,10 @@ def _prompt_of(req: ChatCompletionRequest) -> str:
 
 
 def _input_tokens(api, req: ChatCompletionRequest) -> int:
-    """What the provider bills as input: every message's text, counted by the router's tokenizer."""
-    return sum(api.limiter.count(text) for msg in req.messages if (text := _text_of(msg)))
+    """What the provider bills as input: every message's text, counted by the router's tokenizer
+    (as one text: WordPiece never joins tokens across the line break, and a long conversation is then
+    counted from samples once, not message by message)."""
+    return api.limiter.count("\n".join(text for msg in req.messages if (text := _text_of(msg))))
 
 
 def _earlier_turns(req: ChatCompletionRequest) -> str:

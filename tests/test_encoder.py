@@ -64,6 +64,20 @@ def test_a_text_that_travels_whole_is_cut_for_routing_never_refused():
     assert loose.apply(loose.routing_text("word " * 50_000)) == "word word word word"  # what the route then takes
 
 
+def test_a_long_text_is_counted_from_samples_close_to_its_exact_count():
+    """Exact counting runs at ~0.5 M tokens/s: a chat body of megabytes is counted from samples."""
+    from serve.guard import COUNT_EXACT_CHARS, PromptLimiter
+    from serve.settings import LimitSettings
+
+    limiter = PromptLimiter(LimitSettings(), PACKAGED)
+    exact = lambda text: len(limiter.tokenizer.encode(text, add_special_tokens=False).ids)  # noqa: E731
+    clauses = "".join(f"Clause {i}: the lessee keeps the premises in good repair. " for i in range(6000))
+    short = clauses[: COUNT_EXACT_CHARS]
+    assert limiter.count(short) == exact(short)
+    for text in (clauses, clauses * 5, "\n".join(TEXTS) * 400):  # periodic texts: samples must not align with the period
+        assert len(text) > COUNT_EXACT_CHARS and abs(limiter.count(text) / exact(text) - 1) < 0.02, len(text)
+
+
 def test_no_prompt_has_more_wordpiece_tokens_than_utf8_bytes():
     """The limiter skips counting prompts of at most max_prompt_tokens bytes; that is only sound while
     the tokenizer never makes more tokens than the prompt has bytes, over every script it may meet."""
