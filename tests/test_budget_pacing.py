@@ -109,22 +109,22 @@ def test_routes_without_a_preference_are_paced_to_the_live_budget(world, topolog
         st, body = client.get("/v1/stats")
         return body if st == 200 else {}
 
-    def paced_round() -> list[dict]:
+    def paced_round(extra: dict | None = None) -> list[dict]:
         """Each prompt 8 times, no preference: one window's worth (window 48), two scans (every 24)."""
         out = []
         for _ in range(8):
             for p in PROMPTS:
-                st, r = client.post("/v1/route", {"prompt": p})
+                st, r = client.post("/v1/route", {"prompt": p, **(extra or {})})
                 assert st == 200, r
                 out.append(r)
         return out
 
-    def settled(budget_value) -> dict:
+    def settled(budget_value, extra: dict | None = None) -> dict:
         """Paced rounds until two scans have run on a full window under this budget: any 48 routes in a
         row hold each prompt 8 times, so from then on the window is PROMPTS' mix exactly."""
         deadline, first = time.time() + 120, None
         while time.time() < deadline:
-            paced_round()
+            paced_round(extra)
             pacing = stats().get("pacing") or {}
             if pacing.get("dollars_per_1k") != budget_value:
                 continue
@@ -153,6 +153,9 @@ def test_routes_without_a_preference_are_paced_to_the_live_budget(world, topolog
         deploy({"dollars_per_1k": high, "window": 48, "every": 24})  # in place: the same replica, a new target
         s = settled(high)
         assert s["pacing"]["preference"][0] == offline_pick(world["checkpoint"], high)[0] > want_wq, s
+        # routes that say they will send long contexts (input_tokens) are priced by them: the same budget buys less
+        s = settled(high, {"input_tokens": 20_000})
+        assert s["pacing"]["preference"][0] < offline_pick(world["checkpoint"], high)[0], s
 
         deploy(None)  # the budget removed: routes without a preference get the API's default again
         deadline = time.time() + 60
