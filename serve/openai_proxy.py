@@ -135,15 +135,15 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
     limit = options.pop("max_latency_s", None)
-    if options.get("max_cost") is not None or api.offer.context_windows:
-        # as the provider bills and bounds the request: every message, and the answer's cap if set
-        options["input_tokens"] = min(_input_tokens(api, req), MAX_TOKEN_COUNT)
-        cap = payload.get("max_completion_tokens", payload.get("max_tokens"))
-        if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
-            options["output_tokens"] = min(cap, MAX_TOKEN_COUNT)  # beyond it, larger than any window and any bill
-        elif options.get("max_cost") is not None and api.answer_tokens is None:
-            raise ChatProxyError(422, "barp.max_cost: needs max_completion_tokens or max_tokens, since the checkpoint "
-                                      "assumes no single answer length")
+    # The request as its provider bills and bounds it, for max_cost, the context windows and the budget's
+    # estimate: every message, and the answer's cap if set.
+    options["input_tokens"] = min(_input_tokens(api, req), MAX_TOKEN_COUNT)
+    cap = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
+        options["output_tokens"] = min(cap, MAX_TOKEN_COUNT)  # beyond it, larger than any window and any bill
+    elif options.get("max_cost") is not None and api.answer_tokens is None:
+        raise ChatProxyError(422, "barp.max_cost: needs max_completion_tokens or max_tokens, since the checkpoint "
+                                  "assumes no single answer length")
     allowed = options.get("candidates") or api.chat_models
     if client is not None and client.candidates is not None:
         allowed = [m for m in allowed if m in client.candidates]
