@@ -34,10 +34,10 @@ from ray import serve
 
 from barp_ray.policy import read_meta, stated_answer_tokens
 from barp_ray.prompt_stats import text_stats
-from serve.guard import GuardError, PromptLimiter, load_admin_token, load_clients, load_token
-from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ErrorBody, FeedbackRequest,
+from serve.guard import CHAT_PATH, GuardError, PromptLimiter, load_admin_token, load_clients, load_token
+from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ChatErrorBody, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
-                           RouteResponse, WithdrawRequest, WithdrawResponse)
+                           RouteResponse, WithdrawRequest, WithdrawResponse, chat_error)
 from serve.routing import take_offer
 from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_offer, settings_from_args
 
@@ -336,20 +336,20 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     for err in exc.errors():
         loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",))
         parts.append(f"{loc or 'body'}: {err.get('msg')}")
-    return JSONResponse(status_code=422, content={"error": "; ".join(parts)})
+    return _error(422, "; ".join(parts), request.url.path)
 
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """FastAPI's own refusals (a body that is not JSON: 400; unknown path: 404) in this API's error shape."""
     where = "body" if exc.status_code == 400 else "path"
-    return JSONResponse(status_code=exc.status_code, content={"error": f"{where}: {exc.detail}"}, headers=exc.headers)
+    return _error(exc.status_code, f"{where}: {exc.detail}", request.url.path, headers=exc.headers)
 
 
-def errors(*statuses: int) -> dict:
+def errors(*statuses: int, body=ErrorBody) -> dict:
     """OpenAPI `responses` for a POST: what every POST may answer (400 not JSON, 401 token, 413 too
     large, 422 invalid), plus `statuses`."""
-    return {s: {"model": ErrorBody} for s in sorted({400, 401, 413, 422, *statuses})}
+    return {s: {"model": body} for s in sorted({400, 401, 413, 422, *statuses})}
 
 
 def _openapi() -> dict:
@@ -380,8 +380,10 @@ def _openapi() -> dict:
 api.openapi = _openapi
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message})
+def _error(status: int, message: str, path: str = "", code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    """This API's error, `{"error": message}`; on the chat endpoint in OpenAI's shape (`chat_error`)."""
+    content = chat_error(status, message, code) if path.startswith(CHAT_PATH) else {"error": message}
+    return JSONResponse(status_code=status, content=content, headers=headers)
 
 
 from serve.guard import GuardMiddleware  # noqa: E402
@@ -767,7 +769,7 @@ class RouterAPI:
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse,
               responses={200: {"content": {"text/event-stream": {}},
                                "description": "the completion (JSON), or with stream: true server-sent chunks"},
-                         **errors(403, 404, 422, 429, 502, 503, 504)})
+                         **errors(403, 404, 422, 429, 502, 503, 504, body=ChatErrorBody)})
     async def chat(self, req: ChatCompletionRequest):
         """OpenAI chat completions; model barp-auto routes. 4xx the upstream answered pass through."""
         from serve.openai_proxy import ChatProxyError, forward_chat
@@ -775,7 +777,7 @@ class RouterAPI:
         try:
             return await forward_chat(self, req)
         except ChatProxyError as e:
-            return _error(e.status, str(e))
+            return _error(e.status, str(e), CHAT_PATH, e.code)
 
 
 def app_builder(args: dict[str, Any] | None = None):

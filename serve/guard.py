@@ -291,4 +291,7 @@ class GuardMiddleware:
 async def _refuse(scope, receive, send, status: int, message: str, headers: dict | None = None) -> None:
     from starlette.responses import JSONResponse
 
-    await JSONResponse(status_code=status, content={"error": message}, headers=headers)(scope, receive, send)
+    from serve.schemas import chat_error
+
+    content = chat_error(status, message) if scope["path"].startswith(CHAT_PATH) else {"error": message}
+    await JSONResponse(status_code=status, content=content, headers=headers)(scope, receive, send)

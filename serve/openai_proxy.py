@@ -51,9 +51,9 @@ def _context_overflow(status: int, data: Any) -> str | None:
 
 
 class ChatProxyError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, code: str | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.code = status, code
 
 
 def _text_of(msg: ChatMessage) -> str | None:
@@ -85,7 +85,7 @@ def _earlier_turns(req: ChatCompletionRequest) -> str:
     return "\n".join(f"{msg.role}: {text}" for msg in req.messages[:last] if (text := _text_of(msg)) and text.strip())
 
 
-async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any] | JSONResponse:
+async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any]:
     try:
         route_req = RouteRequest(prompt=api.limiter.routing_text(prompt), **options)  # the provider gets it whole
     except ValidationError as e:
@@ -93,8 +93,8 @@ async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any] | 
         loc = ".".join(str(x) for x in err.get("loc", ()))
         raise ChatProxyError(422, f"barp.{loc}: {err.get('msg')}") from None
     routed = await api.route_request(route_req, whole_prompt=prompt)
-    if not isinstance(routed, RouteResponse):
-        return routed  # an error response, already shaped
+    if not isinstance(routed, RouteResponse):  # the route's own error, told in the chat endpoint's shape
+        raise ChatProxyError(routed.status_code, json.loads(routed.body)["error"])
     return {"request_id": routed.request_id, "model": routed.model, "policy_version": routed.policy_version,
             "preference": routed.preference, **({"cost_unmet": True} if routed.cost_unmet else {}),
             **({"context_unmet": True} if routed.context_unmet else {})}
@@ -157,8 +157,6 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         if limit is not None:  # what a stream's user waits for is its first chunk; a JSON caller, the whole answer
             offered, met = api.upstream_latency.within(offered, "first_token" if req.stream else "answer", limit)
         routed = await _route(api, {**options, "candidates": offered}, prompt)
-        if isinstance(routed, JSONResponse):
-            return routed
         if not met:
             routed["latency_unmet"] = True
             api.metrics.limit_unmet("latency")
@@ -172,7 +170,8 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
             failed.append({"model": model, "status": e.status, "error": str(e)})
             if len(failed) >= api.settings.failover.attempts or len(left) == 1:
                 tried = ", ".join(f"{f['model']} ({f['status']})" for f in failed)
-                raise ChatProxyError(e.status, str(e) if len(failed) == 1 else f"{e}; models tried in turn: {tried}") from None
+                raise ChatProxyError(e.status, str(e) if len(failed) == 1 else f"{e}; models tried in turn: {tried}",
+                                     "context_length_exceeded" if isinstance(e, ContextOverflow) else None) from None
             api.metrics.failed_over(model)
             # The next choice keeps this request's trade-off (a paced one is not paced twice).
             options["preference"] = routed["preference"]

@@ -160,6 +160,32 @@ class ErrorBody(BaseModel):
     error: str
 
 
+class ChatError(BaseModel):
+    message: str
+    type: str = Field(..., description="invalid_request_error, authentication_error, permission_error, not_found_error, "
+                                       "rate_limit_error or server_error")
+    param: Optional[str] = Field(None, description="the request field the error is about, if one")
+    code: Optional[str] = Field(None, description="e.g. context_length_exceeded")
+
+
+class ChatErrorBody(BaseModel):
+    """OpenAI's error shape: the chat endpoint answers its own errors in it, as its providers do, so an
+    OpenAI client reads every error of this endpoint one way (error.message, .type, .code)."""
+
+    error: ChatError
+
+
+CHAT_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def chat_error(status: int, message: str, code: str | None = None) -> dict:
+    """The chat endpoint's error body for one of this API's one-line errors ("field: what is wrong")."""
+    field, sep, _ = message.partition(": ")
+    param = field if sep and all(part.isidentifier() or part.isdigit() for part in field.split(".")) else None
+    return {"error": {"message": message, "type": CHAT_ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}}
+
+
 class RouteOptions(BaseModel):
     """`barp` in a chat request: how barp-auto routes it (the prompt is the last user message)."""
 

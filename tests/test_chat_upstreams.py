@@ -260,12 +260,12 @@ def test_when_every_attempt_fails_the_client_is_told_each_and_a_named_model_neve
     try:
         before = _log(client)["log"]
         st, r = _chat(client, pair)
-        assert st == 502 and "models tried in turn" in r["error"], r
-        assert all(f"{m} (502)" in r["error"] for m in pair), r
+        assert st == 502 and "models tried in turn" in r["error"]["message"] and r["error"]["type"] == "server_error", r
+        assert all(f"{m} (502)" in r["error"]["message"] for m in pair), r
         assert _log(client)["log"]["withdrawn"] == before["withdrawn"] + 2
         calls = upstream.calls.copy()
         st, r = client.post("/v1/chat/completions", {"model": "tiny-1b", "messages": [{"role": "user", "content": "hi"}]})
-        assert st == 502 and "HTTP 503" in r["error"], r
+        assert st == 502 and "HTTP 503" in r["error"]["message"], r
         assert {m: c - calls[m] for m, c in upstream.calls.items() if c != calls[m]} == {"tiny-1b": 1}
     finally:
         for m in pair:
@@ -428,7 +428,7 @@ def test_a_long_document_goes_whole_to_its_provider_and_is_routed_on_its_start(s
     # and a chat body above its own limit is refused, naming it
     huge = {"model": "barp-auto", "messages": [{"role": "user", "content": "x" * LimitSettings().max_chat_body_bytes}]}
     st, r = client.post("/v1/chat/completions", huge)
-    assert st == 413 and r["error"] == f"body: larger than the limit of {LimitSettings().max_chat_body_bytes} bytes", r
+    assert st == 413 and r["error"]["message"] == f"body: larger than the limit of {LimitSettings().max_chat_body_bytes} bytes", r
 
 
 def test_a_request_longer_than_a_models_context_window_is_not_sent_there(service):
@@ -502,7 +502,8 @@ def test_a_provider_refusing_a_request_as_too_long_for_its_model_fails_over_with
         assert r["model"] == first  # still offered
         upstream.context_chars[other] = 10
         st, r = _chat(client, pair)
-        assert st == 400 and "longer than its context window" in r["error"] and f"{first} (400), {other} (400)" in r["error"], r
+        assert st == 400 and r["error"]["code"] == "context_length_exceeded", r  # OpenAI's shape and code, as the provider's
+        assert "longer than its context window" in r["error"]["message"] and f"{first} (400), {other} (400)" in r["error"]["message"]
         # a named model is the client's choice: the provider's own 400 passes through
         st, r = client.post("/v1/chat/completions", {"model": first, "messages": [{"role": "user", "content": "Sum the first ten primes."}]})
         assert st == 400 and r["error"]["code"] == "context_length_exceeded", r
@@ -713,7 +714,8 @@ def test_named_clients_get_their_defaults_stay_in_their_models_and_rate_only_the
     st, c = search.post("/v1/chat/completions", {"model": "barp-auto", "messages": [{"role": "user", "content": "Hi"}]})
     assert st == 200 and c["barp"]["model"] in CLIENTS["search"]["candidates"] and c["barp"]["preference"] == pytest.approx([0.95, 0.05]), c
     st, e = search.post("/v1/chat/completions", {"model": "tiny-1b", "messages": [{"role": "user", "content": "Hi"}]})
-    assert st == 403 and e["error"].startswith("model: client 'search' may not use ['tiny-1b']"), e
+    assert st == 403 and e["error"]["message"].startswith("model: client 'search' may not use ['tiny-1b']"), e
+    assert e["error"]["type"] == "permission_error" and e["error"]["param"] == "model", e
     assert [m["id"] for m in search.get("/v1/models")[1]["models"]] == [*CLIENTS["search"]["candidates"], "barp-auto"]
     assert len(support.get("/v1/models")[1]["models"]) == len(client.meta["models"]) + 1
     # the operator's paths

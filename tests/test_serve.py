@@ -556,6 +556,13 @@ def test_the_official_openai_client_streams_and_not_and_can_reward_either(client
     for rid in (done.barp["request_id"], request_id):
         st, f = client.post("/v1/feedback", {"request_id": rid, "score": 1.0, "cost": 0.0001})
         assert st == 200, f
+    # this endpoint's own errors read as the providers' do: message, type, param
+    from openai import UnprocessableEntityError
+
+    with pytest.raises(UnprocessableEntityError) as refused:
+        oa.chat.completions.create(model="gpt-5", messages=messages)
+    assert refused.value.type == "invalid_request_error" and refused.value.param == "model", refused.value.body
+    assert refused.value.body["message"].startswith("model: must be 'barp-auto' or one of")
     # the model list, as OpenAI clients and chat front-ends read it
     listed = {m.id: m for m in oa.models.list()}
     assert set(listed) == {*world["train"].models, "barp-auto"} and listed["barp-auto"].object == "model", listed
@@ -571,7 +578,7 @@ def test_chat_needs_the_token_by_default_and_upstream_failures_are_clear(client,
         for stream in (False, True):
             st, r = client.post("/v1/chat/completions", {"model": model, "stream": stream,
                                                          "messages": [{"role": "user", "content": text}]})
-            assert st == status and words in r["error"] and UPSTREAM_KEY not in r["error"], (text, stream, r)
+            assert st == status and words in r["error"]["message"] and UPSTREAM_KEY not in str(r), (text, stream, r)
 
 
 def test_a_client_that_leaves_mid_stream_closes_the_upstream_call(client, world):
@@ -608,9 +615,10 @@ def test_a_client_that_leaves_mid_stream_closes_the_upstream_call(client, world)
     ],
 )
 def test_chat_errors(client, body, status, field):
+    """In OpenAI's error shape, as the providers' own errors this endpoint passes through."""
     st, r = client.post("/v1/chat/completions", body)
     assert st == status, r
-    assert field in r["error"]
+    assert field in r["error"]["message"] and r["error"]["type"] == "invalid_request_error", r
 
 
 def test_auth_on_feedback_admin_and_stats(client):
