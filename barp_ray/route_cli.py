@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="quality and cost weights on the simplex, or a knob K meaning (K, 1-K) (default: 0.8,0.2)")
     p.add_argument("--jsonl", action="store_true", help='stdin holds records {"prompt": ..., "preference": ...}')
     p.add_argument("--json", action="store_true", help="write one JSON record per prompt: model and probabilities")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # `barp route CKPT --preference 0.5 "a prompt"` as well as after
     try:
         default = checked_preference(parse_preference(args.preference), "--preference")
         if args.prompts:

@@ -137,6 +137,8 @@ def test_barp_route_routes_arguments_stdin_and_jsonl_as_the_policy_does(trained)
     out = _barp_route(ckpt, *prompts, "--preference", "0.3,0.7")
     assert out.returncode == 0 and out.stdout.split() == policy.route(prompts, [0.3, 0.7]), out.stderr
     assert "Traceback" not in out.stderr and "Deprecation" not in out.stderr
+    out = _barp_route(ckpt, "--preference", "0.3,0.7", *prompts)  # options before the prompts too
+    assert out.returncode == 0 and out.stdout.split() == policy.route(prompts, [0.3, 0.7]), out.stderr
     out = _barp_route(ckpt, "--preference", "1", stdin=prompts[0] + "\n\n" + prompts[1] + "\n")  # a blank line is no prompt
     assert out.stdout.split() == policy.route(prompts, 1.0)
     lines = "".join(json.dumps(r) + "\n" for r in [{"prompt": prompts[0], "preference": [0.0, 1.0]}, {"prompt": prompts[1]}])
