@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archive", action="store_true",
                    help="count the rounds retention archived (retention.archive) too, when the database holds fewer than --last")
     p.add_argument("--json", action="store_true", help="print the estimates as JSON")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # checkpoints before and after the options alike
     from serve.feedback_archive import ArchiveError
     from serve.feedback_db import DatabaseError
     from serve.settings import SettingsError, settings_from_config
