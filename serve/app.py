@@ -174,6 +174,10 @@ class TrainerDeployment:
         self.replicas: dict[str, dict] = {}  # replica -> {"version", "loaded_at", "seen", "history"}
         self._lock = asyncio.Lock()
         self.offer_taken = False  # reconfigure (Serve calls it next) sets it
+        # Updates that raised in a row, the first one's time and the last one's error: a trainer that fails
+        # on every update (its state_dir gone, the store unreadable) keeps serving the last weights, silently
+        # but for this, its metric and the log.
+        self.failing: dict | None = None
         self._task = asyncio.get_running_loop().create_task(self._loop()) if settings.trainer.enabled else None
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -188,8 +192,15 @@ class TrainerDeployment:
 
     async def _step(self) -> dict | None:
         async with self._lock:
-            row = await asyncio.to_thread(self.trainer.train_once)
-        if row is not None:
+            try:
+                row = await asyncio.to_thread(self.trainer.train_once)
+            except Exception as e:
+                self.metrics.failures.inc(1)
+                since, n = (self.failing["since"], self.failing["updates_in_a_row"]) if self.failing else (time.time(), 0)
+                self.failing = {"updates_in_a_row": n + 1, "since": since, "last_error": f"{type(e).__name__}: {e}"[:500]}
+                raise
+        if row is not None:  # an update made and saved: failing no more (an idle poll proves nothing)
+            self.failing = None
             self.metrics.update(row, self.trainer.published_version)
         return row
 
@@ -260,7 +271,7 @@ class TrainerDeployment:
     def status(self) -> dict:
         delays = self.rollout_delays()
         d = [x["delay_s"] for x in delays]
-        return {**self.trainer.status(),
+        return {**self.trainer.status(), "failing": self.failing,
                 "replicas": {k: v["version"] for k, v in self._live_replicas().items()},
                 "rollout_delay_s": {"last": d[-1] if d else None, "max_recent": max(d) if d else None,
                                     "median_recent": float(np.median(d)) if d else None, "versions": len(d)}}
@@ -724,9 +735,15 @@ class RouterAPI:
                 "clients": {c.name: c.public() for c in self.clients.values()},
                 "clients_refused": self.clients_error}
 
-    @api.post("/v1/admin/train", responses=errors(403))
+    @api.post("/v1/admin/train", responses=errors(403, 503))
     async def train_now(self) -> dict:
-        rows = await self.trainer.train_now.remote()
+        try:
+            rows = await self.trainer.train_now.remote()
+        except Exception as e:  # noqa: BLE001 - the update raised: its error, not a traceback (`/v1/stats` trainer.failing keeps it)
+            logger.warning("admin train: %r", e)
+            cause = getattr(e, "cause", None) or e
+            return _error(503, f"trainer: the update failed ({type(cause).__name__}: {str(cause)[:300]}); "
+                               "the published weights stay")
         return {"updates": rows}
 
     @api.post("/v1/admin/load_checkpoint", response_model=LoadCheckpointResponse, responses=errors(403, 404, 409, 422))

@@ -154,6 +154,9 @@ class TrainerMetrics:
         self.version = metrics.Gauge("barp_trainer_published_version", description="newest published policy version")
         self.forgets = metrics.Counter("barp_trainer_replay_forgets_total",
                                        description="times a fall in the answers' score made the replay forget the records before it")
+        self.failures = metrics.Counter("barp_trainer_update_failures_total",
+                                        description="continuous-training updates that raised (the loop goes on; /v1/stats "
+                                                    "trainer.failing says what and since when)")
 
     def update(self, row: dict, published_version: int) -> None:
         self.updates.inc(1, tags={"published": str(bool(row["published"])).lower()})

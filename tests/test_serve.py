@@ -988,3 +988,31 @@ def test_a_route_latency_limit_reads_the_latency_clients_report_with_feedback(cl
     assert st == 200 and r["model"] == slow and r["latency_unmet"] is True, r  # the only candidate, though too slow
     st, f = client.post("/v1/feedback", {"request_id": r["request_id"], "score": 0.5, "cost": 0.0, "latency_s": -1})
     assert st == 422 and f["error"].startswith("latency_s"), f
+
+
+def test_a_trainer_whose_updates_fail_says_so_and_recovers(client, world):
+    """Its state_dir gone (a volume unmounted, a path made a file): every update raises. The service
+    keeps routing on the published weights; the admin call answers 503 with the error, not a
+    traceback, and /v1/stats `trainer.failing` says since when and why, until an update succeeds."""
+    import os
+    import shutil
+
+    state = world["root"] / "trainer"
+    aside = world["root"] / "trainer-aside"
+    os.rename(state, aside)
+    state.write_text("not a directory")
+    try:
+        for attempt in (1, 2):
+            simulate_rounds(client, world["train"], np.arange(100))  # min_batch: one update's worth
+            st, out = client.post("/v1/admin/train")
+            assert st == 503 and out["error"].startswith("trainer: the update failed (") and "Traceback" not in out["error"], out
+            failing = client.get("/v1/stats")[1]["trainer"]["failing"]
+            assert failing["updates_in_a_row"] == attempt and failing["last_error"] and failing["since"] <= time.time(), failing
+        st, r = client.post("/v1/route", {"prompt": "Sum the first ten primes."})
+        assert st == 200, r
+    finally:
+        state.unlink()
+        shutil.move(str(aside), str(state))
+    simulate_rounds(client, world["train"], np.arange(100))
+    st, out = client.post("/v1/admin/train")
+    assert st == 200 and out["updates"] and client.get("/v1/stats")[1]["trainer"]["failing"] is None, out
