@@ -289,6 +289,9 @@ class TrainerDeployment:
                 return {"ok": False, "status": 409, "error": str(e)}
             except ValueError as e:
                 return {"ok": False, "status": 422, "error": str(e)}
+            except OSError as e:  # the state_dir cannot take it (unwritable, unmounted, a file): the service's fault
+                return {"ok": False, "status": 503,
+                        "error": f"trainer: publishing failed ({type(e).__name__}: {str(e)[:300]}); the published weights stay"}
         return {"ok": True, **res}
 
     def pid(self) -> int:
@@ -746,7 +749,7 @@ class RouterAPI:
                                "the published weights stay")
         return {"updates": rows}
 
-    @api.post("/v1/admin/load_checkpoint", response_model=LoadCheckpointResponse, responses=errors(403, 404, 409, 422))
+    @api.post("/v1/admin/load_checkpoint", response_model=LoadCheckpointResponse, responses=errors(403, 404, 409, 422, 503))
     async def load_checkpoint(self, req: LoadCheckpointRequest):
         """Publish a checkpoint's weights now: 404 if nothing is at the path, 422 if it is not a
         checkpoint this service can serve, 409 if `gated` and the gate refuses it or has too few

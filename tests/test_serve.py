@@ -1010,6 +1010,8 @@ def test_a_trainer_whose_updates_fail_says_so_and_recovers(client, world):
             assert failing["updates_in_a_row"] == attempt and failing["last_error"] and failing["since"] <= time.time(), failing
         st, r = client.post("/v1/route", {"prompt": "Sum the first ten primes."})
         assert st == 200, r
+        st, out = client.post("/v1/admin/load_checkpoint", {"path": world["checkpoint"]})  # publishing needs the state_dir too
+        assert st == 503 and out["error"].startswith("trainer: publishing failed ("), out
     finally:
         state.unlink()
         shutil.move(str(aside), str(state))
