@@ -502,11 +502,20 @@ class ContinuousTrainer:
                                   f"{worse['estimate']:+.4f} for version {worse['version']} (difference se "
                                   f"{worse['difference_se']:.4f}, margin {estimate['margin']:g}) on {estimate['n']} "
                                   f"held-back rewards", estimate)
+        # Published first: writing the weights is what can fail (an unwritable state_dir), and until it has
+        # succeeded nothing else may change (a learner on the operator's weights, or no yardstick left for
+        # the gate, failed every later update).
+        self.version += 1
+        try:
+            self._publish({k: theirs[k].clone() for k in mine}, {"through_id": self.offset, "checkpoint": path})
+        except BaseException:
+            self.version -= 1
+            raise
+        newest = self.references[-1]  # _publish put the operator's weights there
+        self.references.clear()  # the operator's weights are the new yardstick, not what they replaced
+        self.references.append(newest)
         self._adopt(self.learner_group, theirs)
         self._end_anchor("operator checkpoint")
-        self.version += 1
-        self.references.clear()  # the operator's weights are the new yardstick, not what they replaced
-        self._publish({k: theirs[k].clone() for k in mine}, {"through_id": self.offset, "checkpoint": path})
         self._save()
         return {"published": True, "version": self.version, "estimate": estimate}
 

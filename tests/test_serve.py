@@ -993,7 +993,9 @@ def test_a_route_latency_limit_reads_the_latency_clients_report_with_feedback(cl
 def test_a_trainer_whose_updates_fail_says_so_and_recovers(client, world):
     """Its state_dir gone (a volume unmounted, a path made a file): every update raises. The service
     keeps routing on the published weights; the admin call answers 503 with the error, not a
-    traceback, and /v1/stats `trainer.failing` says since when and why, until an update succeeds."""
+    traceback, and /v1/stats `trainer.failing` says since when and why, until an update succeeds. A
+    checkpoint load that cannot publish changes nothing (it once left the rollout gate with no
+    yardstick, and every later update failed: seen when the held-back rewards were enough to judge)."""
     import os
     import shutil
 
@@ -1010,8 +1012,11 @@ def test_a_trainer_whose_updates_fail_says_so_and_recovers(client, world):
             assert failing["updates_in_a_row"] == attempt and failing["last_error"] and failing["since"] <= time.time(), failing
         st, r = client.post("/v1/route", {"prompt": "Sum the first ten primes."})
         assert st == 200, r
+        before = client.get("/v1/stats")[1]["trainer"]
         st, out = client.post("/v1/admin/load_checkpoint", {"path": world["checkpoint"]})  # publishing needs the state_dir too
         assert st == 503 and out["error"].startswith("trainer: publishing failed ("), out
+        after = client.get("/v1/stats")[1]["trainer"]  # nothing moved: a failed load once left the gate no yardstick
+        assert (after["version"], after["published_version"]) == (before["version"], before["published_version"]), after
     finally:
         state.unlink()
         shutil.move(str(aside), str(state))
