@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from load_test import free_port, percentile, shipped_args  # noqa: E402
+from load_test import chat_service, percentile  # noqa: E402
 from serve.ray_env import HIGH_THROUGHPUT  # noqa: E402
 
 SIZES_KB = (1, 64, 512, 2048, 7680)
@@ -99,32 +98,13 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    import ray
-    from ray import serve
-
-    from barp_ray.policy import read_meta
     from openai_upstream import Upstream
-    from serve.app import app_builder
 
     upstream = Upstream()
-    scratch = Path(tempfile.mkdtemp(prefix="barp-long-"))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", object_store_memory=300 * 1024**2)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    shipped = shipped_args()
-    serve.run(app_builder({
-        "checkpoint": args.checkpoint, "log_dir": str(scratch / "log"), "topology": "colocated",
-        "lone_route_threads": shipped["lone_route_threads"],
-        "upstreams": {m: upstream.base_url for m in read_meta(args.checkpoint)["models"]},
-        "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
-        "trainer": {"enabled": False, "state_dir": str(scratch / "trainer")},
-        "auth": {"disabled": True},  # local benchmark: no token on loopback
-    }), name="barp", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
+    base, stop = chat_service(args.checkpoint, upstream.base_url, "colocated", "barp-long-")
     asyncio.run(one_size(base, upstream.base_url, 1, 2))  # warm-up
     rows = [asyncio.run(one_size(base, upstream.base_url, kb, args.repeats)) for kb in SIZES_KB]
-    serve.shutdown()
-    ray.shutdown()
+    stop()
     upstream.close()
 
     print("\n| body | barp-auto through the service | a named model through it | straight to the upstream | barp-auto's "

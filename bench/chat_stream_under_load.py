@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from load_test import closed_loop, free_port, percentile, shipped_args  # noqa: E402
+from load_test import chat_service, closed_loop, percentile, shipped_args  # noqa: E402
 from serve.ray_env import HIGH_THROUGHPUT  # noqa: E402
 
 NOMINAL_GAP_S = 0.1  # the upstream's pace ("upstream-slow")
@@ -72,36 +71,17 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    import ray
-    from ray import serve
-
     from barp_ray.config import load_config
     from barp_ray.data.prepare import split_tables
-    from barp_ray.policy import read_meta
     from openai_upstream import Upstream
-    from serve.app import app_builder
 
     prompts = [str(x) for x in split_tables(load_config(None).data)[1].prompts]
     upstream = Upstream()
-    scratch = Path(tempfile.mkdtemp(prefix="barp-chat-"))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", object_store_memory=300 * 1024**2)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    shipped = shipped_args()
-    serve.run(app_builder({
-        "checkpoint": args.checkpoint, "log_dir": str(scratch / "log"), "topology": args.topology,
-        "lone_route_threads": shipped["lone_route_threads"],
-        "upstreams": {m: upstream.base_url for m in read_meta(args.checkpoint)["models"]},
-        "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
-        "trainer": {"enabled": False, "state_dir": str(scratch / "trainer")},
-        "auth": {"disabled": True},  # local benchmark: no token on loopback
-    }), name="barp", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
+    base, stop = chat_service(args.checkpoint, upstream.base_url, args.topology)
     asyncio.run(closed_loop(f"{base}/v1/route", prompts, 8, 3, 10_000))  # warm-up
     alone = asyncio.run(stream_gaps(f"{base}/v1/chat/completions"))
     loaded, routes = asyncio.run(under_load(f"{base}/v1/chat/completions", f"{base}/v1/route", prompts))
-    serve.shutdown()
-    ray.shutdown()
+    stop()
     upstream.close()
 
     results = {"topology": args.topology, "nominal_gap_ms": 1000 * NOMINAL_GAP_S,

@@ -233,6 +233,35 @@ def shipped_args() -> dict:
     return yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())["applications"][0]["args"]
 
 
+def chat_service(checkpoint: str, upstream_url: str, topology: str = "colocated", scratch_prefix: str = "barp-chat-") -> tuple[str, object]:
+    """A local 2-CPU Ray with the app on one ingress replica, every model forwarded to `upstream_url`,
+    no trainer and no token (loopback benchmarks): (its base URL, a function that stops it all)."""
+    import ray
+    from ray import serve
+
+    from barp_ray.policy import read_meta
+    from serve.app import app_builder
+
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", object_store_memory=300 * 1024**2)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app_builder({
+        "checkpoint": checkpoint, "log_dir": str(scratch / "log"), "topology": topology,
+        "lone_route_threads": shipped_args()["lone_route_threads"],
+        "upstreams": {m: upstream_url for m in read_meta(checkpoint)["models"]},
+        "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
+        "trainer": {"enabled": False, "state_dir": str(scratch / "trainer")},
+        "auth": {"disabled": True},
+    }), name="barp", route_prefix="/")
+
+    def stop() -> None:
+        serve.shutdown()
+        ray.shutdown()
+
+    return f"http://127.0.0.1:{port}", stop
+
+
 def ingress_port() -> int:
     """The HTTP port the RouterAPI replica serves on itself (direct ingress: Serve allocates it
     from RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, 30000 by default)."""
