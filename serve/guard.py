@@ -171,30 +171,26 @@ class PromptLimiter:
         n_bytes = len(prompt.encode("utf-8", "surrogatepass"))
         if n_bytes > self.limits.max_prompt_bytes:
             raise GuardError(413, f"{field}: {n_bytes} bytes, more than the limit of {self.limits.max_prompt_bytes}")
-        if n_bytes <= self.limits.max_prompt_tokens:
-            # Every WordPiece token covers at least one byte of UTF-8, so most prompts cannot be over the
-            # token limit: skip counting them here (the encoder tokenizes them anyway, once).
-            return prompt
-        enc = self.tokenizer.encode(prompt, add_special_tokens=False)
-        if len(enc.ids) <= self.limits.max_prompt_tokens:
-            return prompt
-        if self.limits.long_prompt == "reject":
-            raise GuardError(
-                413, f"{field}: {len(enc.ids)} tokens, more than the limit of {self.limits.max_prompt_tokens}"
-            )
-        return prompt[: enc.offsets[self.limits.max_prompt_tokens - 1][1]]
+        cut, n_tokens = self._token_cut(prompt, n_bytes)
+        if n_tokens is not None and n_tokens > self.limits.max_prompt_tokens and self.limits.long_prompt == "reject":
+            raise GuardError(413, f"{field}: {n_tokens} tokens, more than the limit of {self.limits.max_prompt_tokens}")
+        return cut
 
     def routing_text(self, text: str) -> str:
         """The start of a text that travels whole elsewhere (a chat message goes to its provider), cut
         to what the route limits let the router read: a long message is routed on its start, never refused."""
         head = text.encode("utf-8", "surrogatepass")[: self.limits.max_prompt_bytes]
-        text = head.decode("utf-8", "ignore")  # a character split by the byte cut is dropped
-        if len(head) <= self.limits.max_prompt_tokens:
-            return text
+        return self._token_cut(head.decode("utf-8", "ignore"), len(head))[0]  # a character split by the byte cut is dropped
+
+    def _token_cut(self, text: str, n_bytes: int) -> tuple[str, int | None]:
+        """(the text cut to max_prompt_tokens; its whole token count, None when not counted). Every WordPiece token covers at least one byte of UTF-8, so a text of at most
+        max_prompt_tokens bytes cannot be over the limit: it is not counted (the encoder tokenizes it anyway)."""
+        if n_bytes <= self.limits.max_prompt_tokens:
+            return text, None
         enc = self.tokenizer.encode(text, add_special_tokens=False)
         if len(enc.ids) <= self.limits.max_prompt_tokens:
-            return text
-        return text[: enc.offsets[self.limits.max_prompt_tokens - 1][1]]
+            return text, len(enc.ids)
+        return text[: enc.offsets[self.limits.max_prompt_tokens - 1][1]], len(enc.ids)
 
 
 ALWAYS_PROTECTED = ("/v1/feedback", "/v1/admin/", "/v1/stats")

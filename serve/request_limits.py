@@ -20,6 +20,8 @@ provider decides. Tokens are counted by the router's tokenizer, a proxy for each
 """
 from __future__ import annotations
 
+from barp_ray.data.llmrouter import route_costs
+
 
 def within_limit(estimates: dict[str, float | None], limit: float, keep_unknown: bool = True) -> tuple[list[str], bool]:
     """(the models the limit allows, whether any met it): those whose estimate is within it, and the
@@ -44,8 +46,6 @@ def narrowed(models: list[str], mask: list[bool] | None, estimates_of, limit: fl
 def route_cost_estimates(prices: dict, models: list[str], input_tokens: int, output_tokens: int) -> dict[str, float | None]:
     """Dollars per model for one request, priced as training priced LLMRouter and as the budget
     estimates (`route_costs`, the offer's $ per million tokens); None for a model the offer gives no price."""
-    from barp_ray.data.llmrouter import route_costs
-
     priced = [m for m in models if prices.get(m)]
     dollars = route_costs(prices, priced, [input_tokens], output_tokens)[0] if priced else []
     known = dict(zip(priced, (float(d) for d in dollars)))

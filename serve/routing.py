@@ -239,10 +239,11 @@ class Router:
         if to_pace:
             from barp_ray.encoder import count_tokens
 
-            counted = count_tokens([items[i]["prompt"] for i, _, _ in to_pace if items[i].get("input_tokens") is None], policy.encoder)
-            counted = iter(counted.tolist())  # a request that says its billed input (chat: every message) is priced by it
-            tokens = [items[i]["input_tokens"] if items[i].get("input_tokens") is not None else next(counted) for i, _, _ in to_pace]
-            for (i, mask, greedy), n in zip(to_pace, tokens):
+            # A request that states its billed input (chat: every message) is priced by it; the others are counted.
+            uncounted = [i for i, _, _ in to_pace if "input_tokens" not in items[i]]
+            counted = dict(zip(uncounted, count_tokens([items[i]["prompt"] for i in uncounted], policy.encoder).tolist()))
+            for i, mask, greedy in to_pace:
+                n = items[i].get("input_tokens", counted.get(i))
                 allowed = np.ones(len(models), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
                 pacers[i].observe(PacedRoute(emb[i], int(n), allowed, greedy))
         return out, decisions

@@ -53,6 +53,7 @@ class UpstreamPool:
     def __init__(self, settings: ServeSettings):
         self.settings = settings
         self._headers = {name: {**up.headers, **auth_headers(name, up)} for name, up in settings.upstreams.items()}
+        self._urls = {name: _completions_url(up.base_url) for name, up in settings.upstreams.items()}
         self._session = None
 
     def _client(self):
@@ -63,13 +64,9 @@ class UpstreamPool:
         return self._session
 
     def _url(self, model: str) -> str:
-        up = self.settings.upstreams.get(model)
-        if up is None:
+        if model not in self._urls:
             raise UpstreamError(502, f"upstreams: no upstream configured for model {model!r}")
-        from urllib.parse import urlsplit, urlunsplit
-
-        parts = urlsplit(up.base_url)
-        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
+        return self._urls[model]
 
     async def open(self, model: str, payload: dict[str, Any], stream: bool):
         """POST the chat request; the response is returned open (the caller reads and releases it).
@@ -106,3 +103,11 @@ class UpstreamPool:
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+def _completions_url(base_url: str) -> str:
+    """The chat completions endpoint under a base URL, its query (Azure's api-version) kept after the path."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
