@@ -394,6 +394,15 @@ def _openapi() -> dict:
 api.openapi = _openapi
 
 
+class RouteRefused(Exception):
+    """A route the service will not make: the status and one-line message its client gets (over HTTP,
+    or through chat, which answers it in its own error shape)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 def _error(status: int, message: str, path: str = "", code: str | None = None, headers: dict | None = None) -> JSONResponse:
     """This API's error, `{"error": message}`; on the chat endpoint in OpenAI's shape (`chat_error`)."""
     content = chat_error(status, message, code) if path.startswith(CHAT_PATH) else {"error": message}
@@ -550,22 +559,23 @@ class RouterAPI:
 
     @api.post("/v1/route", response_model=RouteResponse, response_model_exclude_none=True, responses=errors(403, 422, 503))
     async def route(self, req: RouteRequest):
-        return await self.route_request(req)
+        try:
+            return await self.route_request(req)
+        except (GuardError, RouteRefused) as e:
+            return _error(e.status, str(e))
 
-    async def route_request(self, req: RouteRequest, whole_prompt: str | None = None):
-        """A route; `whole_prompt`: the text the prompt was cut from, when it travels whole elsewhere
+    async def route_request(self, req: RouteRequest, whole_prompt: str | None = None) -> RouteResponse:
+        """A route, or RouteRefused (GuardError from the prompt limits) with the status and message the
+        client gets. `whole_prompt`: the text the prompt was cut from, when it travels whole elsewhere
         (chat's last user message): the text statistics read it, as training read whole prompts."""
         from ray.exceptions import ActorUnavailableError, RayActorError
 
-        try:
-            prompt = self.limiter.apply(req.prompt)
-        except GuardError as e:
-            return _error(e.status, str(e))
+        prompt = self.limiter.apply(req.prompt)
         wq, wc = req.weights()
         if req.candidates is not None:
             unknown = sorted(set(req.candidates) - set(self.models))
             if unknown:
-                return _error(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
+                raise RouteRefused(422, f"candidates: unknown model(s) {unknown}; known: {self.models}")
         # No preference sent: a named client's own live budget, else its default preference, else the live
         # budget's weight, else the API's.
         preference = [wq, wc] if "preference" in req.model_fields_set else None
@@ -576,7 +586,7 @@ class RouterAPI:
             if client.name not in self.offer.client_budgets:  # a client's live budget paces it instead
                 preference = preference or (list(client.preference) if client.preference else None)
             if refused := client.refusal("candidates", candidates or ()):
-                return _error(403, refused)
+                raise RouteRefused(403, refused)
             candidates = candidates or (list(client.candidates) if client.candidates is not None else None)
         item = {"prompt": prompt, "preference": preference, "mode": req.mode, "candidates": candidates,
                 "client": client and client.name, "max_latency_s": req.max_latency_s}
@@ -592,16 +602,16 @@ class RouterAPI:
         if req.max_cost is not None:
             output = req.output_tokens if req.output_tokens is not None else self.answer_tokens
             if output is None:
-                return _error(422, "output_tokens: required with max_cost, since the checkpoint assumes no single answer length")
+                raise RouteRefused(422, "output_tokens: required with max_cost, since the checkpoint assumes no single answer length")
             item.update(max_cost=req.max_cost, output_tokens=output)
         if self.reads_text_stats:  # of the whole prompt, as training read it; the encoder reads the cut one
             item["text_stats"] = text_stats([whole_prompt if whole_prompt is not None else req.prompt])[0].tolist()
         try:
             out = await (self.local.route(item) if self.local is not None else _call_with_retry(self.router.route, item))
         except (RayActorError, ActorUnavailableError):
-            return _error(503, "router: no replica could answer; retry shortly")
+            raise RouteRefused(503, "router: no replica could answer; retry shortly") from None
         if "error" in out:
-            return _error(out.get("status", 503), out["error"])
+            raise RouteRefused(out.get("status", 503), out["error"])
         # The replica's own offer, not this ingress's: during a live change the two may differ.
         request_id, model, probabilities = out["request_id"], out["model"], out["probabilities"]
         mode = "greedy" if req.mode == "greedy" else "explore"

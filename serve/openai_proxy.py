@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from barp_ray.data.llmrouter import token_costs
-from serve.schemas import MAX_TOKEN_COUNT, ChatCompletionRequest, ChatMessage, RouteRequest, RouteResponse
+from serve.schemas import MAX_TOKEN_COUNT, ChatCompletionRequest, ChatMessage, RouteRequest
 from serve.upstream import UpstreamError
 
 AUTO = "barp-auto"
@@ -92,9 +92,13 @@ async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any]:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err.get("loc", ()))
         raise ChatProxyError(422, f"barp.{loc}: {err.get('msg')}") from None
-    routed = await api.route_request(route_req, whole_prompt=prompt)
-    if not isinstance(routed, RouteResponse):  # the route's own error, told in the chat endpoint's shape
-        raise ChatProxyError(routed.status_code, json.loads(routed.body)["error"])
+    from serve.app import RouteRefused
+    from serve.guard import GuardError
+
+    try:
+        routed = await api.route_request(route_req, whole_prompt=prompt)
+    except (GuardError, RouteRefused) as e:  # the route's own refusal, told in the chat endpoint's shape
+        raise ChatProxyError(e.status, str(e)) from None
     return {"request_id": routed.request_id, "model": routed.model, "policy_version": routed.policy_version,
             "preference": routed.preference, **({"cost_unmet": True} if routed.cost_unmet else {}),
             **({"context_unmet": True} if routed.context_unmet else {})}
@@ -135,9 +139,11 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
     limit = options.pop("max_latency_s", None)
-    # The request as its provider bills and bounds it, for max_cost, the context windows and the budget's
-    # estimate: every message, and the answer's cap if set.
-    options["input_tokens"] = min(_input_tokens(api, req), MAX_TOKEN_COUNT)
+    # The request as its provider bills and bounds it: every message, and the answer's cap if set. Counted
+    # only when something reads it: max_cost, the context windows, or a budget's estimate (a request that
+    # leaves the trade-off to the service may be paced).
+    if options.get("max_cost") is not None or api.offer.context_windows or "preference" not in options:
+        options["input_tokens"] = min(_input_tokens(api, req), MAX_TOKEN_COUNT)
     cap = payload.get("max_completion_tokens", payload.get("max_tokens"))
     if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
         options["output_tokens"] = min(cap, MAX_TOKEN_COUNT)  # beyond it, larger than any window and any bill
