@@ -488,6 +488,10 @@ class RouterAPI:
 
         f = settings.failover
         self.upstream_health = UpstreamHealth(f.failures_to_open, f.cooldown_s, on_change=self.metrics.breaker)
+        from serve.upstream_slots import UpstreamSlots
+
+        self.upstream_slots = UpstreamSlots({m: up.max_concurrent for m, up in settings.upstreams.items()},
+                                            on_change=self.metrics.in_flight)
         from serve.upstream_latency import UpstreamLatency
 
         lat = settings.latency
@@ -743,6 +747,8 @@ class RouterAPI:
                 "client_pacing": router.get("client_pacing") or {},
                 # this ingress replica's breakers (each replica keeps its own): models whose provider failed here
                 "upstreams": self.upstream_health.snapshot(),
+                # ... its chat requests in flight to each provider, and the caps on them (upstreams.<m>.max_concurrent)
+                "upstream_slots": self.upstream_slots.snapshot(),
                 # ... and how fast each provider answered here (a chat request's barp.max_latency_s reads it)
                 "upstream_latency": self.upstream_latency.snapshot(),
                 "clients": {c.name: c.public() for c in self.clients.values()},
@@ -807,7 +813,7 @@ class RouterAPI:
         try:
             return await forward_chat(self, req)
         except ChatProxyError as e:
-            return _error(e.status, str(e), CHAT_PATH, e.code)
+            return _error(e.status, str(e), CHAT_PATH, e.code, e.headers)
 
 
 def app_builder(args: dict[str, Any] | None = None):

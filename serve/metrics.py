@@ -47,8 +47,11 @@ class RouteMetrics:
             "so the cheapest or fastest answered, or too long for every candidate's context window, so the largest "
             "answered: limit = cost | latency | context", tag_keys=("limit",))
         self.left_out = metrics.Gauge(
-            "barp_upstream_left_out", description="1 while this ingress replica leaves the model out of barp-auto (its breaker is open)",
-            tag_keys=("model",))
+            "barp_upstream_left_out", description="1 while this ingress replica leaves the model out of barp-auto (its breaker "
+            "is open, or its provider asked to wait after a 429)", tag_keys=("model",))
+        self.requests_in_flight = metrics.Gauge(
+            "barp_upstream_in_flight", description="chat requests this ingress replica has in flight to the model's provider "
+            "(capped by upstreams.<model>.max_concurrent)", tag_keys=("model",))
 
     def route(self, model: str, mode: str, probabilities: dict[str, float], client: str | None = None) -> None:
         self.routes.inc(1, tags={"model": model, "mode": mode})
@@ -74,6 +77,9 @@ class RouteMetrics:
 
     def breaker(self, model: str, left_out: bool) -> None:
         self.left_out.set(1.0 if left_out else 0.0, tags={"model": model})
+
+    def in_flight(self, model: str, n: int) -> None:
+        self.requests_in_flight.set(float(n), tags={"model": model})
 
 
 class FeedbackMetrics:

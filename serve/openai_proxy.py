@@ -12,8 +12,10 @@ header and in the first chunk's `barp` field, so a streaming client can reward t
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -22,6 +24,7 @@ from pydantic import ValidationError
 from barp_ray.data.llmrouter import token_costs
 from serve.schemas import MAX_TOKEN_COUNT, ChatCompletionRequest, ChatMessage, RouteRequest
 from serve.upstream import UpstreamError
+from serve.upstream_slots import Slot
 
 AUTO = "barp-auto"
 REQUEST_ID_HEADER = "x-barp-request-id"
@@ -51,9 +54,48 @@ def _context_overflow(status: int, data: Any) -> str | None:
 
 
 class ChatProxyError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.headers = status, code, headers
+
+
+def _retry_header(seconds: float | None) -> dict[str, str] | None:
+    return None if seconds is None else {"retry-after": str(max(1, math.ceil(seconds)))}
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float | None:
+    """OpenAI's reset times: "1s", "6m0s", "20ms", "1h2m3.5s"."""
+    text = text.strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds a 429 says to wait: `retry-after-ms` (Azure OpenAI), `Retry-After` (seconds or an HTTP
+    date), or else the reset of whichever of OpenAI's `x-ratelimit-*` budgets is spent ("1s", "6m0s").
+    None when it says nothing usable."""
+    def seconds(value: str | None, scale: float = 1.0) -> float | None:
+        try:
+            wait = float(value) * scale if value is not None else None
+        except ValueError:
+            try:
+                wait = parsedate_to_datetime(value).timestamp() - time.time() if scale == 1.0 else None
+            except (TypeError, ValueError):
+                wait = None
+        return max(0.0, wait) if wait is not None and math.isfinite(wait) else None
+
+    for wait in (seconds(headers.get("retry-after-ms"), 0.001), seconds(headers.get("retry-after"))):
+        if wait is not None:
+            return wait
+    waits = [d for budget in ("requests", "tokens") if headers.get(f"x-ratelimit-remaining-{budget}") == "0"
+             and (d := _duration(headers.get(f"x-ratelimit-reset-{budget}") or "")) is not None]
+    return max(waits) if waits else None
 
 
 def _text_of(msg: ChatMessage) -> str | None:
@@ -124,10 +166,13 @@ async def forward_chat(api, req: ChatCompletionRequest):
     payload = req.model_dump(exclude_unset=True, exclude={"barp"})
     if model == AUTO:
         return await _auto(api, req, prompt, payload, client)
+    if (slot := api.upstream_slots.take(model)) is None:
+        raise ChatProxyError(429, f"model: {model!r} is at its concurrency cap here ({api.upstream_slots.refusal([model])} "
+                                  f"requests in flight); retry shortly or use {AUTO!r}", "rate_limit_exceeded", _retry_header(1))
     try:  # a model the client named: its answer or its failure, no other model
-        return await _answer(api, req, model, {**payload, "model": model}, {})
+        return await _answer(api, req, model, {**payload, "model": model}, {}, slot)
     except UpstreamError as e:
-        raise ChatProxyError(e.status, str(e)) from None
+        raise ChatProxyError(e.status, str(e), headers=_retry_header(e.retry_after)) from None
 
 
 async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str, Any], client=None):
@@ -156,10 +201,18 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         if not allowed:
             raise ChatProxyError(403, f"model: client {client.name!r} may use none of the models chat can reach "
                                       f"({api.chat_models}); its models: {list(client.candidates)}")
-    failed: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []  # told to the client as barp.failed_over
+    errors: list[UpstreamError] = []
+    full: set[str] = set()  # chosen, but at their concurrency cap by the time the route came back
     while True:
         left = [m for m in allowed if all(m != f["model"] for f in failed)]
-        offered, met = api.upstream_health.offered(left), True
+        if not (free := api.upstream_slots.free([m for m in left if m not in full])):
+            if failed:  # a model failed and the rest are full: its failure is the answer
+                break
+            raise ChatProxyError(429, f"every candidate model is at its concurrency cap here "
+                                      f"({api.upstream_slots.refusal(left)} requests in flight); retry shortly",
+                                 "rate_limit_exceeded", _retry_header(1))
+        offered, met = api.upstream_health.offered(free), True
         if limit is not None:  # what a stream's user waits for is its first chunk; a JSON caller, the whole answer
             offered, met = api.upstream_latency.within(offered, "first_token" if req.stream else "answer", limit)
         routed = await _route(api, {**options, "candidates": offered}, prompt)
@@ -169,18 +222,27 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         if failed:
             routed["failed_over"] = failed
         model = routed["model"]
+        # The next choice keeps this request's trade-off (a paced one is not paced twice).
+        options["preference"] = routed["preference"]
+        if (slot := api.upstream_slots.take(model)) is None:  # filled while the route was decided: choose again
+            await api.withdraw(routed["request_id"])
+            full.add(model)
+            continue
         try:
-            return await _answer(api, req, model, {**payload, "model": model}, routed, prompt)
+            return await _answer(api, req, model, {**payload, "model": model}, routed, slot, prompt)
         except UpstreamError as e:
             await api.withdraw(routed["request_id"])  # no answer to rate: neither dropped nor defaulted later
             failed.append({"model": model, "status": e.status, "error": str(e)})
+            errors.append(e)
             if len(failed) >= api.settings.failover.attempts or len(left) == 1:
-                tried = ", ".join(f"{f['model']} ({f['status']})" for f in failed)
-                raise ChatProxyError(e.status, str(e) if len(failed) == 1 else f"{e}; models tried in turn: {tried}",
-                                     "context_length_exceeded" if isinstance(e, ContextOverflow) else None) from None
+                break
             api.metrics.failed_over(model)
-            # The next choice keeps this request's trade-off (a paced one is not paced twice).
-            options["preference"] = routed["preference"]
+    last = errors[-1]
+    tried = ", ".join(f"{f['model']} ({f['status']})" for f in failed)
+    waits = [e.retry_after for e in errors if e.retry_after is not None]  # every model said when: the soonest
+    raise ChatProxyError(last.status, str(last) if len(failed) == 1 else f"{last}; models tried in turn: {tried}",
+                         "context_length_exceeded" if isinstance(last, ContextOverflow) else None,
+                         _retry_header(min(waits)) if len(waits) == len(errors) else None)
 
 
 def answer_cost(usage: Any, price: dict | None) -> float | None:
@@ -205,9 +267,24 @@ def _answer_text(data: dict) -> str:
 
 
 async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str, Any], barp_info: dict[str, Any],
-                  prompt: str = ""):
+                  slot: Slot, prompt: str = ""):
+    """`_forward`, holding the request's place with the provider (`slot`) until the answer is read; a
+    stream's relay keeps it to the stream's end."""
+    try:
+        result = await _forward(api, req, model, payload, barp_info, prompt, slot)
+    except BaseException:  # a failure, or the client gone while the provider was asked
+        slot.release()
+        raise
+    if not isinstance(result, StreamingResponse):
+        slot.release()
+    return result
+
+
+async def _forward(api, req: ChatCompletionRequest, model: str, payload: dict[str, Any], barp_info: dict[str, Any],
+                   prompt: str, slot: Slot):
     """The upstream's answer as the client will get it; its failures as UpstreamError, recorded in the
-    model's breaker. A 429 is the provider limiting this service's key, not the client: a failure."""
+    model's breaker. A 429 is the provider limiting this service's key, not the client: a failure; one
+    that says when to come back holds the model out until then instead (serve/upstream_health.py)."""
     def failure(e: UpstreamError) -> UpstreamError:
         api.upstream_health.failed(model, str(e))
         api.metrics.upstream_failed(model, e.status)
@@ -231,8 +308,15 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     except UpstreamError as e:
         raise failure(e) from None
     if resp.status == 429:
+        wait = _retry_after(resp.headers)
         resp.release()
-        raise failure(UpstreamError(429, f"upstream {model!r} is rate-limiting this service (HTTP 429)"))
+        limited = UpstreamError(429, f"upstream {model!r} is rate-limiting this service (HTTP 429"
+                                     f"{'' if wait is None else f', retry after {wait:.3g} s'})", wait)
+        if wait is None:
+            raise failure(limited)
+        api.upstream_health.rate_limited(model, min(wait, api.settings.failover.max_retry_after_s), str(limited))
+        api.metrics.upstream_failed(model, 429)
+        raise limited
     headers = {REQUEST_ID_HEADER: barp_info["request_id"]} if barp_info else {}
 
     async def priced(usage: Any) -> float | None:
@@ -250,8 +334,9 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     if req.stream and resp.status == 200:
         api.upstream_health.answered(model)
         gather = bool(barp_info) and api.settings.judge.model is not None  # the answer's text, for the judge
-        return StreamingResponse(_relay(resp, model, barp_info, failure, priced, judged, timed, hide_usage, gather),
-                                 media_type="text/event-stream",
+        relay = _relay(resp, model, barp_info, failure, priced, judged, timed, slot, hide_usage, gather)
+        slot.release_with(relay)  # a stream dropped before its first chunk never runs its own `finally`
+        return StreamingResponse(relay, media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
         data = await resp.json(content_type=None)
@@ -275,8 +360,8 @@ async def _answer(api, req: ChatCompletionRequest, model: str, payload: dict[str
     return JSONResponse(status_code=resp.status, content=data, headers=headers)
 
 
-async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced, judged, timed, hide_usage: bool = False,
-                 gather: bool = False):
+async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced, judged, timed, slot: Slot,
+                 hide_usage: bool = False, gather: bool = False):
     """The upstream's SSE lines, the first data chunk with `barp` added. When the client goes away
     Starlette cancels this generator and `finally` closes the upstream connection, so the provider
     stops generating (and billing) too. A failure after the first byte cannot fail over (the client
@@ -287,7 +372,7 @@ async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced
     the usage itself: the usage-only chunk and the chunks' `usage` fields do not reach the client,
     which then sees the stream it asked for. A priced stream that ends well may be graded by the
     judge, on the text its chunks carried (`gather`: a judge is configured). The waits for the first
-    chunk and for the end are `timed`."""
+    chunk and for the end are `timed`. The provider's `slot` is given back when the stream ends, however."""
     first, waiting = bool(barp_info), True
     cost, text, room = None, [], 65536  # room: characters of the answer still kept for the judge
     try:
@@ -333,3 +418,4 @@ async def _relay(resp, model: str, barp_info: dict[str, Any], on_failure, priced
         yield b"data: " + json.dumps(error).encode() + b"\n\n"
     finally:
         resp.close()
+        slot.release()

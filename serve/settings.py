@@ -205,6 +205,8 @@ class UpstreamSettings:
     api_key_header: str = "authorization"  # "authorization" sends "Bearer <key>"; any other header gets the bare key (e.g. api-key)
     model: str | None = None  # the provider's id for this model (e.g. meta-llama/Llama-3.3-70B-Instruct-Turbo); default: the name routed
     headers: dict = field(default_factory=dict)  # other fixed headers the provider asks for (not secrets: they sit in the config)
+    # Requests in flight to this provider per ingress replica (serve/upstream_slots.py); None: no cap.
+    max_concurrent: int | None = None
 
     def validate(self, name: str) -> None:
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
@@ -222,6 +224,10 @@ class UpstreamSettings:
             if header.lower() in ("authorization", self.api_key_header.lower()):
                 raise SettingsError(f"upstreams.{name}.headers.{header}: the key's header; give the key with api_key_env or "
                                     f"api_key_file, never in the config")
+        if self.max_concurrent is not None and (isinstance(self.max_concurrent, bool) or not isinstance(self.max_concurrent, int)
+                                                or self.max_concurrent < 1):
+            raise SettingsError(f"upstreams.{name}.max_concurrent: must be an integer >= 1 (requests in flight per ingress "
+                                f"replica) or null, got {self.max_concurrent!r}")
 
 
 def _upstream(name: str, raw: Any) -> UpstreamSettings:
@@ -264,11 +270,14 @@ class FailoverSettings:
     no answer in time, a 200 that is not JSON): the failed route is withdrawn from the feedback store
     and the request is routed again among the models not yet tried, up to `attempts` models in all.
     A model that failed `failures_to_open` times in a row is left out of barp-auto's candidates for
-    `cooldown_s` (serve/upstream_health.py says why per ingress replica)."""
+    `cooldown_s` (serve/upstream_health.py says why per ingress replica). A 429 that says when to come
+    back (`Retry-After`, `retry-after-ms`) leaves the model out for that long instead, at most
+    `max_retry_after_s`, without charging its breaker."""
 
     attempts: int = 2  # models tried per barp-auto chat request, the first included; 1: no failover
     failures_to_open: int = 3
     cooldown_s: float = 30.0
+    max_retry_after_s: float = 60.0
 
     def validate(self) -> None:
         for name in ("attempts", "failures_to_open"):
@@ -276,6 +285,7 @@ class FailoverSettings:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SettingsError(f"failover.{name}: must be an integer >= 1, got {v!r}")
         _pos("failover.cooldown_s", self.cooldown_s)
+        _pos("failover.max_retry_after_s", self.max_retry_after_s)
 
 
 @dataclass

@@ -17,11 +17,12 @@ from serve.settings import ServeSettings, UpstreamSettings
 
 
 class UpstreamError(Exception):
-    """A failure the client should see as `status` with a one-line `message`."""
+    """A failure the client should see as `status` with a one-line `message`; `retry_after`: the
+    seconds a rate-limiting provider said to wait, if it said."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
 
 
 def load_key(name: str, up: UpstreamSettings) -> str | None:

@@ -8,7 +8,7 @@ it waits 30 s before answering, "upstream-slow" it streams 100 chunks 0.1 s apar
 `disconnects` when the reader went away before the end. Answers report token usage (a stream only
 with `stream_options.include_usage`). `failing` maps a model to the HTTP status
 its requests get instead of an answer (a provider outage, or 429 for a rate limit; 0: the connection
-is closed without an answer). The model named "judge" answers `judge_reply` (a grader's reply).
+is closed without an answer), with the headers in `failing_headers` (a 429's Retry-After). The model named "judge" answers `judge_reply` (a grader's reply).
 `delays` maps a model to seconds it waits before its answer (a stream: before its first chunk).
 A model id "org/name" (a provider's own naming) is answered as "name"; `requests` keeps each POST's
 path and headers. `context_chars` maps a model to the most characters of message text it takes: a longer request gets
@@ -28,9 +28,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def _json(self, status: int, obj: dict) -> None:
+    def _json(self, status: int, obj: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
@@ -56,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            self._json(server.failing[model], {"error": {"message": f"{model} is failing"}})
+            self._json(server.failing[model], {"error": {"message": f"{model} is failing"}}, server.failing_headers.get(model))
             return
         window = server.context_chars.get(model)
         length = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [])
@@ -119,6 +121,7 @@ class Upstream:
         self.server.requests = []  # (path with query, lower-cased headers) of every POST
         self.server.completed_streams = 0
         self.server.failing = {}
+        self.server.failing_headers = {}
         self.server.delays = {}
         self.server.context_chars = {}
         self.server.judge_reply = "I cannot grade this."
@@ -136,6 +139,10 @@ class Upstream:
     @property
     def failing(self) -> dict[str, int]:
         return self.server.failing
+
+    @property
+    def failing_headers(self) -> dict[str, dict[str, str]]:
+        return self.server.failing_headers
 
     @property
     def delays(self) -> dict[str, float]:

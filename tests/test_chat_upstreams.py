@@ -29,6 +29,7 @@ CLIENTS = {"search": {"token": "search-app-" + "0123456789abcdef", "preference":
 # frontier-400b's provider names it otherwise, wants a query on every URL (Azure's api-version) and a fixed header
 PROVIDER_NAMED = {"model": "acme/frontier-400b", "headers": {"X-Title": "barp-tests"}}
 WINDOWS = {"tiny-1b": 4096, "chat-8b": 8192, "general-70b": 131072}  # the other models' windows are not known
+CAPPED = "math-15b"  # one request in flight to its provider at a time (upstreams.<m>.max_concurrent)
 
 
 class Clock:
@@ -61,6 +62,80 @@ def test_a_breaker_opens_after_failures_in_a_row_and_closes_on_an_answer():
     assert h.state("a") == "closed" and changes == [("a", True), ("a", False)]
 
 
+def test_a_rate_limit_that_says_when_holds_the_model_out_until_then_without_charging_its_breaker():
+    clock, changes = Clock(), []
+    h = UpstreamHealth(failures_to_open=2, cooldown_s=10, clock=clock, on_change=lambda m, out: changes.append((m, out)))
+    h.failed("a", "HTTP 500")
+    h.rate_limited("a", 5, "HTTP 429, retry after 5 s")
+    assert h.state("a") == "rate_limited" and h.offered(["a", "b"]) == ["b"] and h.offered(["a"]) == ["a"]
+    snap = h.snapshot()["a"]
+    assert snap["failures_in_a_row"] == 1 and snap["failures"] == 2 and snap["reopens_in_s"] == 5 and changes == [("a", True)]
+    h.rate_limited("a", 2, "sooner")  # a shorter wait told later does not cut the hold short
+    clock.now = 3
+    h.answered("a")  # an answer to a request sent before the 429: the hold stays
+    assert h.state("a") == "rate_limited" and h.snapshot()["a"]["failures_in_a_row"] == 0 and changes == [("a", True)]
+    clock.now = 5
+    assert h.state("a") == "closed" and h.offered(["a", "b"]) == ["a", "b"]  # back at once: no half-open trial
+    h.answered("a")
+    assert changes == [("a", True), ("a", False)] and h.snapshot()["a"]["reopens_in_s"] is None
+
+
+@pytest.mark.parametrize("headers, wait", [
+    ({"Retry-After": "3"}, 3.0),
+    ({"retry-after-ms": "1500", "retry-after": "2"}, 1.5),  # Azure OpenAI's finer one first
+    ({"Retry-After": "soon"}, None),
+    ({"Retry-After": "inf"}, None),
+    ({"Retry-After": "-4"}, 0.0),
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6m0s",
+      "x-ratelimit-remaining-tokens": "120", "x-ratelimit-reset-tokens": "1s"}, 360.0),  # OpenAI: the spent budget's reset
+    ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1h2m3.5s"}, 3723.5),
+    ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "20ms"}, 0.02),
+    ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "later"}, None),
+    ({"x-ratelimit-remaining-tokens": "5", "x-ratelimit-reset-tokens": "1s"}, None),
+    ({}, None),
+])
+def test_a_429s_wait_is_read_from_each_providers_headers(headers, wait):
+    from multidict import CIMultiDict
+
+    from serve.openai_proxy import _retry_after
+
+    assert _retry_after(CIMultiDict(headers)) == (pytest.approx(wait) if wait is not None else None)
+
+
+def test_a_429s_wait_may_be_an_http_date():
+    from email.utils import formatdate
+
+    from multidict import CIMultiDict
+
+    from serve.openai_proxy import _retry_after
+
+    assert _retry_after(CIMultiDict({"Retry-After": formatdate(time.time() + 30, usegmt=True)})) == pytest.approx(30, abs=1.5)
+
+
+def test_a_slot_is_given_back_once_whether_released_or_its_stream_dropped():
+    import gc
+
+    from serve.upstream_slots import UpstreamSlots
+
+    seen = []
+    slots = UpstreamSlots({"a": 2, "b": None}, on_change=lambda m, n: seen.append((m, n)))
+    first, second = slots.take("a"), slots.take("a")
+    assert first and second and slots.take("a") is None and slots.full("a") and slots.free(["a", "b"]) == ["b"]
+    first.release()
+    first.release()  # twice: counted once
+    assert slots.snapshot()["a"] == {"in_flight": 1, "max_concurrent": 2} and slots.free(["a"]) == ["a"]
+
+    async def stream():
+        yield b"data: {}"
+
+    relay = stream()
+    second.release_with(relay)
+    del relay  # never iterated: its own `finally` would never run
+    gc.collect()
+    assert slots.snapshot()["a"]["in_flight"] == 0 and seen[-1] == ("a", 0)
+    assert all(slots.take("b") for _ in range(50)) and slots.snapshot()["b"] == {"in_flight": 50, "max_concurrent": None}
+
+
 def test_a_latency_limit_keeps_the_fast_and_the_untimed_and_else_the_fastest_alone():
     from serve.upstream_latency import UpstreamLatency
 
@@ -83,6 +158,7 @@ def test_a_latency_limit_keeps_the_fast_and_the_untimed_and_else_the_fastest_alo
     ({"attempts": 0}, "failover.attempts: must be an integer >= 1"),
     ({"failures_to_open": 1.5}, "failover.failures_to_open: must be an integer >= 1"),
     ({"cooldown_s": 0}, "failover.cooldown_s: must be a number > 0"),
+    ({"max_retry_after_s": -1}, "failover.max_retry_after_s: must be a number > 0"),
     ({"retry": 2}, "failover: unknown field(s) ['retry']"),
     ({"judge": {"model": "gpt-judge"}}, "judge.model: needs an entry under upstreams"),
     ({"judge": {"share": 0}}, "judge.share: must be a number in (0, 1]"),
@@ -135,6 +211,7 @@ def service(tmp_path_factory):
     PROVIDER_NAMED["base_url"] = upstream.base_url + "?api-version=2024-10-21"
     upstreams = {m: upstream.base_url for m in ("tiny-1b", "chat-8b", "code-15b", "math-15b", "general-70b", "judge")}
     upstreams["frontier-400b"] = PROVIDER_NAMED
+    upstreams[CAPPED] = {"base_url": upstream.base_url, "max_concurrent": 1}
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app_builder({
@@ -512,6 +589,107 @@ def test_a_provider_refusing_a_request_as_too_long_for_its_model_fails_over_with
         upstream.context_chars.clear()
 
 
+def _raw_chat(client, body: dict) -> tuple[int, dict, dict]:
+    """(status, lower-cased headers, JSON body): the Client helper does not return headers."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    data, headers = json.loads(resp.read()), {k.lower(): v for k, v in resp.getheaders()}
+    conn.close()
+    return resp.status, headers, data
+
+
+def _until(check, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_a_rate_limited_provider_that_says_when_is_left_out_until_then_without_its_breaker(service):
+    """A 429 with Retry-After (here Azure's retry-after-ms) fails over as any 429 does, and then the
+    model is left out of barp-auto until the time the provider gave, with no failure toward its
+    breaker; a request that names it, or has no other candidate, gets the 429 with Retry-After."""
+    client, upstream = service
+    pair = ["tiny-1b", "chat-8b"]
+    with _first_choice_failing(client, upstream, pair, 429) as (first, other):
+        upstream.failing_headers[first] = {"retry-after-ms": "2500"}
+        st, r = _chat(client, pair)
+        assert st == 200 and r["barp"]["model"] == other, r
+        (failed,) = r["barp"]["failed_over"]
+        assert failed["status"] == 429 and "retry after 2.5 s" in failed["error"], failed
+        held = _log(client)["upstreams"][first]
+        assert held["state"] == "rate_limited" and held["failures_in_a_row"] == 0 and 0 < held["reopens_in_s"] <= 2.5, held
+        calls = upstream.calls[first]
+        st, r = _chat(client, pair)
+        assert st == 200 and r["barp"]["model"] == other and "failed_over" not in r["barp"] and upstream.calls[first] == calls, r
+        ask = {"messages": [{"role": "user", "content": "Sum the first ten primes."}]}
+        st, headers, r = _raw_chat(client, {"model": first, **ask})  # named: the client's choice, told when to come back
+        assert st == 429 and headers["retry-after"] == "3" and "HTTP 429" in r["error"]["message"], (st, headers, r)
+        st, headers, r = _raw_chat(client, {"model": "barp-auto", "barp": {"candidates": [first]}, **ask})
+        assert st == 429 and headers["retry-after"] == "3" and r["error"]["type"] == "rate_limit_error", (st, headers, r)
+        upstream.failing_headers.clear()
+    assert _until(lambda: _log(client)["upstreams"][first]["state"] != "rate_limited", 5)
+    st, r = _chat(client, pair)  # its quota is back: offered at once, no half-open trial needed
+    assert st == 200 and r["barp"]["model"] == first and "failed_over" not in r["barp"], r
+    assert _log(client)["upstreams"][first]["state"] == "closed"
+
+
+def test_a_model_at_its_concurrency_cap_is_routed_around_and_a_request_naming_it_refused(service):
+    """upstreams.<m>.max_concurrent caps the requests in flight to a provider from each ingress
+    replica: barp-auto routes around a model at its cap (the decision keeps the candidates it was
+    offered), a request naming it, or whose every candidate is full, gets a 429 with Retry-After, and
+    every way a request ends gives its place back, a stream the client left before its first chunk
+    included."""
+    import http.client
+    import threading
+
+    client, upstream = service
+    other = "code-15b"
+    in_flight = lambda: _log(client)["upstream_slots"][CAPPED]["in_flight"]  # noqa: E731
+    ask = {"messages": [{"role": "user", "content": "Sum the first ten primes."}]}
+    upstream.delays[CAPPED] = 1.5
+    try:
+        held = []
+        holder = threading.Thread(target=lambda: held.append(client.post("/v1/chat/completions", {"model": CAPPED, **ask})))
+        holder.start()
+        assert _until(lambda: in_flight() == 1)
+        calls = upstream.calls[CAPPED]
+        st, headers, r = _raw_chat(client, {"model": CAPPED, **ask})
+        assert st == 429 and headers["retry-after"] == "1" and r["error"]["code"] == "rate_limit_exceeded", (st, r)
+        assert "concurrency cap" in r["error"]["message"] and "1 of 1" in r["error"]["message"], r
+        st, r = _chat(client, [CAPPED, other])
+        assert st == 200 and r["barp"]["model"] == other, r
+        assert _pending_decision(client.log_dir, r["barp"]["request_id"])["candidates"] == [other]
+        st, r = _chat(client, [CAPPED])
+        assert st == 429 and "every candidate model is at its concurrency cap" in r["error"]["message"], r
+        assert upstream.calls[CAPPED] == calls  # none of them reached the provider
+        holder.join()
+        assert held[0][0] == 200 and in_flight() == 0, held
+
+        # a stream the client leaves while the provider has not started answering
+        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps({"model": "barp-auto", "stream": True,
+                                                                  "barp": {"candidates": [CAPPED]}, **ask}),
+                     {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+        assert _until(lambda: in_flight() == 1)
+        conn.close()
+        assert _until(lambda: in_flight() == 0), _log(client)["upstream_slots"]
+        # a stream read to its end, and a JSON answer
+        st, r = _chat(client, [CAPPED], stream=True)
+        assert st == 200 and r["error"].rstrip().endswith("data: [DONE]") and in_flight() == 0, r  # SSE: not JSON
+        st, r = _chat(client, [CAPPED])
+        assert st == 200 and r["barp"]["model"] == CAPPED and in_flight() == 0, r
+    finally:
+        upstream.delays.pop(CAPPED, None)
+    assert _log(client)["upstream_slots"][CAPPED] == {"in_flight": 0, "max_concurrent": 1}
+
+
 def test_an_upstream_may_name_the_model_its_own_way_and_want_a_query_and_headers(service):
     """`upstreams.<name>.model` is the provider's id for the model routed as <name>; a base_url's
     query (Azure's api-version) stays after the /chat/completions path; `headers` go with every call."""
@@ -536,6 +714,8 @@ def test_an_upstream_may_name_the_model_its_own_way_and_want_a_query_and_headers
     ({"base_url": "http://h", "api_key_header": "api-key", "headers": {"API-Key": "x"}}, "upstreams.m.headers.API-Key"),
     ({"base_url": "http://h", "headers": {"X-Title": "a\r\nb"}}, "upstreams.m.headers: 'X-Title'"),
     ({"base_url": "http://h", "headers": ["X-Title"]}, "upstreams.m.headers: must map"),
+    ({"base_url": "http://h", "max_concurrent": 0}, "upstreams.m.max_concurrent: must be an integer >= 1"),
+    ({"base_url": "http://h", "max_concurrent": True}, "upstreams.m.max_concurrent: must be an integer >= 1"),
 ])
 def test_bad_upstream_naming_and_headers_are_refused_naming_the_field(entry, error):
     with pytest.raises(SettingsError, match=re.escape(error)):
