@@ -92,15 +92,19 @@ class RouterClient:
 
     def route(self, prompt: str, preference: float | list[float] | dict[str, float] | None = None,
               mode: str = "explore", candidates: list[str] | None = None, max_latency_s: float | None = None,
-              max_cost: float | None = None, input_tokens: int | None = None, output_tokens: int | None = None) -> Decision:
+              max_cost: float | None = None, input_tokens: int | None = None, output_tokens: int | None = None,
+              needs: list[str] | None = None) -> Decision:
         """A routing decision (`preference`: a knob k, [w_q, w_c] or {quality, cost}; None: the
         service's default for this client; `max_latency_s`: leave out models reported slower;
         `max_cost`: leave out models whose estimate for this request, `input_tokens` and
         `output_tokens` if given, is dearer; the same two counts are what the service's
-        `context_windows` must hold). Use it as a context manager to withdraw it on failure."""
+        `context_windows` must hold; `needs`: what your request takes beyond text, e.g. ["vision"],
+        which leaves out models the service's `capabilities` say lack it). Use it as a context manager
+        to withdraw it on failure."""
         body: dict[str, Any] = {"prompt": prompt, "mode": mode}
         for key, value in (("preference", preference), ("candidates", candidates), ("max_latency_s", max_latency_s),
-                           ("max_cost", max_cost), ("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+                           ("max_cost", max_cost), ("input_tokens", input_tokens), ("output_tokens", output_tokens),
+                           ("needs", needs)):
             if value is not None:
                 body[key] = value
         r = self._call("/v1/route", body)

@@ -594,6 +594,8 @@ class RouterAPI:
             candidates = candidates or (list(client.candidates) if client.candidates is not None else None)
         item = {"prompt": prompt, "preference": preference, "mode": req.mode, "candidates": candidates,
                 "client": client and client.name, "max_latency_s": req.max_latency_s}
+        if req.needs:
+            item["needs"] = sorted(set(req.needs))
         # The request's input as its provider bills it (the whole prompt, or what the client says it sends),
         # not the encoder's cut: counted only when a limit or a budget's estimate reads it.
         tokens = req.input_tokens
@@ -710,14 +712,16 @@ class RouterAPI:
 
     @api.get("/v1/models")
     async def models(self) -> dict:
-        """The routable models (a named client sees its own), their prices and known context windows, and barp-auto."""
+        """The routable models (a named client sees its own), their prices, known context windows and
+        capabilities, and barp-auto."""
         from serve.guard import CLIENT
 
         client = CLIENT.get()
         mine = [m for m in self.models if client is None or client.candidates is None or m in client.candidates]
-        windows = self.offer.context_windows
+        windows, capabilities = self.offer.context_windows, self.offer.capabilities
         listed = [{"id": m, "object": "model", "created": 0, "owned_by": "barp-ray", "price_per_mtok": self.prices.get(m) or None,
-                   **({"context_window": windows[m]} if m in windows else {})} for m in mine]
+                   **({"context_window": windows[m]} if m in windows else {}),
+                   **({"capabilities": list(capabilities[m])} if m in capabilities else {})} for m in mine]
         listed.append({"id": "barp-auto", "object": "model", "created": 0, "owned_by": "barp-ray"})
         # OpenAI's list shape (`data`), which its clients and chat front-ends read, and `models` as before
         return {"object": "list", "data": listed, "models": listed, "tau": self.tau}
@@ -742,6 +746,7 @@ class RouterAPI:
                           "budget": dataclasses.asdict(budget) if budget else None,
                           "client_budgets": {n: dataclasses.asdict(b) for n, b in self.offer.client_budgets.items()},
                           "context_windows": self.offer.context_windows,
+                          "capabilities": {m: list(c) for m, c in self.offer.capabilities.items()},
                           "refused": self.offer_error},
                 "pacing": {"replica": router["replica"], **(router["pacing"] or {})} if router["pacing"] else None,
                 "client_pacing": router.get("client_pacing") or {},

@@ -120,6 +120,23 @@ def _input_tokens(api, req: ChatCompletionRequest) -> int:
     return api.limiter.count("\n".join(text for msg in req.messages if (text := _text_of(msg))))
 
 
+_PARTS = {"image_url": "vision", "input_image": "vision", "image": "vision", "input_audio": "audio", "audio": "audio"}
+
+
+def _needs(payload: dict[str, Any]) -> list[str]:
+    """What the request takes beyond text, read the way OpenAI's API asks for it: image or audio
+    content parts, audio answers, tools (or the older functions), a JSON mode or schema."""
+    needs = {_PARTS[part["type"]] for msg in payload.get("messages") or [] if isinstance(msg.get("content"), list)
+             for part in msg["content"] if isinstance(part, dict) and part.get("type") in _PARTS}
+    if isinstance(payload.get("modalities"), list) and "audio" in payload["modalities"]:
+        needs.add("audio")
+    if payload.get("tools") or payload.get("functions"):
+        needs.add("tools")
+    kind = payload["response_format"].get("type") if isinstance(payload.get("response_format"), dict) else None
+    needs |= {"json_object": {"json_mode"}, "json_schema": {"json_schema"}}.get(kind, set())
+    return sorted(needs)
+
+
 def _earlier_turns(req: ChatCompletionRequest) -> str:
     """The conversation before the last user message, one `role: text` line per message, for the
     judge: an answer to a follow-up is graded in its context."""
@@ -195,6 +212,8 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
     elif options.get("max_cost") is not None and api.answer_tokens is None:
         raise ChatProxyError(422, "barp.max_cost: needs max_completion_tokens or max_tokens, since the checkpoint "
                                   "assumes no single answer length")
+    if needs := _needs(payload):  # models known to lack one are left out (capabilities, live)
+        options["needs"] = needs
     allowed = options.get("candidates") or api.chat_models
     if client is not None and client.candidates is not None:
         allowed = [m for m in allowed if m in client.candidates]

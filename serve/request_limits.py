@@ -17,6 +17,11 @@ A context window is the model's limit, not the request's: a model whose window t
 (its whole input as billed, plus the answer's cap if it sets one) overflow is left out, a model with
 no known window kept; when every window is too small, the largest takes it (`context_unmet`), and its
 provider decides. Tokens are counted by the router's tokenizer, a proxy for each provider's own.
+
+A capability (`capabilities`, live: images, audio, tools, a JSON schema) is the model's too, and
+unlike a window it has no nearest miss: a model known to lack one the request needs is left out, a
+model with no known capabilities kept, and when every candidate lacks one the request is refused
+(a provider without image input cannot answer a question about an image at any price).
 """
 from __future__ import annotations
 
@@ -56,3 +61,9 @@ def context_overflow(windows: dict[str, int], models: list[str], tokens: int) ->
     """Tokens by which a request of `tokens` overflows each model's context window (<= 0: it fits);
     None for a model with no known window."""
     return {m: float(tokens - windows[m]) if m in windows else None for m in models}
+
+
+def lacking(capabilities: dict[str, tuple[str, ...]], models: list[str], needs: list[str]) -> dict[str, float | None]:
+    """How many of the request's `needs` each model is known to lack (0: it has them all); None for
+    a model with no known capabilities."""
+    return {m: float(len(set(needs) - set(capabilities[m]))) if m in capabilities else None for m in models}

@@ -20,7 +20,7 @@ from ray import serve
 
 from serve.pacing import DEFAULT_PREFERENCE, BudgetPacer, PacedRoute
 from serve.settings import ServeSettings, live_offer
-from serve.request_limits import context_overflow, narrowed, route_cost_estimates
+from serve.request_limits import context_overflow, lacking, narrowed, route_cost_estimates
 
 logger = logging.getLogger("ray.serve")
 
@@ -113,6 +113,7 @@ class Router:
         self.prices: list[float] | None = None  # blended $/Mtok per offered model: reconfigure sets them
         self.offer_prices: dict = {}  # the offer's {model: {input_per_mtok, output_per_mtok}}, for the budget's estimate
         self.context_windows: dict[str, int] = {}  # the offer's known context windows, in tokens
+        self.capabilities: dict[str, tuple[str, ...]] = {}  # the offer's known capabilities beyond text
         self.bills: dict[str, float] = {}  # each model's recent mean billed cost, from the trainer's feedback
         self.latency: dict[str, float] = {}  # each model's recent reported latency (its quantile), from the trainer
         self.pacer: BudgetPacer | None = None  # set by a live `budget`: the weight for routes without a preference
@@ -138,7 +139,7 @@ class Router:
             offer.apply(fresh.module)
             fresh.models = offer.models
             self.policy, self.prices = fresh, offer.blended()  # prices are recorded with each decision
-            self.offer_prices, self.context_windows = offer.prices, offer.context_windows
+            self.offer_prices, self.context_windows, self.capabilities = offer.prices, offer.context_windows, offer.capabilities
             self.pacer = _paced(self.pacer, offer.budget, offer.models)
             self.client_pacers = {name: _paced(self.client_pacers.get(name), budget, offer.models)
                                   for name, budget in offer.client_budgets.items()}
@@ -183,7 +184,8 @@ class Router:
         from serve.feedback_store import encode_vector, new_request_id
 
         policy, prices, version, epsilon = self.policy, self.prices, self.version, self.epsilon
-        offer_prices, windows = self.offer_prices, self.context_windows  # swapped with the policy by reconfigure: one offer per batch
+        # swapped with the policy by reconfigure: one offer per batch
+        offer_prices, windows, capabilities = self.offer_prices, self.context_windows, self.capabilities
         models = list(policy.models)
         # The client left the trade-off to the service: its named client's budget paces it, else the live budget.
         pacers = [(self.client_pacers.get(it.get("client")) or self.pacer) if it["preference"] is None else None for it in items]
@@ -206,6 +208,13 @@ class Router:
                                                         f"offered: {models}"})
                     continue
             met = cost_met = context_met = True
+            if it.get("needs") and capabilities:  # a model without what the request takes cannot answer it at all
+                allowed = [m for j, m in enumerate(models) if mask is None or mask[j]]
+                mask, able = narrowed(models, mask, lambda ms: lacking(capabilities, ms, it["needs"]), 0.0)
+                if not able:
+                    out.append({"status": 422, "error": f"needs: none of the candidates {allowed} takes {sorted(it['needs'])} "
+                                                        f"(capabilities: {({m: list(capabilities[m]) for m in allowed})})"})
+                    continue
             if it.get("context_tokens") is not None and windows:  # first: a model the request overflows cannot answer it
                 mask, context_met = narrowed(models, mask, lambda ms: context_overflow(windows, ms, it["context_tokens"]), 0.0)
             if it.get("max_latency_s") is not None and self.latency:  # a route's latency limit, by the reported latencies

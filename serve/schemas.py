@@ -51,6 +51,7 @@ def _whole_number(v: Any) -> Any:
 MAX_TOKEN_COUNT = 10_000_000
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKEN_COUNT), BeforeValidator(_whole_number)]
 CostLimit = Annotated[float, Field(gt=0, le=1000, strict=True, allow_inf_nan=False)]  # dollars, a route's or a chat's max_cost
+Capability = Literal["vision", "audio", "tools", "json_mode", "json_schema"]  # serve.settings.CAPABILITIES
 
 DEFAULT_KNOB = 0.8  # a route that sends no preference, while no live budget is set: (0.8, 0.2)
 PREFERENCE_HELP = ("{quality, cost} weights or a [w_q, w_c] pair (normalised to sum to 1), or one knob k in [0,1] meaning "
@@ -86,6 +87,10 @@ class RouteRequest(BaseModel):
     output_tokens: Optional[TokenCount] = Field(
         None, description="the answer length max_cost prices (your max_tokens makes the estimate a bound; default: the "
                           "checkpoint's assumed answer length), and the answer's cap a model's context window must also hold (default: 0)")
+    needs: Optional[list[Capability]] = Field(
+        None, description="what your request to the model takes beyond text (images: vision, input_audio: audio, tools, "
+                          "response_format json_object: json_mode, json_schema): leave out models the service's capabilities "
+                          "say lack one (a model it knows nothing of is kept); 422 if every candidate lacks one")
 
     @field_validator("preference")
     @classmethod

@@ -380,7 +380,9 @@ class RetentionSettings:
 TOPOLOGIES = ("colocated", "split")
 # What `user_config` may set live, and the deployments that take it in each topology.
 LIVE_KEYS = ("models", "prices", "decision_shrinkage", "decision_shrinkage_gate", "decision_cost_multiplier", "budget",
-             "client_budgets", "context_windows")
+             "client_budgets", "context_windows", "capabilities")
+# What a chat request may need of a model beyond text, as OpenAI's API asks for it (serve/openai_proxy.py reads them).
+CAPABILITIES = ("vision", "audio", "tools", "json_mode", "json_schema")
 LIVE_OFFER_DEPLOYMENTS = {"colocated": ("RouterAPI", "TrainerDeployment"),
                           "split": ("RouterModel", "RouterAPI", "TrainerDeployment")}
 
@@ -560,6 +562,8 @@ class Offer:
     client_budgets: dict = field(default_factory=dict)
     # Each model's context window in tokens, where the operator gave one: a request that needs more is not sent there.
     context_windows: dict = field(default_factory=dict)
+    # What each model takes beyond text, where the operator said (`CAPABILITIES`): a request needing more is not sent there.
+    capabilities: dict = field(default_factory=dict)
 
     def cards(self) -> list:
         from barp_ray.model_cards import cards_for
@@ -603,7 +607,7 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
         prices = live_prices(config.get("prices"), meta)
         return Offer(tuple(meta["models"]), {m: p for m, p in prices.items() if p}, dict(meta.get("sizes") or {}), shrinkage, charge,
                      live_budget(config, meta, prices), live_client_budgets(config, meta, prices),
-                     live_context_windows(config, meta["models"]))
+                     live_context_windows(config, meta["models"]), live_capabilities(config, meta["models"]))
     if config.get("prices"):
         raise SettingsError("prices: give each model's price inside `models` when `models` is set, not both")
     head = checkpoint_head(meta)
@@ -617,7 +621,7 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
     prices = {c.name: {"input_per_mtok": float(c.input_per_mtok), "output_per_mtok": float(c.output_per_mtok)} for c in cards}
     return Offer(tuple(c.name for c in cards), prices, {c.name: float(c.size_b) for c in cards if c.size_b}, shrinkage, charge,
                  live_budget(config, meta, prices), live_client_budgets(config, meta, prices),
-                 live_context_windows(config, [c.name for c in cards]))
+                 live_context_windows(config, [c.name for c in cards]), live_capabilities(config, [c.name for c in cards]))
 
 
 def live_context_windows(config: dict, models) -> dict[str, int]:
@@ -636,6 +640,24 @@ def live_context_windows(config: dict, models) -> dict[str, int]:
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise SettingsError(f"context_windows.{name}: must be a positive whole number of tokens, got {tokens!r}")
     return {str(name): int(tokens) for name, tokens in raw.items()}
+
+
+def live_capabilities(config: dict, models) -> dict[str, tuple[str, ...]]:
+    """`capabilities: {<model>: [vision, tools, ...]}` set live: what each model's provider takes beyond
+    text (`CAPABILITIES`). A model listed has exactly those; a model left out is not known, and kept
+    for any request. Set live like context windows, since providers add features while serving."""
+    raw = config.get("capabilities")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"capabilities: must map model names to lists of {list(CAPABILITIES)}, got {raw!r}")
+    unknown = sorted(set(map(str, raw)) - set(models))
+    if unknown:
+        raise SettingsError(f"capabilities: unknown model(s) {unknown}; offered: {list(models)}")
+    for name, features in raw.items():
+        if not isinstance(features, list) or not all(isinstance(f, str) and f in CAPABILITIES for f in features):
+            raise SettingsError(f"capabilities.{name}: must be a list of {list(CAPABILITIES)} (may be empty), got {features!r}")
+    return {str(name): tuple(sorted(set(features))) for name, features in raw.items()}
 
 
 def live_decision_shrinkage(config: dict, meta: dict) -> tuple[float, str]:

@@ -29,6 +29,8 @@ CLIENTS = {"search": {"token": "search-app-" + "0123456789abcdef", "preference":
 # frontier-400b's provider names it otherwise, wants a query on every URL (Azure's api-version) and a fixed header
 PROVIDER_NAMED = {"model": "acme/frontier-400b", "headers": {"X-Title": "barp-tests"}}
 WINDOWS = {"tiny-1b": 4096, "chat-8b": 8192, "general-70b": 131072}  # the other models' windows are not known
+# what each model takes beyond text (live); code-15b, math-15b and frontier-400b are not known
+CAPABILITIES = {"general-70b": ["vision", "tools", "json_mode", "json_schema"], "chat-8b": ["tools", "json_mode"], "tiny-1b": []}
 CAPPED = "math-15b"  # one request in flight to its provider at a time (upstreams.<m>.max_concurrent)
 
 
@@ -225,6 +227,7 @@ def service(tmp_path_factory):
         "latency": {"window": 10, "min_samples": 3},
         "judge": {"model": "judge", "defer_s": 0.5},  # its reply is no grade unless a test sets one: then nothing is posted
         "context_windows": WINDOWS,  # live (user_config), as prices are
+        "capabilities": CAPABILITIES,
     }), name="barp", route_prefix="/")
     client = Client(port)
     client.meta = json.loads((Path(checkpoint) / "barp_meta.json").read_text())  # the served prices and tau
@@ -556,6 +559,54 @@ def test_a_request_longer_than_a_models_context_window_is_not_sent_there(service
     st, listed = client.get("/v1/models")
     windows = {m["id"]: m.get("context_window") for m in listed["models"]}
     assert windows[small] == WINDOWS[small] and windows["code-15b"] is None, listed
+
+
+def test_a_request_needing_images_tools_or_a_schema_goes_only_to_models_that_take_them(service):
+    """`capabilities` (live): a chat request with an image part, tools or a JSON schema is routed only
+    among models known to take them or not known at all, even where cost alone would pick another;
+    the decision keeps the narrowed candidates. If every candidate lacks one, a 422 names them. A
+    route states its `needs` itself; a named model is the client's choice and is not checked."""
+    client, _ = service
+    image = [{"type": "text", "text": "What is in this picture?"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    cheap = {"mode": "greedy", "preference": [0, 1]}  # cost only: the cheapest allowed model
+
+    def auto(candidates, content="Sum the first ten primes.", **extra):
+        return client.post("/v1/chat/completions", {"model": "barp-auto", "messages": [{"role": "user", "content": content}],
+                                                    "barp": {"candidates": candidates, **cheap}, **extra})
+
+    def offered(r):
+        return _pending_decision(client.log_dir, r["barp"]["request_id"])["candidates"]
+
+    st, r = auto(["tiny-1b", "chat-8b", "general-70b"], image)
+    assert st == 200 and r["barp"]["model"] == "general-70b" and offered(r) == ["general-70b"], r
+    st, r = auto(["tiny-1b", "chat-8b", "general-70b"], tools=[{"type": "function", "function": {"name": "add", "parameters": {}}}])
+    assert st == 200 and set(offered(r)) == {"chat-8b", "general-70b"}, r
+    st, r = auto(["tiny-1b", "chat-8b", "general-70b"], response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+    assert offered(r) == ["general-70b"], r
+    st, r = auto(["tiny-1b", "code-15b"], image)  # a model nothing is known of is kept
+    assert st == 200 and offered(r) == ["code-15b"], r
+    st, r = auto(["tiny-1b", "chat-8b"])  # text only: nothing narrowed
+    assert set(offered(r)) == {"tiny-1b", "chat-8b"}, r
+    st, r = auto(["tiny-1b", "chat-8b"], image, tools=[{"type": "function", "function": {"name": "add", "parameters": {}}}])
+    assert st == 422 and "['tools', 'vision']" in r["error"]["message"] and "tiny-1b" in r["error"]["message"], r
+    st, r = client.post("/v1/chat/completions", {"model": "tiny-1b", "messages": [{"role": "user", "content": image}]})
+    assert st == 200, r  # named: passed on as asked
+
+    st, r = client.post("/v1/route", {"prompt": "Describe the chart.", "needs": ["vision"], "candidates": ["tiny-1b", "general-70b"],
+                                      **cheap})
+    assert st == 200 and r["model"] == "general-70b" and _pending_decision(client.log_dir, r["request_id"])["candidates"] == ["general-70b"]
+    st, r = client.post("/v1/route", {"prompt": "Describe the chart.", "needs": ["pictures"]})
+    assert st == 422 and "needs" in r["error"], r
+    from barp_ray.client import RouterClient
+
+    d = RouterClient(f"http://127.0.0.1:{client.port}", TOKEN).route("Describe the chart.", [0, 1], "greedy",
+                                                                    ["tiny-1b", "chat-8b", "general-70b"], needs=["json_schema"])
+    assert d.model == "general-70b"
+    st, listed = client.get("/v1/models")
+    known = {m["id"]: m.get("capabilities") for m in listed["models"]}
+    assert known["chat-8b"] == ["json_mode", "tools"] and known["tiny-1b"] == [] and known["code-15b"] is None, listed
+    assert _log(client)["offer"]["capabilities"]["general-70b"] == sorted(CAPABILITIES["general-70b"])
 
 
 def test_a_provider_refusing_a_request_as_too_long_for_its_model_fails_over_without_its_breaker(service):

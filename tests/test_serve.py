@@ -402,6 +402,21 @@ def test_live_context_windows_name_offered_models_and_whole_token_counts():
         live_offer({**new_model, "context_windows": {"a": 10}}, meta)
 
 
+def test_live_capabilities_name_offered_models_and_known_features():
+    from serve.settings import SettingsError, live_offer
+
+    meta = {"models": ["a", "b"], "prices": {}, "config": {"policy": {"head": "model_conditioned"}}}
+    assert live_offer({}, meta).capabilities == {}
+    assert live_offer({"capabilities": {"a": ["vision", "tools", "vision"], "b": []}}, meta).capabilities == \
+        {"a": ("tools", "vision"), "b": ()}
+    for capabilities, field in [({"x": []}, r"capabilities: unknown model\(s\) \['x'\]; offered: \['a', 'b'\]"),
+                                ({"a": ["images"]}, r"capabilities\.a: must be a list of \['vision', 'audio', 'tools'"),
+                                ({"a": "vision"}, r"capabilities\.a"), ({"a": [1]}, r"capabilities\.a"),
+                                (["vision"], "capabilities: must map")]:
+        with pytest.raises(SettingsError, match=field):
+            live_offer({"capabilities": capabilities}, meta)
+
+
 def test_a_live_model_list_needs_a_model_conditioned_checkpoint_and_names_the_field():
     from serve.settings import SettingsError, live_offer
 
