@@ -234,7 +234,12 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         offered, met = api.upstream_health.offered(free), True
         if limit is not None:  # what a stream's user waits for is its first chunk; a JSON caller, the whole answer
             offered, met = api.upstream_latency.within(offered, "first_token" if req.stream else "answer", limit)
-        routed = await _route(api, {**options, "candidates": offered}, prompt)
+        try:
+            routed = await _route(api, {**options, "candidates": offered}, prompt)
+        except ChatProxyError:
+            if failed:  # none left can take it (its needs): the failure before is the answer
+                break
+            raise
         if not met:
             routed["latency_unmet"] = True
             api.metrics.limit_unmet("latency")

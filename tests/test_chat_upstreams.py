@@ -566,7 +566,7 @@ def test_a_request_needing_images_tools_or_a_schema_goes_only_to_models_that_tak
     among models known to take them or not known at all, even where cost alone would pick another;
     the decision keeps the narrowed candidates. If every candidate lacks one, a 422 names them. A
     route states its `needs` itself; a named model is the client's choice and is not checked."""
-    client, _ = service
+    client, upstream = service
     image = [{"type": "text", "text": "What is in this picture?"},
              {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
     cheap = {"mode": "greedy", "preference": [0, 1]}  # cost only: the cheapest allowed model
@@ -592,6 +592,12 @@ def test_a_request_needing_images_tools_or_a_schema_goes_only_to_models_that_tak
     assert st == 422 and "['tools', 'vision']" in r["error"]["message"] and "tiny-1b" in r["error"]["message"], r
     st, r = client.post("/v1/chat/completions", {"model": "tiny-1b", "messages": [{"role": "user", "content": image}]})
     assert st == 200, r  # named: passed on as asked
+    upstream.failing["general-70b"] = 500  # the one model that takes images fails: its failure is the answer, not a 422
+    try:
+        st, r = auto(["tiny-1b", "general-70b"], image)
+    finally:
+        upstream.failing.clear()
+    assert st == 502 and "general-70b" in r["error"]["message"], r
 
     st, r = client.post("/v1/route", {"prompt": "Describe the chart.", "needs": ["vision"], "candidates": ["tiny-1b", "general-70b"],
                                       **cheap})
