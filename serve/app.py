@@ -488,6 +488,9 @@ class RouterAPI:
 
         f = settings.failover
         self.upstream_health = UpstreamHealth(f.failures_to_open, f.cooldown_s, on_change=self.metrics.breaker)
+        from serve.context_refusals import ContextRefusals
+
+        self.context_refusals = ContextRefusals()
         from serve.upstream_slots import UpstreamSlots
 
         self.upstream_slots = UpstreamSlots({m: up.max_concurrent for m, up in settings.upstreams.items()},
@@ -754,6 +757,8 @@ class RouterAPI:
                 "upstreams": self.upstream_health.snapshot(),
                 # ... its chat requests in flight to each provider, and the caps on them (upstreams.<m>.max_concurrent)
                 "upstream_slots": self.upstream_slots.snapshot(),
+                # ... and the shortest request each provider refused here as too long for its model (in the router's tokens)
+                "context_refusals": self.context_refusals.snapshot(),
                 # ... and how fast each provider answered here (a chat request's barp.max_latency_s reads it)
                 "upstream_latency": self.upstream_latency.snapshot(),
                 "clients": {c.name: c.public() for c in self.clients.values()},

@@ -194,7 +194,8 @@ async def forward_chat(api, req: ChatCompletionRequest):
 
 async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str, Any], client=None):
     """Route among the models this service can forward to (one without an upstream would only turn
-    the request into a 502), skipping those whose breaker is open; when the chosen provider fails,
+    the request into a 502), skipping those whose breaker is open, at their concurrency cap, or that
+    refused a request as long as this one as too long; when the chosen provider fails,
     withdraw that decision and route again among the models not yet tried (`failover.attempts`).
     `client`: the named client the request came from, which chooses among its own models only."""
     if not api.chat_models:
@@ -214,6 +215,13 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
                                   "assumes no single answer length")
     if needs := _needs(payload):  # models known to lack one are left out (capabilities, live)
         options["needs"] = needs
+
+    def length() -> int:
+        """The request's tokens as a context window must hold them, counted once when first read."""
+        if "input_tokens" not in options:
+            options["input_tokens"] = min(_input_tokens(api, req), MAX_TOKEN_COUNT)
+        return options["input_tokens"] + options.get("output_tokens", 0)
+
     allowed = options.get("candidates") or api.chat_models
     if client is not None and client.candidates is not None:
         allowed = [m for m in allowed if m in client.candidates]
@@ -232,6 +240,8 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
                                       f"({api.upstream_slots.refusal(left)} requests in flight); retry shortly",
                                  "rate_limit_exceeded", _retry_header(1))
         offered, met = api.upstream_health.offered(free), True
+        if api.context_refusals:  # models that refused a request at least this long (serve/context_refusals.py)
+            offered = api.context_refusals.fitting(offered, length())
         if limit is not None:  # what a stream's user waits for is its first chunk; a JSON caller, the whole answer
             offered, met = api.upstream_latency.within(offered, "first_token" if req.stream else "answer", limit)
         try:
@@ -258,6 +268,8 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
             await api.withdraw(routed["request_id"])  # no answer to rate: neither dropped nor defaulted later
             failed.append({"model": model, "status": e.status, "error": str(e)})
             errors.append(e)
+            if isinstance(e, ContextOverflow):
+                api.context_refusals.refused(model, length())
             if len(failed) >= api.settings.failover.attempts or len(left) == 1:
                 break
             api.metrics.failed_over(model)

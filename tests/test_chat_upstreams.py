@@ -619,26 +619,38 @@ def test_a_provider_refusing_a_request_as_too_long_for_its_model_fails_over_with
     """A 400 that says the request is longer than the model's context window (OpenAI's code
     context_length_exceeded, vLLM's wording) is about this request and this model, not a failure of
     the provider: barp-auto withdraws that route and tries another model, and the breaker is not
-    charged. When every model tried refuses, the client gets the 400 naming them."""
+    charged. The replica remembers the shortest request each model refused: one at least as long is
+    not offered to it again (shorter ones are). When every model tried refuses, the client gets the
+    400 naming them."""
     client, upstream = service
     pair = ["code-15b", "math-15b"]  # no window configured: only the provider knows it
     first, other = _first_and_other(client, pair)
     charged = _log(client)["upstreams"].get(first, {}).get("failures", 0)
     upstream.context_chars[first] = 10
     try:
+        st, r = _chat(client, pair)
+        assert st == 200 and r["barp"]["model"] == other, r
+        (failed,) = r["barp"]["failed_over"]
+        assert failed["model"] == first and failed["status"] == 400 and "maximum context length" in failed["error"], failed
+        refused = _log(client)["context_refusals"][first]
+        assert refused["refusals"] == 1 and refused["refused_at_tokens"] > 0, refused
+        calls = upstream.calls[first]
+        st, r = _chat(client, pair)  # as long: not offered to the model that refused it
+        assert st == 200 and r["barp"]["model"] == other and "failed_over" not in r["barp"] and upstream.calls[first] == calls, r
+        assert _pending_decision(client.log_dir, r["barp"]["request_id"])["candidates"] == [other]
+        upstream.context_chars[first] = 12
+        st, r = _chat(client, pair, messages=[{"role": "user", "content": "Sum primes."}])  # shorter: offered again
+        assert st == 200 and set(_pending_decision(client.log_dir, r["barp"]["request_id"])["candidates"]) == set(pair), r
+        upstream.context_chars[first] = 10
         for _ in range(3):  # more than failures_to_open: a breaker charged for these would open
-            st, r = _chat(client, pair)
-            assert st == 200 and r["barp"]["model"] == other, r
-            (failed,) = r["barp"]["failed_over"]
-            assert failed["model"] == first and failed["status"] == 400 and "maximum context length" in failed["error"], failed
+            st, r = _chat(client, [first])  # its only candidate: tried although it refused as long a request before
+            assert st == 400 and r["error"]["code"] == "context_length_exceeded", r
         assert _log(client)["upstreams"].get(first, {}).get("failures", 0) == charged, _log(client)["upstreams"]
-        st, r = client.post("/v1/route", {"prompt": "Sum the first ten primes.", "candidates": pair, "mode": "greedy",
-                                          "preference": 0.7})
-        assert r["model"] == first  # still offered
+        assert _log(client)["context_refusals"][first]["refusals"] == 4
         upstream.context_chars[other] = 10
         st, r = _chat(client, pair)
         assert st == 400 and r["error"]["code"] == "context_length_exceeded", r  # OpenAI's shape and code, as the provider's
-        assert "longer than its context window" in r["error"]["message"] and f"{first} (400), {other} (400)" in r["error"]["message"]
+        assert "longer than its context window" in r["error"]["message"] and f"{other} (400), {first} (400)" in r["error"]["message"]
         # a named model is the client's choice: the provider's own 400 passes through
         st, r = client.post("/v1/chat/completions", {"model": first, "messages": [{"role": "user", "content": "Sum the first ten primes."}]})
         assert st == 400 and r["error"]["code"] == "context_length_exceeded", r
