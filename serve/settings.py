@@ -207,6 +207,10 @@ class UpstreamSettings:
     headers: dict = field(default_factory=dict)  # other fixed headers the provider asks for (not secrets: they sit in the config)
     # Requests in flight to this provider per ingress replica (serve/upstream_slots.py); None: no cap.
     max_concurrent: int | None = None
+    timeout_s: float | None = None  # this provider's upstream_timeout_s (a slow large model, a fast small one); None: the service's
+    # Fields every request to this provider carries unless the request sets them (OpenRouter's `provider`,
+    # vLLM's `chat_template_kwargs`, a reasoning model's `reasoning_effort`).
+    body: dict = field(default_factory=dict)
 
     def validate(self, name: str) -> None:
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
@@ -224,6 +228,13 @@ class UpstreamSettings:
             if header.lower() in ("authorization", self.api_key_header.lower()):
                 raise SettingsError(f"upstreams.{name}.headers.{header}: the key's header; give the key with api_key_env or "
                                     f"api_key_file, never in the config")
+        if self.timeout_s is not None:
+            _pos(f"upstreams.{name}.timeout_s", self.timeout_s)
+        if not isinstance(self.body, dict) or not all(isinstance(k, str) for k in self.body):
+            raise SettingsError(f"upstreams.{name}.body: must map request fields to values, got {self.body!r}")
+        if owned := sorted(set(self.body) & {"model", "messages", "stream", "stream_options", "barp"}):
+            raise SettingsError(f"upstreams.{name}.body.{owned[0]}: set by the service or the client, not the config "
+                                f"(the provider's model id is upstreams.{name}.model)")
         if self.max_concurrent is not None and (isinstance(self.max_concurrent, bool) or not isinstance(self.max_concurrent, int)
                                                 or self.max_concurrent < 1):
             raise SettingsError(f"upstreams.{name}.max_concurrent: must be an integer >= 1 (requests in flight per ingress "

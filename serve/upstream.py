@@ -77,11 +77,12 @@ class UpstreamPool:
         import aiohttp
 
         s = self.settings
-        timeout = (aiohttp.ClientTimeout(total=None, connect=s.upstream_connect_timeout_s, sock_read=s.upstream_timeout_s)
-                   if stream else aiohttp.ClientTimeout(total=s.upstream_timeout_s, connect=s.upstream_connect_timeout_s))
         url = self._url(model)
-        if provider_id := self.settings.upstreams[model].model:
-            payload = {**payload, "model": provider_id}
+        up = s.upstreams[model]
+        wait = up.timeout_s or s.upstream_timeout_s
+        timeout = (aiohttp.ClientTimeout(total=None, connect=s.upstream_connect_timeout_s, sock_read=wait)
+                   if stream else aiohttp.ClientTimeout(total=wait, connect=s.upstream_connect_timeout_s))
+        payload = {**up.body, **payload, **({"model": up.model} if up.model else {})}  # the request's own fields win
         for attempt in range(s.upstream_retries + 1):
             try:
                 resp = await self._client().post(url, json=payload, headers=self._headers[model], timeout=timeout)
@@ -92,7 +93,7 @@ class UpstreamPool:
                                              f"{type(e).__name__}") from None
                 await asyncio.sleep(0.1 * 2**attempt)
             except TimeoutError:  # asyncio's and aiohttp's read timeouts are this too
-                raise UpstreamError(504, f"upstream {model!r} did not answer within {s.upstream_timeout_s:g} s") from None
+                raise UpstreamError(504, f"upstream {model!r} did not answer within {wait:g} s") from None
             except aiohttp.ClientError as e:
                 raise UpstreamError(502, f"upstream {model!r} failed: {type(e).__name__}") from None
         if resp.status in (401, 403) or resp.status >= 500:

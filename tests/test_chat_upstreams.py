@@ -27,7 +27,8 @@ CLIENTS = {"search": {"token": "search-app-" + "0123456789abcdef", "preference":
 
 
 # frontier-400b's provider names it otherwise, wants a query on every URL (Azure's api-version) and a fixed header
-PROVIDER_NAMED = {"model": "acme/frontier-400b", "headers": {"X-Title": "barp-tests"}}
+PROVIDER_NAMED = {"model": "acme/frontier-400b", "headers": {"X-Title": "barp-tests"},
+                  "body": {"top_k": 40, "temperature": 0.2}, "timeout_s": 1.0}  # fields of its own; a shorter wait
 WINDOWS = {"tiny-1b": 4096, "chat-8b": 8192, "general-70b": 131072}  # the other models' windows are not known
 # what each model takes beyond text (live); code-15b, math-15b and frontier-400b are not known
 CAPABILITIES = {"general-70b": ["vision", "tools", "json_mode", "json_schema"], "chat-8b": ["tools", "json_mode"], "tiny-1b": []}
@@ -759,9 +760,10 @@ def test_a_model_at_its_concurrency_cap_is_routed_around_and_a_request_naming_it
     assert _log(client)["upstream_slots"][CAPPED] == {"in_flight": 0, "max_concurrent": 1}
 
 
-def test_an_upstream_may_name_the_model_its_own_way_and_want_a_query_and_headers(service):
+def test_an_upstream_may_name_the_model_its_own_way_and_want_a_query_headers_fields_and_its_own_timeout(service):
     """`upstreams.<name>.model` is the provider's id for the model routed as <name>; a base_url's
-    query (Azure's api-version) stays after the /chat/completions path; `headers` go with every call."""
+    query (Azure's api-version) stays after the /chat/completions path; `headers` go with every call,
+    `body` fields with every request that does not set them; `timeout_s` is this provider's wait."""
     client, upstream = service
     for body in ({"model": "barp-auto", "barp": {"candidates": ["frontier-400b"]}}, {"model": "frontier-400b"}):
         seen, seen_bodies = len(upstream.server.requests), len(upstream.bodies)
@@ -770,8 +772,19 @@ def test_an_upstream_may_name_the_model_its_own_way_and_want_a_query_and_headers
         # the judge may grade an earlier answer meanwhile: read this call's request among the newer ones
         (path, headers), = [(p, h) for p, h in upstream.server.requests[seen:] if "x-title" in h]
         assert path == "/v1/chat/completions?api-version=2024-10-21" and headers["x-title"] == "barp-tests", (path, headers)
-        assert [b["model"] for b in upstream.bodies[seen_bodies:] if b["model"] != "judge"] == [PROVIDER_NAMED["model"]]
+        (sent,) = [b for b in upstream.bodies[seen_bodies:] if b["model"] != "judge"]
+        assert sent["model"] == PROVIDER_NAMED["model"] and sent["top_k"] == 40 and sent["temperature"] == 0.2, sent
     assert r.get("barp") is None and st == 200  # a named model: no routing
+    seen_bodies = len(upstream.bodies)
+    st, r = client.post("/v1/chat/completions", {"model": "frontier-400b", "temperature": 0.9,
+                                                  "messages": [{"role": "user", "content": "Name a prime."}]})
+    assert st == 200 and upstream.bodies[seen_bodies]["temperature"] == 0.9  # the request's own field wins
+    upstream.delays["frontier-400b"] = 1.5  # longer than its own timeout_s, far within the service's 5 s
+    try:
+        st, r = client.post("/v1/chat/completions", {"model": "frontier-400b", "messages": [{"role": "user", "content": "Name a prime."}]})
+    finally:
+        upstream.delays.clear()
+    assert st == 504 and "within 1 s" in r["error"]["message"], r
     st, r = client.post("/v1/chat/completions", {"model": "barp-auto", "barp": {"candidates": ["frontier-400b"]},
                                                   "messages": [{"role": "user", "content": "Name a prime."}]})
     assert r["barp"]["model"] == "frontier-400b"  # the name routed (and rewarded), not the provider's id
@@ -784,6 +797,9 @@ def test_an_upstream_may_name_the_model_its_own_way_and_want_a_query_and_headers
     ({"base_url": "http://h", "headers": {"X-Title": "a\r\nb"}}, "upstreams.m.headers: 'X-Title'"),
     ({"base_url": "http://h", "headers": ["X-Title"]}, "upstreams.m.headers: must map"),
     ({"base_url": "http://h", "max_concurrent": 0}, "upstreams.m.max_concurrent: must be an integer >= 1"),
+    ({"base_url": "http://h", "timeout_s": 0}, "upstreams.m.timeout_s: must be a number > 0"),
+    ({"base_url": "http://h", "body": {"model": "x"}}, "upstreams.m.body.model: set by the service or the client"),
+    ({"base_url": "http://h", "body": ["top_k"]}, "upstreams.m.body: must map"),
     ({"base_url": "http://h", "max_concurrent": True}, "upstreams.m.max_concurrent: must be an integer >= 1"),
 ])
 def test_bad_upstream_naming_and_headers_are_refused_naming_the_field(entry, error):
