@@ -19,6 +19,7 @@ COMMANDS = {
     "replay": ("serve.log_replay", "train a checkpoint on the service's logged rewards as if it had been served; write it"),
     "import-feedback": ("serve.feedback_import", "bring a JSONL feedback log or a feedback archive into the configured store"),
     "export-feedback": ("serve.feedback_export", "write every joined reward in the configured store to Parquet files (nothing deleted)"),
+    "check-serve": ("serve.config_check", "check a Serve config file (settings, live offer on every deployment, keys) before serve deploy"),
 }
 
 

@@ -826,8 +826,11 @@ class RouterAPI:
             return _error(e.status, str(e), CHAT_PATH, e.code, e.headers)
 
 
-def app_builder(args: dict[str, Any] | None = None):
-    """Entry point for `serve run` / `serve deploy` (import_path: serve.app:app_builder)."""
+def checked_app(args: dict[str, Any] | None, environment: bool = True) -> tuple[ServeSettings, dict, dict]:
+    """(settings, the checkpoint's meta, the live offer given in `args`): everything a deploy can refuse
+    before it starts anything, as SettingsError naming the field. `environment`: also the API, admin and
+    clients' tokens and the providers' keys, read from this process's environment and files (the
+    replicas read their own)."""
     args = dict(args or {})
     # live: user_config (reconfigure in place), not deployment arguments (a rolling restart)
     live = {k: v for k in LIVE_KEYS if (v := args.pop(k, None)) is not None}
@@ -839,6 +842,8 @@ def app_builder(args: dict[str, Any] | None = None):
     except (OSError, ValueError):  # missing (FileNotFoundError), unreachable or unreadable
         raise SettingsError(f"checkpoint: {settings.checkpoint} is not a barp-ray checkpoint (no {META_FILE})") from None
     live_offer(live, meta)  # refused here, before anything is deployed
+    if not environment:
+        return settings, meta, live
     try:
         load_token(settings.auth)
         load_admin_token(settings.auth)
@@ -852,6 +857,12 @@ def app_builder(args: dict[str, Any] | None = None):
             auth_headers(name, up)
     except UpstreamError as e:
         raise SettingsError(str(e)) from None
+    return settings, meta, live
+
+
+def app_builder(args: dict[str, Any] | None = None):
+    """Entry point for `serve run` / `serve deploy` (import_path: serve.app:app_builder)."""
+    settings, _, live = checked_app(args)
     trainer = TrainerDeployment.options(user_config=live).bind(settings)
     log = FeedbackLogDeployment.bind(settings)
     if settings.topology == "colocated":  # the ingress routes: it scales and reserves CPU as the router would

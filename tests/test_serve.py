@@ -402,6 +402,73 @@ def test_live_context_windows_name_offered_models_and_whole_token_counts():
         live_offer({**new_model, "context_windows": {"a": 10}}, meta)
 
 
+def test_barp_check_serve_runs_the_deploy_checks_on_a_config_file_and_names_each_problem(world, tmp_path, monkeypatch, capsys):
+    """`barp check-serve`: the shipped config file, pointed at a real checkpoint, passes with the API
+    token in the environment and fails naming it without; a bad setting, a bad live offer on a
+    deployment, and an offer given to the ingress but not to the trainer are each named by
+    application, deployment and field; relative paths get a note."""
+    import copy
+
+    import yaml
+
+    from barp_ray.cli import main as barp
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "serve.yaml").read_text())
+
+    def checked(edit=None, *flags) -> tuple[int, str]:
+        config = copy.deepcopy(shipped)
+        app = config["applications"][0]
+        app["args"].update(checkpoint=str(world["checkpoint"]), log_dir=str(tmp_path / "log"))
+        app["args"]["trainer"]["state_dir"] = str(tmp_path / "trainer")
+        if edit:
+            edit(app)
+        path = tmp_path / "serve.yaml"
+        path.write_text(yaml.safe_dump(config))
+        code = barp(["check-serve", str(path), *flags])
+        return code, capsys.readouterr().out
+
+    monkeypatch.setenv("BARP_API_TOKEN", TOKEN)
+    code, out = checked()
+    assert code == 0 and "ok:" in out and "note:" not in out, out
+    monkeypatch.delenv("BARP_API_TOKEN")
+    code, out = checked()
+    assert code == 1 and "problem: applications[barp].args.auth.token_env ($BARP_API_TOKEN): no token" in out, out
+    code, out = checked(None, "--no-environment")
+    assert code == 0 and "not checked: the API" in out, out
+
+    def bad_arg(app):
+        app["args"]["failover"]["attempts"] = 0
+        app["args"]["log_dir"] = "runs/here"
+
+    code, out = checked(bad_arg, "--no-environment")
+    assert code == 1 and "problem: applications[barp].args.failover.attempts: must be an integer >= 1" in out, out
+
+    def relative(app):
+        app["args"]["log_dir"] = "runs/here"
+
+    code, out = checked(relative, "--no-environment")
+    assert code == 0 and "note: applications[barp].args.log_dir: 'runs/here' is relative" in out, out
+
+    offer = {"capabilities": {"chat-8b": ["vision"]}}
+
+    def ingress_only(app):
+        app["deployments"][0]["user_config"] = offer
+
+    code, out = checked(ingress_only, "--no-environment")
+    assert code == 1 and "the live offer differs between the deployments that read it" in out and "TrainerDeployment" in out, out
+
+    def both(app, given=offer):
+        app["deployments"][0]["user_config"] = given
+        app["deployments"].append({"name": "TrainerDeployment", "user_config": given})
+
+    code, out = checked(both, "--no-environment")
+    assert code == 0, out
+    code, out = checked(lambda app: both(app, {"capabilities": {"chat-8b": ["images"]}}), "--no-environment")
+    assert code == 1 and "problem: applications[barp].deployments[RouterAPI].user_config.capabilities.chat-8b: must be a list" in out, out
+    (tmp_path / "broken.yaml").write_text("applications: [")
+    assert barp(["check-serve", str(tmp_path / "broken.yaml")]) == 2 and "cannot read it as YAML" in capsys.readouterr().err
+
+
 def test_live_capabilities_name_offered_models_and_known_features():
     from serve.settings import SettingsError, live_offer
 
