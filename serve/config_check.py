@@ -12,6 +12,7 @@ offers, naming the application, deployment and field of each problem.
 
     barp check-serve configs/serve.yaml                 # exit 0: deployable from here; 1: problems listed
     barp check-serve configs/serve.yaml --no-environment   # skip tokens and provider keys (read where replicas run)
+    barp check-serve deploy/k8s/rayservice.yaml            # a KubeRay RayService: its serveConfigV2
 """
 from __future__ import annotations
 
@@ -87,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     p = argparse.ArgumentParser(prog="barp check-serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("config", help="a Serve config file (YAML), e.g. configs/serve.yaml")
+    p.add_argument("config", help="a Serve config file (YAML), e.g. configs/serve.yaml, or a KubeRay RayService manifest")
     p.add_argument("--no-environment", action="store_true",
                    help="skip what is read from the environment and secrets files where the replicas run: tokens, provider keys")
     args = p.parse_args(argv)
     try:
         config = yaml.safe_load(Path(args.config).read_text())
+        if isinstance(config, dict) and config.get("kind") == "RayService":  # KubeRay: the Serve config is a string in it
+            config = yaml.safe_load((config.get("spec") or {}).get("serveConfigV2") or "")
     except (OSError, yaml.YAMLError) as e:
         print(f"barp check-serve: error: {args.config}: cannot read it as YAML ({type(e).__name__})", file=sys.stderr)
         return 2

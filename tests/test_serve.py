@@ -406,7 +406,8 @@ def test_barp_check_serve_runs_the_deploy_checks_on_a_config_file_and_names_each
     """`barp check-serve`: the shipped config file, pointed at a real checkpoint, passes with the API
     token in the environment and fails naming it without; a bad setting, a bad live offer on a
     deployment, and an offer given to the ingress but not to the trainer are each named by
-    application, deployment and field; relative paths get a note."""
+    application, deployment and field; relative paths get a note. A KubeRay RayService manifest is
+    checked by its serveConfigV2."""
     import copy
 
     import yaml
@@ -465,6 +466,10 @@ def test_barp_check_serve_runs_the_deploy_checks_on_a_config_file_and_names_each
     assert code == 0, out
     code, out = checked(lambda app: both(app, {"capabilities": {"chat-8b": ["images"]}}), "--no-environment")
     assert code == 1 and "problem: applications[barp].deployments[RouterAPI].user_config.capabilities.chat-8b: must be a list" in out, out
+    manifest = (Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "rayservice.yaml").read_text()
+    (tmp_path / "rayservice.yaml").write_text(manifest.replace("/mnt/barp/checkpoints/barp-llmrouter", str(world["checkpoint"])))
+    assert barp(["check-serve", str(tmp_path / "rayservice.yaml"), "--no-environment"]) == 0, capsys.readouterr().out  # its serveConfigV2
+    capsys.readouterr()
     (tmp_path / "broken.yaml").write_text("applications: [")
     assert barp(["check-serve", str(tmp_path / "broken.yaml")]) == 2 and "cannot read it as YAML" in capsys.readouterr().err
 
