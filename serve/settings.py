@@ -635,18 +635,24 @@ def live_offer(user_config: Any, meta: dict) -> Offer:
                  live_context_windows(config, [c.name for c in cards]), live_capabilities(config, [c.name for c in cards]))
 
 
+def _per_model(config: dict, key: str, models, values: str) -> dict:
+    """A live `{<model>: value}` map: {} when unset; refused unless a mapping over offered models."""
+    raw = config.get(key)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{key}: must map model names to {values}, got {raw!r}")
+    unknown = sorted(set(map(str, raw)) - set(models))
+    if unknown:
+        raise SettingsError(f"{key}: unknown model(s) {unknown}; offered: {list(models)}")
+    return raw
+
+
 def live_context_windows(config: dict, models) -> dict[str, int]:
     """`context_windows: {<model>: tokens}` set live: the most tokens (prompt and answer) each model
     takes at its provider. A model left out has no known limit. Set live like prices, since models
     and providers change while serving."""
-    raw = config.get("context_windows")
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SettingsError(f"context_windows: must map model names to token counts, got {raw!r}")
-    unknown = sorted(set(map(str, raw)) - set(models))
-    if unknown:
-        raise SettingsError(f"context_windows: unknown model(s) {unknown}; offered: {list(models)}")
+    raw = _per_model(config, "context_windows", models, "token counts")
     for name, tokens in raw.items():
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise SettingsError(f"context_windows.{name}: must be a positive whole number of tokens, got {tokens!r}")
@@ -657,14 +663,7 @@ def live_capabilities(config: dict, models) -> dict[str, tuple[str, ...]]:
     """`capabilities: {<model>: [vision, tools, ...]}` set live: what each model's provider takes beyond
     text (`CAPABILITIES`). A model listed has exactly those; a model left out is not known, and kept
     for any request. Set live like context windows, since providers add features while serving."""
-    raw = config.get("capabilities")
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SettingsError(f"capabilities: must map model names to lists of {list(CAPABILITIES)}, got {raw!r}")
-    unknown = sorted(set(map(str, raw)) - set(models))
-    if unknown:
-        raise SettingsError(f"capabilities: unknown model(s) {unknown}; offered: {list(models)}")
+    raw = _per_model(config, "capabilities", models, f"lists of {list(CAPABILITIES)}")
     for name, features in raw.items():
         if not isinstance(features, list) or not all(isinstance(f, str) and f in CAPABILITIES for f in features):
             raise SettingsError(f"capabilities.{name}: must be a list of {list(CAPABILITIES)} (may be empty), got {features!r}")
