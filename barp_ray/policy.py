@@ -128,13 +128,14 @@ class RoutingPolicy:
         """Whether this policy reads the prompt's text statistics after h(x) (`encoder.text_stats`)."""
         return bool(self.reading["text_stats"])
 
-    def observe(self, prompts: Sequence[str], stats: np.ndarray | None = None) -> np.ndarray:
+    def observe(self, prompts: Sequence[str], stats: np.ndarray | None = None, h: np.ndarray | None = None) -> np.ndarray:
         """[B, D] what the policy reads of each prompt: h(x) from the training encoder, then the text
         statistics if it was trained with them. `stats`: already computed (the serving ingress does,
-        on the prompt before truncation), else computed here from `prompts`."""
+        on the prompt before truncation), else computed here from `prompts`. `h`: h(x) already
+        encoded (a router replica keeps recent ones: serve/embedding_cache.py), else encoded here."""
         from barp_ray.encoder import encode
 
-        h = encode(list(prompts), self.encoder)
+        h = encode(list(prompts), self.encoder) if h is None else h
         if not self.text_stats:
             return h
         return np.hstack([h, text_stats(prompts) if stats is None else np.asarray(stats, dtype=np.float32)])

@@ -233,9 +233,11 @@ def shipped_args() -> dict:
     return yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())["applications"][0]["args"]
 
 
-def chat_service(checkpoint: str, upstream_url: str, topology: str = "colocated", scratch_prefix: str = "barp-chat-") -> tuple[str, object]:
+def chat_service(checkpoint: str, upstream_url: str, topology: str = "colocated", scratch_prefix: str = "barp-chat-",
+                 **settings) -> tuple[str, object]:
     """A local 2-CPU Ray with the app on one ingress replica, every model forwarded to `upstream_url`,
-    no trainer and no token (loopback benchmarks): (its base URL, a function that stops it all)."""
+    no trainer and no token (loopback benchmarks): (its base URL, a function that stops it all).
+    `settings`: more serve settings (e.g. embedding_cache=0)."""
     import ray
     from ray import serve
 
@@ -252,7 +254,7 @@ def chat_service(checkpoint: str, upstream_url: str, topology: str = "colocated"
         "upstreams": {m: upstream_url for m in read_meta(checkpoint)["models"]},
         "router_autoscaling": {"min_replicas": 1, "max_replicas": 1},
         "trainer": {"enabled": False, "state_dir": str(scratch / "trainer")},
-        "auth": {"disabled": True},
+        "auth": {"disabled": True}, **settings,
     }), name="barp", route_prefix="/")
 
     def stop() -> None:

@@ -753,6 +753,8 @@ class RouterAPI:
                           "refused": self.offer_error},
                 "pacing": {"replica": router["replica"], **(router["pacing"] or {})} if router["pacing"] else None,
                 "client_pacing": router.get("client_pacing") or {},
+                # that router replica's encoder outputs kept for repeated prompts (embedding_cache)
+                "embedding_cache": {"replica": router["replica"], **router["embedding_cache"]},
                 # this ingress replica's breakers (each replica keeps its own): models whose provider failed here
                 "upstreams": self.upstream_health.snapshot(),
                 # ... its chat requests in flight to each provider, and the caps on them (upstreams.<m>.max_concurrent)

@@ -120,6 +120,9 @@ class Router:
         self.client_pacers: dict[str, BudgetPacer] = {}  # live `client_budgets`: a named client's own
         self._scan_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-scan")
         self.offer_taken = False
+        from serve.embedding_cache import EmbeddingCache
+
+        self.embeddings = EmbeddingCache(settings.embedding_cache)
         self.metrics = ReplicaMetrics()
         self.metrics.serving(self.version)
         self.replica = serve.get_replica_context().replica_id.unique_id
@@ -194,7 +197,8 @@ class Router:
             items = [{**it, "preference": pacer.preference() if pacer is not None else list(DEFAULT_PREFERENCE)} if p else it
                      for it, p, pacer in zip(items, paced, pacers)]
         stats = [it.get("text_stats") for it in items]
-        emb = policy.observe([it["prompt"] for it in items], None if None in stats else stats)
+        prompts = [it["prompt"] for it in items]
+        emb = policy.observe(prompts, None if None in stats else stats, self.embeddings.encode(prompts, policy.encoder))
         probs = policy.probabilities(emb, np.asarray([it["preference"] for it in items], dtype=np.float32))
         e = self.settings.exploration
         out, decisions = [], []
@@ -311,4 +315,5 @@ class Router:
     def info(self) -> dict:
         return {"replica": self.replica, "policy_version": self.version, "started_version": self.started_version,
                 "pid": os.getpid(), "pacing": self.pacer.state() if self.pacer is not None else None,
+                "embedding_cache": self.embeddings.state(),
                 "client_pacing": {name: p.state() for name, p in self.client_pacers.items()}}

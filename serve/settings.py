@@ -410,6 +410,7 @@ class ServeSettings:
     # and a router replica's death is retried by the ingress)
     topology: str = "colocated"
     lone_route_threads: int = 0  # torch threads for a route alone in its router replica; 0: the CPUs Ray reserved (batches always use those)
+    embedding_cache: int = 4096  # prompts whose h(x) each router replica keeps, so a repeat skips the encoder (0: off)
     upstreams: dict = field(default_factory=dict)  # model name -> base URL, or {base_url, api_key_env | api_key_file, api_key_header}
     upstream_timeout_s: float = 60.0  # whole answer; for a stream, the longest wait between two chunks
     upstream_connect_timeout_s: float = 5.0
@@ -442,6 +443,9 @@ class ServeSettings:
             raise SettingsError(f"topology: must be one of {list(TOPOLOGIES)}, got {self.topology!r}")
         if isinstance(self.lone_route_threads, bool) or not isinstance(self.lone_route_threads, int) or self.lone_route_threads < 0:
             raise SettingsError(f"lone_route_threads: must be an integer >= 0, got {self.lone_route_threads!r}")
+        if isinstance(self.embedding_cache, bool) or not isinstance(self.embedding_cache, int) or self.embedding_cache < 0:
+            raise SettingsError(f"embedding_cache: must be an integer >= 0 (prompts kept per router replica; 0: off), "
+                                f"got {self.embedding_cache!r}")
         if not isinstance(self.upstreams, dict):
             raise SettingsError("upstreams: must be a mapping of model name to base URL")
         self.upstreams = {name: _upstream(name, raw) for name, raw in self.upstreams.items()}

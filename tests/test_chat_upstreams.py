@@ -659,6 +659,25 @@ def test_a_provider_refusing_a_request_as_too_long_for_its_model_fails_over_with
         upstream.context_chars.clear()
 
 
+def test_a_repeated_prompt_is_routed_from_the_kept_encoding_as_from_a_fresh_one(service):
+    """embedding_cache: the router replica keeps recent prompts' h(x); a repeat skips the encoder and is
+    routed exactly as the first time (the same distribution), and /v1/stats counts the hit."""
+    client, _ = service
+    prompt = f"Which of these is prime: 91, 97, 99? ({time.time()})"  # never seen before in this replica
+
+    def route():
+        st, r = client.post("/v1/route", {"prompt": prompt, "mode": "greedy", "preference": 0.6})
+        assert st == 200, r
+        return r["probabilities"], r["policy_version"]
+
+    before = _log(client)["embedding_cache"]
+    first, second = route(), route()
+    after = _log(client)["embedding_cache"]
+    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"] + 1, (before, after)
+    assert first[1] != second[1] or first[0] == second[0]  # same weights: the same decision
+    assert after["capacity"] == 4096 and 0 < after["entries"] <= 4096
+
+
 def _raw_chat(client, body: dict) -> tuple[int, dict, dict]:
     """(status, lower-cased headers, JSON body): the Client helper does not return headers."""
     import http.client

@@ -111,3 +111,22 @@ def test_text_statistics_describe_how_a_prompt_is_put_and_stay_of_order_one():
     assert s[2, col("code_share")] > 1 > s[1, col("code_share")]
     assert s[2, col("digit_share")] > 0 == s[1, col("digit_share")]
     assert -4 <= s.min() and s.max() < 6  # a megabyte of text is still a few units: inputs stay of order one
+
+
+def test_the_embedding_cache_gives_the_encoders_own_vectors_and_forgets_the_least_recent():
+    from barp_ray.encoder import PACKAGED, encode
+    from serve.embedding_cache import EmbeddingCache
+
+    cache = EmbeddingCache(capacity=2)
+    texts = ["Sum the first ten primes.", "Write a haiku about rain.", "Sum the first ten primes."]
+    assert np.array_equal(cache.encode(texts, PACKAGED), encode(texts, PACKAGED))  # bit for bit, kept or fresh
+    assert cache.state() == {"capacity": 2, "entries": 2, "hits": 0, "misses": 3}
+    cache.encode([texts[0]], PACKAGED)  # used: the haiku is now the least recent
+    cache.encode(["Name a mammal that lays eggs."], PACKAGED)
+    assert cache.state()["entries"] == 2 and cache.state()["hits"] == 1
+    cache.encode([texts[0]], PACKAGED)
+    assert cache.state()["hits"] == 2  # kept
+    cache.encode([texts[1]], PACKAGED)
+    assert cache.state()["misses"] == 5  # forgotten, encoded again
+    off = EmbeddingCache(capacity=0)
+    assert np.array_equal(off.encode(texts, PACKAGED), encode(texts, PACKAGED)) and off.state()["entries"] == 0

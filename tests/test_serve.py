@@ -347,6 +347,7 @@ def test_settings_errors_name_the_field():
         ({"limits": {"max_chat_body_bytes": 0}}, "limits.max_chat_body_bytes"),
         ({"topology": "sidecar"}, "topology"),
         ({"lone_route_threads": 1.5}, "lone_route_threads"),
+        ({"embedding_cache": -1}, "embedding_cache"),
         ({"retention": {"keep_rewards": 3000}}, "retention.keep_rewards: must be at least trainer.window"),  # < what a restart reads back
         ({"retention": {"max_age_days": 0}}, "retention.max_age_days"),
         ({"retention": {"archive": ""}}, "retention.archive"),
