@@ -165,6 +165,8 @@ def run(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="barp-online-"))
     proc, http = start_service(work, checkpoint, args.epsilon, args.set)
     users = LiveUsers(http.post, world)
+    if args.rate:
+        users.one_round = paced(users.one_round, args.rate)
     linucb = LinUCBPlayer(sim_world, embeddings, args.seed)
     windows: list[dict] = []
     failures = 0
@@ -207,6 +209,23 @@ def run(args) -> dict:
     finally:
         stop_service(proc)
     return summarize(args, windows, stats, failures, time.time() - t0)
+
+
+def paced(one_round, rate: float):
+    """`one_round` started at most `rate` times a second over all clients: feedback arrives at a set
+    pace, as traffic does, instead of as fast as the service answers (a faster service would
+    otherwise bring more rounds between two of the trainer's updates)."""
+    import threading
+
+    lock, slot = threading.Lock(), [time.monotonic()]
+
+    def one(*a):
+        with lock:
+            start = slot[0] = max(slot[0] + 1 / rate, time.monotonic())
+        time.sleep(max(0.0, start - time.monotonic()))
+        return one_round(*a)
+
+    return one
 
 
 def closure(w: dict, key: str) -> float:
@@ -292,6 +311,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-prompts", type=int, default=120)
     p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--rate", type=float, default=None, help="feedback rounds started per second at most (default: as fast as "
+                                                            "the clients get answers)")
     p.add_argument("--topics", nargs="+", default=["sql", "poetry", "law", "chemistry"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="app args override, e.g. trainer.window=512")
