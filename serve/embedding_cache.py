@@ -20,8 +20,9 @@ import numpy as np
 
 
 class EmbeddingCache:
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, on_lookup=None):
         self.capacity = capacity
+        self.on_lookup = on_lookup  # (hits, misses) per call: the replica's counter
         self._vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # a replica encodes on its event loop and in its batch thread
         self.hits = self.misses = 0
@@ -49,6 +50,8 @@ class EmbeddingCache:
                     self._vectors.popitem(last=False)
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
+        if self.on_lookup:
+            self.on_lookup(len(prompts) - len(missing), len(missing))
         return np.stack(found)
 
     def state(self) -> dict:

@@ -139,9 +139,19 @@ class ReplicaMetrics:
                                           description="w_q given to routes without a preference, chosen to fit the live budget "
                                                       "(client: a named client's own budget; empty: the live budget)",
                                           tag_keys=("client",))
+        self.encodings = metrics.Counter("barp_embedding_cache_total",
+                                         description="prompts a router replica routed, by whether their encoding was kept "
+                                                     "from an earlier one (hit) or computed (miss): embedding_cache",
+                                         tag_keys=("outcome",))
         self.paced_spend = metrics.Gauge("barp_budget_estimated_spend_dollars",
                                          description="estimated dollars per 1,000 paced routes at that weight, on the replica's recent ones (bills where known)",
                                          tag_keys=("client",))
+
+    def encoded(self, hits: int, misses: int) -> None:
+        if hits:
+            self.encodings.inc(hits, tags={"outcome": "hit"})
+        if misses:
+            self.encodings.inc(misses, tags={"outcome": "miss"})
 
     def serving(self, version: int) -> None:
         self.version.set(version)

@@ -122,8 +122,8 @@ class Router:
         self.offer_taken = False
         from serve.embedding_cache import EmbeddingCache
 
-        self.embeddings = EmbeddingCache(settings.embedding_cache)
         self.metrics = ReplicaMetrics()
+        self.embeddings = EmbeddingCache(settings.embedding_cache, on_lookup=self.metrics.encoded)
         self.metrics.serving(self.version)
         self.replica = serve.get_replica_context().replica_id.unique_id
         load_encoder(self.policy.encoder, "cpu")  # warm: the first request should not pay for it
