@@ -41,10 +41,19 @@ def check(config: dict, environment: bool = True) -> tuple[list[str], list[str]]
     for i, app in enumerate(apps):
         name = app.get("name", f"#{i}") if isinstance(app, dict) else f"#{i}"
         where = f"applications[{name}]"
-        if not isinstance(app, dict) or app.get("import_path") != BUILDER:
+        if not isinstance(app, dict):
+            problems.append(f"{where}: must be a mapping with name, import_path and args, got {app!r:.80}")
+            continue
+        if app.get("import_path") != BUILDER:
             notes.append(f"{where}: not barp-ray's app ({BUILDER}); not checked")
             continue
-        args = app.get("args") or {}
+        args, deployments = app.get("args") or {}, app.get("deployments") or []
+        if not isinstance(args, dict):
+            problems.append(f"{where}.args: must be a mapping of the app's settings, got {args!r:.80}")
+            continue
+        if not isinstance(deployments, list) or not all(isinstance(d, dict) for d in deployments):
+            problems.append(f"{where}.deployments: must be a list of mappings with a name, got {deployments!r:.80}")
+            continue
         try:
             settings, meta, live = checked_app(args, environment)
         except (SettingsError, ValueError) as e:
@@ -59,8 +68,9 @@ def check(config: dict, environment: bool = True) -> tuple[list[str], list[str]]
                              f"here; `serve deploy` builds it on the cluster, so give an absolute path there")
         readers = LIVE_OFFER_DEPLOYMENTS[settings.topology]
         offers: dict[str, Any] = {}
-        for dep in app.get("deployments") or []:
-            if not isinstance(dep, dict) or "user_config" not in dep:
+        refused = False
+        for dep in deployments:
+            if "user_config" not in dep:
                 continue
             dep_name = dep.get("name", "?")
             if dep_name not in readers:
@@ -70,9 +80,11 @@ def check(config: dict, environment: bool = True) -> tuple[list[str], list[str]]
             try:
                 live_offer(dep["user_config"], meta)
             except ValueError as e:
-                problems.append(f"{where}.deployments[{dep_name}].user_config.{e}")
+                field = str(e) if str(e).startswith("user_config") else f"user_config.{e}"
+                problems.append(f"{where}.deployments[{dep_name}].{field}")
+                refused = True
             offers[dep_name] = dep["user_config"] or {}
-        if offers:  # the file's offer replaces the args' on the deployments that set one: all must agree
+        if offers and not refused:  # the file's offer replaces the args' on the deployments that set one: all must agree
             expected = {d: offers.get(d, live) for d in readers}
             if len({json.dumps(o, sort_keys=True) for o in expected.values()}) > 1:
                 given = ", ".join(f"{d}: {'its own' if d in offers else 'the args’ (none set here)'}" for d in readers)

@@ -471,6 +471,17 @@ def test_barp_check_serve_runs_the_deploy_checks_on_a_config_file_and_names_each
     (tmp_path / "rayservice.yaml").write_text(manifest.replace("/mnt/barp/checkpoints/barp-llmrouter", str(world["checkpoint"])))
     assert barp(["check-serve", str(tmp_path / "rayservice.yaml"), "--no-environment"]) == 0, capsys.readouterr().out  # its serveConfigV2
     capsys.readouterr()
+    checkpoint = str(world["checkpoint"])
+    for app, field in [(7, "applications[#0]: must be a mapping"),
+                       ({"import_path": "serve.app:app_builder", "args": [1]}, "applications[#0].args: must be a mapping"),
+                       ({"import_path": "serve.app:app_builder", "args": {"checkpoint": checkpoint}, "deployments": "RouterAPI"},
+                        "applications[#0].deployments: must be a list"),
+                       ({"import_path": "serve.app:app_builder", "args": {"checkpoint": checkpoint},
+                         "deployments": [{"name": "RouterAPI", "user_config": "prices"}]},
+                        "applications[#0].deployments[RouterAPI].user_config: must be a mapping")]:
+        (tmp_path / "odd.yaml").write_text(yaml.safe_dump({"applications": [app]}))
+        assert barp(["check-serve", str(tmp_path / "odd.yaml"), "--no-environment"]) == 1
+        assert f"problem: {field}" in capsys.readouterr().out
     (tmp_path / "broken.yaml").write_text("applications: [")
     assert barp(["check-serve", str(tmp_path / "broken.yaml")]) == 2 and "cannot read it as YAML" in capsys.readouterr().err
 
