@@ -5,6 +5,7 @@ Errors are one line naming the field, like the training config, so `serve run` f
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +233,11 @@ class UpstreamSettings:
             _pos(f"upstreams.{name}.timeout_s", self.timeout_s)
         if not isinstance(self.body, dict) or not all(isinstance(k, str) for k in self.body):
             raise SettingsError(f"upstreams.{name}.body: must map request fields to values, got {self.body!r}")
+        try:
+            json.dumps(self.body, allow_nan=False)
+        except (TypeError, ValueError):
+            raise SettingsError(f"upstreams.{name}.body: must hold JSON values only (a YAML date or NaN is not one), "
+                                f"got {self.body!r}") from None
         if owned := sorted(set(self.body) & {"model", "messages", "stream", "stream_options", "barp"}):
             raise SettingsError(f"upstreams.{name}.body.{owned[0]}: set by the service or the client, not the config "
                                 f"(the provider's model id is upstreams.{name}.model)")

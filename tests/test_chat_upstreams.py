@@ -819,6 +819,7 @@ def test_an_upstream_may_name_the_model_its_own_way_and_want_a_query_headers_fie
     ({"base_url": "http://h", "timeout_s": 0}, "upstreams.m.timeout_s: must be a number > 0"),
     ({"base_url": "http://h", "body": {"model": "x"}}, "upstreams.m.body.model: set by the service or the client"),
     ({"base_url": "http://h", "body": ["top_k"]}, "upstreams.m.body: must map"),
+    ({"base_url": "http://h", "body": {"seed": float("nan")}}, "upstreams.m.body: must hold JSON values only"),
     ({"base_url": "http://h", "max_concurrent": True}, "upstreams.m.max_concurrent: must be an integer >= 1"),
 ])
 def test_bad_upstream_naming_and_headers_are_refused_naming_the_field(entry, error):
