@@ -84,6 +84,11 @@ def check(config: dict, environment: bool = True) -> tuple[list[str], list[str]]
                 problems.append(f"{where}.deployments[{dep_name}].{field}")
                 refused = True
             offers[dep_name] = dep["user_config"] or {}
+        offered = set(meta["models"]) | {str(m) for o in [live, *offers.values()] if isinstance(o, dict)
+                                         and isinstance(o.get("models"), dict) for m in o["models"]}
+        for stray in sorted(set(settings.upstreams) - offered - {settings.judge.model}):
+            notes.append(f"{where}.args.upstreams.{stray}: not a model the checkpoint or the live offer routes, nor the judge: "
+                         f"no request can reach it (a typo? routed: {sorted(offered)})")
         if offers and not refused:  # the file's offer replaces the args' on the deployments that set one: all must agree
             expected = {d: offers.get(d, live) for d in readers}
             if len({json.dumps(o, sort_keys=True) for o in expected.values()}) > 1:

@@ -450,6 +450,8 @@ def test_barp_check_serve_runs_the_deploy_checks_on_a_config_file_and_names_each
 
     code, out = checked(relative, "--no-environment")
     assert code == 0 and "note: applications[barp].args.log_dir: 'runs/here' is relative" in out, out
+    code, out = checked(lambda app: app["args"].update(upstreams={"chat-8B": "http://127.0.0.1:9/v1"}), "--no-environment")
+    assert code == 0 and "note: applications[barp].args.upstreams.chat-8B: not a model the checkpoint" in out, out
 
     offer = {"capabilities": {"chat-8b": ["vision"]}}
 
