@@ -171,25 +171,55 @@ async def forward_chat(api, req: ChatCompletionRequest):
     if model != AUTO and model not in api.settings.upstreams:
         raise ChatProxyError(422, f"model: no upstream configured for {model!r}; use {AUTO!r} or one of {api.chat_models}")
     wanted = req.barp.candidates if req.barp and req.barp.candidates else []
-    unreachable = sorted(set(wanted) - set(api.settings.upstreams))
-    if unreachable:
-        raise ChatProxyError(422, f"barp.candidates: no upstream for {unreachable}; chat can use {api.chat_models}")
+    fallbacks = req.barp.fallbacks if req.barp and req.barp.fallbacks else []
+    if fallbacks and model == AUTO:
+        raise ChatProxyError(422, f"barp.fallbacks: only for a named model; {AUTO!r} tries other models itself (failover.attempts)")
+    for field, names in (("barp.candidates", wanted), ("barp.fallbacks", fallbacks)):
+        if unreachable := sorted(set(names) - set(api.settings.upstreams)):
+            raise ChatProxyError(422, f"{field}: no upstream for {unreachable}; chat can use {api.chat_models}")
     from serve.guard import CLIENT
 
     client = CLIENT.get()  # a named client stays within its models
-    if client is not None and (refused := client.refusal("barp.candidates" if wanted else "model",
-                                                         [*wanted, *([] if model == AUTO else [model])])):
+    if client is not None and (refused := client.refusal("barp.candidates" if wanted else "barp.fallbacks" if fallbacks else "model",
+                                                         [*wanted, *fallbacks, *([] if model == AUTO else [model])])):
         raise ChatProxyError(403, refused)
     payload = req.model_dump(exclude_unset=True, exclude={"barp"})
     if model == AUTO:
         return await _auto(api, req, prompt, payload, client)
-    if (slot := api.upstream_slots.take(model)) is None:
-        raise ChatProxyError(429, f"model: {model!r} is at its concurrency cap here ({api.upstream_slots.refusal([model])} "
-                                  f"requests in flight); retry shortly or use {AUTO!r}", "rate_limit_exceeded", _retry_header(1))
-    try:  # a model the client named: its answer or its failure, no other model
-        return await _answer(api, req, model, {**payload, "model": model}, {}, slot)
-    except UpstreamError as e:
-        raise ChatProxyError(e.status, str(e), headers=_retry_header(e.retry_after)) from None
+    return await _named(api, req, payload, [model, *(m for m in fallbacks if m != model)])
+
+
+async def _named(api, req: ChatCompletionRequest, payload: dict[str, Any], chain: list[str]):
+    """A model the client named: its answer or its failure. With `barp.fallbacks`, the next model in
+    `chain` is tried when one fails or is at its concurrency cap, as a gateway's fallbacks do; nothing
+    is routed, so nothing is learned. `x-barp-model` names the model that answered."""
+    failed: list[str] = []
+    errors: list[UpstreamError] = []
+    for model in chain:
+        if (slot := api.upstream_slots.take(model)) is None:
+            errors.append(UpstreamError(429, f"model: {model!r} is at its concurrency cap here "
+                                             f"({api.upstream_slots.refusal([model])} requests in flight)", 1.0))
+            failed.append(f"{model} (429)")
+            continue
+        try:
+            resp = await _answer(api, req, model, {**payload, "model": model}, {}, slot)
+        except UpstreamError as e:
+            errors.append(e)
+            failed.append(f"{model} ({e.status})")
+            continue
+        if len(chain) > 1:
+            resp.headers["x-barp-model"] = model
+            if failed:
+                resp.headers["x-barp-failed-over"] = ", ".join(failed)
+        return resp
+    last = errors[-1]
+    waits = [e.retry_after for e in errors if e.retry_after is not None]
+    capped = all(e.status == 429 and str(e).startswith("model:") for e in errors)
+    message = str(last) if len(chain) == 1 else f"{last}; models tried in turn: {', '.join(failed)}"
+    if capped and len(chain) == 1:
+        message += f"; retry shortly or use {AUTO!r}"
+    raise ChatProxyError(last.status, message, "rate_limit_exceeded" if capped else None,
+                         _retry_header(min(waits)) if len(waits) == len(errors) else None)
 
 
 async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str, Any], client=None):

@@ -205,6 +205,10 @@ class RouteOptions(BaseModel):
         None, description="dollars this request may cost at most: leave out models whose estimate is higher (every message's tokens "
                     "x input price + max_completion_tokens or max_tokens, else the checkpoint's assumed answer length, x output "
                     "price), and any model without a price; if none fits, the cheapest answers")
+    fallbacks: Optional[list[str]] = Field(
+        None, min_length=1, max_length=8,
+        description="for a named model only: the models to try in turn when its provider fails or is at its concurrency cap "
+                    "(not routed, nothing learned); the answer's x-barp-model header names the one that answered")
 
 
 class ChatMessage(BaseModel):

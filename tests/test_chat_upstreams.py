@@ -752,6 +752,8 @@ def test_a_model_at_its_concurrency_cap_is_routed_around_and_a_request_naming_it
         st, headers, r = _raw_chat(client, {"model": CAPPED, **ask})
         assert st == 429 and headers["retry-after"] == "1" and r["error"]["code"] == "rate_limit_exceeded", (st, r)
         assert "concurrency cap" in r["error"]["message"] and "1 of 1" in r["error"]["message"], r
+        st, headers, r = _raw_chat(client, {"model": CAPPED, "barp": {"fallbacks": [other]}, **ask})  # a named model's fallback
+        assert st == 200 and headers["x-barp-model"] == other and headers["x-barp-failed-over"] == f"{CAPPED} (429)", (st, headers)
         st, r = _chat(client, [CAPPED, other])
         assert st == 200 and r["barp"]["model"] == other, r
         assert _pending_decision(client.log_dir, r["barp"]["request_id"])["candidates"] == [other]
@@ -777,6 +779,40 @@ def test_a_model_at_its_concurrency_cap_is_routed_around_and_a_request_naming_it
     finally:
         upstream.delays.pop(CAPPED, None)
     assert _log(client)["upstream_slots"][CAPPED] == {"in_flight": 0, "max_concurrent": 1}
+
+
+def test_a_named_model_falls_back_in_turn_to_the_models_the_request_lists(service):
+    """`barp.fallbacks` on a named model: when its provider fails (or it is at its cap) the next is tried,
+    streamed or not; `x-barp-model` names the one that answered and `x-barp-failed-over` the ones before.
+    Nothing is routed. Every one failing is the last failure with all named; barp-auto cannot take it."""
+    import http.client
+
+    client, upstream = service
+    ask = {"messages": [{"role": "user", "content": "Name a prime."}]}
+    named, backup = "tiny-1b", "general-70b"
+    upstream.failing[named] = 500
+    try:
+        st, headers, r = _raw_chat(client, {"model": named, "barp": {"fallbacks": [backup]}, **ask})
+        assert st == 200 and headers["x-barp-model"] == backup and headers["x-barp-failed-over"] == f"{named} (502)", (st, headers)
+        assert r["choices"][0]["message"]["content"] == f"answer from {backup}" and r.get("barp") is None, r
+        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps({"model": named, "stream": True, "barp": {"fallbacks": [backup]}, **ask}),
+                     {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        conn.close()
+        assert resp.status == 200 and resp.getheader("x-barp-model") == backup and f" {backup}" in body and body.rstrip().endswith("[DONE]")
+        upstream.failing[backup] = 503
+        st, headers, r = _raw_chat(client, {"model": named, "barp": {"fallbacks": [backup]}, **ask})
+        assert st == 502 and f"models tried in turn: {named} (502), {backup} (502)" in r["error"]["message"], r
+    finally:
+        upstream.failing.clear()
+    for m in (named, backup):  # an answer closes the breakers these failures opened, for the tests after
+        assert client.post("/v1/chat/completions", {"model": m, **ask})[0] == 200
+    st, r = client.post("/v1/chat/completions", {"model": "barp-auto", "barp": {"fallbacks": [backup]}, **ask})
+    assert st == 422 and r["error"]["message"].startswith("barp.fallbacks: only for a named model"), r
+    st, r = client.post("/v1/chat/completions", {"model": named, "barp": {"fallbacks": ["nowhere-1b"]}, **ask})
+    assert st == 422 and r["error"]["message"].startswith("barp.fallbacks: no upstream for ['nowhere-1b']"), r
 
 
 def test_an_upstream_may_name_the_model_its_own_way_and_want_a_query_headers_fields_and_its_own_timeout(service):
