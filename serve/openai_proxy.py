@@ -28,6 +28,7 @@ from serve.upstream_slots import Slot
 
 AUTO = "barp-auto"
 REQUEST_ID_HEADER = "x-barp-request-id"
+MODEL_HEADER = "x-barp-model"  # the model that answered: routed (barp-auto) or a named model's fallback
 
 
 class ContextOverflow(UpstreamError):
@@ -208,7 +209,7 @@ async def _named(api, req: ChatCompletionRequest, payload: dict[str, Any], chain
             failed.append(f"{model} ({e.status})")
             continue
         if len(chain) > 1:
-            resp.headers["x-barp-model"] = model
+            resp.headers[MODEL_HEADER] = model
             if failed:
                 resp.headers["x-barp-failed-over"] = ", ".join(failed)
         return resp
@@ -383,7 +384,7 @@ async def _forward(api, req: ChatCompletionRequest, model: str, payload: dict[st
         api.upstream_health.rate_limited(model, min(wait, api.settings.failover.max_retry_after_s), str(limited))
         api.metrics.upstream_failed(model, 429)
         raise limited
-    headers = {REQUEST_ID_HEADER: barp_info["request_id"]} if barp_info else {}
+    headers = {REQUEST_ID_HEADER: barp_info["request_id"], MODEL_HEADER: model} if barp_info else {}
 
     async def priced(usage: Any) -> float | None:
         """Price a routed answer and keep the price with its decision, so feedback may omit the cost."""

@@ -327,7 +327,7 @@ def test_a_rate_limit_or_a_hang_up_fails_over_streaming_too(service):
     assert resp.status == 200, body
     chunks = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: {")]
     info = chunks[0]["barp"]
-    assert resp.getheader("x-barp-request-id") == info["request_id"] and info["model"] == other
+    assert resp.getheader("x-barp-request-id") == info["request_id"] and info["model"] == other == resp.getheader("x-barp-model")
     assert info["failed_over"][0]["model"] == first and info["failed_over"][0]["status"] == 502
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == f"answer from {other}"
     assert body.rstrip().endswith("data: [DONE]")
