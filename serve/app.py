@@ -367,7 +367,7 @@ def errors(*statuses: int, body=ErrorBody) -> dict:
 
 
 def _openapi() -> dict:
-    """The schema with this deployment's model names as enums: `candidates` and chat's `model`
+    """The schema with this deployment's model names as enums: `candidates`, `fallbacks` and chat's `model`
     accept exactly what the service can route to (a schema-valid request is then never refused as an
     unknown model). The names come from serve.guard.STATE, filled by the ingress replica."""
     from fastapi.openapi.utils import get_openapi
@@ -387,6 +387,7 @@ def _openapi() -> dict:
         enum_items(comps["RouteRequest"]["properties"]["candidates"], models)
     if chat_models is not None:
         enum_items(comps["RouteOptions"]["properties"]["candidates"], chat_models)
+        enum_items(comps["RouteOptions"]["properties"]["fallbacks"], chat_models)
         comps["ChatCompletionRequest"]["properties"]["model"]["enum"] = ["barp-auto", *chat_models]
     return schema
 

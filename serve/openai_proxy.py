@@ -173,8 +173,6 @@ async def forward_chat(api, req: ChatCompletionRequest):
         raise ChatProxyError(422, f"model: no upstream configured for {model!r}; use {AUTO!r} or one of {api.chat_models}")
     wanted = req.barp.candidates if req.barp and req.barp.candidates else []
     fallbacks = req.barp.fallbacks if req.barp and req.barp.fallbacks else []
-    if fallbacks and model == AUTO:
-        raise ChatProxyError(422, f"barp.fallbacks: only for a named model; {AUTO!r} tries other models itself (failover.attempts)")
     for field, names in (("barp.candidates", wanted), ("barp.fallbacks", fallbacks)):
         if unreachable := sorted(set(names) - set(api.settings.upstreams)):
             raise ChatProxyError(422, f"{field}: no upstream for {unreachable}; chat can use {api.chat_models}")
@@ -185,17 +183,25 @@ async def forward_chat(api, req: ChatCompletionRequest):
                                                          [*wanted, *fallbacks, *([] if model == AUTO else [model])])):
         raise ChatProxyError(403, refused)
     payload = req.model_dump(exclude_unset=True, exclude={"barp"})
-    if model == AUTO:
+    if model != AUTO:
+        return await _named(api, req, payload, [model, *(m for m in fallbacks if m != model)])
+    try:
         return await _auto(api, req, prompt, payload, client)
-    return await _named(api, req, payload, [model, *(m for m in fallbacks if m != model)])
+    except ChatProxyError as e:
+        # barp-auto's own attempts all failed at their providers (not a refusal of the request): the fallbacks' turn
+        if not fallbacks or not (e.status == 429 or e.status >= 500 or e.code == "context_length_exceeded"):
+            raise
+        return await _named(api, req, payload, fallbacks, [f"{AUTO} ({e.status})"], e)
 
 
-async def _named(api, req: ChatCompletionRequest, payload: dict[str, Any], chain: list[str]):
+async def _named(api, req: ChatCompletionRequest, payload: dict[str, Any], chain: list[str], failed: list[str] | None = None,
+                 before: ChatProxyError | None = None):
     """A model the client named: its answer or its failure. With `barp.fallbacks`, the next model in
     `chain` is tried when one fails or is at its concurrency cap, as a gateway's fallbacks do; nothing
-    is routed, so nothing is learned. `x-barp-model` names the model that answered."""
-    failed: list[str] = []
-    errors: list[UpstreamError] = []
+    is routed, so nothing is learned. `x-barp-model` names the model that answered. `failed` and
+    `before`: what failed before the chain (barp-auto's own attempts, whose fallbacks these are)."""
+    failed = list(failed or [])
+    errors: list[UpstreamError] = [UpstreamError(before.status, str(before))] if before is not None else []
     for model in chain:
         if (slot := api.upstream_slots.take(model)) is None:
             errors.append(UpstreamError(429, f"model: {model!r} is at its concurrency cap here "
@@ -208,7 +214,7 @@ async def _named(api, req: ChatCompletionRequest, payload: dict[str, Any], chain
             errors.append(e)
             failed.append(f"{model} ({e.status})")
             continue
-        if len(chain) > 1:
+        if len(chain) > 1 or failed:
             resp.headers[MODEL_HEADER] = model
             if failed:
                 resp.headers["x-barp-failed-over"] = ", ".join(failed)
@@ -216,8 +222,8 @@ async def _named(api, req: ChatCompletionRequest, payload: dict[str, Any], chain
     last = errors[-1]
     waits = [e.retry_after for e in errors if e.retry_after is not None]
     capped = all(e.status == 429 and str(e).startswith("model:") for e in errors)
-    message = str(last) if len(chain) == 1 else f"{last}; models tried in turn: {', '.join(failed)}"
-    if capped and len(chain) == 1:
+    message = str(last) if len(failed) == 1 else f"{last}; models tried in turn: {', '.join(failed)}"
+    if capped and len(failed) == 1:
         message += f"; retry shortly or use {AUTO!r}"
     raise ChatProxyError(last.status, message, "rate_limit_exceeded" if capped else None,
                          _retry_header(min(waits)) if len(waits) == len(errors) else None)
@@ -233,6 +239,7 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         raise ChatProxyError(503, "upstreams: none configured; chat completions need at least one (upstreams: in the serve config)")
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
     limit = options.pop("max_latency_s", None)
+    options.pop("fallbacks", None)  # tried after this, by forward_chat
     # The request as its provider bills and bounds it: every message, and the answer's cap if set. Counted
     # only when something reads it: max_cost, the context windows, or a budget's estimate (a request that
     # leaves the trade-off to the service may be paced).

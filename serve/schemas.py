@@ -207,8 +207,9 @@ class RouteOptions(BaseModel):
                     "price), and any model without a price; if none fits, the cheapest answers")
     fallbacks: Optional[list[str]] = Field(
         None, min_length=1, max_length=8,
-        description="for a named model only: the models to try in turn when its provider fails or is at its concurrency cap "
-                    "(not routed, nothing learned); the answer's x-barp-model header names the one that answered")
+        description="models to try in turn, not routed (nothing learned), when a named model's provider fails or is at its "
+                    "concurrency cap, or when every model barp-auto tried failed at its provider; the answer's x-barp-model "
+                    "header names the one that answered")
 
 
 class ChatMessage(BaseModel):

@@ -784,7 +784,8 @@ def test_a_model_at_its_concurrency_cap_is_routed_around_and_a_request_naming_it
 def test_a_named_model_falls_back_in_turn_to_the_models_the_request_lists(service):
     """`barp.fallbacks` on a named model: when its provider fails (or it is at its cap) the next is tried,
     streamed or not; `x-barp-model` names the one that answered and `x-barp-failed-over` the ones before.
-    Nothing is routed. Every one failing is the last failure with all named; barp-auto cannot take it."""
+    Nothing is routed. Every one failing is the last failure with all named. With barp-auto they come
+    after its own attempts."""
     import http.client
 
     client, upstream = service
@@ -802,6 +803,10 @@ def test_a_named_model_falls_back_in_turn_to_the_models_the_request_lists(servic
         body = resp.read().decode()
         conn.close()
         assert resp.status == 200 and resp.getheader("x-barp-model") == backup and f" {backup}" in body and body.rstrip().endswith("[DONE]")
+        # barp-auto: its own attempts first (routed, withdrawn when they fail), then the fallbacks, not routed
+        st, headers, r = _raw_chat(client, {"model": "barp-auto", "barp": {"candidates": [named], "fallbacks": [backup]}, **ask})
+        assert st == 200 and headers["x-barp-model"] == backup and headers["x-barp-failed-over"] == "barp-auto (502)", (st, headers, r)
+        assert r.get("barp") is None, r
         upstream.failing[backup] = 503
         st, headers, r = _raw_chat(client, {"model": named, "barp": {"fallbacks": [backup]}, **ask})
         assert st == 502 and f"models tried in turn: {named} (502), {backup} (502)" in r["error"]["message"], r
@@ -809,8 +814,6 @@ def test_a_named_model_falls_back_in_turn_to_the_models_the_request_lists(servic
         upstream.failing.clear()
     for m in (named, backup):  # an answer closes the breakers these failures opened, for the tests after
         assert client.post("/v1/chat/completions", {"model": m, **ask})[0] == 200
-    st, r = client.post("/v1/chat/completions", {"model": "barp-auto", "barp": {"fallbacks": [backup]}, **ask})
-    assert st == 422 and r["error"]["message"].startswith("barp.fallbacks: only for a named model"), r
     st, r = client.post("/v1/chat/completions", {"model": named, "barp": {"fallbacks": ["nowhere-1b"]}, **ask})
     assert st == 422 and r["error"]["message"].startswith("barp.fallbacks: no upstream for ['nowhere-1b']"), r
 
