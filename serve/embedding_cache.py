@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from barp_ray.encoder import encode
+
 
 class EmbeddingCache:
     def __init__(self, capacity: int, on_lookup=None):
@@ -29,8 +31,6 @@ class EmbeddingCache:
 
     def encode(self, prompts: Sequence[str], encoder: str) -> np.ndarray:
         """[B, D] h(x) for each prompt, encoding only those not kept."""
-        from barp_ray.encoder import encode
-
         if self.capacity == 0:
             return encode(list(prompts), encoder)
         keys = [hashlib.blake2b(f"{encoder}\0{p}".encode(), digest_size=16).digest() for p in prompts]

@@ -29,6 +29,7 @@ from serve.upstream_slots import Slot
 AUTO = "barp-auto"
 REQUEST_ID_HEADER = "x-barp-request-id"
 MODEL_HEADER = "x-barp-model"  # the model that answered: routed (barp-auto) or a named model's fallback
+FAILED_OVER_HEADER = "x-barp-failed-over"  # the models tried before it, when fallbacks answered
 
 
 class ContextOverflow(UpstreamError):
@@ -52,6 +53,13 @@ def _context_overflow(status: int, data: Any) -> str | None:
     if code == "context_length_exceeded" or _OVERFLOW.search(message or ""):
         return message or str(code)
     return None
+
+
+class AtCapacity(UpstreamError):
+    """The model is at its concurrency cap here (upstreams.<m>.max_concurrent): never sent, try again shortly."""
+
+    def __init__(self, model: str, slots):
+        super().__init__(429, f"model: {model!r} is at its concurrency cap here ({slots.refusal([model])} requests in flight)", 1.0)
 
 
 class ChatProxyError(Exception):
@@ -204,8 +212,7 @@ async def _named(api, req: ChatCompletionRequest, payload: dict[str, Any], chain
     errors: list[UpstreamError] = [UpstreamError(before.status, str(before))] if before is not None else []
     for model in chain:
         if (slot := api.upstream_slots.take(model)) is None:
-            errors.append(UpstreamError(429, f"model: {model!r} is at its concurrency cap here "
-                                             f"({api.upstream_slots.refusal([model])} requests in flight)", 1.0))
+            errors.append(AtCapacity(model, api.upstream_slots))
             failed.append(f"{model} (429)")
             continue
         try:
@@ -217,16 +224,11 @@ async def _named(api, req: ChatCompletionRequest, payload: dict[str, Any], chain
         if len(chain) > 1 or failed:
             resp.headers[MODEL_HEADER] = model
             if failed:
-                resp.headers["x-barp-failed-over"] = ", ".join(failed)
+                resp.headers[FAILED_OVER_HEADER] = ", ".join(failed)
         return resp
-    last = errors[-1]
-    waits = [e.retry_after for e in errors if e.retry_after is not None]
-    capped = all(e.status == 429 and str(e).startswith("model:") for e in errors)
-    message = str(last) if len(failed) == 1 else f"{last}; models tried in turn: {', '.join(failed)}"
-    if capped and len(failed) == 1:
-        message += f"; retry shortly or use {AUTO!r}"
-    raise ChatProxyError(last.status, message, "rate_limit_exceeded" if capped else None,
-                         _retry_header(min(waits)) if len(waits) == len(errors) else None)
+    capped = all(isinstance(e, AtCapacity) for e in errors)
+    raise _exhausted(errors, failed, "rate_limit_exceeded" if capped else None,
+                     f"; retry shortly or use {AUTO!r}" if capped and len(failed) == 1 else "")
 
 
 async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str, Any], client=None):
@@ -240,11 +242,18 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
     options = req.barp.model_dump(exclude_unset=True) if req.barp else {}
     limit = options.pop("max_latency_s", None)
     options.pop("fallbacks", None)  # tried after this, by forward_chat
-    # The request as its provider bills and bounds it: every message, and the answer's cap if set. Counted
-    # only when something reads it: max_cost, the context windows, or a budget's estimate (a request that
-    # leaves the trade-off to the service may be paced).
+
+    def length() -> int:
+        """The request as its provider bills and bounds it: every message, and the answer's cap if set;
+        the messages counted once, when first read."""
+        if "input_tokens" not in options:
+            options["input_tokens"] = min(_input_tokens(api, req), MAX_TOKEN_COUNT)
+        return options["input_tokens"] + options.get("output_tokens", 0)
+
+    # Counted now when the route reads it: max_cost, the context windows, or a budget's estimate (a
+    # request that leaves the trade-off to the service may be paced); later if a refusal memory needs it.
     if options.get("max_cost") is not None or api.offer.context_windows or "preference" not in options:
-        options["input_tokens"] = min(_input_tokens(api, req), MAX_TOKEN_COUNT)
+        length()
     cap = payload.get("max_completion_tokens", payload.get("max_tokens"))
     if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
         options["output_tokens"] = min(cap, MAX_TOKEN_COUNT)  # beyond it, larger than any window and any bill
@@ -253,13 +262,6 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
                                   "assumes no single answer length")
     if needs := _needs(payload):  # models known to lack one are left out (capabilities, live)
         options["needs"] = needs
-
-    def length() -> int:
-        """The request's tokens as a context window must hold them, counted once when first read."""
-        if "input_tokens" not in options:
-            options["input_tokens"] = min(_input_tokens(api, req), MAX_TOKEN_COUNT)
-        return options["input_tokens"] + options.get("output_tokens", 0)
-
     allowed = options.get("candidates") or api.chat_models
     if client is not None and client.candidates is not None:
         allowed = [m for m in allowed if m in client.candidates]
@@ -311,12 +313,17 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
             if len(failed) >= api.settings.failover.attempts or len(left) == 1:
                 break
             api.metrics.failed_over(model)
+    raise _exhausted(errors, [f"{f['model']} ({f['status']})" for f in failed],
+                     "context_length_exceeded" if isinstance(errors[-1], ContextOverflow) else None)
+
+
+def _exhausted(errors: list[UpstreamError], tried: list[str], code: str | None, hint: str = "") -> ChatProxyError:
+    """Every model tried failed: the last failure, each model named when more than one was tried, and
+    Retry-After when every one said when to come back (the soonest)."""
     last = errors[-1]
-    tried = ", ".join(f"{f['model']} ({f['status']})" for f in failed)
-    waits = [e.retry_after for e in errors if e.retry_after is not None]  # every model said when: the soonest
-    raise ChatProxyError(last.status, str(last) if len(failed) == 1 else f"{last}; models tried in turn: {tried}",
-                         "context_length_exceeded" if isinstance(last, ContextOverflow) else None,
-                         _retry_header(min(waits)) if len(waits) == len(errors) else None)
+    waits = [e.retry_after for e in errors if e.retry_after is not None]
+    return ChatProxyError(last.status, (str(last) if len(tried) == 1 else f"{last}; models tried in turn: {', '.join(tried)}") + hint,
+                          code, _retry_header(min(waits)) if len(waits) == len(errors) else None)
 
 
 def answer_cost(usage: Any, price: dict | None) -> float | None:
