@@ -34,10 +34,10 @@ from ray import serve
 
 from barp_ray.policy import read_meta, stated_answer_tokens
 from barp_ray.prompt_stats import text_stats
-from serve.guard import CHAT_PATH, GuardError, PromptLimiter, load_admin_token, load_clients, load_token
+from serve.guard import CHAT_PATH, GuardError, PromptLimiter, error_response, load_admin_token, load_clients, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ChatErrorBody, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
-                           RouteResponse, WithdrawRequest, WithdrawResponse, chat_error)
+                           RouteResponse, WithdrawRequest, WithdrawResponse)
 from serve.routing import take_offer
 from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_offer, settings_from_args
 
@@ -404,10 +404,7 @@ class RouteRefused(Exception):
         self.status = status
 
 
-def _error(status: int, message: str, path: str = "", code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    """This API's error, `{"error": message}`; on the chat endpoint in OpenAI's shape (`chat_error`)."""
-    content = chat_error(status, message, code) if path.startswith(CHAT_PATH) else {"error": message}
-    return JSONResponse(status_code=status, content=content, headers=headers)
+_error = error_response  # serve/guard.py: the guard's refusals share it
 
 
 from serve.guard import GuardMiddleware  # noqa: E402

@@ -284,10 +284,16 @@ class GuardMiddleware:
         return await self.app(scope, replay, send)
 
 
-async def _refuse(scope, receive, send, status: int, message: str, headers: dict | None = None) -> None:
+def error_response(status: int, message: str, path: str = "", code: str | None = None, headers: dict | None = None):
+    """This API's error, `{"error": message}`; on the chat endpoint in OpenAI's shape (`chat_error`).
+    The guard's refusals and the handlers' errors both come from here, so a path answers in one shape."""
     from starlette.responses import JSONResponse
 
     from serve.schemas import chat_error
 
-    content = chat_error(status, message) if scope["path"].startswith(CHAT_PATH) else {"error": message}
-    await JSONResponse(status_code=status, content=content, headers=headers)(scope, receive, send)
+    content = chat_error(status, message, code) if path.startswith(CHAT_PATH) else {"error": message}
+    return JSONResponse(status_code=status, content=content, headers=headers)
+
+
+async def _refuse(scope, receive, send, status: int, message: str, headers: dict | None = None) -> None:
+    await error_response(status, message, scope["path"], headers=headers)(scope, receive, send)
