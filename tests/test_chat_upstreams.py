@@ -239,6 +239,19 @@ def service(tmp_path_factory):
     upstream.close()
 
 
+def _post_chat(client, body: dict) -> tuple[int, dict, str]:
+    """(status, lower-cased headers, the body read to its end as text: a stream's server-sent events)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    text, headers = resp.read().decode(), {k.lower(): v for k, v in resp.getheaders()}
+    conn.close()
+    return resp.status, headers, text
+
+
 def _chat(client, candidates, **extra):
     body = {"model": "barp-auto", "messages": [{"role": "user", "content": "Sum the first ten primes."}],
             "barp": {"candidates": candidates, "mode": "greedy", "preference": 0.7}, **extra}
@@ -306,7 +319,6 @@ def test_a_failing_provider_fails_over_and_its_route_is_withdrawn(service):
 
 
 def test_a_rate_limit_or_a_hang_up_fails_over_streaming_too(service):
-    import http.client
 
     client, upstream = service
     pair = ["code-15b", "math-15b"]
@@ -316,18 +328,13 @@ def test_a_rate_limit_or_a_hang_up_fails_over_streaming_too(service):
         # the provider hangs up, on a stream: the failover happens before the status line, so the
         # client gets one clean stream, the other model's
         upstream.failing[first] = 0
-        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
-        conn.request("POST", "/v1/chat/completions", json.dumps({
+        status, headers, body = _post_chat(client, {
             "model": "barp-auto", "stream": True, "messages": [{"role": "user", "content": "Sum the first ten primes."}],
-            "barp": {"candidates": pair, "mode": "greedy", "preference": 0.7}}),
-            {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
-        resp = conn.getresponse()
-        body = resp.read().decode()
-        conn.close()
-    assert resp.status == 200, body
+            "barp": {"candidates": pair, "mode": "greedy", "preference": 0.7}})
+    assert status == 200, body
     chunks = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: {")]
     info = chunks[0]["barp"]
-    assert resp.getheader("x-barp-request-id") == info["request_id"] and info["model"] == other == resp.getheader("x-barp-model")
+    assert headers["x-barp-request-id"] == info["request_id"] and info["model"] == other == headers["x-barp-model"]
     assert info["failed_over"][0]["model"] == first and info["failed_over"][0]["status"] == 502
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == f"answer from {other}"
     assert body.rstrip().endswith("data: [DONE]")
@@ -354,7 +361,6 @@ def test_when_every_attempt_fails_the_client_is_told_each_and_a_named_model_neve
 
 
 def test_a_chat_answer_is_priced_from_its_usage_so_feedback_may_give_the_score_alone(service):
-    import http.client
 
     from envs.reward import reward
 
@@ -372,18 +378,13 @@ def test_a_chat_answer_is_priced_from_its_usage_so_feedback_may_give_the_score_a
     assert f["reward"] == pytest.approx(reward(0.75, expected, w[0], w[1], meta["tau"]))
 
     def stream(include_usage: bool) -> tuple[str, list[dict]]:
-        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
         body = {"model": "barp-auto", "stream": True, "messages": [{"role": "user", "content": "Sum the first ten primes."}],
                 "barp": {"candidates": ["chat-8b", "code-15b"], "preference": 0.7}}
         if include_usage:
             body["stream_options"] = {"include_usage": True}
-        conn.request("POST", "/v1/chat/completions", json.dumps(body),
-                     {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
-        resp = conn.getresponse()
-        rid, text = resp.getheader("x-barp-request-id"), resp.read().decode()
-        conn.close()
-        assert resp.status == 200 and text.rstrip().endswith("data: [DONE]"), text
-        return rid, [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+        status, headers, text = _post_chat(client, body)
+        assert status == 200 and text.rstrip().endswith("data: [DONE]"), text
+        return headers["x-barp-request-id"], [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
 
     # streamed with usage: priced as the usage chunk passes, so feedback right after [DONE] finds it
     rid, chunks = stream(True)
@@ -421,7 +422,6 @@ def _reward_of(log_dir, request_id: str, wait_s: float = 15.0) -> dict | None:
 
 
 def test_the_judge_grades_priced_answers_as_their_feedback(service):
-    import http.client
 
     client, upstream = service
     upstream.server.judge_reply = "8"
@@ -446,15 +446,10 @@ def test_the_judge_grades_priced_answers_as_their_feedback(service):
         st, f = client.post("/v1/feedback", {"request_id": r["barp"]["request_id"], "score": 0.1})
         assert st == 409 and "already recorded" in f["error"], f
         # a stream that reports usage is graded on the text its chunks carried
-        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
-        conn.request("POST", "/v1/chat/completions", json.dumps({
+        _, headers, _ = _post_chat(client, {
             "model": "barp-auto", "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "Sum the first ten primes."}], "barp": {"preference": 0.7}}),
-            {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
-        resp = conn.getresponse()
-        rid, _ = resp.getheader("x-barp-request-id"), resp.read()
-        conn.close()
-        rec = _reward_of(client.log_dir, rid)
+            "messages": [{"role": "user", "content": "Sum the first ten primes."}], "barp": {"preference": 0.7}})
+        rec = _reward_of(client.log_dir, headers["x-barp-request-id"])
         assert rec is not None and rec["score"] == 0.8, rec
         assert [b for b in upstream.bodies if b["model"] == "judge"][-1]["messages"][-1]["content"].endswith(
             f"answer from {rec['model']}")
@@ -680,15 +675,8 @@ def test_a_repeated_prompt_is_routed_from_the_kept_encoding_as_from_a_fresh_one(
 
 def _raw_chat(client, body: dict) -> tuple[int, dict, dict]:
     """(status, lower-cased headers, JSON body): the Client helper does not return headers."""
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions", json.dumps(body),
-                 {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
-    resp = conn.getresponse()
-    data, headers = json.loads(resp.read()), {k.lower(): v for k, v in resp.getheaders()}
-    conn.close()
-    return resp.status, headers, data
+    status, headers, text = _post_chat(client, body)
+    return status, headers, json.loads(text)
 
 
 def _until(check, timeout_s: float = 10.0) -> bool:
@@ -786,8 +774,6 @@ def test_a_named_model_falls_back_in_turn_to_the_models_the_request_lists(servic
     streamed or not; `x-barp-model` names the one that answered and `x-barp-failed-over` the ones before.
     Nothing is routed. Every one failing is the last failure with all named. With barp-auto they come
     after its own attempts."""
-    import http.client
-
     client, upstream = service
     ask = {"messages": [{"role": "user", "content": "Name a prime."}]}
     named, backup = "tiny-1b", "general-70b"
@@ -796,13 +782,8 @@ def test_a_named_model_falls_back_in_turn_to_the_models_the_request_lists(servic
         st, headers, r = _raw_chat(client, {"model": named, "barp": {"fallbacks": [backup]}, **ask})
         assert st == 200 and headers["x-barp-model"] == backup and headers["x-barp-failed-over"] == f"{named} (502)", (st, headers)
         assert r["choices"][0]["message"]["content"] == f"answer from {backup}" and r.get("barp") is None, r
-        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
-        conn.request("POST", "/v1/chat/completions", json.dumps({"model": named, "stream": True, "barp": {"fallbacks": [backup]}, **ask}),
-                     {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
-        resp = conn.getresponse()
-        body = resp.read().decode()
-        conn.close()
-        assert resp.status == 200 and resp.getheader("x-barp-model") == backup and f" {backup}" in body and body.rstrip().endswith("[DONE]")
+        st, headers, body = _post_chat(client, {"model": named, "stream": True, "barp": {"fallbacks": [backup]}, **ask})
+        assert st == 200 and headers["x-barp-model"] == backup and f" {backup}" in body and body.rstrip().endswith("[DONE]")
         # barp-auto: its own attempts first (routed, withdrawn when they fail), then the fallbacks, not routed
         st, headers, r = _raw_chat(client, {"model": "barp-auto", "barp": {"candidates": [named], "fallbacks": [backup]}, **ask})
         assert st == 200 and headers["x-barp-model"] == backup and headers["x-barp-failed-over"] == "barp-auto (502)", (st, headers, r)
@@ -889,21 +870,14 @@ def test_a_latency_limit_routes_around_a_slow_provider_and_says_when_none_is_fas
     request with barp.max_latency_s 0.3 goes to the other model, a JSON request by the whole answer
     and a stream by its first chunk; with a limit no one meets, the fastest answers and the answer
     says so. The decision keeps the narrowed candidates, as the trainer must see them."""
-    import http.client
-
     client, upstream = service
     pair = ["general-70b", "frontier-400b"]
     first, other = _first_and_other(client, pair)
     prompt = [{"role": "user", "content": "Sum the first ten primes."}]
 
     def post(body):
-        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
-        conn.request("POST", "/v1/chat/completions", json.dumps({"messages": prompt, **body}),
-                     {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
-        resp = conn.getresponse()
-        text = resp.read().decode()
-        conn.close()
-        assert resp.status == 200, text
+        status, _, text = _post_chat(client, {"messages": prompt, **body})
+        assert status == 200, text
         return json.loads(text) if not body.get("stream") else [json.loads(x[6:]) for x in text.splitlines() if x.startswith("data: {")][0]
 
     def auto(limit, stream=False):
