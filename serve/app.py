@@ -34,10 +34,10 @@ from ray import serve
 
 from barp_ray.policy import read_meta, stated_answer_tokens
 from barp_ray.prompt_stats import text_stats
-from serve.guard import CHAT_PATH, GuardError, PromptLimiter, error_response, load_admin_token, load_clients, load_token
+from serve.guard import CHAT_PATH, RESPONSES_PATH, GuardError, PromptLimiter, error_response, load_admin_token, load_clients, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ChatErrorBody, ErrorBody, FeedbackRequest,
-                           FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, RouteRequest,
-                           RouteResponse, WithdrawRequest, WithdrawResponse)
+                           FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, ResponseObject,
+                           ResponsesRequest, RouteRequest, RouteResponse, WithdrawRequest, WithdrawResponse)
 from serve.routing import take_offer
 from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_offer, settings_from_args
 
@@ -388,7 +388,8 @@ def _openapi() -> dict:
     if chat_models is not None:
         enum_items(comps["RouteOptions"]["properties"]["candidates"], chat_models)
         enum_items(comps["RouteOptions"]["properties"]["fallbacks"], chat_models)
-        comps["ChatCompletionRequest"]["properties"]["model"]["enum"] = ["barp-auto", *chat_models]
+        for request in ("ChatCompletionRequest", "ResponsesRequest"):
+            comps[request]["properties"]["model"]["enum"] = ["barp-auto", *chat_models]
     return schema
 
 
@@ -824,6 +825,20 @@ class RouterAPI:
             return await forward_chat(self, req)
         except ChatProxyError as e:
             return _error(e.status, str(e), CHAT_PATH, e.code, e.headers)
+
+    @api.post(RESPONSES_PATH, response_model=ResponseObject,
+              responses={200: {"content": {"text/event-stream": {}},
+                               "description": "the Response (JSON), or with stream: true the Responses API's events"},
+                         **errors(403, 404, 422, 429, 502, 503, 504, body=ChatErrorBody)})
+    async def responses(self, req: ResponsesRequest):
+        """OpenAI's Responses API, answered by the chat models (serve/responses_api.py); model barp-auto routes."""
+        from serve.openai_proxy import ChatProxyError, forward_chat
+        from serve.responses_api import as_response, chat_request
+
+        try:
+            return as_response(req, await forward_chat(self, chat_request(req)), self.prices)
+        except ChatProxyError as e:
+            return _error(e.status, str(e), RESPONSES_PATH, e.code, e.headers)
 
 
 def checked_app(args: dict[str, Any] | None, environment: bool = True) -> tuple[ServeSettings, dict, dict]:

@@ -196,7 +196,8 @@ class PromptLimiter:
 ALWAYS_PROTECTED = ("/v1/feedback", "/v1/admin/", "/v1/stats")
 ADMIN_PATH = "/v1/admin/"
 OPERATOR_PATHS = (ADMIN_PATH, "/v1/stats")  # not for a named client's token
-ROUTE_PATH, CHAT_PATH = "/v1/route", "/v1/chat/completions"
+ROUTE_PATH, CHAT_PATH, RESPONSES_PATH = "/v1/route", "/v1/chat/completions", "/v1/responses"
+OPENAI_PATHS = (CHAT_PATH, RESPONSES_PATH)  # answered by the providers: chat's size limit, token rule and error shape
 
 
 def _bearer(header: str | None) -> str | None:
@@ -243,13 +244,13 @@ class GuardMiddleware:
         if scope["type"] != "http" or not STATE:
             return await self.app(scope, receive, send)
         path = scope["path"]
-        limit = STATE["max_chat_body_bytes"] if path.startswith(CHAT_PATH) else STATE["max_body_bytes"]
+        limit = STATE["max_chat_body_bytes"] if path.startswith(OPENAI_PATHS) else STATE["max_body_bytes"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await _refuse(scope, receive, send, 413, f"body: larger than the limit of {limit} bytes")
         protected = (path.startswith(ALWAYS_PROTECTED) or (STATE["require_for_route"] and path.startswith(ROUTE_PATH))
-                     or (STATE["require_for_chat"] and path.startswith(CHAT_PATH)))
+                     or (STATE["require_for_chat"] and path.startswith(OPENAI_PATHS)))
         # An open path (a route without require_for_route) with a token still says who sent it; a
         # wrong token there is refused rather than ignored, so a misconfigured client finds out.
         CLIENT.set(None)
@@ -291,7 +292,7 @@ def error_response(status: int, message: str, path: str = "", code: str | None =
 
     from serve.schemas import chat_error
 
-    content = chat_error(status, message, code) if path.startswith(CHAT_PATH) else {"error": message}
+    content = chat_error(status, message, code) if path.startswith(OPENAI_PATHS) else {"error": message}
     return JSONResponse(status_code=status, content=content, headers=headers)
 
 

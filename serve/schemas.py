@@ -284,3 +284,197 @@ class LoadCheckpointResponse(BaseModel):
     policy_version: int = Field(..., description="the version served now (the checkpoint's, if published)")
     published: bool = True
     estimate: Optional[dict] = Field(None, description="the rollout gate's off-policy estimates (gated and dry_run)")
+
+
+# ---- OpenAI's Responses API (POST /v1/responses), answered by the chat models (serve/responses_api.py) ----
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(_Part):
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class ImagePart(_Part):
+    type: Literal["input_image"]
+    image_url: str = Field(..., min_length=1, description="a URL or a data: URL (file ids are not kept here)")
+    detail: Optional[Literal["low", "high", "auto"]] = None
+
+
+class AudioPart(_Part):
+    type: Literal["input_audio"]
+    input_audio: dict = Field(..., description="{data: base64, format: wav | mp3}, as chat completions take it")
+
+
+class FilePart(_Part):
+    type: Literal["input_file"]
+    file_data: str = Field(..., min_length=1, description="the file's contents as a data: URL (file ids are not kept here)")
+    filename: Optional[str] = None
+
+
+class RefusalPart(_Part):
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart, AudioPart, FilePart, RefusalPart], Field(discriminator="type")]
+
+
+class MessageItem(BaseModel):
+    model_config = ConfigDict(extra="allow")  # id, status of an earlier answer's item
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: Union[str, list[ContentPart]]
+
+
+class FunctionCallItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function_call"]
+    call_id: str = Field(..., min_length=1)
+    name: str = Field(..., min_length=1)
+    arguments: str
+
+
+class FunctionCallOutputItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function_call_output"]
+    call_id: str = Field(..., min_length=1)
+    output: Union[str, list[ContentPart]]
+
+
+class ReasoningItem(BaseModel):
+    """An earlier answer's reasoning: accepted so a client may send its output back whole, and dropped
+    (chat models take no reasoning items)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["reasoning"]
+
+
+InputItem = Annotated[
+    Union[Annotated[MessageItem, Tag("message")], Annotated[FunctionCallItem, Tag("function_call")],
+          Annotated[FunctionCallOutputItem, Tag("function_call_output")], Annotated[ReasoningItem, Tag("reasoning")]],
+    Discriminator(lambda v: (v.get("type", "message") if isinstance(v, dict) else getattr(v, "type", None)),
+                  custom_error_type="input_item", custom_error_message="each input item is a message (role and content), "
+                  "a function_call, a function_call_output or a reasoning item")]
+
+# The whole input or its list holds a user message with some text: the router reads the last one.
+_USER_ITEM = {"type": "object", "required": ["role", "content"], "properties": {
+    "type": {"const": "message"}, "role": {"const": "user"}, "content": {"anyOf": [_TEXT, {"type": "array", "contains": {
+        "type": "object", "required": ["type", "text"], "properties": {"type": {"const": "input_text"}, "text": _TEXT}}}]}}}
+
+
+# Tagged by the value's JSON type, so a list's bad item is told what items may be, not also that a list is no string.
+ResponsesInput = Annotated[
+    Union[Annotated[str, Field(pattern=r"\S"), Tag("text")],
+          Annotated[list[InputItem], Field(min_length=1, json_schema_extra={"contains": _USER_ITEM}), Tag("items")]],
+    Discriminator(lambda v: "text" if isinstance(v, str) else "items" if isinstance(v, list) else None,
+                  custom_error_type="input_form", custom_error_message="a string, or a list of input items")]
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"] = Field(..., description="function tools only: the chat models run no hosted tools")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: Optional[str] = None
+    parameters: Optional[dict] = None
+    strict: Optional[bool] = Field(None, strict=True)
+
+
+class ToolChoiceFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    name: str = Field(..., min_length=1)
+
+
+class PlainFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object"]
+
+
+class SchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["json_schema"]
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    schema_: dict = Field(..., alias="schema")
+    description: Optional[str] = None
+    strict: Optional[bool] = Field(None, strict=True)
+
+
+TextFormat = Annotated[Union[PlainFormat, SchemaFormat], Field(discriminator="type")]
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Optional[TextFormat] = None
+    verbosity: Optional[Literal["low", "medium", "high"]] = None
+
+
+class ReasoningConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")  # summary: chat models give none
+    effort: Optional[str] = Field(None, min_length=1, description="sent as chat's reasoning_effort")
+
+
+
+class ResponsesRequest(BaseModel):
+    """OpenAI's Responses API request, answered by a chat model (routed with barp-auto, or named):
+    the input becomes chat messages, and the answer a Response. This service keeps no responses, so
+    a conversation is sent whole in `input` each time. Fields barp does not read pass through to the
+    chosen model's chat endpoint (temperature, top_p, user, parallel_tool_calls, ...)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model: str = Field(..., description="'barp-auto' to let the router choose, or a served model's name")
+    input: ResponsesInput = Field(
+        ..., description="a user's text, or the conversation's items, with at least one user message with text: the last "
+                         "one is what the router reads")
+    instructions: Optional[str] = Field(None, description="sent first, as a system message")
+    stream: bool = Field(False, strict=True, description="server-sent events of the Responses API (response.created ... response.completed)")
+    max_output_tokens: Optional[Annotated[int, Field(ge=1, le=MAX_TOKEN_COUNT), BeforeValidator(_whole_number)]] = Field(
+        None, description="sent as max_completion_tokens")
+    tools: Optional[list[FunctionTool]] = None
+    tool_choice: Optional[Union[Literal["auto", "none", "required"], ToolChoiceFunction]] = None
+    text: Optional[TextConfig] = None
+    reasoning: Optional[ReasoningConfig] = None
+    store: Optional[bool] = Field(None, strict=True, description="accepted; nothing is stored (the answer says store: false)")
+    metadata: Optional[dict[str, str]] = Field(None, description="echoed in the answer; not sent to the provider")
+    previous_response_id: Any = Field(None, json_schema_extra={"type": "null"},
+                                      description="not supported: this service keeps no responses (send the conversation in input)")
+    conversation: Any = Field(None, json_schema_extra={"type": "null"},
+                              description="not supported: this service keeps no conversations (send them in input)")
+    prompt: Any = Field(None, json_schema_extra={"type": "null"}, description="not supported: no stored prompts here")
+    background: Any = Field(None, json_schema_extra={"type": ["boolean", "null"], "enum": [False, None]},
+                            description="not supported: answers are given while the request waits")
+    barp: Optional[RouteOptions] = None
+
+    @field_validator("previous_response_id", "conversation")
+    @classmethod
+    def _nothing_kept(cls, v):
+        if v is not None:
+            raise ValueError("this service keeps no responses or conversations: send the whole conversation in input")
+        return v
+
+    @field_validator("prompt")
+    @classmethod
+    def _no_stored_prompts(cls, v):
+        if v is not None:
+            raise ValueError("this service keeps no prompt templates: send instructions and input")
+        return v
+
+    @field_validator("background")
+    @classmethod
+    def _answered_now(cls, v):
+        if v is not None and v is not False:  # 0 is no boolean
+            raise ValueError("background responses are not supported: the answer comes while the request waits")
+        return v
+
+
+class ResponseObject(BaseModel):
+    """The chat model's answer as a Response (output items and usage), plus `barp` when barp-auto routed it."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: Literal["response"]
+    status: Literal["completed", "incomplete"]
+    output: list[dict]
+    barp: Optional[BarpInfo] = None

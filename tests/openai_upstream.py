@@ -9,6 +9,9 @@ it waits 30 s before answering, "upstream-slow" it streams 100 chunks 0.1 s apar
 with `stream_options.include_usage`). `failing` maps a model to the HTTP status
 its requests get instead of an answer (a provider outage, or 429 for a rate limit; 0: the connection
 is closed without an answer), with the headers in `failing_headers` (a 429's Retry-After). The model named "judge" answers `judge_reply` (a grader's reply).
+A request offering `tools` is answered with a call of the first (arguments `ARGUMENTS`; streamed
+in pieces as OpenAI does); `max_completion_tokens` / `max_tokens` below 3 cuts the answer to that
+many words with finish_reason "length".
 `delays` maps a model to seconds it waits before its answer (a stream: before its first chunk).
 A model id "org/name" (a provider's own naming) is answered as "name"; `requests` keeps each POST's
 path and headers. `context_chars` maps a model to the most characters of message text it takes: a longer request gets
@@ -73,33 +76,46 @@ class _Handler(BaseHTTPRequestHandler):
         if "upstream-hang" in text:
             time.sleep(30)
         time.sleep(server.delays.get(model, 0.0))
+        tool = _tool_of(body)
+        cap = body.get("max_completion_tokens", body.get("max_tokens"))
         if body.get("stream"):
-            self._stream(model, slow="upstream-slow" in text, usage=bool((body.get("stream_options") or {}).get("include_usage")))
+            self._stream(model, slow="upstream-slow" in text, usage=bool((body.get("stream_options") or {}).get("include_usage")),
+                         tool=tool, cap=cap)
             return
-        content = server.judge_reply if model == "judge" else f"answer from {model}"
+        words = _words(model, False, cap)
+        message = {"role": "assistant", "content": server.judge_reply if model == "judge" else "".join(words)}
+        if tool is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": tool, "arguments": ARGUMENTS}}]}
         self._json(200, {
             "id": f"chatcmpl-{server.calls.total()}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),  # the id it was asked for, as a provider answers
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+            "choices": [{"index": 0, "finish_reason": "tool_calls" if tool else "length" if len(words) < 3 else "stop",
+                         "message": message}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)},
         })
 
-    def _stream(self, model: str, slow: bool, usage: bool) -> None:
+    def _stream(self, model: str, slow: bool, usage: bool, tool: str | None = None, cap: int | None = None) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()  # HTTP/1.0: the body ends when the connection closes
-        words = ["answer", " from", f" {model}"] if not slow else [f" w{i}" for i in range(100)]
+        words = _words(model, slow, cap)
         base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        deltas = [{"role": "assistant", "content": w} if i == 0 else {"content": w} for i, w in enumerate(words)]
+        if tool is not None:  # OpenAI's shape: the call's id and name first, then its arguments in pieces
+            pieces = [ARGUMENTS[:4], ARGUMENTS[4:]]
+            deltas = [{"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": tool, "arguments": ""}}]}]
+            deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
+        finish = "tool_calls" if tool else "length" if not slow and len(words) < 3 else "stop"
         try:
-            for i, w in enumerate(words):
-                delta = {"role": "assistant", "content": w} if i == 0 else {"content": w}
+            for delta in deltas:
                 chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
                 self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 self.wfile.flush()
                 if slow:
                     time.sleep(0.1)
-            end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
             self.wfile.write(b"data: " + json.dumps(end).encode() + b"\n\n")
             if usage:  # OpenAI's stream_options.include_usage: one more chunk, no choices
                 tail = {**base, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}}
@@ -109,6 +125,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.completed_streams += 1
         except (BrokenPipeError, ConnectionResetError):
             self.server.disconnects.append(time.time())
+
+
+ARGUMENTS = '{"city": "Paris"}'  # what a called tool is given
+
+
+def _tool_of(body: dict) -> str | None:
+    """The first function tool's name, when the request offers tools (and does not forbid calls):
+    the answer is then a call of it."""
+    tools = body.get("tools") or []
+    if not tools or body.get("tool_choice") == "none":
+        return None
+    return (tools[0].get("function") or {}).get("name")
+
+
+def _words(model: str, slow: bool, cap: int | None) -> list[str]:
+    """The answer's words, one token each: at most `cap` of them (max_completion_tokens / max_tokens),
+    the answer then cut short (finish_reason "length")."""
+    words = ["answer", " from", f" {model}"] if not slow else [f" w{i}" for i in range(100)]
+    return words[:cap] if isinstance(cap, int) and cap > 0 else words
 
 
 class Upstream:

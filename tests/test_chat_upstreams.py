@@ -1081,3 +1081,78 @@ def test_a_bad_clients_file_is_refused_naming_the_client_and_field(tmp_path, mon
     with pytest.raises(GuardError) as e:
         load_clients(auth, ["m1", "m2"])
     assert str(e.value).startswith(error), e.value
+
+
+def test_the_openai_sdks_responses_api_is_answered_by_the_routed_chat_models(service):
+    """`POST /v1/responses` through the official SDK: routed by barp-auto like a chat (candidates,
+    capabilities, pricing, feedback by request_id), the input sent as chat messages, function tools as
+    chat tools, and a stream read by the SDK's own accumulator; a client that leaves mid-stream closes
+    the provider's call; what needs a kept response is a 422 in OpenAI's error shape."""
+    from openai import OpenAI, UnprocessableEntityError
+
+    from openai_upstream import ARGUMENTS
+
+    client, upstream = service
+    oa = OpenAI(base_url=f"http://127.0.0.1:{client.port}/v1", api_key=TOKEN, max_retries=0, timeout=30)
+    pair = ["chat-8b", "code-15b"]
+    raw = oa.responses.with_raw_response.create(model="barp-auto", instructions="Be brief.", input="Sum the first ten primes.",
+                                                max_output_tokens=64, temperature=0.3,
+                                                extra_body={"barp": {"candidates": pair, "preference": 0.7}})
+    done = raw.parse()
+    model = done.barp["model"]
+    assert model in pair and done.output_text == f"answer from {model}" and done.status == "completed", done
+    assert raw.headers["x-barp-request-id"] == done.barp["request_id"] and done.usage.output_tokens == 3
+    sent = upstream.bodies[-1]
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sum the first ten primes."}]
+    assert sent["max_completion_tokens"] == 64 and sent["temperature"] == 0.3 and "input" not in sent and "barp" not in sent
+    price = client.meta["prices"][model]
+    assert done.barp["cost"] == pytest.approx((5 * price["input_per_mtok"] + 3 * price["output_per_mtok"]) / 1e6)
+    st, f = client.post("/v1/feedback", {"request_id": done.barp["request_id"], "score": 0.9})  # priced: the score alone
+    assert st == 200 and f["accepted"], f
+
+    # a function tool, streamed: only models known to take tools are offered (chat-8b, general-70b), and the
+    # SDK's stream reader builds the call from the events
+    tool = {"type": "function", "name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    with oa.responses.stream(model="barp-auto", input=[{"role": "user", "content": "Weather in Paris?"}], tools=[tool],
+                             extra_body={"barp": {"candidates": ["tiny-1b", "chat-8b"], "preference": 0.7}}) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    call = final.output[0]
+    assert (call.type, call.name, call.arguments) == ("function_call", "weather", ARGUMENTS), final.output
+    assert final.barp["model"] == "chat-8b" and final.usage is not None and kinds[0] == "response.created", kinds
+    assert upstream.bodies[-1]["tools"] == [{"type": "function", "function": {"name": "weather", "parameters": tool["parameters"]}}]
+    st, f = client.post("/v1/feedback", {"request_id": final.barp["request_id"], "score": 1.0})
+    assert st == 200, f
+    # the call's output sent back: the conversation goes whole, as chat messages, to a named model
+    again = oa.responses.create(model="chat-8b", input=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": call.call_id, "name": "weather", "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert again.output_text == "answer from chat-8b" and getattr(again, "barp", None) is None
+    assert upstream.bodies[-1]["messages"][1:] == [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.call_id, "type": "function", "function": {"name": "weather", "arguments": ARGUMENTS}}]},
+        {"role": "tool", "tool_call_id": call.call_id, "content": "sunny"}]
+    # cut at the cap: incomplete, as OpenAI says it
+    short = oa.responses.create(model="tiny-1b", input="Sum the first ten primes.", max_output_tokens=1)
+    assert short.status == "incomplete" and short.incomplete_details.reason == "max_output_tokens" and short.output_text == "answer"
+
+    # a client that leaves mid-stream closes the provider's call
+    left = len(upstream.server.disconnects)
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+    conn.request("POST", "/v1/responses", json.dumps({"model": "tiny-1b", "input": "upstream-slow", "stream": True}),
+                 {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    seen = b""
+    while resp.status == 200 and b"response.output_text.delta" not in seen and len(seen) < 65536:
+        seen += resp.read1(65536)  # the events as they come, up to the first of the answer's text
+    assert b"response.output_text.delta" in seen, seen
+    conn.close()
+    assert _until(lambda: len(upstream.server.disconnects) > left), "the provider's stream was not closed"
+
+    with pytest.raises(UnprocessableEntityError) as refused:
+        oa.responses.create(model="barp-auto", input="Hi", previous_response_id="resp_123")
+    assert refused.value.body["message"].startswith("previous_response_id: "), refused.value.body
+    assert refused.value.type == "invalid_request_error"

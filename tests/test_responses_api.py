@@ -1,0 +1,222 @@
+"""The Responses API's translation to chat completions and back (serve/responses_api.py), without a
+service: the request's fields, the answer's items, and the stream's events checked by the official
+OpenAI SDK's own stream reader. Over HTTP through barp-auto: tests/test_chat_upstreams.py."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from serve.openai_proxy import ChatProxyError
+from serve.responses_api import chat_request, events_of, response_of
+from serve.schemas import ResponsesRequest
+
+TOOL = {"type": "function", "name": "weather", "description": "today's weather", "parameters": {"type": "object"}}
+
+
+def _req(**fields) -> ResponsesRequest:
+    return ResponsesRequest.model_validate({"model": "barp-auto", "input": "What is 2+2?", **fields})
+
+
+def test_the_input_becomes_chat_messages_with_function_calls_as_tool_calls():
+    req = _req(instructions="Be brief.", input=[
+        {"role": "developer", "content": "Answer in French."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"},
+                                                        {"type": "input_image", "image_url": "https://x/p.png", "detail": "low"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": []},  # an earlier answer's reasoning: dropped
+        {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call", "call_id": "c2", "name": "weather", "arguments": '{"city":"Lyon"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "rain"}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Paris: sunny."}]},
+        {"role": "user", "content": "And tomorrow?"}])
+    messages = chat_request(req).model_dump(exclude_unset=True)["messages"]
+    assert messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"},
+                                     {"type": "image_url", "image_url": {"url": "https://x/p.png", "detail": "low"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Paris"}'}},
+            {"id": "c2", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Lyon"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "c2", "content": "rain"},
+        {"role": "assistant", "content": "Paris: sunny."},
+        {"role": "user", "content": "And tomorrow?"}]
+
+
+def test_the_requests_settings_take_their_chat_names_and_responses_only_fields_stay_behind():
+    req = _req(max_output_tokens=64, tools=[TOOL], tool_choice={"type": "function", "name": "weather"},
+               text={"format": {"type": "json_schema", "name": "answer", "schema": {"type": "object"}, "strict": True},
+                     "verbosity": "low"},
+               reasoning={"effort": "low"}, stream=True, temperature=0.2, user="u1", store=True, metadata={"a": "b"},
+               include=["message.output_text.logprobs"], truncation="disabled", barp={"preference": 0.9})
+    body = chat_request(req).model_dump(exclude_unset=True)
+    assert body["max_completion_tokens"] == 64 and body["temperature"] == 0.2 and body["user"] == "u1"
+    assert body["tools"] == [{"type": "function", "function": {"name": "weather", "description": "today's weather",
+                                                               "parameters": {"type": "object"}}}]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "weather"}}
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"},
+                                                                              "strict": True}}
+    assert body["verbosity"] == "low" and body["reasoning_effort"] == "low"
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}  # a Response reports usage
+    assert body["barp"]["preference"] == 0.9
+    assert not {"store", "metadata", "include", "truncation", "input", "instructions", "text", "reasoning"} & set(body)
+    assert chat_request(_req(text={"format": {"type": "json_object"}})).model_dump(exclude_unset=True)["response_format"] == {
+        "type": "json_object"}
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"conversation": "conv_1"}, "conversation"),
+    ({"background": True}, "background"),
+    ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+    ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.items.0"),
+    ({"input": 7}, "input"),
+    ({"input": " "}, "input.text"),
+    ({"max_output_tokens": 0}, "max_output_tokens"),
+    ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.json_schema.name"),
+    ({"store": 0}, "store"),
+])
+def test_what_has_no_chat_form_is_refused_naming_the_field(fields, field):
+    with pytest.raises(ValidationError) as refused:
+        _req(**fields)
+    assert field in [".".join(str(x) for x in e["loc"]) for e in refused.value.errors()], refused.value.errors()
+
+
+def test_an_input_without_user_text_is_a_422_naming_the_field():
+    with pytest.raises(ChatProxyError) as refused:
+        chat_request(_req(input=[{"role": "user", "content": [{"type": "input_image", "image_url": "https://x/p.png"}]}]))
+    assert refused.value.status == 422 and str(refused.value).startswith("input: no user message with text")
+
+
+def test_a_chat_answer_becomes_a_response_with_its_items_usage_and_ending():
+    barp = {"request_id": "0123abcd", "model": "chat-8b", "policy_version": 3, "preference": [0.7, 0.3], "cost": 1e-6}
+    answer = {"model": "chat-8b", "barp": barp, "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13,
+                                                          "prompt_tokens_details": {"cached_tokens": 2}},
+              "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                  "role": "assistant", "content": "Checking.",
+                  "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]}}]}
+    resp = response_of(_req(metadata={"k": "v"}, tools=[TOOL]), answer)
+    assert resp["id"] == "resp_0123abcd" and resp["status"] == "completed" and resp["store"] is False
+    assert resp["barp"] == barp and resp["metadata"] == {"k": "v"} and resp["model"] == "chat-8b"
+    message, call = resp["output"]
+    assert message["type"] == "message" and message["content"][0]["text"] == "Checking."
+    assert call == {"type": "function_call", "id": "fc_0123abcd_1", "call_id": "call_9", "name": "weather", "arguments": "{}",
+                    "status": "completed"}
+    assert resp["usage"] == {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 0}, "output_tokens": 4,
+                             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 13}
+    cut = response_of(_req(), {"choices": [{"finish_reason": "length", "message": {"content": "Partial"}}]})
+    assert cut["status"] == "incomplete" and cut["incomplete_details"] == {"reason": "max_output_tokens"}
+    from openai.types.responses import Response
+
+    assert Response.model_validate(resp).output_text == "Checking."  # the SDK's own model reads it
+
+
+def _chunks(*deltas, finish="stop", usage=None, barp=None, error=None) -> list[bytes]:
+    base = {"id": "c", "object": "chat.completion.chunk", "model": "chat-8b"}
+    lines = [b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}],
+                                     **({"barp": barp} if barp and i == 0 else {})}).encode() + b"\n" for i, d in enumerate(deltas)]
+    if error:
+        lines.append(b"data: " + json.dumps({"error": error}).encode() + b"\n")
+        return lines
+    lines.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}).encode() + b"\n")
+    if usage:
+        lines.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n")
+    return [*lines, b"\n", b"data: [DONE]\n"]
+
+
+def _events(req: ResponsesRequest, lines: list[bytes], price=lambda model, usage: None) -> tuple[list[dict], bool]:
+    """(the events, whether the chat stream was closed)."""
+    closed = []
+
+    async def chat():
+        try:
+            for line in lines:
+                yield line
+        finally:
+            closed.append(True)
+
+    async def run():
+        out = []
+        async for raw in events_of(req, chat(), "0123abcd", price):
+            kind, data = raw.decode().split("\n", 1)
+            assert raw.endswith(b"\n\n") and kind == f"event: {json.loads(data[6:])['type']}"
+            out.append(json.loads(data[6:]))
+        return out, bool(closed)  # closed by the time the events end, not at the loop's shutdown
+
+    return asyncio.run(run())
+
+
+def _read_with_the_sdk(events: list[dict]):
+    """The final Response as the official SDK's stream reader builds it, checking the events' order and ids."""
+    from openai._models import construct_type_unchecked
+    from openai._types import omit
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+    from openai.types.responses import ResponseStreamEvent
+
+    state = ResponseStreamState(input_tools=[TOOL], text_format=omit)
+    for e in events:
+        state.handle_event(construct_type_unchecked(type_=ResponseStreamEvent, value=e))
+    return state._completed_response
+
+
+def test_a_chat_stream_becomes_the_responses_events_the_sdk_reads():
+    barp = {"request_id": "0123abcd", "model": "chat-8b", "policy_version": 3, "preference": [0.7, 0.3]}
+    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    events, closed = _events(_req(stream=True, tools=[TOOL]), _chunks(
+        {"role": "assistant", "content": "Let me"}, {"content": " check."},
+        {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}, finish="tool_calls", usage=usage, barp=barp),
+        price=lambda model, u: 0.5 if model == "chat-8b" and u["output_tokens"] == 3 else None)
+    assert closed and [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [e["type"] for e in events] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+        "response.output_item.done", "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done", "response.output_item.done",
+        "response.completed"]
+    assert events[0]["response"]["barp"] == barp and events[0]["response"]["status"] == "in_progress"
+    final = _read_with_the_sdk(events)
+    assert final.output_text == "Let me check." and final.usage.output_tokens == 3
+    call = final.output[1]
+    assert (call.type, call.call_id, call.name, call.arguments) == ("function_call", "call_1", "weather", '{"city":"Paris"}')
+    assert events[-1]["response"]["barp"] == {**barp, "cost": 0.5}  # priced like a JSON answer
+
+
+def test_a_stream_cut_at_the_token_cap_is_incomplete_and_a_failure_midway_is_failed():
+    events, _ = _events(_req(stream=True), _chunks({"content": "Par"}, finish="length"))
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    _read_with_the_sdk(events)  # the SDK's reader raises on events out of order or ids changed
+    events, closed = _events(_req(stream=True), _chunks({"content": "Par"}, error={
+        "message": "upstream 'chat-8b' failed mid-stream: ClientPayloadError", "type": "upstream_error", "code": 502}))
+    assert closed and events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["error"]["message"].startswith("upstream 'chat-8b' failed mid-stream")
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Par"  # what had arrived stays
+
+
+def test_a_client_that_leaves_closes_the_chat_stream():
+    closed = []
+
+    async def chat():
+        try:
+            yield b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n'
+            await asyncio.sleep(30)
+            yield b"data: [DONE]\n"
+        finally:
+            closed.append(True)
+
+    async def run():
+        stream = events_of(_req(stream=True), chat(), None, lambda m, u: None)
+        async for event in stream:
+            if b"output_text.delta" in event:
+                break
+        await stream.aclose()  # what Starlette does when the client goes
+        return list(closed)  # now, not when the event loop's shutdown finalizes what is left
+
+    assert asyncio.run(run()) == [True]
