@@ -349,7 +349,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",))
-        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+        msg = str(err.get("msg"))
+        msg = msg.removeprefix("Value error, ") if err.get("type") == "value_error" else msg  # the validator's own words
+        parts.append(f"{loc or 'body'}: {msg}")
     return _error(422, "; ".join(parts), request.url.path)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
 class Preference(BaseModel):
@@ -376,6 +376,13 @@ ResponsesInput = Annotated[
 class FunctionTool(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["function"] = Field(..., description="function tools only: the chat models run no hosted tools")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _function_only(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("type"), str) and data["type"] != "function":
+            raise ValueError(f"{data['type']!r} is a hosted tool, which chat models do not run; only function tools can be sent")
+        return data
     name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: Optional[str] = None
     parameters: Optional[dict] = None

@@ -1156,3 +1156,7 @@ def test_the_openai_sdks_responses_api_is_answered_by_the_routed_chat_models(ser
         oa.responses.create(model="barp-auto", input="Hi", previous_response_id="resp_123")
     assert refused.value.body["message"].startswith("previous_response_id: "), refused.value.body
     assert refused.value.type == "invalid_request_error"
+    with pytest.raises(UnprocessableEntityError) as refused:
+        oa.responses.create(model="barp-auto", input="Hi", tools=[{"type": "web_search"}])
+    assert refused.value.body["message"] == ("tools.0: 'web_search' is a hosted tool, which chat models do not run; "
+                                             "only function tools can be sent"), refused.value.body

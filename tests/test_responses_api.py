@@ -73,7 +73,7 @@ def test_the_requests_settings_take_their_chat_names_and_responses_only_fields_s
     ({"conversation": "conv_1"}, "conversation"),
     ({"background": True}, "background"),
     ({"prompt": {"id": "pmpt_1"}}, "prompt"),
-    ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
+    ({"tools": [{"type": "web_search"}]}, "tools.0"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.items.0"),
     ({"input": 7}, "input"),
     ({"input": " "}, "input.text"),
