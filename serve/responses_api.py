@@ -175,23 +175,39 @@ def _message_item(resp: _Response, index: int, text: str | None, refusal: str | 
     return {"type": "message", "id": resp.item_id("msg", index), "status": status, "role": "assistant", "content": content}
 
 
+def _reasoning_item(resp: _Response, index: int, text: str, status: str) -> dict[str, Any]:
+    return {"type": "reasoning", "id": resp.item_id("rs", index), "summary": [],
+            "content": [{"type": "reasoning_text", "text": text}], "status": status}
+
+
+def _reasoning_of(message: dict[str, Any]) -> str | None:
+    """A reasoning model's thinking in a chat message or delta: `reasoning_content` (DeepSeek, vLLM
+    before 0.10, Qwen) or `reasoning` (vLLM since, OpenRouter)."""
+    for key in ("reasoning_content", "reasoning"):
+        if isinstance(message.get(key), str) and message[key]:
+            return message[key]
+    return None
+
+
 def _call_item(resp: _Response, index: int, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
     return {"type": "function_call", "id": resp.item_id("fc", index), "call_id": call_id, "name": name,
             "arguments": arguments, "status": status}
 
 
 def response_of(req: ResponsesRequest, answer: dict[str, Any]) -> dict[str, Any]:
-    """A chat completion (JSON) as a Response: the message's text and refusal as a message item, each
-    tool call as a function_call item."""
+    """A chat completion (JSON) as a Response: a reasoning model's thinking as a reasoning item, the
+    message's text and refusal as a message item, each tool call as a function_call item."""
     barp = answer.get("barp") if isinstance(answer.get("barp"), dict) else None
     resp = _Response(req, barp.get("request_id") if barp else None)
     resp.model = answer.get("model") or req.model
     choice = (answer.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
+    if thought := _reasoning_of(message):
+        output.append(_reasoning_item(resp, 0, thought, "completed"))
     text = message.get("content") if isinstance(message.get("content"), str) else None
     if text or message.get("refusal"):
-        output.append(_message_item(resp, 0, text, message.get("refusal"), "completed"))
+        output.append(_message_item(resp, len(output), text, message.get("refusal"), "completed"))
     for call in message.get("tool_calls") or []:
         fn = call.get("function") or {}
         output.append(_call_item(resp, len(output), call.get("id") or resp.item_id("call", len(output)), fn.get("name", ""),
@@ -213,8 +229,8 @@ class _Events:
 
 async def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request_id: str | None, price) -> AsyncIterator[bytes]:
     """A chat completion's stream of chunks as the Responses API's events. Items are opened as their
-    first delta arrives (text: a message; each tool call index: a function_call) and closed when the
-    next item opens or the stream ends; the last event is response.completed (or .incomplete when the
+    first delta arrives (thinking: a reasoning item; text: a message; each tool call index: a
+    function_call) and closed when the next item opens or the stream ends; the last event is response.completed (or .incomplete when the
     model stopped at the token cap, .failed when the provider failed mid-stream). When the client
     leaves, the chat stream is closed in turn, which closes the provider's call and frees its slot.
     `price(model, usage)`: the answer's dollar cost for `barp.cost`, or None."""
@@ -236,11 +252,13 @@ async def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request
             return []
         index = output.index(item)
         item["status"] = "completed"
-        if item["type"] == "message":
+        if item["type"] in ("message", "reasoning"):
             part = item["content"][0]
-            return [event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                          text=part["text"], logprobs=[]),
-                    event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part),
+            done = (event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                          text=part["text"], logprobs=[]) if item["type"] == "message" else
+                    event("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0,
+                          text=part["text"]))
+            return [done, event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part),
                     event("response.output_item.done", output_index=index, item=item)]
         return [event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                       arguments=item["arguments"], name=item["name"]),
@@ -251,11 +269,24 @@ async def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request
         out = close()
         output.append(item)
         open_item = item
-        added = {**item, "content": []} if item["type"] == "message" else item
-        out.append(event("response.output_item.added", output_index=len(output) - 1, item=added))
-        if item["type"] == "message":
-            out.append(event("response.content_part.added", item_id=item["id"], output_index=len(output) - 1,
-                             content_index=0, part={"type": "output_text", "text": "", "annotations": [], "logprobs": []}))
+        if item["type"] == "function_call":
+            out.append(event("response.output_item.added", output_index=len(output) - 1, item=item))
+            return out
+        out.append(event("response.output_item.added", output_index=len(output) - 1, item={**item, "content": []}))
+        out.append(event("response.content_part.added", item_id=item["id"], output_index=len(output) - 1,
+                         content_index=0, part={**item["content"][0], "text": ""}))
+        return out
+
+    def text(kind: str, piece: str) -> list[bytes]:
+        """A piece of the answer's text or of its reasoning, in the item it belongs to (opened if need be)."""
+        out = []
+        if open_item is None or open_item["type"] != kind:
+            out += open_(_message_item(resp, len(output), "", None, "in_progress") if kind == "message"
+                         else _reasoning_item(resp, len(output), "", "in_progress"))
+        open_item["content"][0]["text"] += piece
+        name = "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
+        extra = {"logprobs": []} if kind == "message" else {}
+        out.append(event(name, item_id=open_item["id"], output_index=len(output) - 1, content_index=0, delta=piece, **extra))
         return out
 
     try:
@@ -287,13 +318,12 @@ async def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
                 delta = choice.get("delta") or {}
+                if thought := _reasoning_of(delta):
+                    for e in text("reasoning", thought):
+                        yield e
                 if isinstance(delta.get("content"), str) and delta["content"]:
-                    if open_item is None or open_item["type"] != "message":
-                        for e in open_(_message_item(resp, len(output), "", None, "in_progress")):
-                            yield e
-                    open_item["content"][0]["text"] += delta["content"]
-                    yield event("response.output_text.delta", item_id=open_item["id"], output_index=len(output) - 1,
-                                content_index=0, delta=delta["content"], logprobs=[])
+                    for e in text("message", delta["content"]):
+                        yield e
                 for call in delta.get("tool_calls") or []:
                     index, fn = call.get("index", 0), call.get("function") or {}
                     if index not in calls:

@@ -188,6 +188,21 @@ def test_a_chat_stream_becomes_the_responses_events_the_sdk_reads():
     assert events[-1]["response"]["barp"] == {**barp, "cost": 0.5}  # priced like a JSON answer
 
 
+def test_a_reasoning_models_thinking_comes_first_as_a_reasoning_item_streamed_or_not():
+    events, _ = _events(_req(stream=True), _chunks({"role": "assistant", "reasoning_content": "Two and"}, {"reasoning": " two."},
+                                                   {"content": "4"}))
+    assert [e["type"] for e in events][2:9] == [
+        "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
+        "response.reasoning_text.delta", "response.reasoning_text.done", "response.content_part.done", "response.output_item.done"]
+    final = _read_with_the_sdk(events)
+    assert final.output[0].type == "reasoning" and final.output[0].content[0].text == "Two and two." and final.output_text == "4"
+    resp = response_of(_req(), {"choices": [{"finish_reason": "stop", "message": {"content": "4", "reasoning_content": "2+2"}}]})
+    assert [o["type"] for o in resp["output"]] == ["reasoning", "message"] and resp["output"][1]["id"].endswith("_1")
+    from openai.types.responses import Response
+
+    assert Response.model_validate(resp).output[0].content[0].text == "2+2"
+
+
 def test_a_stream_cut_at_the_token_cap_is_incomplete_and_a_failure_midway_is_failed():
     events, _ = _events(_req(stream=True), _chunks({"content": "Par"}, finish="length"))
     assert events[-1]["type"] == "response.incomplete"
