@@ -117,18 +117,26 @@ def _has_text(content) -> bool:
     return any(isinstance(p, dict) and isinstance(p.get("text"), str) and p["text"].strip() for p in content or [])
 
 
+def _dict(value: Any) -> dict:
+    """A provider's JSON object where one should be, else empty: a malformed answer is answered as far
+    as it goes, never a 500 or a broken stream."""
+    return value if isinstance(value, dict) else {}
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _usage(usage: Any) -> dict[str, Any] | None:
     """Chat's token usage as a Response's."""
-    if not isinstance(usage, dict):
+    prompt, completion = _count(_dict(usage).get("prompt_tokens")), _count(_dict(usage).get("completion_tokens"))
+    if prompt is None or completion is None:
         return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    cached = _count(_dict(usage.get("prompt_tokens_details")).get("cached_tokens")) or 0
+    reasoning = _count(_dict(usage.get("completion_tokens_details")).get("reasoning_tokens")) or 0
     return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
-            "total_tokens": usage.get("total_tokens") if isinstance(usage.get("total_tokens"), int) else prompt + completion}
+            "total_tokens": _count(usage.get("total_tokens")) or prompt + completion}
 
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -200,18 +208,19 @@ def response_of(req: ResponsesRequest, answer: dict[str, Any]) -> dict[str, Any]
     barp = answer.get("barp") if isinstance(answer.get("barp"), dict) else None
     resp = _Response(req, barp.get("request_id") if barp else None)
     resp.model = answer.get("model") or req.model
-    choice = (answer.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
+    choices = answer.get("choices")
+    choice = _dict(choices[0] if isinstance(choices, list) and choices else None)
+    message = _dict(choice.get("message"))
     output: list[dict[str, Any]] = []
     if thought := _reasoning_of(message):
         output.append(_reasoning_item(resp, 0, thought, "completed"))
     text = message.get("content") if isinstance(message.get("content"), str) else None
     if text or message.get("refusal"):
         output.append(_message_item(resp, len(output), text, message.get("refusal"), "completed"))
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        output.append(_call_item(resp, len(output), call.get("id") or resp.item_id("call", len(output)), fn.get("name", ""),
-                                 fn.get("arguments") or "", "completed"))
+    for call in message.get("tool_calls") if isinstance(message.get("tool_calls"), list) else []:
+        call, fn = _dict(call), _dict(_dict(call).get("function"))
+        output.append(_call_item(resp, len(output), str(call.get("id") or resp.item_id("call", len(output))),
+                                 str(fn.get("name") or ""), str(fn.get("arguments") or ""), "completed"))
     return resp.body("completed", output, _usage(answer.get("usage")), barp, choice.get("finish_reason"))
 
 
@@ -314,25 +323,26 @@ async def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request
                 return
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])
-            for choice in chunk.get("choices") or []:
+            for choice in chunk.get("choices") if isinstance(chunk.get("choices"), list) else []:
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
-                delta = choice.get("delta") or {}
+                delta = _dict(choice.get("delta"))
                 if thought := _reasoning_of(delta):
                     for e in text("reasoning", thought):
                         yield e
                 if isinstance(delta.get("content"), str) and delta["content"]:
                     for e in text("message", delta["content"]):
                         yield e
-                for call in delta.get("tool_calls") or []:
-                    index, fn = call.get("index", 0), call.get("function") or {}
+                for call in delta.get("tool_calls") if isinstance(delta.get("tool_calls"), list) else []:
+                    call = _dict(call)
+                    index, fn = call.get("index", 0) if isinstance(call.get("index", 0), int) else 0, _dict(call.get("function"))
                     if index not in calls:
-                        calls[index] = _call_item(resp, len(output), call.get("id") or resp.item_id("call", len(output)),
-                                                  fn.get("name") or "", "", "in_progress")
+                        calls[index] = _call_item(resp, len(output), str(call.get("id") or resp.item_id("call", len(output))),
+                                                  str(fn.get("name") or ""), "", "in_progress")
                         for e in open_(calls[index]):
                             yield e
                     item = calls[index]
-                    if fn.get("arguments"):
+                    if isinstance(fn.get("arguments"), str) and fn["arguments"]:
                         item["arguments"] += fn["arguments"]
                         yield event("response.function_call_arguments.delta", item_id=item["id"],
                                     output_index=output.index(item), delta=fn["arguments"])

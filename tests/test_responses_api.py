@@ -235,3 +235,16 @@ def test_a_client_that_leaves_closes_the_chat_stream():
         return list(closed)  # now, not when the event loop's shutdown finalizes what is left
 
     assert asyncio.run(run()) == [True]
+
+
+def test_a_malformed_answer_is_answered_as_far_as_it_goes():
+    for answer in ({"choices": "x"}, {"choices": [None]}, {"choices": [{"message": {"tool_calls": [None, {"function": 3}]}}]},
+                   {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 2, "completion_tokens": True,
+                                                                          "prompt_tokens_details": [1]}}):
+        resp = response_of(_req(), answer)
+        assert resp["object"] == "response" and resp["usage"] is None, resp
+    lines = [b'data: {"choices": [{"delta": "x"}, {"index": 0, "delta": {"tool_calls": [7, {"index": [1], "function": 5}]}}]}\n',
+             b'data: {"choices": "no", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "prompt_tokens_details": 4}}\n',
+             b"data: [1, 2]\n", b"data: {not json\n", *_chunks({"content": "ok"})]
+    events, closed = _events(_req(stream=True), lines)
+    assert closed and events[-1]["type"] == "response.completed" and events[-1]["response"]["usage"]["input_tokens"] == 1
