@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from serve.chat_answer import Answer, Part, StreamedAnswer, Usage, answer_of, chunks_of
 from serve.openai_proxy import FAILED_OVER_HEADER, MODEL_HEADER, REQUEST_ID_HEADER, ChatProxyError, answer_cost
 from serve.schemas import (AudioPart, ChatCompletionRequest, FilePart, FunctionCallItem, FunctionCallOutputItem, ImagePart,
                            MessageItem, RefusalPart, ResponsesRequest, TextPart)
@@ -117,111 +118,69 @@ def _has_text(content) -> bool:
     return any(isinstance(p, dict) and isinstance(p.get("text"), str) and p["text"].strip() for p in content or [])
 
 
-def _dict(value: Any) -> dict:
-    """A provider's JSON object where one should be, else empty: a malformed answer is answered as far
-    as it goes, never a 500 or a broken stream."""
-    return value if isinstance(value, dict) else {}
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _usage(usage: Any) -> dict[str, Any] | None:
-    """Chat's token usage as a Response's."""
-    prompt, completion = _count(_dict(usage).get("prompt_tokens")), _count(_dict(usage).get("completion_tokens"))
-    if prompt is None or completion is None:
+def _usage(usage: Usage | None) -> dict[str, Any] | None:
+    if usage is None:
         return None
-    cached = _count(_dict(usage.get("prompt_tokens_details")).get("cached_tokens")) or 0
-    reasoning = _count(_dict(usage.get("completion_tokens_details")).get("reasoning_tokens")) or 0
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
-            "total_tokens": _count(usage.get("total_tokens")) or prompt + completion}
+    return {"input_tokens": usage.input_tokens, "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
+            "output_tokens": usage.output_tokens, "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+            "total_tokens": usage.total_tokens}
 
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+_ITEM_ID = {"thinking": "rs", "text": "msg", "tool_call": "fc"}
 
 
 class _Response:
-    """The Response being answered: its id, the request's settings it echoes, and its ending."""
+    """The Response being answered: its id, the request's settings it echoes, and its output items."""
 
     def __init__(self, req: ResponsesRequest, request_id: str | None):
         self.key = (request_id or uuid.uuid4().hex).replace("-", "")
         self.id, self.created = f"resp_{self.key}", int(time.time())
         self.req = req
-        self.model = req.model
 
-    def item_id(self, kind: str, index: int) -> str:
-        return f"{kind}_{self.key}_{index}"
+    def item(self, part: Part, index: int, status: str) -> dict[str, Any]:
+        """An answer's part as the output item at `index`: thinking a reasoning item, text a message,
+        a tool call a function_call."""
+        item_id = f"{_ITEM_ID[part.kind]}_{self.key}_{index}"
+        if part.kind == "thinking":
+            return {"type": "reasoning", "id": item_id, "summary": [], "content": [{"type": "reasoning_text", "text": part.text}],
+                    "status": status}
+        if part.kind == "tool_call":
+            return {"type": "function_call", "id": item_id, "call_id": part.call_id or f"call_{self.key}_{index}",
+                    "name": part.name, "arguments": part.text, "status": status}
+        content = [{"type": "output_text", "text": part.text, "annotations": [], "logprobs": []}] if part.text or not part.refusal else []
+        if part.refusal:
+            content.append({"type": "refusal", "refusal": part.refusal})
+        return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
-    def body(self, status: str, output: list[dict], usage: dict | None = None, barp: dict | None = None,
-             finish: str | None = None, error: dict | None = None) -> dict[str, Any]:
-        req = self.req
-        reason = _INCOMPLETE.get(finish or "")
+    def body(self, status: str, answer: Answer, error: dict | None = None) -> dict[str, Any]:
+        req, extra = self.req, self.req.model_extra or {}
+        reason = _INCOMPLETE.get(answer.finish or "")
         text = req.text.model_dump(by_alias=True, exclude_none=True) if req.text else {"format": {"type": "text"}}
+        done = "in_progress" if status == "in_progress" else "completed"
         return {
             "id": self.id, "object": "response", "created_at": self.created,
             "status": "incomplete" if status == "completed" and reason else status,
-            "error": error, "incomplete_details": {"reason": reason} if reason else None,
-            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens, "model": self.model,
-            "output": output, "parallel_tool_calls": (req.model_extra or {}).get("parallel_tool_calls", True),
-            "previous_response_id": None, "reasoning": {"effort": req.reasoning.effort if req.reasoning else None, "summary": None},
-            "store": False, "temperature": (req.model_extra or {}).get("temperature"), "text": text,
+            "error": error, "incomplete_details": {"reason": reason} if reason and status == "completed" else None,
+            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens, "model": answer.model or req.model,
+            "output": [self.item(p, i, done) for i, p in enumerate(answer.parts)],
+            "parallel_tool_calls": extra.get("parallel_tool_calls", True), "previous_response_id": None,
+            "reasoning": {"effort": req.reasoning.effort if req.reasoning else None, "summary": None},
+            "store": False, "temperature": extra.get("temperature"), "text": text,
             "tool_choice": (req.tool_choice if isinstance(req.tool_choice, str) or req.tool_choice is None
                             else req.tool_choice.model_dump()) or "auto",
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
-            "top_p": (req.model_extra or {}).get("top_p"), "truncation": "disabled", "usage": usage,
-            "user": (req.model_extra or {}).get("user"), "metadata": req.metadata or {},
-            **({"barp": barp} if barp else {}),
+            "top_p": extra.get("top_p"), "truncation": "disabled", "usage": _usage(answer.usage),
+            "user": extra.get("user"), "metadata": req.metadata or {},
+            **({"barp": answer.barp} if answer.barp else {}),
         }
 
 
-def _message_item(resp: _Response, index: int, text: str | None, refusal: str | None, status: str) -> dict[str, Any]:
-    content = [{"type": "output_text", "text": text or "", "annotations": [], "logprobs": []}] if text is not None else []
-    if refusal:
-        content.append({"type": "refusal", "refusal": refusal})
-    return {"type": "message", "id": resp.item_id("msg", index), "status": status, "role": "assistant", "content": content}
-
-
-def _reasoning_item(resp: _Response, index: int, text: str, status: str) -> dict[str, Any]:
-    return {"type": "reasoning", "id": resp.item_id("rs", index), "summary": [],
-            "content": [{"type": "reasoning_text", "text": text}], "status": status}
-
-
-def _reasoning_of(message: dict[str, Any]) -> str | None:
-    """A reasoning model's thinking in a chat message or delta: `reasoning_content` (DeepSeek, vLLM
-    before 0.10, Qwen) or `reasoning` (vLLM since, OpenRouter)."""
-    for key in ("reasoning_content", "reasoning"):
-        if isinstance(message.get(key), str) and message[key]:
-            return message[key]
-    return None
-
-
-def _call_item(resp: _Response, index: int, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
-    return {"type": "function_call", "id": resp.item_id("fc", index), "call_id": call_id, "name": name,
-            "arguments": arguments, "status": status}
-
-
-def response_of(req: ResponsesRequest, answer: dict[str, Any]) -> dict[str, Any]:
+def response_of(req: ResponsesRequest, data: dict[str, Any]) -> dict[str, Any]:
     """A chat completion (JSON) as a Response: a reasoning model's thinking as a reasoning item, the
     message's text and refusal as a message item, each tool call as a function_call item."""
-    barp = answer.get("barp") if isinstance(answer.get("barp"), dict) else None
-    resp = _Response(req, barp.get("request_id") if barp else None)
-    resp.model = answer.get("model") or req.model
-    choices = answer.get("choices")
-    choice = _dict(choices[0] if isinstance(choices, list) and choices else None)
-    message = _dict(choice.get("message"))
-    output: list[dict[str, Any]] = []
-    if thought := _reasoning_of(message):
-        output.append(_reasoning_item(resp, 0, thought, "completed"))
-    text = message.get("content") if isinstance(message.get("content"), str) else None
-    if text or message.get("refusal"):
-        output.append(_message_item(resp, len(output), text, message.get("refusal"), "completed"))
-    for call in message.get("tool_calls") if isinstance(message.get("tool_calls"), list) else []:
-        call, fn = _dict(call), _dict(_dict(call).get("function"))
-        output.append(_call_item(resp, len(output), str(call.get("id") or resp.item_id("call", len(output))),
-                                 str(fn.get("name") or ""), str(fn.get("arguments") or ""), "completed"))
-    return resp.body("completed", output, _usage(answer.get("usage")), barp, choice.get("finish_reason"))
+    answer = answer_of(data)
+    return _Response(req, answer.barp.get("request_id") if answer.barp else None).body("completed", answer)
 
 
 class _Events:
@@ -237,128 +196,71 @@ class _Events:
 
 
 async def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request_id: str | None, price) -> AsyncIterator[bytes]:
-    """A chat completion's stream of chunks as the Responses API's events. Items are opened as their
-    first delta arrives (thinking: a reasoning item; text: a message; each tool call index: a
-    function_call) and closed when the next item opens or the stream ends; the last event is response.completed (or .incomplete when the
-    model stopped at the token cap, .failed when the provider failed mid-stream). When the client
-    leaves, the chat stream is closed in turn, which closes the provider's call and frees its slot.
-    `price(model, usage)`: the answer's dollar cost for `barp.cost`, or None."""
-    resp, event = _Response(req, request_id), _Events()
-    output: list[dict[str, Any]] = []
-    open_item: dict[str, Any] | None = None  # the item now receiving deltas
-    calls: dict[int, dict[str, Any]] = {}  # chat's tool-call index -> its function_call item
-    barp: dict[str, Any] | None = None
-    usage, finish, started = None, None, False
+    """A chat completion's stream as the Responses API's events: response.created, then per part of
+    the answer (serve/chat_answer.py) its item added, its deltas and its item done, and last
+    response.completed (or .incomplete when the model stopped at the token cap, .failed when the
+    provider failed mid-stream). When the client leaves, the chat stream is closed in turn, which
+    closes the provider's call and frees its slot. `price(model, usage)`: the answer's dollar cost
+    for `barp.cost`, or None."""
+    resp, event, answer = _Response(req, request_id), _Events(), StreamedAnswer()
+    text_events = {"text": ("response.output_text.delta", "response.output_text.done"),
+                   "thinking": ("response.reasoning_text.delta", "response.reasoning_text.done")}
 
-    def begin() -> list[bytes]:
-        skeleton = resp.body("in_progress", [], barp=barp)
-        return [event("response.created", response=skeleton), event("response.in_progress", response=skeleton)]
-
-    def close() -> list[bytes]:
-        nonlocal open_item
-        item, open_item = open_item, None
-        if item is None:
-            return []
-        index = output.index(item)
-        item["status"] = "completed"
-        if item["type"] in ("message", "reasoning"):
-            part = item["content"][0]
-            done = (event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                          text=part["text"], logprobs=[]) if item["type"] == "message" else
-                    event("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0,
-                          text=part["text"]))
-            return [done, event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part),
+    def step(kind: str, part: Part, piece: str = "") -> list[bytes]:
+        index = answer.parts.index(part)
+        item_id = resp.item(part, index, "")["id"]
+        logprobs = {"logprobs": []} if part.kind == "text" else {}
+        if kind == "open":
+            item = resp.item(Part(part.kind, "", part.call_id, part.name), index, "in_progress")
+            if part.kind == "tool_call":
+                return [event("response.output_item.added", output_index=index, item=item)]
+            return [event("response.output_item.added", output_index=index, item={**item, "content": []}),
+                    event("response.content_part.added", item_id=item_id, output_index=index, content_index=0,
+                          part=item["content"][0])]
+        if kind == "delta" and part.kind == "tool_call":
+            return [event("response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=piece)]
+        if kind == "delta":
+            return [event(text_events[part.kind][0], item_id=item_id, output_index=index, content_index=0, delta=piece, **logprobs)]
+        item = resp.item(part, index, "completed")
+        if part.kind == "tool_call":
+            return [event("response.function_call_arguments.done", item_id=item_id, output_index=index,
+                          arguments=part.text, name=part.name),
                     event("response.output_item.done", output_index=index, item=item)]
-        return [event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                      arguments=item["arguments"], name=item["name"]),
+        return [event(text_events[part.kind][1], item_id=item_id, output_index=index, content_index=0, text=part.text, **logprobs),
+                event("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=item["content"][0]),
                 event("response.output_item.done", output_index=index, item=item)]
 
-    def open_(item: dict[str, Any]) -> list[bytes]:
-        nonlocal open_item
-        out = close()
-        output.append(item)
-        open_item = item
-        if item["type"] == "function_call":
-            out.append(event("response.output_item.added", output_index=len(output) - 1, item=item))
-            return out
-        out.append(event("response.output_item.added", output_index=len(output) - 1, item={**item, "content": []}))
-        out.append(event("response.content_part.added", item_id=item["id"], output_index=len(output) - 1,
-                         content_index=0, part={**item["content"][0], "text": ""}))
-        return out
+    def begin() -> list[bytes]:
+        skeleton = resp.body("in_progress", Answer(model=answer.model, barp=answer.barp))
+        return [event("response.created", response=skeleton), event("response.in_progress", response=skeleton)]
 
-    def text(kind: str, piece: str) -> list[bytes]:
-        """A piece of the answer's text or of its reasoning, in the item it belongs to (opened if need be)."""
-        out = []
-        if open_item is None or open_item["type"] != kind:
-            out += open_(_message_item(resp, len(output), "", None, "in_progress") if kind == "message"
-                         else _reasoning_item(resp, len(output), "", "in_progress"))
-        open_item["content"][0]["text"] += piece
-        name = "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
-        extra = {"logprobs": []} if kind == "message" else {}
-        out.append(event(name, item_id=open_item["id"], output_index=len(output) - 1, content_index=0, delta=piece, **extra))
-        return out
-
+    stream = chunks_of(chunks)
     try:
-        async for line in chunks:
-            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
-                continue
-            try:
-                chunk = json.loads(line[5:])
-            except ValueError:
-                continue
-            if not isinstance(chunk, dict):
-                continue
+        async for chunk in stream:
+            started = answer.started
+            steps = answer.feed(chunk)
             if not started:
-                barp = chunk.get("barp") if isinstance(chunk.get("barp"), dict) else None
-                resp.model = chunk.get("model") or req.model
                 for e in begin():
                     yield e
-                started = True
-            if "error" in chunk:  # the provider failed mid-stream (serve/openai_proxy.py told it so)
-                err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-                for e in close():
+            for s in steps:
+                for e in step(*s):
                     yield e
-                failed = {"code": str(err.get("type") or "server_error"), "message": str(err.get("message", ""))}
-                yield event("response.failed", response=resp.body("failed", output, usage, barp, error=failed))
+            if answer.error is not None:
+                yield event("response.failed", response=resp.body("failed", answer, {"code": answer.error["type"],
+                                                                                       "message": answer.error["message"]}))
                 return
-            if chunk.get("usage"):
-                usage = _usage(chunk["usage"])
-            for choice in chunk.get("choices") if isinstance(chunk.get("choices"), list) else []:
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                    continue
-                delta = _dict(choice.get("delta"))
-                if thought := _reasoning_of(delta):
-                    for e in text("reasoning", thought):
-                        yield e
-                if isinstance(delta.get("content"), str) and delta["content"]:
-                    for e in text("message", delta["content"]):
-                        yield e
-                for call in delta.get("tool_calls") if isinstance(delta.get("tool_calls"), list) else []:
-                    call = _dict(call)
-                    index, fn = call.get("index", 0) if isinstance(call.get("index", 0), int) else 0, _dict(call.get("function"))
-                    if index not in calls:
-                        calls[index] = _call_item(resp, len(output), str(call.get("id") or resp.item_id("call", len(output))),
-                                                  str(fn.get("name") or ""), "", "in_progress")
-                        for e in open_(calls[index]):
-                            yield e
-                    item = calls[index]
-                    if isinstance(fn.get("arguments"), str) and fn["arguments"]:
-                        item["arguments"] += fn["arguments"]
-                        yield event("response.function_call_arguments.delta", item_id=item["id"],
-                                    output_index=output.index(item), delta=fn["arguments"])
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-        if not started:
+        if not answer.started:
             for e in begin():
                 yield e
-        for e in close():
-            yield e
-        if barp is not None and usage is not None and (cost := price(barp.get("model"), usage)) is not None:
-            barp = {**barp, "cost": cost}
-        final = resp.body("completed", output, usage, barp, finish)
+        for s in answer.end():
+            for e in step(*s):
+                yield e
+        if answer.barp is not None and answer.usage is not None and (cost := price(answer.barp.get("model"), answer.usage)) is not None:
+            answer.barp = {**answer.barp, "cost": cost}
+        final = resp.body("completed", answer)
         yield event(f"response.{final['status']}", response=final)
     finally:
-        await chunks.aclose()
+        await stream.aclose()
 
 
 def as_response(req: ResponsesRequest, answer, prices: dict[str, dict]):
@@ -366,9 +268,8 @@ def as_response(req: ResponsesRequest, answer, prices: dict[str, dict]):
     error (a JSON answer other than 200) passes through as it came, as on the chat endpoint."""
     headers = {k: v for k, v in answer.headers.items() if k in _KEPT_HEADERS}
     if isinstance(answer, StreamingResponse):
-        def price(model, usage):
-            tokens = {"prompt_tokens": usage["input_tokens"], "completion_tokens": usage["output_tokens"]}
-            return answer_cost(tokens, prices.get(model))
+        def price(model, usage: Usage):
+            return answer_cost(usage.chat(), prices.get(model))
 
         return StreamingResponse(events_of(req, answer.body_iterator, headers.get(REQUEST_ID_HEADER), price),
                                  media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})

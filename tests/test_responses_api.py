@@ -172,7 +172,7 @@ def test_a_chat_stream_becomes_the_responses_events_the_sdk_reads():
         {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}, finish="tool_calls", usage=usage, barp=barp),
-        price=lambda model, u: 0.5 if model == "chat-8b" and u["output_tokens"] == 3 else None)
+        price=lambda model, u: 0.5 if model == "chat-8b" and u.output_tokens == 3 else None)
     assert closed and [e["sequence_number"] for e in events] == list(range(len(events)))
     assert [e["type"] for e in events] == [
         "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
