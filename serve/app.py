@@ -34,10 +34,11 @@ from ray import serve
 
 from barp_ray.policy import read_meta, stated_answer_tokens
 from barp_ray.prompt_stats import text_stats
-from serve.guard import CHAT_PATH, RESPONSES_PATH, GuardError, PromptLimiter, error_response, load_admin_token, load_clients, load_token
+from serve.guard import CHAT_PATH, MESSAGES_PATH, RESPONSES_PATH, GuardError, PromptLimiter, error_response, load_admin_token, load_clients, load_token
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ChatErrorBody, ErrorBody, FeedbackRequest,
-                           FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, ResponseObject,
-                           ResponsesRequest, RouteRequest, RouteResponse, WithdrawRequest, WithdrawResponse)
+                           FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, MessageObject, MessagesErrorBody,
+                           MessagesRequest, CountTokensRequest, ResponseObject, ResponsesRequest, RouteRequest, RouteResponse,
+                           TokenCountResponse, WithdrawRequest, WithdrawResponse)
 from serve.routing import take_offer
 from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_offer, settings_from_args
 
@@ -390,7 +391,7 @@ def _openapi() -> dict:
     if chat_models is not None:
         enum_items(comps["RouteOptions"]["properties"]["candidates"], chat_models)
         enum_items(comps["RouteOptions"]["properties"]["fallbacks"], chat_models)
-        for request in ("ChatCompletionRequest", "ResponsesRequest"):
+        for request in ("ChatCompletionRequest", "ResponsesRequest", "MessagesRequest"):
             comps[request]["properties"]["model"]["enum"] = ["barp-auto", *chat_models]
     return schema
 
@@ -841,6 +842,27 @@ class RouterAPI:
             return as_response(req, await forward_chat(self, chat_request(req)), self.prices)
         except ChatProxyError as e:
             return _error(e.status, str(e), RESPONSES_PATH, e.code, e.headers)
+
+    @api.post(MESSAGES_PATH, response_model=MessageObject,
+              responses={200: {"content": {"text/event-stream": {}},
+                               "description": "the message (JSON), or with stream: true the Messages API's events"},
+                         **errors(403, 404, 422, 429, 502, 503, 504, body=MessagesErrorBody)})
+    async def messages(self, req: MessagesRequest):
+        """Anthropic's Messages API, answered by the chat models (serve/anthropic_messages.py); model barp-auto routes."""
+        from serve.anthropic_messages import as_message, chat_request
+        from serve.openai_proxy import ChatProxyError, forward_chat
+
+        try:
+            return as_message(req, await forward_chat(self, chat_request(req)), self.prices)
+        except ChatProxyError as e:
+            return _error(e.status, str(e), MESSAGES_PATH, e.code, e.headers)
+
+    @api.post(MESSAGES_PATH + "/count_tokens", response_model=TokenCountResponse, responses=errors(body=MessagesErrorBody))
+    async def count_tokens(self, req: CountTokensRequest) -> TokenCountResponse:
+        """Anthropic's token count, by the router's own tokenizer (an estimate of the provider's)."""
+        from serve.anthropic_messages import counted_tokens
+
+        return TokenCountResponse(input_tokens=counted_tokens(self, req))
 
 
 def checked_app(args: dict[str, Any] | None, environment: bool = True) -> tuple[ServeSettings, dict, dict]:

@@ -196,8 +196,9 @@ class PromptLimiter:
 ALWAYS_PROTECTED = ("/v1/feedback", "/v1/admin/", "/v1/stats")
 ADMIN_PATH = "/v1/admin/"
 OPERATOR_PATHS = (ADMIN_PATH, "/v1/stats")  # not for a named client's token
-ROUTE_PATH, CHAT_PATH, RESPONSES_PATH = "/v1/route", "/v1/chat/completions", "/v1/responses"
-OPENAI_PATHS = (CHAT_PATH, RESPONSES_PATH)  # answered by the providers: chat's size limit, token rule and error shape
+ROUTE_PATH, CHAT_PATH, RESPONSES_PATH, MESSAGES_PATH = "/v1/route", "/v1/chat/completions", "/v1/responses", "/v1/messages"
+OPENAI_PATHS = (CHAT_PATH, RESPONSES_PATH)  # OpenAI's shape of error
+PROVIDER_PATHS = (*OPENAI_PATHS, MESSAGES_PATH)  # answered by the providers: chat's size limit and token rule
 
 
 def _bearer(header: str | None) -> str | None:
@@ -244,13 +245,15 @@ class GuardMiddleware:
         if scope["type"] != "http" or not STATE:
             return await self.app(scope, receive, send)
         path = scope["path"]
-        limit = STATE["max_chat_body_bytes"] if path.startswith(OPENAI_PATHS) else STATE["max_body_bytes"]
+        limit = STATE["max_chat_body_bytes"] if path.startswith(PROVIDER_PATHS) else STATE["max_body_bytes"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if path.startswith(MESSAGES_PATH) and "authorization" not in headers and "x-api-key" in headers:
+            headers["authorization"] = f"Bearer {headers['x-api-key']}"  # how Anthropic's clients send their key
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await _refuse(scope, receive, send, 413, f"body: larger than the limit of {limit} bytes")
         protected = (path.startswith(ALWAYS_PROTECTED) or (STATE["require_for_route"] and path.startswith(ROUTE_PATH))
-                     or (STATE["require_for_chat"] and path.startswith(OPENAI_PATHS)))
+                     or (STATE["require_for_chat"] and path.startswith(PROVIDER_PATHS)))
         # An open path (a route without require_for_route) with a token still says who sent it; a
         # wrong token there is refused rather than ignored, so a misconfigured client finds out.
         CLIENT.set(None)
@@ -286,13 +289,15 @@ class GuardMiddleware:
 
 
 def error_response(status: int, message: str, path: str = "", code: str | None = None, headers: dict | None = None):
-    """This API's error, `{"error": message}`; on the chat endpoint in OpenAI's shape (`chat_error`).
+    """This API's error, `{"error": message}`; on the OpenAI endpoints in OpenAI's shape (`chat_error`), on
+    the Messages endpoint in Anthropic's (`messages_error`).
     The guard's refusals and the handlers' errors both come from here, so a path answers in one shape."""
     from starlette.responses import JSONResponse
 
-    from serve.schemas import chat_error
+    from serve.schemas import chat_error, messages_error
 
-    content = chat_error(status, message, code) if path.startswith(OPENAI_PATHS) else {"error": message}
+    content = (chat_error(status, message, code) if path.startswith(OPENAI_PATHS) else
+               messages_error(status, message) if path.startswith(MESSAGES_PATH) else {"error": message})
     return JSONResponse(status_code=status, content=content, headers=headers)
 
 

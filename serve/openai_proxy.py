@@ -122,7 +122,7 @@ def _prompt_of(req: ChatCompletionRequest) -> str:
     raise ChatProxyError(422, "messages: no user message with text content")
 
 
-def _input_tokens(api, req: ChatCompletionRequest) -> int:
+def input_tokens(api, req: ChatCompletionRequest) -> int:
     """What the provider bills as input: every message's text, counted by the router's tokenizer
     (as one text: WordPiece never joins tokens across the line break, and a long conversation is then
     counted from samples once, not message by message)."""
@@ -247,7 +247,7 @@ async def _auto(api, req: ChatCompletionRequest, prompt: str, payload: dict[str,
         """The request as its provider bills and bounds it: every message, and the answer's cap if set;
         the messages counted once, when first read."""
         if "input_tokens" not in options:
-            options["input_tokens"] = min(_input_tokens(api, req), MAX_TOKEN_COUNT)
+            options["input_tokens"] = min(input_tokens(api, req), MAX_TOKEN_COUNT)
         return options["input_tokens"] + options.get("output_tokens", 0)
 
     # Counted now when the route reads it: max_cost, the context windows, or a budget's estimate (a

@@ -191,6 +191,30 @@ def chat_error(status: int, message: str, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": CHAT_ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}}
 
 
+class MessagesError(BaseModel):
+    type: str = Field(..., description="invalid_request_error, authentication_error, permission_error, not_found_error, "
+                                       "request_too_large, rate_limit_error, api_error or overloaded_error")
+    message: str
+
+
+class MessagesErrorBody(BaseModel):
+    """Anthropic's error shape: the Messages endpoint answers its errors, and its providers' passed on, in it."""
+
+    type: Literal["error"]
+    error: MessagesError
+
+
+MESSAGES_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                        413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error", 503: "overloaded_error",
+                        529: "overloaded_error"}
+
+
+def messages_error(status: int, message: str) -> dict:
+    """The Messages endpoint's error body (Anthropic's shape) for one of this API's one-line errors."""
+    return {"type": "error", "error": {"type": MESSAGES_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error"),
+                                       "message": message}}
+
+
 class RouteOptions(BaseModel):
     """`barp` in a chat request: how barp-auto routes it (the prompt is the last user message)."""
 
@@ -485,3 +509,130 @@ class ResponseObject(BaseModel):
     status: Literal["completed", "incomplete"]
     output: list[dict]
     barp: Optional[BarpInfo] = None
+
+
+# ---- Anthropic's Messages API (POST /v1/messages), answered by the chat models (serve/anthropic_messages.py) ----
+
+class AnthropicText(_Part):
+    type: Literal["text"]
+    text: str
+
+
+class Base64Source(BaseModel):
+    type: Literal["base64"]
+    media_type: str = Field(..., min_length=1)
+    data: str
+
+
+class UrlSource(BaseModel):
+    type: Literal["url"]
+    url: str = Field(..., min_length=1)
+
+
+class AnthropicImage(_Part):
+    type: Literal["image"]
+    source: Annotated[Union[Base64Source, UrlSource], Field(discriminator="type", description="base64 data or a URL "
+                                                                                                "(file ids are not kept here)")]
+
+
+class AnthropicToolUse(_Part):
+    type: Literal["tool_use"]
+    id: str = Field(..., min_length=1)
+    name: str = Field(..., min_length=1)
+    input: dict
+
+
+class AnthropicToolResult(_Part):
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(..., min_length=1)
+    content: Union[str, list[Annotated[Union[AnthropicText, AnthropicImage], Field(discriminator="type")]]] = ""
+    is_error: Optional[bool] = Field(None, strict=True)
+
+
+class AnthropicThinking(_Part):
+    """An earlier answer's thinking: accepted, so a client may send its turns back whole, and dropped."""
+
+    type: Literal["thinking", "redacted_thinking"]
+
+
+AnthropicBlock = Annotated[Union[AnthropicText, AnthropicImage, AnthropicToolUse, AnthropicToolResult, AnthropicThinking],
+                           Field(discriminator="type")]
+
+
+class AnthropicMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["user", "assistant"]
+    content: Union[str, list[AnthropicBlock]]
+
+
+_ANTHROPIC_USER_TEXT = {"type": "object", "required": ["role", "content"], "properties": {
+    "role": {"const": "user"}, "content": {"anyOf": [_TEXT, {"type": "array", "contains": {
+        "type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": _TEXT}}}]}}}
+
+
+class AnthropicTool(BaseModel):
+    model_config = ConfigDict(extra="allow")  # cache_control
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: Optional[str] = None
+    input_schema: dict
+    type: Optional[Literal["custom"]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _client_tools_only(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("type"), str) and data["type"] != "custom":
+            raise ValueError(f"{data['type']!r} is a server tool, which chat models do not run; only client tools "
+                             "(name, input_schema) can be sent")
+        return data
+
+
+class AnthropicToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["auto", "any", "tool", "none"]
+    name: Optional[str] = Field(None, min_length=1, description="type tool: the tool to call")
+    disable_parallel_tool_use: Optional[bool] = Field(None, strict=True)
+
+
+class MessagesRequest(BaseModel):
+    """Anthropic's Messages API request, answered by a chat model (routed with barp-auto, or named):
+    Anthropic's own clients (its SDKs, Claude Code with ANTHROPIC_BASE_URL) reach every model barp
+    routes to. Fields with no chat form (thinking, cache_control, service_tier, ...) are not sent."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(..., description="'barp-auto' to let the router choose, or a served model's name")
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKEN_COUNT), BeforeValidator(_whole_number)] = Field(
+        ..., description="sent as max_completion_tokens")
+    messages: list[AnthropicMessage] = Field(..., min_length=1, json_schema_extra={"contains": _ANTHROPIC_USER_TEXT},
+                                             description="at least one user message with text: the last one is what the router reads")
+    system: Optional[Union[str, list[AnthropicText]]] = Field(None, description="sent first, as a system message")
+    stream: bool = Field(False, strict=True, description="server-sent events of the Messages API (message_start ... message_stop)")
+    stop_sequences: Optional[list[str]] = Field(None, description="sent as stop")
+    temperature: Optional[float] = Field(None, ge=0, le=1, strict=True, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, ge=0, le=1, strict=True, allow_inf_nan=False)
+    tools: Optional[list[AnthropicTool]] = None
+    tool_choice: Optional[AnthropicToolChoice] = None
+    metadata: Optional[dict] = Field(None, description="metadata.user_id is sent as user")
+    barp: Optional[RouteOptions] = None
+
+
+class MessageObject(BaseModel):
+    """The chat model's answer as an Anthropic message (content blocks, stop_reason, usage), plus `barp`."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    content: list[dict]
+    barp: Optional[BarpInfo] = None
+
+
+class CountTokensRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[AnthropicMessage] = Field(..., min_length=1)
+    system: Optional[Union[str, list[AnthropicText]]] = None
+    tools: Optional[list[AnthropicTool]] = None
+
+
+class TokenCountResponse(BaseModel):
+    input_tokens: int

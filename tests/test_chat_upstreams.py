@@ -1160,3 +1160,77 @@ def test_the_openai_sdks_responses_api_is_answered_by_the_routed_chat_models(ser
         oa.responses.create(model="barp-auto", input="Hi", tools=[{"type": "web_search"}])
     assert refused.value.body["message"] == ("tools.0: 'web_search' is a hosted tool, which chat models do not run; "
                                              "only function tools can be sent"), refused.value.body
+
+
+def _post_messages(client, body: dict, path: str = "/v1/messages", key: str | None = TOKEN) -> tuple[int, dict, str]:
+    """Anthropic's way: the key in x-api-key, the version header its SDKs send."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+    conn.request("POST", path, json.dumps(body), {"content-type": "application/json", "anthropic-version": "2023-06-01",
+                                                  **({"x-api-key": key} if key else {})})
+    resp = conn.getresponse()
+    text, headers = resp.read().decode(), {k.lower(): v for k, v in resp.getheaders()}
+    conn.close()
+    return resp.status, headers, text
+
+
+def test_anthropics_messages_api_is_answered_by_the_routed_chat_models(service):
+    """`POST /v1/messages` as Anthropic's clients send it (x-api-key): routed by barp-auto like a chat,
+    priced so feedback may give the score alone, client tools offered only to models that take tools,
+    tool uses streamed as Anthropic's events, a token count, and errors in Anthropic's shape."""
+    from openai_upstream import ARGUMENTS
+
+    client, upstream = service
+    pair = ["chat-8b", "code-15b"]
+    st, headers, text = _post_messages(client, {"model": "barp-auto", "max_tokens": 64, "system": "Be brief.",
+                                                "messages": [{"role": "user", "content": "Sum the first ten primes."}],
+                                                "barp": {"candidates": pair, "preference": 0.7}})
+    msg = json.loads(text)
+    assert st == 200 and msg["type"] == "message" and msg["stop_reason"] == "end_turn", text
+    model = msg["barp"]["model"]
+    assert model in pair and msg["content"] == [{"type": "text", "text": f"answer from {model}"}]
+    assert headers["x-barp-request-id"] == msg["barp"]["request_id"] and msg["usage"]["output_tokens"] == 3
+    assert upstream.bodies[-1]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert upstream.bodies[-1]["max_completion_tokens"] == 64
+    st, f = client.post("/v1/feedback", {"request_id": msg["barp"]["request_id"], "score": 0.9})
+    assert st == 200 and f["accepted"], f
+
+    # a client tool, streamed: offered only to the models known to take tools (chat-8b of these two)
+    tool = {"name": "weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    st, headers, text = _post_messages(client, {"model": "barp-auto", "max_tokens": 64, "stream": True, "tools": [tool],
+                                                "messages": [{"role": "user", "content": "Weather in Paris?"}],
+                                                "barp": {"candidates": ["tiny-1b", "chat-8b"], "preference": 0.7}})
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert st == 200 and kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"], kinds
+    start = next(e for e in events if e["type"] == "content_block_start")
+    assert start["content_block"]["type"] == "tool_use" and start["content_block"]["name"] == "weather"
+    assert "".join(e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta") == ARGUMENTS
+    assert events[0]["message"]["barp"]["model"] == "chat-8b" and events[-2]["delta"]["stop_reason"] == "tool_use"
+    assert events[-2]["barp"]["cost"] > 0  # the stream asked its provider for usage: priced
+    # its result sent back, to a named model
+    use_id = start["content_block"]["id"]
+    st, _, text = _post_messages(client, {"model": "chat-8b", "max_tokens": 64, "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": use_id, "name": "weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use_id, "content": "sunny"}]}]})
+    assert st == 200 and json.loads(text)["content"][0]["text"] == "answer from chat-8b", text
+    assert upstream.bodies[-1]["messages"][1:] == [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": use_id, "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": use_id, "content": "sunny"}]
+
+    st, _, text = _post_messages(client, {"model": "barp-auto", "messages": [{"role": "user", "content": "Sum the first ten primes."}],
+                                          "system": "Be brief.", "tools": [tool]}, "/v1/messages/count_tokens")
+    assert st == 200 and json.loads(text)["input_tokens"] > 10, text
+    # errors in Anthropic's shape: a model it cannot reach, a server tool, no key
+    st, _, text = _post_messages(client, {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
+    assert st == 422 and json.loads(text) == {"type": "error", "error": {"type": "invalid_request_error", "message": json.loads(
+        text)["error"]["message"]}} and json.loads(text)["error"]["message"].startswith("model: must be 'barp-auto'"), text
+    st, _, text = _post_messages(client, {"model": "barp-auto", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}],
+                                          "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+    assert st == 422 and "is a server tool" in json.loads(text)["error"]["message"], text
+    st, _, text = _post_messages(client, {"model": "barp-auto", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]},
+                                 key=None)
+    assert st == 401 and json.loads(text)["error"]["type"] == "authentication_error", text
