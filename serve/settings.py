@@ -186,7 +186,7 @@ class AuthSettings:
     # its name, take its default preference and stay within its models; it rates only its own routes.
     clients_file: str | None = None
     require_for_route: bool = False  # /v1/route too
-    # /v1/chat/completions spends money on the upstream models: open only behind your own gateway.
+    # /v1/chat/completions, /v1/responses and /v1/messages spend money on the upstream models: open only behind your own gateway.
     require_for_chat: bool = True
     disabled: bool = False
 
