@@ -392,7 +392,7 @@ def _openapi() -> dict:
         enum_items(comps["RouteOptions"]["properties"]["candidates"], chat_models)
         enum_items(comps["RouteOptions"]["properties"]["fallbacks"], chat_models)
         for request in ("ChatCompletionRequest", "ResponsesRequest", "MessagesRequest"):
-            comps[request]["properties"]["model"]["enum"] = ["barp-auto", *chat_models]
+            comps[request]["properties"]["model"]["enum"] = ["barp-auto", *chat_models, *STATE.get("model_aliases", {})]
     return schema
 
 
@@ -517,6 +517,7 @@ class RouterAPI:
             require_for_chat=settings.auth.require_for_chat,
             models=self.models,
             chat_models=self.chat_models,
+            model_aliases=settings.model_aliases,
             max_body_bytes=settings.limits.max_body_bytes,
             max_chat_body_bytes=settings.limits.max_chat_body_bytes,
         )
@@ -728,6 +729,8 @@ class RouterAPI:
                    **({"context_window": windows[m]} if m in windows else {}),
                    **({"capabilities": list(capabilities[m])} if m in capabilities else {})} for m in mine]
         listed.append({"id": "barp-auto", "object": "model", "created": 0, "owned_by": "barp-ray"})
+        listed += [{"id": alias, "object": "model", "created": 0, "owned_by": "barp-ray", "alias_of": target}
+                   for alias, target in self.settings.model_aliases.items() if target == "barp-auto" or target in mine]
         # OpenAI's list shape (`data`), which its clients and chat front-ends read, and `models` as before
         return {"object": "list", "data": listed, "models": listed, "tau": self.tau}
 
@@ -881,6 +884,8 @@ def checked_app(args: dict[str, Any] | None, environment: bool = True) -> tuple[
     except (OSError, ValueError):  # missing (FileNotFoundError), unreachable or unreadable
         raise SettingsError(f"checkpoint: {settings.checkpoint} is not a barp-ray checkpoint (no {META_FILE})") from None
     live_offer(live, meta)  # refused here, before anything is deployed
+    if clash := sorted(set(settings.model_aliases) & set(meta["models"])):
+        raise SettingsError(f"model_aliases: {clash} are the checkpoint's own model names, not aliases")
     if not environment:
         return settings, meta, live
     try:

@@ -173,10 +173,11 @@ async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any]:
 
 
 async def forward_chat(api, req: ChatCompletionRequest):
-    model = req.model
+    model = api.settings.model_aliases.get(req.model, req.model)  # a name the client sends for one of ours
     prompt = _prompt_of(req)  # required for a named model too: the schema promises one rule for both
     if model != AUTO and model not in api.models:
-        raise ChatProxyError(422, f"model: must be {AUTO!r} or one of {api.models}, got {model!r}")
+        aliases = f" or an alias ({list(api.settings.model_aliases)})" if api.settings.model_aliases else ""
+        raise ChatProxyError(422, f"model: must be {AUTO!r} or one of {api.models}{aliases}, got {model!r}")
     if model != AUTO and model not in api.settings.upstreams:
         raise ChatProxyError(422, f"model: no upstream configured for {model!r}; use {AUTO!r} or one of {api.chat_models}")
     wanted = req.barp.candidates if req.barp and req.barp.candidates else []

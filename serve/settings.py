@@ -425,6 +425,9 @@ class ServeSettings:
     # when the client did not, and keep it from the client: every streamed answer is then priced (and
     # can be judged). Off by default: a provider that does not know stream_options may refuse it.
     upstream_stream_usage: bool = False
+    # Names clients send for a model this service routes (an app that names gpt-4o, a tool that names
+    # claude-sonnet-4-5) -> barp-auto or a model with an upstream: a drop-in without editing the client.
+    model_aliases: dict = field(default_factory=dict)
     failover: FailoverSettings = field(default_factory=FailoverSettings)
     latency: LatencySettings = field(default_factory=LatencySettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
@@ -457,6 +460,15 @@ class ServeSettings:
         self.upstreams = {name: _upstream(name, raw) for name, raw in self.upstreams.items()}
         for name, up in self.upstreams.items():
             up.validate(name)
+        if not isinstance(self.model_aliases, dict):
+            raise SettingsError("model_aliases: must be a mapping of a name clients send to barp-auto or a model with an upstream")
+        for alias, target in self.model_aliases.items():
+            if not isinstance(alias, str) or not alias.strip() or alias == "barp-auto" or alias in self.upstreams:
+                raise SettingsError(f"model_aliases: {alias!r} cannot be an alias: it must be a new name, not barp-auto "
+                                    "or a model with an upstream")
+            if target != "barp-auto" and target not in self.upstreams:
+                raise SettingsError(f"model_aliases.{alias}: must be 'barp-auto' or a model with an upstream "
+                                    f"({sorted(self.upstreams)}), got {target!r}")
         _pos("upstream_timeout_s", self.upstream_timeout_s)
         _pos("upstream_connect_timeout_s", self.upstream_connect_timeout_s)
         if not isinstance(self.upstream_stream_usage, bool):

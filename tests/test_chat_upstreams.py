@@ -32,6 +32,7 @@ PROVIDER_NAMED = {"model": "acme/frontier-400b", "headers": {"X-Title": "barp-te
 WINDOWS = {"tiny-1b": 4096, "chat-8b": 8192, "general-70b": 131072}  # the other models' windows are not known
 # what each model takes beyond text (live); code-15b, math-15b and frontier-400b are not known
 CAPABILITIES = {"general-70b": ["vision", "tools", "json_mode", "json_schema"], "chat-8b": ["tools", "json_mode"], "tiny-1b": []}
+ALIASES = {"claude-sonnet-4-5": "barp-auto", "small": "tiny-1b"}  # names clients send for ours
 CAPPED = "math-15b"  # one request in flight to its provider at a time (upstreams.<m>.max_concurrent)
 
 
@@ -169,10 +170,14 @@ def test_a_latency_limit_keeps_the_fast_and_the_untimed_and_else_the_fastest_alo
     ({"judge": {"max_concurrent": 0}}, "judge.max_concurrent: must be an integer >= 1"),
     ({"latency": {"quantile": 0}}, "latency.quantile: must be a number in (0, 1]"),
     ({"latency": {"window": 5, "min_samples": 6}}, "latency.min_samples: must be at most latency.window"),
+    ({"model_aliases": {"gpt-4o": "gpt-5"}, "upstreams": {"a": "http://x/v1"}}, "model_aliases.gpt-4o: must be 'barp-auto' or a model"),
+    ({"model_aliases": {"a": "barp-auto"}, "upstreams": {"a": "http://x/v1"}}, "model_aliases: 'a' cannot be an alias"),
+    ({"model_aliases": {"barp-auto": "a"}, "upstreams": {"a": "http://x/v1"}}, "model_aliases: 'barp-auto' cannot be an alias"),
+    ({"model_aliases": ["gpt-4o"]}, "model_aliases: must be a mapping"),
 ])
-def test_bad_failover_judge_and_latency_settings_are_refused_naming_the_field(raw, error):
+def test_bad_failover_judge_latency_and_alias_settings_are_refused_naming_the_field(raw, error):
     with pytest.raises(SettingsError) as e:
-        settings_from_args(raw if {"judge", "latency"} & set(raw) else {"failover": raw})
+        settings_from_args(raw if {"judge", "latency", "model_aliases"} & set(raw) else {"failover": raw})
     assert str(e.value).startswith(error), e.value
 
 
@@ -229,6 +234,7 @@ def service(tmp_path_factory):
         "judge": {"model": "judge", "defer_s": 0.5},  # its reply is no grade unless a test sets one: then nothing is posted
         "context_windows": WINDOWS,  # live (user_config), as prices are
         "capabilities": CAPABILITIES,
+        "model_aliases": ALIASES,
     }), name="barp", route_prefix="/")
     client = Client(port)
     client.meta = json.loads((Path(checkpoint) / "barp_meta.json").read_text())  # the served prices and tau
@@ -1225,7 +1231,7 @@ def test_anthropics_messages_api_is_answered_by_the_routed_chat_models(service):
                                           "system": "Be brief.", "tools": [tool]}, "/v1/messages/count_tokens")
     assert st == 200 and json.loads(text)["input_tokens"] > 10, text
     # errors in Anthropic's shape: a model it cannot reach, a server tool, no key
-    st, _, text = _post_messages(client, {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
+    st, _, text = _post_messages(client, {"model": "claude-opus-4", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
     assert st == 422 and json.loads(text) == {"type": "error", "error": {"type": "invalid_request_error", "message": json.loads(
         text)["error"]["message"]}} and json.loads(text)["error"]["message"].startswith("model: must be 'barp-auto'"), text
     st, _, text = _post_messages(client, {"model": "barp-auto", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}],
@@ -1234,3 +1240,22 @@ def test_anthropics_messages_api_is_answered_by_the_routed_chat_models(service):
     st, _, text = _post_messages(client, {"model": "barp-auto", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]},
                                  key=None)
     assert st == 401 and json.loads(text)["error"]["type"] == "authentication_error", text
+
+
+def test_a_name_clients_send_may_alias_barp_auto_or_one_of_the_models(service):
+    """`model_aliases`: an app that names a model of its own (claude-sonnet-4-5, small) reaches barp-auto or
+    the model it stands for without editing the app; /v1/models lists the aliases, and an unknown name
+    is told them."""
+    client, upstream = service
+    st, _, text = _post_messages(client, {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [
+        {"role": "user", "content": "Sum the first ten primes."}], "barp": {"candidates": ["chat-8b", "code-15b"]}})
+    routed = json.loads(text)
+    assert st == 200 and routed["barp"]["model"] in ("chat-8b", "code-15b"), text  # routed: barp-auto
+    before = upstream.calls["tiny-1b"]
+    st, r = client.post("/v1/chat/completions", {"model": "small", "messages": [{"role": "user", "content": "Hi"}]})
+    assert st == 200 and r["choices"][0]["message"]["content"] == "answer from tiny-1b" and "barp" not in r, r
+    assert upstream.calls["tiny-1b"] == before + 1
+    st, listed = client.get("/v1/models")
+    assert {m["id"]: m.get("alias_of") for m in listed["data"] if "alias_of" in m} == ALIASES, listed
+    st, r = client.post("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]})
+    assert st == 422 and "or an alias (['claude-sonnet-4-5', 'small'])" in r["error"]["message"], r
