@@ -14,14 +14,11 @@ import json
 import uuid
 from typing import Any, AsyncIterator
 
-from fastapi.responses import JSONResponse, StreamingResponse
-
-from serve.chat_answer import Answer, Part, StreamedAnswer, Usage, answer_of, chunks_of, dict_of
-from serve.openai_proxy import FAILED_OVER_HEADER, MODEL_HEADER, REQUEST_ID_HEADER, ChatProxyError, answer_cost
+from serve.chat_answer import Answer, Part, StreamedAnswer, Usage, answer_of, chunks_of, dict_of, retold
+from serve.openai_proxy import ChatProxyError
 from serve.schemas import (AnthropicImage, AnthropicMessage, AnthropicText, AnthropicToolResult, AnthropicToolUse,
                            ChatCompletionRequest, CountTokensRequest, MessagesRequest, messages_error)
 
-_KEPT_HEADERS = (REQUEST_ID_HEADER, MODEL_HEADER, FAILED_OVER_HEADER)
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
          "content_filter": "refusal"}
 
@@ -189,22 +186,13 @@ async def events_of(req: MessagesRequest, chunks: AsyncIterator[bytes], request_
 
 def as_message(req: MessagesRequest, answer, prices: dict[str, dict]):
     """The chat proxy's answer to `chat_request(req)` in the Messages API's shape; a provider's own
-    error (a JSON answer other than 200) keeps its status and message, in Anthropic's error shape."""
-    headers = {k: v for k, v in answer.headers.items() if k in _KEPT_HEADERS}
-    if isinstance(answer, StreamingResponse):
-        def price(model, usage: Usage):
-            return answer_cost(usage.chat(), prices.get(model))
+    error keeps its status and message, in Anthropic's error shape."""
+    def error(status: int, data: Any) -> dict:
+        message = dict_of(dict_of(data).get("error")).get("message")
+        return messages_error(status, message if isinstance(message, str) else json.dumps(data))
 
-        return StreamingResponse(events_of(req, answer.body_iterator, headers.get(REQUEST_ID_HEADER), price),
-                                 media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
-    data = json.loads(answer.body)
-    if answer.status_code != 200:
-        error = dict_of(data).get("error")
-        message = dict_of(error).get("message") if isinstance(dict_of(error).get("message"), str) else error
-        return JSONResponse(status_code=answer.status_code, headers={**headers, **{k: v for k, v in answer.headers.items()
-                                                                                   if k == "retry-after"}},
-                            content=messages_error(answer.status_code, message if isinstance(message, str) else json.dumps(data)))
-    return JSONResponse(message_of(req, dict_of(data)), headers=headers)
+    return retold(answer, prices, lambda chunks, request_id, price: events_of(req, chunks, request_id, price),
+                  lambda data: message_of(req, data), error)
 
 
 def counted_tokens(api, req: CountTokensRequest) -> int:

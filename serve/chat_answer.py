@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Callable, Literal
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from serve.openai_proxy import FAILED_OVER_HEADER, MODEL_HEADER, REQUEST_ID_HEADER, answer_cost
 
 
 def dict_of(value: Any) -> dict:
@@ -173,3 +177,27 @@ async def chunks_of(lines: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]
                 yield chunk
     finally:
         await lines.aclose()
+
+
+_KEPT_HEADERS = (REQUEST_ID_HEADER, MODEL_HEADER, FAILED_OVER_HEADER)
+
+
+def retold(answer, prices: dict[str, dict], stream_as: Callable, json_as: Callable, error_as: Callable | None = None):
+    """The chat proxy's answer told in another API's shape: a stream by `stream_as(chunks, request_id,
+    price)`, a JSON answer by `json_as(data)`, a provider's own error (a JSON answer other than 200)
+    by `error_as(status, data)` or as it came. The `x-barp-*` headers stay; `price(model, usage)` is
+    the answer's dollar cost at the served prices, as chat prices it."""
+    headers = {k: v for k, v in answer.headers.items() if k in _KEPT_HEADERS}
+    if isinstance(answer, StreamingResponse):
+        def price(model, usage: Usage) -> float | None:
+            return answer_cost(usage.chat(), prices.get(model))
+
+        return StreamingResponse(stream_as(answer.body_iterator, headers.get(REQUEST_ID_HEADER), price),
+                                 media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+    data = json.loads(answer.body)
+    if answer.status_code != 200 or not isinstance(data, dict):
+        if error_as is None:
+            return answer
+        retry = {k: v for k, v in answer.headers.items() if k == "retry-after"}
+        return JSONResponse(status_code=answer.status_code, content=error_as(answer.status_code, data), headers={**headers, **retry})
+    return JSONResponse(json_as(data), headers=headers)

@@ -15,10 +15,8 @@ import time
 import uuid
 from typing import Any, AsyncIterator
 
-from fastapi.responses import JSONResponse, StreamingResponse
-
-from serve.chat_answer import Answer, Part, StreamedAnswer, Usage, answer_of, chunks_of
-from serve.openai_proxy import FAILED_OVER_HEADER, MODEL_HEADER, REQUEST_ID_HEADER, ChatProxyError, answer_cost
+from serve.chat_answer import Answer, Part, StreamedAnswer, Usage, answer_of, chunks_of, retold
+from serve.openai_proxy import ChatProxyError
 from serve.schemas import (AudioPart, ChatCompletionRequest, FilePart, FunctionCallItem, FunctionCallOutputItem, ImagePart,
                            MessageItem, RefusalPart, ResponsesRequest, TextPart)
 
@@ -26,7 +24,6 @@ from serve.schemas import (AudioPart, ChatCompletionRequest, FilePart, FunctionC
 _RESPONSES_ONLY = {"input", "instructions", "max_output_tokens", "text", "reasoning", "tools", "tool_choice", "store",
                    "metadata", "include", "truncation", "stream_options", "top_logprobs", "previous_response_id",
                    "conversation", "prompt", "background", "barp", "model", "stream"}
-_KEPT_HEADERS = (REQUEST_ID_HEADER, MODEL_HEADER, FAILED_OVER_HEADER)
 
 
 def _chat_part(part) -> dict[str, Any]:
@@ -265,15 +262,6 @@ async def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request
 
 def as_response(req: ResponsesRequest, answer, prices: dict[str, dict]):
     """The chat proxy's answer to `chat_request(req)` in the Responses API's shape. A provider's own
-    error (a JSON answer other than 200) passes through as it came, as on the chat endpoint."""
-    headers = {k: v for k, v in answer.headers.items() if k in _KEPT_HEADERS}
-    if isinstance(answer, StreamingResponse):
-        def price(model, usage: Usage):
-            return answer_cost(usage.chat(), prices.get(model))
-
-        return StreamingResponse(events_of(req, answer.body_iterator, headers.get(REQUEST_ID_HEADER), price),
-                                 media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
-    data = json.loads(answer.body)
-    if answer.status_code != 200 or not isinstance(data, dict):
-        return answer
-    return JSONResponse(response_of(req, data), headers=headers)
+    error passes through as it came, as on the chat endpoint (both are OpenAI's shape)."""
+    return retold(answer, prices, lambda chunks, request_id, price: events_of(req, chunks, request_id, price),
+                  lambda data: response_of(req, data))

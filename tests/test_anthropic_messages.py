@@ -4,13 +4,13 @@ together by the protocol's rules (a block starts before its deltas, stops after 
 message stops last). Over HTTP through barp-auto: tests/test_chat_upstreams.py."""
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 from pydantic import ValidationError
 
 from serve.anthropic_messages import chat_request, events_of, message_of
+from chat_stream import chat_chunks, translated
 from serve.openai_proxy import ChatProxyError
 from serve.schemas import MessagesRequest
 
@@ -106,39 +106,6 @@ def test_a_chat_answer_becomes_a_message_with_its_blocks_stop_reason_and_usage()
         assert message_of(_req(), {"choices": [{"finish_reason": finish, "message": {"content": "x"}}]})["stop_reason"] == stop
 
 
-def _chunks(*deltas, finish="stop", usage=None, barp=None, error=None) -> list[bytes]:
-    base = {"id": "c", "object": "chat.completion.chunk", "model": "chat-8b"}
-    lines = [b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}],
-                                     **({"barp": barp} if barp and i == 0 else {})}).encode() + b"\n" for i, d in enumerate(deltas)]
-    if error:
-        return [*lines, b"data: " + json.dumps({"error": error}).encode() + b"\n"]
-    lines.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}).encode() + b"\n")
-    if usage:
-        lines.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n")
-    return [*lines, b"data: [DONE]\n"]
-
-
-def _events(req, lines, price=lambda model, usage: None) -> tuple[list[dict], bool]:
-    closed = []
-
-    async def chat():
-        try:
-            for line in lines:
-                yield line
-        finally:
-            closed.append(True)
-
-    async def run():
-        out = []
-        async for raw in events_of(req, chat(), "0123abcd", price):
-            kind, data = raw.decode().split("\n", 1)
-            event = json.loads(data.removeprefix("data: "))
-            assert raw.endswith(b"\n\n") and kind == f"event: {event['type']}"
-            out.append(event)
-        return out, bool(closed)
-
-    return asyncio.run(run())
-
 
 def _assemble(events: list[dict]) -> dict:
     """The message as Anthropic's stream rules build it: message_start first, each block started before
@@ -173,7 +140,7 @@ def _assemble(events: list[dict]) -> dict:
 
 def test_a_chat_stream_becomes_the_messages_events():
     barp = {"request_id": "0123abcd", "model": "chat-8b", "policy_version": 3, "preference": [0.7, 0.3]}
-    events, closed = _events(_req(stream=True, tools=[TOOL]), _chunks(
+    events, closed = translated(events_of, _req(stream=True, tools=[TOOL]), chat_chunks(
         {"role": "assistant", "reasoning_content": "Use"}, {"reasoning_content": " it."}, {"content": "Let me"}, {"content": " check."},
         {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]},
@@ -188,9 +155,9 @@ def test_a_chat_stream_becomes_the_messages_events():
 
 
 def test_a_stream_cut_at_the_cap_says_max_tokens_and_a_failure_midway_ends_in_an_error_event():
-    events, _ = _events(_req(stream=True), _chunks({"content": "Par"}, finish="length"))
+    events, _ = translated(events_of, _req(stream=True), chat_chunks({"content": "Par"}, finish="length"))
     assert _assemble(events)["stop_reason"] == "max_tokens"
-    events, closed = _events(_req(stream=True), _chunks({"content": "Par"}, error={
+    events, closed = translated(events_of, _req(stream=True), chat_chunks({"content": "Par"}, error={
         "message": "upstream 'chat-8b' failed mid-stream: ClientPayloadError", "type": "upstream_error", "code": 502}))
     assert closed and events[-1] == {"type": "error", "error": {"type": "api_error",
                                                                 "message": "upstream 'chat-8b' failed mid-stream: ClientPayloadError"}}

@@ -9,6 +9,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from chat_stream import chat_chunks, translated
 from serve.openai_proxy import ChatProxyError
 from serve.responses_api import chat_request, events_of, response_of
 from serve.schemas import ResponsesRequest
@@ -116,40 +117,6 @@ def test_a_chat_answer_becomes_a_response_with_its_items_usage_and_ending():
     assert Response.model_validate(resp).output_text == "Checking."  # the SDK's own model reads it
 
 
-def _chunks(*deltas, finish="stop", usage=None, barp=None, error=None) -> list[bytes]:
-    base = {"id": "c", "object": "chat.completion.chunk", "model": "chat-8b"}
-    lines = [b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}],
-                                     **({"barp": barp} if barp and i == 0 else {})}).encode() + b"\n" for i, d in enumerate(deltas)]
-    if error:
-        lines.append(b"data: " + json.dumps({"error": error}).encode() + b"\n")
-        return lines
-    lines.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}).encode() + b"\n")
-    if usage:
-        lines.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n")
-    return [*lines, b"\n", b"data: [DONE]\n"]
-
-
-def _events(req: ResponsesRequest, lines: list[bytes], price=lambda model, usage: None) -> tuple[list[dict], bool]:
-    """(the events, whether the chat stream was closed)."""
-    closed = []
-
-    async def chat():
-        try:
-            for line in lines:
-                yield line
-        finally:
-            closed.append(True)
-
-    async def run():
-        out = []
-        async for raw in events_of(req, chat(), "0123abcd", price):
-            kind, data = raw.decode().split("\n", 1)
-            assert raw.endswith(b"\n\n") and kind == f"event: {json.loads(data[6:])['type']}"
-            out.append(json.loads(data[6:]))
-        return out, bool(closed)  # closed by the time the events end, not at the loop's shutdown
-
-    return asyncio.run(run())
-
 
 def _read_with_the_sdk(events: list[dict]):
     """The final Response as the official SDK's stream reader builds it, checking the events' order and ids."""
@@ -167,7 +134,7 @@ def _read_with_the_sdk(events: list[dict]):
 def test_a_chat_stream_becomes_the_responses_events_the_sdk_reads():
     barp = {"request_id": "0123abcd", "model": "chat-8b", "policy_version": 3, "preference": [0.7, 0.3]}
     usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
-    events, closed = _events(_req(stream=True, tools=[TOOL]), _chunks(
+    events, closed = translated(events_of, _req(stream=True, tools=[TOOL]), chat_chunks(
         {"role": "assistant", "content": "Let me"}, {"content": " check."},
         {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]},
@@ -189,7 +156,7 @@ def test_a_chat_stream_becomes_the_responses_events_the_sdk_reads():
 
 
 def test_a_reasoning_models_thinking_comes_first_as_a_reasoning_item_streamed_or_not():
-    events, _ = _events(_req(stream=True), _chunks({"role": "assistant", "reasoning_content": "Two and"}, {"reasoning": " two."},
+    events, _ = translated(events_of, _req(stream=True), chat_chunks({"role": "assistant", "reasoning_content": "Two and"}, {"reasoning": " two."},
                                                    {"content": "4"}))
     assert [e["type"] for e in events][2:9] == [
         "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
@@ -204,11 +171,11 @@ def test_a_reasoning_models_thinking_comes_first_as_a_reasoning_item_streamed_or
 
 
 def test_a_stream_cut_at_the_token_cap_is_incomplete_and_a_failure_midway_is_failed():
-    events, _ = _events(_req(stream=True), _chunks({"content": "Par"}, finish="length"))
+    events, _ = translated(events_of, _req(stream=True), chat_chunks({"content": "Par"}, finish="length"))
     assert events[-1]["type"] == "response.incomplete"
     assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
     _read_with_the_sdk(events)  # the SDK's reader raises on events out of order or ids changed
-    events, closed = _events(_req(stream=True), _chunks({"content": "Par"}, error={
+    events, closed = translated(events_of, _req(stream=True), chat_chunks({"content": "Par"}, error={
         "message": "upstream 'chat-8b' failed mid-stream: ClientPayloadError", "type": "upstream_error", "code": 502}))
     assert closed and events[-1]["type"] == "response.failed"
     assert events[-1]["response"]["error"]["message"].startswith("upstream 'chat-8b' failed mid-stream")
@@ -245,6 +212,6 @@ def test_a_malformed_answer_is_answered_as_far_as_it_goes():
         assert resp["object"] == "response" and resp["usage"] is None, resp
     lines = [b'data: {"choices": [{"delta": "x"}, {"index": 0, "delta": {"tool_calls": [7, {"index": [1], "function": 5}]}}]}\n',
              b'data: {"choices": "no", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "prompt_tokens_details": 4}}\n',
-             b"data: [1, 2]\n", b"data: {not json\n", *_chunks({"content": "ok"})]
-    events, closed = _events(_req(stream=True), lines)
+             b"data: [1, 2]\n", b"data: {not json\n", *chat_chunks({"content": "ok"})]
+    events, closed = translated(events_of, _req(stream=True), lines)
     assert closed and events[-1]["type"] == "response.completed" and events[-1]["response"]["usage"]["input_tokens"] == 1
