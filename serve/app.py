@@ -34,7 +34,8 @@ from ray import serve
 
 from barp_ray.policy import read_meta, stated_answer_tokens
 from barp_ray.prompt_stats import text_stats
-from serve.guard import CHAT_PATH, MESSAGES_PATH, RESPONSES_PATH, GuardError, PromptLimiter, error_response, load_admin_token, load_clients, load_token
+from serve.guard import (CHAT_PATH, MESSAGES_PATH, RESPONSES_PATH, GuardError, PromptLimiter, error_response, load_admin_token,
+                         load_clients, load_token)
 from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ChatErrorBody, ErrorBody, FeedbackRequest,
                            FeedbackResponse, LoadCheckpointRequest, LoadCheckpointResponse, MessageObject, MessagesErrorBody,
                            MessagesRequest, CountTokensRequest, ResponseObject, ResponsesRequest, RouteRequest, RouteResponse,
