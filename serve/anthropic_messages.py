@@ -15,7 +15,7 @@ import uuid
 from typing import Any, AsyncIterator
 
 from serve.chat_answer import Answer, Part, StreamedAnswer, Usage, answer_of, chunks_of, dict_of, retold
-from serve.openai_proxy import ChatProxyError
+from serve.openai_proxy import ChatProxyError, prompt_of
 from serve.schemas import (AnthropicImage, AnthropicMessage, AnthropicText, AnthropicToolResult, AnthropicToolUse,
                            ChatCompletionRequest, CountTokensRequest, MessagesRequest, messages_error)
 
@@ -64,9 +64,6 @@ def chat_messages(system, messages: list[AnthropicMessage]) -> list[dict[str, An
 def chat_request(req: MessagesRequest) -> ChatCompletionRequest:
     """The chat completion request that answers `req`."""
     messages = chat_messages(req.system, req.messages)
-    if not any(m["role"] == "user" and (m["content"].strip() if isinstance(m["content"], str) else
-                                        any(p.get("text", "").strip() for p in m["content"])) for m in messages):
-        raise ChatProxyError(422, "messages: no user message with text (the router reads the last one)")
     body: dict[str, Any] = {"model": req.model, "messages": messages, "stream": req.stream, "max_completion_tokens": req.max_tokens}
     if req.stream:  # the answer reports its usage; asking for it also prices the answer for feedback
         body["stream_options"] = {"include_usage": True}
@@ -79,16 +76,19 @@ def chat_request(req: MessagesRequest) -> ChatCompletionRequest:
                          for t in req.tools]
     if (choice := req.tool_choice) is not None:
         body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(choice.type) or {
-            "type": "function", "function": {"name": choice.name or ""}}
-        if choice.type == "tool" and not choice.name:
-            raise ChatProxyError(422, "tool_choice.name: required when tool_choice.type is 'tool'")
+            "type": "function", "function": {"name": choice.name}}
         if choice.disable_parallel_tool_use:
             body["parallel_tool_calls"] = False
     if isinstance(user := dict_of(req.metadata).get("user_id"), str):
         body["user"] = user
     if req.barp is not None:
         body["barp"] = req.barp
-    return ChatCompletionRequest.model_validate(body)
+    chat = ChatCompletionRequest.model_validate(body)
+    try:
+        prompt_of(chat)  # chat's own rule
+    except ChatProxyError:
+        raise ChatProxyError(422, "messages: no user message with text (the router reads the last one)") from None
+    return chat
 
 
 def _usage(usage: Usage | None) -> dict[str, int]:

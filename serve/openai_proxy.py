@@ -115,9 +115,15 @@ def _text_of(msg: ChatMessage) -> str | None:
     return content if isinstance(content, str) else None
 
 
-def _prompt_of(req: ChatCompletionRequest) -> str:
+# Not space by the schema's own rule: JSON Schema's \S is ECMA's, whose space is not Python's isspace()
+# (which also counts \x1c-\x1f and \x85), so a schema-valid prompt is never refused as blank.
+_NOT_SPACE = re.compile("[^\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]")
+
+
+def prompt_of(req: ChatCompletionRequest) -> str:
+    """The last user message's text: what the router reads."""
     for msg in reversed(req.messages):
-        if msg.role == "user" and (text := _text_of(msg)) and text.strip():
+        if msg.role == "user" and (text := _text_of(msg)) and _NOT_SPACE.search(text):
             return text
     raise ChatProxyError(422, "messages: no user message with text content")
 
@@ -150,7 +156,7 @@ def _earlier_turns(req: ChatCompletionRequest) -> str:
     """The conversation before the last user message, one `role: text` line per message, for the
     judge: an answer to a follow-up is graded in its context."""
     last = max(i for i, m in enumerate(req.messages) if m.role == "user")
-    return "\n".join(f"{msg.role}: {text}" for msg in req.messages[:last] if (text := _text_of(msg)) and text.strip())
+    return "\n".join(f"{msg.role}: {text}" for msg in req.messages[:last] if (text := _text_of(msg)) and _NOT_SPACE.search(text))
 
 
 async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any]:
@@ -174,7 +180,7 @@ async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any]:
 
 async def forward_chat(api, req: ChatCompletionRequest):
     model = api.settings.model_aliases.get(req.model, req.model)  # a name the client sends for one of ours
-    prompt = _prompt_of(req)  # required for a named model too: the schema promises one rule for both
+    prompt = prompt_of(req)  # required for a named model too: the schema promises one rule for both
     if model != AUTO and model not in api.models:
         aliases = f" or an alias ({list(api.settings.model_aliases)})" if api.settings.model_aliases else ""
         raise ChatProxyError(422, f"model: must be {AUTO!r} or one of {api.models}{aliases}, got {model!r}")

@@ -16,7 +16,7 @@ import uuid
 from typing import Any, AsyncIterator
 
 from serve.chat_answer import Answer, Part, StreamedAnswer, Usage, answer_of, chunks_of, retold
-from serve.openai_proxy import ChatProxyError
+from serve.openai_proxy import ChatProxyError, prompt_of
 from serve.schemas import (AudioPart, ChatCompletionRequest, FilePart, FunctionCallItem, FunctionCallOutputItem, ImagePart,
                            MessageItem, RefusalPart, ResponsesRequest, TextPart)
 
@@ -78,8 +78,6 @@ def chat_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
 def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     """The chat completion request that answers `req`; a 422 naming the field for what has no chat form."""
     messages = chat_messages(req)
-    if not any(m["role"] == "user" and _has_text(m["content"]) for m in messages):
-        raise ChatProxyError(422, "input: no user message with text (the router reads the last one)")
     body: dict[str, Any] = {k: v for k, v in (req.model_extra or {}).items() if k not in _RESPONSES_ONLY}
     body |= {"model": req.model, "messages": messages, "stream": req.stream}
     if req.stream:  # a Response reports its usage; asking for it also prices the answer for feedback
@@ -106,13 +104,12 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         body["reasoning_effort"] = req.reasoning.effort
     if req.barp is not None:
         body["barp"] = req.barp
-    return ChatCompletionRequest.model_validate(body)
-
-
-def _has_text(content) -> bool:
-    if isinstance(content, str):
-        return bool(content.strip())
-    return any(isinstance(p, dict) and isinstance(p.get("text"), str) and p["text"].strip() for p in content or [])
+    chat = ChatCompletionRequest.model_validate(body)
+    try:
+        prompt_of(chat)  # chat's own rule, told in this API's field
+    except ChatProxyError:
+        raise ChatProxyError(422, "input: no user message with text (the router reads the last one)") from None
+    return chat
 
 
 def _usage(usage: Usage | None) -> dict[str, Any] | None:

@@ -586,11 +586,20 @@ class AnthropicTool(BaseModel):
         return data
 
 
-class AnthropicToolChoice(BaseModel):
+class AnyToolChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["auto", "any", "tool", "none"]
-    name: Optional[str] = Field(None, min_length=1, description="type tool: the tool to call")
+    type: Literal["auto", "any", "none"]
     disable_parallel_tool_use: Optional[bool] = Field(None, strict=True)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["tool"]
+    name: str = Field(..., min_length=1, description="the tool to call")
+    disable_parallel_tool_use: Optional[bool] = Field(None, strict=True)
+
+
+AnthropicToolChoice = Annotated[Union[AnyToolChoice, NamedToolChoice], Field(discriminator="type")]
 
 
 class MessagesRequest(BaseModel):

@@ -1023,8 +1023,10 @@ def test_named_clients_get_their_defaults_stay_in_their_models_and_rate_only_the
     st, e = search.post("/v1/chat/completions", {"model": "tiny-1b", "messages": [{"role": "user", "content": "Hi"}]})
     assert st == 403 and e["error"]["message"].startswith("model: client 'search' may not use ['tiny-1b']"), e
     assert e["error"]["type"] == "permission_error" and e["error"]["param"] == "model", e
-    assert [m["id"] for m in search.get("/v1/models")[1]["models"]] == [*CLIENTS["search"]["candidates"], "barp-auto"]
-    assert len(support.get("/v1/models")[1]["models"]) == len(client.meta["models"]) + 1
+    # its models, barp-auto, and the aliases it can use (not `small`: tiny-1b is not among its models)
+    assert [m["id"] for m in search.get("/v1/models")[1]["models"]] == [*CLIENTS["search"]["candidates"], "barp-auto",
+                                                                         "claude-sonnet-4-5"]
+    assert len(support.get("/v1/models")[1]["models"]) == len(client.meta["models"]) + 1 + len(ALIASES)  # and barp-auto, and the aliases
     # the operator's paths
     st, e = search.get("/v1/stats")
     assert st == 403 and "client 'search' cannot use this path" in e["error"], e

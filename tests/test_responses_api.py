@@ -88,6 +88,13 @@ def test_what_has_no_chat_form_is_refused_naming_the_field(fields, field):
     assert field in [".".join(str(x) for x in e["loc"]) for e in refused.value.errors()], refused.value.errors()
 
 
+def test_text_is_blank_by_the_schemas_rule_not_pythons():
+    """JSON Schema's \\S (ECMA's) takes "\\x1c" as text, Python's isspace() does not: a schema-valid prompt is routed."""
+    assert chat_request(_req(input="\x1c")).messages[-1].content == "\x1c"
+    with pytest.raises(ValidationError):
+        _req(input="\u3000")  # blank by both
+
+
 def test_an_input_without_user_text_is_a_422_naming_the_field():
     with pytest.raises(ChatProxyError) as refused:
         chat_request(_req(input=[{"role": "user", "content": [{"type": "input_image", "image_url": "https://x/p.png"}]}]))
