@@ -41,7 +41,7 @@ from serve.schemas import (ChatCompletionRequest, ChatCompletionResponse, ChatEr
                            MessagesRequest, CountTokensRequest, ResponseObject, ResponsesRequest, RouteRequest, RouteResponse,
                            TokenCountResponse, WithdrawRequest, WithdrawResponse)
 from serve.routing import take_offer
-from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, live_offer, settings_from_args
+from serve.settings import LIVE_KEYS, ServeSettings, SettingsError, alias_pattern, live_offer, settings_from_args
 
 logger = logging.getLogger("ray.serve")
 CLIENTS_POLL_S = 2.0  # how often each ingress replica looks for an edited auth.clients_file
@@ -392,8 +392,12 @@ def _openapi() -> dict:
     if chat_models is not None:
         enum_items(comps["RouteOptions"]["properties"]["candidates"], chat_models)
         enum_items(comps["RouteOptions"]["properties"]["fallbacks"], chat_models)
+        aliases = STATE.get("model_aliases", {})
+        names = ["barp-auto", *chat_models, *(a for a in aliases if "*" not in a)]
+        patterns = [{"pattern": alias_pattern(a)} for a in aliases if "*" in a]
         for request in ("ChatCompletionRequest", "ResponsesRequest", "MessagesRequest"):
-            comps[request]["properties"]["model"]["enum"] = ["barp-auto", *chat_models, *STATE.get("model_aliases", {})]
+            prop = comps[request]["properties"]["model"]
+            prop.update({"anyOf": [{"enum": names}, *patterns]} if patterns else {"enum": names})
     return schema
 
 
@@ -886,7 +890,7 @@ def checked_app(args: dict[str, Any] | None, environment: bool = True) -> tuple[
         raise SettingsError(f"checkpoint: {settings.checkpoint} is not a barp-ray checkpoint (no {META_FILE})") from None
     live_offer(live, meta)  # refused here, before anything is deployed
     if clash := sorted(set(settings.model_aliases) & set(meta["models"])):
-        raise SettingsError(f"model_aliases: {clash} are the checkpoint's own model names, not aliases")
+        raise SettingsError(f"model_aliases: {clash} are the checkpoint's own model names, not aliases")  # they would never apply
     if not environment:
         return settings, meta, live
     try:

@@ -179,7 +179,9 @@ async def _route(api, options: dict[str, Any], prompt: str) -> dict[str, Any]:
 
 
 async def forward_chat(api, req: ChatCompletionRequest):
-    model = api.settings.model_aliases.get(req.model, req.model)  # a name the client sends for one of ours
+    model = req.model  # or a name the client sends for one of ours
+    if model != AUTO and model not in api.models:
+        model = api.settings.alias_target(model) or model
     prompt = prompt_of(req)  # required for a named model too: the schema promises one rule for both
     if model != AUTO and model not in api.models:
         aliases = f" or an alias ({list(api.settings.model_aliases)})" if api.settings.model_aliases else ""

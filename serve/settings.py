@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -404,6 +405,11 @@ LIVE_OFFER_DEPLOYMENTS = {"colocated": ("RouterAPI", "TrainerDeployment"),
                           "split": ("RouterModel", "RouterAPI", "TrainerDeployment")}
 
 
+
+def alias_pattern(alias: str) -> str:
+    """A `*` alias as a regular expression that Python and JSON Schema (ECMA) read alike."""
+    return "^" + ".*".join(re.sub(r"([.^$+?()\[\]{}|\\])", r"\\\1", part) for part in alias.split("*")) + "$"
+
 @dataclass
 class ServeSettings:
     checkpoint: str = "checkpoints/barp-default"
@@ -427,7 +433,15 @@ class ServeSettings:
     upstream_stream_usage: bool = False
     # Names clients send for a model this service routes (an app that names gpt-4o, a tool that names
     # claude-sonnet-4-5) -> barp-auto or a model with an upstream: a drop-in without editing the client.
+    # A name may hold `*` (claude-*: every dated version a tool may send); exact names win, then the
+    # first pattern that matches, in the order written.
     model_aliases: dict = field(default_factory=dict)
+
+    def alias_target(self, name: str) -> str | None:
+        """What an alias stands for, or None when `name` is no alias."""
+        if name in self.model_aliases:
+            return self.model_aliases[name]
+        return next((t for a, t in self.model_aliases.items() if "*" in a and re.fullmatch(alias_pattern(a), name)), None)
     failover: FailoverSettings = field(default_factory=FailoverSettings)
     latency: LatencySettings = field(default_factory=LatencySettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)

@@ -32,7 +32,7 @@ PROVIDER_NAMED = {"model": "acme/frontier-400b", "headers": {"X-Title": "barp-te
 WINDOWS = {"tiny-1b": 4096, "chat-8b": 8192, "general-70b": 131072}  # the other models' windows are not known
 # what each model takes beyond text (live); code-15b, math-15b and frontier-400b are not known
 CAPABILITIES = {"general-70b": ["vision", "tools", "json_mode", "json_schema"], "chat-8b": ["tools", "json_mode"], "tiny-1b": []}
-ALIASES = {"claude-sonnet-4-5": "barp-auto", "small": "tiny-1b"}  # names clients send for ours
+ALIASES = {"small": "tiny-1b", "claude-*": "barp-auto"}  # names clients send for ours; every claude-... version
 CAPPED = "math-15b"  # one request in flight to its provider at a time (upstreams.<m>.max_concurrent)
 
 
@@ -156,6 +156,17 @@ def test_a_latency_limit_keeps_the_fast_and_the_untimed_and_else_the_fastest_alo
     for seconds in (0.1, 0.1, 0.1, 0.1):
         lat.observe("fast", "answer", seconds)  # the window forgets the slow answer
     assert lat.snapshot()["fast"]["answer"] == {"n": 4, "p50_s": 0.1} and lat.estimate("fast", "answer") == pytest.approx(0.1)
+
+
+def test_an_alias_is_an_exact_name_first_then_the_first_pattern_that_matches():
+    from serve.settings import alias_pattern
+
+    s = settings_from_args({"upstreams": {"a": "http://x/v1", "b": "http://x/v1"},
+                            "model_aliases": {"claude-3-5-haiku": "a", "claude-*": "barp-auto", "claude-*-haiku*": "b", "v1.0*": "b"}})
+    assert s.alias_target("claude-3-5-haiku") == "a" and s.alias_target("claude-sonnet-4-5-20250929") == "barp-auto"
+    assert s.alias_target("claude-haiku-4-5") == "barp-auto"  # the first pattern written wins
+    assert s.alias_target("v1.0-x") == "b" and s.alias_target("v1x0") is None and s.alias_target("gpt-4o") is None
+    assert alias_pattern("v1.0*(x)") == r"^v1\.0.*\(x\)$"
 
 
 @pytest.mark.parametrize("raw, error", [
@@ -1025,7 +1036,7 @@ def test_named_clients_get_their_defaults_stay_in_their_models_and_rate_only_the
     assert e["error"]["type"] == "permission_error" and e["error"]["param"] == "model", e
     # its models, barp-auto, and the aliases it can use (not `small`: tiny-1b is not among its models)
     assert [m["id"] for m in search.get("/v1/models")[1]["models"]] == [*CLIENTS["search"]["candidates"], "barp-auto",
-                                                                         "claude-sonnet-4-5"]
+                                                                         "claude-*"]
     assert len(support.get("/v1/models")[1]["models"]) == len(client.meta["models"]) + 1 + len(ALIASES)  # and barp-auto, and the aliases
     # the operator's paths
     st, e = search.get("/v1/stats")
@@ -1233,7 +1244,7 @@ def test_anthropics_messages_api_is_answered_by_the_routed_chat_models(service):
                                           "system": "Be brief.", "tools": [tool]}, "/v1/messages/count_tokens")
     assert st == 200 and json.loads(text)["input_tokens"] > 10, text
     # errors in Anthropic's shape: a model it cannot reach, a server tool, no key
-    st, _, text = _post_messages(client, {"model": "claude-opus-4", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
+    st, _, text = _post_messages(client, {"model": "gpt-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
     assert st == 422 and json.loads(text) == {"type": "error", "error": {"type": "invalid_request_error", "message": json.loads(
         text)["error"]["message"]}} and json.loads(text)["error"]["message"].startswith("model: must be 'barp-auto'"), text
     st, _, text = _post_messages(client, {"model": "barp-auto", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}],
@@ -1245,11 +1256,11 @@ def test_anthropics_messages_api_is_answered_by_the_routed_chat_models(service):
 
 
 def test_a_name_clients_send_may_alias_barp_auto_or_one_of_the_models(service):
-    """`model_aliases`: an app that names a model of its own (claude-sonnet-4-5, small) reaches barp-auto or
+    """`model_aliases`: an app that names a model of its own (small, any claude-...) reaches barp-auto or
     the model it stands for without editing the app; /v1/models lists the aliases, and an unknown name
     is told them."""
     client, upstream = service
-    st, _, text = _post_messages(client, {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [
+    st, _, text = _post_messages(client, {"model": "claude-sonnet-4-5-20250929", "max_tokens": 16, "messages": [
         {"role": "user", "content": "Sum the first ten primes."}], "barp": {"candidates": ["chat-8b", "code-15b"]}})
     routed = json.loads(text)
     assert st == 200 and routed["barp"]["model"] in ("chat-8b", "code-15b"), text  # routed: barp-auto
@@ -1260,4 +1271,6 @@ def test_a_name_clients_send_may_alias_barp_auto_or_one_of_the_models(service):
     st, listed = client.get("/v1/models")
     assert {m["id"]: m.get("alias_of") for m in listed["data"] if "alias_of" in m} == ALIASES, listed
     st, r = client.post("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]})
-    assert st == 422 and "or an alias (['claude-sonnet-4-5', 'small'])" in r["error"]["message"], r
+    assert st == 422 and "or an alias (['small', 'claude-*'])" in r["error"]["message"], r
+    model = client.get("/openapi.json")[1]["components"]["schemas"]["MessagesRequest"]["properties"]["model"]
+    assert model["anyOf"][1:] == [{"pattern": "^claude-.*$"}] and model["anyOf"][0]["enum"][-1] == "small", model
