@@ -405,10 +405,10 @@ LIVE_OFFER_DEPLOYMENTS = {"colocated": ("RouterAPI", "TrainerDeployment"),
                           "split": ("RouterModel", "RouterAPI", "TrainerDeployment")}
 
 
-
 def alias_pattern(alias: str) -> str:
     """A `*` alias as a regular expression that Python and JSON Schema (ECMA) read alike."""
     return "^" + ".*".join(re.sub(r"([.^$+?()\[\]{}|\\])", r"\\\1", part) for part in alias.split("*")) + "$"
+
 
 @dataclass
 class ServeSettings:
