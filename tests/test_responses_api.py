@@ -222,3 +222,22 @@ def test_a_malformed_answer_is_answered_as_far_as_it_goes():
              b"data: [1, 2]\n", b"data: {not json\n", *chat_chunks({"content": "ok"})]
     events, closed = translated(events_of, _req(stream=True), lines)
     assert closed and events[-1]["type"] == "response.completed" and events[-1]["response"]["usage"]["input_tokens"] == 1
+
+
+def test_an_answers_output_sent_back_whole_continues_the_conversation():
+    """How agent loops (the Agents SDK among them) go on: the last Response's output items, as the SDK
+    serialises them (ids, statuses, annotations, a reasoning item), then the call's output."""
+    from openai.types.responses import Response
+
+    first = Response.model_validate(response_of(_req(), {"model": "m", "choices": [{"finish_reason": "tool_calls", "message": {
+        "content": "Checking.", "reasoning_content": "use the tool",
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]}}]}))
+    items = [o.model_dump(exclude_none=True) for o in first.output]
+    assert [i["type"] for i in items] == ["reasoning", "message", "function_call"]
+    follow_up = _req(input=[{"role": "user", "content": "Weather?"}, *items,
+                            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}])
+    assert chat_request(follow_up).model_dump(exclude_unset=True)["messages"] == [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
