@@ -145,8 +145,7 @@ async def events_of(req: MessagesRequest, chunks: AsyncIterator[bytes], request_
     key, answer = _key(request_id), StreamedAnswer()
     deltas = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking"), "tool_call": ("input_json_delta", "partial_json")}
 
-    def step(kind: str, part: Part, piece: str = "") -> bytes:
-        index = answer.parts.index(part)
+    def step(kind: str, index: int, part: Part, piece: str) -> bytes:
         if kind == "open":
             block = _block(Part(part.kind, "", part.call_id, part.name), index, key)
             return _event("content_block_start", index=index, content_block=block)

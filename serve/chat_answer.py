@@ -97,20 +97,21 @@ def answer_of(data: dict[str, Any]) -> Answer:
     return answer
 
 
-Step = tuple  # ("open", part) | ("delta", part, piece) | ("close", part)
+Step = tuple  # (kind, index, part, piece): "open" / "delta" / "close", the part's place in the answer, the delta's text
 
 
 class StreamedAnswer(Answer):
     """A chat stream folded into parts as its chunks arrive; `feed` says what each chunk changed, in
     order: a part opens at its first delta (thinking, text, or a tool call's index) and closes when
-    the next part opens or the stream ends (`end`)."""
+    the next part opens or the stream ends (`end`). Each step names its part's place, since two parts
+    may hold the same (two calls of one tool, with no ids, alike)."""
 
     def __init__(self):
         super().__init__()
         self.started = False
         self.error: dict[str, Any] | None = None  # the provider failed mid-stream (serve/openai_proxy.py says so)
-        self._open: Part | None = None
-        self._calls: dict[int, Part] = {}  # chat's tool-call index -> its part
+        self._open: int | None = None  # the place of the part receiving deltas
+        self._calls: dict[int, int] = {}  # chat's tool-call index -> its part's place
 
     def feed(self, chunk: dict[str, Any]) -> list[Step]:
         if not self.started:
@@ -137,29 +138,30 @@ class StreamedAnswer(Answer):
                 index = call.get("index", 0) if isinstance(call.get("index", 0), int) else 0
                 fn = dict_of(call.get("function"))
                 if index not in self._calls:
-                    self._calls[index] = Part("tool_call", "", str(call.get("id") or ""), str(fn.get("name") or ""))
-                    steps += self._start(self._calls[index])
+                    steps += self._start(Part("tool_call", "", str(call.get("id") or ""), str(fn.get("name") or "")))
+                    self._calls[index] = self._open
                 if isinstance(fn.get("arguments"), str) and fn["arguments"]:
-                    self._calls[index].text += fn["arguments"]
-                    steps.append(("delta", self._calls[index], fn["arguments"]))
+                    place = self._calls[index]
+                    self.parts[place].text += fn["arguments"]
+                    steps.append(("delta", place, self.parts[place], fn["arguments"]))
             if isinstance(choice.get("finish_reason"), str):
                 self.finish = choice["finish_reason"]
         return steps
 
     def end(self) -> list[Step]:
-        part, self._open = self._open, None
-        return [("close", part)] if part is not None else []
+        place, self._open = self._open, None
+        return [("close", place, self.parts[place], "")] if place is not None else []
 
     def _start(self, part: Part) -> list[Step]:
         steps = self.end()
         self.parts.append(part)
-        self._open = part
-        return [*steps, ("open", part)]
+        self._open = len(self.parts) - 1
+        return [*steps, ("open", self._open, part, "")]
 
     def _text(self, kind: str, piece: str) -> list[Step]:
-        steps = self._start(Part(kind)) if self._open is None or self._open.kind != kind else []
-        self._open.text += piece
-        return [*steps, ("delta", self._open, piece)]
+        steps = self._start(Part(kind)) if self._open is None or self.parts[self._open].kind != kind else []
+        self.parts[self._open].text += piece
+        return [*steps, ("delta", self._open, self.parts[self._open], piece)]
 
 
 async def chunks_of(lines: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:

@@ -132,10 +132,13 @@ class _Response:
         self.id, self.created = f"resp_{self.key}", int(time.time())
         self.req = req
 
+    def item_id(self, part: Part, index: int) -> str:
+        return f"{_ITEM_ID[part.kind]}_{self.key}_{index}"
+
     def item(self, part: Part, index: int, status: str) -> dict[str, Any]:
         """An answer's part as the output item at `index`: thinking a reasoning item, text a message,
         a tool call a function_call."""
-        item_id = f"{_ITEM_ID[part.kind]}_{self.key}_{index}"
+        item_id = self.item_id(part, index)
         if part.kind == "thinking":
             return {"type": "reasoning", "id": item_id, "summary": [], "content": [{"type": "reasoning_text", "text": part.text}],
                     "status": status}
@@ -200,9 +203,8 @@ async def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request
     text_events = {"text": ("response.output_text.delta", "response.output_text.done"),
                    "thinking": ("response.reasoning_text.delta", "response.reasoning_text.done")}
 
-    def step(kind: str, part: Part, piece: str = "") -> list[bytes]:
-        index = answer.parts.index(part)
-        item_id = resp.item(part, index, "")["id"]
+    def step(kind: str, index: int, part: Part, piece: str) -> list[bytes]:
+        item_id = resp.item_id(part, index)
         logprobs = {"logprobs": []} if part.kind == "text" else {}
         if kind == "open":
             item = resp.item(Part(part.kind, "", part.call_id, part.name), index, "in_progress")

@@ -159,3 +159,11 @@ def test_a_stream_cut_at_the_cap_says_max_tokens_and_a_failure_midway_ends_in_an
         "message": "upstream 'chat-8b' failed mid-stream: ClientPayloadError", "type": "upstream_error", "code": 502}))
     assert closed and events[-1] == {"type": "error", "error": {"type": "api_error",
                                                                 "message": "upstream 'chat-8b' failed mid-stream: ClientPayloadError"}}
+
+
+def test_two_alike_tool_uses_without_ids_are_two_blocks():
+    call = {"type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    events, _ = translated(events_of, _req(stream=True, tools=[TOOL]), chat_chunks(
+        {"tool_calls": [{"index": 0, **call}]}, {"tool_calls": [{"index": 1, **call}]}, finish="tool_calls"))
+    blocks = _assemble(events)["content"]  # a block started at a place already taken fails here
+    assert [b["type"] for b in blocks] == ["tool_use", "tool_use"] and blocks[0]["id"] != blocks[1]["id"]

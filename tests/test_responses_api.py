@@ -241,3 +241,14 @@ def test_an_answers_output_sent_back_whole_continues_the_conversation():
         {"role": "assistant", "content": "Checking.", "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+
+
+def test_two_alike_tool_calls_without_ids_are_two_items():
+    """Two calls of one tool with the same arguments and no ids (a provider may send them so) are two
+    items at their own places, with ids of their own: the SDK's reader refuses a place given twice."""
+    call = {"type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    events, _ = translated(events_of, _req(stream=True, tools=[TOOL]), chat_chunks(
+        {"tool_calls": [{"index": 0, **call}]}, {"tool_calls": [{"index": 1, **call}]}, finish="tool_calls"))
+    final = _read_with_the_sdk(events)
+    assert [(o.type, o.name) for o in final.output] == [("function_call", "weather")] * 2
+    assert final.output[0].call_id != final.output[1].call_id
