@@ -14,7 +14,7 @@ import json
 import uuid
 from typing import Any, AsyncIterator
 
-from serve.chat_answer import Answer, Part, StreamedAnswer, Usage, answer_of, chunks_of, dict_of, retold
+from serve.chat_answer import Answer, Part, Usage, answer_of, dict_of, retold, retold_stream
 from serve.openai_proxy import ChatProxyError, prompt_of
 from serve.schemas import (AnthropicImage, AnthropicMessage, AnthropicText, AnthropicToolResult, AnthropicToolUse,
                            ChatCompletionRequest, CountTokensRequest, MessagesRequest, messages_error)
@@ -136,51 +136,37 @@ def _event(kind: str, **fields) -> bytes:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
 
 
-async def events_of(req: MessagesRequest, chunks: AsyncIterator[bytes], request_id: str | None, price) -> AsyncIterator[bytes]:
+def events_of(req: MessagesRequest, chunks: AsyncIterator[bytes], request_id: str | None, price) -> AsyncIterator[bytes]:
     """A chat completion's stream as the Messages API's events: message_start; per part of the answer
     (serve/chat_answer.py) content_block_start, its deltas and content_block_stop; message_delta with
     the stop reason and usage; message_stop. A provider failing mid-stream ends it with an `error`
     event. When the client leaves, the chat stream is closed in turn, which closes the provider's
     call and frees its slot. `price(model, usage)`: the answer's dollar cost for `barp.cost`, or None."""
-    key, answer = _key(request_id), StreamedAnswer()
+    key = _key(request_id)
     deltas = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking"), "tool_call": ("input_json_delta", "partial_json")}
 
-    def step(kind: str, index: int, part: Part, piece: str) -> bytes:
+    def step(kind: str, index: int, part: Part, piece: str) -> list[bytes]:
         if kind == "open":
             block = _block(Part(part.kind, "", part.call_id, part.name), index, key)
-            return _event("content_block_start", index=index, content_block=block)
+            return [_event("content_block_start", index=index, content_block=block)]
         if kind == "delta":
             delta_type, field = deltas[part.kind]
-            return _event("content_block_delta", index=index, delta={"type": delta_type, field: piece})
-        return _event("content_block_stop", index=index)
+            return [_event("content_block_delta", index=index, delta={"type": delta_type, field: piece})]
+        return [_event("content_block_stop", index=index)]
 
-    def begin() -> bytes:
-        return _event("message_start", message=_message(key, Answer(model=answer.model, barp=answer.barp), req, []))
+    def begin(answer: Answer) -> list[bytes]:
+        return [_event("message_start", message=_message(key, Answer(model=answer.model, barp=answer.barp), req, []))]
 
-    stream = chunks_of(chunks)
-    try:
-        async for chunk in stream:
-            started = answer.started
-            steps = answer.feed(chunk)
-            if not started:
-                yield begin()
-            for s in steps:
-                yield step(*s)
-            if answer.error is not None:
-                yield _event("error", error={"type": "api_error", "message": answer.error["message"]})
-                return
-        if not answer.started:
-            yield begin()
-        for s in answer.end():
-            yield step(*s)
-        barp = {}
-        if answer.barp is not None and answer.usage is not None and (cost := price(answer.barp.get("model"), answer.usage)) is not None:
-            barp = {"barp": {**answer.barp, "cost": cost}}
-        yield _event("message_delta", delta={"stop_reason": _STOP.get(answer.finish or "stop", "end_turn"), "stop_sequence": None},
-                     usage=_usage(answer.usage), **barp)
-        yield _event("message_stop")
-    finally:
-        await stream.aclose()
+    def failed(answer: Answer) -> list[bytes]:
+        return [_event("error", error={"type": "api_error", "message": answer.error["message"]})]
+
+    def done(answer: Answer) -> list[bytes]:
+        priced = {"barp": answer.barp} if answer.barp is not None and "cost" in answer.barp else {}
+        return [_event("message_delta", delta={"stop_reason": _STOP.get(answer.finish or "stop", "end_turn"), "stop_sequence": None},
+                       usage=_usage(answer.usage), **priced),
+                _event("message_stop")]
+
+    return retold_stream(chunks, price, begin, step, failed, done)
 
 
 def as_message(req: MessagesRequest, answer, prices: dict[str, dict]):

@@ -181,6 +181,38 @@ async def chunks_of(lines: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]
         await lines.aclose()
 
 
+async def retold_stream(chunks: AsyncIterator[bytes], price: Callable, begin: Callable, step: Callable, failed: Callable,
+                        done: Callable) -> AsyncIterator[bytes]:
+    """A chat stream told as another API's events, in the order each such API keeps: `begin(answer)` at
+    the first chunk (or at the end of a stream with none), `step(kind, place, part, piece)` for each
+    change (`StreamedAnswer.feed`), and last `failed(answer)` when the provider failed midway, else
+    `done(answer)` with the answer priced into `barp.cost` when `price(model, usage)` can. Each returns
+    the events to send. Closing this (the client left) closes the chat stream, and so the provider's
+    call and its slot."""
+    answer, stream = StreamedAnswer(), chunks_of(chunks)
+
+    def changes(started: bool, steps: list[Step]) -> list[bytes]:
+        return [*([] if started else begin(answer)), *(event for s in steps for event in step(*s))]
+
+    try:
+        async for chunk in stream:
+            started = answer.started
+            for event in changes(started, answer.feed(chunk)):
+                yield event
+            if answer.error is not None:
+                for event in failed(answer):
+                    yield event
+                return
+        for event in changes(answer.started, answer.end()):
+            yield event
+        if answer.barp is not None and answer.usage is not None and (cost := price(answer.barp.get("model"), answer.usage)) is not None:
+            answer.barp = {**answer.barp, "cost": cost}
+        for event in done(answer):
+            yield event
+    finally:
+        await stream.aclose()
+
+
 _KEPT_HEADERS = (REQUEST_ID_HEADER, MODEL_HEADER, FAILED_OVER_HEADER)
 
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator
 
-from serve.chat_answer import Answer, Part, StreamedAnswer, Usage, answer_of, chunks_of, retold
+from serve.chat_answer import Answer, Part, Usage, answer_of, retold, retold_stream
 from serve.openai_proxy import ChatProxyError, prompt_of
 from serve.schemas import (AudioPart, ChatCompletionRequest, FilePart, FunctionCallItem, FunctionCallOutputItem, ImagePart,
                            MessageItem, RefusalPart, ResponsesRequest, TextPart)
@@ -192,14 +192,14 @@ class _Events:
         return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-async def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request_id: str | None, price) -> AsyncIterator[bytes]:
+def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request_id: str | None, price) -> AsyncIterator[bytes]:
     """A chat completion's stream as the Responses API's events: response.created, then per part of
     the answer (serve/chat_answer.py) its item added, its deltas and its item done, and last
     response.completed (or .incomplete when the model stopped at the token cap, .failed when the
     provider failed mid-stream). When the client leaves, the chat stream is closed in turn, which
     closes the provider's call and frees its slot. `price(model, usage)`: the answer's dollar cost
     for `barp.cost`, or None."""
-    resp, event, answer = _Response(req, request_id), _Events(), StreamedAnswer()
+    resp, event = _Response(req, request_id), _Events()
     text_events = {"text": ("response.output_text.delta", "response.output_text.done"),
                    "thinking": ("response.reasoning_text.delta", "response.reasoning_text.done")}
 
@@ -226,37 +226,19 @@ async def events_of(req: ResponsesRequest, chunks: AsyncIterator[bytes], request
                 event("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=item["content"][0]),
                 event("response.output_item.done", output_index=index, item=item)]
 
-    def begin() -> list[bytes]:
+    def begin(answer: Answer) -> list[bytes]:
         skeleton = resp.body("in_progress", Answer(model=answer.model, barp=answer.barp))
         return [event("response.created", response=skeleton), event("response.in_progress", response=skeleton)]
 
-    stream = chunks_of(chunks)
-    try:
-        async for chunk in stream:
-            started = answer.started
-            steps = answer.feed(chunk)
-            if not started:
-                for e in begin():
-                    yield e
-            for s in steps:
-                for e in step(*s):
-                    yield e
-            if answer.error is not None:
-                yield event("response.failed", response=resp.body("failed", answer, {"code": answer.error["type"],
-                                                                                       "message": answer.error["message"]}))
-                return
-        if not answer.started:
-            for e in begin():
-                yield e
-        for s in answer.end():
-            for e in step(*s):
-                yield e
-        if answer.barp is not None and answer.usage is not None and (cost := price(answer.barp.get("model"), answer.usage)) is not None:
-            answer.barp = {**answer.barp, "cost": cost}
+    def failed(answer: Answer) -> list[bytes]:
+        error = {"code": answer.error["type"], "message": answer.error["message"]}
+        return [event("response.failed", response=resp.body("failed", answer, error))]
+
+    def done(answer: Answer) -> list[bytes]:
         final = resp.body("completed", answer)
-        yield event(f"response.{final['status']}", response=final)
-    finally:
-        await stream.aclose()
+        return [event(f"response.{final['status']}", response=final)]
+
+    return retold_stream(chunks, price, begin, step, failed, done)
 
 
 def as_response(req: ResponsesRequest, answer, prices: dict[str, dict]):
