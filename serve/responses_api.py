@@ -21,9 +21,7 @@ from serve.schemas import (AudioPart, ChatCompletionRequest, FilePart, FunctionC
                            MessageItem, RefusalPart, ResponsesRequest, TextPart)
 
 # Fields of the Responses API that chat completions do not take and that change nothing here.
-_RESPONSES_ONLY = {"input", "instructions", "max_output_tokens", "text", "reasoning", "tools", "tool_choice", "store",
-                   "metadata", "include", "truncation", "stream_options", "top_logprobs", "previous_response_id",
-                   "conversation", "prompt", "background", "barp", "model", "stream"}
+_RESPONSES_ONLY = {"include", "truncation", "stream_options", "top_logprobs"}  # its declared fields are translated, never passed
 
 
 def _chat_part(part) -> dict[str, Any]:
